@@ -1,0 +1,15 @@
+/* fileio.h - whole-buffer pread/pwrite that report short transfers as errors. */
+#ifndef MOE_COMMON_FILEIO_H
+#define MOE_COMMON_FILEIO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Read exactly n bytes at off; a short read is MOE_EFORMAT (file ended), errno is MOE_EIO.
+ * what names the file in the message. */
+int moe_pread_full(int fd, void *buf, size_t n, uint64_t off, const char *what);
+int moe_pwrite_full(int fd, const void *buf, size_t n, uint64_t off, const char *what);
+/* Read a whole (small) file into a NUL-terminated buffer. */
+int moe_read_file(const char *path, char **data, size_t *len);
+
+#endif

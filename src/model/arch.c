@@ -1,0 +1,316 @@
+/* arch.c - per-architecture tensor lists and hyperparameter (de)serialization. */
+#include "config.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "arch.h"
+#include "common/error.h"
+#include "pack/meta.h"
+
+const char *const moe_kind_names[MOE_KIND_COUNT] = {
+	[MOE_KIND_EMBED] = "embed", [MOE_KIND_OUTPUT] = "output", [MOE_KIND_ATTN] = "attn",
+	[MOE_KIND_FFN] = "ffn",     [MOE_KIND_EXPERT] = "experts", [MOE_KIND_NORM] = "norm",
+	[MOE_KIND_ROUTER] = "router",
+};
+
+static const char *const arch_names[MOE_ARCH_COUNT] = {"mixtral", "qwen3_moe", "deepseek_v3"};
+
+const char *moe_arch_name(int arch) { return (arch >= 0 && arch < MOE_ARCH_COUNT) ? arch_names[arch] : "?"; }
+
+int moe_arch_from_name(const char *name)
+{
+	for (int a = 0; a < MOE_ARCH_COUNT; a++)
+		if (strcmp(name, arch_names[a]) == 0)
+			return a;
+	return MOE_EUNSUPPORTED;
+}
+
+int moe_layer_is_moe(const struct moe_hparams *hp, uint64_t l)
+{
+	switch (hp->arch) {
+	case MOE_ARCH_QWEN3_MOE:
+		return l < MOE_MAX_LAYERS && !hp->mlp_only[l] && hp->sparse_step && (l + 1) % hp->sparse_step == 0;
+	case MOE_ARCH_DEEPSEEK_V3:
+		return l >= hp->first_dense;
+	default:
+		return 1;
+	}
+}
+
+/* ---- hyperparameters as metadata: one table drives writing, reading and checks ---- */
+
+enum { HP_U64, HP_F64 };
+struct hp_field {
+	const char *key;
+	int type;
+	size_t off;
+	unsigned archs; /* bit per arch that requires it (non-zero) */
+};
+#define ALL ((1u << MOE_ARCH_COUNT) - 1)
+#define MX (1u << MOE_ARCH_MIXTRAL)
+#define QW (1u << MOE_ARCH_QWEN3_MOE)
+#define DS (1u << MOE_ARCH_DEEPSEEK_V3)
+#define F(k, t, m, a) {k, t, offsetof(struct moe_hparams, m), a}
+static const struct hp_field hp_fields[] = {
+	F("n_layers", HP_U64, n_layers, ALL),
+	F("hidden_size", HP_U64, hidden, ALL),
+	F("n_heads", HP_U64, n_heads, ALL),
+	F("n_kv_heads", HP_U64, n_kv_heads, MX | QW),
+	F("head_dim", HP_U64, head_dim, MX | QW),
+	F("vocab_size", HP_U64, vocab, ALL),
+	F("n_experts", HP_U64, n_experts, ALL),
+	F("n_experts_used", HP_U64, n_experts_used, ALL),
+	F("expert_ff", HP_U64, expert_ff, ALL),
+	F("dense_ff", HP_U64, dense_ff, 0),
+	F("max_position", HP_U64, max_pos, 0),
+	F("rope_theta", HP_F64, rope_theta, ALL),
+	F("rms_eps", HP_F64, rms_eps, ALL),
+	F("norm_topk_prob", HP_U64, norm_topk_prob, 0),
+	F("tie_embeddings", HP_U64, tie_embeddings, 0),
+	F("sparse_step", HP_U64, sparse_step, QW),
+	F("first_dense", HP_U64, first_dense, 0),
+	F("n_shared_experts", HP_U64, n_shared, 0),
+	F("n_group", HP_U64, n_group, DS),
+	F("topk_group", HP_U64, topk_group, DS),
+	F("q_lora_rank", HP_U64, q_lora_rank, 0),
+	F("kv_lora_rank", HP_U64, kv_lora_rank, DS),
+	F("qk_nope_head_dim", HP_U64, qk_nope_dim, DS),
+	F("qk_rope_head_dim", HP_U64, qk_rope_dim, DS),
+	F("v_head_dim", HP_U64, v_head_dim, DS),
+	F("routed_scaling_factor", HP_F64, routed_scale, 0),
+	F("scoring_sigmoid", HP_U64, scoring_sigmoid, 0),
+	F("rope_scaling.factor", HP_F64, rope_factor, 0),
+	F("rope_scaling.original_max_position", HP_F64, rope_orig_max, 0),
+	F("rope_scaling.beta_fast", HP_F64, rope_beta_fast, 0),
+	F("rope_scaling.beta_slow", HP_F64, rope_beta_slow, 0),
+	F("rope_scaling.mscale", HP_F64, rope_mscale, 0),
+	F("rope_scaling.mscale_all_dim", HP_F64, rope_mscale_all, 0),
+};
+#undef F
+
+int moe_hparams_check(const struct moe_hparams *hp)
+{
+	if (hp->arch < 0 || hp->arch >= MOE_ARCH_COUNT)
+		return moe_fail(MOE_EUNSUPPORTED, "unknown architecture id %d", hp->arch);
+	for (size_t i = 0; i < sizeof hp_fields / sizeof hp_fields[0]; i++) {
+		const struct hp_field *f = &hp_fields[i];
+		if (!(f->archs & (1u << hp->arch)))
+			continue;
+		const char *p = (const char *)hp + f->off;
+		int zero = f->type == HP_U64 ? *(const uint64_t *)p == 0 : !(*(const double *)p > 0);
+		if (zero)
+			return moe_fail(MOE_EFORMAT, "%s: hyperparameter %s missing or zero", moe_arch_name(hp->arch), f->key);
+	}
+	if (hp->n_layers > MOE_MAX_LAYERS)
+		return moe_fail(MOE_EUNSUPPORTED, "%llu layers: at most %d supported",
+				(unsigned long long)hp->n_layers, MOE_MAX_LAYERS);
+	if (hp->n_experts_used > hp->n_experts)
+		return moe_fail(MOE_EFORMAT, "experts per token (%llu) exceeds experts (%llu)",
+				(unsigned long long)hp->n_experts_used, (unsigned long long)hp->n_experts);
+	if (hp->arch != MOE_ARCH_DEEPSEEK_V3 && hp->n_heads % hp->n_kv_heads)
+		return moe_fail(MOE_EFORMAT, "attention heads (%llu) not a multiple of kv heads (%llu)",
+				(unsigned long long)hp->n_heads, (unsigned long long)hp->n_kv_heads);
+	if (hp->arch == MOE_ARCH_DEEPSEEK_V3 && hp->n_experts % hp->n_group)
+		return moe_fail(MOE_EFORMAT, "experts (%llu) not divisible into %llu groups",
+				(unsigned long long)hp->n_experts, (unsigned long long)hp->n_group);
+	for (uint64_t l = 0; l < hp->n_layers; l++)
+		if (!moe_layer_is_moe(hp, l) && hp->dense_ff == 0)
+			return moe_fail(MOE_EFORMAT, "layer %llu is a dense MLP but intermediate_size is missing",
+					(unsigned long long)l);
+	return 0;
+}
+
+int moe_hparams_to_meta(const struct moe_hparams *hp, struct moe_meta_writer *w)
+{
+	char key[96];
+	meta_put_str(w, "general.architecture", moe_arch_name(hp->arch));
+	for (size_t i = 0; i < sizeof hp_fields / sizeof hp_fields[0]; i++) {
+		const struct hp_field *f = &hp_fields[i];
+		const char *p = (const char *)hp + f->off;
+		snprintf(key, sizeof key, "hparams.%s", f->key);
+		if (f->type == HP_U64)
+			meta_put_u64(w, key, *(const uint64_t *)p);
+		else
+			meta_put_f64(w, key, *(const double *)p);
+	}
+	int64_t dense[MOE_MAX_LAYERS];
+	uint64_t n = 0;
+	for (uint64_t l = 0; l < hp->n_layers && l < MOE_MAX_LAYERS; l++)
+		if (hp->mlp_only[l])
+			dense[n++] = (int64_t)l;
+	meta_put_i64_array(w, "hparams.mlp_only_layers", dense, n);
+	return w->err;
+}
+
+int moe_hparams_from_pack(const moe_pack *pack, struct moe_hparams *hp)
+{
+	memset(hp, 0, sizeof *hp);
+	const void *name;
+	uint64_t len;
+	int rc = moe_pack_meta_bytes(pack, "general.architecture", &name, &len);
+	if (rc)
+		return rc;
+	hp->arch = moe_arch_from_name(name);
+	if (hp->arch < 0)
+		return moe_fail(MOE_EUNSUPPORTED, "pack architecture '%s' is not supported by this build", (const char *)name);
+	char key[96];
+	for (size_t i = 0; i < sizeof hp_fields / sizeof hp_fields[0]; i++) {
+		const struct hp_field *f = &hp_fields[i];
+		char *p = (char *)hp + f->off;
+		snprintf(key, sizeof key, "hparams.%s", f->key);
+		rc = f->type == HP_U64 ? moe_pack_meta_u64(pack, key, (uint64_t *)p)
+				       : moe_pack_meta_f64(pack, key, (double *)p);
+		if (rc)
+			return rc;
+	}
+	const int64_t *dense;
+	uint64_t n;
+	rc = moe_pack_meta_i64_array(pack, "hparams.mlp_only_layers", &dense, &n);
+	if (rc)
+		return rc;
+	for (uint64_t i = 0; i < n; i++) {
+		int64_t l;
+		memcpy(&l, &dense[i], 8); /* may be unaligned in the mapping */
+		if (l < 0 || l >= MOE_MAX_LAYERS)
+			return moe_fail(MOE_EFORMAT, "hparams.mlp_only_layers: layer %lld out of range", (long long)l);
+		hp->mlp_only[l] = 1;
+	}
+	return moe_hparams_check(hp);
+}
+
+/* ---- tensor lists ---- */
+
+struct spec_list {
+	struct moe_tensor_spec *out;
+	size_t n, max;
+};
+
+static void add(struct spec_list *sl, int kind, int optional, uint64_t rows, uint64_t cols,
+		const char *name, const char *hf_name)
+{
+	if (sl->n < sl->max) {
+		struct moe_tensor_spec *s = &sl->out[sl->n];
+		memset(s, 0, sizeof *s);
+		snprintf(s->name, sizeof s->name, "%s", name);
+		snprintf(s->hf_name, sizeof s->hf_name, "%s", hf_name);
+		s->kind = kind;
+		s->optional = optional;
+		s->n_dims = cols ? 2 : 1;
+		s->dims[0] = rows;
+		s->dims[1] = cols;
+	}
+	sl->n++;
+}
+
+/* A per-layer tensor: canonical blk.L.<name>, HF model.layers.L.<hf>.weight (or the
+ * exact hf when it does not end in "weight"/"bias": the routing bias). */
+static void add_layer(struct spec_list *sl, uint64_t l, int kind, uint64_t rows, uint64_t cols,
+		      const char *name, const char *hf)
+{
+	char cn[64], hn[96];
+	snprintf(cn, sizeof cn, "blk.%llu.%s", (unsigned long long)l, name);
+	snprintf(hn, sizeof hn, "model.layers.%llu.%s", (unsigned long long)l, hf);
+	add(sl, kind, 0, rows, cols, cn, hn);
+}
+
+size_t moe_arch_dense_tensors(const struct moe_hparams *hp, struct moe_tensor_spec *out, size_t max)
+{
+	struct spec_list sl = {out, 0, max};
+	const uint64_t H = hp->hidden, V = hp->vocab;
+	add(&sl, MOE_KIND_EMBED, 0, V, H, "token_embd", "model.embed_tokens.weight");
+	for (uint64_t l = 0; l < hp->n_layers; l++) {
+		add_layer(&sl, l, MOE_KIND_NORM, H, 0, "attn_norm", "input_layernorm.weight");
+		if (hp->arch == MOE_ARCH_DEEPSEEK_V3) {
+			const uint64_t nh = hp->n_heads, qk = hp->qk_nope_dim + hp->qk_rope_dim;
+			if (hp->q_lora_rank) {
+				add_layer(&sl, l, MOE_KIND_ATTN, hp->q_lora_rank, H, "attn_q_a", "self_attn.q_a_proj.weight");
+				add_layer(&sl, l, MOE_KIND_NORM, hp->q_lora_rank, 0, "attn_q_a_norm", "self_attn.q_a_layernorm.weight");
+				add_layer(&sl, l, MOE_KIND_ATTN, nh * qk, hp->q_lora_rank, "attn_q_b", "self_attn.q_b_proj.weight");
+			} else {
+				add_layer(&sl, l, MOE_KIND_ATTN, nh * qk, H, "attn_q", "self_attn.q_proj.weight");
+			}
+			add_layer(&sl, l, MOE_KIND_ATTN, hp->kv_lora_rank + hp->qk_rope_dim, H, "attn_kv_a_mqa",
+				  "self_attn.kv_a_proj_with_mqa.weight");
+			add_layer(&sl, l, MOE_KIND_NORM, hp->kv_lora_rank, 0, "attn_kv_a_norm", "self_attn.kv_a_layernorm.weight");
+			add_layer(&sl, l, MOE_KIND_ATTN, nh * (hp->qk_nope_dim + hp->v_head_dim), hp->kv_lora_rank,
+				  "attn_kv_b", "self_attn.kv_b_proj.weight");
+			add_layer(&sl, l, MOE_KIND_ATTN, H, nh * hp->v_head_dim, "attn_output", "self_attn.o_proj.weight");
+		} else {
+			const uint64_t q = hp->n_heads * hp->head_dim, kv = hp->n_kv_heads * hp->head_dim;
+			add_layer(&sl, l, MOE_KIND_ATTN, q, H, "attn_q", "self_attn.q_proj.weight");
+			add_layer(&sl, l, MOE_KIND_ATTN, kv, H, "attn_k", "self_attn.k_proj.weight");
+			add_layer(&sl, l, MOE_KIND_ATTN, kv, H, "attn_v", "self_attn.v_proj.weight");
+			add_layer(&sl, l, MOE_KIND_ATTN, H, q, "attn_output", "self_attn.o_proj.weight");
+			if (hp->arch == MOE_ARCH_QWEN3_MOE) {
+				add_layer(&sl, l, MOE_KIND_NORM, hp->head_dim, 0, "attn_q_norm", "self_attn.q_norm.weight");
+				add_layer(&sl, l, MOE_KIND_NORM, hp->head_dim, 0, "attn_k_norm", "self_attn.k_norm.weight");
+			}
+		}
+		add_layer(&sl, l, MOE_KIND_NORM, H, 0, "ffn_norm", "post_attention_layernorm.weight");
+		if (!moe_layer_is_moe(hp, l)) {
+			add_layer(&sl, l, MOE_KIND_FFN, hp->dense_ff, H, "ffn_gate", "mlp.gate_proj.weight");
+			add_layer(&sl, l, MOE_KIND_FFN, hp->dense_ff, H, "ffn_up", "mlp.up_proj.weight");
+			add_layer(&sl, l, MOE_KIND_FFN, H, hp->dense_ff, "ffn_down", "mlp.down_proj.weight");
+			continue;
+		}
+		const char *router = hp->arch == MOE_ARCH_MIXTRAL ? "block_sparse_moe.gate.weight" : "mlp.gate.weight";
+		add_layer(&sl, l, MOE_KIND_ROUTER, hp->n_experts, H, "ffn_gate_inp", router);
+		if (hp->arch == MOE_ARCH_DEEPSEEK_V3) {
+			add_layer(&sl, l, MOE_KIND_ROUTER, hp->n_experts, 0, "exp_probs_b", "mlp.gate.e_score_correction_bias");
+			if (hp->n_shared) {
+				const uint64_t sf = hp->n_shared * hp->expert_ff;
+				add_layer(&sl, l, MOE_KIND_FFN, sf, H, "ffn_gate_shexp", "mlp.shared_experts.gate_proj.weight");
+				add_layer(&sl, l, MOE_KIND_FFN, sf, H, "ffn_up_shexp", "mlp.shared_experts.up_proj.weight");
+				add_layer(&sl, l, MOE_KIND_FFN, H, sf, "ffn_down_shexp", "mlp.shared_experts.down_proj.weight");
+			}
+		}
+	}
+	add(&sl, MOE_KIND_NORM, 0, H, 0, "output_norm", "model.norm.weight");
+	add(&sl, MOE_KIND_OUTPUT, hp->tie_embeddings != 0, V, H, "output", "lm_head.weight");
+	return sl.n;
+}
+
+void moe_arch_expert_tensors(const struct moe_hparams *hp, uint64_t l, uint64_t e, struct moe_tensor_spec out[3])
+{
+	static const char *const canon[3] = {"ffn_gate", "ffn_up", "ffn_down"};
+	static const char *const hf_mixtral[3] = {"w1", "w3", "w2"};
+	static const char *const hf_other[3] = {"gate_proj", "up_proj", "down_proj"};
+	for (int m = 0; m < 3; m++) {
+		struct moe_tensor_spec *s = &out[m];
+		memset(s, 0, sizeof *s);
+		snprintf(s->name, sizeof s->name, "blk.%llu.%s.%llu", (unsigned long long)l, canon[m], (unsigned long long)e);
+		if (hp->arch == MOE_ARCH_MIXTRAL)
+			snprintf(s->hf_name, sizeof s->hf_name, "model.layers.%llu.block_sparse_moe.experts.%llu.%s.weight",
+				 (unsigned long long)l, (unsigned long long)e, hf_mixtral[m]);
+		else
+			snprintf(s->hf_name, sizeof s->hf_name, "model.layers.%llu.mlp.experts.%llu.%s.weight",
+				 (unsigned long long)l, (unsigned long long)e, hf_other[m]);
+		s->kind = MOE_KIND_EXPERT;
+		s->n_dims = 2;
+		s->dims[0] = m == 2 ? hp->hidden : hp->expert_ff;
+		s->dims[1] = m == 2 ? hp->expert_ff : hp->hidden;
+	}
+}
+
+int moe_tensor_kind(const char *name)
+{
+	const char *base = name;
+	if (strncmp(name, "blk.", 4) == 0) {
+		const char *dot = strchr(name + 4, '.');
+		base = dot ? dot + 1 : name;
+	}
+	size_t n = strlen(base);
+	if (strcmp(base, "token_embd") == 0)
+		return MOE_KIND_EMBED;
+	if (strcmp(base, "output") == 0)
+		return MOE_KIND_OUTPUT;
+	if (n >= 5 && strcmp(base + n - 5, "_norm") == 0)
+		return MOE_KIND_NORM;
+	if (strcmp(base, "ffn_gate_inp") == 0 || strcmp(base, "exp_probs_b") == 0)
+		return MOE_KIND_ROUTER;
+	if (strncmp(base, "attn_", 5) == 0)
+		return MOE_KIND_ATTN;
+	return MOE_KIND_FFN;
+}

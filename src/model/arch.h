@@ -1,0 +1,82 @@
+/*
+ * arch.h - what a model is: its hyperparameters and the tensors its forward pass
+ * needs, named canonically (GGUF-style: "blk.3.attn_q"). moe-pack imports a
+ * source into this shape; the runtime reads it back from the pack's metadata.
+ */
+#ifndef MOE_MODEL_ARCH_H
+#define MOE_MODEL_ARCH_H
+
+#include <stdint.h>
+
+#include "moe.h"
+
+#define MOE_MAX_LAYERS 256
+
+enum moe_arch {
+	MOE_ARCH_MIXTRAL = 0,
+	MOE_ARCH_QWEN3_MOE = 1,
+	MOE_ARCH_DEEPSEEK_V3 = 2,
+	MOE_ARCH_COUNT
+};
+
+struct moe_hparams {
+	int arch;
+	uint64_t n_layers, hidden, n_heads, n_kv_heads, head_dim, vocab;
+	uint64_t n_experts, n_experts_used, expert_ff; /* routed experts per MoE layer */
+	uint64_t dense_ff;          /* dense MLP layers (Qwen3 mlp_only, DeepSeek first layers) */
+	uint64_t max_pos;
+	double rope_theta, rms_eps;
+	uint64_t norm_topk_prob, tie_embeddings;
+	/* Qwen3-MoE: a layer is dense if listed or if (l+1) % sparse_step != 0 */
+	uint64_t sparse_step;
+	uint8_t mlp_only[MOE_MAX_LAYERS];
+	/* DeepSeek-V3 */
+	uint64_t first_dense, n_shared, n_group, topk_group;
+	uint64_t q_lora_rank, kv_lora_rank, qk_nope_dim, qk_rope_dim, v_head_dim;
+	double routed_scale;
+	uint64_t scoring_sigmoid;
+	double rope_factor, rope_orig_max, rope_beta_fast, rope_beta_slow, rope_mscale, rope_mscale_all;
+};
+
+/* What a tensor is for; the quant recipe maps kinds to types. */
+enum moe_kind {
+	MOE_KIND_EMBED,
+	MOE_KIND_OUTPUT,
+	MOE_KIND_ATTN,
+	MOE_KIND_FFN,    /* dense MLP layers and shared experts */
+	MOE_KIND_EXPERT, /* routed experts */
+	MOE_KIND_NORM,   /* always f32 */
+	MOE_KIND_ROUTER, /* always f32 */
+	MOE_KIND_COUNT
+};
+extern const char *const moe_kind_names[MOE_KIND_COUNT];
+
+struct moe_tensor_spec {
+	char name[64];      /* canonical */
+	char hf_name[96];   /* Hugging Face safetensors name */
+	int kind;
+	int n_dims;
+	uint64_t dims[2];   /* rows, cols (1-D: dims[0]) */
+	int optional;       /* absent is fine (output when embeddings are tied) */
+};
+
+const char *moe_arch_name(int arch);   /* "mixtral", "qwen3_moe", "deepseek_v3" */
+int moe_arch_from_name(const char *name);
+int moe_layer_is_moe(const struct moe_hparams *hp, uint64_t layer);
+/* Check that the hyperparameters are complete and consistent; message names the field. */
+int moe_hparams_check(const struct moe_hparams *hp);
+
+/* Dense tensors of the model, in pack order. Returns the count; fills at most max. */
+size_t moe_arch_dense_tensors(const struct moe_hparams *hp, struct moe_tensor_spec *out, size_t max);
+/* The three matrices (gate, up, down) of routed expert e of layer l. */
+void moe_arch_expert_tensors(const struct moe_hparams *hp, uint64_t layer, uint64_t e, struct moe_tensor_spec out[3]);
+
+/* Kind of a dense tensor from its canonical name ("blk.3.attn_q" -> MOE_KIND_ATTN). */
+int moe_tensor_kind(const char *name);
+
+/* ---- metadata <-> hparams ---- */
+struct moe_meta_writer;
+int moe_hparams_to_meta(const struct moe_hparams *hp, struct moe_meta_writer *w);
+int moe_hparams_from_pack(const moe_pack *pack, struct moe_hparams *hp);
+
+#endif

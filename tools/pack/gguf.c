@@ -1,0 +1,752 @@
+/* gguf.c - GGUF v2/v3 files (llama.cpp): importer, and the exporter moe-pack synth uses. */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "common/error.h"
+#include "common/fileio.h"
+#include "quant/quant.h"
+#include "source.h"
+
+enum gguf_vtype {
+	GV_U8, GV_I8, GV_U16, GV_I16, GV_U32, GV_I32, GV_F32, GV_BOOL, GV_STRING, GV_ARRAY, GV_U64, GV_I64, GV_F64,
+};
+enum { GT_F32 = 0, GT_F16 = 1, GT_Q4_0 = 2, GT_Q8_0 = 8, GT_BF16 = 30 };
+
+static const char *ggml_type_name(uint32_t t)
+{
+	static const char *const names[] = {
+		"F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K",
+		"Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S",
+		"IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16", "Q4_0_4_4", "Q4_0_4_8", "Q4_0_8_8",
+		"TQ1_0", "TQ2_0", "IQ4_NL_4_4", "IQ4_NL_4_8", "IQ4_NL_8_8", "MXFP4",
+	};
+	return t < sizeof names / sizeof names[0] ? names[t] : "unknown";
+}
+
+/* ---- reading: a bounds-checked cursor over the mapped header ---- */
+
+struct cur {
+	const uint8_t *p;
+	uint64_t pos, size;
+	const char *path;
+	int err;
+};
+
+static int need(struct cur *c, uint64_t n)
+{
+	if (c->err)
+		return 0;
+	if (n > c->size - c->pos) {
+		c->err = moe_fail(MOE_EFORMAT, "%s: truncated header (needs %llu bytes at offset %llu, file has %llu)",
+				  c->path, (unsigned long long)n, (unsigned long long)c->pos, (unsigned long long)c->size);
+		return 0;
+	}
+	return 1;
+}
+
+#define GET(T)                                              \
+	static T get_##T(struct cur *c)                     \
+	{                                                   \
+		T v = 0;                                    \
+		if (need(c, sizeof v)) {                    \
+			memcpy(&v, c->p + c->pos, sizeof v); \
+			c->pos += sizeof v;                 \
+		}                                           \
+		return v;                                   \
+	}
+GET(uint32_t)
+GET(uint64_t)
+#undef GET
+
+/* A string as (pointer into the map, length). */
+static const char *get_str(struct cur *c, uint64_t *len)
+{
+	*len = get_uint64_t(c);
+	if (!need(c, *len))
+		return NULL;
+	const char *s = (const char *)c->p + c->pos;
+	c->pos += *len;
+	return s;
+}
+
+static uint64_t vtype_size(uint32_t t)
+{
+	static const uint8_t sz[] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+	return t < sizeof sz ? sz[t] : 0;
+}
+
+/* A scalar value read as double/u64, or a string; arrays are skipped (count kept). */
+struct kv {
+	char key[128];
+	uint32_t type;
+	double num;
+	const char *str;
+	uint64_t str_len, arr_len;
+	uint32_t arr_type;
+};
+
+static void skip_value(struct cur *c, uint32_t type, struct kv *kv, int depth)
+{
+	if (c->err)
+		return;
+	if (type == GV_STRING) {
+		uint64_t len;
+		const char *s = get_str(c, &len);
+		if (kv) {
+			kv->str = s;
+			kv->str_len = len;
+		}
+		return;
+	}
+	if (type == GV_ARRAY) {
+		uint32_t et = get_uint32_t(c);
+		uint64_t n = get_uint64_t(c);
+		if (kv) {
+			kv->arr_type = et;
+			kv->arr_len = n;
+		}
+		if (depth > 2) {
+			c->err = moe_fail(MOE_EFORMAT, "%s: nested arrays too deep at offset %llu", c->path,
+					  (unsigned long long)c->pos);
+			return;
+		}
+		if (et != GV_STRING && et != GV_ARRAY) {
+			uint64_t es = vtype_size(et);
+			if (!es || n > (c->size - c->pos) / es) {
+				if (!c->err)
+					c->err = moe_fail(MOE_EFORMAT, "%s: bad array (type %u, %llu elements) at offset %llu",
+							  c->path, et, (unsigned long long)n, (unsigned long long)c->pos);
+				return;
+			}
+			c->pos += n * es;
+			return;
+		}
+		for (uint64_t i = 0; i < n && !c->err; i++)
+			skip_value(c, et, NULL, depth + 1);
+		return;
+	}
+	uint64_t n = vtype_size(type);
+	if (!n) {
+		c->err = moe_fail(MOE_EFORMAT, "%s: unknown value type %u at offset %llu", c->path, type,
+				  (unsigned long long)c->pos);
+		return;
+	}
+	if (!need(c, n))
+		return;
+	if (kv) {
+		const uint8_t *p = c->p + c->pos;
+		union { uint8_t u8; int8_t i8; uint16_t u16; int16_t i16; uint32_t u32; int32_t i32; float f32;
+			uint64_t u64; int64_t i64; double f64; } u;
+		memcpy(&u, p, n);
+		switch (type) {
+		case GV_U8: case GV_BOOL: kv->num = u.u8; break;
+		case GV_I8: kv->num = u.i8; break;
+		case GV_U16: kv->num = u.u16; break;
+		case GV_I16: kv->num = u.i16; break;
+		case GV_U32: kv->num = u.u32; break;
+		case GV_I32: kv->num = u.i32; break;
+		case GV_F32: kv->num = u.f32; break;
+		case GV_U64: kv->num = (double)u.u64; break;
+		case GV_I64: kv->num = (double)u.i64; break;
+		case GV_F64: kv->num = u.f64; break;
+		}
+	}
+	c->pos += n;
+}
+
+struct gguf_kvs {
+	struct kv *v;
+	size_t n;
+	char arch[32];
+};
+
+static const struct kv *find_kv(const struct gguf_kvs *k, const char *key)
+{
+	for (size_t i = 0; i < k->n; i++)
+		if (strcmp(k->v[i].key, key) == 0)
+			return &k->v[i];
+	return NULL;
+}
+
+/* "<arch>.<suffix>" as an integer or float; absent leaves *out unchanged. */
+static void arch_u64(const struct gguf_kvs *k, const char *suffix, uint64_t *out)
+{
+	char key[128];
+	snprintf(key, sizeof key, "%s.%s", k->arch, suffix);
+	const struct kv *v = find_kv(k, key);
+	if (v && v->type != GV_STRING && v->type != GV_ARRAY && v->num >= 0)
+		*out = (uint64_t)v->num;
+}
+
+static void arch_f64(const struct gguf_kvs *k, const char *suffix, double *out)
+{
+	char key[128];
+	snprintf(key, sizeof key, "%s.%s", k->arch, suffix);
+	const struct kv *v = find_kv(k, key);
+	if (v && v->type != GV_STRING && v->type != GV_ARRAY)
+		*out = v->num;
+}
+
+/* GGUF metadata -> hyperparameters. */
+static int map_hparams(struct moe_source *src, const struct gguf_kvs *k)
+{
+	struct moe_hparams *hp = &src->hp;
+	memset(hp, 0, sizeof *hp);
+	if (strcmp(k->arch, "llama") == 0 || strcmp(k->arch, "mixtral") == 0)
+		hp->arch = MOE_ARCH_MIXTRAL;
+	else if (strcmp(k->arch, "qwen3moe") == 0)
+		hp->arch = MOE_ARCH_QWEN3_MOE;
+	else if (strcmp(k->arch, "deepseek2") == 0)
+		hp->arch = MOE_ARCH_DEEPSEEK_V3;
+	else
+		return moe_fail(MOE_EUNSUPPORTED, "%s: architecture \"%s\" is not supported (llama/Mixtral, qwen3moe, deepseek2 are)",
+				src->path, k->arch);
+	uint64_t ff = 0, key_len = 0, val_len = 0, rope_dim = 0, gating = 0;
+	hp->rope_theta = 10000.0;
+	hp->max_pos = 4096;
+	arch_u64(k, "block_count", &hp->n_layers);
+	arch_u64(k, "embedding_length", &hp->hidden);
+	arch_u64(k, "attention.head_count", &hp->n_heads);
+	arch_u64(k, "attention.head_count_kv", &hp->n_kv_heads);
+	arch_u64(k, "attention.key_length", &key_len);
+	arch_u64(k, "attention.value_length", &val_len);
+	arch_u64(k, "rope.dimension_count", &rope_dim);
+	arch_u64(k, "vocab_size", &hp->vocab);
+	arch_u64(k, "context_length", &hp->max_pos);
+	arch_u64(k, "expert_count", &hp->n_experts);
+	arch_u64(k, "expert_used_count", &hp->n_experts_used);
+	arch_u64(k, "feed_forward_length", &ff);
+	arch_u64(k, "expert_feed_forward_length", &hp->expert_ff);
+	arch_f64(k, "rope.freq_base", &hp->rope_theta);
+	arch_f64(k, "attention.layer_norm_rms_epsilon", &hp->rms_eps);
+	if (hp->n_experts == 0)
+		return moe_fail(MOE_EUNSUPPORTED, "%s: %s model without experts (%s.expert_count): not a Mixture-of-Experts model",
+				src->path, k->arch, k->arch);
+	switch (hp->arch) {
+	case MOE_ARCH_MIXTRAL:
+		hp->expert_ff = ff;
+		hp->norm_topk_prob = 1;
+		if (!hp->n_kv_heads)
+			hp->n_kv_heads = hp->n_heads;
+		hp->head_dim = key_len ? key_len : rope_dim ? rope_dim : hp->n_heads ? hp->hidden / hp->n_heads : 0;
+		break;
+	case MOE_ARCH_QWEN3_MOE:
+		/* llama.cpp treats every qwen3moe layer as MoE */
+		hp->sparse_step = 1;
+		hp->dense_ff = ff;
+		hp->norm_topk_prob = 1;
+		hp->head_dim = key_len;
+		if (!hp->n_kv_heads)
+			hp->n_kv_heads = hp->n_heads;
+		break;
+	case MOE_ARCH_DEEPSEEK_V3:
+		hp->dense_ff = ff;
+		arch_u64(k, "leading_dense_block_count", &hp->first_dense);
+		arch_u64(k, "expert_shared_count", &hp->n_shared);
+		arch_u64(k, "expert_group_count", &hp->n_group);
+		arch_u64(k, "expert_group_used_count", &hp->topk_group);
+		arch_u64(k, "attention.q_lora_rank", &hp->q_lora_rank);
+		arch_u64(k, "attention.kv_lora_rank", &hp->kv_lora_rank);
+		arch_u64(k, "expert_weights_norm", &hp->norm_topk_prob);
+		arch_u64(k, "expert_gating_func", &gating);
+		hp->routed_scale = 1.0;
+		arch_f64(k, "expert_weights_scale", &hp->routed_scale);
+		arch_f64(k, "rope.scaling.factor", &hp->rope_factor);
+		arch_f64(k, "rope.scaling.original_context_length", &hp->rope_orig_max);
+		hp->qk_rope_dim = rope_dim;
+		hp->qk_nope_dim = key_len > rope_dim ? key_len - rope_dim : 0;
+		hp->v_head_dim = val_len;
+		hp->scoring_sigmoid = gating == 2; /* llama.cpp: 1 softmax, 2 sigmoid */
+		if (!hp->n_group) {
+			hp->n_group = 1;
+			hp->topk_group = 1;
+		}
+		if (hp->rope_factor > 0) {
+			double ylm = 0;
+			arch_f64(k, "rope.scaling.yarn_log_multiplier", &ylm);
+			hp->rope_beta_fast = 32;
+			hp->rope_beta_slow = 1;
+			hp->rope_mscale = 1.0;
+			hp->rope_mscale_all = ylm > 0 ? ylm / 0.1 : 1.0;
+		}
+		break;
+	}
+	return 0;
+}
+
+/* "blk.3.attn_q.weight" -> "blk.3.attn_q"; routing bias "exp_probs_b.bias" -> "exp_probs_b" */
+static void canonical_name(const char *s, size_t len, char *out, size_t cap)
+{
+	if (len >= 7 && memcmp(s + len - 7, ".weight", 7) == 0)
+		len -= 7;
+	else if (len >= 5 && memcmp(s + len - 5, ".bias", 5) == 0)
+		len -= 5;
+	if (len >= cap)
+		len = cap - 1;
+	memcpy(out, s, len);
+	out[len] = '\0';
+}
+
+static int add_tensor(struct moe_source *src, const char *name, uint32_t type, uint32_t nd, const uint64_t ne[4],
+		      uint64_t abs_off, uint64_t file_size, uint64_t head_dim)
+{
+	int dtype;
+	uint64_t bpb, per_block; /* bytes per block, weights per block */
+	switch (type) {
+	case GT_F32: dtype = SRC_F32; bpb = 4; per_block = 1; break;
+	case GT_F16: dtype = SRC_F16; bpb = 2; per_block = 1; break;
+	case GT_BF16: dtype = SRC_BF16; bpb = 2; per_block = 1; break;
+	case GT_Q8_0: dtype = SRC_Q8_0; bpb = 34; per_block = 32; break;
+	case GT_Q4_0: dtype = SRC_Q4_0; bpb = 18; per_block = 32; break;
+	default:
+		return moe_fail(MOE_EUNSUPPORTED, "%s: tensor %s has type %s (%u): only F32, F16, BF16, Q8_0 and Q4_0 are supported",
+				src->path, name, ggml_type_name(type), type);
+	}
+	if (nd < 1 || nd > 3)
+		return moe_fail(MOE_EUNSUPPORTED, "%s: tensor %s has %u dimensions", src->path, name, nd);
+	const uint64_t cols = ne[0], rows = nd >= 2 ? ne[1] : 1, mats = nd == 3 ? ne[2] : 1;
+	if (cols % per_block)
+		return moe_fail(MOE_EFORMAT, "%s: tensor %s: %llu columns is not a multiple of the %s block", src->path, name,
+				(unsigned long long)cols, ggml_type_name(type));
+	if (cols == 0 || rows == 0 || mats == 0 || cols > (1ull << 32) || rows > (1ull << 32) || mats > (1ull << 16))
+		return moe_fail(MOE_EFORMAT, "%s: tensor %s: bad shape", src->path, name);
+	const uint64_t mat_bytes = rows * (cols / per_block) * bpb;
+	if (abs_off > file_size || mats * mat_bytes > file_size - abs_off)
+		return moe_fail(MOE_EFORMAT, "%s: tensor %s: data at offset %llu (%llu bytes) runs past the end of the file",
+				src->path, name, (unsigned long long)abs_off, (unsigned long long)(mats * mat_bytes));
+	char base[256];
+	canonical_name(name, strlen(name), base, sizeof base);
+	/* stacked experts "blk.L.ffn_gate_exps" become "blk.L.ffn_gate.E", one entry per expert */
+	char *exps = nd == 3 ? strstr(base, "_exps") : NULL;
+	if (nd == 3 && (!exps || exps[5]))
+		return moe_fail(MOE_EUNSUPPORTED, "%s: 3-D tensor %s is not a stacked expert tensor", src->path, name);
+	if (exps)
+		*exps = '\0';
+	for (uint64_t m = 0; m < mats; m++) {
+		char full[300];
+		if (exps)
+			snprintf(full, sizeof full, "%s.%llu", base, (unsigned long long)m);
+		else
+			snprintf(full, sizeof full, "%s", base);
+		struct src_entry *e = src_add(src, full);
+		if (!e)
+			return moe_fail(MOE_ENOMEM, "out of memory");
+		e->dtype = dtype;
+		e->n_dims = nd == 1 ? 1 : 2;
+		e->rows = nd == 1 ? cols : rows;
+		e->cols = nd == 1 ? 1 : cols;
+		e->file = 0;
+		e->offset = abs_off + m * mat_bytes;
+		/* llama.cpp's llama converter interleaves q/k rows per head (pair-wise RoPE); undo it */
+		size_t bl = strlen(base);
+		if (head_dim && bl > 7 && (strcmp(base + bl - 7, ".attn_q") == 0 || strcmp(base + bl - 7, ".attn_k") == 0))
+			e->permute_head = (uint32_t)head_dim;
+	}
+	return 0;
+}
+
+int src_open_gguf(const char *path, struct moe_source *src)
+{
+	src->kind = "gguf";
+	int fi = src_add_file(src, path);
+	if (fi < 0)
+		return fi;
+	struct src_file *f = &src->files[fi];
+	if (f->size < 24)
+		return moe_fail(MOE_EFORMAT, "%s: truncated (%llu bytes): not a GGUF file", path, (unsigned long long)f->size);
+	void *map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, f->fd, 0);
+	if (map == MAP_FAILED)
+		return moe_fail(MOE_EIO, "%s: mmap: %s", path, strerror(errno));
+	struct cur c = {map, 0, f->size, path, 0};
+	struct gguf_kvs kvs = {0};
+	int rc = 0;
+	if (memcmp(map, "GGUF", 4) != 0) {
+		rc = moe_fail(MOE_EFORMAT, "%s: bad magic (not a GGUF file, and not a folder with config.json)", path);
+		goto out;
+	}
+	c.pos = 4;
+	uint32_t version = get_uint32_t(&c);
+	if (version != 2 && version != 3) {
+		rc = moe_fail(MOE_EVERSION, "%s: GGUF version %u is not supported (2 and 3 are)", path, version);
+		goto out;
+	}
+	uint64_t n_tensors = get_uint64_t(&c), n_kv = get_uint64_t(&c);
+	if (n_kv > f->size / 13 || n_tensors > f->size / 24) {
+		rc = moe_fail(MOE_EFORMAT, "%s: header counts (%llu tensors, %llu keys) exceed the file size", path,
+			      (unsigned long long)n_tensors, (unsigned long long)n_kv);
+		goto out;
+	}
+	kvs.v = calloc(n_kv + 1, sizeof *kvs.v);
+	if (!kvs.v) {
+		rc = moe_fail(MOE_ENOMEM, "out of memory");
+		goto out;
+	}
+	for (uint64_t i = 0; i < n_kv && !c.err; i++) {
+		uint64_t klen;
+		const char *key = get_str(&c, &klen);
+		uint32_t type = get_uint32_t(&c);
+		if (c.err)
+			break;
+		struct kv *kv = &kvs.v[kvs.n++];
+		snprintf(kv->key, sizeof kv->key, "%.*s", (int)(klen < 127 ? klen : 127), key);
+		kv->type = type;
+		skip_value(&c, type, kv, 0);
+	}
+	if ((rc = c.err))
+		goto out;
+	const struct kv *a = find_kv(&kvs, "general.architecture");
+	if (!a || a->type != GV_STRING) {
+		rc = moe_fail(MOE_ENOTFOUND, "%s: no general.architecture", path);
+		goto out;
+	}
+	snprintf(kvs.arch, sizeof kvs.arch, "%.*s", (int)(a->str_len < 31 ? a->str_len : 31), a->str);
+	if ((rc = map_hparams(src, &kvs)))
+		goto out;
+	uint64_t alignment = 32;
+	const struct kv *al = find_kv(&kvs, "general.alignment");
+	if (al && al->type != GV_STRING && al->type != GV_ARRAY)
+		alignment = (uint64_t)al->num;
+	if (alignment == 0 || (alignment & (alignment - 1))) {
+		rc = moe_fail(MOE_EFORMAT, "%s: general.alignment %llu is not a power of two", path, (unsigned long long)alignment);
+		goto out;
+	}
+	const struct kv *tm = find_kv(&kvs, "tokenizer.ggml.model");
+	if (tm && tm->type == GV_STRING && tm->str_len == 4 && memcmp(tm->str, "none", 4) == 0)
+		src->no_tokenizer_ok = 1;
+	else if (tm)
+		snprintf(src->note, sizeof src->note,
+			 "GGUF tokenizer (tokenizer.ggml.model = \"%.*s\") not imported; pass --tokenizer tokenizer.json",
+			 (int)(tm->type == GV_STRING && tm->str_len < 32 ? tm->str_len : 0), tm->str);
+	const struct kv *vt = find_kv(&kvs, "tokenizer.ggml.tokens");
+
+	/* tensor infos; permutation applies to the llama arch only */
+	const uint64_t head_dim = strcmp(kvs.arch, "llama") == 0 ? src->hp.head_dim : 0;
+	struct tinfo { char name[256]; uint32_t nd, type; uint64_t ne[4], off; } *ti = calloc(n_tensors + 1, sizeof *ti);
+	if (!ti) {
+		rc = moe_fail(MOE_ENOMEM, "out of memory");
+		goto out;
+	}
+	for (uint64_t i = 0; i < n_tensors && !c.err; i++) {
+		uint64_t nlen;
+		const char *name = get_str(&c, &nlen);
+		ti[i].nd = get_uint32_t(&c);
+		if (c.err)
+			break;
+		snprintf(ti[i].name, sizeof ti[i].name, "%.*s", (int)(nlen < 255 ? nlen : 255), name);
+		if (ti[i].nd > 4) {
+			rc = moe_fail(MOE_EFORMAT, "%s: tensor %s has %u dimensions", path, ti[i].name, ti[i].nd);
+			break;
+		}
+		for (uint32_t d = 0; d < ti[i].nd; d++)
+			ti[i].ne[d] = get_uint64_t(&c);
+		ti[i].type = get_uint32_t(&c);
+		ti[i].off = get_uint64_t(&c);
+	}
+	if (!rc)
+		rc = c.err;
+	const uint64_t data0 = (c.pos + alignment - 1) / alignment * alignment;
+	for (uint64_t i = 0; i < n_tensors && !rc; i++) {
+		if (ti[i].off > f->size) {
+			rc = moe_fail(MOE_EFORMAT, "%s: tensor %s: offset %llu outside the file", path, ti[i].name,
+				      (unsigned long long)ti[i].off);
+			break;
+		}
+		rc = add_tensor(src, ti[i].name, ti[i].type, ti[i].nd, ti[i].ne, data0 + ti[i].off, f->size, head_dim);
+		if (!rc && !src->hp.vocab && strcmp(ti[i].name, "token_embd.weight") == 0)
+			src->hp.vocab = ti[i].nd == 2 ? ti[i].ne[1] : 0;
+	}
+	free(ti);
+	if (rc)
+		goto out;
+	if (!src->hp.vocab && vt)
+		src->hp.vocab = vt->arr_len;
+	if ((rc = moe_hparams_check(&src->hp)))
+		rc = moe_fail(rc, "%s: %s", path, moe_last_error());
+	f->header_xxh3 = XXH3_64bits(map, data0 < f->size ? data0 : f->size);
+out:
+	free(kvs.v);
+	munmap(map, f->size);
+	return rc;
+}
+
+/* ---- writing (moe-pack synth --format gguf) ---- */
+
+static int ends_with(const char *s, const char *suf)
+{
+	size_t a = strlen(s), b = strlen(suf);
+	return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+struct gw {
+	FILE *fp;
+	const char *path;
+};
+
+static void w_bytes(struct gw *g, const void *p, size_t n) { fwrite(p, 1, n, g->fp); }
+static void w_u32(struct gw *g, uint32_t v) { w_bytes(g, &v, 4); }
+static void w_u64(struct gw *g, uint64_t v) { w_bytes(g, &v, 8); }
+static void w_str(struct gw *g, const char *s)
+{
+	w_u64(g, strlen(s));
+	w_bytes(g, s, strlen(s));
+}
+static void kv_u32(struct gw *g, const char *k, uint32_t v)
+{
+	w_str(g, k);
+	w_u32(g, GV_U32);
+	w_u32(g, v);
+}
+static void kv_f32(struct gw *g, const char *k, float v)
+{
+	w_str(g, k);
+	w_u32(g, GV_F32);
+	w_bytes(g, &v, 4);
+}
+static void kv_str(struct gw *g, const char *k, const char *v)
+{
+	w_str(g, k);
+	w_u32(g, GV_STRING);
+	w_str(g, v);
+}
+
+struct gtensor {
+	char name[96];
+	struct moe_tensor_spec spec[1];
+	uint64_t n_experts; /* stacked: spec is expert 0's matrix, experts 0..n-1 follow */
+	uint32_t type;
+	uint64_t size, off;
+	int permute;
+};
+
+static uint64_t gguf_bytes(uint32_t type, uint64_t n)
+{
+	switch (type) {
+	case GT_F32: return n * 4;
+	case GT_F16: case GT_BF16: return n * 2;
+	case GT_Q8_0: return n / 32 * 34;
+	case GT_Q4_0: return n / 32 * 18;
+	}
+	return 0;
+}
+
+/* Convert one canonical row to GGUF bytes. */
+static void encode_row(uint32_t type, const float *x, uint64_t cols, uint8_t *out, uint8_t *codes, uint16_t *scales)
+{
+	switch (type) {
+	case GT_F32: memcpy(out, x, cols * 4); break;
+	case GT_F16: moe_quantize_rows(MOE_TYPE_F16, x, 1, cols, out, NULL); break;
+	case GT_BF16: moe_quantize_rows(MOE_TYPE_BF16, x, 1, cols, out, NULL); break;
+	case GT_Q8_0:
+		moe_quantize_rows(MOE_TYPE_Q8, x, 1, cols, codes, scales);
+		moe_q8_to_gguf((const int8_t *)codes, scales, cols / 32, (gguf_block_q8_0 *)out);
+		break;
+	case GT_Q4_0:
+		moe_quantize_rows(MOE_TYPE_Q4, x, 1, cols, codes, scales);
+		moe_q4_to_gguf(codes, scales, cols / 32, (gguf_block_q4_0 *)out);
+		break;
+	}
+}
+
+int gguf_write_model(struct moe_source *src, const char *path, const char *type_name, int force)
+{
+	const struct moe_hparams *hp = &src->hp;
+	uint32_t wtype;
+	if (strcmp(type_name, "f32") == 0) wtype = GT_F32;
+	else if (strcmp(type_name, "f16") == 0) wtype = GT_F16;
+	else if (strcmp(type_name, "bf16") == 0) wtype = GT_BF16;
+	else if (strcmp(type_name, "q8_0") == 0) wtype = GT_Q8_0;
+	else if (strcmp(type_name, "q4_0") == 0) wtype = GT_Q4_0;
+	else return moe_fail(MOE_EINVAL, "--dtype %s: GGUF output takes f32, f16, bf16, q8_0 or q4_0", type_name);
+	const char *arch = hp->arch == MOE_ARCH_MIXTRAL ? "llama" : hp->arch == MOE_ARCH_QWEN3_MOE ? "qwen3moe" : NULL;
+	if (!arch)
+		return moe_fail(MOE_EUNSUPPORTED, "GGUF output of %s is not implemented (mixtral and qwen3_moe are)",
+				moe_arch_name(hp->arch));
+	for (uint64_t l = 0; l < hp->n_layers; l++)
+		if (!moe_layer_is_moe(hp, l))
+			return moe_fail(MOE_EUNSUPPORTED, "GGUF cannot express qwen3moe dense layers (layer %llu)",
+					(unsigned long long)l);
+	struct stat st;
+	if (!force && stat(path, &st) == 0)
+		return moe_fail(MOE_EEXIST, "%s: exists (use --force to overwrite)", path);
+
+	/* tensor list: dense in model order, then per layer the three stacked expert tensors */
+	size_t nd = moe_arch_dense_tensors(hp, NULL, 0);
+	size_t cap = nd + 3 * hp->n_layers;
+	struct moe_tensor_spec *dense = calloc(nd, sizeof *dense);
+	struct gtensor *t = calloc(cap, sizeof *t);
+	if (!dense || !t) {
+		free(dense);
+		free(t);
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	}
+	moe_arch_dense_tensors(hp, dense, nd);
+	size_t n = 0;
+	for (size_t i = 0; i < nd; i++) {
+		struct src_entry *e = src_find(src, dense[i].name);
+		if (!e && dense[i].optional)
+			continue;
+		struct gtensor *g = &t[n++];
+		g->spec[0] = dense[i];
+		snprintf(g->name, sizeof g->name, "%s.%s", dense[i].name,
+			 ends_with(dense[i].name, ".exp_probs_b") ? "bias" : "weight");
+		const int small = dense[i].n_dims == 1 || dense[i].kind == MOE_KIND_ROUTER || dense[i].kind == MOE_KIND_NORM;
+		g->type = small || dense[i].dims[1] % 32 ? GT_F32 : wtype;
+		g->permute = hp->arch == MOE_ARCH_MIXTRAL &&
+			     (ends_with(dense[i].name, ".attn_q") || ends_with(dense[i].name, ".attn_k"));
+		/* stacked experts follow the router of their layer */
+		if (dense[i].kind == MOE_KIND_ROUTER && strstr(dense[i].name, "ffn_gate_inp")) {
+			uint64_t l = strtoull(dense[i].name + 4, NULL, 10);
+			static const char *const mname[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
+			struct moe_tensor_spec ex[3];
+			moe_arch_expert_tensors(hp, l, 0, ex);
+			for (int m = 0; m < 3; m++) {
+				struct gtensor *x = &t[n++];
+				x->spec[0] = ex[m];
+				x->n_experts = hp->n_experts;
+				snprintf(x->name, sizeof x->name, "blk.%llu.%s.weight", (unsigned long long)l, mname[m]);
+				x->type = ex[m].dims[1] % 32 ? GT_F32 : wtype;
+			}
+		}
+	}
+	int rc = 0;
+	uint64_t off = 0;
+	for (size_t i = 0; i < n; i++) {
+		const struct moe_tensor_spec *s = t[i].spec;
+		uint64_t el = s->dims[0] * (s->n_dims == 2 ? s->dims[1] : 1) * (t[i].n_experts ? t[i].n_experts : 1);
+		t[i].size = gguf_bytes(t[i].type, el);
+		t[i].off = off;
+		off = (off + t[i].size + 31) / 32 * 32;
+	}
+
+	size_t tlen = strlen(path) + 16;
+	char *tmp = malloc(tlen);
+	snprintf(tmp, tlen, "%s.tmp.XXXXXX", path);
+	int fd = mkstemp(tmp);
+	if (fd < 0) {
+		rc = moe_fail(moe_errno_code(errno), "%s: %s", tmp, strerror(errno));
+		free(tmp);
+		free(dense);
+		free(t);
+		return rc;
+	}
+	fchmod(fd, 0644);
+	struct gw g = {fdopen(fd, "wb"), tmp};
+	char key[96];
+	w_bytes(&g, "GGUF", 4);
+	w_u32(&g, 3);
+	w_u64(&g, n);
+	const int mixtral = hp->arch == MOE_ARCH_MIXTRAL;
+	w_u64(&g, mixtral ? 15 : 16);
+	kv_str(&g, "general.architecture", arch);
+	kv_str(&g, "general.name", "moemap synthetic");
+	kv_u32(&g, "general.alignment", 32);
+#define AK(s) (snprintf(key, sizeof key, "%s.%s", arch, s), key)
+	kv_u32(&g, AK("block_count"), (uint32_t)hp->n_layers);
+	kv_u32(&g, AK("context_length"), (uint32_t)hp->max_pos);
+	kv_u32(&g, AK("embedding_length"), (uint32_t)hp->hidden);
+	kv_u32(&g, AK("attention.head_count"), (uint32_t)hp->n_heads);
+	kv_u32(&g, AK("attention.head_count_kv"), (uint32_t)hp->n_kv_heads);
+	kv_f32(&g, AK("rope.freq_base"), (float)hp->rope_theta);
+	kv_f32(&g, AK("attention.layer_norm_rms_epsilon"), (float)hp->rms_eps);
+	kv_u32(&g, AK("expert_count"), (uint32_t)hp->n_experts);
+	kv_u32(&g, AK("expert_used_count"), (uint32_t)hp->n_experts_used);
+	kv_u32(&g, AK("vocab_size"), (uint32_t)hp->vocab);
+	if (mixtral) {
+		kv_u32(&g, AK("feed_forward_length"), (uint32_t)hp->expert_ff);
+		kv_u32(&g, AK("rope.dimension_count"), (uint32_t)hp->head_dim);
+	} else {
+		kv_u32(&g, AK("feed_forward_length"), (uint32_t)hp->dense_ff);
+		kv_u32(&g, AK("expert_feed_forward_length"), (uint32_t)hp->expert_ff);
+		kv_u32(&g, AK("attention.key_length"), (uint32_t)hp->head_dim);
+	}
+#undef AK
+	kv_str(&g, "tokenizer.ggml.model", "none");
+	for (size_t i = 0; i < n; i++) {
+		const struct moe_tensor_spec *s = t[i].spec;
+		w_str(&g, t[i].name);
+		uint32_t dims = t[i].n_experts ? 3 : (uint32_t)s->n_dims;
+		w_u32(&g, dims);
+		if (s->n_dims == 1) {
+			w_u64(&g, s->dims[0]);
+		} else {
+			w_u64(&g, s->dims[1]);
+			w_u64(&g, s->dims[0]);
+			if (t[i].n_experts)
+				w_u64(&g, t[i].n_experts);
+		}
+		w_u32(&g, t[i].type);
+		w_u64(&g, t[i].off);
+	}
+	long pos = ftell(g.fp);
+	static const uint8_t zeros[32];
+	w_bytes(&g, zeros, (size_t)((32 - pos % 32) % 32));
+	const uint64_t data0 = (uint64_t)ftell(g.fp);
+
+	/* data, one canonical row at a time (rows are permuted for llama q/k) */
+	for (size_t i = 0; i < n && !rc; i++) {
+		const struct moe_tensor_spec *s = t[i].spec;
+		const uint64_t rows = s->dims[0], cols = s->n_dims == 2 ? s->dims[1] : s->dims[0];
+		const uint64_t nrows = s->n_dims == 2 ? rows : 1;
+		float *x = malloc(cols * sizeof(float));
+		uint8_t *out = malloc(cols * 4), *codes = malloc(cols);
+		uint16_t *scales = malloc(cols / 32 * 2 + 2);
+		if (!x || !out || !codes || !scales)
+			rc = moe_fail(MOE_ENOMEM, "out of memory");
+		fseeko(g.fp, (off_t)(data0 + t[i].off), SEEK_SET);
+		const uint64_t mats = t[i].n_experts ? t[i].n_experts : 1;
+		for (uint64_t m = 0; m < mats && !rc; m++) {
+			struct moe_tensor_spec spec = *s;
+			if (t[i].n_experts) {
+				struct moe_tensor_spec ex[3];
+				uint64_t l = strtoull(s->name + 4, NULL, 10);
+				moe_arch_expert_tensors(hp, l, m, ex);
+				int which = strstr(s->name, "ffn_gate") ? 0 : strstr(s->name, "ffn_up") ? 1 : 2;
+				spec = ex[which];
+			}
+			struct src_entry *e;
+			if ((rc = src_lookup(src, &spec, &e)))
+				break;
+			const uint64_t hd = hp->head_dim, half = hd / 2;
+			for (uint64_t r = 0; r < nrows && !rc; r++) {
+				uint64_t cr = r; /* canonical row stored at GGUF row r */
+				if (t[i].permute) {
+					uint64_t h = r / hd, k = r % hd, ii = k / 2, j = k % 2;
+					cr = h * hd + j * half + ii;
+				}
+				/* a 1-D source entry is rows x 1: one GGUF row of `rows` values */
+				rc = src_read_rows(src, e, s->n_dims == 1 ? 0 : cr, s->n_dims == 1 ? rows : 1, x);
+				if (rc)
+					break;
+				encode_row(t[i].type, x, cols, out, codes, scales);
+				w_bytes(&g, out, gguf_bytes(t[i].type, cols));
+			}
+		}
+		free(x);
+		free(out);
+		free(codes);
+		free(scales);
+	}
+	if (!rc && (fflush(g.fp) != 0 || ferror(g.fp)))
+		rc = moe_fail(moe_errno_code(errno), "%s: write: %s", tmp, strerror(errno));
+	if (!rc && fsync(fileno(g.fp)) != 0)
+		rc = moe_fail(moe_errno_code(errno), "%s: fsync: %s", tmp, strerror(errno));
+	if (fclose(g.fp) != 0 && !rc)
+		rc = moe_fail(moe_errno_code(errno), "%s: close: %s", tmp, strerror(errno));
+	if (!rc && rename(tmp, path) != 0)
+		rc = moe_fail(moe_errno_code(errno), "%s: rename: %s", path, strerror(errno));
+	if (rc)
+		unlink(tmp);
+	free(tmp);
+	free(dense);
+	free(t);
+	return rc;
+}

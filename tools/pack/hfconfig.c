@@ -1,0 +1,225 @@
+/* hfconfig.c - Hugging Face config.json <-> hyperparameters. */
+#include "config.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "source.h"
+
+/* Integer field: absent leaves *out alone; present but not a non-negative integer is an error. */
+static int get_u64(json_t *o, const char *what, const char *key, uint64_t *out)
+{
+	json_t *v = json_object_get(o, key);
+	if (!v || json_is_null(v))
+		return 0;
+	if (json_is_boolean(v)) {
+		*out = json_is_true(v);
+		return 0;
+	}
+	if (!json_is_integer(v) || json_integer_value(v) < 0)
+		return moe_fail(MOE_EFORMAT, "%s: \"%s\" must be a non-negative integer", what, key);
+	*out = (uint64_t)json_integer_value(v);
+	return 0;
+}
+
+static int get_f64(json_t *o, const char *what, const char *key, double *out)
+{
+	json_t *v = json_object_get(o, key);
+	if (!v || json_is_null(v))
+		return 0;
+	if (!json_is_number(v))
+		return moe_fail(MOE_EFORMAT, "%s: \"%s\" must be a number", what, key);
+	*out = json_number_value(v);
+	return 0;
+}
+
+int hf_config_parse(const char *text, size_t len, const char *what, struct moe_hparams *hp)
+{
+	json_error_t jerr;
+	json_t *root = json_loadb(text, len, 0, &jerr);
+	if (!root)
+		return moe_fail(MOE_EFORMAT, "%s:%d:%d: malformed JSON: %s", what, jerr.line, jerr.column, jerr.text);
+	int rc = 0;
+	memset(hp, 0, sizeof *hp);
+	json_t *mt = json_object_get(root, "model_type");
+	if (!json_is_object(root) || !json_is_string(mt)) {
+		rc = moe_fail(MOE_EFORMAT, "%s: no \"model_type\"", what);
+		goto out;
+	}
+	const char *type = json_string_value(mt);
+	hp->arch = moe_arch_from_name(type);
+	if (hp->arch < 0) {
+		rc = moe_fail(MOE_EUNSUPPORTED, "%s: model_type \"%s\" is not supported (mixtral, qwen3_moe, deepseek_v3 are)",
+			      what, type);
+		goto out;
+	}
+	uint64_t ff = 0, moe_ff = 0, n_exp = 0;
+	hp->rope_theta = 10000.0;
+	hp->rms_eps = 1e-6;
+	hp->max_pos = 4096;
+#define U(k, f) if (!rc) rc = get_u64(root, what, k, f)
+#define D(k, f) if (!rc) rc = get_f64(root, what, k, f)
+	U("num_hidden_layers", &hp->n_layers);
+	U("hidden_size", &hp->hidden);
+	U("num_attention_heads", &hp->n_heads);
+	U("num_key_value_heads", &hp->n_kv_heads);
+	U("head_dim", &hp->head_dim);
+	U("vocab_size", &hp->vocab);
+	U("num_experts_per_tok", &hp->n_experts_used);
+	U("intermediate_size", &ff);
+	U("moe_intermediate_size", &moe_ff);
+	U("max_position_embeddings", &hp->max_pos);
+	U("tie_word_embeddings", &hp->tie_embeddings);
+	U("norm_topk_prob", &hp->norm_topk_prob);
+	D("rope_theta", &hp->rope_theta);
+	D("rms_norm_eps", &hp->rms_eps);
+	switch (hp->arch) {
+	case MOE_ARCH_MIXTRAL:
+		U("num_local_experts", &n_exp);
+		hp->expert_ff = ff;
+		hp->norm_topk_prob = 1; /* Mixtral renormalizes its top-k */
+		break;
+	case MOE_ARCH_QWEN3_MOE: {
+		U("num_experts", &n_exp);
+		hp->sparse_step = 1;
+		U("decoder_sparse_step", &hp->sparse_step);
+		hp->expert_ff = moe_ff;
+		hp->dense_ff = ff;
+		json_t *only = json_object_get(root, "mlp_only_layers");
+		size_t i;
+		json_t *v;
+		json_array_foreach(only, i, v) {
+			if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= MOE_MAX_LAYERS) {
+				rc = moe_fail(MOE_EFORMAT, "%s: mlp_only_layers[%zu] is not a layer index", what, i);
+				break;
+			}
+			hp->mlp_only[json_integer_value(v)] = 1;
+		}
+		break;
+	}
+	case MOE_ARCH_DEEPSEEK_V3: {
+		U("n_routed_experts", &n_exp);
+		U("n_shared_experts", &hp->n_shared);
+		U("first_k_dense_replace", &hp->first_dense);
+		U("n_group", &hp->n_group);
+		U("topk_group", &hp->topk_group);
+		U("q_lora_rank", &hp->q_lora_rank);
+		U("kv_lora_rank", &hp->kv_lora_rank);
+		U("qk_nope_head_dim", &hp->qk_nope_dim);
+		U("qk_rope_head_dim", &hp->qk_rope_dim);
+		U("v_head_dim", &hp->v_head_dim);
+		hp->routed_scale = 1.0;
+		D("routed_scaling_factor", &hp->routed_scale);
+		json_t *sf = json_object_get(root, "scoring_func");
+		hp->scoring_sigmoid = json_is_string(sf) && strcmp(json_string_value(sf), "sigmoid") == 0;
+		json_t *rs = json_object_get(root, "rope_scaling");
+		if (json_is_object(rs)) {
+			if (!rc) rc = get_f64(rs, what, "factor", &hp->rope_factor);
+			if (!rc) rc = get_f64(rs, what, "original_max_position_embeddings", &hp->rope_orig_max);
+			if (!rc) rc = get_f64(rs, what, "beta_fast", &hp->rope_beta_fast);
+			if (!rc) rc = get_f64(rs, what, "beta_slow", &hp->rope_beta_slow);
+			if (!rc) rc = get_f64(rs, what, "mscale", &hp->rope_mscale);
+			if (!rc) rc = get_f64(rs, what, "mscale_all_dim", &hp->rope_mscale_all);
+		}
+		hp->expert_ff = moe_ff;
+		hp->dense_ff = ff;
+		break;
+	}
+	}
+#undef U
+#undef D
+	if (rc)
+		goto out;
+	hp->n_experts = n_exp;
+	if (hp->arch != MOE_ARCH_DEEPSEEK_V3) {
+		if (!hp->n_kv_heads)
+			hp->n_kv_heads = hp->n_heads;
+		if (!hp->head_dim && hp->n_heads)
+			hp->head_dim = hp->hidden / hp->n_heads;
+	}
+	rc = moe_hparams_check(hp);
+	if (rc)
+		rc = moe_fail(rc, "%s: %s", what, moe_last_error());
+out:
+	json_decref(root);
+	return rc;
+}
+
+char *hf_config_write(const struct moe_hparams *hp)
+{
+	json_t *o = json_object();
+	json_object_set_new(o, "model_type", json_string(moe_arch_name(hp->arch)));
+#define SETU(k, v) json_object_set_new(o, k, json_integer((json_int_t)(v)))
+#define SETF(k, v) json_object_set_new(o, k, json_real(v))
+	SETU("num_hidden_layers", hp->n_layers);
+	SETU("hidden_size", hp->hidden);
+	SETU("num_attention_heads", hp->n_heads);
+	SETU("vocab_size", hp->vocab);
+	SETU("num_experts_per_tok", hp->n_experts_used);
+	SETU("max_position_embeddings", hp->max_pos);
+	json_object_set_new(o, "tie_word_embeddings", json_boolean(hp->tie_embeddings));
+	SETF("rope_theta", hp->rope_theta);
+	SETF("rms_norm_eps", hp->rms_eps);
+	switch (hp->arch) {
+	case MOE_ARCH_MIXTRAL:
+		SETU("num_key_value_heads", hp->n_kv_heads);
+		SETU("head_dim", hp->head_dim);
+		SETU("num_local_experts", hp->n_experts);
+		SETU("intermediate_size", hp->expert_ff);
+		break;
+	case MOE_ARCH_QWEN3_MOE: {
+		SETU("num_key_value_heads", hp->n_kv_heads);
+		SETU("head_dim", hp->head_dim);
+		SETU("num_experts", hp->n_experts);
+		SETU("moe_intermediate_size", hp->expert_ff);
+		SETU("intermediate_size", hp->dense_ff);
+		SETU("decoder_sparse_step", hp->sparse_step);
+		json_object_set_new(o, "norm_topk_prob", json_boolean(hp->norm_topk_prob));
+		json_t *only = json_array();
+		for (uint64_t l = 0; l < hp->n_layers; l++)
+			if (hp->mlp_only[l])
+				json_array_append_new(only, json_integer((json_int_t)l));
+		json_object_set_new(o, "mlp_only_layers", only);
+		break;
+	}
+	case MOE_ARCH_DEEPSEEK_V3: {
+		SETU("n_routed_experts", hp->n_experts);
+		SETU("n_shared_experts", hp->n_shared);
+		SETU("moe_intermediate_size", hp->expert_ff);
+		SETU("intermediate_size", hp->dense_ff);
+		SETU("first_k_dense_replace", hp->first_dense);
+		SETU("n_group", hp->n_group);
+		SETU("topk_group", hp->topk_group);
+		SETU("q_lora_rank", hp->q_lora_rank);
+		SETU("kv_lora_rank", hp->kv_lora_rank);
+		SETU("qk_nope_head_dim", hp->qk_nope_dim);
+		SETU("qk_rope_head_dim", hp->qk_rope_dim);
+		SETU("v_head_dim", hp->v_head_dim);
+		SETU("num_nextn_predict_layers", 0);
+		SETF("routed_scaling_factor", hp->routed_scale);
+		json_object_set_new(o, "norm_topk_prob", json_boolean(hp->norm_topk_prob));
+		json_object_set_new(o, "scoring_func", json_string(hp->scoring_sigmoid ? "sigmoid" : "softmax"));
+		if (hp->rope_factor > 0) {
+			json_t *rs = json_object();
+			json_object_set_new(rs, "type", json_string("yarn"));
+			json_object_set_new(rs, "factor", json_real(hp->rope_factor));
+			json_object_set_new(rs, "original_max_position_embeddings", json_integer((json_int_t)hp->rope_orig_max));
+			json_object_set_new(rs, "beta_fast", json_real(hp->rope_beta_fast));
+			json_object_set_new(rs, "beta_slow", json_real(hp->rope_beta_slow));
+			json_object_set_new(rs, "mscale", json_real(hp->rope_mscale));
+			json_object_set_new(rs, "mscale_all_dim", json_real(hp->rope_mscale_all));
+			json_object_set_new(o, "rope_scaling", rs);
+		}
+		break;
+	}
+	}
+#undef SETU
+#undef SETF
+	char *s = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	json_decref(o);
+	return s;
+}

@@ -1,0 +1,629 @@
+/*
+ * pack.c - source -> pack. Dense tensors are streamed a few rows at a time;
+ * experts are built by worker threads (read, quantize, hash, maybe compress),
+ * at most `slots` blobs in flight so memory stays bounded whatever the model's
+ * size, and handed to the writer in (layer, expert) order.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+#include <zstd.h>
+#include <zstd_errors.h>
+
+#include "common/error.h"
+#include "common/fileio.h"
+#include "pack.h"
+#include "pack/format.h"
+#include "pack/meta.h"
+#include "pack/writer.h"
+#include "quant/quant.h"
+
+#define CHUNK_FLOATS (1u << 20) /* rows are converted 4 MB of floats at a time */
+
+void pack_options_default(struct pack_options *o)
+{
+	memset(o, 0, sizeof *o);
+	for (int k = 0; k < MOE_KIND_COUNT; k++)
+		o->quant[k] = MOE_TYPE_Q8;
+	o->quant[MOE_KIND_NORM] = o->quant[MOE_KIND_ROUTER] = MOE_TYPE_F32;
+	snprintf(o->quant_desc, sizeof o->quant_desc, "q8");
+	o->alignment = PACK_MIN_ALIGN;
+	o->zstd_level = 3;
+	o->zstd_min_saving = 5.0;
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	o->threads = n > 0 ? (int)n : 1;
+	o->memory_budget = 512ull << 20;
+}
+
+static int parse_type(const char *s, size_t len)
+{
+	char name[16];
+	if (len >= sizeof name)
+		return MOE_EINVAL;
+	memcpy(name, s, len);
+	name[len] = '\0';
+	if (strcmp(name, "keep") == 0)
+		return PACK_KEEP;
+	return moe_type_from_name(name);
+}
+
+int pack_parse_quant(const char *spec, struct pack_options *o)
+{
+	snprintf(o->quant_desc, sizeof o->quant_desc, "%s", spec);
+	const char *p = spec;
+	while (*p) {
+		size_t len = strcspn(p, ",");
+		const char *eq = memchr(p, '=', len);
+		int kind = -1;
+		const char *tname = p;
+		size_t tlen = len;
+		if (eq) {
+			for (int k = 0; k < MOE_KIND_COUNT; k++)
+				if ((size_t)(eq - p) == strlen(moe_kind_names[k]) && memcmp(p, moe_kind_names[k], eq - p) == 0)
+					kind = k;
+			if (kind < 0)
+				return moe_fail(MOE_EINVAL, "--quant %s: unknown tensor kind '%.*s' (embed, output, attn, ffn, experts)",
+						spec, (int)(eq - p), p);
+			tname = eq + 1;
+			tlen = len - (size_t)(eq - p) - 1;
+		}
+		int type = parse_type(tname, tlen);
+		if (type == MOE_EINVAL)
+			return moe_fail(MOE_EINVAL, "--quant %s: unknown type '%.*s' (f32, f16, bf16, q8, q4, keep)", spec,
+					(int)tlen, tname);
+		if ((kind == MOE_KIND_NORM || kind == MOE_KIND_ROUTER) && type != MOE_TYPE_F32)
+			return moe_fail(MOE_EINVAL, "--quant %s: %s tensors are always f32", spec, moe_kind_names[kind]);
+		for (int k = 0; k < MOE_KIND_COUNT; k++)
+			if (k == kind || (kind < 0 && k != MOE_KIND_NORM && k != MOE_KIND_ROUTER))
+				o->quant[k] = type;
+		p += len;
+		if (*p == ',')
+			p++;
+	}
+	return 0;
+}
+
+/* ---- progress ---- */
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void progress_draw(int enabled, const char *label, uint64_t done, uint64_t total)
+{
+	static double last;
+	if (!enabled)
+		return;
+	double t = now_s();
+	if (done < total && t - last < 0.1)
+		return;
+	last = t;
+	int width = 30, fill = total ? (int)(width * done / total) : width;
+	fprintf(stderr, "\r%-8s [%.*s%*s] %3d%% %llu/%llu", label, fill, "==============================", width - fill, "",
+		total ? (int)(100 * done / total) : 100, (unsigned long long)done, (unsigned long long)total);
+	fflush(stderr);
+}
+
+void progress_done(int enabled)
+{
+	if (enabled)
+		fputs("\n", stderr);
+}
+
+/* ---- choosing types ---- */
+
+/* The pack type for a tensor of this kind whose source has this dtype and these columns. */
+static int choose_type(const struct pack_options *o, int kind, int n_dims, uint64_t cols, int src_dtype)
+{
+	if (kind == MOE_KIND_NORM || kind == MOE_KIND_ROUTER || n_dims == 1)
+		return MOE_TYPE_F32;
+	int t = o->quant[kind];
+	if (t == PACK_KEEP) {
+		t = src_dtype_pack_type(src_dtype);
+		if (t < 0)
+			t = src_dtype == SRC_F8_E4M3 ? MOE_TYPE_BF16 : MOE_TYPE_F32; /* no exact type: nearest */
+	}
+	if (moe_type_is_quant(t) && cols % MOE_QBLOCK)
+		t = MOE_TYPE_F16; /* blocks need whole 32-column groups */
+	return t;
+}
+
+/* Convert rows [row0, row0+nrows) of e into codes/scales of a matrix of `type`. Lossless when the
+ * source already holds that block format (GGUF Q8_0/Q4_0): no requantization. */
+static int convert_rows(struct moe_source *src, const struct src_entry *e, int type, uint64_t row0, uint64_t nrows,
+			float *fbuf, uint8_t *codes, uint16_t *scales)
+{
+	const uint64_t cols = e->cols;
+	if (moe_type_is_quant(type) && src_dtype_pack_type(e->dtype) == type)
+		return src_read_blocks(src, e, row0, nrows, codes, scales);
+	int rc = src_read_rows(src, e, row0, nrows, fbuf);
+	if (!rc)
+		moe_quantize_rows(type, fbuf, nrows, cols, codes, scales);
+	return rc;
+}
+
+static uint64_t chunk_rows(uint64_t cols)
+{
+	uint64_t r = CHUNK_FLOATS / (cols ? cols : 1);
+	return r ? r : 1;
+}
+
+/* One matrix into its place: codes at dst, scales (quant types) right after all the codes. */
+static int convert_matrix(struct moe_source *src, const struct src_entry *e, int type, uint8_t *dst, float *fbuf)
+{
+	const struct moe_type_traits *t = &moe_type_traits[type];
+	const uint64_t rows = e->rows, cols = e->cols, per_row = cols / t->block * t->code_bytes;
+	uint16_t *scales = moe_type_is_quant(type) ? (uint16_t *)(dst + rows * per_row) : NULL;
+	const uint64_t step = chunk_rows(cols);
+	for (uint64_t r = 0; r < rows; r += step) {
+		uint64_t n = rows - r < step ? rows - r : step;
+		int rc = convert_rows(src, e, type, r, n, fbuf, dst + r * per_row, scales ? scales + r * (cols / 32) : NULL);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+/* ---- dense tensors: streamed through the writer ---- */
+
+static int pack_dense(struct moe_source *src, struct moe_packw *w, int idx, const struct src_entry *e, int type)
+{
+	const struct moe_type_traits *t = &moe_type_traits[type];
+	const uint64_t rows = e->rows, cols = e->cols, step = chunk_rows(cols);
+	const uint64_t per_row = cols / t->block * t->code_bytes;
+	const int quant = moe_type_is_quant(type);
+	float *fbuf = malloc(step * cols * sizeof(float));
+	uint8_t *codes = malloc(step * per_row);
+	/* scales follow all the codes; they are 1/17 of a q8 tensor, kept until the codes are out */
+	uint16_t *scales = quant ? malloc(rows * (cols / 32) * 2) : NULL;
+	int rc = 0;
+	if (!fbuf || !codes || (quant && !scales))
+		rc = moe_fail(MOE_ENOMEM, "out of memory packing %s", e->name);
+	for (uint64_t r = 0; r < rows && !rc; r += step) {
+		uint64_t n = rows - r < step ? rows - r : step;
+		rc = convert_rows(src, e, type, r, n, fbuf, codes, quant ? scales + r * (cols / 32) : NULL);
+		if (!rc)
+			rc = packw_tensor_append(w, idx, codes, n * per_row);
+	}
+	if (!rc && quant)
+		rc = packw_tensor_append(w, idx, scales, rows * (cols / 32) * 2);
+	free(fbuf);
+	free(codes);
+	free(scales);
+	return rc;
+}
+
+/* ---- experts: a bounded pipeline of worker threads ---- */
+
+struct job {
+	uint32_t layer, expert;
+	struct src_entry *m[3];
+};
+
+struct slot {
+	int busy, ready, rc;
+	size_t job;
+	uint8_t *raw, *comp;
+	size_t stored;
+	int codec;
+	uint64_t xxh3_raw;
+};
+
+struct pipeline {
+	struct moe_source *src;
+	const struct pack_options *o;
+	struct job *jobs;
+	size_t n_jobs, next_job;
+	int type[3];
+	uint64_t offset[3], raw_size, comp_cap;
+	struct slot *slots;
+	int n_slots, zstd_workers, stop;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	char err[512];
+	int err_rc;
+};
+
+static int build_expert(struct pipeline *p, struct slot *s, ZSTD_CCtx *cctx, float *fbuf)
+{
+	const struct job *j = &p->jobs[s->job];
+	for (int m = 0; m < 3; m++) {
+		int rc = convert_matrix(p->src, j->m[m], p->type[m], s->raw + p->offset[m], fbuf);
+		if (rc)
+			return rc;
+	}
+	s->xxh3_raw = XXH3_64bits(s->raw, p->raw_size);
+	s->codec = MOE_CODEC_RAW;
+	s->stored = p->raw_size;
+	if (p->comp_cap) {
+		/* a frame that does not fit in comp_cap would not save enough: store raw */
+		size_t n = ZSTD_compress2(cctx, s->comp, p->comp_cap, s->raw, p->raw_size);
+		if (!ZSTD_isError(n)) {
+			s->codec = MOE_CODEC_ZSTD;
+			s->stored = n;
+		} else if (ZSTD_getErrorCode(n) != ZSTD_error_dstSize_tooSmall) {
+			return moe_fail(MOE_EIO, "layer %u expert %u: zstd: %s", j->layer, j->expert, ZSTD_getErrorName(n));
+		}
+	}
+	return 0;
+}
+
+static void *worker(void *arg)
+{
+	struct pipeline *p = arg;
+	ZSTD_CCtx *cctx = ZSTD_createCCtx();
+	float *fbuf = malloc(CHUNK_FLOATS * sizeof(float) + 64 * 1024 * sizeof(float));
+	if (cctx) {
+		ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, p->o->zstd_level);
+		ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 0); /* the pack has its own */
+		if (p->zstd_workers > 1)
+			ZSTD_CCtx_setParameter(cctx, ZSTD_c_nbWorkers, p->zstd_workers);
+	}
+	for (;;) {
+		pthread_mutex_lock(&p->mu);
+		/* take a free slot and the next job together, so the in-flight jobs are always
+		 * the lowest unwritten ones and the writer never waits on a job without a slot */
+		struct slot *s = NULL;
+		while (!p->stop && p->next_job < p->n_jobs) {
+			for (int i = 0; i < p->n_slots && !s; i++)
+				if (!p->slots[i].busy)
+					s = &p->slots[i];
+			if (s)
+				break;
+			pthread_cond_wait(&p->cv, &p->mu);
+		}
+		if (!s || p->stop || p->next_job >= p->n_jobs) {
+			pthread_mutex_unlock(&p->mu);
+			break;
+		}
+		s->busy = 1;
+		s->ready = 0;
+		s->job = p->next_job++;
+		pthread_mutex_unlock(&p->mu);
+
+		int rc = (!cctx || !fbuf) ? moe_fail(MOE_ENOMEM, "out of memory") : build_expert(p, s, cctx, fbuf);
+
+		pthread_mutex_lock(&p->mu);
+		s->rc = rc;
+		if (rc && !p->err_rc) {
+			p->err_rc = rc;
+			snprintf(p->err, sizeof p->err, "%s", moe_last_error());
+		}
+		s->ready = 1;
+		pthread_cond_broadcast(&p->cv);
+		pthread_mutex_unlock(&p->mu);
+	}
+	ZSTD_freeCCtx(cctx);
+	free(fbuf);
+	return NULL;
+}
+
+static int run_experts(struct pipeline *p, struct moe_packw *w)
+{
+	int rc = 0;
+	p->slots = calloc((size_t)p->n_slots, sizeof *p->slots);
+	if (!p->slots)
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	for (int i = 0; i < p->n_slots && !rc; i++) {
+		p->slots[i].raw = malloc(p->raw_size);
+		p->slots[i].comp = p->comp_cap ? malloc(p->comp_cap) : NULL;
+		if (!p->slots[i].raw || (p->comp_cap && !p->slots[i].comp))
+			rc = moe_fail(MOE_ENOMEM, "out of memory for %d expert buffers of %llu bytes", p->n_slots,
+				      (unsigned long long)p->raw_size);
+	}
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->cv, NULL);
+	int n_threads = p->o->threads < p->n_slots ? p->o->threads : p->n_slots;
+	pthread_t *th = calloc((size_t)n_threads, sizeof *th);
+	int started = 0;
+	for (; !rc && th && started < n_threads; started++)
+		if (pthread_create(&th[started], NULL, worker, p) != 0)
+			break;
+	if (!rc && started == 0)
+		rc = moe_fail(MOE_ENOMEM, "cannot start worker threads");
+	for (size_t next = 0; !rc && next < p->n_jobs; next++) {
+		pthread_mutex_lock(&p->mu);
+		struct slot *s = NULL;
+		for (;;) {
+			for (int i = 0; i < p->n_slots && !s; i++)
+				if (p->slots[i].busy && p->slots[i].ready && p->slots[i].job == next)
+					s = &p->slots[i];
+			if (s || p->err_rc)
+				break;
+			pthread_cond_wait(&p->cv, &p->mu);
+		}
+		pthread_mutex_unlock(&p->mu);
+		if (!s) {
+			rc = moe_fail(p->err_rc, "%s", p->err);
+			break;
+		}
+		rc = packw_expert_write(w, next, s->codec == MOE_CODEC_ZSTD ? s->comp : s->raw, s->stored, s->codec,
+					s->xxh3_raw);
+		pthread_mutex_lock(&p->mu);
+		s->busy = 0;
+		pthread_cond_broadcast(&p->cv);
+		pthread_mutex_unlock(&p->mu);
+		progress_draw(p->o->progress, "experts", next + 1, p->n_jobs);
+	}
+	pthread_mutex_lock(&p->mu);
+	p->stop = 1;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	for (int i = 0; i < started; i++)
+		pthread_join(th[i], NULL);
+	free(th);
+	for (int i = 0; i < p->n_slots; i++) {
+		free(p->slots[i].raw);
+		free(p->slots[i].comp);
+	}
+	free(p->slots);
+	pthread_mutex_destroy(&p->mu);
+	pthread_cond_destroy(&p->cv);
+	return rc;
+}
+
+/* ---- metadata ---- */
+
+static int add_tokenizer(struct moe_source *src, const struct pack_options *o, struct moe_meta_writer *m, int *has)
+{
+	char *json = src->tokenizer_json, *own = NULL;
+	size_t len = src->tokenizer_json_len;
+	const char *what = "tokenizer.json";
+	if (o->tokenizer_path) {
+		int rc = moe_read_file(o->tokenizer_path, &own, &len);
+		if (rc)
+			return rc;
+		json = own;
+		what = o->tokenizer_path;
+	}
+	*has = 0;
+	if (json) {
+		json_error_t jerr;
+		json_t *root = json_loadb(json, len, 0, &jerr);
+		if (!root || !json_is_object(json_object_get(root, "model"))) {
+			int rc = root ? moe_fail(MOE_EFORMAT, "%s: no \"model\" object: not a tokenizer.json", what)
+				      : moe_fail(MOE_EFORMAT, "%s:%d:%d: malformed JSON: %s", what, jerr.line, jerr.column, jerr.text);
+			json_decref(root);
+			free(own);
+			return rc;
+		}
+		json_decref(root);
+		meta_put_blob(m, "tokenizer.json", json, len);
+		*has = 1;
+	}
+	free(own);
+	if (src->tokenizer_config) {
+		json_error_t jerr;
+		json_t *root = json_loadb(src->tokenizer_config, src->tokenizer_config_len, 0, &jerr);
+		if (!root)
+			return moe_fail(MOE_EFORMAT, "tokenizer_config.json:%d:%d: malformed JSON: %s", jerr.line, jerr.column,
+					jerr.text);
+		meta_put_blob(m, "tokenizer.config_json", src->tokenizer_config, src->tokenizer_config_len);
+		/* chat_template: a string, or a list of {name, template} where "default" wins */
+		json_t *ct = json_object_get(root, "chat_template");
+		const char *tmpl = json_string_value(ct);
+		size_t i;
+		json_t *v;
+		json_array_foreach(ct, i, v) {
+			const char *name = json_string_value(json_object_get(v, "name"));
+			if (!tmpl || (name && strcmp(name, "default") == 0))
+				tmpl = json_string_value(json_object_get(v, "template"));
+		}
+		if (tmpl)
+			meta_put_str(m, "tokenizer.chat_template", tmpl);
+		json_decref(root);
+	}
+	return 0;
+}
+
+static int build_meta(struct moe_source *src, const struct pack_options *o, struct moe_meta_writer *m, int *tok)
+{
+	int rc = moe_hparams_to_meta(&src->hp, m);
+	if (rc)
+		return rc;
+	const char *base = strrchr(src->path, '/');
+	base = base && base[1] ? base + 1 : src->path;
+	meta_put_str(m, "general.name", base);
+	if ((rc = add_tokenizer(src, o, m, tok)))
+		return rc;
+	if (src->config_json)
+		meta_put_blob(m, "source.config_json", src->config_json, src->config_json_len);
+	XXH3_state_t *h = XXH3_createState();
+	if (!h)
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	XXH3_64bits_reset(h);
+	for (size_t i = 0; i < src->n_files; i++)
+		XXH3_64bits_update(h, &src->files[i].header_xxh3, 8);
+	meta_put_str(m, "provenance.tool", PACKAGE_NAME " moe-pack " PACKAGE_VERSION);
+	meta_put_str(m, "provenance.source", src->path);
+	meta_put_str(m, "provenance.source_format", src->kind);
+	meta_put_u64(m, "provenance.source_headers_xxh3", XXH3_64bits_digest(h));
+	meta_put_str(m, "provenance.quant", o->quant_desc);
+	meta_put_u64(m, "provenance.zstd_level", (uint64_t)o->zstd_level);
+	meta_put_f64(m, "provenance.zstd_min_saving", o->zstd_min_saving);
+	XXH3_freeState(h);
+	return meta_finish(m);
+}
+
+/* Tell the user about source tensors the model does not use (DeepSeek's MTP layer, stray tensors). */
+static void report_unused(struct moe_source *src)
+{
+	size_t unused = 0, mtp = 0;
+	const char *first = NULL;
+	for (size_t i = 0; i < src->n_entries; i++) {
+		const struct src_entry *e = &src->entries[i];
+		if (e->used)
+			continue;
+		unsigned long long l;
+		if (sscanf(e->name, "model.layers.%llu.", &l) == 1 && l >= src->hp.n_layers) {
+			mtp++;
+			continue;
+		}
+		if (!first)
+			first = e->name;
+		unused++;
+	}
+	if (mtp)
+		fprintf(stderr, "moe-pack: note: skipped %zu tensors of layers past num_hidden_layers (multi-token prediction)\n",
+			mtp);
+	if (unused)
+		fprintf(stderr, "moe-pack: warning: %zu source tensors not used by %s, e.g. %s\n", unused,
+			moe_arch_name(src->hp.arch), first);
+}
+
+int pack_model(struct moe_source *src, const char *out, const struct pack_options *o)
+{
+	const struct moe_hparams *hp = &src->hp;
+	const double t0 = now_s();
+	struct moe_packw *w = NULL;
+	struct moe_meta_writer meta;
+	meta_init(&meta);
+	size_t n_dense = moe_arch_dense_tensors(hp, NULL, 0);
+	struct moe_tensor_spec *specs = calloc(n_dense, sizeof *specs);
+	struct src_entry **dsrc = calloc(n_dense, sizeof *dsrc);
+	int *dtype = calloc(n_dense, sizeof *dtype), *didx = calloc(n_dense, sizeof *didx);
+	struct pipeline p = {.src = src, .o = o};
+	int rc = 0, has_tok = 0;
+	if (!specs || !dsrc || !dtype || !didx) {
+		rc = moe_fail(MOE_ENOMEM, "out of memory");
+		goto out;
+	}
+	moe_arch_dense_tensors(hp, specs, n_dense);
+
+	/* 1. find every tensor and check its shape before writing a byte */
+	for (size_t i = 0; i < n_dense && !rc; i++) {
+		rc = src_lookup(src, &specs[i], &dsrc[i]);
+		if (rc == MOE_ENOTFOUND && specs[i].optional) {
+			rc = 0;
+			dsrc[i] = NULL;
+		}
+	}
+	for (uint64_t l = 0; l < hp->n_layers && !rc; l++) {
+		if (!moe_layer_is_moe(hp, l))
+			continue;
+		struct job *nj = realloc(p.jobs, (p.n_jobs + hp->n_experts) * sizeof *nj);
+		if (!nj) {
+			rc = moe_fail(MOE_ENOMEM, "out of memory");
+			break;
+		}
+		p.jobs = nj;
+		for (uint64_t e = 0; e < hp->n_experts && !rc; e++) {
+			struct moe_tensor_spec ex[3];
+			moe_arch_expert_tensors(hp, l, e, ex);
+			struct job *j = &p.jobs[p.n_jobs++];
+			j->layer = (uint32_t)l;
+			j->expert = (uint32_t)e;
+			for (int m = 0; m < 3 && !rc; m++)
+				rc = src_lookup(src, &ex[m], &j->m[m]);
+		}
+	}
+	if (rc)
+		goto out;
+	if ((rc = build_meta(src, o, &meta, &has_tok)))
+		goto out;
+	if (!has_tok)
+		fprintf(stderr, "moe-pack: warning: %s has no tokenizer%s; the pack runs on token ids only\n", src->path,
+			strcmp(src->kind, "gguf") == 0 ? " (tokenizer.ggml.model = none)"
+			: strcmp(src->kind, "safetensors") == 0 ? " (no tokenizer.json)" : "");
+	if (src->note[0])
+		fprintf(stderr, "moe-pack: note: %s\n", src->note);
+
+	/* 2. declare the layout */
+	if ((rc = packw_create(out, o->force, o->alignment, &w)))
+		goto out;
+	if ((rc = packw_set_meta(w, &meta, has_tok ? PACK_F_TOKENIZER : 0)))
+		goto out;
+	for (size_t i = 0; i < n_dense && !rc; i++) {
+		if (!dsrc[i])
+			continue;
+		dtype[i] = choose_type(o, specs[i].kind, specs[i].n_dims, dsrc[i]->cols, dsrc[i]->dtype);
+		uint64_t dims[2] = {specs[i].dims[0], specs[i].n_dims == 2 ? specs[i].dims[1] : 0};
+		didx[i] = packw_declare_tensor(w, specs[i].name, dtype[i], dims);
+		if (didx[i] < 0)
+			rc = didx[i];
+	}
+	if (!rc && p.n_jobs) {
+		uint64_t rows[3], cols[3];
+		for (int m = 0; m < 3; m++) {
+			const struct src_entry *e = p.jobs[0].m[m];
+			p.type[m] = choose_type(o, MOE_KIND_EXPERT, 2, e->cols, e->dtype);
+			rows[m] = e->rows;
+			cols[m] = e->cols;
+		}
+		rc = packw_declare_expert_layout(w, p.type, rows, cols);
+		for (size_t i = 0; i < p.n_jobs && !rc; i++)
+			rc = packw_declare_expert(w, p.jobs[i].layer, p.jobs[i].expert);
+	}
+	if (rc)
+		goto out;
+
+	/* 3. dense tensors, in order */
+	for (size_t i = 0; i < n_dense && !rc; i++) {
+		if (dsrc[i])
+			rc = pack_dense(src, w, didx[i], dsrc[i], dtype[i]);
+		progress_draw(o->progress, "dense", i + 1, n_dense);
+	}
+	progress_done(o->progress);
+	if (rc)
+		goto out;
+
+	/* 4. experts */
+	if (p.n_jobs) {
+		p.raw_size = packw_expert_raw_size(w);
+		for (int m = 0; m < 3; m++)
+			p.offset[m] = packw_expert_matrix_offset(w, m);
+		p.comp_cap = o->zstd_min_saving < 100.0 ? (uint64_t)((double)p.raw_size * (1.0 - o->zstd_min_saving / 100.0)) : 0;
+		uint64_t per_slot = p.raw_size + p.comp_cap + CHUNK_FLOATS * sizeof(float);
+		uint64_t slots = o->memory_budget / per_slot;
+		p.n_slots = (int)(slots < 1 ? 1 : slots > (uint64_t)o->threads + 1 ? (uint64_t)o->threads + 1 : slots);
+		/* fewer blobs in flight than cores: let zstd spread each frame over the rest */
+		p.zstd_workers = p.n_slots < o->threads ? o->threads / p.n_slots : 0;
+		rc = run_experts(&p, w);
+		progress_done(o->progress);
+		if (rc)
+			goto out;
+	}
+	rc = packw_finish(w);
+	w = NULL;
+	if (rc)
+		goto out;
+	report_unused(src);
+
+	moe_pack *pk;
+	if ((rc = moe_pack_open(out, &pk)))
+		goto out;
+	uint64_t raw = 0, stored = 0, zst = 0;
+	for (size_t i = 0; i < moe_pack_expert_count(pk); i++) {
+		moe_expert_info ei;
+		moe_pack_expert_at(pk, i, &ei);
+		raw += ei.raw_size;
+		stored += ei.stored_size;
+		zst += ei.codec == MOE_CODEC_ZSTD;
+	}
+	printf("packed %s -> %s: %s, %zu dense tensors, %zu experts (%llu zstd, stored/raw %.3f), %.2f GB in %.1f s\n",
+	       src->path, out, moe_arch_name(hp->arch), moe_pack_tensor_count(pk), moe_pack_expert_count(pk),
+	       (unsigned long long)zst, raw ? (double)stored / (double)raw : 1.0, (double)moe_pack_file_size(pk) / 1e9,
+	       now_s() - t0);
+	moe_pack_close(pk);
+out:
+	if (w)
+		packw_abort(w);
+	meta_free(&meta);
+	free(specs);
+	free(dsrc);
+	free(dtype);
+	free(didx);
+	free(p.jobs);
+	return rc;
+}

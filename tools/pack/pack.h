@@ -1,0 +1,51 @@
+/* pack.h - moe-pack's jobs: pack a source, describe a pack, verify a pack. */
+#ifndef MOE_TOOLS_PACK_H
+#define MOE_TOOLS_PACK_H
+
+#include <stdint.h>
+
+#include "model/arch.h"
+#include "source.h"
+
+#define PACK_KEEP (-2) /* --quant keep: the source's own type where lossless */
+
+struct pack_options {
+	int quant[MOE_KIND_COUNT];   /* pack type per tensor kind (norm, router: always f32) */
+	char quant_desc[160];        /* as given, for provenance */
+	uint32_t alignment;          /* expert blob alignment */
+	int zstd_level;
+	double zstd_min_saving;      /* percent; a frame is kept only if it saves at least this */
+	int threads;
+	int force;
+	int progress;                /* draw a progress bar on stderr */
+	const char *tokenizer_path;  /* --tokenizer: overrides the source's tokenizer.json */
+	uint64_t memory_budget;      /* bytes for expert blobs in flight */
+};
+
+void pack_options_default(struct pack_options *o);
+/* "q8", "q4", "keep", or a list "experts=q4,attn=q8,embed=f16"; message names the bad part. */
+int pack_parse_quant(const char *spec, struct pack_options *o);
+/* Import src into a new pack at out. Prints a one-paragraph summary to stdout. */
+int pack_model(struct moe_source *src, const char *out, const struct pack_options *o);
+
+/* moe-pack --info and --verify */
+int pack_info(const char *path, int json);
+int pack_verify(const char *path, int progress);
+
+/* progress bar on stderr, redrawn at most 10 times a second; no-op when disabled */
+void progress_draw(int enabled, const char *label, uint64_t done, uint64_t total);
+void progress_done(int enabled);
+
+/* synthetic models and the exporters moe-pack synth writes them with */
+struct synth_options {
+	const char *preset;
+	struct moe_hparams hp;       /* preset, then overrides */
+	uint64_t seed;
+};
+int synth_preset(const char *name, struct moe_hparams *hp);
+void synth_list_presets(void);
+int synth_source(const struct moe_hparams *hp, uint64_t seed, struct moe_source **out);
+int st_write_folder(struct moe_source *src, const char *dir, const char *dtype, uint64_t shard_bytes, int force);
+int gguf_write_model(struct moe_source *src, const char *path, const char *dtype, int force);
+
+#endif

@@ -1,0 +1,322 @@
+/* source.c - the table of source tensors and the generic row reader. */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/fileio.h"
+#include "quant/quant.h"
+#include "source.h"
+
+const char *const src_dtype_names[] = {"F32", "F16", "BF16", "F64", "F8_E4M3", "Q8_0", "Q4_0", "synthetic"};
+
+int src_open(const char *path, struct moe_source **out)
+{
+	*out = NULL;
+	struct stat st;
+	if (stat(path, &st) != 0)
+		return moe_fail(moe_errno_code(errno), "%s: %s", path, strerror(errno));
+	struct moe_source *src = calloc(1, sizeof *src);
+	if (!src)
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	src->path = strdup(path);
+	int rc = S_ISDIR(st.st_mode) ? src_open_safetensors(path, src) : src_open_gguf(path, src);
+	if (rc) {
+		src_close(src);
+		return rc;
+	}
+	src_index(src);
+	*out = src;
+	return 0;
+}
+
+void src_close(struct moe_source *src)
+{
+	if (!src)
+		return;
+	for (size_t i = 0; i < src->n_files; i++) {
+		if (src->files[i].fd >= 0)
+			close(src->files[i].fd);
+		free(src->files[i].path);
+	}
+	free(src->files);
+	for (size_t i = 0; i < src->n_entries; i++) {
+		free(src->entries[i].name);
+		free(src->entries[i].scale_name);
+	}
+	free(src->entries);
+	free(src->tokenizer_json);
+	free(src->tokenizer_config);
+	free(src->config_json);
+	free(src->path);
+	free(src);
+}
+
+struct src_entry *src_add(struct moe_source *src, const char *name)
+{
+	if (src->n_entries == src->cap_entries) {
+		size_t cap = src->cap_entries ? src->cap_entries * 2 : 1024;
+		struct src_entry *ne = realloc(src->entries, cap * sizeof *ne);
+		if (!ne)
+			return NULL;
+		src->entries = ne;
+		src->cap_entries = cap;
+	}
+	struct src_entry *e = &src->entries[src->n_entries];
+	memset(e, 0, sizeof *e);
+	e->name = strdup(name);
+	if (!e->name)
+		return NULL;
+	src->n_entries++;
+	return e;
+}
+
+int src_add_file(struct moe_source *src, const char *path)
+{
+	struct src_file *nf = realloc(src->files, (src->n_files + 1) * sizeof *nf);
+	if (!nf)
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	src->files = nf;
+	struct src_file *f = &src->files[src->n_files];
+	memset(f, 0, sizeof *f);
+	f->fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (f->fd < 0)
+		return moe_fail(moe_errno_code(errno), "%s: %s", path, strerror(errno));
+	struct stat st;
+	fstat(f->fd, &st);
+	f->size = (uint64_t)st.st_size;
+	f->path = strdup(path);
+	src->n_files++;
+	return (int)src->n_files - 1;
+}
+
+static int cmp_entry(const void *a, const void *b)
+{
+	return strcmp(((const struct src_entry *)a)->name, ((const struct src_entry *)b)->name);
+}
+
+void src_index(struct moe_source *src)
+{
+	qsort(src->entries, src->n_entries, sizeof *src->entries, cmp_entry);
+	for (size_t i = 0; i < src->n_entries; i++)
+		if (src->entries[i].scale_name)
+			src->entries[i].scale = src_find(src, src->entries[i].scale_name);
+}
+
+struct src_entry *src_find(struct moe_source *src, const char *name)
+{
+	struct src_entry key = {.name = (char *)name};
+	return bsearch(&key, src->entries, src->n_entries, sizeof key, cmp_entry);
+}
+
+int src_lookup(struct moe_source *src, const struct moe_tensor_spec *spec, struct src_entry **out)
+{
+	struct src_entry *e = src_find(src, spec->name);
+	if (!e)
+		e = src_find(src, spec->hf_name);
+	*out = e;
+	if (!e)
+		return moe_fail(MOE_ENOTFOUND, "%s: tensor %s (%s) missing", src->path, spec->hf_name, spec->name);
+	uint64_t rows = spec->dims[0], cols = spec->n_dims == 2 ? spec->dims[1] : 1;
+	if (e->n_dims != spec->n_dims || e->rows != rows || e->cols != cols)
+		return moe_fail(MOE_EFORMAT, "%s: tensor %s has shape [%llu, %llu], the config implies [%llu, %llu]",
+				src->path, e->name, (unsigned long long)e->rows, (unsigned long long)e->cols,
+				(unsigned long long)rows, (unsigned long long)cols);
+	if (e->dtype == SRC_F8_E4M3) {
+		const struct src_entry *s = e->scale;
+		const uint64_t srows = (rows + 127) / 128, scols = (cols + 127) / 128;
+		if (!s)
+			return moe_fail(MOE_ENOTFOUND, "%s: FP8 tensor %s has no %s", src->path, e->name, e->scale_name);
+		if (s->rows != srows || s->cols != scols || s->dtype == SRC_F8_E4M3)
+			return moe_fail(MOE_EFORMAT, "%s: %s has shape [%llu, %llu], [%llu, %llu] expected", src->path,
+					s->name, (unsigned long long)s->rows, (unsigned long long)s->cols,
+					(unsigned long long)srows, (unsigned long long)scols);
+	}
+	e->used = 1;
+	if (e->scale)
+		e->scale->used = 1;
+	return 0;
+}
+
+int src_dtype_pack_type(int dtype)
+{
+	switch (dtype) {
+	case SRC_F32: return MOE_TYPE_F32;
+	case SRC_F16: return MOE_TYPE_F16;
+	case SRC_BF16: return MOE_TYPE_BF16;
+	case SRC_Q8_0: return MOE_TYPE_Q8;
+	case SRC_Q4_0: return MOE_TYPE_Q4;
+	}
+	return -1;
+}
+
+/* bytes of one stored row */
+static uint64_t row_bytes(int dtype, uint64_t cols)
+{
+	switch (dtype) {
+	case SRC_F32: return cols * 4;
+	case SRC_F64: return cols * 8;
+	case SRC_F16:
+	case SRC_BF16: return cols * 2;
+	case SRC_F8_E4M3: return cols;
+	case SRC_Q8_0: return cols / 32 * sizeof(gguf_block_q8_0);
+	case SRC_Q4_0: return cols / 32 * sizeof(gguf_block_q4_0);
+	}
+	return 0;
+}
+
+/* GGUF's llama converter permuted each head's rows: HF row h*hd + j*hd/2 + i is
+ * stored at h*hd + 2*i + j. Return the stored row of canonical row r. */
+static uint64_t stored_row(const struct src_entry *e, uint64_t r)
+{
+	if (!e->permute_head)
+		return r;
+	uint64_t hd = e->permute_head, h = r / hd, k = r % hd, half = hd / 2;
+	uint64_t j = k / half, i = k % half;
+	return h * hd + 2 * i + j;
+}
+
+/* splitmix64: a counter-based generator, so any chunking yields the same values */
+static inline uint64_t mix64(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+float synth_value(const struct src_entry *e, uint64_t i)
+{
+	/* sum of 4 uniforms, rescaled to unit variance: cheap, bounded, near-normal */
+	uint64_t a = mix64(e->seed ^ (i * 2)), b = mix64(e->seed ^ (i * 2 + 1));
+	float s = (float)(a & 0xffffffffu) + (float)(a >> 32) + (float)(b & 0xffffffffu) + (float)(b >> 32);
+	float u = s * (1.0f / 4294967296.0f) - 2.0f; /* mean 0, variance 4/12 */
+	return e->mean + e->std * u * 1.7320508f;
+}
+
+int src_read_rows(struct moe_source *src, const struct src_entry *e, uint64_t row0, uint64_t nrows, float *out)
+{
+	const uint64_t cols = e->cols;
+	if (e->dtype == SRC_SYNTH) {
+		for (uint64_t r = 0; r < nrows; r++)
+			for (uint64_t c = 0; c < cols; c++)
+				out[r * cols + c] = synth_value(e, (row0 + r) * cols + c);
+		return 0;
+	}
+	const struct src_file *f = &src->files[e->file];
+	const uint64_t rb = row_bytes(e->dtype, cols);
+	uint8_t *buf = malloc(rb * nrows);
+	float *scale_row = NULL;
+	if (!buf)
+		return moe_fail(MOE_ENOMEM, "out of memory reading %s", e->name);
+	int rc = 0;
+	if (e->permute_head) {
+		for (uint64_t r = 0; r < nrows && !rc; r++)
+			rc = moe_pread_full(f->fd, buf + r * rb, rb, e->offset + stored_row(e, row0 + r) * rb, f->path);
+	} else {
+		rc = moe_pread_full(f->fd, buf, rb * nrows, e->offset + row0 * rb, f->path);
+	}
+	if (rc)
+		goto out;
+	const uint64_t n = nrows * cols;
+	switch (e->dtype) {
+	case SRC_F32:
+		memcpy(out, buf, n * 4);
+		break;
+	case SRC_F64:
+		for (uint64_t i = 0; i < n; i++) {
+			double d;
+			memcpy(&d, buf + i * 8, 8);
+			out[i] = (float)d;
+		}
+		break;
+	case SRC_F16:
+	case SRC_BF16:
+		for (uint64_t i = 0; i < n; i++) {
+			uint16_t h;
+			memcpy(&h, buf + i * 2, 2);
+			out[i] = e->dtype == SRC_F16 ? moe_f16_to_f32(h) : moe_bf16_to_f32(h);
+		}
+		break;
+	case SRC_F8_E4M3: {
+		const struct src_entry *s = e->scale;
+		const uint64_t scols = (cols + 127) / 128;
+		scale_row = malloc(scols * sizeof(float));
+		if (!scale_row) {
+			rc = moe_fail(MOE_ENOMEM, "out of memory");
+			goto out;
+		}
+		uint64_t have = UINT64_MAX;
+		for (uint64_t r = 0; r < nrows; r++) {
+			uint64_t sr = (row0 + r) / 128;
+			if (sr != have) {
+				if ((rc = src_read_rows(src, s, sr, 1, scale_row)))
+					goto out;
+				have = sr;
+			}
+			for (uint64_t c = 0; c < cols; c++)
+				out[r * cols + c] = moe_fp8_e4m3_to_f32(buf[r * cols + c]) * scale_row[c / 128];
+		}
+		break;
+	}
+	case SRC_Q8_0:
+	case SRC_Q4_0: {
+		const int type = e->dtype == SRC_Q8_0 ? MOE_TYPE_Q8 : MOE_TYPE_Q4;
+		const struct moe_type_traits *t = &moe_type_traits[type];
+		const uint64_t nb = n / 32;
+		uint8_t *codes = malloc(nb * t->code_bytes);
+		uint16_t *scales = malloc(nb * 2);
+		if (!codes || !scales) {
+			free(codes);
+			free(scales);
+			rc = moe_fail(MOE_ENOMEM, "out of memory");
+			goto out;
+		}
+		if (type == MOE_TYPE_Q8)
+			moe_q8_from_gguf((const gguf_block_q8_0 *)buf, nb, (int8_t *)codes, scales);
+		else
+			moe_q4_from_gguf((const gguf_block_q4_0 *)buf, nb, codes, scales);
+		moe_dequantize_rows(type, codes, scales, nrows, cols, out);
+		free(codes);
+		free(scales);
+		break;
+	}
+	default:
+		rc = moe_fail(MOE_EUNSUPPORTED, "%s: unsupported dtype", e->name);
+	}
+out:
+	free(scale_row);
+	free(buf);
+	return rc;
+}
+
+int src_read_blocks(struct moe_source *src, const struct src_entry *e, uint64_t row0, uint64_t nrows,
+		    void *codes, uint16_t *scales)
+{
+	const struct src_file *f = &src->files[e->file];
+	const uint64_t rb = row_bytes(e->dtype, e->cols), nb_row = e->cols / 32;
+	uint8_t *buf = malloc(rb);
+	if (!buf)
+		return moe_fail(MOE_ENOMEM, "out of memory reading %s", e->name);
+	int rc = 0;
+	for (uint64_t r = 0; r < nrows && !rc; r++) {
+		rc = moe_pread_full(f->fd, buf, rb, e->offset + stored_row(e, row0 + r) * rb, f->path);
+		if (rc)
+			break;
+		if (e->dtype == SRC_Q8_0)
+			moe_q8_from_gguf((const gguf_block_q8_0 *)buf, nb_row, (int8_t *)codes + r * nb_row * 32,
+					 scales + r * nb_row);
+		else
+			moe_q4_from_gguf((const gguf_block_q4_0 *)buf, nb_row, (uint8_t *)codes + r * nb_row * 16,
+					 scales + r * nb_row);
+	}
+	free(buf);
+	return rc;
+}

@@ -1,0 +1,89 @@
+/*
+ * source.h - a model as users have it, opened for import. Every importer
+ * (safetensors folder, GGUF file, synthetic generator) produces the same thing:
+ * hyperparameters, side files, and a table of named matrices that one generic
+ * row reader turns into floats, a few rows at a time (bounded memory).
+ */
+#ifndef MOE_PACK_SOURCE_H
+#define MOE_PACK_SOURCE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/arch.h"
+
+enum src_dtype {
+	SRC_F32, SRC_F16, SRC_BF16, SRC_F64,
+	SRC_F8_E4M3, /* with a 128x128 block scale (DeepSeek-V3) */
+	SRC_Q8_0, SRC_Q4_0, /* GGUF blocks */
+	SRC_SYNTH,          /* generated: N(mean, std) from a counter-based RNG */
+};
+extern const char *const src_dtype_names[];
+
+struct src_entry {
+	char *name;          /* key: HF name (safetensors) or canonical name (GGUF, synth) */
+	int dtype;
+	uint64_t rows, cols; /* cols = 1 for 1-D */
+	int n_dims;
+	int file;            /* index into source files */
+	uint64_t offset;     /* absolute file offset of row 0 */
+	uint32_t permute_head; /* GGUF llama q/k: rows pair-interleaved within heads of this size */
+	char *scale_name;        /* F8_E4M3: name of its weight_scale_inv ... */
+	struct src_entry *scale; /* ... resolved by src_index() */
+	uint64_t seed;       /* SRC_SYNTH */
+	float mean, std;
+	int used;
+};
+
+struct src_file {
+	char *path;
+	int fd;
+	uint64_t size;
+	uint64_t header_xxh3; /* provenance: hash of the header that describes every tensor */
+};
+
+struct moe_source {
+	const char *kind;         /* "safetensors", "gguf", "synth" */
+	char *path;
+	struct moe_hparams hp;
+	struct src_file *files;
+	size_t n_files;
+	struct src_entry *entries; /* sorted by name after src_index() */
+	size_t n_entries, cap_entries;
+	char *tokenizer_json, *tokenizer_config; /* NUL-terminated, may be NULL */
+	size_t tokenizer_json_len, tokenizer_config_len;
+	char *config_json;
+	size_t config_json_len;
+	char note[256];          /* e.g. "skipped multi-token-prediction layer 61" */
+	int no_tokenizer_ok;     /* the source explicitly has none (GGUF tokenizer.ggml.model = none) */
+};
+
+/* Open a folder (config.json + *.safetensors) or a .gguf file. */
+int src_open(const char *path, struct moe_source **out);
+int src_open_safetensors(const char *dir, struct moe_source *src);
+int src_open_gguf(const char *path, struct moe_source *src);
+void src_close(struct moe_source *src);
+
+struct src_entry *src_add(struct moe_source *src, const char *name);
+int src_add_file(struct moe_source *src, const char *path);
+void src_index(struct moe_source *src);
+struct src_entry *src_find(struct moe_source *src, const char *name);
+/* Find a tensor by canonical or HF name and check its shape; message names both. */
+int src_lookup(struct moe_source *src, const struct moe_tensor_spec *spec, struct src_entry **out);
+
+/* nrows rows starting at row0 (canonical row order), as floats. */
+int src_read_rows(struct moe_source *src, const struct src_entry *e, uint64_t row0, uint64_t nrows, float *out);
+/* GGUF Q8_0/Q4_0 rows copied losslessly into split layout (codes, scales). */
+int src_read_blocks(struct moe_source *src, const struct src_entry *e, uint64_t row0, uint64_t nrows,
+		    void *codes, uint16_t *scales);
+/* The pack type that keeps this source dtype losslessly (-1 if none). */
+int src_dtype_pack_type(int dtype);
+
+/* Synthetic values: element i of a tensor with this seed. */
+float synth_value(const struct src_entry *e, uint64_t i);
+
+/* config.json (Hugging Face) <-> hparams */
+int hf_config_parse(const char *json, size_t len, const char *what, struct moe_hparams *hp);
+char *hf_config_write(const struct moe_hparams *hp); /* malloc'd JSON text */
+
+#endif

@@ -1,0 +1,145 @@
+/* synth.c - deterministic random models of any shape: a source whose tensors are
+ * generated on demand (so a 50 GB model costs no memory), plus named presets. */
+#include "config.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "common/error.h"
+#include "pack.h"
+
+struct preset {
+	const char *name, *what;
+	struct moe_hparams hp;
+};
+
+#define MIXTRAL(L, H, NH, KV, V, E, K, FF) \
+	{.arch = MOE_ARCH_MIXTRAL, .n_layers = L, .hidden = H, .n_heads = NH, .n_kv_heads = KV, .head_dim = (H) / (NH), \
+	 .vocab = V, .n_experts = E, .n_experts_used = K, .expert_ff = FF, .max_pos = 32768, .rope_theta = 1e6,          \
+	 .rms_eps = 1e-5, .norm_topk_prob = 1}
+#define QWEN3(L, H, NH, KV, HD, V, E, K, EFF, FF) \
+	{.arch = MOE_ARCH_QWEN3_MOE, .n_layers = L, .hidden = H, .n_heads = NH, .n_kv_heads = KV, .head_dim = HD, \
+	 .vocab = V, .n_experts = E, .n_experts_used = K, .expert_ff = EFF, .dense_ff = FF, .max_pos = 40960,     \
+	 .rope_theta = 1e6, .rms_eps = 1e-6, .norm_topk_prob = 1, .sparse_step = 1}
+#define DEEPSEEK(L, FD, H, NH, QL, KVL, NOPE, ROPE, VD, V, E, K, SH, G, TG, EFF, FF)                                \
+	{.arch = MOE_ARCH_DEEPSEEK_V3, .n_layers = L, .first_dense = FD, .hidden = H, .n_heads = NH, .q_lora_rank = QL, \
+	 .kv_lora_rank = KVL, .qk_nope_dim = NOPE, .qk_rope_dim = ROPE, .v_head_dim = VD, .vocab = V, .n_experts = E,   \
+	 .n_experts_used = K, .n_shared = SH, .n_group = G, .topk_group = TG, .expert_ff = EFF, .dense_ff = FF,         \
+	 .max_pos = 163840, .rope_theta = 10000, .rms_eps = 1e-6, .norm_topk_prob = 1, .routed_scale = 2.5,             \
+	 .scoring_sigmoid = 1, .rope_factor = 40, .rope_orig_max = 4096, .rope_beta_fast = 32, .rope_beta_slow = 1,      \
+	 .rope_mscale = 1, .rope_mscale_all = 1}
+
+static const struct preset presets[] = {
+	{"mixtral-tiny", "Mixtral layout, 2 layers, hidden 256, 8 experts top-2 (default)",
+	 MIXTRAL(2, 256, 8, 2, 512, 8, 2, 512)},
+	{"mixtral-8x7b", "Mixtral 8x7B shapes (47B parameters)", MIXTRAL(32, 4096, 32, 8, 32000, 8, 2, 14336)},
+	{"mixtral-8x22b", "Mixtral 8x22B shapes (141B parameters)", MIXTRAL(56, 6144, 48, 8, 32768, 8, 2, 16384)},
+	{"qwen3-tiny", "Qwen3-MoE layout, 2 layers, hidden 256, 16 experts top-4",
+	 QWEN3(2, 256, 4, 2, 64, 512, 16, 4, 128, 512)},
+	{"qwen3-30b-a3b", "Qwen3-30B-A3B shapes", QWEN3(48, 2048, 32, 4, 128, 151936, 128, 8, 768, 6144)},
+	{"qwen3-235b-a22b", "Qwen3-235B-A22B shapes", QWEN3(94, 4096, 64, 4, 128, 151936, 128, 8, 1536, 12288)},
+	{"deepseek-tiny", "DeepSeek-V3 layout (MLA, shared expert, grouped routing), 3 layers, hidden 256",
+	 DEEPSEEK(3, 1, 256, 4, 64, 64, 32, 16, 32, 512, 16, 4, 1, 4, 2, 128, 512)},
+	{"deepseek-v3", "DeepSeek-V3/R1 shapes (671B parameters)",
+	 DEEPSEEK(61, 3, 7168, 128, 1536, 512, 128, 64, 128, 129280, 256, 8, 1, 8, 4, 2048, 18432)},
+};
+
+int synth_preset(const char *name, struct moe_hparams *hp)
+{
+	for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
+		if (strcmp(name, presets[i].name) == 0) {
+			*hp = presets[i].hp;
+			return 0;
+		}
+	return moe_fail(MOE_EINVAL, "unknown preset '%s' (moe-pack synth --list-presets)", name);
+}
+
+void synth_list_presets(void)
+{
+	for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
+		printf("%-16s %s\n", presets[i].name, presets[i].what);
+}
+
+/* Scale of a tensor's values: like a trained model's, roughly. */
+static void value_shape(const struct moe_tensor_spec *s, float *mean, float *std)
+{
+	*mean = 0.0f;
+	switch (s->kind) {
+	case MOE_KIND_NORM:
+		*mean = 1.0f;
+		*std = 0.1f;
+		return;
+	case MOE_KIND_EMBED:
+		*std = 1.0f;
+		return;
+	default:
+		if (s->n_dims == 1) { /* routing bias */
+			*std = 0.01f;
+			return;
+		}
+		*std = 1.0f / sqrtf((float)s->dims[1]);
+	}
+}
+
+static int add_spec(struct moe_source *src, const struct moe_tensor_spec *s, uint64_t seed)
+{
+	struct src_entry *e = src_add(src, s->name);
+	if (!e)
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	e->dtype = SRC_SYNTH;
+	e->n_dims = s->n_dims;
+	e->rows = s->dims[0];
+	e->cols = s->n_dims == 2 ? s->dims[1] : 1;
+	e->seed = XXH3_64bits_withSeed(s->name, strlen(s->name), seed);
+	value_shape(s, &e->mean, &e->std);
+	return 0;
+}
+
+int synth_source(const struct moe_hparams *hp, uint64_t seed, struct moe_source **out)
+{
+	*out = NULL;
+	int rc = moe_hparams_check(hp);
+	if (rc)
+		return rc;
+	struct moe_source *src = calloc(1, sizeof *src);
+	if (!src)
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	src->kind = "synth";
+	src->hp = *hp;
+	char name[64];
+	snprintf(name, sizeof name, "synthetic-%s", moe_arch_name(hp->arch));
+	src->path = strdup(name);
+	size_t nd = moe_arch_dense_tensors(hp, NULL, 0);
+	struct moe_tensor_spec *d = calloc(nd, sizeof *d);
+	if (!d || !src->path) {
+		free(d);
+		src_close(src);
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	}
+	moe_arch_dense_tensors(hp, d, nd);
+	for (size_t i = 0; i < nd && !rc; i++)
+		if (!d[i].optional)
+			rc = add_spec(src, &d[i], seed);
+	for (uint64_t l = 0; l < hp->n_layers && !rc; l++) {
+		if (!moe_layer_is_moe(hp, l))
+			continue;
+		for (uint64_t e = 0; e < hp->n_experts && !rc; e++) {
+			struct moe_tensor_spec ex[3];
+			moe_arch_expert_tensors(hp, l, e, ex);
+			for (int m = 0; m < 3 && !rc; m++)
+				rc = add_spec(src, &ex[m], seed);
+		}
+	}
+	free(d);
+	if (rc) {
+		src_close(src);
+		return rc;
+	}
+	src->no_tokenizer_ok = 1;
+	src_index(src);
+	*out = src;
+	return 0;
+}
