@@ -293,7 +293,7 @@ int moe_pack_open(const char *path, moe_pack **out)
 	}
 	p->size = (uint64_t)st.st_size;
 	if (p->size == 0) {
-		rc = moe_fail(MOE_EFORMAT, "%s: empty file", path);
+		rc = moe_fail(MOE_EFORMAT, "%s: truncated: empty file, not a pack", path);
 		goto fail;
 	}
 	void *m = mmap(NULL, p->size, PROT_READ, MAP_SHARED, p->fd, 0);

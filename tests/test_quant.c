@@ -1,0 +1,200 @@
+/* test_quant.c - scalar conversions and q8/q4 quantizers against float64 math. */
+#include "config.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "quant/quant.h"
+
+static uint64_t rng = 88172645463325252ull;
+static double uniform(void) /* xorshift64, [0, 1) */
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return (double)(rng >> 11) * 0x1p-53;
+}
+static double gauss(void)
+{
+	double u = uniform() + 1e-300, v = uniform();
+	return sqrt(-2 * log(u)) * cos(2 * M_PI * v);
+}
+
+/* f16 value of bits h, in double, from the IEEE definition */
+static double f16_ref(uint16_t h)
+{
+	int s = h >> 15, e = (h >> 10) & 31, m = h & 1023;
+	double v = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexp(1024 + m, e - 25);
+	return s ? -v : v;
+}
+
+static void test_f16(void)
+{
+	for (uint32_t h = 0; h < 65536; h++) {
+		double ref = f16_ref((uint16_t)h);
+		float f = moe_f16_to_f32((uint16_t)h);
+		if (isnan(ref)) {
+			CHECK(isnan(f), "f16 %04x should be NaN", h);
+			continue;
+		}
+		CHECK((double)f == ref, "f16 %04x -> %g, expected %g", h, f, ref);
+		CHECK(moe_f32_to_f16(f) == h, "f16 %04x does not round-trip", h);
+	}
+	/* nearest, ties to even: for random floats no other f16 is closer */
+	for (int i = 0; i < 200000; i++) {
+		float x = (float)(gauss() * ldexp(1, (int)(uniform() * 40) - 25));
+		uint16_t h = moe_f32_to_f16(x);
+		double err = fabs(f16_ref(h) - x);
+		uint16_t up = (uint16_t)(h + 1), dn = (uint16_t)(h - 1);
+		int ok = err <= fabs(f16_ref(up) - x) || isnan(f16_ref(up)) || ((up ^ h) & 0x8000);
+		ok = ok && (err <= fabs(f16_ref(dn) - x) || isnan(f16_ref(dn)) || ((dn ^ h) & 0x8000));
+		CHECK(ok, "f32 %.9g -> f16 %04x is not the nearest", x, h);
+		if (!ok)
+			break;
+	}
+	CHECK(moe_f32_to_f16(65520.0f) == 0x7c00, "65520 rounds to infinity in f16");
+	CHECK(moe_f32_to_f16(65519.0f) == 0x7bff, "65519 rounds to the largest finite f16");
+}
+
+static void test_bf16(void)
+{
+	for (int i = 0; i < 200000; i++) {
+		float x = (float)(gauss() * ldexp(1, (int)(uniform() * 60) - 30));
+		uint16_t b = moe_f32_to_bf16(x);
+		double v = moe_bf16_to_f32(b);
+		/* bf16 keeps 8 significant bits: half an ulp is at most 2^-8 of the value */
+		CHECK(fabs(v - x) <= ldexp(fabs(x), -8), "bf16(%g) = %g", x, v);
+		uint32_t u;
+		memcpy(&u, &x, 4);
+		CHECK(moe_f32_to_bf16(moe_bf16_to_f32(b)) == b, "bf16 %04x does not round-trip", b);
+		if (i == 0) {
+			/* tie: 1 + 2^-8 lies halfway between 1 and 1 + 2^-7; even is 1 */
+			CHECK(moe_f32_to_bf16(1.0f + 0x1p-8f) == 0x3f80, "bf16 tie goes to even");
+		}
+	}
+}
+
+static double fp8_ref(uint8_t c)
+{
+	int s = c >> 7, e = (c >> 3) & 15, m = c & 7;
+	if (e == 15 && m == 7)
+		return NAN;
+	double v = e == 0 ? ldexp(m, -9) : ldexp(8 + m, e - 10);
+	return s ? -v : v;
+}
+
+static void test_fp8(void)
+{
+	for (int c = 0; c < 256; c++) {
+		double ref = fp8_ref((uint8_t)c);
+		float f = moe_fp8_e4m3_to_f32((uint8_t)c);
+		CHECK(isnan(ref) ? isnan(f) : (double)f == ref, "fp8 %02x -> %g, expected %g", c, f, ref);
+	}
+	CHECK(fp8_ref(0x7e) == 448.0, "E4M3 max is 448");
+	for (int i = 0; i < 20000; i++) {
+		float x = (float)(gauss() * ldexp(1, (int)(uniform() * 16) - 8));
+		uint8_t c = moe_f32_to_fp8_e4m3(x);
+		double err = fabs(fp8_ref(c) - fmin(fmax(x, -448), 448));
+		int best = 1;
+		for (int o = 0; o < 256; o++)
+			if (!isnan(fp8_ref((uint8_t)o)) && fabs(fp8_ref((uint8_t)o) - x) < err)
+				best = 0;
+		CHECK(best, "fp8(%g) = %02x (%g) is not the nearest", x, c, fp8_ref(c));
+	}
+}
+
+/* q8/q4 against GGUF's algorithm evaluated in float64 */
+static void test_blocks(int type, int rows, int cols, double spread)
+{
+	const int n = rows * cols, nb = n / 32;
+	float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
+	uint8_t *codes = malloc(n);
+	uint16_t *scales = malloc(nb * sizeof *scales);
+	for (int i = 0; i < n; i++)
+		x[i] = (float)(gauss() * spread * (i % 97 == 0 ? 10 : 1));
+	for (int b = 0; b < 3; b++) /* an all-zero block must not divide by zero */
+		x[b] = 0;
+	memset(x + 64, 0, 32 * sizeof *x);
+	moe_quantize_rows(type, x, rows, cols, codes, scales);
+	moe_dequantize_rows(type, codes, scales, rows, cols, y);
+	int code_mismatch = 0;
+	double sq = 0, sq_ref = 0;
+	for (int b = 0; b < nb; b++) {
+		const float *xb = x + b * 32;
+		double amax = 0, mx = 0;
+		for (int j = 0; j < 32; j++)
+			if (fabs(xb[j]) > amax) {
+				amax = fabs(xb[j]);
+				mx = xb[j];
+			}
+		double d = type == MOE_TYPE_Q8 ? amax / 127 : mx / -8;
+		double d16 = f16_ref(scales[b]);
+		CHECK(fabs(d16 - d) <= ldexp(fabs(d), -11) + 1e-30, "block %d: scale %g, float64 gives %g", b, d16, d);
+		for (int j = 0; j < 32; j++) {
+			int q;
+			if (type == MOE_TYPE_Q8) {
+				q = d ? (int)lround(xb[j] / d) : 0;
+				code_mismatch += (int8_t)codes[b * 32 + j] != q;
+			} else {
+				q = d ? (int)fmin(15, trunc(xb[j] / d + 8.5)) : 8;
+				int got = j < 16 ? codes[b * 16 + j] & 15 : codes[b * 16 + j - 16] >> 4;
+				code_mismatch += got != q;
+			}
+			double ref = type == MOE_TYPE_Q8 ? q * d16 : (q - 8) * d16;
+			double err = fabs(y[b * 32 + j] - xb[j]);
+			/* half a step, plus the clamp at +7 for q4, plus the fp16 rounding of the scale */
+			double bound = (type == MOE_TYPE_Q8 ? 0.5 : 1.0) * fabs(d) + 8 * fabs(d16 - d) * 16 + 1e-7;
+			CHECK(err <= bound, "block %d elem %d: |%g - %g| > %g", b, j, y[b * 32 + j], xb[j], bound);
+			sq += err * err;
+			sq_ref += (ref - xb[j]) * (ref - xb[j]);
+		}
+	}
+	/* float32 arithmetic may land a code on the other side of a .5 tie: vanishingly rare */
+	CHECK(code_mismatch <= n / 10000, "%d of %d codes differ from the float64 reference", code_mismatch, n);
+	CHECK(fabs(sq - sq_ref) <= 1e-3 * sq_ref + 1e-12, "squared error %g vs float64 reference %g", sq, sq_ref);
+	/* GGUF block round trip is lossless */
+	if (type == MOE_TYPE_Q8) {
+		gguf_block_q8_0 *g = malloc(nb * sizeof *g);
+		uint8_t *c2 = malloc(n);
+		uint16_t *s2 = malloc(nb * 2);
+		moe_q8_to_gguf((int8_t *)codes, scales, nb, g);
+		moe_q8_from_gguf(g, nb, (int8_t *)c2, s2);
+		CHECK(memcmp(c2, codes, n) == 0 && memcmp(s2, scales, nb * 2) == 0, "q8 <-> GGUF Q8_0 not lossless");
+		CHECK(g[1].d == scales[1] && g[1].qs[5] == (int8_t)codes[32 + 5], "Q8_0 block layout");
+		free(g), free(c2), free(s2);
+	} else {
+		gguf_block_q4_0 *g = malloc(nb * sizeof *g);
+		uint8_t *c2 = malloc(n / 2);
+		uint16_t *s2 = malloc(nb * 2);
+		moe_q4_to_gguf(codes, scales, nb, g);
+		moe_q4_from_gguf(g, nb, c2, s2);
+		CHECK(memcmp(c2, codes, n / 2) == 0 && memcmp(s2, scales, nb * 2) == 0, "q4 <-> GGUF Q4_0 not lossless");
+		free(g), free(c2), free(s2);
+	}
+	free(x), free(y), free(codes), free(scales);
+}
+
+static void test_sizes(void)
+{
+	CHECK(moe_type_matrix_bytes(MOE_TYPE_Q8, 4096, 14336) == 4096ull * 14336 / 32 * 34, "q8 matrix bytes");
+	CHECK(moe_type_matrix_bytes(MOE_TYPE_Q4, 4096, 14336) == 4096ull * 14336 / 32 * 18, "q4 matrix bytes");
+	CHECK(moe_type_matrix_bytes(MOE_TYPE_Q4, 3, 33) == 0, "q4 needs whole blocks");
+	CHECK(moe_type_matrix_bytes(MOE_TYPE_BF16, 3, 33) == 198, "bf16 matrix bytes");
+	CHECK(moe_type_from_name("q4") == MOE_TYPE_Q4 && moe_type_from_name("q5") == MOE_EINVAL, "type names");
+}
+
+int main(void)
+{
+	test_f16();
+	test_bf16();
+	test_fp8();
+	test_blocks(MOE_TYPE_Q8, 64, 256, 0.02);
+	test_blocks(MOE_TYPE_Q4, 64, 256, 0.02);
+	test_blocks(MOE_TYPE_Q8, 16, 4096, 3.0);
+	test_blocks(MOE_TYPE_Q4, 16, 4096, 3.0);
+	test_sizes();
+	return check_report("test_quant");
+}
