@@ -1,0 +1,68 @@
+#!/bin/sh
+# Synthetic models of every architecture: pack, describe, verify; packing is
+# deterministic; the same model through safetensors and GGUF gives identical tensors.
+. "$TESTS_DIR/lib.sh"
+cd "$WORK"
+for preset in mixtral-tiny qwen3-tiny deepseek-tiny; do
+	check "$preset: synth to pack" "$MOE_PACK" synth --preset "$preset" --no-progress "$preset.moe"
+	check "$preset: --verify" "$MOE_PACK" --verify "$preset.moe"
+	check "$preset: --info --json" sh -c "'$MOE_PACK' --info --json $preset.moe > $preset.json"
+done
+# --info --json describes what the preset says
+check "info json content" py - <<'PY'
+import json
+m = json.load(open("mixtral-tiny.json"))
+md = m["metadata"]
+assert md["general.architecture"] == "mixtral"
+assert md["hparams.n_layers"] == 2 and md["hparams.n_experts"] == 8 and md["hparams.hidden_size"] == 256
+assert m["kinds"]["experts"]["blobs"] == 16, m["kinds"]
+assert m["kinds"]["norm"]["types"] == "f32" and m["kinds"]["router"]["types"] == "f32"
+q = json.load(open("qwen3-tiny.json"))
+assert q["metadata"]["general.architecture"] == "qwen3_moe" and q["kinds"]["experts"]["blobs"] == 32
+d = json.load(open("deepseek-tiny.json"))
+# first layer dense: experts only in layers 1 and 2; shared experts and dense MLP are ffn
+assert d["kinds"]["experts"]["blobs"] == 32 and d["kinds"]["ffn"]["tensors"] == 9, d["kinds"]
+PY
+# deterministic: same command, same bytes
+check "second pack" "$MOE_PACK" synth --preset mixtral-tiny --no-progress again.moe
+check "deterministic" cmp mixtral-tiny.moe again.moe
+check "seed changes weights" "$MOE_PACK" synth --seed 2 --no-progress seed2.moe
+if cmp -s mixtral-tiny.moe seed2.moe; then not_ok "seed 2 gives the same pack"; else ok; fi
+# existing output refused, --force replaces it
+expect_error "existing output" "exists (use --force" "$MOE_PACK" synth --no-progress again.moe
+check "--force" "$MOE_PACK" synth --force --no-progress again.moe
+# recipes: q4 experts, f16 attention, 2M alignment
+check "q4 recipe" "$MOE_PACK" synth --no-progress -q experts=q4,attn=f16 --align 2M q4.moe
+check "q4 layout" py - <<PY
+import sys; sys.path.insert(0, "$TESTS_DIR")
+import moepack_ref as r
+p = r.Pack("q4.moe")
+assert p.alignment == 2 << 20
+assert [m["type"] for m in p.layout["matrices"]] == ["q4"] * 3
+assert p.tensors["blk.0.attn_q"]["type"] == "f16" and p.tensors["token_embd"]["type"] == "q8"
+assert all(x["offset"] % (2 << 20) == 0 for x in p.experts.values())
+PY
+# through an f32 safetensors folder and an f32 GGUF: the same tensors, byte for byte
+check "synth safetensors" "$MOE_PACK" synth --format safetensors --dtype f32 --no-progress st
+check "synth safetensors sharded" "$MOE_PACK" synth --format safetensors --dtype f32 --shard-size 1M --no-progress st2
+check "synth gguf" "$MOE_PACK" synth --format gguf --dtype f32 --no-progress m.gguf
+check "pack safetensors" "$MOE_PACK" --no-progress --zstd-min-saving 100 st st.moe
+check "pack sharded" "$MOE_PACK" --no-progress --zstd-min-saving 100 st2 st2.moe
+check "pack gguf" "$MOE_PACK" --no-progress --zstd-min-saving 100 m.gguf gguf.moe
+check "direct" "$MOE_PACK" synth --no-progress --zstd-min-saving 100 direct.moe
+check "same bytes via every route" py - <<PY
+import sys; sys.path.insert(0, "$TESTS_DIR")
+import moepack_ref as r
+import os
+assert len([f for f in os.listdir("st2") if f.endswith(".safetensors")]) > 1, "not sharded"
+d = r.Pack("direct.moe")
+for other in ("st.moe", "st2.moe", "gguf.moe"):
+    o = r.Pack(other)
+    assert set(o.tensors) == set(d.tensors), other
+    for n in d.tensors:
+        assert o.tensor_bytes(n) == d.tensor_bytes(n), (other, n)
+    assert set(o.experts) == set(d.experts)
+    for k in d.experts:
+        assert o.expert_raw(*k) == d.expert_raw(*k), (other, k)
+PY
+finish

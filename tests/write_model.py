@@ -1,0 +1,334 @@
+"""Write small models the way Hugging Face and llama.cpp do, from numpy alone, for the
+importer tests: a safetensors folder (single file, sharded, FP8 with block scales) and
+a GGUF v3 file (llama arch with llama.cpp's q/k row permutation, stacked experts,
+F32/F16/Q8_0/Q4_0/BF16 tensors). Weights come from a seeded numpy generator and are
+also saved as float64 .npy-free dict via load_weights() so tests compare against them.
+
+usage: write_model.py safetensors DIR [--shards N] [--fp8] [--arch mixtral|qwen3_moe|deepseek_v3]
+       write_model.py gguf FILE [--types SPEC] [--arch mixtral|qwen3_moe] [--tokenizer none|gpt2]
+"""
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import moepack_ref as ref  # noqa: E402
+
+CONFIGS = {
+    "mixtral": dict(model_type="mixtral", num_hidden_layers=2, hidden_size=128, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=32, vocab_size=96, num_local_experts=4,
+                    num_experts_per_tok=2, intermediate_size=96, rope_theta=1e6, rms_norm_eps=1e-5,
+                    max_position_embeddings=4096, tie_word_embeddings=False),
+    "qwen3_moe": dict(model_type="qwen3_moe", num_hidden_layers=2, hidden_size=128, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=64, vocab_size=96, num_experts=8, num_experts_per_tok=2,
+                      moe_intermediate_size=64, intermediate_size=192, decoder_sparse_step=1,
+                      mlp_only_layers=[], norm_topk_prob=True, rope_theta=1e6, rms_norm_eps=1e-6,
+                      max_position_embeddings=4096, tie_word_embeddings=False),
+    "deepseek_v3": dict(model_type="deepseek_v3", num_hidden_layers=2, hidden_size=256, num_attention_heads=2,
+                        q_lora_rank=128, kv_lora_rank=128, qk_nope_head_dim=64, qk_rope_head_dim=64,
+                        v_head_dim=64, vocab_size=256, n_routed_experts=4, num_experts_per_tok=2,
+                        n_shared_experts=1, first_k_dense_replace=1, n_group=2, topk_group=1,
+                        moe_intermediate_size=128, intermediate_size=256, routed_scaling_factor=2.5,
+                        scoring_func="sigmoid", norm_topk_prob=True, rope_theta=10000, rms_norm_eps=1e-6,
+                        max_position_embeddings=4096, num_nextn_predict_layers=1, tie_word_embeddings=False),
+}
+
+
+def weights(arch, seed=7):
+    """HF tensor name -> float32 array, in model order."""
+    c = CONFIGS[arch]
+    rng = np.random.default_rng(seed)
+    H, V, L = c["hidden_size"], c["vocab_size"], c["num_hidden_layers"]
+    w = {}
+
+    def lin(name, rows, cols):
+        w[name] = (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+
+    def norm(name, n):
+        w[name] = (1 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    w["model.embed_tokens.weight"] = rng.standard_normal((V, H)).astype(np.float32)
+    n_layers_written = L + (1 if arch == "deepseek_v3" else 0)  # DeepSeek: + the MTP layer to skip
+    for l in range(n_layers_written):
+        p = "model.layers.%d." % l
+        norm(p + "input_layernorm.weight", H)
+        if arch == "deepseek_v3":
+            nh, qk = c["num_attention_heads"], c["qk_nope_head_dim"] + c["qk_rope_head_dim"]
+            lin(p + "self_attn.q_a_proj.weight", c["q_lora_rank"], H)
+            norm(p + "self_attn.q_a_layernorm.weight", c["q_lora_rank"])
+            lin(p + "self_attn.q_b_proj.weight", nh * qk, c["q_lora_rank"])
+            lin(p + "self_attn.kv_a_proj_with_mqa.weight", c["kv_lora_rank"] + c["qk_rope_head_dim"], H)
+            norm(p + "self_attn.kv_a_layernorm.weight", c["kv_lora_rank"])
+            lin(p + "self_attn.kv_b_proj.weight", nh * (c["qk_nope_head_dim"] + c["v_head_dim"]), c["kv_lora_rank"])
+            lin(p + "self_attn.o_proj.weight", H, nh * c["v_head_dim"])
+        else:
+            hd = c["head_dim"]
+            lin(p + "self_attn.q_proj.weight", c["num_attention_heads"] * hd, H)
+            lin(p + "self_attn.k_proj.weight", c["num_key_value_heads"] * hd, H)
+            lin(p + "self_attn.v_proj.weight", c["num_key_value_heads"] * hd, H)
+            lin(p + "self_attn.o_proj.weight", H, c["num_attention_heads"] * hd)
+            if arch == "qwen3_moe":
+                norm(p + "self_attn.q_norm.weight", hd)
+                norm(p + "self_attn.k_norm.weight", hd)
+        norm(p + "post_attention_layernorm.weight", H)
+        if arch == "deepseek_v3" and l < c["first_k_dense_replace"]:
+            I = c["intermediate_size"]
+            lin(p + "mlp.gate_proj.weight", I, H)
+            lin(p + "mlp.up_proj.weight", I, H)
+            lin(p + "mlp.down_proj.weight", H, I)
+            continue
+        if arch == "mixtral":
+            E, I = c["num_local_experts"], c["intermediate_size"]
+            lin(p + "block_sparse_moe.gate.weight", E, H)
+            for e in range(E):
+                q = p + "block_sparse_moe.experts.%d." % e
+                lin(q + "w1.weight", I, H)
+                lin(q + "w3.weight", I, H)
+                lin(q + "w2.weight", H, I)
+        else:
+            E = c.get("num_experts", c.get("n_routed_experts"))
+            I = c["moe_intermediate_size"]
+            lin(p + "mlp.gate.weight", E, H)
+            if arch == "deepseek_v3":
+                w[p + "mlp.gate.e_score_correction_bias"] = (0.01 * rng.standard_normal(E)).astype(np.float32)
+                S = c["n_shared_experts"] * I
+                lin(p + "mlp.shared_experts.gate_proj.weight", S, H)
+                lin(p + "mlp.shared_experts.up_proj.weight", S, H)
+                lin(p + "mlp.shared_experts.down_proj.weight", H, S)
+            for e in range(E):
+                q = p + "mlp.experts.%d." % e
+                lin(q + "gate_proj.weight", I, H)
+                lin(q + "up_proj.weight", I, H)
+                lin(q + "down_proj.weight", H, I)
+    norm("model.norm.weight", H)
+    lin("lm_head.weight", V, H)
+    return w
+
+
+def fp8_blocks(x):
+    """float32 [rows, cols] -> (fp8 codes, float32 scale_inv [ceil(r/128), ceil(c/128)], dequantized float64)"""
+    rows, cols = x.shape
+    sr, sc = (rows + 127) // 128, (cols + 127) // 128
+    scale = np.ones((sr, sc), np.float32)
+    codes = np.zeros(x.shape, np.uint8)
+    table = ref.fp8_table()
+    deq = np.zeros(x.shape)
+    for i in range(sr):
+        for j in range(sc):
+            blk = x[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128].astype(np.float64)
+            amax = np.abs(blk).max()
+            s = np.float32(amax / 448.0 if amax > 0 else 1.0)
+            scale[i, j] = s
+            cb = ref.fp8_encode(blk / np.float64(s))
+            codes[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128] = cb
+            # what a reader must produce: fp8 value times the float32 scale, rounded to float32
+            deq[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128] = (table[cb] * np.float64(s)).astype(np.float32)
+    return codes, scale, deq
+
+
+def st_dtype(a):
+    return {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.uint8): "F8_E4M3",
+            np.dtype(np.uint16): "BF16"}[a.dtype]
+
+
+def write_safetensors_file(path, tensors):
+    header, blobs, off = {"__metadata__": {"format": "pt"}}, [], 0
+    for name, a in tensors.items():
+        b = np.ascontiguousarray(a).tobytes()
+        header[name] = {"dtype": st_dtype(a), "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h)
+        for b in blobs:
+            f.write(b)
+
+
+def to_bf16(x):
+    """round to nearest even, as uint16"""
+    u = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    return u.astype(np.uint16)
+
+
+def safetensors(out, arch="mixtral", shards=1, fp8=False, dtype="f32"):
+    os.makedirs(out, exist_ok=True)
+    c = dict(CONFIGS[arch])
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(c, f, indent=2)
+    w = weights(arch)
+    stored = {}
+    for name, a in w.items():
+        is_linear = a.ndim == 2 and ("proj" in name or ".w1." in name or ".w2." in name or ".w3." in name)
+        if fp8 and is_linear:
+            codes, scale, _ = fp8_blocks(a)
+            stored[name] = codes
+            stored[name + "_scale_inv"] = scale
+        elif dtype == "bf16":
+            stored[name] = to_bf16(a)
+        elif dtype == "f16":
+            stored[name] = a.astype(np.float16)
+        else:
+            stored[name] = a
+    names = list(stored)
+    if shards == 1:
+        write_safetensors_file(os.path.join(out, "model.safetensors"), stored)
+        return
+    per = (len(names) + shards - 1) // shards
+    wmap = {}
+    for s in range(shards):
+        part = names[s * per:(s + 1) * per]
+        # keep a weight and its scale in one shard, as DeepSeek does
+        fname = "model-%05d-of-%05d.safetensors" % (s + 1, shards)
+        write_safetensors_file(os.path.join(out, fname), {n: stored[n] for n in part})
+        wmap.update({n: fname for n in part})
+    with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": 0}, "weight_map": wmap}, f)
+
+
+# ---- GGUF ----
+
+GT = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 8, "BF16": 30, "Q4_K": 12}
+
+
+def gguf_permute(w, n_head):
+    """llama.cpp convert_hf_to_gguf.py LlamaModel.permute: pair-interleave rows within each head"""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_encode(a, t):
+    if t == "F32":
+        return a.astype(np.float32).tobytes()
+    if t == "F16":
+        return a.astype(np.float16).tobytes()
+    if t == "BF16":
+        return to_bf16(a).tobytes()
+    if t == "Q8_0":
+        q, d = ref.q8_0_quantize(a.reshape(-1, a.shape[-1]))
+        return ref.gguf_q8_0_blocks(q, d)
+    if t == "Q4_0":
+        q, d = ref.q4_0_quantize(a.reshape(-1, a.shape[-1]))
+        return ref.gguf_q4_0_blocks(q, d)
+    if t == "Q4_K":  # only its size matters: the importer must refuse it by name
+        return bytes(a.size // 256 * 144)
+    raise ValueError(t)
+
+
+def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0", tokenizer="none",
+         version=3, bad=None):
+    c = CONFIGS[arch]
+    w = weights(arch)
+    tmap = dict(kv.split("=") for kv in types.split(","))
+    ga = "llama" if arch == "mixtral" else "qwen3moe"
+    L, H = c["num_hidden_layers"], c["hidden_size"]
+    kvs = [("general.architecture", 8, ga), ("general.alignment", 4, 32),
+           (ga + ".block_count", 4, L), (ga + ".embedding_length", 4, H),
+           (ga + ".attention.head_count", 4, c["num_attention_heads"]),
+           (ga + ".attention.head_count_kv", 4, c["num_key_value_heads"]),
+           (ga + ".rope.freq_base", 6, c["rope_theta"]),
+           (ga + ".attention.layer_norm_rms_epsilon", 6, c["rms_norm_eps"]),
+           (ga + ".context_length", 4, c["max_position_embeddings"])]
+    if arch == "mixtral":
+        kvs += [(ga + ".expert_count", 4, c["num_local_experts"]), (ga + ".expert_used_count", 4, 2),
+                (ga + ".feed_forward_length", 4, c["intermediate_size"]),
+                (ga + ".rope.dimension_count", 4, c["head_dim"])]
+    else:
+        kvs += [(ga + ".expert_count", 4, c["num_experts"]), (ga + ".expert_used_count", 4, 2),
+                (ga + ".feed_forward_length", 4, c["intermediate_size"]),
+                (ga + ".expert_feed_forward_length", 4, c["moe_intermediate_size"]),
+                (ga + ".attention.key_length", 4, c["head_dim"])]
+    kvs.append(("tokenizer.ggml.model", 8, tokenizer))
+    if tokenizer != "none":
+        kvs.append(("tokenizer.ggml.tokens", 9, ["<unk>"] + ["t%d" % i for i in range(c["vocab_size"] - 1)]))
+
+    def kind(n):
+        if "attn" in n and "norm" not in n:
+            return "attn"
+        if "exps" in n:
+            return "experts"
+        if n.startswith("token_embd"):
+            return "embed"
+        if n.startswith("output.") or n == "output.weight":
+            return "output"
+        return None
+
+    tensors = [("token_embd.weight", w["model.embed_tokens.weight"])]
+    for l in range(L):
+        p = "model.layers.%d." % l
+        b = "blk.%d." % l
+        tensors.append((b + "attn_norm.weight", w[p + "input_layernorm.weight"]))
+        q, k = w[p + "self_attn.q_proj.weight"], w[p + "self_attn.k_proj.weight"]
+        if arch == "mixtral":
+            q = gguf_permute(q, c["num_attention_heads"])
+            k = gguf_permute(k, c["num_key_value_heads"])
+        tensors += [(b + "attn_q.weight", q), (b + "attn_k.weight", k),
+                    (b + "attn_v.weight", w[p + "self_attn.v_proj.weight"]),
+                    (b + "attn_output.weight", w[p + "self_attn.o_proj.weight"])]
+        if arch == "qwen3_moe":
+            tensors += [(b + "attn_q_norm.weight", w[p + "self_attn.q_norm.weight"]),
+                        (b + "attn_k_norm.weight", w[p + "self_attn.k_norm.weight"])]
+        tensors.append((b + "ffn_norm.weight", w[p + "post_attention_layernorm.weight"]))
+        if arch == "mixtral":
+            E = c["num_local_experts"]
+            tensors.append((b + "ffn_gate_inp.weight", w[p + "block_sparse_moe.gate.weight"]))
+            ex = p + "block_sparse_moe.experts.%d."
+            names = ("w1", "w3", "w2")
+        else:
+            E = c["num_experts"]
+            tensors.append((b + "ffn_gate_inp.weight", w[p + "mlp.gate.weight"]))
+            ex = p + "mlp.experts.%d."
+            names = ("gate_proj", "up_proj", "down_proj")
+        for gname, hname in zip(("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"), names):
+            tensors.append((b + gname + ".weight", np.stack([w[ex % e + hname + ".weight"] for e in range(E)])))
+    tensors += [("output_norm.weight", w["model.norm.weight"]), ("output.weight", w["lm_head.weight"])]
+
+    def wstr(s):
+        s = s.encode()
+        return struct.pack("<Q", len(s)) + s
+
+    def wval(t, v):
+        if t == 8:
+            return wstr(v)
+        if t == 4:
+            return struct.pack("<I", v)
+        if t == 6:
+            return struct.pack("<f", v)
+        if t == 9:
+            return struct.pack("<IQ", 8, len(v)) + b"".join(wstr(x) for x in v)
+        raise ValueError(t)
+
+    head = b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(kvs))
+    for k, t, v in kvs:
+        head += wstr(k) + struct.pack("<I", t) + wval(t, v)
+    infos, datas, off = b"", [], 0
+    for name, a in tensors:
+        t = tmap.get(kind(name), "F32") if a.ndim >= 2 else "F32"
+        if bad == "q4k" and name == "blk.0.attn_v.weight":
+            t = "Q4_K"
+        data = gguf_encode(a, t)
+        infos += wstr(name) + struct.pack("<I", a.ndim) + b"".join(struct.pack("<Q", d) for d in a.shape[::-1])
+        infos += struct.pack("<IQ", GT[t], off)
+        datas.append(data + bytes((32 - len(data) % 32) % 32))
+        off += len(datas[-1])
+    body = head + infos
+    body += bytes((32 - len(body) % 32) % 32)
+    with open(out, "wb") as f:
+        f.write(body)
+        for d in datas:
+            f.write(d)
+
+
+if __name__ == "__main__":
+    kind_, out = sys.argv[1], sys.argv[2]
+    opts = dict(a.lstrip("-").split("=", 1) if "=" in a else (a.lstrip("-"), "1") for a in sys.argv[3:])
+    if kind_ == "safetensors":
+        safetensors(out, arch=opts.get("arch", "mixtral"), shards=int(opts.get("shards", 1)),
+                    fp8="fp8" in opts, dtype=opts.get("dtype", "f32"))
+    else:
+        gguf(out, arch=opts.get("arch", "mixtral"), types=opts.get("types", "attn=F32,experts=Q8_0,embed=F16,output=Q4_0"),
+             tokenizer=opts.get("tokenizer", "none"), version=int(opts.get("version", 3)), bad=opts.get("bad"))
