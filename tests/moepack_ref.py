@@ -147,7 +147,8 @@ def q8_0_quantize(x):
     amax = np.abs(b).max(axis=1)
     d = amax / 127.0
     idv = np.where(d != 0, 1.0 / np.where(d != 0, d, 1), 0)
-    q = np.round(b * idv[:, None])  # numpy rounds half to even; C roundf half away: ties are measure-zero here
+    v = b * idv[:, None]
+    q = np.sign(v) * np.floor(np.abs(v) + 0.5)  # roundf: halves away from zero
     return q.astype(np.int8).reshape(x.shape), d.astype(np.float16).reshape(x.shape[0], -1)
 
 

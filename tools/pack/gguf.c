@@ -488,7 +488,7 @@ static int ends_with(const char *s, const char *suf)
 
 struct gw {
 	FILE *fp;
-	const char *path;
+	uint64_t n_kv; /* key/values written so far */
 };
 
 static void w_bytes(struct gw *g, const void *p, size_t n) { fwrite(p, 1, n, g->fp); }
@@ -501,18 +501,21 @@ static void w_str(struct gw *g, const char *s)
 }
 static void kv_u32(struct gw *g, const char *k, uint32_t v)
 {
+	g->n_kv++;
 	w_str(g, k);
 	w_u32(g, GV_U32);
 	w_u32(g, v);
 }
 static void kv_f32(struct gw *g, const char *k, float v)
 {
+	g->n_kv++;
 	w_str(g, k);
 	w_u32(g, GV_F32);
 	w_bytes(g, &v, 4);
 }
 static void kv_str(struct gw *g, const char *k, const char *v)
 {
+	g->n_kv++;
 	w_str(g, k);
 	w_u32(g, GV_STRING);
 	w_str(g, v);
@@ -639,13 +642,12 @@ int gguf_write_model(struct moe_source *src, const char *path, const char *type_
 		return rc;
 	}
 	fchmod(fd, 0644);
-	struct gw g = {fdopen(fd, "wb"), tmp};
+	/* key/values go to memory first: the header needs their count */
+	char *kvbuf = NULL;
+	size_t kvlen = 0;
+	struct gw g = {open_memstream(&kvbuf, &kvlen), 0};
 	char key[96];
-	w_bytes(&g, "GGUF", 4);
-	w_u32(&g, 3);
-	w_u64(&g, n);
 	const int mixtral = hp->arch == MOE_ARCH_MIXTRAL;
-	w_u64(&g, mixtral ? 15 : 16);
 	kv_str(&g, "general.architecture", arch);
 	kv_str(&g, "general.name", "moemap synthetic");
 	kv_u32(&g, "general.alignment", 32);
@@ -670,6 +672,15 @@ int gguf_write_model(struct moe_source *src, const char *path, const char *type_
 	}
 #undef AK
 	kv_str(&g, "tokenizer.ggml.model", "none");
+	fclose(g.fp);
+	const uint64_t n_kv = g.n_kv;
+	g.fp = fdopen(fd, "wb");
+	w_bytes(&g, "GGUF", 4);
+	w_u32(&g, 3);
+	w_u64(&g, n);
+	w_u64(&g, n_kv);
+	w_bytes(&g, kvbuf, kvlen);
+	free(kvbuf);
 	for (size_t i = 0; i < n; i++) {
 		const struct moe_tensor_spec *s = t[i].spec;
 		w_str(&g, t[i].name);

@@ -500,6 +500,10 @@ int pack_model(struct moe_source *src, const char *out, const struct pack_option
 		goto out;
 	}
 	moe_arch_dense_tensors(hp, specs, n_dense);
+	if (!o->force && access(out, F_OK) == 0) {
+		rc = moe_fail(MOE_EEXIST, "%s: exists (use --force to overwrite)", out);
+		goto out;
+	}
 
 	/* 1. find every tensor and check its shape before writing a byte */
 	for (size_t i = 0; i < n_dense && !rc; i++) {
