@@ -226,7 +226,7 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
     tmap = dict(kv.split("=") for kv in types.split(","))
     ga = "llama" if arch == "mixtral" else "qwen3moe"
     L, H = c["num_hidden_layers"], c["hidden_size"]
-    kvs = [("general.architecture", 8, ga), ("general.alignment", 4, 32),
+    kvs = [("general.architecture", 8, "grok" if bad == "arch" else ga), ("general.alignment", 4, 32),
            (ga + ".block_count", 4, L), (ga + ".embedding_length", 4, H),
            (ga + ".attention.head_count", 4, c["num_attention_heads"]),
            (ga + ".attention.head_count_kv", 4, c["num_key_value_heads"]),

@@ -200,7 +200,7 @@ int packw_tensor_append(struct moe_packw *w, int idx, const void *data, size_t n
 	struct wtensor *t = &w->t[idx];
 	if (n > t->size - t->written)
 		return moe_fail(MOE_EINVAL, "tensor %s: %zu bytes more than its %llu", t->name, n, (unsigned long long)t->size);
-	int rc = moe_pwrite_full(w->fd, data, n, t->offset + t->written, w->tmp);
+	int rc = moe_pwrite_full(w->fd, data, n, t->offset + t->written, w->path);
 	if (rc)
 		return rc;
 	XXH3_64bits_update(t->hash, data, n);
@@ -221,7 +221,7 @@ int packw_expert_write(struct moe_packw *w, size_t i, const void *stored, size_t
 	e->codec = (uint32_t)codec;
 	e->xxh3_stored = XXH3_64bits(stored, n);
 	e->xxh3_raw = xxh3_raw;
-	int rc = moe_pwrite_full(w->fd, stored, n, e->offset, w->tmp);
+	int rc = moe_pwrite_full(w->fd, stored, n, e->offset, w->path);
 	if (rc)
 		return rc;
 	w->exp_end = e->offset + n;
@@ -330,13 +330,13 @@ int packw_finish(struct moe_packw *w)
 	ft.file_size = file_size;
 	ft.checksum = XXH3_64bits(&ft, 24);
 
-	rc = moe_pwrite_full(w->fd, w->meta, w->meta_len, w->meta_off, w->tmp);
+	rc = moe_pwrite_full(w->fd, w->meta, w->meta_len, w->meta_off, w->path);
 	if (!rc)
-		rc = moe_pwrite_full(w->fd, dir, w->tdir_size, w->tdir_off, w->tmp);
+		rc = moe_pwrite_full(w->fd, dir, w->tdir_size, w->tdir_off, w->path);
 	if (!rc)
-		rc = moe_pwrite_full(w->fd, etab, w->etab_size, w->etab_off, w->tmp);
+		rc = moe_pwrite_full(w->fd, etab, w->etab_size, w->etab_off, w->path);
 	if (!rc)
-		rc = moe_pwrite_full(w->fd, &ft, sizeof ft, body_end, w->tmp);
+		rc = moe_pwrite_full(w->fd, &ft, sizeof ft, body_end, w->path);
 	free(dir);
 	free(etab);
 	if (rc)
@@ -345,7 +345,7 @@ int packw_finish(struct moe_packw *w)
 	if ((rc = moe_pwrite_full(w->fd, &sb, sizeof sb, 0, w->tmp)))
 		goto fail;
 	if (fsync(w->fd) != 0) {
-		rc = moe_fail(moe_errno_code(errno), "%s: fsync: %s", w->tmp, strerror(errno));
+		rc = moe_fail(moe_errno_code(errno), "%s: fsync: %s", w->path, strerror(errno));
 		goto fail;
 	}
 	if (!w->force && access(w->path, F_OK) == 0) {

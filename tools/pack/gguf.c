@@ -381,7 +381,7 @@ int src_open_gguf(const char *path, struct moe_source *src)
 	}
 	uint64_t n_tensors = get_uint64_t(&c), n_kv = get_uint64_t(&c);
 	if (n_kv > f->size / 13 || n_tensors > f->size / 24) {
-		rc = moe_fail(MOE_EFORMAT, "%s: header counts (%llu tensors, %llu keys) exceed the file size", path,
+		rc = moe_fail(MOE_EFORMAT, "%s: truncated header: %llu tensors and %llu keys cannot fit in the file", path,
 			      (unsigned long long)n_tensors, (unsigned long long)n_kv);
 		goto out;
 	}

@@ -536,7 +536,7 @@ int pack_model(struct moe_source *src, const char *out, const struct pack_option
 		goto out;
 	if ((rc = build_meta(src, o, &meta, &has_tok)))
 		goto out;
-	if (!has_tok)
+	if (!has_tok && strcmp(src->kind, "synth") != 0) /* synthetic models have none by design */
 		fprintf(stderr, "moe-pack: warning: %s has no tokenizer%s; the pack runs on token ids only\n", src->path,
 			strcmp(src->kind, "gguf") == 0 ? " (tokenizer.ggml.model = none)"
 			: strcmp(src->kind, "safetensors") == 0 ? " (no tokenizer.json)" : "");

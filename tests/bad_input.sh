@@ -1,0 +1,103 @@
+#!/bin/sh
+# Bad input: a one-line error naming what and where, a non-zero exit, no crash, and
+# no output file (or temporary) left behind.
+. "$TESTS_DIR/lib.sh"
+cd "$WORK"
+W="$TESTS_DIR/write_model.py"
+py "$W" safetensors good --arch=mixtral || not_ok "write folder"
+py "$W" gguf good.gguf || not_ok "write gguf"
+variant() { rm -rf "$1" && cp -r good "$1"; }
+# rewrite model.safetensors of folder $1 with python code $2 acting on (header dict h, data bytes d)
+edit_st() {
+	py - "$1/model.safetensors" "$2" <<'PY'
+import json, struct, sys
+path, code = sys.argv[1], sys.argv[2]
+raw = open(path, "rb").read()
+n = struct.unpack_from("<Q", raw)[0]
+h = json.loads(raw[8:8 + n])
+d = raw[8 + n:]
+exec(code)
+hb = json.dumps(h).encode()
+open(path, "wb").write(struct.pack("<Q", len(hb)) + hb + d)
+PY
+}
+pack() { "$MOE_PACK" --no-progress "$@"; }
+
+# ---- Hugging Face folders ----
+variant trunc && py -c "import os; p='trunc/model.safetensors'; os.truncate(p, os.path.getsize(p) - 1000)"
+expect_error "truncated safetensors" "lm_head.weight: data_offsets outside the file" pack trunc out.moe
+no_output "truncated safetensors" out.moe
+variant hlen && py -c "
+import struct; p='hlen/model.safetensors'; b=bytearray(open(p,'rb').read()); b[0:8]=struct.pack('<Q', 1 << 40); open(p,'wb').write(b)"
+expect_error "header length past the end" "header length 1099511627776 runs past the end" pack hlen out.moe
+variant badjson && py -c "
+p='badjson/model.safetensors'; b=bytearray(open(p,'rb').read()); b[40]=ord('{'); open(p,'wb').write(b)"
+expect_error "malformed header JSON" "model.safetensors: header JSON malformed at byte" pack badjson out.moe
+variant badcfg && printf '{"model_type": "mixtral",\n  "hidden_size": 128,,\n}' >badcfg/config.json
+expect_error "malformed config.json" "config.json:2:" pack badcfg out.moe
+variant llama && sed -i 's/"mixtral"/"llama"/' llama/config.json
+expect_error "unsupported architecture" 'model_type "llama" is not supported' pack llama out.moe
+variant nocfg && rm nocfg/config.json
+expect_error "no config.json" "no config.json" pack nocfg out.moe
+variant missing && edit_st missing 'del h["model.layers.1.block_sparse_moe.experts.2.w3.weight"]'
+expect_error "missing tensor" "model.layers.1.block_sparse_moe.experts.2.w3.weight (blk.1.ffn_up.2) missing" pack missing out.moe
+no_output "missing tensor" out.moe
+variant shape && sed -i 's/"intermediate_size": 96/"intermediate_size": 64/' shape/config.json
+expect_error "wrong shape" "has shape \[96, 128\], the config implies \[64, 128\]" pack shape out.moe
+variant i32 && edit_st i32 'h["model.norm.weight"]["dtype"] = "I32"'
+expect_error "unsupported dtype" "model.norm.weight: dtype I32 is not supported" pack i32 out.moe
+variant nodata && edit_st nodata 'h["model.norm.weight"]["data_offsets"][1] += 4'
+expect_error "size does not match shape" "model.norm.weight: 516 bytes for shape" pack nodata out.moe
+py "$W" safetensors fp8 --arch=deepseek_v3 --fp8 || not_ok "write fp8"
+edit_st fp8 'del h["model.layers.1.mlp.experts.0.up_proj.weight_scale_inv"]'
+expect_error "FP8 without its scale" "experts.0.up_proj.weight has no model.layers.1.mlp.experts.0.up_proj.weight_scale_inv" pack fp8 out.moe
+variant badidx && printf '{"weight_map": {"lm_head.weight": "../etc/passwd"}}' >badidx/model.safetensors.index.json
+expect_error "index naming a file outside" "is not a file name in the folder" pack badidx out.moe
+variant badtok && printf '{"model": ' >badtok/tokenizer.json
+expect_error "malformed tokenizer.json" "malformed JSON" pack badtok out.moe
+expect_error "source missing" "nothere: No such file or directory" pack nothere out.moe
+
+# ---- GGUF ----
+py -c "b=bytearray(open('good.gguf','rb').read()); b[0:4]=b'GGUX'; open('magic.gguf','wb').write(b)"
+expect_error "GGUF bad magic" "magic.gguf: bad magic" pack magic.gguf out.moe
+py "$W" gguf v1.gguf --version=1
+expect_error "GGUF version 1" "GGUF version 1 is not supported" pack v1.gguf out.moe
+head -c 300 good.gguf >hdr.gguf
+expect_error "GGUF truncated in the header" "truncated header" pack hdr.gguf out.moe
+py -c "import os, shutil; shutil.copy('good.gguf', 'data.gguf'); os.truncate('data.gguf', os.path.getsize('data.gguf') - 64)"
+expect_error "GGUF truncated in the data" "runs past the end of the file" pack data.gguf out.moe
+py "$W" gguf q4k.gguf --bad=q4k
+expect_error "GGUF Q4_K tensor" "blk.0.attn_v.weight has type Q4_K (12)" pack q4k.gguf out.moe
+py "$W" gguf arch.gguf --bad=arch
+expect_error "GGUF unknown architecture" 'architecture "grok" is not supported' pack arch.gguf out.moe
+no_output "GGUF errors" out.moe
+
+# ---- packs ----
+"$MOE_PACK" synth --no-progress good.moe 2>/dev/null || not_ok "synth"
+head -c 5000 good.moe >short.moe
+expect_error "truncated pack" "truncated" "$MOE_PACK" --info short.moe
+expect_error "not a pack" "bad magic" "$MOE_PACK" --verify good.gguf
+py -c "b=bytearray(open('good.moe','rb').read()); b[100]^=4; open('sb.moe','wb').write(b)"
+expect_error "corrupt superblock" "superblock checksum mismatch" "$MOE_PACK" --info sb.moe
+
+# ---- options ----
+expect_error "bad quant type" "unknown type 'q5'" pack -q experts=q5 good out.moe
+expect_error "bad quant kind" "unknown tensor kind 'mlp'" pack -q mlp=q4 good out.moe
+expect_error "norms stay f32" "norm tensors are always f32" pack -q norm=q8 good out.moe
+expect_error "bad alignment" "--align 8K: 4K or 2M" pack --align 8K good out.moe
+expect_error "bad zstd level" "--zstd-level 30" pack --zstd-level 30 good out.moe
+expect_error "bad preset" "unknown preset 'gpt5'" "$MOE_PACK" synth --preset gpt5 out.moe
+no_output "option errors" out.moe
+
+# ---- disk full: a 1 MB tmpfs (root), else a file-size limit (the same write-error path) ----
+mkdir small
+if mount -t tmpfs -o size=1M tmpfs small 2>/dev/null; then
+	expect_error "disk full" "No space left on device" "$MOE_PACK" synth --no-progress small/full.moe
+	no_output "disk full" small/full.moe
+	umount small
+else
+	echo "bad_input.sh: no tmpfs (not root): disk full simulated with ulimit -f" >&2
+	expect_error "write error" "File too large" sh -c "trap '' XFSZ; ulimit -f 1024; exec '$MOE_PACK' synth --no-progress small/full.moe"
+	no_output "write error" small/full.moe
+fi
+finish
