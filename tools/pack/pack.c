@@ -159,46 +159,103 @@ static uint64_t chunk_rows(uint64_t cols)
 	return r ? r : 1;
 }
 
-/* One matrix into its place: codes at dst, scales (quant types) right after all the codes. */
-static int convert_matrix(struct moe_source *src, const struct src_entry *e, int type, uint8_t *dst, float *fbuf)
+/* Rows [r0, r1) of one source tensor; codes and scales point at row r0's. */
+struct convert_part {
+	struct moe_source *src;
+	const struct src_entry *e;
+	int type;
+	uint8_t *codes;
+	uint16_t *scales;
+	uint64_t r0, r1;
+	int rc;
+	char err[512]; /* moe_last_error() is per thread: carried back to the caller */
+};
+
+static void *convert_part_run(void *arg)
+{
+	struct convert_part *j = arg;
+	const struct moe_type_traits *t = &moe_type_traits[j->type];
+	const uint64_t cols = j->e->cols, per_row = cols / t->block * t->code_bytes, spr = cols / MOE_QBLOCK;
+	const uint64_t step = chunk_rows(cols), rows = j->r1 - j->r0;
+	float *fbuf = malloc((step < rows ? step : rows) * cols * sizeof(float));
+	j->rc = fbuf ? 0 : moe_fail(MOE_ENOMEM, "out of memory converting %s", j->e->name);
+	for (uint64_t r = j->r0; r < j->r1 && !j->rc; r += step) {
+		const uint64_t n = j->r1 - r < step ? j->r1 - r : step;
+		j->rc = convert_rows(j->src, j->e, j->type, r, n, fbuf, j->codes + (r - j->r0) * per_row,
+				     j->scales ? j->scales + (r - j->r0) * spr : NULL);
+	}
+	if (j->rc)
+		snprintf(j->err, sizeof j->err, "%s", moe_last_error());
+	free(fbuf);
+	return NULL;
+}
+
+#define MAX_PARTS 64
+
+/* Convert rows [r0, r1) of e, split over up to n_threads threads (this one included). */
+static int convert_parallel(struct moe_source *src, const struct src_entry *e, int type, uint8_t *codes,
+			    uint16_t *scales, uint64_t r0, uint64_t r1, int n_threads)
 {
 	const struct moe_type_traits *t = &moe_type_traits[type];
-	const uint64_t rows = e->rows, cols = e->cols, per_row = cols / t->block * t->code_bytes;
-	uint16_t *scales = moe_type_is_quant(type) ? (uint16_t *)(dst + rows * per_row) : NULL;
-	const uint64_t step = chunk_rows(cols);
-	for (uint64_t r = 0; r < rows; r += step) {
-		uint64_t n = rows - r < step ? rows - r : step;
-		int rc = convert_rows(src, e, type, r, n, fbuf, dst + r * per_row, scales ? scales + r * (cols / 32) : NULL);
-		if (rc)
-			return rc;
+	const uint64_t per_row = e->cols / t->block * t->code_bytes, spr = e->cols / MOE_QBLOCK, rows = r1 - r0;
+	uint64_t n = (uint64_t)(n_threads < 1 ? 1 : n_threads > MAX_PARTS ? MAX_PARTS : n_threads);
+	if (n > rows)
+		n = rows ? rows : 1;
+	struct convert_part part[MAX_PARTS];
+	pthread_t th[MAX_PARTS];
+	int started[MAX_PARTS] = {0};
+	for (uint64_t i = 0; i < n; i++) {
+		const uint64_t a = r0 + rows * i / n, b = r0 + rows * (i + 1) / n;
+		part[i] = (struct convert_part){src, e, type, codes + (a - r0) * per_row,
+						scales ? scales + (a - r0) * spr : NULL, a, b, 0, ""};
+		if (i > 0)
+			started[i] = pthread_create(&th[i], NULL, convert_part_run, &part[i]) == 0;
 	}
+	convert_part_run(&part[0]);
+	for (uint64_t i = 1; i < n; i++) {
+		if (started[i])
+			pthread_join(th[i], NULL);
+		else
+			convert_part_run(&part[i]); /* no thread to spare: do it here */
+	}
+	for (uint64_t i = 0; i < n; i++)
+		if (part[i].rc)
+			return moe_fail(part[i].rc, "%s", part[i].err);
 	return 0;
+}
+
+/* One matrix into its place: codes at dst, scales (quant types) right after all the codes. */
+static int convert_matrix(struct moe_source *src, const struct src_entry *e, int type, uint8_t *dst, int n_threads)
+{
+	const struct moe_type_traits *t = &moe_type_traits[type];
+	uint8_t *scales = dst + e->rows * (e->cols / t->block * t->code_bytes);
+	return convert_parallel(src, e, type, dst, moe_type_is_quant(type) ? (uint16_t *)scales : NULL, 0, e->rows,
+				n_threads);
 }
 
 /* ---- dense tensors: streamed through the writer ---- */
 
-static int pack_dense(struct moe_source *src, struct moe_packw *w, int idx, const struct src_entry *e, int type)
+static int pack_dense(struct moe_source *src, struct moe_packw *w, int idx, const struct src_entry *e, int type,
+		      int n_threads)
 {
 	const struct moe_type_traits *t = &moe_type_traits[type];
-	const uint64_t rows = e->rows, cols = e->cols, step = chunk_rows(cols);
+	const uint64_t rows = e->rows, cols = e->cols, step = chunk_rows(cols) * (uint64_t)n_threads;
 	const uint64_t per_row = cols / t->block * t->code_bytes;
 	const int quant = moe_type_is_quant(type);
-	float *fbuf = malloc(step * cols * sizeof(float));
-	uint8_t *codes = malloc(step * per_row);
+	uint8_t *codes = malloc((step < rows ? step : rows) * per_row);
 	/* scales follow all the codes; they are 1/17 of a q8 tensor, kept until the codes are out */
 	uint16_t *scales = quant ? malloc(rows * (cols / 32) * 2) : NULL;
 	int rc = 0;
-	if (!fbuf || !codes || (quant && !scales))
+	if (!codes || (quant && !scales))
 		rc = moe_fail(MOE_ENOMEM, "out of memory packing %s", e->name);
 	for (uint64_t r = 0; r < rows && !rc; r += step) {
 		uint64_t n = rows - r < step ? rows - r : step;
-		rc = convert_rows(src, e, type, r, n, fbuf, codes, quant ? scales + r * (cols / 32) : NULL);
+		rc = convert_parallel(src, e, type, codes, quant ? scales + r * (cols / 32) : NULL, r, r + n, n_threads);
 		if (!rc)
 			rc = packw_tensor_append(w, idx, codes, n * per_row);
 	}
 	if (!rc && quant)
 		rc = packw_tensor_append(w, idx, scales, rows * (cols / 32) * 2);
-	free(fbuf);
 	free(codes);
 	free(scales);
 	return rc;
@@ -228,18 +285,18 @@ struct pipeline {
 	int type[3];
 	uint64_t offset[3], raw_size, comp_cap;
 	struct slot *slots;
-	int n_slots, zstd_workers, stop;
+	int n_slots, zstd_workers, convert_threads, stop;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	char err[512];
 	int err_rc;
 };
 
-static int build_expert(struct pipeline *p, struct slot *s, ZSTD_CCtx *cctx, float *fbuf)
+static int build_expert(struct pipeline *p, struct slot *s, ZSTD_CCtx *cctx)
 {
 	const struct job *j = &p->jobs[s->job];
 	for (int m = 0; m < 3; m++) {
-		int rc = convert_matrix(p->src, j->m[m], p->type[m], s->raw + p->offset[m], fbuf);
+		int rc = convert_matrix(p->src, j->m[m], p->type[m], s->raw + p->offset[m], p->convert_threads);
 		if (rc)
 			return rc;
 	}
@@ -263,7 +320,6 @@ static void *worker(void *arg)
 {
 	struct pipeline *p = arg;
 	ZSTD_CCtx *cctx = ZSTD_createCCtx();
-	float *fbuf = malloc(CHUNK_FLOATS * sizeof(float) + 64 * 1024 * sizeof(float));
 	if (cctx) {
 		ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, p->o->zstd_level);
 		ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 0); /* the pack has its own */
@@ -292,7 +348,7 @@ static void *worker(void *arg)
 		s->job = p->next_job++;
 		pthread_mutex_unlock(&p->mu);
 
-		int rc = (!cctx || !fbuf) ? moe_fail(MOE_ENOMEM, "out of memory") : build_expert(p, s, cctx, fbuf);
+		int rc = !cctx ? moe_fail(MOE_ENOMEM, "out of memory") : build_expert(p, s, cctx);
 
 		pthread_mutex_lock(&p->mu);
 		s->rc = rc;
@@ -305,7 +361,6 @@ static void *worker(void *arg)
 		pthread_mutex_unlock(&p->mu);
 	}
 	ZSTD_freeCCtx(cctx);
-	free(fbuf);
 	return NULL;
 }
 
@@ -575,7 +630,7 @@ int pack_model(struct moe_source *src, const char *out, const struct pack_option
 	/* 3. dense tensors, in order */
 	for (size_t i = 0; i < n_dense && !rc; i++) {
 		if (dsrc[i])
-			rc = pack_dense(src, w, didx[i], dsrc[i], dtype[i]);
+			rc = pack_dense(src, w, didx[i], dsrc[i], dtype[i], o->threads);
 		progress_draw(o->progress, "dense", i + 1, n_dense);
 	}
 	progress_done(o->progress);
@@ -591,8 +646,9 @@ int pack_model(struct moe_source *src, const char *out, const struct pack_option
 		uint64_t per_slot = p.raw_size + p.comp_cap + CHUNK_FLOATS * sizeof(float);
 		uint64_t slots = o->memory_budget / per_slot;
 		p.n_slots = (int)(slots < 1 ? 1 : slots > (uint64_t)o->threads + 1 ? (uint64_t)o->threads + 1 : slots);
-		/* fewer blobs in flight than cores: let zstd spread each frame over the rest */
+		/* fewer blobs in flight than cores: each blob's conversion and zstd frame use the rest */
 		p.zstd_workers = p.n_slots < o->threads ? o->threads / p.n_slots : 0;
+		p.convert_threads = p.n_slots < o->threads ? o->threads / p.n_slots : 1;
 		rc = run_experts(&p, w);
 		progress_done(o->progress);
 		if (rc)
