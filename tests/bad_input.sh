@@ -37,6 +37,8 @@ variant badcfg && printf '{"model_type": "mixtral",\n  "hidden_size": 128,,\n}' 
 expect_error "malformed config.json" "config.json:2:" pack badcfg out.moe
 variant llama && sed -i 's/"mixtral"/"llama"/' llama/config.json
 expect_error "unsupported architecture" 'model_type "llama" is not supported' pack llama out.moe
+variant huge && sed -i 's/"hidden_size": 128/"hidden_size": 1000000000000/' huge/config.json
+expect_error "implausible size" "hidden_size = 1000000000000 is larger than supported" pack huge out.moe
 variant nocfg && rm nocfg/config.json
 expect_error "no config.json" "no config.json" pack nocfg out.moe
 variant missing && edit_st missing 'del h["model.layers.1.block_sparse_moe.experts.2.w3.weight"]'

@@ -103,6 +103,19 @@ int moe_hparams_check(const struct moe_hparams *hp)
 		if (zero)
 			return moe_fail(MOE_EFORMAT, "%s: hyperparameter %s missing or zero", moe_arch_name(hp->arch), f->key);
 	}
+	/* bounds far above any real model keep every size computation well inside 64 bits */
+	const struct { const char *name; uint64_t v, max; } lim[] = {
+		{"hidden_size", hp->hidden, 1u << 20}, {"vocab_size", hp->vocab, 1u << 24},
+		{"n_heads", hp->n_heads, 1u << 12}, {"head_dim", hp->head_dim, 1u << 12},
+		{"n_experts", hp->n_experts, 1u << 16}, {"expert_ff", hp->expert_ff, 1u << 20},
+		{"dense_ff", hp->dense_ff, 1u << 20}, {"kv_lora_rank", hp->kv_lora_rank, 1u << 16},
+		{"q_lora_rank", hp->q_lora_rank, 1u << 16},
+	};
+	for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++)
+		if (lim[i].v > lim[i].max)
+			return moe_fail(MOE_EUNSUPPORTED, "%s: hyperparameter %s = %llu is larger than supported (%llu)",
+					moe_arch_name(hp->arch), lim[i].name, (unsigned long long)lim[i].v,
+					(unsigned long long)lim[i].max);
 	if (hp->n_layers > MOE_MAX_LAYERS)
 		return moe_fail(MOE_EUNSUPPORTED, "%llu layers: at most %d supported",
 				(unsigned long long)hp->n_layers, MOE_MAX_LAYERS);
