@@ -15,6 +15,8 @@ check "pack mixtral f32" "$MOE_PACK" --no-progress -q f32 --zstd-min-saving 100 
 check "pack mixtral q8" "$MOE_PACK" --no-progress -q q8 --zstd-min-saving 100 mx mx8.moe
 check "pack sharded q4" "$MOE_PACK" --no-progress -q q4 --zstd-min-saving 100 mx3 mx4.moe
 check "pack qwen3 keep" "$MOE_PACK" --no-progress -q keep --zstd-min-saving 100 qw qw.moe
+if grep -q "has no tokenizer (no tokenizer.json); the pack runs on token ids only" "$WORK/err"; then ok
+else not_ok "no warning for a folder without tokenizer.json"; fi
 check "pack deepseek f32" "$MOE_PACK" --no-progress -q f32 --zstd-min-saving 100 ds ds.moe
 if grep -q "multi-token" "$WORK/err"; then ok; else not_ok "DeepSeek MTP layer not reported as skipped"; fi
 check "values" py - <<PY

@@ -141,6 +141,8 @@ int pack_info(const char *path, int as_json)
 			if (json_is_string(v))
 				printf("  %-36s %.100s%s\n", key, json_string_value(v),
 				       strlen(json_string_value(v)) > 100 ? "..." : "");
+			else if (json_is_real(v))
+				printf("  %-36s %.10g\n", key, json_real_value(v));
 			else
 				printf("  %-36s %s\n", key, s ? s : "?");
 			free(s);
