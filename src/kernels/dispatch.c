@@ -1,0 +1,272 @@
+/* dispatch.c - choosing an implementation, quantizing activations, and splitting
+ * matrix work over the pool's threads. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+
+enum { T_F32 = 0, T_F16 = 1, T_Q8 = 3, T_Q4 = 4 }; /* moe_type ids */
+
+const struct moe_kernel_impl *const moe_kernel_impls[] = {
+	&moe_kernels_scalar,
+#if defined(__x86_64__)
+	&moe_kernels_avx2,
+	&moe_kernels_avx512,
+#endif
+#if defined(__aarch64__)
+	&moe_kernels_neon,
+#endif
+	NULL,
+};
+
+const struct moe_kernel_impl *moe_kernels_by_name(const char *name)
+{
+	for (int i = 0; moe_kernel_impls[i]; i++)
+		if (strcmp(moe_kernel_impls[i]->name, name) == 0)
+			return moe_kernel_impls[i]->available() ? moe_kernel_impls[i] : NULL;
+	return NULL;
+}
+
+const struct moe_kernel_impl *moe_kernels_select(void)
+{
+	const char *force = getenv("MOE_KERNEL");
+	if (force && *force)
+		return moe_kernels_by_name(force);
+	const struct moe_kernel_impl *best = &moe_kernels_scalar;
+	for (int i = 0; moe_kernel_impls[i]; i++) /* listed from plainest to fastest */
+		if (moe_kernel_impls[i]->available())
+			best = moe_kernel_impls[i];
+	return best;
+}
+
+float moe_kernel_f16(uint16_t h)
+{
+	uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
+	if (exp == 0x1f)
+		u = sign | 0x7f800000u | (man << 13);
+	else if (exp == 0) {
+		float v = (float)man * 0x1p-24f;
+		return sign ? -v : v;
+	} else
+		u = sign | ((exp + 112) << 23) | (man << 13);
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+/* ---- activations ---- */
+
+int moe_qact_alloc(struct moe_qact *a, size_t batch, size_t cols)
+{
+	if (a->q && a->batch >= batch && a->cols == cols) {
+		a->batch = batch;
+		return 0;
+	}
+	moe_qact_free(a);
+	const size_t nb = cols / 32;
+	/* 64-byte aligned rows of codes for aligned SIMD loads */
+	a->q = aligned_alloc(64, (batch * cols + 63) / 64 * 64);
+	a->d = malloc(batch * nb * sizeof(float) + 64);
+	a->ds = malloc(batch * nb * sizeof(float) + 64);
+	a->cols = cols;
+	a->batch = batch;
+	if (!a->q || !a->d || !a->ds) {
+		moe_qact_free(a);
+		return -1;
+	}
+	return 0;
+}
+
+void moe_qact_free(struct moe_qact *a)
+{
+	free(a->q);
+	free(a->d);
+	free(a->ds);
+	memset(a, 0, sizeof *a);
+}
+
+void moe_qact_quantize(struct moe_qact *a, const float *x, size_t batch)
+{
+	const size_t cols = a->cols, nb = cols / 32;
+	a->batch = batch;
+	for (size_t t = 0; t < batch; t++)
+		for (size_t b = 0; b < nb; b++) {
+			const float *xb = x + t * cols + b * 32;
+			int8_t *q = a->q + t * cols + b * 32;
+			float amax = 0;
+			for (int j = 0; j < 32; j++)
+				amax = fmaxf(amax, fabsf(xb[j]));
+			const float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+			int sum = 0;
+			for (int j = 0; j < 32; j++) {
+				q[j] = (int8_t)lrintf(xb[j] * id);
+				sum += q[j];
+			}
+			a->d[t * nb + b] = d;
+			a->ds[t * nb + b] = d * (float)sum;
+		}
+}
+
+void moe_kscratch_free(struct moe_kscratch *s)
+{
+	moe_qact_free(&s->act);
+	moe_qact_free(&s->act2);
+	free(s->h);
+	memset(s, 0, sizeof *s);
+}
+
+/* ---- row splitting ---- */
+
+/* Rows of thread i of n: contiguous ranges in multiples of 8 rows. */
+static void rows_of(size_t rows, int i, int n, size_t *r0, size_t *r1)
+{
+	size_t per = (rows + (size_t)n - 1) / (size_t)n;
+	per = (per + 7) / 8 * 8;
+	*r0 = per * (size_t)i < rows ? per * (size_t)i : rows;
+	*r1 = *r0 + per < rows ? *r0 + per : rows;
+}
+
+struct mm_job {
+	const struct moe_kernel_impl *k;
+	const struct moe_wmat *w;
+	const struct moe_qact *a;
+	const float *x;
+	size_t batch;
+	float *y;
+};
+
+static void run_rows(const struct mm_job *j, size_t r0, size_t r1)
+{
+	if (r0 >= r1)
+		return;
+	switch (j->w->type) {
+	case T_Q8: j->k->q8(j->w, r0, r1, j->a, j->y, j->w->rows); break;
+	case T_Q4: j->k->q4(j->w, r0, r1, j->a, j->y, j->w->rows); break;
+	case T_F16: j->k->f16(j->w, r0, r1, j->x, j->batch, j->y, j->w->rows); break;
+	case T_F32: j->k->f32(j->w, r0, r1, j->x, j->batch, j->y, j->w->rows); break;
+	}
+}
+
+static void mm_part(void *arg, int i, int n)
+{
+	const struct mm_job *j = arg;
+	size_t r0, r1;
+	rows_of(j->w->rows, i, n, &r0, &r1);
+	run_rows(j, r0, r1);
+}
+
+static int is_quant(int type) { return type == T_Q8 || type == T_Q4; }
+
+int moe_matmul(const struct moe_kernel_impl *k, struct moe_pool *pool, const struct moe_wmat *w, const float *x,
+	       size_t batch, float *y, struct moe_kscratch *s)
+{
+	struct mm_job j = {k, w, NULL, x, batch, y};
+	if (is_quant(w->type)) {
+		if (moe_qact_alloc(&s->act, batch, w->cols))
+			return -1;
+		moe_qact_quantize(&s->act, x, batch);
+		j.a = &s->act;
+	}
+	moe_pool_run(pool, mm_part, &j);
+	return 0;
+}
+
+/* ---- fused expert ---- */
+
+struct ffn_job {
+	const struct moe_kernel_impl *k;
+	const struct moe_wmat *gate, *up;
+	const struct moe_qact *a;
+	const float *x;
+	size_t batch;
+	float *h; /* [batch][ff] */
+};
+
+/* bytes of one row of codes */
+static size_t row_bytes(const struct moe_wmat *w)
+{
+	switch (w->type) {
+	case T_Q8: return w->cols;
+	case T_Q4: return w->cols / 2;
+	case T_F16: return w->cols * 2;
+	default: return w->cols * 4;
+	}
+}
+
+#define FFN_TILE 16 /* gate and up rows computed together, then combined in registers/L1 */
+
+static void ffn_part(void *arg, int i, int n)
+{
+	const struct ffn_job *j = arg;
+	const size_t ff = j->gate->rows;
+	size_t r0, r1;
+	rows_of(ff, i, n, &r0, &r1);
+	float g[FFN_TILE * 64], u[FFN_TILE * 64];
+	for (size_t r = r0; r < r1; r += FFN_TILE) {
+		const size_t e = r + FFN_TILE < r1 ? r + FFN_TILE : r1, m = e - r;
+		for (size_t t0 = 0; t0 < j->batch; t0 += 64) {
+			const size_t bt = j->batch - t0 < 64 ? j->batch - t0 : 64;
+			/* the kernels write y[t * ystride + row]: shift so row r lands at column 0 */
+			struct moe_qact sub = {0};
+			const float *xs = NULL;
+			if (j->a) {
+				const size_t nb = j->a->cols / 32;
+				sub = (struct moe_qact){j->a->cols, bt, j->a->q + t0 * j->a->cols, j->a->d + t0 * nb,
+							j->a->ds + t0 * nb};
+			} else {
+				xs = j->x + t0 * j->gate->cols;
+			}
+			for (int which = 0; which < 2; which++) {
+				/* a view of rows [r, e) so the kernel writes rows 0..m-1 of the tile */
+				struct moe_wmat v = *(which ? j->up : j->gate);
+				v.codes = (const uint8_t *)v.codes + r * row_bytes(&v);
+				v.scales = v.scales ? v.scales + r * (v.cols / 32) : NULL;
+				v.rows = m;
+				float *out = which ? u : g;
+				switch (v.type) {
+				case T_Q8: j->k->q8(&v, 0, m, &sub, out, m); break;
+				case T_Q4: j->k->q4(&v, 0, m, &sub, out, m); break;
+				case T_F16: j->k->f16(&v, 0, m, xs, bt, out, m); break;
+				case T_F32: j->k->f32(&v, 0, m, xs, bt, out, m); break;
+				}
+			}
+			for (size_t t = 0; t < bt; t++)
+				for (size_t q = 0; q < m; q++) {
+					const float gv = g[t * m + q];
+					j->h[(t0 + t) * ff + r + q] = gv / (1.0f + expf(-gv)) * u[t * m + q];
+				}
+		}
+	}
+}
+
+int moe_expert_ffn(const struct moe_kernel_impl *k, struct moe_pool *pool, const struct moe_wmat *gate,
+		   const struct moe_wmat *up, const struct moe_wmat *down, const float *x, size_t batch, float *y,
+		   struct moe_kscratch *s)
+{
+	const size_t ff = gate->rows;
+	if (s->h_cap < batch * ff) {
+		free(s->h);
+		s->h = malloc(batch * ff * sizeof(float));
+		s->h_cap = s->h ? batch * ff : 0;
+		if (!s->h)
+			return -1;
+	}
+	struct ffn_job j = {k, gate, up, NULL, x, batch, s->h};
+	if (is_quant(gate->type)) {
+		if (moe_qact_alloc(&s->act, batch, gate->cols))
+			return -1;
+		moe_qact_quantize(&s->act, x, batch);
+		j.a = &s->act;
+	}
+	moe_pool_run(pool, ffn_part, &j);
+	struct mm_job d = {k, down, NULL, s->h, batch, y};
+	if (is_quant(down->type)) {
+		if (moe_qact_alloc(&s->act2, batch, ff))
+			return -1;
+		moe_qact_quantize(&s->act2, s->h, batch);
+		d.a = &s->act2;
+	}
+	moe_pool_run(pool, mm_part, &d);
+	return 0;
+}

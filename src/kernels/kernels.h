@@ -1,0 +1,95 @@
+/*
+ * kernels.h - y = W x for the pack's weight formats, one implementation per
+ * instruction set, chosen at run time from the CPU (MOE_KERNEL=scalar|avx2|avx512|neon
+ * forces one).
+ *
+ * W is a view of a matrix as the pack stores it (moepack(5)): rows of codes, then
+ * the fp16 scales, one per 32-weight block, row-major. q8/q4 matrices multiply
+ * activations quantized on the fly to int8 blocks of 32 (a float scale per block),
+ * so the inner loops are integer dot products; f16/f32 matrices multiply the f32
+ * activations directly. Batches (prefill) read each weight row once for all tokens.
+ *
+ * This directory depends on nothing but libc and pthreads, so that it cross-builds
+ * for ARM and runs its tests under qemu without the rest of libmoe.
+ */
+#ifndef MOE_KERNELS_H
+#define MOE_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/pool.h"
+
+/* A weight matrix in pack layout: rows x cols, type a moe_type id. */
+struct moe_wmat {
+	int type;
+	size_t rows, cols;
+	const void *codes;       /* q8: int8[rows][cols]; q4: uint8[rows][cols/2]; f16: uint16; f32: float */
+	const uint16_t *scales;  /* q8/q4: fp16[rows][cols/32]; NULL otherwise */
+};
+
+/* A batch of activations quantized to int8 blocks of 32. */
+struct moe_qact {
+	size_t cols, batch;
+	int8_t *q;   /* [batch][cols] */
+	float *d;    /* [batch][cols/32]: x ~= d * q */
+	float *ds;   /* [batch][cols/32]: d * sum(q), for the q4/q8 offset forms */
+};
+
+/* One implementation: rows [r0, r1) of W times `batch` tokens, y[t * ystride + r]. */
+struct moe_kernel_impl {
+	const char *name;
+	int (*available)(void);
+	void (*q8)(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride);
+	void (*q4)(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride);
+	void (*f16)(const struct moe_wmat *w, size_t r0, size_t r1, const float *x, size_t batch, float *y,
+		    size_t ystride);
+	void (*f32)(const struct moe_wmat *w, size_t r0, size_t r1, const float *x, size_t batch, float *y,
+		    size_t ystride);
+};
+
+extern const struct moe_kernel_impl moe_kernels_scalar;
+extern const struct moe_kernel_impl moe_kernels_avx2;   /* x86-64 only */
+extern const struct moe_kernel_impl moe_kernels_avx512; /* x86-64 only */
+extern const struct moe_kernel_impl moe_kernels_neon;   /* aarch64 only */
+
+/* Every implementation compiled in, scalar first; NULL-terminated. */
+extern const struct moe_kernel_impl *const moe_kernel_impls[];
+
+/* The implementation to use: MOE_KERNEL if set (NULL if it names one that is not
+ * available here), else the best the CPU supports. */
+const struct moe_kernel_impl *moe_kernels_select(void);
+const struct moe_kernel_impl *moe_kernels_by_name(const char *name);
+
+/* Quantize batch x cols activations (cols a multiple of 32) into a (buffers owned by a). */
+int moe_qact_alloc(struct moe_qact *a, size_t batch, size_t cols);
+void moe_qact_free(struct moe_qact *a);
+void moe_qact_quantize(struct moe_qact *a, const float *x, size_t batch);
+
+/* Scratch buffers for moe_matmul / moe_expert_ffn, grown as needed. */
+struct moe_kscratch {
+	struct moe_qact act, act2;
+	float *h;
+	size_t h_cap;
+};
+void moe_kscratch_free(struct moe_kscratch *s);
+
+/*
+ * y[batch][w->rows] = x[batch][w->cols] * W^T, rows split over the pool's threads
+ * (pool may be NULL: this thread only). Returns 0, or -1 if scratch cannot grow.
+ */
+int moe_matmul(const struct moe_kernel_impl *k, struct moe_pool *pool, const struct moe_wmat *w, const float *x,
+	       size_t batch, float *y, struct moe_kscratch *s);
+
+/*
+ * A SwiGLU expert: y = down(silu(gate x) * (up x)) for batch tokens. gate and up are
+ * [ff, hidden], down [hidden, ff]. The intermediate is written once.
+ */
+int moe_expert_ffn(const struct moe_kernel_impl *k, struct moe_pool *pool, const struct moe_wmat *gate,
+		   const struct moe_wmat *up, const struct moe_wmat *down, const float *x, size_t batch, float *y,
+		   struct moe_kscratch *s);
+
+/* fp16 -> f32 for the kernels (no dependency on src/quant). */
+float moe_kernel_f16(uint16_t h);
+
+#endif

@@ -1,0 +1,81 @@
+/* scalar.c - the reference implementation: plain C, the arithmetic every SIMD
+ * version must reproduce up to the order of its float sums. */
+#include <string.h>
+
+#include "kernels/kernels.h"
+
+enum { T_F32 = 0, T_F16 = 1, T_Q8 = 3, T_Q4 = 4 }; /* moe_type ids */
+
+static int always(void) { return 1; }
+
+static void q8(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride)
+{
+	const size_t cols = w->cols, nb = cols / 32;
+	const int8_t *codes = w->codes;
+	for (size_t r = r0; r < r1; r++) {
+		const int8_t *wr = codes + r * cols;
+		const uint16_t *sr = w->scales + r * nb;
+		for (size_t t = 0; t < a->batch; t++) {
+			const int8_t *x = a->q + t * cols;
+			const float *dx = a->d + t * nb;
+			float sum = 0;
+			for (size_t b = 0; b < nb; b++) {
+				int32_t dot = 0;
+				for (int j = 0; j < 32; j++)
+					dot += wr[b * 32 + j] * x[b * 32 + j];
+				sum += moe_kernel_f16(sr[b]) * dx[b] * (float)dot;
+			}
+			y[t * ystride + r] = sum;
+		}
+	}
+}
+
+static void q4(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride)
+{
+	const size_t cols = w->cols, nb = cols / 32;
+	const uint8_t *codes = w->codes;
+	for (size_t r = r0; r < r1; r++) {
+		const uint8_t *wr = codes + r * (cols / 2);
+		const uint16_t *sr = w->scales + r * nb;
+		for (size_t t = 0; t < a->batch; t++) {
+			const int8_t *x = a->q + t * cols;
+			const float *dx = a->d + t * nb;
+			float sum = 0;
+			for (size_t b = 0; b < nb; b++) {
+				int32_t dot = 0;
+				for (int j = 0; j < 16; j++) {
+					dot += ((wr[b * 16 + j] & 15) - 8) * x[b * 32 + j];
+					dot += ((wr[b * 16 + j] >> 4) - 8) * x[b * 32 + j + 16];
+				}
+				sum += moe_kernel_f16(sr[b]) * dx[b] * (float)dot;
+			}
+			y[t * ystride + r] = sum;
+		}
+	}
+}
+
+static void f16(const struct moe_wmat *w, size_t r0, size_t r1, const float *x, size_t batch, float *y, size_t ystride)
+{
+	const uint16_t *codes = w->codes;
+	for (size_t r = r0; r < r1; r++)
+		for (size_t t = 0; t < batch; t++) {
+			float sum = 0;
+			for (size_t c = 0; c < w->cols; c++)
+				sum += moe_kernel_f16(codes[r * w->cols + c]) * x[t * w->cols + c];
+			y[t * ystride + r] = sum;
+		}
+}
+
+static void f32(const struct moe_wmat *w, size_t r0, size_t r1, const float *x, size_t batch, float *y, size_t ystride)
+{
+	const float *codes = w->codes;
+	for (size_t r = r0; r < r1; r++)
+		for (size_t t = 0; t < batch; t++) {
+			float sum = 0;
+			for (size_t c = 0; c < w->cols; c++)
+				sum += codes[r * w->cols + c] * x[t * w->cols + c];
+			y[t * ystride + r] = sum;
+		}
+}
+
+const struct moe_kernel_impl moe_kernels_scalar = {"scalar", always, q8, q4, f16, f32};
