@@ -1,0 +1,411 @@
+/* moe-bench - measurements, not tests: memory read bandwidth, and the kernels'
+ * weight bandwidth against it. */
+#include "config.h"
+
+#include <getopt.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "kernels/kernels.h"
+#include "moe.h"
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+	qsort(v, (size_t)n, sizeof *v, cmp_double);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* ---- membw: every thread sums its share of a buffer much larger than the caches ---- */
+
+struct bw_part {
+	const uint64_t *p;
+	size_t n;
+	uint64_t sum;
+};
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static uint64_t sum_avx2(const uint64_t *p, size_t n)
+{
+	__m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+	size_t i = 0;
+	for (; i + 16 <= n; i += 16) {
+		a0 = _mm256_xor_si256(a0, _mm256_load_si256((const __m256i *)(p + i)));
+		a1 = _mm256_xor_si256(a1, _mm256_load_si256((const __m256i *)(p + i + 4)));
+		a2 = _mm256_xor_si256(a2, _mm256_load_si256((const __m256i *)(p + i + 8)));
+		a3 = _mm256_xor_si256(a3, _mm256_load_si256((const __m256i *)(p + i + 12)));
+	}
+	a0 = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+	uint64_t s = (uint64_t)_mm256_extract_epi64(a0, 0) ^ (uint64_t)_mm256_extract_epi64(a0, 1) ^
+		     (uint64_t)_mm256_extract_epi64(a0, 2) ^ (uint64_t)_mm256_extract_epi64(a0, 3);
+	for (; i < n; i++)
+		s ^= p[i];
+	return s;
+}
+#endif
+
+static uint64_t sum_plain(const uint64_t *p, size_t n)
+{
+	uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+	size_t i = 0;
+	for (; i + 4 <= n; i += 4) {
+		s0 ^= p[i];
+		s1 ^= p[i + 1];
+		s2 ^= p[i + 2];
+		s3 ^= p[i + 3];
+	}
+	for (; i < n; i++)
+		s0 ^= p[i];
+	return s0 ^ s1 ^ s2 ^ s3;
+}
+
+static void bw_run(void *arg, int i, int n)
+{
+	struct bw_part *parts = arg;
+#if defined(__x86_64__)
+	if (__builtin_cpu_supports("avx2")) {
+		parts[i].sum = sum_avx2(parts[i].p, parts[i].n);
+		return;
+	}
+#endif
+	parts[i].sum = sum_plain(parts[i].p, parts[i].n);
+}
+
+/* Read bandwidth in GB/s with n threads: median of `reps` full passes over buf. */
+static double membw(const uint64_t *buf, size_t words, int threads, int reps)
+{
+	struct moe_pool *pool = moe_pool_create(threads);
+	struct bw_part parts[256];
+	const size_t per = (words / (size_t)threads) & ~(size_t)15;
+	for (int i = 0; i < threads; i++)
+		parts[i] = (struct bw_part){buf + per * (size_t)i, per, 0};
+	double t[64];
+	uint64_t sink = 0;
+	moe_pool_run(pool, bw_run, parts); /* warm-up */
+	for (int r = 0; r < reps; r++) {
+		double t0 = now();
+		moe_pool_run(pool, bw_run, parts);
+		t[r] = (double)(per * (size_t)threads * 8) / (now() - t0) / 1e9;
+		for (int i = 0; i < threads; i++)
+			sink ^= parts[i].sum;
+	}
+	moe_pool_destroy(pool);
+	if (sink == 42)
+		fputs("", stderr); /* keep the sums alive */
+	return median(t, reps);
+}
+
+static uint64_t *bw_buffer(size_t bytes)
+{
+	uint64_t *buf = aligned_alloc(4096, bytes);
+	if (!buf)
+		return NULL;
+	for (size_t i = 0; i < bytes / 8; i++)
+		buf[i] = i * 0x9e3779b97f4a7c15ull;
+	return buf;
+}
+
+/* ---- kernels ---- */
+
+enum { T_F32 = 0, T_F16 = 1, T_Q8 = 3, T_Q4 = 4 };
+
+struct shape {
+	const char *model;
+	size_t in, out;
+};
+static const struct shape shapes[] = {
+	{"mixtral", 4096, 14336}, {"mixtral", 14336, 4096}, {"qwen3", 2048, 768},
+	{"qwen3", 768, 2048},     {"deepseek", 7168, 2048}, {"deepseek", 2048, 7168},
+};
+
+static size_t matrix_bytes(int type, size_t rows, size_t cols)
+{
+	switch (type) {
+	case T_Q8: return rows * cols + rows * cols / 16;
+	case T_Q4: return rows * cols / 2 + rows * cols / 16;
+	case T_F16: return rows * cols * 2;
+	default: return rows * cols * 4;
+	}
+}
+
+static int type_id(const char *s)
+{
+	return strcmp(s, "q8") == 0 ? T_Q8 : strcmp(s, "q4") == 0 ? T_Q4 : strcmp(s, "f16") == 0 ? T_F16
+		: strcmp(s, "f32") == 0 ? T_F32 : -1;
+}
+
+/* `copies` matrices of one shape laid out back to back, cycled through so that every
+ * call streams its weights from memory, as experts do */
+struct mats {
+	struct moe_wmat *w;
+	uint8_t *mem;
+	int copies;
+};
+
+static int make_mats(struct mats *m, int type, size_t rows, size_t cols, size_t budget)
+{
+	const size_t bytes = matrix_bytes(type, rows, cols), codes = type == T_Q8 ? rows * cols
+		: type == T_Q4 ? rows * cols / 2 : bytes;
+	m->copies = (int)(budget / bytes);
+	if (m->copies < 2)
+		m->copies = 2;
+	const size_t stride = (bytes + 4095) / 4096 * 4096;
+	m->mem = aligned_alloc(4096, stride * (size_t)m->copies);
+	m->w = calloc((size_t)m->copies, sizeof *m->w);
+	if (!m->mem || !m->w)
+		return -1;
+	uint64_t x = 88172645463325252ull;
+	for (size_t i = 0; i < stride / 8; i++) {
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		memcpy(m->mem + i * 8, &x, 8);
+	}
+	/* plausible scales: small positive halves (random bits could be NaN or huge) */
+	if (type == T_Q8 || type == T_Q4)
+		for (size_t i = 0; i < rows * cols / 32; i++)
+			((uint16_t *)(m->mem + codes))[i] = (uint16_t)(0x2000 + (i & 0x3ff));
+	if (type == T_F16)
+		for (size_t i = 0; i < rows * cols; i++)
+			((uint16_t *)m->mem)[i] = (uint16_t)(0x2000 + (i & 0x3ff));
+	if (type == T_F32)
+		for (size_t i = 0; i < rows * cols; i++)
+			((float *)m->mem)[i] = (float)(i % 7) * 0.01f;
+	for (int c = 1; c < m->copies; c++)
+		memcpy(m->mem + stride * (size_t)c, m->mem, stride);
+	for (int c = 0; c < m->copies; c++) {
+		uint8_t *base = m->mem + stride * (size_t)c;
+		m->w[c] = (struct moe_wmat){type, rows, cols, base,
+					    (type == T_Q8 || type == T_Q4) ? (const uint16_t *)(base + codes) : NULL};
+	}
+	return 0;
+}
+
+static void free_mats(struct mats *m)
+{
+	free(m->mem);
+	free(m->w);
+}
+
+static const char *const type_names[] = {"f32", "f16", "bf16", "q8", "q4"};
+
+static int bench_kernels(int argc, char **argv)
+{
+	const char *impls = NULL, *formats = "q8,q4", *threads_s = NULL, *batches = "1,32", *models = NULL;
+	double seconds = 0.2, bw_ref[2] = {0};
+	size_t budget = 512u << 20;
+	int reps = 5;
+	static const struct option opts[] = {
+		{"impl", required_argument, NULL, 'i'}, {"format", required_argument, NULL, 'f'},
+		{"threads", required_argument, NULL, 't'}, {"batch", required_argument, NULL, 'b'},
+		{"shape", required_argument, NULL, 's'}, {"seconds", required_argument, NULL, 'S'},
+		{"memory", required_argument, NULL, 'm'}, {"reps", required_argument, NULL, 'r'},
+		{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
+	};
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'i': impls = optarg; break;
+		case 'f': formats = optarg; break;
+		case 't': threads_s = optarg; break;
+		case 'b': batches = optarg; break;
+		case 's': models = optarg; break;
+		case 'S': seconds = atof(optarg); break;
+		case 'm': budget = (size_t)atol(optarg) << 20; break;
+		case 'r': reps = atoi(optarg); break;
+		case 'h':
+			puts("usage: moe-bench kernels [--impl LIST] [--format LIST] [--threads LIST] [--batch LIST]\n"
+			     "                         [--shape mixtral,qwen3,deepseek] [--seconds S] [--memory MB] [--reps N]");
+			return 0;
+		default: return 2;
+		}
+	}
+	if (reps < 1 || reps > 64 || seconds <= 0 || budget == 0) {
+		fputs("moe-bench: --reps 1..64, --seconds and --memory positive\n", stderr);
+		return 2;
+	}
+	const int ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
+	char tdefault[32];
+	snprintf(tdefault, sizeof tdefault, ncpu > 1 ? "1,%d" : "1", ncpu);
+	if (!threads_s)
+		threads_s = tdefault;
+	/* the bound: read bandwidth at the thread counts measured */
+	size_t bwbytes = 1u << 30;
+	uint64_t *buf = bw_buffer(bwbytes);
+	if (!buf) {
+		fputs("moe-bench: cannot allocate the bandwidth buffer\n", stderr);
+		return 1;
+	}
+	printf("# kernels: weight bytes streamed per second, %% of the measured read bandwidth; median of %d runs of %.2f s\n",
+	       reps, seconds);
+	char tl[64];
+	snprintf(tl, sizeof tl, "%s", threads_s);
+	int tlist[8], nt = 0;
+	for (char *tok = strtok(tl, ","); tok && nt < 8; tok = strtok(NULL, ","))
+		tlist[nt++] = atoi(tok);
+	for (int i = 0; i < nt; i++) {
+		if (tlist[i] < 1 || tlist[i] > 256) {
+			fprintf(stderr, "moe-bench: --threads %d\n", tlist[i]);
+			return 2;
+		}
+		double v = membw(buf, bwbytes / 8, tlist[i], 5);
+		printf("# memory read bandwidth, %d thread%s: %.1f GB/s\n", tlist[i], tlist[i] > 1 ? "s" : "", v);
+		if (i < 2)
+			bw_ref[i] = v;
+	}
+	free(buf);
+	printf("%-8s %-6s %-9s %-13s %3s %5s %10s %8s %7s %9s %10s\n", "impl", "format", "model", "shape", "thr", "batch",
+	       "us/call", "GB/s", "%bw", "GFLOP/s", "tokens/s");
+	for (int ii = 0; moe_kernel_impls[ii]; ii++) {
+		const struct moe_kernel_impl *k = moe_kernel_impls[ii];
+		if (!k->available() || (impls && !strstr(impls, k->name)))
+			continue;
+		char fl[64];
+		snprintf(fl, sizeof fl, "%s", formats);
+		for (char *fs = strtok(fl, ","); fs; fs = strtok(NULL, ",")) {
+			char fcopy[16];
+			snprintf(fcopy, sizeof fcopy, "%s", fs);
+			const int type = type_id(fcopy);
+			if (type < 0) {
+				fprintf(stderr, "moe-bench: --format %s: q8, q4, f16 or f32\n", fcopy);
+				return 2;
+			}
+			for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+				const struct shape *sh = &shapes[si];
+				if (models && !strstr(models, sh->model))
+					continue;
+				struct mats m;
+				if (make_mats(&m, type, sh->out, sh->in, budget)) {
+					fputs("moe-bench: out of memory\n", stderr);
+					return 1;
+				}
+				const size_t wbytes = matrix_bytes(type, sh->out, sh->in);
+				for (int ti = 0; ti < nt; ti++) {
+					struct moe_pool *pool = moe_pool_create(tlist[ti]);
+					char bl[64];
+					snprintf(bl, sizeof bl, "%s", batches);
+					char *save = NULL;
+					for (char *bs = strtok_r(bl, ",", &save); bs; bs = strtok_r(NULL, ",", &save)) {
+						const size_t batch = (size_t)atoi(bs);
+						if (batch < 1 || batch > 64) {
+							fputs("moe-bench: --batch values 1..64\n", stderr);
+							return 2;
+						}
+						float *x = malloc(batch * sh->in * sizeof(float));
+						float *y = malloc(batch * sh->out * sizeof(float));
+						for (size_t i = 0; i < batch * sh->in; i++)
+							x[i] = (float)((i * 7919) % 1000) * 0.001f - 0.5f;
+						struct moe_kscratch s = {0};
+						double t[64];
+						int call = 0;
+						for (int r = 0; r < reps; r++) {
+							int n = 0;
+							double t0 = now(), t1;
+							do {
+								moe_matmul(k, pool, &m.w[call++ % m.copies], x, batch, y, &s);
+								n++;
+							} while ((t1 = now()) - t0 < seconds);
+							t[r] = (t1 - t0) / n;
+						}
+						const double per = median(t, reps);
+						const double gbs = (double)wbytes / per / 1e9;
+						const double ref = tlist[ti] == 1 ? bw_ref[0] : bw_ref[nt > 1 ? 1 : 0];
+						char shp[32];
+						snprintf(shp, sizeof shp, "%zu->%zu", sh->in, sh->out);
+						printf("%-8s %-6s %-9s %-13s %3d %5zu %10.1f %8.1f %6.0f%% %9.1f %10.0f\n", k->name,
+						       type_names[type], sh->model, shp, tlist[ti], batch, per * 1e6, gbs,
+						       100 * gbs / ref, 2.0 * (double)sh->in * (double)sh->out * (double)batch / per / 1e9,
+						       (double)batch / per);
+						fflush(stdout);
+						moe_kscratch_free(&s);
+						free(x);
+						free(y);
+					}
+					moe_pool_destroy(pool);
+				}
+				free_mats(&m);
+			}
+		}
+	}
+	return 0;
+}
+
+static int bench_membw(int argc, char **argv)
+{
+	size_t mb = 1024;
+	int reps = 7;
+	const int ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
+	static const struct option opts[] = {
+		{"memory", required_argument, NULL, 'm'}, {"reps", required_argument, NULL, 'r'},
+		{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
+	};
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'm': mb = (size_t)atol(optarg); break;
+		case 'r': reps = atoi(optarg); break;
+		case 'h': puts("usage: moe-bench membw [--memory MB] [--reps N]"); return 0;
+		default: return 2;
+		}
+	}
+	if (mb < 64 || reps < 1 || reps > 64) {
+		fputs("moe-bench: --memory at least 64 (MB), --reps 1..64\n", stderr);
+		return 2;
+	}
+	uint64_t *buf = bw_buffer(mb << 20);
+	if (!buf) {
+		fputs("moe-bench: out of memory\n", stderr);
+		return 1;
+	}
+	printf("# memory read bandwidth over %zu MB, median of %d passes\n", mb, reps);
+	for (int t = 1; t <= ncpu; t++)
+		printf("threads %d: %.1f GB/s\n", t, membw(buf, (mb << 20) / 8, t, reps));
+	free(buf);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+		puts("usage: moe-bench membw [--memory MB] [--reps N]\n"
+		     "       moe-bench kernels [--impl LIST] [--format LIST] [--threads LIST] [--batch LIST]\n"
+		     "                         [--shape LIST] [--seconds S] [--memory MB] [--reps N]\n"
+		     "  membw     memory read bandwidth with 1..all threads\n"
+		     "  kernels   weight GB/s of each kernel implementation against that bandwidth\n"
+		     "  --impl        scalar,avx2,avx512,neon (default: all this CPU runs)\n"
+		     "  --format      q8,q4,f16,f32 (default q8,q4)\n"
+		     "  --threads     thread counts (default 1 and all CPUs)\n"
+		     "  --batch       tokens per call, 1..64 (default 1,32)\n"
+		     "  --shape       mixtral,qwen3,deepseek expert shapes (default all)\n"
+		     "  --seconds     time per measurement (default 0.2)\n"
+		     "  --memory      MB of weights cycled through, or of the bandwidth buffer (default 512; membw 1024)\n"
+		     "  --reps        measurements per figure; the median is printed (default 5; membw 7)\n"
+		     "See moe-bench(1).");
+		return argc < 2 ? 2 : 0;
+	}
+	if (strcmp(argv[1], "membw") == 0)
+		return bench_membw(argc - 1, argv + 1);
+	if (strcmp(argv[1], "kernels") == 0)
+		return bench_kernels(argc - 1, argv + 1);
+	fprintf(stderr, "moe-bench: unknown command '%s' (membw, kernels)\n", argv[1]);
+	return 2;
+}
