@@ -18,116 +18,152 @@ static int available(void)
 
 #define TILE 4
 
-/* per-lane scales: lanes 0..7 get s0, lanes 8..15 get s1 */
-static inline __m512 two_scales(float s0, float s1)
+/* blocks b, b+1 of a q4 row (32 bytes) as 64 unsigned codes in activation order:
+ * [lo nibbles of b, hi of b, lo of b+1, hi of b+1] */
+static inline __m512i q4_pair(const uint8_t *p)
 {
-	const __m512d lo = _mm512_castps_pd(_mm512_castps256_ps512(_mm256_set1_ps(s0)));
-	return _mm512_castpd_ps(_mm512_insertf64x4(lo, _mm256_castps_pd(_mm256_set1_ps(s1)), 1));
+	__m512i v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p));
+	v = _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(1, 1, 0, 0));  /* 128-bit lanes: b, b, b+1, b+1 */
+	v = _mm512_mask_srli_epi16(v, 0xFF00FF00u, v, 4);        /* lanes 1 and 3: high nibbles */
+	return _mm512_and_si512(v, _mm512_set1_epi8(15));
 }
 
-/* codes of blocks b, b+1 as 64 unsigned bytes in activation order */
-static inline __m512i q8_pair(const int8_t *wr, size_t b)
+static inline __m512i q8_pair(const uint8_t *p)
 {
-	return _mm512_xor_si512(_mm512_loadu_si512(wr + b * 32), _mm512_set1_epi8((char)0x80));
+	return _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_set1_epi8((char)0x80)); /* w + 128 */
 }
 
-static inline __m512i q4_pair(const uint8_t *wr, size_t b)
+static inline __m256i q4_one(const uint8_t *p)
 {
-	const __m256i raw = _mm256_loadu_si256((const __m256i *)(wr + b * 16)); /* blocks b, b+1: 16 bytes each */
-	const __m256i m4 = _mm256_set1_epi8(15);
-	const __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-	/* [lo_b, lo_b1, hi_b, hi_b1] -> [lo_b, hi_b, lo_b1, hi_b1] */
-	const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-	return _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(3, 1, 2, 0));
-}
-
-static inline __m256i q8_one(const int8_t *wr, size_t b)
-{
-	return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(wr + b * 32)), _mm256_set1_epi8((char)0x80));
-}
-
-static inline __m256i q4_one(const uint8_t *wr, size_t b)
-{
-	const __m128i raw = _mm_loadu_si128((const __m128i *)(wr + b * 16));
+	const __m128i raw = _mm_loadu_si128((const __m128i *)p);
 	return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(15));
 }
 
-/* One row against T tokens. OFF is the unsigned offset (128 for q8, 8 for q4). */
-#define QROW(NAME, WT, PAIR, ONE, OFF)                                                                        \
-	static inline __attribute__((always_inline)) void NAME(const WT *wr, const uint16_t *sr, size_t nb,  \
-							       const struct moe_qact *a, size_t t0, int T,  \
-							       float *out)                                  \
-	{                                                                                                     \
-		const size_t cols = a->cols;                                                                  \
-		__m512 acc[TILE];                                                                             \
-		float corr[TILE] = {0};                                                                       \
-		for (int k = 0; k < T; k++)                                                                   \
-			acc[k] = _mm512_setzero_ps();                                                         \
-		size_t b = 0;                                                                                 \
-		for (; b + 2 <= nb; b += 2) {                                                                 \
-			const __m512i u = PAIR(wr, b);                                                        \
-			const float d0 = _cvtsh_ss(sr[b]), d1 = _cvtsh_ss(sr[b + 1]);                         \
-			for (int k = 0; k < T; k++) {                                                         \
-				const size_t t = t0 + k;                                                      \
-				const __m512i xv = _mm512_loadu_si512(a->q + t * cols + b * 32);             \
-				const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, xv);        \
-				acc[k] = _mm512_fmadd_ps(two_scales(d0 * a->d[t * nb + b], d1 * a->d[t * nb + b + 1]), \
-							 _mm512_cvtepi32_ps(p), acc[k]);                      \
-				corr[k] += d0 * a->ds[t * nb + b] + d1 * a->ds[t * nb + b + 1];              \
-			}                                                                                     \
-		}                                                                                             \
-		float tail[TILE] = {0};                                                                       \
-		if (b < nb) { /* an odd block count: the last block at 256 bits */                            \
-			const __m256i u = ONE(wr, b);                                                         \
-			const float d0 = _cvtsh_ss(sr[b]);                                                    \
-			for (int k = 0; k < T; k++) {                                                         \
-				const size_t t = t0 + k;                                                      \
-				const __m256i xv = _mm256_loadu_si256((const __m256i *)(a->q + t * cols + b * 32)); \
-				const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, xv);        \
-				tail[k] = d0 * a->d[t * nb + b] *                                            \
-					  (float)_mm512_reduce_add_epi32(_mm512_zextsi256_si512(p));           \
-				corr[k] += d0 * a->ds[t * nb + b];                                           \
-			}                                                                                     \
-		}                                                                                             \
-		for (int k = 0; k < T; k++)                                                                   \
-			out[k] = _mm512_reduce_add_ps(acc[k]) + tail[k] - (float)(OFF) * corr[k];            \
-	}
+static inline __m256i q8_one(const uint8_t *p)
+{
+	return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)p), _mm256_set1_epi8((char)0x80));
+}
 
-QROW(q8_row, int8_t, q8_pair, q8_one, 128)
-QROW(q4_row, uint8_t, q4_pair, q4_one, 8)
-
-#define TOKEN_TILES(ROW, wr, sr)                                                               \
-	for (size_t t0 = 0; t0 < a->batch; t0 += TILE) {                                       \
-		float out[TILE];                                                               \
-		const size_t T = a->batch - t0 < TILE ? a->batch - t0 : TILE;                  \
-		switch (T) {                                                                   \
-		case 1: ROW(wr, sr, nb, a, t0, 1, out); break;                                 \
-		case 2: ROW(wr, sr, nb, a, t0, 2, out); break;                                 \
-		case 3: ROW(wr, sr, nb, a, t0, 3, out); break;                                 \
-		default: ROW(wr, sr, nb, a, t0, 4, out); break;                                \
-		}                                                                              \
-		for (size_t k = 0; k < T; k++)                                                 \
-			y[(t0 + k) * ystride + r] = out[k];                                    \
+/*
+ * R rows x T tokens. Codes are unsigned (q8: w + 128, q4: the nibble) and the offset
+ * is taken back inside the integer sum: the accumulator starts at -off * sum(x) per
+ * block (precomputed with the activations), so each block's int32 lanes hold exactly
+ * sum((u - off) * x). Scales and offsets are loaded 16 blocks at a time and spread
+ * over a pair's lanes with one permute each.
+ */
+static inline __attribute__((always_inline)) void q_tile(const int is_q4, const struct moe_wmat *w, size_t r,
+							 const int R, const struct moe_qact *a, size_t t0, const int T,
+							 float *y, size_t ystride)
+{
+	const size_t cols = w->cols, nb = cols / 32, npair = nb / 2, rb = is_q4 ? cols / 2 : cols;
+	const uint8_t *wr[4];
+	const uint16_t *sr[4];
+	#pragma GCC unroll 4
+	for (int i = 0; i < R; i++) {
+		wr[i] = (const uint8_t *)w->codes + (r + (size_t)i) * rb;
+		sr[i] = w->scales + (r + (size_t)i) * nb;
 	}
+	const int32_t *nsum = is_q4 ? a->nsum8 : a->nsum128;
+	const __m512i idx0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+	__m512 acc[4][TILE];
+	#pragma GCC unroll 4
+	for (int i = 0; i < R; i++)
+		#pragma GCC unroll 4
+		for (int k = 0; k < T; k++)
+			acc[i][k] = _mm512_setzero_ps();
+	for (size_t g = 0; g < npair; g += 8) {
+		const size_t ng = npair - g < 8 ? npair - g : 8;
+		const __mmask16 m = ng == 8 ? (__mmask16)0xffff : (__mmask16)((1u << (2 * ng)) - 1);
+		__m512 dw16[4], dx16[TILE];
+		__m512i ns16[TILE];
+		#pragma GCC unroll 4
+		for (int i = 0; i < R; i++)
+			dw16[i] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, sr[i] + 2 * g));
+		#pragma GCC unroll 4
+		for (int k = 0; k < T; k++) {
+			dx16[k] = _mm512_maskz_loadu_ps(m, a->d + (t0 + (size_t)k) * nb + 2 * g);
+			ns16[k] = _mm512_maskz_loadu_epi32(m, nsum + (t0 + (size_t)k) * nb + 2 * g);
+		}
+		for (size_t j = 0; j < ng; j++) {
+			const size_t pair = g + j;
+			const __m512i idx = _mm512_add_epi32(idx0, _mm512_set1_epi32((int)(2 * j)));
+			__m512i wv[4];
+			__m512 dwv[4];
+			#pragma GCC unroll 4
+			for (int i = 0; i < R; i++) {
+				wv[i] = is_q4 ? q4_pair(wr[i] + pair * 32) : q8_pair(wr[i] + pair * 64);
+				dwv[i] = _mm512_permutexvar_ps(idx, dw16[i]);
+			}
+			#pragma GCC unroll 4
+			for (int k = 0; k < T; k++) {
+				const __m512i xv = _mm512_loadu_si512(a->q + (t0 + (size_t)k) * cols + pair * 64);
+				/* -off * sum(x) of each block in the first lane of its 8 */
+				const __m512i bias = _mm512_maskz_permutexvar_epi32(0x0101, idx, ns16[k]);
+				const __m512 dxv = _mm512_permutexvar_ps(idx, dx16[k]);
+				#pragma GCC unroll 4
+				for (int i = 0; i < R; i++) {
+					const __m512i p = _mm512_dpbusd_epi32(bias, wv[i], xv);
+					acc[i][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dwv[i], dxv), acc[i][k]);
+				}
+			}
+		}
+	}
+	float tail[4][TILE] = {{0}};
+	if (nb & 1) { /* an odd block count: the last block at 256 bits */
+		const size_t b = nb - 1;
+		const __m256i off1 = _mm256_set1_epi8(is_q4 ? 8 : (char)0x80);
+		#pragma GCC unroll 4
+		for (int k = 0; k < T; k++) {
+			const __m256i xv = _mm256_loadu_si256((const __m256i *)(a->q + (t0 + (size_t)k) * cols + b * 32));
+			const __m256i bias = _mm256_sub_epi32(_mm256_setzero_si256(),
+							      _mm256_dpbusd_epi32(_mm256_setzero_si256(), off1, xv));
+			#pragma GCC unroll 4
+			for (int i = 0; i < R; i++) {
+				const __m256i u = is_q4 ? q4_one(wr[i] + b * 16) : q8_one(wr[i] + b * 32);
+				const __m256i p = _mm256_dpbusd_epi32(bias, u, xv);
+				tail[i][k] = _cvtsh_ss(sr[i][b]) * a->d[(t0 + (size_t)k) * nb + b] *
+					     (float)_mm512_reduce_add_epi32(_mm512_zextsi256_si512(p));
+			}
+		}
+	}
+	#pragma GCC unroll 4
+	for (int i = 0; i < R; i++)
+		#pragma GCC unroll 4
+		for (int k = 0; k < T; k++)
+			y[(t0 + (size_t)k) * ystride + r + (size_t)i] = _mm512_reduce_add_ps(acc[i][k]) + tail[i][k];
+}
+
+/* rows in groups of 4 (then one by one); for each group, tokens in groups of up to TILE,
+ * so a group's weights are read from memory once and from cache for the other tokens */
+static inline __attribute__((always_inline)) void q_rows(const int is_q4, const struct moe_wmat *w, size_t r0,
+							 size_t r1, const struct moe_qact *a, float *y, size_t ystride)
+{
+#define TOKENS(R)                                                                             \
+	for (size_t t0 = 0; t0 < a->batch; t0 += TILE) {                                      \
+		switch (a->batch - t0 < TILE ? a->batch - t0 : TILE) {                        \
+		case 1: q_tile(is_q4, w, r, R, a, t0, 1, y, ystride); break;                  \
+		case 2: q_tile(is_q4, w, r, R, a, t0, 2, y, ystride); break;                  \
+		case 3: q_tile(is_q4, w, r, R, a, t0, 3, y, ystride); break;                  \
+		default: q_tile(is_q4, w, r, R, a, t0, 4, y, ystride); break;                 \
+		}                                                                             \
+	}
+	size_t r = r0;
+	if (a->batch > 1) /* one row at a time streams best when nothing is shared */
+		for (; r + 4 <= r1; r += 4)
+			TOKENS(4)
+	for (; r < r1; r++)
+		TOKENS(1)
+#undef TOKENS
+}
 
 static void q8(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride)
 {
-	const size_t nb = w->cols / 32;
-	for (size_t r = r0; r < r1; r++) {
-		const int8_t *wr = (const int8_t *)w->codes + r * w->cols;
-		const uint16_t *sr = w->scales + r * nb;
-		TOKEN_TILES(q8_row, wr, sr)
-	}
+	q_rows(0, w, r0, r1, a, y, ystride);
 }
 
 static void q4(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride)
 {
-	const size_t nb = w->cols / 32;
-	for (size_t r = r0; r < r1; r++) {
-		const uint8_t *wr = (const uint8_t *)w->codes + r * (w->cols / 2);
-		const uint16_t *sr = w->scales + r * nb;
-		TOKEN_TILES(q4_row, wr, sr)
-	}
+	q_rows(1, w, r0, r1, a, y, ystride);
 }
 
 /* float weights: 16 columns at a time, masked tail */

@@ -69,9 +69,11 @@ int moe_qact_alloc(struct moe_qact *a, size_t batch, size_t cols)
 	a->q = aligned_alloc(64, (batch * cols + 63) / 64 * 64);
 	a->d = malloc(batch * nb * sizeof(float) + 64);
 	a->ds = malloc(batch * nb * sizeof(float) + 64);
+	a->nsum8 = malloc(batch * nb * sizeof(int32_t) + 64);
+	a->nsum128 = malloc(batch * nb * sizeof(int32_t) + 64);
 	a->cols = cols;
 	a->batch = batch;
-	if (!a->q || !a->d || !a->ds) {
+	if (!a->q || !a->d || !a->ds || !a->nsum8 || !a->nsum128) {
 		moe_qact_free(a);
 		return -1;
 	}
@@ -83,6 +85,8 @@ void moe_qact_free(struct moe_qact *a)
 	free(a->q);
 	free(a->d);
 	free(a->ds);
+	free(a->nsum8);
+	free(a->nsum128);
 	memset(a, 0, sizeof *a);
 }
 
@@ -105,6 +109,8 @@ void moe_qact_quantize(struct moe_qact *a, const float *x, size_t batch)
 			}
 			a->d[t * nb + b] = d;
 			a->ds[t * nb + b] = d * (float)sum;
+			a->nsum8[t * nb + b] = -8 * sum;
+			a->nsum128[t * nb + b] = -128 * sum;
 		}
 }
 
@@ -207,13 +213,13 @@ static void ffn_part(void *arg, int i, int n)
 		const size_t e = r + FFN_TILE < r1 ? r + FFN_TILE : r1, m = e - r;
 		for (size_t t0 = 0; t0 < j->batch; t0 += 64) {
 			const size_t bt = j->batch - t0 < 64 ? j->batch - t0 : 64;
-			/* the kernels write y[t * ystride + row]: shift so row r lands at column 0 */
-			struct moe_qact sub = {0};
+			struct moe_qact sub = {0}; /* tokens t0 .. t0 + bt - 1 */
 			const float *xs = NULL;
 			if (j->a) {
-				const size_t nb = j->a->cols / 32;
-				sub = (struct moe_qact){j->a->cols, bt, j->a->q + t0 * j->a->cols, j->a->d + t0 * nb,
-							j->a->ds + t0 * nb};
+				const size_t cols = j->a->cols, nb = cols / 32;
+				sub = (struct moe_qact){.cols = cols, .batch = bt, .q = j->a->q + t0 * cols,
+							.d = j->a->d + t0 * nb, .ds = j->a->ds + t0 * nb,
+							.nsum8 = j->a->nsum8 + t0 * nb, .nsum128 = j->a->nsum128 + t0 * nb};
 			} else {
 				xs = j->x + t0 * j->gate->cols;
 			}

@@ -34,6 +34,8 @@ struct moe_qact {
 	int8_t *q;   /* [batch][cols] */
 	float *d;    /* [batch][cols/32]: x ~= d * q */
 	float *ds;   /* [batch][cols/32]: d * sum(q), for the q4/q8 offset forms */
+	/* for kernels that work on unsigned weight codes u = w + off: -off * sum(q) per block */
+	int32_t *nsum8, *nsum128; /* [batch][cols/32] */
 };
 
 /* One implementation: rows [r0, r1) of W times `batch` tokens, y[t * ystride + r]. */
