@@ -29,18 +29,21 @@ static inline __attribute__((always_inline)) void q8_row(const int8_t *wr, const
 	const size_t cols = a->cols;
 	const __m256i ones = _mm256_set1_epi16(1);
 	__m256 acc[TILE];
+#pragma GCC unroll 4
 	for (int k = 0; k < T; k++)
 		acc[k] = _mm256_setzero_ps();
 	for (size_t b = 0; b < nb; b++) {
 		const __m256i wv = _mm256_loadu_si256((const __m256i *)(wr + b * 32));
 		const __m256i aw = _mm256_sign_epi8(wv, wv);
 		const float dw = _cvtsh_ss(sr[b]);
+#pragma GCC unroll 4
 		for (int k = 0; k < T; k++) {
 			const __m256i xv = _mm256_loadu_si256((const __m256i *)(a->q + (t0 + k) * cols + b * 32));
 			const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv)), ones);
 			acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a->d[(t0 + k) * nb + b]), _mm256_cvtepi32_ps(p), acc[k]);
 		}
 	}
+#pragma GCC unroll 4
 	for (int k = 0; k < T; k++)
 		out[k] = hsum(acc[k]);
 }
@@ -52,6 +55,7 @@ static inline __attribute__((always_inline)) void q4_row(const uint8_t *wr, cons
 	const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(15);
 	__m256 acc[TILE];
 	float corr[TILE] = {0};
+#pragma GCC unroll 4
 	for (int k = 0; k < T; k++)
 		acc[k] = _mm256_setzero_ps();
 	for (size_t b = 0; b < nb; b++) {
@@ -59,6 +63,7 @@ static inline __attribute__((always_inline)) void q4_row(const uint8_t *wr, cons
 		/* low lane: weights 0..15 (low nibbles), high lane: 16..31 (high nibbles) */
 		const __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4);
 		const float dw = _cvtsh_ss(sr[b]);
+#pragma GCC unroll 4
 		for (int k = 0; k < T; k++) {
 			const __m256i xv = _mm256_loadu_si256((const __m256i *)(a->q + (t0 + k) * cols + b * 32));
 			const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, xv), ones);
@@ -66,6 +71,7 @@ static inline __attribute__((always_inline)) void q4_row(const uint8_t *wr, cons
 			corr[k] += dw * a->ds[(t0 + k) * nb + b];
 		}
 	}
+#pragma GCC unroll 4
 	for (int k = 0; k < T; k++)
 		out[k] = hsum(acc[k]) - 8.0f * corr[k];
 }
@@ -109,15 +115,18 @@ static inline __attribute__((always_inline)) void fl_row(const void *wrow, int h
 							 size_t t0, int T, float *out)
 {
 	__m256 acc[TILE];
+#pragma GCC unroll 4
 	for (int k = 0; k < T; k++)
 		acc[k] = _mm256_setzero_ps();
 	size_t c = 0;
 	for (; c + 8 <= cols; c += 8) {
 		const __m256 wv = half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)wrow + c)))
 				       : _mm256_loadu_ps((const float *)wrow + c);
+#pragma GCC unroll 4
 		for (int k = 0; k < T; k++)
 			acc[k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (t0 + k) * cols + c), acc[k]);
 	}
+#pragma GCC unroll 4
 	for (int k = 0; k < T; k++) {
 		float s = hsum(acc[k]);
 		for (size_t cc = c; cc < cols; cc++)

@@ -58,7 +58,7 @@ static inline __attribute__((always_inline)) void q_tile(const int is_q4, const 
 	const size_t cols = w->cols, nb = cols / 32, npair = nb / 2, rb = is_q4 ? cols / 2 : cols;
 	const uint8_t *wr[4];
 	const uint16_t *sr[4];
-	#pragma GCC unroll 4
+#pragma GCC unroll 4
 	for (int i = 0; i < R; i++) {
 		wr[i] = (const uint8_t *)w->codes + (r + (size_t)i) * rb;
 		sr[i] = w->scales + (r + (size_t)i) * nb;
@@ -66,9 +66,9 @@ static inline __attribute__((always_inline)) void q_tile(const int is_q4, const 
 	const int32_t *nsum = is_q4 ? a->nsum8 : a->nsum128;
 	const __m512i idx0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
 	__m512 acc[4][TILE];
-	#pragma GCC unroll 4
+#pragma GCC unroll 4
 	for (int i = 0; i < R; i++)
-		#pragma GCC unroll 4
+#pragma GCC unroll 4
 		for (int k = 0; k < T; k++)
 			acc[i][k] = _mm512_setzero_ps();
 	for (size_t g = 0; g < npair; g += 8) {
@@ -76,10 +76,10 @@ static inline __attribute__((always_inline)) void q_tile(const int is_q4, const 
 		const __mmask16 m = ng == 8 ? (__mmask16)0xffff : (__mmask16)((1u << (2 * ng)) - 1);
 		__m512 dw16[4], dx16[TILE];
 		__m512i ns16[TILE];
-		#pragma GCC unroll 4
+#pragma GCC unroll 4
 		for (int i = 0; i < R; i++)
 			dw16[i] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, sr[i] + 2 * g));
-		#pragma GCC unroll 4
+#pragma GCC unroll 4
 		for (int k = 0; k < T; k++) {
 			dx16[k] = _mm512_maskz_loadu_ps(m, a->d + (t0 + (size_t)k) * nb + 2 * g);
 			ns16[k] = _mm512_maskz_loadu_epi32(m, nsum + (t0 + (size_t)k) * nb + 2 * g);
@@ -89,18 +89,18 @@ static inline __attribute__((always_inline)) void q_tile(const int is_q4, const 
 			const __m512i idx = _mm512_add_epi32(idx0, _mm512_set1_epi32((int)(2 * j)));
 			__m512i wv[4];
 			__m512 dwv[4];
-			#pragma GCC unroll 4
+#pragma GCC unroll 4
 			for (int i = 0; i < R; i++) {
 				wv[i] = is_q4 ? q4_pair(wr[i] + pair * 32) : q8_pair(wr[i] + pair * 64);
 				dwv[i] = _mm512_permutexvar_ps(idx, dw16[i]);
 			}
-			#pragma GCC unroll 4
+#pragma GCC unroll 4
 			for (int k = 0; k < T; k++) {
 				const __m512i xv = _mm512_loadu_si512(a->q + (t0 + (size_t)k) * cols + pair * 64);
 				/* -off * sum(x) of each block in the first lane of its 8 */
 				const __m512i bias = _mm512_maskz_permutexvar_epi32(0x0101, idx, ns16[k]);
 				const __m512 dxv = _mm512_permutexvar_ps(idx, dx16[k]);
-				#pragma GCC unroll 4
+#pragma GCC unroll 4
 				for (int i = 0; i < R; i++) {
 					const __m512i p = _mm512_dpbusd_epi32(bias, wv[i], xv);
 					acc[i][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dwv[i], dxv), acc[i][k]);
@@ -112,12 +112,12 @@ static inline __attribute__((always_inline)) void q_tile(const int is_q4, const 
 	if (nb & 1) { /* an odd block count: the last block at 256 bits */
 		const size_t b = nb - 1;
 		const __m256i off1 = _mm256_set1_epi8(is_q4 ? 8 : (char)0x80);
-		#pragma GCC unroll 4
+#pragma GCC unroll 4
 		for (int k = 0; k < T; k++) {
 			const __m256i xv = _mm256_loadu_si256((const __m256i *)(a->q + (t0 + (size_t)k) * cols + b * 32));
 			const __m256i bias = _mm256_sub_epi32(_mm256_setzero_si256(),
 							      _mm256_dpbusd_epi32(_mm256_setzero_si256(), off1, xv));
-			#pragma GCC unroll 4
+#pragma GCC unroll 4
 			for (int i = 0; i < R; i++) {
 				const __m256i u = is_q4 ? q4_one(wr[i] + b * 16) : q8_one(wr[i] + b * 32);
 				const __m256i p = _mm256_dpbusd_epi32(bias, u, xv);
@@ -126,9 +126,9 @@ static inline __attribute__((always_inline)) void q_tile(const int is_q4, const 
 			}
 		}
 	}
-	#pragma GCC unroll 4
+#pragma GCC unroll 4
 	for (int i = 0; i < R; i++)
-		#pragma GCC unroll 4
+#pragma GCC unroll 4
 		for (int k = 0; k < T; k++)
 			y[(t0 + (size_t)k) * ystride + r + (size_t)i] = _mm512_reduce_add_ps(acc[i][k]) + tail[i][k];
 }
@@ -166,20 +166,36 @@ static void q4(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_
 	q_rows(1, w, r0, r1, a, y, ystride);
 }
 
-/* float weights: 16 columns at a time, masked tail */
+/* float weights: 16 columns at a time, the tail with masked loads */
+static inline __m512 fl_load(const void *wrow, int half, size_t c, __mmask16 m)
+{
+	return half ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)wrow + c))
+		    : _mm512_maskz_loadu_ps(m, (const float *)wrow + c);
+}
+
 static inline __attribute__((always_inline)) void fl_row(const void *wrow, int half, size_t cols, const float *x,
 							 size_t t0, int T, float *out)
 {
 	__m512 acc[TILE];
+#pragma GCC unroll 4
 	for (int k = 0; k < T; k++)
 		acc[k] = _mm512_setzero_ps();
-	for (size_t c = 0; c < cols; c += 16) {
-		const __mmask16 m = cols - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cols - c)) - 1);
-		const __m512 wv = half ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)wrow + c))
-				       : _mm512_maskz_loadu_ps(m, (const float *)wrow + c);
+	size_t c = 0;
+	for (; c + 16 <= cols; c += 16) {
+		const __m512 wv = half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)wrow + c)))
+				       : _mm512_loadu_ps((const float *)wrow + c);
+#pragma GCC unroll 4
 		for (int k = 0; k < T; k++)
-			acc[k] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + (t0 + k) * cols + c), acc[k]);
+			acc[k] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + (t0 + (size_t)k) * cols + c), acc[k]);
 	}
+	if (c < cols) {
+		const __mmask16 m = (__mmask16)((1u << (cols - c)) - 1);
+		const __m512 wv = fl_load(wrow, half, c, m);
+#pragma GCC unroll 4
+		for (int k = 0; k < T; k++)
+			acc[k] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + (t0 + (size_t)k) * cols + c), acc[k]);
+	}
+#pragma GCC unroll 4
 	for (int k = 0; k < T; k++)
 		out[k] = _mm512_reduce_add_ps(acc[k]);
 }
