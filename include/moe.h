@@ -142,6 +142,9 @@ void moe_pack_expert_layout(const moe_pack *pack, moe_expert_layout *out);
 size_t moe_pack_expert_count(const moe_pack *pack);
 int moe_pack_expert_at(const moe_pack *pack, size_t i, moe_expert_info *out);
 int moe_pack_expert(const moe_pack *pack, uint32_t layer, uint32_t expert, moe_expert_info *out);
+/* The stored bytes of an expert in the mapping (valid until close), not verified. */
+int moe_pack_expert_stored(const moe_pack *pack, uint32_t layer, uint32_t expert, const void **data,
+			   moe_expert_info *info);
 /* Decode an expert from the mapping into dst (raw_size bytes), checking both checksums. */
 int moe_pack_expert_read(const moe_pack *pack, uint32_t layer, uint32_t expert, void *dst);
 

@@ -501,6 +501,17 @@ int moe_pack_expert(const moe_pack *p, uint32_t layer, uint32_t expert, moe_expe
 	return 0;
 }
 
+int moe_pack_expert_stored(const moe_pack *p, uint32_t layer, uint32_t expert, const void **data,
+			   moe_expert_info *info)
+{
+	const struct pack_expert_rec *e = find_expert(p, layer, expert);
+	if (!e)
+		return moe_fail(MOE_ENOTFOUND, "%s: layer %u expert %u not in the pack", p->path, layer, expert);
+	fill_info(p, e, info);
+	*data = p->map + e->offset;
+	return 0;
+}
+
 int moe_pack_expert_read(const moe_pack *p, uint32_t layer, uint32_t expert, void *dst)
 {
 	const struct pack_expert_rec *e = find_expert(p, layer, expert);

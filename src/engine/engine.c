@@ -1,0 +1,447 @@
+/*
+ * engine.c - Mixtral and Qwen3-MoE forward pass (HF semantics, MODELS.md): RMSNorm,
+ * GQA attention with rotate-half RoPE (Qwen3: per-head q/k RMSNorm first), softmax
+ * top-k routing, SwiGLU experts batched per expert. DeepSeek-V3 will be its own file
+ * beside this one, sharing the session, norms and expert path.
+ */
+#include "config.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "engine/engine.h"
+#include "quant/quant.h"
+
+/* ---- loading ---- */
+
+static int find(struct moe_model *m, const char *name, int optional, const moe_tensor **out)
+{
+	size_t n = moe_pack_tensor_count(m->pack);
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(m->tensors[i].name, name) == 0) {
+			*out = &m->tensors[i];
+			return 0;
+		}
+	*out = NULL;
+	return optional ? 0 : moe_fail(MOE_ENOTFOUND, "pack has no tensor %s", name);
+}
+
+static int as_matrix(const moe_tensor *t, struct moe_wmat *w)
+{
+	if (t->n_dims != 2)
+		return moe_fail(MOE_EFORMAT, "tensor %s is not a matrix", t->name);
+	if (t->type == MOE_TYPE_BF16)
+		return moe_fail(MOE_EUNSUPPORTED, "tensor %s is bf16: the kernels take f32, f16, q8 and q4 (repack with -q)",
+				t->name);
+	const uint64_t rows = t->dims[0], cols = t->dims[1];
+	const uint64_t code_bytes = t->type == MOE_TYPE_Q8 ? rows * cols : t->type == MOE_TYPE_Q4 ? rows * cols / 2 : 0;
+	*w = (struct moe_wmat){t->type, rows, cols, t->data,
+			       code_bytes ? (const uint16_t *)((const uint8_t *)t->data + code_bytes) : NULL};
+	return 0;
+}
+
+static int vector(struct moe_model *m, const char *name, uint64_t len, const float **out)
+{
+	const moe_tensor *t;
+	int rc = find(m, name, 0, &t);
+	if (rc)
+		return rc;
+	if (t->type != MOE_TYPE_F32 || t->n_dims != 1 || t->dims[0] != len)
+		return moe_fail(MOE_EFORMAT, "tensor %s: expected f32 [%llu]", name, (unsigned long long)len);
+	*out = t->data;
+	return 0;
+}
+
+static int matrix(struct moe_model *m, const char *name, uint64_t rows, uint64_t cols, struct moe_wmat *w)
+{
+	const moe_tensor *t;
+	int rc = find(m, name, 0, &t);
+	if (!rc)
+		rc = as_matrix(t, w);
+	if (!rc && (w->rows != rows || w->cols != cols))
+		rc = moe_fail(MOE_EFORMAT, "tensor %s: [%llu, %llu], expected [%llu, %llu]", name,
+			      (unsigned long long)w->rows, (unsigned long long)w->cols, (unsigned long long)rows,
+			      (unsigned long long)cols);
+	return rc;
+}
+
+int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out)
+{
+	*out = NULL;
+	struct moe_model *m = calloc(1, sizeof *m);
+	if (!m)
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	m->pack = pack;
+	int rc = moe_hparams_from_pack(pack, &m->hp);
+	if (rc)
+		goto fail;
+	const struct moe_hparams *hp = &m->hp;
+	if (hp->arch != MOE_ARCH_MIXTRAL && hp->arch != MOE_ARCH_QWEN3_MOE) {
+		rc = moe_fail(MOE_EUNSUPPORTED, "architecture %s: this build runs mixtral and qwen3_moe packs",
+			      moe_arch_name(hp->arch));
+		goto fail;
+	}
+	for (uint64_t l = 0; l < hp->n_layers; l++)
+		if (!moe_layer_is_moe(hp, l)) {
+			rc = moe_fail(MOE_EUNSUPPORTED, "layer %llu is a dense MLP layer: not supported yet",
+				      (unsigned long long)l);
+			goto fail;
+		}
+	const size_t nt = moe_pack_tensor_count(pack);
+	m->tensors = calloc(nt ? nt : 1, sizeof *m->tensors);
+	m->layers = calloc(hp->n_layers, sizeof *m->layers);
+	if (!m->tensors || !m->layers) {
+		rc = moe_fail(MOE_ENOMEM, "out of memory");
+		goto fail;
+	}
+	for (size_t i = 0; i < nt; i++)
+		moe_pack_tensor_at(pack, i, &m->tensors[i]);
+	const uint64_t H = hp->hidden, hd = hp->head_dim, q = hp->n_heads * hd, kv = hp->n_kv_heads * hd;
+	if ((rc = find(m, "token_embd", 0, &m->embed)))
+		goto fail;
+	if (m->embed->n_dims != 2 || m->embed->dims[0] != hp->vocab || m->embed->dims[1] != H) {
+		rc = moe_fail(MOE_EFORMAT, "token_embd: expected [%llu, %llu]", (unsigned long long)hp->vocab,
+			      (unsigned long long)H);
+		goto fail;
+	}
+	const moe_tensor *outp;
+	if ((rc = find(m, "output", 1, &outp)))
+		goto fail;
+	if ((rc = outp ? matrix(m, "output", hp->vocab, H, &m->output) : as_matrix(m->embed, &m->output)))
+		goto fail;
+	if ((rc = vector(m, "output_norm", H, &m->output_norm)))
+		goto fail;
+	char name[64];
+#define LAYER(field, what) (snprintf(name, sizeof name, "blk.%llu.%s", (unsigned long long)l, what), name)
+	for (uint64_t l = 0; l < hp->n_layers && !rc; l++) {
+		struct moe_layer_weights *w = &m->layers[l];
+		rc = vector(m, LAYER(attn_norm, "attn_norm"), H, &w->attn_norm);
+		if (!rc) rc = vector(m, LAYER(ffn_norm, "ffn_norm"), H, &w->ffn_norm);
+		if (!rc) rc = matrix(m, LAYER(wq, "attn_q"), q, H, &w->wq);
+		if (!rc) rc = matrix(m, LAYER(wk, "attn_k"), kv, H, &w->wk);
+		if (!rc) rc = matrix(m, LAYER(wv, "attn_v"), kv, H, &w->wv);
+		if (!rc) rc = matrix(m, LAYER(wo, "attn_output"), H, q, &w->wo);
+		if (!rc) rc = matrix(m, LAYER(router, "ffn_gate_inp"), hp->n_experts, H, &w->router);
+		if (!rc && hp->arch == MOE_ARCH_QWEN3_MOE) {
+			rc = vector(m, LAYER(q_norm, "attn_q_norm"), hd, &w->q_norm);
+			if (!rc) rc = vector(m, LAYER(k_norm, "attn_k_norm"), hd, &w->k_norm);
+		}
+	}
+#undef LAYER
+	if (rc)
+		goto fail;
+	moe_expert_layout lay;
+	moe_pack_expert_layout(pack, &lay);
+	for (int i = 0; i < 3; i++)
+		if (lay.type[i] == MOE_TYPE_BF16) {
+			rc = moe_fail(MOE_EUNSUPPORTED, "experts are bf16: the kernels take f32, f16, q8 and q4 (repack with -q)");
+			goto fail;
+		}
+	if ((rc = moe_experts_mapped(pack, &m->experts)))
+		goto fail;
+	m->kernels = moe_kernels_select();
+	if (!m->kernels) {
+		rc = moe_fail(MOE_EUNSUPPORTED, "MOE_KERNEL=%s: not an implementation this CPU runs", getenv("MOE_KERNEL"));
+		goto fail;
+	}
+	m->pool = moe_pool_create(threads);
+	if (!m->pool) {
+		rc = moe_fail(MOE_ENOMEM, "cannot start %d threads", threads);
+		goto fail;
+	}
+	*out = m;
+	return 0;
+fail:
+	moe_model_free(m);
+	return rc;
+}
+
+void moe_model_free(struct moe_model *m)
+{
+	if (!m)
+		return;
+	if (m->experts)
+		m->experts->destroy(m->experts);
+	moe_pool_destroy(m->pool);
+	free(m->layers);
+	free(m->tensors);
+	free(m);
+}
+
+/* ---- session ---- */
+
+int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, struct moe_session **out)
+{
+	*out = NULL;
+	const struct moe_hparams *hp = &m->hp;
+	if (ctx == 0 || max_batch == 0 || max_batch > 64)
+		return moe_fail(MOE_EINVAL, "context %zu, batch %zu: need context >= 1 and batch 1..64", ctx, max_batch);
+	struct moe_session *s = calloc(1, sizeof *s);
+	if (!s)
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	s->m = m;
+	s->ctx = ctx;
+	s->max_batch = max_batch;
+	const size_t H = hp->hidden, hd = hp->head_dim, q = hp->n_heads * hd, kv = hp->n_kv_heads * hd;
+	const size_t E = hp->n_experts, B = max_batch;
+	s->k_cache = calloc(hp->n_layers * ctx * kv, sizeof(float));
+	s->v_cache = calloc(hp->n_layers * ctx * kv, sizeof(float));
+	s->x = malloc(B * H * sizeof(float));
+	s->xn = malloc(B * H * sizeof(float));
+	s->q = malloc(B * q * sizeof(float));
+	s->k = malloc(B * kv * sizeof(float));
+	s->v = malloc(B * kv * sizeof(float));
+	s->att = malloc(B * q * sizeof(float));
+	s->tmp = malloc(B * H * sizeof(float));
+	s->router = malloc(B * E * sizeof(float));
+	s->moe_out = malloc(B * H * sizeof(float));
+	s->gather = malloc(B * H * sizeof(float));
+	s->expert_out = malloc(B * H * sizeof(float));
+	s->scores = malloc(ctx * sizeof(float));
+	s->topk = malloc(B * hp->n_experts_used * sizeof(int));
+	s->topw = malloc(B * hp->n_experts_used * sizeof(float));
+	if (!s->k_cache || !s->v_cache || !s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->tmp ||
+	    !s->router || !s->moe_out || !s->gather || !s->expert_out || !s->scores || !s->topk || !s->topw) {
+		moe_session_free(s);
+		return moe_fail(MOE_ENOMEM, "out of memory for a %zu-token context", ctx);
+	}
+	*out = s;
+	return 0;
+}
+
+void moe_session_free(struct moe_session *s)
+{
+	if (!s)
+		return;
+	float *bufs[] = {s->k_cache, s->v_cache, s->x, s->xn, s->q, s->k, s->v, s->att, s->tmp,
+			 s->router, s->moe_out, s->gather, s->expert_out, s->scores, s->topw};
+	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+		free(bufs[i]);
+	free(s->topk);
+	moe_kscratch_free(&s->ks);
+	free(s);
+}
+
+size_t moe_session_bytes(const struct moe_session *s)
+{
+	const struct moe_hparams *hp = &s->m->hp;
+	return 2 * hp->n_layers * s->ctx * hp->n_kv_heads * hp->head_dim * sizeof(float);
+}
+
+/* ---- the pieces ---- */
+
+static void rmsnorm(const float *x, const float *w, size_t n, double eps, float *out)
+{
+	float ss = 0;
+	for (size_t i = 0; i < n; i++)
+		ss += x[i] * x[i];
+	const float r = 1.0f / sqrtf(ss / (float)n + (float)eps);
+	for (size_t i = 0; i < n; i++)
+		out[i] = x[i] * r * w[i];
+}
+
+/* HF rotate-half: element i pairs with i + hd/2 */
+static void rope(float *v, size_t hd, size_t pos, double theta)
+{
+	const size_t half = hd / 2;
+	for (size_t i = 0; i < half; i++) {
+		const double inv = pow(theta, -2.0 * (double)i / (double)hd);
+		const double a = (double)pos * inv;
+		const float c = (float)cos(a), sn = (float)sin(a);
+		const float x0 = v[i], x1 = v[i + half];
+		v[i] = x0 * c - x1 * sn;
+		v[i + half] = x1 * c + x0 * sn;
+	}
+}
+
+static int matmul(struct moe_session *s, const struct moe_wmat *w, const float *x, size_t n, float *y)
+{
+	if (moe_matmul(s->m->kernels, s->m->pool, w, x, n, y, &s->ks))
+		return moe_fail(MOE_ENOMEM, "out of memory in the kernels' scratch");
+	return 0;
+}
+
+static void attention(struct moe_session *s, size_t l, size_t n)
+{
+	const struct moe_hparams *hp = &s->m->hp;
+	const size_t hd = hp->head_dim, nh = hp->n_heads, nkv = hp->n_kv_heads, kvd = nkv * hd, group = nh / nkv;
+	const float scale = 1.0f / sqrtf((float)hd);
+	const float *kc = s->k_cache + l * s->ctx * kvd, *vc = s->v_cache + l * s->ctx * kvd;
+	for (size_t t = 0; t < n; t++) {
+		const size_t pos = s->n_past + t;
+		for (size_t h = 0; h < nh; h++) {
+			const float *qh = s->q + t * nh * hd + h * hd;
+			const size_t g = h / group;
+			float mx = -INFINITY;
+			for (size_t j = 0; j <= pos; j++) {
+				const float *kj = kc + j * kvd + g * hd;
+				float d = 0;
+				for (size_t i = 0; i < hd; i++)
+					d += qh[i] * kj[i];
+				s->scores[j] = d * scale;
+				mx = fmaxf(mx, s->scores[j]);
+			}
+			float sum = 0;
+			for (size_t j = 0; j <= pos; j++) {
+				s->scores[j] = expf(s->scores[j] - mx);
+				sum += s->scores[j];
+			}
+			float *out = s->att + t * nh * hd + h * hd;
+			memset(out, 0, hd * sizeof(float));
+			for (size_t j = 0; j <= pos; j++) {
+				const float p = s->scores[j] / sum;
+				const float *vj = vc + j * kvd + g * hd;
+				for (size_t i = 0; i < hd; i++)
+					out[i] += p * vj[i];
+			}
+		}
+	}
+}
+
+/* softmax over all experts, keep the top k, renormalize over them if the model says so */
+static void route(struct moe_session *s, size_t n)
+{
+	const struct moe_hparams *hp = &s->m->hp;
+	const size_t E = hp->n_experts, K = hp->n_experts_used;
+	for (size_t t = 0; t < n; t++) {
+		float *p = s->router + t * E; /* logits, turned into probabilities in place */
+		float mx = -INFINITY, sum = 0;
+		for (size_t e = 0; e < E; e++)
+			mx = fmaxf(mx, p[e]);
+		for (size_t e = 0; e < E; e++)
+			sum += (p[e] = expf(p[e] - mx));
+		int *idx = s->topk + t * K;
+		float *wt = s->topw + t * K, tot = 0;
+		for (size_t k = 0; k < K; k++) {
+			size_t best = 0;
+			float bv = -1;
+			for (size_t e = 0; e < E; e++)
+				if (p[e] > bv) {
+					bv = p[e];
+					best = e;
+				}
+			idx[k] = (int)best;
+			wt[k] = bv / sum;
+			tot += wt[k];
+			p[best] = -2; /* taken */
+		}
+		if (hp->norm_topk_prob)
+			for (size_t k = 0; k < K; k++)
+				wt[k] /= tot;
+	}
+}
+
+static int experts(struct moe_session *s, size_t l, size_t n)
+{
+	const struct moe_hparams *hp = &s->m->hp;
+	const size_t H = hp->hidden, K = hp->n_experts_used;
+	struct moe_experts *x = s->m->experts;
+	memset(s->moe_out, 0, n * H * sizeof(float));
+	for (size_t e = 0; e < hp->n_experts; e++) {
+		/* the tokens routed to e, gathered so the expert's weights are read once */
+		size_t m = 0, who[64];
+		float wt[64];
+		for (size_t t = 0; t < n; t++)
+			for (size_t k = 0; k < K; k++)
+				if (s->topk[t * K + k] == (int)e) {
+					memcpy(s->gather + m * H, s->xn + t * H, H * sizeof(float));
+					who[m] = t;
+					wt[m++] = s->topw[t * K + k];
+				}
+		if (!m)
+			continue;
+		struct moe_expert_weights w;
+		int rc = x->acquire(x, (uint32_t)l, (uint32_t)e, &w);
+		if (rc)
+			return rc;
+		rc = moe_expert_ffn(s->m->kernels, s->m->pool, &w.gate, &w.up, &w.down, s->gather, m, s->expert_out, &s->ks);
+		x->release(x, &w);
+		if (rc)
+			return moe_fail(MOE_ENOMEM, "out of memory in the kernels' scratch");
+		for (size_t i = 0; i < m; i++)
+			for (size_t c = 0; c < H; c++)
+				s->moe_out[who[i] * H + c] += wt[i] * s->expert_out[i * H + c];
+	}
+	return 0;
+}
+
+int moe_forward(struct moe_session *s, const int32_t *tokens, size_t n, float *logits, float *last_logits)
+{
+	const struct moe_model *m = s->m;
+	const struct moe_hparams *hp = &m->hp;
+	const size_t H = hp->hidden, hd = hp->head_dim, nh = hp->n_heads, nkv = hp->n_kv_heads, kvd = nkv * hd;
+	if (n == 0 || n > s->max_batch)
+		return moe_fail(MOE_EINVAL, "batch of %zu tokens (1..%zu)", n, s->max_batch);
+	if (s->n_past + n > s->ctx)
+		return moe_fail(MOE_EINVAL, "context full: %zu + %zu tokens > --ctx-size %zu", s->n_past, n, s->ctx);
+	/* embeddings: one row each, dequantized */
+	const moe_tensor *em = m->embed;
+	const struct moe_type_traits *tt = &moe_type_traits[em->type];
+	const size_t codes_row = H / tt->block * tt->code_bytes;
+	for (size_t t = 0; t < n; t++) {
+		if (tokens[t] < 0 || (uint64_t)tokens[t] >= hp->vocab)
+			return moe_fail(MOE_EINVAL, "token id %d out of range (vocabulary %llu)", tokens[t],
+					(unsigned long long)hp->vocab);
+		const uint8_t *codes = (const uint8_t *)em->data + (size_t)tokens[t] * codes_row;
+		const uint16_t *scales = moe_type_is_quant(em->type)
+			? (const uint16_t *)((const uint8_t *)em->data + hp->vocab * codes_row) + (size_t)tokens[t] * (H / 32)
+			: NULL;
+		moe_dequantize_rows(em->type, codes, scales, 1, H, s->x + t * H);
+	}
+	int rc = 0;
+	for (size_t l = 0; l < hp->n_layers && !rc; l++) {
+		const struct moe_layer_weights *w = &m->layers[l];
+		for (size_t t = 0; t < n; t++)
+			rmsnorm(s->x + t * H, w->attn_norm, H, hp->rms_eps, s->xn + t * H);
+		if ((rc = matmul(s, &w->wq, s->xn, n, s->q)) || (rc = matmul(s, &w->wk, s->xn, n, s->k)) ||
+		    (rc = matmul(s, &w->wv, s->xn, n, s->v)))
+			break;
+		for (size_t t = 0; t < n; t++) {
+			const size_t pos = s->n_past + t;
+			for (size_t h = 0; h < nh; h++) {
+				float *qh = s->q + t * nh * hd + h * hd;
+				if (w->q_norm)
+					rmsnorm(qh, w->q_norm, hd, hp->rms_eps, qh);
+				rope(qh, hd, pos, hp->rope_theta);
+			}
+			for (size_t h = 0; h < nkv; h++) {
+				float *kh = s->k + t * kvd + h * hd;
+				if (w->k_norm)
+					rmsnorm(kh, w->k_norm, hd, hp->rms_eps, kh);
+				rope(kh, hd, pos, hp->rope_theta);
+			}
+			memcpy(s->k_cache + (l * s->ctx + pos) * kvd, s->k + t * kvd, kvd * sizeof(float));
+			memcpy(s->v_cache + (l * s->ctx + pos) * kvd, s->v + t * kvd, kvd * sizeof(float));
+		}
+		attention(s, l, n);
+		if ((rc = matmul(s, &w->wo, s->att, n, s->tmp)))
+			break;
+		for (size_t i = 0; i < n * H; i++)
+			s->x[i] += s->tmp[i];
+		for (size_t t = 0; t < n; t++)
+			rmsnorm(s->x + t * H, w->ffn_norm, H, hp->rms_eps, s->xn + t * H);
+		if ((rc = matmul(s, &w->router, s->xn, n, s->router)))
+			break;
+		route(s, n);
+		if ((rc = experts(s, l, n)))
+			break;
+		for (size_t i = 0; i < n * H; i++)
+			s->x[i] += s->moe_out[i];
+	}
+	if (rc)
+		return rc;
+	if (logits) {
+		for (size_t t = 0; t < n; t++)
+			rmsnorm(s->x + t * H, m->output_norm, H, hp->rms_eps, s->xn + t * H);
+		rc = matmul(s, &m->output, s->xn, n, logits);
+	} else if (last_logits) {
+		rmsnorm(s->x + (n - 1) * H, m->output_norm, H, hp->rms_eps, s->xn);
+		rc = matmul(s, &m->output, s->xn, 1, last_logits);
+	}
+	if (!rc)
+		s->n_past += n;
+	return rc;
+}

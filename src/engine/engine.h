@@ -1,0 +1,79 @@
+/*
+ * engine.h - running a pack: the model's weights as kernel views, the KV cache, and
+ * the forward pass over a batch of tokens.
+ *
+ * Experts reach the forward pass only through struct moe_experts (acquire a
+ * (layer, expert) -> ready weights; release). This file's implementation serves them
+ * straight from the mapping (decoding zstd blobs into a buffer); the expert cache
+ * and the io_uring prefetcher plug in behind the same two calls.
+ */
+#ifndef MOE_ENGINE_H
+#define MOE_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kernels.h"
+#include "model/arch.h"
+#include "moe.h"
+
+struct moe_expert_weights {
+	struct moe_wmat gate, up, down;
+	void *handle; /* the provider's */
+};
+
+struct moe_experts {
+	int (*acquire)(struct moe_experts *x, uint32_t layer, uint32_t expert, struct moe_expert_weights *out);
+	void (*release)(struct moe_experts *x, struct moe_expert_weights *w);
+	void (*destroy)(struct moe_experts *x);
+};
+
+/* The mapping itself: raw blobs used in place, zstd blobs decoded per acquire. */
+int moe_experts_mapped(const moe_pack *pack, struct moe_experts **out);
+
+struct moe_layer_weights {
+	const float *attn_norm, *ffn_norm, *q_norm, *k_norm; /* q_norm/k_norm: Qwen3 only */
+	struct moe_wmat wq, wk, wv, wo, router;
+};
+
+struct moe_model {
+	const moe_pack *pack;
+	struct moe_hparams hp;
+	const moe_tensor *embed;     /* token_embd */
+	const float *output_norm;
+	struct moe_wmat output;      /* lm head (token_embd when tied) */
+	struct moe_layer_weights *layers;
+	struct moe_experts *experts;
+	const struct moe_kernel_impl *kernels;
+	struct moe_pool *pool;
+	moe_tensor *tensors;         /* copies of the directory entries used */
+};
+
+int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out);
+void moe_model_free(struct moe_model *m);
+
+struct moe_session {
+	const struct moe_model *m;
+	size_t ctx, n_past;
+	float *k_cache, *v_cache;    /* [layer][ctx][n_kv * head_dim] */
+	/* scratch, sized for max_batch tokens */
+	size_t max_batch;
+	float *x, *xn, *q, *k, *v, *att, *tmp, *router, *moe_out, *gather, *expert_out, *scores;
+	int *topk;
+	float *topw;
+	struct moe_kscratch ks;
+};
+
+int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, struct moe_session **out);
+void moe_session_free(struct moe_session *s);
+/* Bytes the session holds (KV cache and scratch), for --ram-budget accounting. */
+size_t moe_session_bytes(const struct moe_session *s);
+
+/*
+ * Run n tokens at positions n_past .. n_past+n-1 (n <= max_batch). logits, if not NULL,
+ * receives [n][vocab] floats (all positions); else only the last position's logits are
+ * computed into last_logits (if not NULL).
+ */
+int moe_forward(struct moe_session *s, const int32_t *tokens, size_t n, float *logits, float *last_logits);
+
+#endif

@@ -1,0 +1,288 @@
+/* moe-run - run a pack: prompt (token ids until the tokenizer lands), prefill in
+ * batches, then sample token by token, streaming ids as they come. */
+#include "config.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "engine/engine.h"
+
+static void usage(FILE *fp)
+{
+	fputs("usage: moe-run -m PACK --tokens ID,ID,... [options]\n"
+	      "  -m, --model PACK         the pack to run (moe-pack makes them)\n"
+	      "      --tokens IDS         the prompt as comma-separated token ids\n"
+	      "  -n, --n-predict N        tokens to generate after the prompt (default 16)\n"
+	      "  -t, --threads N          threads (default: all CPUs)\n"
+	      "  -c, --ctx-size N         context length in tokens (default 4096, at most the model's)\n"
+	      "  -b, --batch N            prompt tokens per forward pass, 1..64 (default 32)\n"
+	      "      --temp T             temperature; 0 is greedy (default 0)\n"
+	      "      --top-k K            keep the K most likely tokens (default 40; 0 = all)\n"
+	      "      --top-p P            keep the smallest set with probability >= P (default 1.0)\n"
+	      "      --min-p P            drop tokens below P x the top probability (default 0)\n"
+	      "      --repeat-penalty R   divide the logits of tokens already seen by R (default 1.0)\n"
+	      "      --seed N             sampling seed (default 1): same seed, same output\n"
+	      "      --logits-out FILE    float32 logits of every prompt position, [n_prompt][n_vocab], no header\n"
+	      "      --stats              prefill and decode speed on stderr\n"
+	      "  -h, --help               this text\n"
+	      "See moe-run(1).\n",
+	      fp);
+}
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static uint64_t rng_state;
+static double rng_uniform(void) /* splitmix64 */
+{
+	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return (double)((z ^ (z >> 31)) >> 11) * 0x1p-53;
+}
+
+struct sampler {
+	double temp, top_p, min_p, repeat_penalty;
+	size_t top_k;
+};
+
+struct cand {
+	int id;
+	double p;
+};
+
+static int cmp_cand(const void *a, const void *b)
+{
+	double x = ((const struct cand *)a)->p, y = ((const struct cand *)b)->p;
+	return x < y ? 1 : x > y ? -1 : ((const struct cand *)a)->id - ((const struct cand *)b)->id;
+}
+
+/* One token from logits (modified in place by the repetition penalty). */
+static int sample(const struct sampler *sp, float *logits, size_t vocab, const int32_t *seen, size_t n_seen,
+		  struct cand *c)
+{
+	if (sp->repeat_penalty != 1.0)
+		for (size_t i = 0; i < n_seen; i++) {
+			float *l = &logits[seen[i]];
+			*l = *l > 0 ? *l / (float)sp->repeat_penalty : *l * (float)sp->repeat_penalty;
+		}
+	size_t best = 0;
+	for (size_t i = 1; i < vocab; i++)
+		if (logits[i] > logits[best])
+			best = i;
+	if (sp->temp <= 0)
+		return (int)best;
+	double sum = 0;
+	for (size_t i = 0; i < vocab; i++) {
+		c[i] = (struct cand){(int)i, exp(((double)logits[i] - logits[best]) / sp->temp)};
+		sum += c[i].p;
+	}
+	qsort(c, vocab, sizeof *c, cmp_cand);
+	size_t keep = sp->top_k && sp->top_k < vocab ? sp->top_k : vocab;
+	double acc = 0;
+	for (size_t i = 0; i < keep; i++) {
+		acc += c[i].p / sum;
+		if (c[i].p < sp->min_p * c[0].p || (i > 0 && acc - c[i].p / sum >= sp->top_p)) {
+			keep = i;
+			break;
+		}
+	}
+	if (keep == 0)
+		keep = 1;
+	double tot = 0;
+	for (size_t i = 0; i < keep; i++)
+		tot += c[i].p;
+	double r = rng_uniform() * tot;
+	for (size_t i = 0; i < keep; i++) {
+		r -= c[i].p;
+		if (r <= 0)
+			return c[i].id;
+	}
+	return c[keep - 1].id;
+}
+
+static int fail(void)
+{
+	fprintf(stderr, "moe-run: %s\n", moe_last_error());
+	return 1;
+}
+
+static int parse_tokens(const char *s, int32_t **out, size_t *n)
+{
+	size_t cap = 16, k = 0;
+	int32_t *v = malloc(cap * sizeof *v);
+	const char *p = s;
+	while (v && *p) {
+		char *end;
+		errno = 0;
+		long x = strtol(p, &end, 10);
+		if (end == p || errno || x < 0 || x > INT32_MAX || (*end && *end != ',')) {
+			free(v);
+			return moe_fail(MOE_EINVAL, "--tokens: '%s' is not a comma-separated list of token ids", s);
+		}
+		if (k == cap) {
+			int32_t *nv = realloc(v, (cap *= 2) * sizeof *v);
+			if (!nv)
+				break;
+			v = nv;
+		}
+		v[k++] = (int32_t)x;
+		p = *end ? end + 1 : end;
+	}
+	if (!v)
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	if (k == 0) {
+		free(v);
+		return moe_fail(MOE_EINVAL, "--tokens: empty prompt");
+	}
+	*out = v;
+	*n = k;
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	const char *model = NULL, *tokens_s = NULL, *logits_out = NULL;
+	long n_predict = 16, ctx = 4096, batch = 32;
+	int threads = (int)sysconf(_SC_NPROCESSORS_ONLN), stats = 0;
+	struct sampler sp = {0.0, 1.0, 0.0, 1.0, 40};
+	uint64_t seed = 1;
+	enum { O_TOKENS = 256, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_SEED, O_LOGITS, O_STATS };
+	static const struct option opts[] = {
+		{"model", required_argument, NULL, 'm'}, {"tokens", required_argument, NULL, O_TOKENS},
+		{"n-predict", required_argument, NULL, 'n'}, {"threads", required_argument, NULL, 't'},
+		{"ctx-size", required_argument, NULL, 'c'}, {"batch", required_argument, NULL, 'b'},
+		{"temp", required_argument, NULL, O_TEMP}, {"top-k", required_argument, NULL, O_TOPK},
+		{"top-p", required_argument, NULL, O_TOPP}, {"min-p", required_argument, NULL, O_MINP},
+		{"repeat-penalty", required_argument, NULL, O_REP}, {"seed", required_argument, NULL, O_SEED},
+		{"logits-out", required_argument, NULL, O_LOGITS}, {"stats", no_argument, NULL, O_STATS},
+		{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
+	};
+	int c;
+	while ((c = getopt_long(argc, argv, "m:n:t:c:b:h", opts, NULL)) != -1) {
+		char *end = NULL;
+		switch (c) {
+		case 'm': model = optarg; break;
+		case O_TOKENS: tokens_s = optarg; break;
+		case 'n': n_predict = strtol(optarg, &end, 10); break;
+		case 't': threads = (int)strtol(optarg, &end, 10); break;
+		case 'c': ctx = strtol(optarg, &end, 10); break;
+		case 'b': batch = strtol(optarg, &end, 10); break;
+		case O_TEMP: sp.temp = strtod(optarg, &end); break;
+		case O_TOPK: sp.top_k = (size_t)strtoul(optarg, &end, 10); break;
+		case O_TOPP: sp.top_p = strtod(optarg, &end); break;
+		case O_MINP: sp.min_p = strtod(optarg, &end); break;
+		case O_REP: sp.repeat_penalty = strtod(optarg, &end); break;
+		case O_SEED: seed = strtoull(optarg, &end, 10); break;
+		case O_LOGITS: logits_out = optarg; break;
+		case O_STATS: stats = 1; break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+		if (end && *end) {
+			fprintf(stderr, "moe-run: %s: not a number\n", optarg);
+			return 2;
+		}
+	}
+	if (!model || !tokens_s || optind != argc) {
+		fputs(!model ? "moe-run: -m PACK is required\n"
+			     : !tokens_s ? "moe-run: --tokens is required until text prompts land (moe-run --help)\n"
+					 : "moe-run: unexpected argument\n",
+		      stderr);
+		return 2;
+	}
+	if (n_predict < 0 || ctx < 1 || batch < 1 || batch > 64 || threads < 1 || threads > 256 || sp.temp < 0 ||
+	    sp.top_p <= 0 || sp.top_p > 1 || sp.min_p < 0 || sp.min_p > 1 || sp.repeat_penalty <= 0) {
+		fputs("moe-run: option out of range (moe-run --help)\n", stderr);
+		return 2;
+	}
+	rng_state = seed;
+	int32_t *prompt = NULL;
+	size_t n_prompt = 0;
+	if (parse_tokens(tokens_s, &prompt, &n_prompt))
+		return fail();
+	moe_pack *pack;
+	struct moe_model *m = NULL;
+	struct moe_session *s = NULL;
+	if (moe_pack_open(model, &pack) || moe_model_load(pack, threads, &m))
+		return fail();
+	const size_t vocab = m->hp.vocab;
+	if ((uint64_t)ctx > m->hp.max_pos && m->hp.max_pos)
+		ctx = (long)m->hp.max_pos;
+	if (n_prompt > (size_t)ctx) {
+		fprintf(stderr, "moe-run: prompt of %zu tokens is longer than the context (%ld)\n", n_prompt, ctx);
+		return 1;
+	}
+	if (moe_session_create(m, (size_t)ctx, (size_t)batch, &s))
+		return fail();
+	float *all = logits_out ? malloc(n_prompt * vocab * sizeof(float)) : NULL;
+	float *last = malloc(vocab * sizeof(float));
+	int32_t *seen = malloc((n_prompt + (size_t)n_predict + 1) * sizeof *seen);
+	struct cand *cands = malloc(vocab * sizeof *cands);
+	if ((logits_out && !all) || !last || !seen || !cands) {
+		fputs("moe-run: out of memory\n", stderr);
+		return 1;
+	}
+	memcpy(seen, prompt, n_prompt * sizeof *seen);
+	double t0 = now();
+	for (size_t i = 0; i < n_prompt; i += (size_t)batch) {
+		size_t k = n_prompt - i < (size_t)batch ? n_prompt - i : (size_t)batch;
+		if (moe_forward(s, prompt + i, k, all ? all + i * vocab : NULL, all ? NULL : last))
+			return fail();
+	}
+	if (all)
+		memcpy(last, all + (n_prompt - 1) * vocab, vocab * sizeof(float));
+	const double t_prefill = now() - t0;
+	if (logits_out) {
+		FILE *fp = fopen(logits_out, "wb");
+		if (!fp || fwrite(all, sizeof(float), n_prompt * vocab, fp) != n_prompt * vocab || fclose(fp) != 0) {
+			fprintf(stderr, "moe-run: %s: cannot write logits\n", logits_out);
+			return 1;
+		}
+	}
+	size_t n_seen = n_prompt, generated = 0;
+	t0 = now();
+	for (long i = 0; i < n_predict; i++) {
+		int32_t tok = sample(&sp, last, vocab, seen, n_seen, cands);
+		printf("%s%d", generated ? " " : "", tok);
+		fflush(stdout);
+		seen[n_seen++] = tok;
+		generated++;
+		if (i + 1 == n_predict)
+			break;
+		if (s->n_past >= s->ctx) {
+			fprintf(stderr, "\nmoe-run: context full (%zu tokens): stopping\n", s->ctx);
+			break;
+		}
+		if (moe_forward(s, &tok, 1, NULL, last))
+			return fail();
+	}
+	if (generated)
+		putchar('\n');
+	const double t_decode = now() - t0;
+	if (stats)
+		fprintf(stderr, "moe-run: prefill %zu tokens in %.3f s (%.1f tok/s), decode %zu tokens in %.3f s (%.1f tok/s, %.1f ms/token), kernels %s, %d threads\n",
+			n_prompt, t_prefill, (double)n_prompt / t_prefill, generated, t_decode,
+			generated > 1 ? (double)(generated - 1) / t_decode : 0.0,
+			generated > 1 ? 1e3 * t_decode / (double)(generated - 1) : 0.0, m->kernels->name, threads);
+	free(all);
+	free(last);
+	free(seen);
+	free(cands);
+	free(prompt);
+	moe_session_free(s);
+	moe_model_free(m);
+	moe_pack_close(pack);
+	return 0;
+}
