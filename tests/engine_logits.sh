@@ -21,8 +21,10 @@ def lsm(a):
 kl = (np.exp(lsm(r)) * (lsm(r) - lsm(g))).sum(-1).mean()
 top1 = (r.argmax(-1) == g.argmax(-1)).mean()
 print("%s: max|d|/max|logit| %.2e, top-1 agreement %.2f, mean KL %.2e" % (got, rel, top1, kl))
-if mode == "f32":
+if mode == "f32":  # f32 weights, f32 KV cache
     ok = rel <= 1e-4
+elif mode == "f16kv":  # f32 weights, f16 KV cache (the default): measured 1.9e-4 .. 2.3e-4
+    ok = rel <= 1e-3 and top1 == 1.0
 else:
     # q8/q4 packs against the reference on the same dequantized weights: what is left is
     # the int8 rounding of activations (per 32, relative ~0.4 %), which flips near-tied
@@ -39,14 +41,18 @@ for preset in mixtral-tiny qwen3-tiny; do
 			check "$preset $q reference" py "$REF" "$preset" "$T" "$preset.$q.npy" --dequant "$preset.$q.moe"
 		fi
 		# prompt in batches of 7: three forward passes fill the KV cache
-		check "$preset $q run" "$MOE_RUN" -m "$preset.$q.moe" --tokens "$T" -n 0 -b 7 --logits-out "$preset.$q.bin"
+		check "$preset $q run" "$MOE_RUN" -m "$preset.$q.moe" --tokens "$T" -n 0 -b 7 --kv-type f32 \
+			--logits-out "$preset.$q.bin"
 		ref=$preset.$q.npy
 		[ "$q" = f32 ] && ref=$preset.ref.npy
 		check "$preset $q logits" py cmp.py "$preset.$q.bin" "$ref" "$q"
 		cat "$WORK/out"
 	done
+	check "$preset f16 KV cache" "$MOE_RUN" -m "$preset.f32.moe" --tokens "$T" -n 0 --logits-out "$preset.f16kv.bin"
+	check "$preset f16 KV logits" py cmp.py "$preset.f16kv.bin" "$preset.ref.npy" f16kv
+	cat "$WORK/out"
 	# greedy: 32 generated tokens equal the reference's argmax at every step
-	check "$preset greedy" sh -c "'$MOE_RUN' -m $preset.f32.moe --tokens 5,6,7,8 -n 32 --stats > gen.txt"
+	check "$preset greedy" sh -c "'$MOE_RUN' -m $preset.f32.moe --tokens 5,6,7,8 -n 32 --kv-type f32 --stats > gen.txt"
 	if grep -q "prefill 4 tokens in .* decode 32 tokens in" "$WORK/err"; then ok; else not_ok "--stats line"; fi
 	check "$preset greedy = reference" py - "$REF" "$preset" <<'PY'
 import json, subprocess, sys
@@ -64,6 +70,13 @@ assert want == gen, "first difference at step %d" % next(i for i in range(32) if
 PY
 done
 
+# Qwen3-MoE with a dense MLP layer (mlp_only_layers)
+check "dense layer folder" "$MOE_PACK" synth --preset qwen3-tiny --mlp-only-layers 1 --format safetensors --dtype f32 --no-progress qd
+check "dense layer pack" "$MOE_PACK" --no-progress -q f32 qd qd.moe
+check "dense layer run" "$MOE_RUN" -m qd.moe --tokens "$T" -n 0 --kv-type f32 --logits-out qd.bin
+check "dense layer reference" py "$REF" qd "$T" qd.npy
+check "dense layer logits" py cmp.py qd.bin qd.npy f32
+
 # the same weights through GGUF (llama arch, permuted q/k rows) and safetensors
 W="$TESTS_DIR/write_model.py"
 check "gguf f32" py "$W" gguf m.gguf --types=attn=F32,experts=F32,embed=F32,output=F32
@@ -71,8 +84,8 @@ check "its folder" py "$W" safetensors mf --arch=mixtral
 check "pack gguf" "$MOE_PACK" --no-progress -q f32 m.gguf g.moe
 check "pack folder" "$MOE_PACK" --no-progress -q f32 mf f.moe
 TT=1,2,3,4,5,6,7,8,9,10,90,91
-check "run gguf" "$MOE_RUN" -m g.moe --tokens $TT -n 0 --logits-out g.bin
-check "run folder" "$MOE_RUN" -m f.moe --tokens $TT -n 0 --logits-out f.bin
+check "run gguf" "$MOE_RUN" -m g.moe --tokens $TT -n 0 --kv-type f32 --logits-out g.bin
+check "run folder" "$MOE_RUN" -m f.moe --tokens $TT -n 0 --kv-type f32 --logits-out f.bin
 check "gguf logits = safetensors logits" cmp g.bin f.bin
 check "reference" py "$REF" mf $TT mf.npy
 check "gguf logits = reference" py cmp.py g.bin mf.npy f32
@@ -83,5 +96,9 @@ expect_error "prompt longer than the context" "longer than the context (4)" "$MO
 check "deepseek pack" "$MOE_PACK" synth --preset deepseek-tiny --no-progress ds.moe
 expect_error "architecture not compiled in" "architecture deepseek_v3" "$MOE_RUN" -m ds.moe --tokens 1,2
 expect_error "not a pack" "bad magic" "$MOE_RUN" -m m.gguf --tokens 1
+expect_error "RAM budget too small" "ram-budget 0.00 GB is less than the resident weights" "$MOE_RUN" -m mixtral-tiny.f32.moe --tokens 1,2 --ram-budget 1M
+check "--truncate keeps the end" sh -c "'$MOE_RUN' -m mixtral-tiny.f32.moe --tokens 9,1,2,3,4 -c 4 -n 1 --truncate 2> t.err > t.out && grep -q 'truncated to its last 4' t.err"
+check "--stats-json" sh -c "'$MOE_RUN' -m mixtral-tiny.f32.moe --tokens 1,2,3 -n 4 --stats-json s.json > /dev/null"
+check "stats json keys" py -c "import json; d = json.load(open('s.json')); assert d['prompt_tokens'] == 3 and d['generated_tokens'] == 4 and d['decode_tokens_per_second'] > 0 and d['kv_type'] == 'f16', d"
 check "context full stops generation" sh -c "'$MOE_RUN' -m mixtral-tiny.f32.moe --tokens 1,2 -c 6 -n 10 > full.txt 2> full.err; grep -q 'context full (6 tokens)' full.err && [ \$(wc -w < full.txt) -eq 5 ]"
 finish

@@ -88,6 +88,11 @@ def forward(cfg, W, tokens):
         att = np.einsum("hij,jhd->ihd", s, v).reshape(n, nh * hd)
         x = x + att @ W[p + "self_attn.o_proj.weight"].T
         h = rmsnorm(x, W[p + "post_attention_layernorm.weight"], eps)
+        step = cfg.get("decoder_sparse_step", 1) or 1
+        if arch == "qwen3_moe" and (l in cfg.get("mlp_only_layers", []) or (l + 1) % step != 0):
+            g = h @ W[p + "mlp.gate_proj.weight"].T
+            x = x + (g / (1 + np.exp(-g)) * (h @ W[p + "mlp.up_proj.weight"].T)) @ W[p + "mlp.down_proj.weight"].T
+            continue
         gate = W[p + ("block_sparse_moe.gate.weight" if arch == "mixtral" else "mlp.gate.weight")]
         lg = h @ gate.T
         pr = np.exp(lg - lg.max(axis=-1, keepdims=True))
@@ -120,7 +125,8 @@ def dequantized(folder, pack_path):
     p = moepack_ref.Pack(pack_path)
     mix = cfg["model_type"] == "mixtral"
     canon = {"token_embd": "model.embed_tokens.weight", "output": "lm_head.weight", "output_norm": "model.norm.weight"}
-    per = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj",
+    per = {"ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+           "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj",
            "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
            "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
            "ffn_gate_inp": "block_sparse_moe.gate" if mix else "mlp.gate"}

@@ -84,12 +84,6 @@ int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out)
 			      moe_arch_name(hp->arch));
 		goto fail;
 	}
-	for (uint64_t l = 0; l < hp->n_layers; l++)
-		if (!moe_layer_is_moe(hp, l)) {
-			rc = moe_fail(MOE_EUNSUPPORTED, "layer %llu is a dense MLP layer: not supported yet",
-				      (unsigned long long)l);
-			goto fail;
-		}
 	const size_t nt = moe_pack_tensor_count(pack);
 	m->tensors = calloc(nt ? nt : 1, sizeof *m->tensors);
 	m->layers = calloc(hp->n_layers, sizeof *m->layers);
@@ -124,7 +118,14 @@ int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out)
 		if (!rc) rc = matrix(m, LAYER(wk, "attn_k"), kv, H, &w->wk);
 		if (!rc) rc = matrix(m, LAYER(wv, "attn_v"), kv, H, &w->wv);
 		if (!rc) rc = matrix(m, LAYER(wo, "attn_output"), H, q, &w->wo);
-		if (!rc) rc = matrix(m, LAYER(router, "ffn_gate_inp"), hp->n_experts, H, &w->router);
+		w->dense = !moe_layer_is_moe(hp, l);
+		if (!rc && w->dense) {
+			rc = matrix(m, LAYER(ffn_gate, "ffn_gate"), hp->dense_ff, H, &w->ffn_gate);
+			if (!rc) rc = matrix(m, LAYER(ffn_up, "ffn_up"), hp->dense_ff, H, &w->ffn_up);
+			if (!rc) rc = matrix(m, LAYER(ffn_down, "ffn_down"), H, hp->dense_ff, &w->ffn_down);
+		} else if (!rc) {
+			rc = matrix(m, LAYER(router, "ffn_gate_inp"), hp->n_experts, H, &w->router);
+		}
 		if (!rc && hp->arch == MOE_ARCH_QWEN3_MOE) {
 			rc = vector(m, LAYER(q_norm, "attn_q_norm"), hd, &w->q_norm);
 			if (!rc) rc = vector(m, LAYER(k_norm, "attn_k_norm"), hd, &w->k_norm);
@@ -159,6 +160,14 @@ fail:
 	return rc;
 }
 
+uint64_t moe_model_dense_bytes(const struct moe_model *m)
+{
+	uint64_t n = 0;
+	for (size_t i = 0; i < moe_pack_tensor_count(m->pack); i++)
+		n += m->tensors[i].size;
+	return n;
+}
+
 void moe_model_free(struct moe_model *m)
 {
 	if (!m)
@@ -173,7 +182,7 @@ void moe_model_free(struct moe_model *m)
 
 /* ---- session ---- */
 
-int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, struct moe_session **out)
+int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, int kv_type, struct moe_session **out)
 {
 	*out = NULL;
 	const struct moe_hparams *hp = &m->hp;
@@ -185,10 +194,13 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 	s->m = m;
 	s->ctx = ctx;
 	s->max_batch = max_batch;
+	s->kv_type = kv_type;
 	const size_t H = hp->hidden, hd = hp->head_dim, q = hp->n_heads * hd, kv = hp->n_kv_heads * hd;
 	const size_t E = hp->n_experts, B = max_batch;
-	s->k_cache = calloc(hp->n_layers * ctx * kv, sizeof(float));
-	s->v_cache = calloc(hp->n_layers * ctx * kv, sizeof(float));
+	const size_t kv_elt = kv_type == MOE_KV_F16 ? 2 : 4;
+	s->k_cache = calloc(hp->n_layers * ctx * kv, kv_elt);
+	s->v_cache = calloc(hp->n_layers * ctx * kv, kv_elt);
+	s->kv_row = malloc(kv * sizeof(float));
 	s->x = malloc(B * H * sizeof(float));
 	s->xn = malloc(B * H * sizeof(float));
 	s->q = malloc(B * q * sizeof(float));
@@ -204,7 +216,8 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 	s->topk = malloc(B * hp->n_experts_used * sizeof(int));
 	s->topw = malloc(B * hp->n_experts_used * sizeof(float));
 	if (!s->k_cache || !s->v_cache || !s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->tmp ||
-	    !s->router || !s->moe_out || !s->gather || !s->expert_out || !s->scores || !s->topk || !s->topw) {
+	    !s->router || !s->moe_out || !s->gather || !s->expert_out || !s->scores || !s->topk || !s->topw ||
+	    !s->kv_row) {
 		moe_session_free(s);
 		return moe_fail(MOE_ENOMEM, "out of memory for a %zu-token context", ctx);
 	}
@@ -216,8 +229,8 @@ void moe_session_free(struct moe_session *s)
 {
 	if (!s)
 		return;
-	float *bufs[] = {s->k_cache, s->v_cache, s->x, s->xn, s->q, s->k, s->v, s->att, s->tmp,
-			 s->router, s->moe_out, s->gather, s->expert_out, s->scores, s->topw};
+	void *bufs[] = {s->k_cache, s->v_cache, s->x, s->xn, s->q, s->k, s->v, s->att, s->tmp,
+			s->router, s->moe_out, s->gather, s->expert_out, s->scores, s->topw, s->kv_row};
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
 		free(bufs[i]);
 	free(s->topk);
@@ -228,7 +241,10 @@ void moe_session_free(struct moe_session *s)
 size_t moe_session_bytes(const struct moe_session *s)
 {
 	const struct moe_hparams *hp = &s->m->hp;
-	return 2 * hp->n_layers * s->ctx * hp->n_kv_heads * hp->head_dim * sizeof(float);
+	const size_t kv_elt = s->kv_type == MOE_KV_F16 ? 2 : 4, H = hp->hidden, B = s->max_batch;
+	const size_t qd = hp->n_heads * hp->head_dim, kvd = hp->n_kv_heads * hp->head_dim;
+	const size_t scratch = (B * (6 * H + 2 * qd + 2 * kvd + hp->n_experts) + s->ctx + kvd) * sizeof(float);
+	return 2 * hp->n_layers * s->ctx * kvd * kv_elt + scratch;
 }
 
 /* ---- the pieces ---- */
@@ -264,20 +280,43 @@ static int matmul(struct moe_session *s, const struct moe_wmat *w, const float *
 	return 0;
 }
 
+/* row j of layer l's K or V cache as floats (a pointer into the cache when it is f32) */
+static const float *kv_row(const struct moe_session *s, const void *cache, size_t l, size_t j, float *buf)
+{
+	const size_t kvd = s->m->hp.n_kv_heads * s->m->hp.head_dim, at = (l * s->ctx + j) * kvd;
+	if (s->kv_type == MOE_KV_F32)
+		return (const float *)cache + at;
+	const uint16_t *h = (const uint16_t *)cache + at;
+	for (size_t i = 0; i < kvd; i++)
+		buf[i] = moe_f16_to_f32(h[i]);
+	return buf;
+}
+
+static void kv_store(struct moe_session *s, void *cache, size_t l, size_t pos, const float *row)
+{
+	const size_t kvd = s->m->hp.n_kv_heads * s->m->hp.head_dim, at = (l * s->ctx + pos) * kvd;
+	if (s->kv_type == MOE_KV_F32)
+		memcpy((float *)cache + at, row, kvd * sizeof(float));
+	else
+		for (size_t i = 0; i < kvd; i++)
+			((uint16_t *)cache)[at + i] = moe_f32_to_f16(row[i]);
+}
+
 static void attention(struct moe_session *s, size_t l, size_t n)
 {
 	const struct moe_hparams *hp = &s->m->hp;
-	const size_t hd = hp->head_dim, nh = hp->n_heads, nkv = hp->n_kv_heads, kvd = nkv * hd, group = nh / nkv;
+	const size_t hd = hp->head_dim, nh = hp->n_heads, nkv = hp->n_kv_heads, group = nh / nkv;
 	const float scale = 1.0f / sqrtf((float)hd);
-	const float *kc = s->k_cache + l * s->ctx * kvd, *vc = s->v_cache + l * s->ctx * kvd;
+	memset(s->att, 0, n * nh * hd * sizeof(float));
 	for (size_t t = 0; t < n; t++) {
 		const size_t pos = s->n_past + t;
+		/* scores of every head against every cached position, then the weighted values */
 		for (size_t h = 0; h < nh; h++) {
 			const float *qh = s->q + t * nh * hd + h * hd;
 			const size_t g = h / group;
 			float mx = -INFINITY;
 			for (size_t j = 0; j <= pos; j++) {
-				const float *kj = kc + j * kvd + g * hd;
+				const float *kj = kv_row(s, s->k_cache, l, j, s->kv_row) + g * hd;
 				float d = 0;
 				for (size_t i = 0; i < hd; i++)
 					d += qh[i] * kj[i];
@@ -290,10 +329,9 @@ static void attention(struct moe_session *s, size_t l, size_t n)
 				sum += s->scores[j];
 			}
 			float *out = s->att + t * nh * hd + h * hd;
-			memset(out, 0, hd * sizeof(float));
 			for (size_t j = 0; j <= pos; j++) {
 				const float p = s->scores[j] / sum;
-				const float *vj = vc + j * kvd + g * hd;
+				const float *vj = kv_row(s, s->v_cache, l, j, s->kv_row) + g * hd;
 				for (size_t i = 0; i < hd; i++)
 					out[i] += p * vj[i];
 			}
@@ -413,8 +451,8 @@ int moe_forward(struct moe_session *s, const int32_t *tokens, size_t n, float *l
 					rmsnorm(kh, w->k_norm, hd, hp->rms_eps, kh);
 				rope(kh, hd, pos, hp->rope_theta);
 			}
-			memcpy(s->k_cache + (l * s->ctx + pos) * kvd, s->k + t * kvd, kvd * sizeof(float));
-			memcpy(s->v_cache + (l * s->ctx + pos) * kvd, s->v + t * kvd, kvd * sizeof(float));
+			kv_store(s, s->k_cache, l, pos, s->k + t * kvd);
+			kv_store(s, s->v_cache, l, pos, s->v + t * kvd);
 		}
 		attention(s, l, n);
 		if ((rc = matmul(s, &w->wo, s->att, n, s->tmp)))
@@ -423,11 +461,19 @@ int moe_forward(struct moe_session *s, const int32_t *tokens, size_t n, float *l
 			s->x[i] += s->tmp[i];
 		for (size_t t = 0; t < n; t++)
 			rmsnorm(s->x + t * H, w->ffn_norm, H, hp->rms_eps, s->xn + t * H);
-		if ((rc = matmul(s, &w->router, s->xn, n, s->router)))
-			break;
-		route(s, n);
-		if ((rc = experts(s, l, n)))
-			break;
+		if (w->dense) {
+			if (moe_expert_ffn(m->kernels, m->pool, &w->ffn_gate, &w->ffn_up, &w->ffn_down, s->xn, n, s->moe_out,
+					   &s->ks)) {
+				rc = moe_fail(MOE_ENOMEM, "out of memory in the kernels' scratch");
+				break;
+			}
+		} else {
+			if ((rc = matmul(s, &w->router, s->xn, n, s->router)))
+				break;
+			route(s, n);
+			if ((rc = experts(s, l, n)))
+				break;
+		}
 		for (size_t i = 0; i < n * H; i++)
 			s->x[i] += s->moe_out[i];
 	}

@@ -34,6 +34,8 @@ int moe_experts_mapped(const moe_pack *pack, struct moe_experts **out);
 struct moe_layer_weights {
 	const float *attn_norm, *ffn_norm, *q_norm, *k_norm; /* q_norm/k_norm: Qwen3 only */
 	struct moe_wmat wq, wk, wv, wo, router;
+	int dense;                           /* a dense MLP layer (Qwen3 mlp_only_layers) */
+	struct moe_wmat ffn_gate, ffn_up, ffn_down;
 };
 
 struct moe_model {
@@ -50,21 +52,26 @@ struct moe_model {
 };
 
 int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out);
+/* Bytes of the weights that stay resident: everything but the routed experts. */
+uint64_t moe_model_dense_bytes(const struct moe_model *m);
 void moe_model_free(struct moe_model *m);
+
+enum moe_kv_type { MOE_KV_F16 = 0, MOE_KV_F32 = 1 };
 
 struct moe_session {
 	const struct moe_model *m;
 	size_t ctx, n_past;
-	float *k_cache, *v_cache;    /* [layer][ctx][n_kv * head_dim] */
+	int kv_type;
+	void *k_cache, *v_cache;     /* [layer][ctx][n_kv * head_dim], f16 or f32 */
 	/* scratch, sized for max_batch tokens */
 	size_t max_batch;
-	float *x, *xn, *q, *k, *v, *att, *tmp, *router, *moe_out, *gather, *expert_out, *scores;
+	float *x, *xn, *q, *k, *v, *att, *tmp, *router, *moe_out, *gather, *expert_out, *scores, *kv_row;
 	int *topk;
 	float *topw;
 	struct moe_kscratch ks;
 };
 
-int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, struct moe_session **out);
+int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, int kv_type, struct moe_session **out);
 void moe_session_free(struct moe_session *s);
 /* Bytes the session holds (KV cache and scratch), for --ram-budget accounting. */
 size_t moe_session_bytes(const struct moe_session *s);

@@ -40,6 +40,7 @@ static void usage(FILE *fp)
 	      "      --layers N  --hidden N  --heads N  --kv-heads N  --head-dim N  --vocab N\n"
 	      "      --experts N  --top-k N  --expert-ff N  --dense-ff N\n"
 	      "                           override the preset's shape\n"
+	      "      --mlp-only-layers L  Qwen3-MoE: comma-separated layers that are dense MLPs\n"
 	      "      --seed N             random seed (default 1)\n"
 	      "      --format F           pack (default), safetensors (a folder), gguf\n"
 	      "      --dtype T            source weights: safetensors f32|f16|bf16|f8 (default bf16),\n"
@@ -55,7 +56,7 @@ static void usage(FILE *fp)
 enum {
 	OPT_ALIGN = 256, OPT_ZLEVEL, OPT_ZSAVE, OPT_MEMORY, OPT_TOKENIZER, OPT_NOPROGRESS, OPT_INFO, OPT_JSON, OPT_VERIFY,
 	OPT_PRESET, OPT_LIST, OPT_LAYERS, OPT_HIDDEN, OPT_HEADS, OPT_KVHEADS, OPT_HEADDIM, OPT_VOCAB, OPT_EXPERTS,
-	OPT_TOPK, OPT_EFF, OPT_DFF, OPT_SEED, OPT_FORMAT, OPT_DTYPE, OPT_SHARD,
+	OPT_TOPK, OPT_EFF, OPT_DFF, OPT_SEED, OPT_FORMAT, OPT_DTYPE, OPT_SHARD, OPT_MLPONLY,
 };
 
 static const struct option long_opts[] = {
@@ -84,6 +85,7 @@ static const struct option long_opts[] = {
 	{"expert-ff", required_argument, NULL, OPT_EFF},
 	{"dense-ff", required_argument, NULL, OPT_DFF},
 	{"seed", required_argument, NULL, OPT_SEED},
+	{"mlp-only-layers", required_argument, NULL, OPT_MLPONLY},
 	{"format", required_argument, NULL, OPT_FORMAT},
 	{"dtype", required_argument, NULL, OPT_DTYPE},
 	{"shard-size", required_argument, NULL, OPT_SHARD},
@@ -146,7 +148,7 @@ int main(int argc, char **argv)
 	o.progress = isatty(STDERR_FILENO);
 	int synth = argc > 1 && strcmp(argv[1], "synth") == 0;
 	int info = 0, json = 0, verify = 0, list = 0;
-	const char *preset = "mixtral-tiny", *format = "pack", *dtype = NULL;
+	const char *preset = "mixtral-tiny", *format = "pack", *dtype = NULL, *mlp_only = NULL;
 	uint64_t seed = 1, shard = 0;
 	struct { int set; uint64_t v; } ov[OPT_DFF - OPT_LAYERS + 1] = {{0, 0}};
 	int c;
@@ -207,6 +209,7 @@ int main(int argc, char **argv)
 				return usage_error("--seed %s: an integer expected", optarg);
 			break;
 		case OPT_FORMAT: format = optarg; break;
+		case OPT_MLPONLY: mlp_only = optarg; break;
 		case OPT_DTYPE: dtype = optarg; break;
 		case OPT_SHARD:
 			if (!(shard = parse_size(optarg)))
@@ -236,6 +239,18 @@ int main(int argc, char **argv)
 		/* hidden or heads changed but not head_dim: keep head_dim = hidden / heads (Mixtral) */
 		if (hp.arch == MOE_ARCH_MIXTRAL && !ov[OPT_HEADDIM - OPT_LAYERS].set && hp.n_heads)
 			hp.head_dim = hp.hidden / hp.n_heads;
+		if (mlp_only) {
+			if (hp.arch != MOE_ARCH_QWEN3_MOE)
+				return usage_error("--mlp-only-layers %s: Qwen3-MoE presets only", mlp_only);
+			for (const char *p = mlp_only; *p;) {
+				char *end;
+				unsigned long l = strtoul(p, &end, 10);
+				if (end == p || l >= hp.n_layers || (*end && *end != ','))
+					return usage_error("--mlp-only-layers %s: layer numbers below --layers", mlp_only);
+				hp.mlp_only[l] = 1;
+				p = *end ? end + 1 : end;
+			}
+		}
 		if (hp.arch == MOE_ARCH_DEEPSEEK_V3 && hp.first_dense >= hp.n_layers)
 			hp.first_dense = hp.n_layers > 1 ? 1 : 0;
 		struct moe_source *src;

@@ -29,8 +29,12 @@ static void usage(FILE *fp)
 	      "      --min-p P            drop tokens below P x the top probability (default 0)\n"
 	      "      --repeat-penalty R   divide the logits of tokens already seen by R (default 1.0)\n"
 	      "      --seed N             sampling seed (default 1): same seed, same output\n"
+	      "      --kv-type T          KV cache type: f16 (default) or f32\n"
+	      "      --ram-budget SIZE    refuse to start if resident weights + KV cache exceed SIZE (e.g. 8G)\n"
+	      "      --truncate           keep the last tokens of a prompt longer than the context\n"
 	      "      --logits-out FILE    float32 logits of every prompt position, [n_prompt][n_vocab], no header\n"
 	      "      --stats              prefill and decode speed on stderr\n"
+	      "      --stats-json FILE    the same figures as JSON (keys in moe-run(1))\n"
 	      "  -h, --help               this text\n"
 	      "See moe-run(1).\n",
 	      fp);
@@ -158,7 +162,11 @@ int main(int argc, char **argv)
 	int threads = (int)sysconf(_SC_NPROCESSORS_ONLN), stats = 0;
 	struct sampler sp = {0.0, 1.0, 0.0, 1.0, 40};
 	uint64_t seed = 1;
-	enum { O_TOKENS = 256, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_SEED, O_LOGITS, O_STATS };
+	enum { O_TOKENS = 256, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_SEED, O_LOGITS, O_STATS, O_KV, O_BUDGET,
+	       O_TRUNC, O_SJSON };
+	const char *kv_s = "f16", *stats_json = NULL;
+	uint64_t budget = 0;
+	int truncate = 0;
 	static const struct option opts[] = {
 		{"model", required_argument, NULL, 'm'}, {"tokens", required_argument, NULL, O_TOKENS},
 		{"n-predict", required_argument, NULL, 'n'}, {"threads", required_argument, NULL, 't'},
@@ -167,6 +175,8 @@ int main(int argc, char **argv)
 		{"top-p", required_argument, NULL, O_TOPP}, {"min-p", required_argument, NULL, O_MINP},
 		{"repeat-penalty", required_argument, NULL, O_REP}, {"seed", required_argument, NULL, O_SEED},
 		{"logits-out", required_argument, NULL, O_LOGITS}, {"stats", no_argument, NULL, O_STATS},
+		{"kv-type", required_argument, NULL, O_KV}, {"ram-budget", required_argument, NULL, O_BUDGET},
+		{"truncate", no_argument, NULL, O_TRUNC}, {"stats-json", required_argument, NULL, O_SJSON},
 		{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
 	};
 	int c;
@@ -187,6 +197,21 @@ int main(int argc, char **argv)
 		case O_SEED: seed = strtoull(optarg, &end, 10); break;
 		case O_LOGITS: logits_out = optarg; break;
 		case O_STATS: stats = 1; break;
+		case O_KV: kv_s = optarg; break;
+		case O_BUDGET: {
+			double v = strtod(optarg, &end);
+			const char u = end && *end ? *end : 0;
+			v *= u == 'K' || u == 'k' ? 1024.0 : u == 'M' || u == 'm' ? 1048576.0
+			   : u == 'G' || u == 'g' ? 1073741824.0 : u == 'T' || u == 't' ? 1099511627776.0 : 1.0;
+			if (u && strchr("kKmMgGtT", u))
+				end++;
+			budget = v > 0 ? (uint64_t)v : 0;
+			if (!budget)
+				end = (char *)"x";
+			break;
+		}
+		case O_TRUNC: truncate = 1; break;
+		case O_SJSON: stats_json = optarg; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -200,6 +225,10 @@ int main(int argc, char **argv)
 			     : !tokens_s ? "moe-run: --tokens is required until text prompts land (moe-run --help)\n"
 					 : "moe-run: unexpected argument\n",
 		      stderr);
+		return 2;
+	}
+	if (strcmp(kv_s, "f16") && strcmp(kv_s, "f32")) {
+		fprintf(stderr, "moe-run: --kv-type %s: f16 or f32\n", kv_s);
 		return 2;
 	}
 	if (n_predict < 0 || ctx < 1 || batch < 1 || batch > 64 || threads < 1 || threads > 256 || sp.temp < 0 ||
@@ -221,11 +250,23 @@ int main(int argc, char **argv)
 	if ((uint64_t)ctx > m->hp.max_pos && m->hp.max_pos)
 		ctx = (long)m->hp.max_pos;
 	if (n_prompt > (size_t)ctx) {
-		fprintf(stderr, "moe-run: prompt of %zu tokens is longer than the context (%ld)\n", n_prompt, ctx);
+		if (!truncate) {
+			fprintf(stderr, "moe-run: prompt of %zu tokens is longer than the context (%ld); --truncate keeps its end\n",
+				n_prompt, ctx);
+			return 1;
+		}
+		memmove(prompt, prompt + (n_prompt - (size_t)ctx), (size_t)ctx * sizeof *prompt);
+		fprintf(stderr, "moe-run: prompt truncated to its last %ld tokens\n", ctx);
+		n_prompt = (size_t)ctx;
+	}
+	if (moe_session_create(m, (size_t)ctx, (size_t)batch, strcmp(kv_s, "f16") ? MOE_KV_F32 : MOE_KV_F16, &s))
+		return fail();
+	const uint64_t resident = moe_model_dense_bytes(m), session = moe_session_bytes(s);
+	if (budget && resident + session > budget) {
+		fprintf(stderr, "moe-run: --ram-budget %.2f GB is less than the resident weights (%.2f GB) and KV cache and scratch (%.2f GB)\n",
+			budget / 1e9, resident / 1e9, session / 1e9);
 		return 1;
 	}
-	if (moe_session_create(m, (size_t)ctx, (size_t)batch, &s))
-		return fail();
 	float *all = logits_out ? malloc(n_prompt * vocab * sizeof(float)) : NULL;
 	float *last = malloc(vocab * sizeof(float));
 	int32_t *seen = malloc((n_prompt + (size_t)n_predict + 1) * sizeof *seen);
@@ -271,6 +312,25 @@ int main(int argc, char **argv)
 	if (generated)
 		putchar('\n');
 	const double t_decode = now() - t0;
+	if (stats_json) {
+		FILE *fp = fopen(stats_json, "w");
+		if (!fp) {
+			fprintf(stderr, "moe-run: %s: cannot write\n", stats_json);
+			return 1;
+		}
+		fprintf(fp, "{\"prompt_tokens\": %zu, \"prefill_seconds\": %.6f, \"prefill_tokens_per_second\": %.3f, "
+			"\"generated_tokens\": %zu, \"decode_seconds\": %.6f, \"decode_tokens_per_second\": %.3f, "
+			"\"ms_per_token\": %.3f, \"kernels\": \"%s\", \"threads\": %d, \"kv_type\": \"%s\", "
+			"\"resident_bytes\": %llu, \"session_bytes\": %llu}\n",
+			n_prompt, t_prefill, (double)n_prompt / t_prefill, generated, t_decode,
+			generated > 1 ? (double)(generated - 1) / t_decode : 0.0,
+			generated > 1 ? 1e3 * t_decode / (double)(generated - 1) : 0.0, m->kernels->name, threads, kv_s,
+			(unsigned long long)resident, (unsigned long long)session);
+		if (fclose(fp) != 0) {
+			fprintf(stderr, "moe-run: %s: cannot write\n", stats_json);
+			return 1;
+		}
+	}
 	if (stats)
 		fprintf(stderr, "moe-run: prefill %zu tokens in %.3f s (%.1f tok/s), decode %zu tokens in %.3f s (%.1f tok/s, %.1f ms/token), kernels %s, %d threads\n",
 			n_prompt, t_prefill, (double)n_prompt / t_prefill, generated, t_decode,
