@@ -90,6 +90,15 @@ check "gguf logits = safetensors logits" cmp g.bin f.bin
 check "reference" py "$REF" mf $TT mf.npy
 check "gguf logits = reference" py cmp.py g.bin mf.npy f32
 
+# sampling: the same seed gives the same tokens; top-k 1 is greedy; penalties apply
+R="'$MOE_RUN' -m mixtral-tiny.f32.moe --tokens 5,6,7,8 -n 24"
+check "sample seed 7" sh -c "$R --temp 1.5 --seed 7 > s7a.txt && $R --temp 1.5 --seed 7 > s7b.txt && $R --temp 1.5 --seed 8 > s8.txt"
+check "same seed, same tokens" cmp s7a.txt s7b.txt
+if cmp -s s7a.txt s8.txt; then not_ok "seeds 7 and 8 sampled the same 24 tokens"; else ok; fi
+check "top-k 1 is greedy" sh -c "$R --temp 1.5 --top-k 1 --seed 3 > k1.txt && $R > greedy.txt && cmp k1.txt greedy.txt"
+check "top-p and min-p run" sh -c "$R --temp 0.8 --top-p 0.5 --min-p 0.1 --seed 3 > /dev/null"
+check "repeat penalty changes greedy" sh -c "$R --repeat-penalty 5 > rp.txt && ! cmp -s rp.txt greedy.txt"
+
 # bad input
 expect_error "token out of range" "token id 512 out of range (vocabulary 512)" "$MOE_RUN" -m mixtral-tiny.f32.moe --tokens 1,512
 expect_error "prompt longer than the context" "longer than the context (4)" "$MOE_RUN" -m mixtral-tiny.f32.moe --tokens 1,2,3,4,5 -c 4
