@@ -212,7 +212,7 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 	s->moe_out = malloc(B * H * sizeof(float));
 	s->gather = malloc(B * H * sizeof(float));
 	s->expert_out = malloc(B * H * sizeof(float));
-	s->scores = malloc(ctx * sizeof(float));
+	s->scores = malloc(ctx * hp->n_heads * sizeof(float));
 	s->topk = malloc(B * hp->n_experts_used * sizeof(int));
 	s->topw = malloc(B * hp->n_experts_used * sizeof(float));
 	if (!s->k_cache || !s->v_cache || !s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->tmp ||
@@ -243,7 +243,7 @@ size_t moe_session_bytes(const struct moe_session *s)
 	const struct moe_hparams *hp = &s->m->hp;
 	const size_t kv_elt = s->kv_type == MOE_KV_F16 ? 2 : 4, H = hp->hidden, B = s->max_batch;
 	const size_t qd = hp->n_heads * hp->head_dim, kvd = hp->n_kv_heads * hp->head_dim;
-	const size_t scratch = (B * (6 * H + 2 * qd + 2 * kvd + hp->n_experts) + s->ctx + kvd) * sizeof(float);
+	const size_t scratch = (B * (6 * H + 2 * qd + 2 * kvd + hp->n_experts) + s->ctx * hp->n_heads + kvd) * sizeof(float);
 	return 2 * hp->n_layers * s->ctx * kvd * kv_elt + scratch;
 }
 
@@ -309,31 +309,37 @@ static void attention(struct moe_session *s, size_t l, size_t n)
 	const float scale = 1.0f / sqrtf((float)hd);
 	memset(s->att, 0, n * nh * hd * sizeof(float));
 	for (size_t t = 0; t < n; t++) {
-		const size_t pos = s->n_past + t;
-		/* scores of every head against every cached position, then the weighted values */
-		for (size_t h = 0; h < nh; h++) {
-			const float *qh = s->q + t * nh * hd + h * hd;
-			const size_t g = h / group;
-			float mx = -INFINITY;
-			for (size_t j = 0; j <= pos; j++) {
-				const float *kj = kv_row(s, s->k_cache, l, j, s->kv_row) + g * hd;
+		const size_t pos = s->n_past + t, len = pos + 1;
+		const float *q = s->q + t * nh * hd;
+		float *sc = s->scores; /* [head][position] */
+		/* each cached K row is read (and converted) once for all heads */
+		for (size_t j = 0; j < len; j++) {
+			const float *kj = kv_row(s, s->k_cache, l, j, s->kv_row);
+			for (size_t h = 0; h < nh; h++) {
+				const float *qh = q + h * hd, *kh = kj + (h / group) * hd;
 				float d = 0;
 				for (size_t i = 0; i < hd; i++)
-					d += qh[i] * kj[i];
-				s->scores[j] = d * scale;
-				mx = fmaxf(mx, s->scores[j]);
+					d += qh[i] * kh[i];
+				sc[h * len + j] = d * scale;
 			}
-			float sum = 0;
-			for (size_t j = 0; j <= pos; j++) {
-				s->scores[j] = expf(s->scores[j] - mx);
-				sum += s->scores[j];
-			}
-			float *out = s->att + t * nh * hd + h * hd;
-			for (size_t j = 0; j <= pos; j++) {
-				const float p = s->scores[j] / sum;
-				const float *vj = kv_row(s, s->v_cache, l, j, s->kv_row) + g * hd;
+		}
+		for (size_t h = 0; h < nh; h++) {
+			float *r = sc + h * len, mx = -INFINITY, sum = 0;
+			for (size_t j = 0; j < len; j++)
+				mx = fmaxf(mx, r[j]);
+			for (size_t j = 0; j < len; j++)
+				sum += (r[j] = expf(r[j] - mx));
+			for (size_t j = 0; j < len; j++)
+				r[j] /= sum;
+		}
+		float *out = s->att + t * nh * hd;
+		for (size_t j = 0; j < len; j++) {
+			const float *vj = kv_row(s, s->v_cache, l, j, s->kv_row);
+			for (size_t h = 0; h < nh; h++) {
+				const float p = sc[h * len + j], *vh = vj + (h / group) * hd;
+				float *oh = out + h * hd;
 				for (size_t i = 0; i < hd; i++)
-					out[i] += p * vj[i];
+					oh[i] += p * vh[i];
 			}
 		}
 	}
