@@ -27,7 +27,7 @@ static void usage(FILE *fp)
 	      "      --top-k K            keep the K most likely tokens (default 40; 0 = all)\n"
 	      "      --top-p P            keep the smallest set with probability >= P (default 1.0)\n"
 	      "      --min-p P            drop tokens below P x the top probability (default 0)\n"
-	      "      --repeat-penalty R   divide the logits of tokens already seen by R (default 1.0)\n"
+	      "      --repeat-penalty R   divide the logits of tokens already seen by R, once each (default 1.0)\n"
 	      "      --seed N             sampling seed (default 1): same seed, same output\n"
 	      "      --kv-type T          KV cache type: f16 (default) or f32\n"
 	      "      --ram-budget SIZE    refuse to start if resident weights + KV cache exceed SIZE (e.g. 8G)\n"
@@ -76,11 +76,18 @@ static int cmp_cand(const void *a, const void *b)
 static int sample(const struct sampler *sp, float *logits, size_t vocab, const int32_t *seen, size_t n_seen,
 		  struct cand *c)
 {
-	if (sp->repeat_penalty != 1.0)
+	if (sp->repeat_penalty != 1.0) {
+		/* once per distinct token, however often it occurred (as llama.cpp does) */
+		for (size_t i = 0; i < vocab; i++)
+			c[i].id = 0;
 		for (size_t i = 0; i < n_seen; i++) {
+			if (c[seen[i]].id)
+				continue;
+			c[seen[i]].id = 1;
 			float *l = &logits[seen[i]];
 			*l = *l > 0 ? *l / (float)sp->repeat_penalty : *l * (float)sp->repeat_penalty;
 		}
+	}
 	size_t best = 0;
 	for (size_t i = 1; i < vocab; i++)
 		if (logits[i] > logits[best])
