@@ -244,15 +244,19 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	rng_state = seed;
-	int32_t *prompt = NULL;
+	int rc = 1;
+	int32_t *prompt = NULL, *seen = NULL;
 	size_t n_prompt = 0;
-	if (parse_tokens(tokens_s, &prompt, &n_prompt))
-		return fail();
-	moe_pack *pack;
+	moe_pack *pack = NULL;
 	struct moe_model *m = NULL;
 	struct moe_session *s = NULL;
-	if (moe_pack_open(model, &pack) || moe_model_load(pack, threads, &m))
-		return fail();
+	float *all = NULL, *last = NULL;
+	struct cand *cands = NULL;
+	if (parse_tokens(tokens_s, &prompt, &n_prompt) || moe_pack_open(model, &pack) ||
+	    moe_model_load(pack, threads, &m)) {
+		fail();
+		goto out;
+	}
 	const size_t vocab = m->hp.vocab;
 	if ((uint64_t)ctx > m->hp.max_pos && m->hp.max_pos)
 		ctx = (long)m->hp.max_pos;
@@ -260,43 +264,49 @@ int main(int argc, char **argv)
 		if (!truncate) {
 			fprintf(stderr, "moe-run: prompt of %zu tokens is longer than the context (%ld); --truncate keeps its end\n",
 				n_prompt, ctx);
-			return 1;
+			goto out;
 		}
 		memmove(prompt, prompt + (n_prompt - (size_t)ctx), (size_t)ctx * sizeof *prompt);
 		fprintf(stderr, "moe-run: prompt truncated to its last %ld tokens\n", ctx);
 		n_prompt = (size_t)ctx;
 	}
-	if (moe_session_create(m, (size_t)ctx, (size_t)batch, strcmp(kv_s, "f16") ? MOE_KV_F32 : MOE_KV_F16, &s))
-		return fail();
+	if (moe_session_create(m, (size_t)ctx, (size_t)batch, strcmp(kv_s, "f16") ? MOE_KV_F32 : MOE_KV_F16, &s)) {
+		fail();
+		goto out;
+	}
 	const uint64_t resident = moe_model_dense_bytes(m), session = moe_session_bytes(s);
 	if (budget && resident + session > budget) {
 		fprintf(stderr, "moe-run: --ram-budget %.2f GB is less than the resident weights (%.2f GB) and KV cache and scratch (%.2f GB)\n",
 			budget / 1e9, resident / 1e9, session / 1e9);
-		return 1;
+		goto out;
 	}
-	float *all = logits_out ? malloc(n_prompt * vocab * sizeof(float)) : NULL;
-	float *last = malloc(vocab * sizeof(float));
-	int32_t *seen = malloc((n_prompt + (size_t)n_predict + 1) * sizeof *seen);
-	struct cand *cands = malloc(vocab * sizeof *cands);
+	all = logits_out ? malloc(n_prompt * vocab * sizeof(float)) : NULL;
+	last = malloc(vocab * sizeof(float));
+	seen = malloc((n_prompt + (size_t)n_predict + 1) * sizeof *seen);
+	cands = malloc(vocab * sizeof *cands);
 	if ((logits_out && !all) || !last || !seen || !cands) {
 		fputs("moe-run: out of memory\n", stderr);
-		return 1;
+		goto out;
 	}
 	memcpy(seen, prompt, n_prompt * sizeof *seen);
 	double t0 = now();
 	for (size_t i = 0; i < n_prompt; i += (size_t)batch) {
 		size_t k = n_prompt - i < (size_t)batch ? n_prompt - i : (size_t)batch;
-		if (moe_forward(s, prompt + i, k, all ? all + i * vocab : NULL, all ? NULL : last))
-			return fail();
+		if (moe_forward(s, prompt + i, k, all ? all + i * vocab : NULL, all ? NULL : last)) {
+			fail();
+			goto out;
+		}
 	}
 	if (all)
 		memcpy(last, all + (n_prompt - 1) * vocab, vocab * sizeof(float));
 	const double t_prefill = now() - t0;
 	if (logits_out) {
 		FILE *fp = fopen(logits_out, "wb");
-		if (!fp || fwrite(all, sizeof(float), n_prompt * vocab, fp) != n_prompt * vocab || fclose(fp) != 0) {
-			fprintf(stderr, "moe-run: %s: cannot write logits\n", logits_out);
-			return 1;
+		int bad = !fp || fwrite(all, sizeof(float), n_prompt * vocab, fp) != n_prompt * vocab;
+		if ((fp && fclose(fp) != 0) || bad) {
+			fprintf(stderr, "moe-run: %s: cannot write logits: %s\n", logits_out, strerror(errno));
+			unlink(logits_out); /* never leave a short file that looks like logits */
+			goto out;
 		}
 	}
 	size_t n_seen = n_prompt, generated = 0;
@@ -313,8 +323,10 @@ int main(int argc, char **argv)
 			fprintf(stderr, "\nmoe-run: context full (%zu tokens): stopping\n", s->ctx);
 			break;
 		}
-		if (moe_forward(s, &tok, 1, NULL, last))
-			return fail();
+		if (moe_forward(s, &tok, 1, NULL, last)) {
+			fail();
+			goto out;
+		}
 	}
 	if (generated)
 		putchar('\n');
@@ -322,8 +334,8 @@ int main(int argc, char **argv)
 	if (stats_json) {
 		FILE *fp = fopen(stats_json, "w");
 		if (!fp) {
-			fprintf(stderr, "moe-run: %s: cannot write\n", stats_json);
-			return 1;
+			fprintf(stderr, "moe-run: %s: cannot write: %s\n", stats_json, strerror(errno));
+			goto out;
 		}
 		fprintf(fp, "{\"prompt_tokens\": %zu, \"prefill_seconds\": %.6f, \"prefill_tokens_per_second\": %.3f, "
 			"\"generated_tokens\": %zu, \"decode_seconds\": %.6f, \"decode_tokens_per_second\": %.3f, "
@@ -334,8 +346,9 @@ int main(int argc, char **argv)
 			generated > 1 ? 1e3 * t_decode / (double)(generated - 1) : 0.0, m->kernels->name, threads, kv_s,
 			(unsigned long long)resident, (unsigned long long)session);
 		if (fclose(fp) != 0) {
-			fprintf(stderr, "moe-run: %s: cannot write\n", stats_json);
-			return 1;
+			fprintf(stderr, "moe-run: %s: cannot write: %s\n", stats_json, strerror(errno));
+			unlink(stats_json);
+			goto out;
 		}
 	}
 	if (stats)
@@ -343,6 +356,8 @@ int main(int argc, char **argv)
 			n_prompt, t_prefill, (double)n_prompt / t_prefill, generated, t_decode,
 			generated > 1 ? (double)(generated - 1) / t_decode : 0.0,
 			generated > 1 ? 1e3 * t_decode / (double)(generated - 1) : 0.0, m->kernels->name, threads);
+	rc = 0;
+out:
 	free(all);
 	free(last);
 	free(seen);
@@ -350,6 +365,7 @@ int main(int argc, char **argv)
 	free(prompt);
 	moe_session_free(s);
 	moe_model_free(m);
-	moe_pack_close(pack);
-	return 0;
+	if (pack)
+		moe_pack_close(pack);
+	return rc;
 }
