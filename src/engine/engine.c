@@ -109,26 +109,26 @@ int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out)
 	if ((rc = vector(m, "output_norm", H, &m->output_norm)))
 		goto fail;
 	char name[64];
-#define LAYER(field, what) (snprintf(name, sizeof name, "blk.%llu.%s", (unsigned long long)l, what), name)
+#define LAYER(what) (snprintf(name, sizeof name, "blk.%llu.%s", (unsigned long long)l, what), name)
 	for (uint64_t l = 0; l < hp->n_layers && !rc; l++) {
 		struct moe_layer_weights *w = &m->layers[l];
-		rc = vector(m, LAYER(attn_norm, "attn_norm"), H, &w->attn_norm);
-		if (!rc) rc = vector(m, LAYER(ffn_norm, "ffn_norm"), H, &w->ffn_norm);
-		if (!rc) rc = matrix(m, LAYER(wq, "attn_q"), q, H, &w->wq);
-		if (!rc) rc = matrix(m, LAYER(wk, "attn_k"), kv, H, &w->wk);
-		if (!rc) rc = matrix(m, LAYER(wv, "attn_v"), kv, H, &w->wv);
-		if (!rc) rc = matrix(m, LAYER(wo, "attn_output"), H, q, &w->wo);
+		rc = vector(m, LAYER("attn_norm"), H, &w->attn_norm);
+		if (!rc) rc = vector(m, LAYER("ffn_norm"), H, &w->ffn_norm);
+		if (!rc) rc = matrix(m, LAYER("attn_q"), q, H, &w->wq);
+		if (!rc) rc = matrix(m, LAYER("attn_k"), kv, H, &w->wk);
+		if (!rc) rc = matrix(m, LAYER("attn_v"), kv, H, &w->wv);
+		if (!rc) rc = matrix(m, LAYER("attn_output"), H, q, &w->wo);
 		w->dense = !moe_layer_is_moe(hp, l);
 		if (!rc && w->dense) {
-			rc = matrix(m, LAYER(ffn_gate, "ffn_gate"), hp->dense_ff, H, &w->ffn_gate);
-			if (!rc) rc = matrix(m, LAYER(ffn_up, "ffn_up"), hp->dense_ff, H, &w->ffn_up);
-			if (!rc) rc = matrix(m, LAYER(ffn_down, "ffn_down"), H, hp->dense_ff, &w->ffn_down);
+			rc = matrix(m, LAYER("ffn_gate"), hp->dense_ff, H, &w->ffn_gate);
+			if (!rc) rc = matrix(m, LAYER("ffn_up"), hp->dense_ff, H, &w->ffn_up);
+			if (!rc) rc = matrix(m, LAYER("ffn_down"), H, hp->dense_ff, &w->ffn_down);
 		} else if (!rc) {
-			rc = matrix(m, LAYER(router, "ffn_gate_inp"), hp->n_experts, H, &w->router);
+			rc = matrix(m, LAYER("ffn_gate_inp"), hp->n_experts, H, &w->router);
 		}
 		if (!rc && hp->arch == MOE_ARCH_QWEN3_MOE) {
-			rc = vector(m, LAYER(q_norm, "attn_q_norm"), hd, &w->q_norm);
-			if (!rc) rc = vector(m, LAYER(k_norm, "attn_k_norm"), hd, &w->k_norm);
+			rc = vector(m, LAYER("attn_q_norm"), hd, &w->q_norm);
+			if (!rc) rc = vector(m, LAYER("attn_k_norm"), hd, &w->k_norm);
 		}
 	}
 #undef LAYER
