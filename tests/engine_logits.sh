@@ -70,6 +70,16 @@ assert want == gen, "first difference at step %d" % next(i for i in range(32) if
 PY
 done
 
+# a mixed recipe with zstd-compressed experts gives the same logits as its raw pack
+check "mixed zstd pack" "$MOE_PACK" --no-progress -q q8,experts=q4,embed=f16 --zstd-min-saving 1 qwen3-tiny mz.moe
+check "mixed raw pack" "$MOE_PACK" --no-progress -q q8,experts=q4,embed=f16 --zstd-min-saving 100 qwen3-tiny mr.moe
+check "some experts zstd" sh -c "'$MOE_PACK' --info --json mz.moe | grep -q '\"zstd_blobs\": [1-9]'"
+check "run zstd" "$MOE_RUN" -m mz.moe --tokens "$T" -n 0 --kv-type f32 --logits-out mz.bin
+check "run raw" "$MOE_RUN" -m mr.moe --tokens "$T" -n 0 --kv-type f32 --logits-out mr.bin
+check "zstd logits = raw logits" cmp mz.bin mr.bin
+check "mixed reference" py "$REF" qwen3-tiny "$T" mr.npy --dequant mr.moe
+check "mixed logits" py cmp.py mr.bin mr.npy q4
+
 # Qwen3-MoE with a dense MLP layer (mlp_only_layers)
 check "dense layer folder" "$MOE_PACK" synth --preset qwen3-tiny --mlp-only-layers 1 --format safetensors --dtype f32 --no-progress qd
 check "dense layer pack" "$MOE_PACK" --no-progress -q f32 qd qd.moe
