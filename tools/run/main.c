@@ -12,11 +12,14 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "common/fileio.h"
 #include "engine/engine.h"
+#include "text/tokenizer.h"
 
 static void usage(FILE *fp)
 {
 	fputs("usage: moe-run -m PACK --tokens ID,ID,... [options]\n"
+	      "       moe-run --tokenize|--detokenize (-m PACK | --tokenizer tokenizer.json) [-p TEXT]\n"
 	      "  -m, --model PACK         the pack to run (moe-pack makes them)\n"
 	      "      --tokens IDS         the prompt as comma-separated token ids\n"
 	      "  -n, --n-predict N        tokens to generate after the prompt (default 16)\n"
@@ -35,6 +38,10 @@ static void usage(FILE *fp)
 	      "      --logits-out FILE    float32 logits of every prompt position, [n_prompt][n_vocab], no header\n"
 	      "      --stats              prefill and decode speed on stderr\n"
 	      "      --stats-json FILE    the same figures as JSON (keys in moe-run(1))\n"
+	      "      --tokenize           print the ids of the text (-p, else stdin) as a JSON array\n"
+	      "      --detokenize         print the text of a JSON array of ids (-p, else stdin)\n"
+	      "      --tokenizer FILE     a tokenizer.json to use instead of the pack's\n"
+	      "  -p, --prompt TEXT        input of --tokenize/--detokenize\n"
 	      "  -h, --help               this text\n"
 	      "See moe-run(1).\n",
 	      fp);
@@ -162,6 +169,120 @@ static int parse_tokens(const char *s, int32_t **out, size_t *n)
 	return 0;
 }
 
+/* all of stdin (or -p) */
+static char *read_input(const char *prompt, size_t *len)
+{
+	if (prompt) {
+		*len = strlen(prompt);
+		return strdup(prompt);
+	}
+	size_t cap = 4096, n = 0, r;
+	char *buf = malloc(cap);
+	while (buf && (r = fread(buf + n, 1, cap - n - 1, stdin)) > 0) {
+		n += r;
+		if (n + 1 == cap) {
+			char *nb = realloc(buf, cap *= 2);
+			if (!nb) {
+				free(buf);
+				return NULL;
+			}
+			buf = nb;
+		}
+	}
+	if (buf)
+		buf[n] = '\0';
+	*len = n;
+	return buf;
+}
+
+/* --tokenize / --detokenize: text <-> a JSON array of ids */
+static int text_tool(int detok, const char *model, const char *tok_path, const char *prompt)
+{
+	char *json = NULL;
+	size_t json_len = 0;
+	moe_pack *pack = NULL;
+	struct moe_tokenizer *t = NULL;
+	int rc = 1;
+	if (tok_path) {
+		if (moe_read_file(tok_path, &json, &json_len))
+			return fail();
+	} else if (model) {
+		const void *p;
+		uint64_t n;
+		if (moe_pack_open(model, &pack) || moe_pack_meta_bytes(pack, "tokenizer.json", &p, &n)) {
+			fprintf(stderr, "moe-run: %s\n", moe_last_error());
+			goto out;
+		}
+		json = malloc(n + 1);
+		if (!json)
+			goto out;
+		memcpy(json, p, n);
+		json_len = n;
+	} else {
+		fputs("moe-run: --tokenize/--detokenize need -m PACK or --tokenizer FILE\n", stderr);
+		return 2;
+	}
+	if (moe_tokenizer_load(json, json_len, tok_path ? tok_path : model, &t)) {
+		fail();
+		goto out;
+	}
+	size_t len;
+	char *in = read_input(prompt, &len);
+	if (!in)
+		goto out;
+	if (!detok) {
+		int32_t *ids;
+		size_t n;
+		if (moe_tokenize(t, in, len, &ids, &n)) {
+			fail();
+		} else {
+			putchar('[');
+			for (size_t i = 0; i < n; i++)
+				printf("%s%d", i ? ", " : "", ids[i]);
+			puts("]");
+			free(ids);
+			rc = 0;
+		}
+	} else {
+		/* a JSON array of ids, read leniently: every integer in order */
+		size_t cap = 64, n = 0;
+		int32_t *ids = malloc(cap * sizeof *ids);
+		for (char *p = in; ids && *p;) {
+			if ((*p >= '0' && *p <= '9') || *p == '-') {
+				char *end;
+				long v = strtol(p, &end, 10);
+				if (n == cap) {
+					int32_t *ni = realloc(ids, (cap *= 2) * sizeof *ids);
+					if (!ni)
+						break;
+					ids = ni;
+				}
+				ids[n++] = (int32_t)v;
+				p = end;
+			} else {
+				p++;
+			}
+		}
+		char *text;
+		size_t tl;
+		if (ids && moe_detokenize(t, ids, n, 0, &text, &tl) == 0) {
+			fwrite(text, 1, tl, stdout);
+			free(text);
+			rc = 0;
+		} else {
+			fail();
+		}
+		free(ids);
+	}
+	free(in);
+out:
+	moe_tokenizer_free(t);
+	free(json);
+	if (pack)
+		moe_pack_close(pack);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	const char *model = NULL, *tokens_s = NULL, *logits_out = NULL;
@@ -170,7 +291,9 @@ int main(int argc, char **argv)
 	struct sampler sp = {0.0, 1.0, 0.0, 1.0, 40};
 	uint64_t seed = 1;
 	enum { O_TOKENS = 256, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_SEED, O_LOGITS, O_STATS, O_KV, O_BUDGET,
-	       O_TRUNC, O_SJSON };
+	       O_TRUNC, O_SJSON, O_TOKENIZE, O_DETOKENIZE, O_TOKENIZER };
+	int tokenize = 0, detokenize = 0;
+	const char *tokenizer_path = NULL, *prompt_text = NULL;
 	const char *kv_s = "f16", *stats_json = NULL;
 	uint64_t budget = 0;
 	int truncate = 0;
@@ -184,10 +307,12 @@ int main(int argc, char **argv)
 		{"logits-out", required_argument, NULL, O_LOGITS}, {"stats", no_argument, NULL, O_STATS},
 		{"kv-type", required_argument, NULL, O_KV}, {"ram-budget", required_argument, NULL, O_BUDGET},
 		{"truncate", no_argument, NULL, O_TRUNC}, {"stats-json", required_argument, NULL, O_SJSON},
+		{"tokenize", no_argument, NULL, O_TOKENIZE}, {"detokenize", no_argument, NULL, O_DETOKENIZE},
+		{"tokenizer", required_argument, NULL, O_TOKENIZER}, {"prompt", required_argument, NULL, 'p'},
 		{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
 	};
 	int c;
-	while ((c = getopt_long(argc, argv, "m:n:t:c:b:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "m:n:t:c:b:p:h", opts, NULL)) != -1) {
 		char *end = NULL;
 		switch (c) {
 		case 'm': model = optarg; break;
@@ -219,6 +344,10 @@ int main(int argc, char **argv)
 		}
 		case O_TRUNC: truncate = 1; break;
 		case O_SJSON: stats_json = optarg; break;
+		case O_TOKENIZE: tokenize = 1; break;
+		case O_DETOKENIZE: detokenize = 1; break;
+		case O_TOKENIZER: tokenizer_path = optarg; break;
+		case 'p': prompt_text = optarg; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -227,6 +356,8 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
+	if (tokenize || detokenize)
+		return text_tool(detokenize, model, tokenizer_path, prompt_text);
 	if (!model || !tokens_s || optind != argc) {
 		fputs(!model ? "moe-run: -m PACK is required\n"
 			     : !tokens_s ? "moe-run: --tokens is required until text prompts land (moe-run --help)\n"
