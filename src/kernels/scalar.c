@@ -54,28 +54,30 @@ static void q4(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_
 	}
 }
 
-static void f16(const struct moe_wmat *w, size_t r0, size_t r1, const float *x, size_t batch, float *y, size_t ystride)
+/* float weights: element c of row r as f32 */
+static void fl(const struct moe_wmat *w, int half, size_t r0, size_t r1, const float *x, size_t batch, float *y,
+	       size_t ystride)
 {
-	const uint16_t *codes = w->codes;
 	for (size_t r = r0; r < r1; r++)
 		for (size_t t = 0; t < batch; t++) {
 			float sum = 0;
-			for (size_t c = 0; c < w->cols; c++)
-				sum += moe_kernel_f16(codes[r * w->cols + c]) * x[t * w->cols + c];
+			for (size_t c = 0; c < w->cols; c++) {
+				const size_t at = r * w->cols + c;
+				const float wv = half ? moe_kernel_f16(((const uint16_t *)w->codes)[at]) : ((const float *)w->codes)[at];
+				sum += wv * x[t * w->cols + c];
+			}
 			y[t * ystride + r] = sum;
 		}
 }
 
+static void f16(const struct moe_wmat *w, size_t r0, size_t r1, const float *x, size_t batch, float *y, size_t ystride)
+{
+	fl(w, 1, r0, r1, x, batch, y, ystride);
+}
+
 static void f32(const struct moe_wmat *w, size_t r0, size_t r1, const float *x, size_t batch, float *y, size_t ystride)
 {
-	const float *codes = w->codes;
-	for (size_t r = r0; r < r1; r++)
-		for (size_t t = 0; t < batch; t++) {
-			float sum = 0;
-			for (size_t c = 0; c < w->cols; c++)
-				sum += codes[r * w->cols + c] * x[t * w->cols + c];
-			y[t * ystride + r] = sum;
-		}
+	fl(w, 0, r0, r1, x, batch, y, ystride);
 }
 
 const struct moe_kernel_impl moe_kernels_scalar = {"scalar", always, q8, q4, f16, f32};
