@@ -36,10 +36,7 @@ static int as_matrix(const moe_tensor *t, struct moe_wmat *w)
 	if (t->type == MOE_TYPE_BF16)
 		return moe_fail(MOE_EUNSUPPORTED, "tensor %s is bf16: the kernels take f32, f16, q8 and q4 (repack with -q)",
 				t->name);
-	const uint64_t rows = t->dims[0], cols = t->dims[1];
-	const uint64_t code_bytes = t->type == MOE_TYPE_Q8 ? rows * cols : t->type == MOE_TYPE_Q4 ? rows * cols / 2 : 0;
-	*w = (struct moe_wmat){t->type, rows, cols, t->data,
-			       code_bytes ? (const uint16_t *)((const uint8_t *)t->data + code_bytes) : NULL};
+	*w = moe_wmat_at(t->type, t->dims[0], t->dims[1], t->data);
 	return 0;
 }
 

@@ -22,13 +22,8 @@ struct mapped {
 static void views(const struct mapped *x, const uint8_t *blob, struct moe_expert_weights *w)
 {
 	struct moe_wmat *m[3] = {&w->gate, &w->up, &w->down};
-	for (int i = 0; i < 3; i++) {
-		const uint8_t *base = blob + x->lay.offset[i];
-		const uint64_t rows = x->lay.rows[i], cols = x->lay.cols[i];
-		const int t = x->lay.type[i];
-		const uint64_t code_bytes = t == MOE_TYPE_Q8 ? rows * cols : t == MOE_TYPE_Q4 ? rows * cols / 2 : 0;
-		*m[i] = (struct moe_wmat){t, rows, cols, base, code_bytes ? (const uint16_t *)(base + code_bytes) : NULL};
-	}
+	for (int i = 0; i < 3; i++)
+		*m[i] = moe_wmat_at(x->lay.type[i], x->lay.rows[i], x->lay.cols[i], blob + x->lay.offset[i]);
 }
 
 static int acquire(struct moe_experts *base, uint32_t layer, uint32_t expert, struct moe_expert_weights *out)

@@ -28,6 +28,15 @@ struct moe_wmat {
 	const uint16_t *scales;  /* q8/q4: fp16[rows][cols/32]; NULL otherwise */
 };
 
+/* The view of a rows x cols matrix of `type` stored in pack layout at data. */
+static inline struct moe_wmat moe_wmat_at(int type, size_t rows, size_t cols, const void *data)
+{
+	/* q8: one byte per weight, q4: half; the fp16 scales follow the codes */
+	const size_t code_bytes = type == 3 ? rows * cols : type == 4 ? rows * cols / 2 : 0;
+	return (struct moe_wmat){type, rows, cols, data,
+				 code_bytes ? (const uint16_t *)((const uint8_t *)data + code_bytes) : NULL};
+}
+
 /* A batch of activations quantized to int8 blocks of 32. */
 struct moe_qact {
 	size_t cols, batch;

@@ -106,6 +106,8 @@ struct moe_tokenizer {
 	size_t n_ids;
 	struct added *added;
 	size_t n_added;
+	struct str_map added_map;       /* content -> id */
+	uint8_t *id_kind;               /* per id: 0 vocabulary, 1 added, 2 added and special */
 	pcre2_code *added_re;           /* alternation of the added tokens, longest first */
 	pcre2_code *splits[8];          /* the pre-tokenizer's Split regexes, in order */
 	size_t n_splits;
@@ -246,7 +248,9 @@ int moe_tokenizer_load(const char *text, size_t len, const char *what, struct mo
 	t->id_len = calloc(n_ids, sizeof *t->id_len);
 	t->arena = malloc(bytes + 1);
 	t->added = calloc(json_array_size(added) + 1, sizeof *t->added);
-	if (!t->id_to_str || !t->id_len || !t->arena || !t->added || str_map_init(&t->vocab, n_ids + 1)) {
+	t->id_kind = calloc(n_ids, 1);
+	if (!t->id_to_str || !t->id_len || !t->arena || !t->added || !t->id_kind || str_map_init(&t->vocab, n_ids + 1) ||
+	    str_map_init(&t->added_map, json_array_size(added) + 1)) {
 		rc = moe_fail(MOE_ENOMEM, "out of memory");
 		goto out;
 	}
@@ -276,6 +280,8 @@ int moe_tokenizer_load(const char *text, size_t len, const char *what, struct mo
 		t->id_to_str[id] = a;
 		t->id_len[id] = (uint32_t)cl;
 		t->added[t->n_added++] = (struct added){a, cl, (int32_t)id, json_is_true(json_object_get(v, "special"))};
+		t->id_kind[id] = t->added[t->n_added - 1].special ? 2 : 1;
+		str_map_put(&t->added_map, a, (uint32_t)cl, (int32_t)id);
 		a += cl + 1;
 	}
 	/* merges: "a b" or ["a", "b"], rank = position */
@@ -358,6 +364,8 @@ void moe_tokenizer_free(struct moe_tokenizer *t)
 	if (!t)
 		return;
 	free(t->vocab.slots);
+	free(t->added_map.slots);
+	free(t->id_kind);
 	free(t->merges.slots);
 	free(t->id_to_str);
 	free(t->id_len);
@@ -498,11 +506,7 @@ int moe_tokenize(const struct moe_tokenizer *t, const char *text, size_t len, in
 		/* copied out: encoding the text before the match reuses the match data */
 		const size_t m0 = pcre2_get_ovector_pointer(md)[0], m1 = pcre2_get_ovector_pointer(md)[1];
 		encode_segment(t, text + pos, m0 - pos, md, &o);
-		int32_t id = -1;
-		for (size_t k = 0; id < 0 && k < t->n_added; k++)
-			if (t->added[k].len == m1 - m0 && !memcmp(t->added[k].content, text + m0, t->added[k].len))
-				id = t->added[k].id;
-		push(&o, id);
+		push(&o, str_map_get(&t->added_map, text + m0, m1 - m0));
 		pos = m1 > m0 ? m1 : m1 + 1; /* never loop on an empty match */
 	}
 	encode_segment(t, text + pos, len - pos, md, &o);
@@ -528,13 +532,7 @@ int moe_detokenize(const struct moe_tokenizer *t, const int32_t *ids, size_t n, 
 			free(out);
 			return moe_fail(MOE_EINVAL, "token id %d is not in the vocabulary (%zu)", ids[i], t->n_ids);
 		}
-		int is_added = 0, special = 0;
-		for (size_t a = 0; a < t->n_added; a++)
-			if (t->added[a].id == ids[i]) {
-				is_added = 1;
-				special = t->added[a].special;
-				break;
-			}
+		const int is_added = t->id_kind[ids[i]] != 0, special = t->id_kind[ids[i]] == 2;
 		if (special && skip_special)
 			continue;
 		const char *s = t->id_to_str[ids[i]];

@@ -191,9 +191,7 @@ static int make_mats(struct mats *m, int type, size_t rows, size_t cols, size_t 
 	for (int c = 1; c < m->copies; c++)
 		memcpy(m->mem + stride * (size_t)c, m->mem, stride);
 	for (int c = 0; c < m->copies; c++) {
-		uint8_t *base = m->mem + stride * (size_t)c;
-		m->w[c] = (struct moe_wmat){type, rows, cols, base,
-					    (type == T_Q8 || type == T_Q4) ? (const uint16_t *)(base + codes) : NULL};
+		m->w[c] = moe_wmat_at(type, rows, cols, m->mem + stride * (size_t)c);
 	}
 	return 0;
 }
