@@ -25,6 +25,7 @@
 #include "pack/meta.h"
 #include "pack/writer.h"
 #include "quant/quant.h"
+#include "text/tokenizer.h"
 
 #define CHUNK_FLOATS (1u << 20) /* rows are converted 4 MB of floats at a time */
 
@@ -430,56 +431,66 @@ static int run_experts(struct pipeline *p, struct moe_packw *w)
 
 /* ---- metadata ---- */
 
+/* tokenizer.json as given (for provenance and other tools), its compiled binary
+ * form (what moe-run loads), tokenizer_config.json and the chat template. */
 static int add_tokenizer(struct moe_source *src, const struct pack_options *o, struct moe_meta_writer *m, int *has)
 {
-	char *json = src->tokenizer_json, *own = NULL;
-	size_t len = src->tokenizer_json_len;
+	char *json = src->tokenizer_json, *config = src->tokenizer_config, *own = NULL, *own_cfg = NULL, *tmpl = NULL;
+	size_t len = src->tokenizer_json_len, config_len = src->tokenizer_config_len;
 	const char *what = "tokenizer.json";
-	if (o->tokenizer_path) {
-		int rc = moe_read_file(o->tokenizer_path, &own, &len);
-		if (rc)
-			return rc;
-		json = own;
-		what = o->tokenizer_path;
-	}
+	void *bin = NULL;
+	size_t bin_len;
+	struct moe_tokenizer *t = NULL;
+	int rc = 0;
 	*has = 0;
-	if (json) {
-		json_error_t jerr;
-		json_t *root = json_loadb(json, len, 0, &jerr);
-		if (!root || !json_is_object(json_object_get(root, "model"))) {
-			int rc = root ? moe_fail(MOE_EFORMAT, "%s: no \"model\" object: not a tokenizer.json", what)
-				      : moe_fail(MOE_EFORMAT, "%s:%d:%d: malformed JSON: %s", what, jerr.line, jerr.column, jerr.text);
-			json_decref(root);
-			free(own);
+	if (o->tokenizer_path) { /* its own tokenizer_config.json, if beside it, goes with it */
+		if ((rc = moe_tokenizer_read_files(o->tokenizer_path, &own, &len, &own_cfg, &config_len)))
 			return rc;
-		}
-		json_decref(root);
-		meta_put_blob(m, "tokenizer.json", json, len);
-		*has = 1;
+		json = own, what = o->tokenizer_path;
+		if (own_cfg)
+			config = own_cfg;
+		else
+			config_len = src->tokenizer_config_len;
 	}
-	free(own);
-	if (src->tokenizer_config) {
-		json_error_t jerr;
-		json_t *root = json_loadb(src->tokenizer_config, src->tokenizer_config_len, 0, &jerr);
-		if (!root)
-			return moe_fail(MOE_EFORMAT, "tokenizer_config.json:%d:%d: malformed JSON: %s", jerr.line, jerr.column,
-					jerr.text);
-		meta_put_blob(m, "tokenizer.config_json", src->tokenizer_config, src->tokenizer_config_len);
-		/* chat_template: a string, or a list of {name, template} where "default" wins */
-		json_t *ct = json_object_get(root, "chat_template");
-		const char *tmpl = json_string_value(ct);
-		size_t i;
-		json_t *v;
-		json_array_foreach(ct, i, v) {
-			const char *name = json_string_value(json_object_get(v, "name"));
-			if (!tmpl || (name && strcmp(name, "default") == 0))
-				tmpl = json_string_value(json_object_get(v, "template"));
-		}
+	if (!json) {
+		if (config)
+			goto config_only;
+		return 0;
+	}
+	if ((rc = moe_tokenizer_from_json(json, len, config, config_len, what, &t)))
+		goto out;
+	if (src->config_json && (rc = moe_tokenizer_add_eos_from_config(t, src->config_json, src->config_json_len,
+									 "config.json")))
+		goto out;
+	if (src->generation_config &&
+	    (rc = moe_tokenizer_add_eos_from_config(t, src->generation_config, src->generation_config_len,
+						    "generation_config.json")))
+		goto out;
+	if (moe_tokenizer_vocab(t) > src->hp.vocab) {
+		rc = moe_fail(MOE_EFORMAT, "%s: %zu token ids, more than the model's vocabulary (%llu)", what,
+			      moe_tokenizer_vocab(t), (unsigned long long)src->hp.vocab);
+		goto out;
+	}
+	if ((rc = moe_tokenizer_to_binary(t, &bin, &bin_len)))
+		goto out;
+	meta_put_blob(m, "tokenizer.json", json, len);
+	meta_put_blob(m, "tokenizer.bin", bin, bin_len);
+	*has = 1;
+config_only:
+	if (config) {
+		if ((rc = moe_chat_template_from_config(config, config_len, "tokenizer_config.json", &tmpl)))
+			goto out;
+		meta_put_blob(m, "tokenizer.config_json", config, config_len);
 		if (tmpl)
 			meta_put_str(m, "tokenizer.chat_template", tmpl);
-		json_decref(root);
 	}
-	return 0;
+out:
+	moe_tokenizer_free(t);
+	free(bin);
+	free(tmpl);
+	free(own);
+	free(own_cfg);
+	return rc;
 }
 
 static int build_meta(struct moe_source *src, const struct pack_options *o, struct moe_meta_writer *m, int *tok)

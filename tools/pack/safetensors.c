@@ -232,7 +232,8 @@ int src_open_safetensors(const char *dir, struct moe_source *src)
 	if (rc)
 		return rc;
 	if ((rc = read_optional(dir, "tokenizer.json", &src->tokenizer_json, &src->tokenizer_json_len)) ||
-	    (rc = read_optional(dir, "tokenizer_config.json", &src->tokenizer_config, &src->tokenizer_config_len)))
+	    (rc = read_optional(dir, "tokenizer_config.json", &src->tokenizer_config, &src->tokenizer_config_len)) ||
+	    (rc = read_optional(dir, "generation_config.json", &src->generation_config, &src->generation_config_len)))
 		return rc;
 
 	char *index;

@@ -54,6 +54,7 @@ void src_close(struct moe_source *src)
 	free(src->entries);
 	free(src->tokenizer_json);
 	free(src->tokenizer_config);
+	free(src->generation_config);
 	free(src->config_json);
 	free(src->path);
 	free(src);

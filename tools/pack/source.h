@@ -52,8 +52,8 @@ struct moe_source {
 	size_t n_entries, cap_entries;
 	char *tokenizer_json, *tokenizer_config; /* NUL-terminated, may be NULL */
 	size_t tokenizer_json_len, tokenizer_config_len;
-	char *config_json;
-	size_t config_json_len;
+	char *config_json, *generation_config; /* NUL-terminated, may be NULL */
+	size_t config_json_len, generation_config_len;
 	char note[256];          /* e.g. "skipped multi-token-prediction layer 61" */
 	int no_tokenizer_ok;     /* the source explicitly has none (GGUF tokenizer.ggml.model = none) */
 };

@@ -195,89 +195,111 @@ static char *read_input(const char *prompt, size_t *len)
 	return buf;
 }
 
-/* --tokenize / --detokenize: text <-> a JSON array of ids */
-static int text_tool(int detok, const char *model, const char *tok_path, const char *prompt)
+/* The tokenizer of --tokenizer FILE (with its tokenizer_config.json) or of the
+ * pack; and the chat template that goes with it (NULL if none). */
+static int load_tokenizer(const moe_pack *pack, const char *model, const char *tok_path, struct moe_tokenizer **t,
+			  char **tmpl)
 {
-	char *json = NULL;
-	size_t json_len = 0;
+	*t = NULL;
+	*tmpl = NULL;
+	if (tok_path) {
+		char *json, *config;
+		size_t len, config_len;
+		int rc = moe_tokenizer_read_files(tok_path, &json, &len, &config, &config_len);
+		if (!rc)
+			rc = moe_tokenizer_from_json(json, len, config, config_len, tok_path, t);
+		if (!rc && config)
+			rc = moe_chat_template_from_config(config, config_len, "tokenizer_config.json", tmpl);
+		free(json);
+		free(config);
+		return rc;
+	}
+	int rc = moe_tokenizer_from_pack(pack, model, t);
+	const void *p;
+	uint64_t n;
+	if (!rc && moe_pack_meta_bytes(pack, "tokenizer.chat_template", &p, &n) == 0 && !(*tmpl = strndup(p, n)))
+		rc = moe_fail(MOE_ENOMEM, "out of memory");
+	return rc;
+}
+
+/* a JSON array of ids, read leniently: every integer in order */
+static int parse_id_list(const char *in, int32_t **out, size_t *n_out)
+{
+	size_t cap = 64, n = 0;
+	int32_t *ids = malloc(cap * sizeof *ids);
+	for (const char *p = in; ids && *p;) {
+		if ((*p >= '0' && *p <= '9') || *p == '-') {
+			char *end;
+			long v = strtol(p, &end, 10);
+			if (n == cap) {
+				int32_t *ni = realloc(ids, (cap *= 2) * sizeof *ids);
+				if (!ni) {
+					free(ids);
+					ids = NULL;
+					break;
+				}
+				ids = ni;
+			}
+			ids[n++] = v < INT32_MIN || v > INT32_MAX ? -1 : (int32_t)v;
+			p = end;
+		} else {
+			p++;
+		}
+	}
+	if (!ids)
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	*out = ids;
+	*n_out = n;
+	return 0;
+}
+
+/* --tokenize / --detokenize: text <-> a JSON array of ids */
+static int text_tool(int detok, const char *model, const char *tok_path, const char *prompt, int add_special,
+		     int skip_special)
+{
 	moe_pack *pack = NULL;
 	struct moe_tokenizer *t = NULL;
+	char *tmpl = NULL, *in = NULL;
+	int32_t *ids = NULL;
+	size_t len, n;
 	int rc = 1;
-	if (tok_path) {
-		if (moe_read_file(tok_path, &json, &json_len))
-			return fail();
-	} else if (model) {
-		const void *p;
-		uint64_t n;
-		if (moe_pack_open(model, &pack) || moe_pack_meta_bytes(pack, "tokenizer.json", &p, &n)) {
-			fprintf(stderr, "moe-run: %s\n", moe_last_error());
-			goto out;
-		}
-		json = malloc(n + 1);
-		if (!json)
-			goto out;
-		memcpy(json, p, n);
-		json_len = n;
-	} else {
+	if (!tok_path && !model) {
 		fputs("moe-run: --tokenize/--detokenize need -m PACK or --tokenizer FILE\n", stderr);
 		return 2;
 	}
-	if (moe_tokenizer_load(json, json_len, tok_path ? tok_path : model, &t)) {
+	if ((!tok_path && moe_pack_open(model, &pack)) || load_tokenizer(pack, model, tok_path, &t, &tmpl)) {
 		fail();
 		goto out;
 	}
-	size_t len;
-	char *in = read_input(prompt, &len);
-	if (!in)
+	if (!(in = read_input(prompt, &len))) {
+		fputs("moe-run: out of memory\n", stderr);
 		goto out;
+	}
 	if (!detok) {
-		int32_t *ids;
-		size_t n;
-		if (moe_tokenize(t, in, len, &ids, &n)) {
+		if (moe_tokenize(t, in, len, add_special, &ids, &n)) {
 			fail();
-		} else {
-			putchar('[');
-			for (size_t i = 0; i < n; i++)
-				printf("%s%d", i ? ", " : "", ids[i]);
-			puts("]");
-			free(ids);
-			rc = 0;
+			goto out;
 		}
+		putchar('[');
+		for (size_t i = 0; i < n; i++)
+			printf("%s%d", i ? ", " : "", ids[i]);
+		puts("]");
 	} else {
-		/* a JSON array of ids, read leniently: every integer in order */
-		size_t cap = 64, n = 0;
-		int32_t *ids = malloc(cap * sizeof *ids);
-		for (char *p = in; ids && *p;) {
-			if ((*p >= '0' && *p <= '9') || *p == '-') {
-				char *end;
-				long v = strtol(p, &end, 10);
-				if (n == cap) {
-					int32_t *ni = realloc(ids, (cap *= 2) * sizeof *ids);
-					if (!ni)
-						break;
-					ids = ni;
-				}
-				ids[n++] = (int32_t)v;
-				p = end;
-			} else {
-				p++;
-			}
-		}
 		char *text;
 		size_t tl;
-		if (ids && moe_detokenize(t, ids, n, 0, &text, &tl) == 0) {
-			fwrite(text, 1, tl, stdout);
-			free(text);
-			rc = 0;
-		} else {
+		if (parse_id_list(in, &ids, &n) || moe_detokenize(t, ids, n, skip_special, &text, &tl)) {
 			fail();
+			goto out;
 		}
-		free(ids);
+		fwrite(text, 1, tl, stdout);
+		free(text);
 	}
-	free(in);
+	rc = fflush(stdout) == 0 ? 0 : 1;
 out:
+	free(ids);
+	free(in);
+	free(tmpl);
 	moe_tokenizer_free(t);
-	free(json);
 	if (pack)
 		moe_pack_close(pack);
 	return rc;
@@ -291,8 +313,9 @@ int main(int argc, char **argv)
 	struct sampler sp = {0.0, 1.0, 0.0, 1.0, 40};
 	uint64_t seed = 1;
 	enum { O_TOKENS = 256, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_SEED, O_LOGITS, O_STATS, O_KV, O_BUDGET,
-	       O_TRUNC, O_SJSON, O_TOKENIZE, O_DETOKENIZE, O_TOKENIZER };
-	int tokenize = 0, detokenize = 0;
+	       O_TRUNC, O_SJSON, O_TOKENIZE, O_DETOKENIZE, O_TOKENIZER, O_ADD_SPECIAL, O_NO_ADD_SPECIAL,
+	       O_SKIP_SPECIAL };
+	int tokenize = 0, detokenize = 0, add_special = -1, skip_special = 0;
 	const char *tokenizer_path = NULL, *prompt_text = NULL;
 	const char *kv_s = "f16", *stats_json = NULL;
 	uint64_t budget = 0;
@@ -309,6 +332,8 @@ int main(int argc, char **argv)
 		{"truncate", no_argument, NULL, O_TRUNC}, {"stats-json", required_argument, NULL, O_SJSON},
 		{"tokenize", no_argument, NULL, O_TOKENIZE}, {"detokenize", no_argument, NULL, O_DETOKENIZE},
 		{"tokenizer", required_argument, NULL, O_TOKENIZER}, {"prompt", required_argument, NULL, 'p'},
+		{"add-special", no_argument, NULL, O_ADD_SPECIAL}, {"no-add-special", no_argument, NULL, O_NO_ADD_SPECIAL},
+		{"skip-special", no_argument, NULL, O_SKIP_SPECIAL},
 		{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
 	};
 	int c;
@@ -347,6 +372,9 @@ int main(int argc, char **argv)
 		case O_TOKENIZE: tokenize = 1; break;
 		case O_DETOKENIZE: detokenize = 1; break;
 		case O_TOKENIZER: tokenizer_path = optarg; break;
+		case O_ADD_SPECIAL: add_special = 1; break;
+		case O_NO_ADD_SPECIAL: add_special = 0; break;
+		case O_SKIP_SPECIAL: skip_special = 1; break;
 		case 'p': prompt_text = optarg; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
@@ -357,7 +385,7 @@ int main(int argc, char **argv)
 		}
 	}
 	if (tokenize || detokenize)
-		return text_tool(detokenize, model, tokenizer_path, prompt_text);
+		return text_tool(detokenize, model, tokenizer_path, prompt_text, add_special != 0, skip_special);
 	if (!model || !tokens_s || optind != argc) {
 		fputs(!model ? "moe-run: -m PACK is required\n"
 			     : !tokens_s ? "moe-run: --tokens is required until text prompts land (moe-run --help)\n"
