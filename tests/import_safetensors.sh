@@ -9,9 +9,24 @@ check "mixtral single" py "$W" safetensors mx --arch=mixtral
 check "mixtral sharded" py "$W" safetensors mx3 --arch=mixtral --shards=3
 check "qwen3 bf16" py "$W" safetensors qw --arch=qwen3_moe --dtype=bf16
 check "deepseek fp8" py "$W" safetensors ds --arch=deepseek_v3 --fp8 --shards=2
-printf '{"model": {"type": "BPE", "vocab": {}, "merges": []}}' >mx/tokenizer.json
+# a small real sentencepiece-style tokenizer: lower-case letters, digits and "▁"
+py -c '
+import json
+chars = ["<unk>", "<s>", "</s>", "\u2581"] + [chr(c) for c in range(97, 123)] + [str(d) for d in range(10)]
+vocab = {t: i for i, t in enumerate(chars)}
+vocab["\u2581a"] = len(vocab)
+json.dump({"model": {"type": "BPE", "vocab": vocab, "merges": ["\u2581 a"], "unk_token": "<unk>", "fuse_unk": True},
+           "added_tokens": [{"id": i, "content": chars[i], "special": True} for i in range(3)],
+           "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"},
+                          {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]},
+           "pre_tokenizer": None, "decoder": {"type": "Sequence", "decoders": [
+               {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+               {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}}, open("mx/tokenizer.json", "w"))'
 printf '{"chat_template": "{%% for m in messages %%}{{ m.content }}{%% endfor %%}"}' >mx/tokenizer_config.json
 check "pack mixtral f32" "$MOE_PACK" --no-progress -q f32 --zstd-min-saving 100 mx mx.moe
+# hand-computed: "▁a▁ab" merges to ▁a ▁a b; "XY" is unknown, fused into one <unk>
+check "packed tokenizer" [ "$("$MOE_RUN" --tokenize -m mx.moe -p "a ab")" = "[40, 40, 5]" ]
+check "unknown characters fused" [ "$("$MOE_RUN" --tokenize -m mx.moe -p "aXYa")" = "[40, 0, 4]" ]
 check "pack mixtral q8" "$MOE_PACK" --no-progress -q q8 --zstd-min-saving 100 mx mx8.moe
 check "pack sharded q4" "$MOE_PACK" --no-progress -q q4 --zstd-min-saving 100 mx3 mx4.moe
 check "pack qwen3 keep" "$MOE_PACK" --no-progress -q keep --zstd-min-saving 100 qw qw.moe

@@ -1,9 +1,10 @@
-/* moe-run - run a pack: prompt (token ids until the tokenizer lands), prefill in
- * batches, then sample token by token, streaming ids as they come. */
+/* moe-run - run a pack: the prompt (text, a chat turn or token ids) prefilled in
+ * batches, then sampling token by token, streaming text (or ids) as it comes. */
 #include "config.h"
 
 #include <errno.h>
 #include <getopt.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,34 +15,51 @@
 #include "common/error.h"
 #include "common/fileio.h"
 #include "engine/engine.h"
+#include "text/template.h"
 #include "text/tokenizer.h"
 
 static void usage(FILE *fp)
 {
-	fputs("usage: moe-run -m PACK --tokens ID,ID,... [options]\n"
+	fputs("usage: moe-run -m PACK [-p TEXT | --tokens ID,ID,... | --chat ...] [options]   (text on stdin without -p)\n"
 	      "       moe-run --tokenize|--detokenize (-m PACK | --tokenizer tokenizer.json) [-p TEXT]\n"
 	      "  -m, --model PACK         the pack to run (moe-pack makes them)\n"
-	      "      --tokens IDS         the prompt as comma-separated token ids\n"
+	      "  -p, --prompt TEXT        the prompt (default: all of stdin); the generated text is printed\n"
+	      "      --tokens IDS         the prompt as comma-separated token ids; generated ids are printed\n"
 	      "  -n, --n-predict N        tokens to generate after the prompt (default 16)\n"
-	      "  -t, --threads N          threads (default: all CPUs)\n"
-	      "  -c, --ctx-size N         context length in tokens (default 4096, at most the model's)\n"
-	      "  -b, --batch N            prompt tokens per forward pass, 1..64 (default 32)\n"
+	      "      --stop TEXT          stop when the output contains TEXT (not printed); up to 16 times\n"
+	      "      --ignore-eos         go on past the end-of-sequence token\n"
+	      "chat:\n"
+	      "      --chat               the prompt is a user turn, rendered with the model's chat template\n"
+	      "      --system TEXT        with --chat: a system turn first\n"
+	      "      --messages FILE      with --chat: the conversation, a JSON array of {\"role\", \"content\"}\n"
+	      "      --chat-template T    with --chat: a template file, or mistral-v1 / chatml (built in)\n"
+	      "      --chat-template-kwargs JSON  with --chat: more template variables, e.g. '{\"enable_thinking\": false}'\n"
+	      "      --print-prompt       with --chat: print the rendered prompt and exit\n"
+	      "sampling:\n"
 	      "      --temp T             temperature; 0 is greedy (default 0)\n"
 	      "      --top-k K            keep the K most likely tokens (default 40; 0 = all)\n"
 	      "      --top-p P            keep the smallest set with probability >= P (default 1.0)\n"
 	      "      --min-p P            drop tokens below P x the top probability (default 0)\n"
 	      "      --repeat-penalty R   divide the logits of tokens already seen by R, once each (default 1.0)\n"
 	      "      --seed N             sampling seed (default 1): same seed, same output\n"
+	      "engine:\n"
+	      "  -t, --threads N          threads (default: all CPUs)\n"
+	      "  -c, --ctx-size N         context length in tokens (default 4096, at most the model's)\n"
+	      "  -b, --batch N            prompt tokens per forward pass, 1..64 (default 32)\n"
 	      "      --kv-type T          KV cache type: f16 (default) or f32\n"
 	      "      --ram-budget SIZE    refuse to start if resident weights + KV cache exceed SIZE (e.g. 8G)\n"
 	      "      --truncate           keep the last tokens of a prompt longer than the context\n"
+	      "output:\n"
 	      "      --logits-out FILE    float32 logits of every prompt position, [n_prompt][n_vocab], no header\n"
 	      "      --stats              prefill and decode speed on stderr\n"
 	      "      --stats-json FILE    the same figures as JSON (keys in moe-run(1))\n"
+	      "tokenizer:\n"
 	      "      --tokenize           print the ids of the text (-p, else stdin) as a JSON array\n"
 	      "      --detokenize         print the text of a JSON array of ids (-p, else stdin)\n"
 	      "      --tokenizer FILE     a tokenizer.json to use instead of the pack's\n"
-	      "  -p, --prompt TEXT        input of --tokenize/--detokenize\n"
+	      "      --add-special        add the BOS/EOS the tokenizer's post-processor adds (the default)\n"
+	      "      --no-add-special     do not\n"
+	      "      --skip-special       --detokenize: leave special tokens out\n"
 	      "  -h, --help               this text\n"
 	      "See moe-run(1).\n",
 	      fp);
@@ -305,19 +323,169 @@ out:
 	return rc;
 }
 
+/* The prompt as ids: --tokens, or text (-p / stdin) through the tokenizer, as a
+ * chat turn with --chat. With --print-prompt, the rendered chat text is printed
+ * and *ids stays NULL. */
+struct prompt_options {
+	const char *tokens, *text, *system, *messages, *chat_template, *chat_kwargs;
+	int chat, print_prompt, add_special;
+};
+
+static int chat_messages(const struct prompt_options *po, const char *text, size_t len, char **out)
+{
+	if (po->messages) {
+		size_t n;
+		return moe_read_file(po->messages, out, &n);
+	}
+	json_t *msgs = json_array(), *user = json_object();
+	if (po->system) {
+		json_t *sys = json_object();
+		json_object_set_new(sys, "role", json_string("system"));
+		json_object_set_new(sys, "content", json_string(po->system));
+		json_array_append_new(msgs, sys);
+	}
+	json_object_set_new(user, "role", json_string("user"));
+	json_object_set_new(user, "content", json_stringn(text, len));
+	json_array_append_new(msgs, user);
+	*out = json_dumps(msgs, JSON_COMPACT);
+	json_decref(msgs);
+	return *out ? 0 : moe_fail(MOE_EINVAL, "the prompt is not UTF-8 text");
+}
+
+/* --chat-template NAME|FILE, else the pack's, else the built-in one of its family */
+static int chat_template(const struct prompt_options *po, const moe_pack *pack, char **tmpl)
+{
+	if (po->chat_template) {
+		const char *b = moe_chat_template_builtin(po->chat_template);
+		size_t n;
+		free(*tmpl);
+		*tmpl = NULL;
+		if (b)
+			return (*tmpl = strdup(b)) ? 0 : moe_fail(MOE_ENOMEM, "out of memory");
+		return moe_read_file(po->chat_template, tmpl, &n);
+	}
+	const char *arch = NULL;
+	const void *p;
+	uint64_t n;
+	if (!*tmpl && pack && moe_pack_meta_bytes(pack, "general.architecture", &p, &n) == 0 && n == 7 &&
+	    !memcmp(p, "mixtral", 7))
+		arch = "mixtral";
+	if (!*tmpl && arch)
+		return (*tmpl = strdup(moe_chat_template_builtin("mistral-v1"))) ? 0 : moe_fail(MOE_ENOMEM, "out of memory");
+	if (!*tmpl)
+		return moe_fail(MOE_ENOTFOUND, "no chat template in the pack or tokenizer_config.json; pass --chat-template NAME|FILE");
+	return 0;
+}
+
+static int build_prompt(const struct prompt_options *po, const moe_pack *pack, const struct moe_tokenizer *t,
+			char *tmpl, int32_t **ids, size_t *n)
+{
+	*ids = NULL;
+	*n = 0;
+	if (po->tokens)
+		return parse_tokens(po->tokens, ids, n);
+	if (!t)
+		return moe_fail(MOE_ENOTFOUND, "the pack has no tokenizer: give the prompt as --tokens ID,ID,...");
+	size_t len = 0;
+	char *text = po->messages ? NULL : read_input(po->text, &len), *msgs = NULL, *rendered = NULL;
+	char *bos = NULL, *eos = NULL; /* token strings for the template */
+	int rc = 0;
+	if (!po->messages && !text)
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	if (po->chat) {
+		size_t rl, bl = 0, el = 0;
+		const char *b = NULL, *e = NULL;
+		const int32_t *eos_ids;
+		if (moe_tokenizer_bos(t) >= 0)
+			b = moe_tokenizer_token(t, moe_tokenizer_bos(t), &bl);
+		if (moe_tokenizer_eos(t, &eos_ids))
+			e = moe_tokenizer_token(t, eos_ids[0], &el);
+		if ((b && !(bos = strndup(b, bl))) || (e && !(eos = strndup(e, el)))) {
+			rc = moe_fail(MOE_ENOMEM, "out of memory");
+			goto out;
+		}
+		if ((rc = chat_messages(po, text, len, &msgs)) ||
+		    (rc = moe_chat_render(tmpl, msgs, bos, eos, 1, po->chat_kwargs, &rendered, &rl)))
+			goto out;
+		if (po->print_prompt) {
+			fwrite(rendered, 1, rl, stdout);
+			goto out;
+		}
+		/* the template wrote the special tokens itself (as apply_chat_template encodes) */
+		rc = moe_tokenize(t, rendered, rl, 0, ids, n);
+	} else {
+		rc = moe_tokenize(t, text, len, po->add_special, ids, n);
+	}
+	if (!rc && !*n)
+		rc = moe_fail(MOE_EINVAL, "empty prompt");
+out:
+	free(text);
+	free(msgs);
+	free(rendered);
+	free(bos);
+	free(eos);
+	return rc;
+}
+
+/* Generated text goes out as it comes, except what could be the start of a stop
+ * string; returns 1 once a stop string has been seen (the text before it printed). */
+struct text_out {
+	char *buf;
+	size_t n, cap, printed, longest_stop;
+	const char **stops;
+	size_t n_stops;
+};
+
+static int text_out_add(struct text_out *o, const char *s, size_t n, int final)
+{
+	if (o->n + n + 1 > o->cap) {
+		size_t cap = o->cap ? o->cap : 256;
+		while (cap < o->n + n + 1)
+			cap *= 2;
+		char *nb = realloc(o->buf, cap);
+		if (!nb)
+			return -1;
+		o->buf = nb, o->cap = cap;
+	}
+	memcpy(o->buf + o->n, s, n);
+	o->n += n;
+	o->buf[o->n] = '\0';
+	/* a stop string can only end in the new bytes */
+	const size_t from = o->printed;
+	size_t stop_at = o->n + 1;
+	for (size_t i = 0; i < o->n_stops; i++) {
+		const char *hit = memmem(o->buf + from, o->n - from, o->stops[i], strlen(o->stops[i]));
+		if (hit && (size_t)(hit - o->buf) < stop_at)
+			stop_at = (size_t)(hit - o->buf);
+	}
+	size_t upto = stop_at <= o->n ? stop_at : final || !o->longest_stop ? o->n
+					  : o->n - (o->n - o->printed < o->longest_stop - 1 ? o->n - o->printed
+											  : o->longest_stop - 1);
+	while (upto > o->printed && upto < o->n && ((unsigned char)o->buf[upto] & 0xC0) == 0x80)
+		upto--; /* whole characters only */
+	fwrite(o->buf + o->printed, 1, upto - o->printed, stdout);
+	fflush(stdout);
+	o->printed = upto;
+	return stop_at <= o->n;
+}
+
 int main(int argc, char **argv)
 {
-	const char *model = NULL, *tokens_s = NULL, *logits_out = NULL;
+	const char *model = NULL, *logits_out = NULL;
 	long n_predict = 16, ctx = 4096, batch = 32;
-	int threads = (int)sysconf(_SC_NPROCESSORS_ONLN), stats = 0;
+	int threads = (int)sysconf(_SC_NPROCESSORS_ONLN), stats = 0, ignore_eos = 0;
 	struct sampler sp = {0.0, 1.0, 0.0, 1.0, 40};
+	struct prompt_options po = {.add_special = 1};
 	uint64_t seed = 1;
 	enum { O_TOKENS = 256, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_SEED, O_LOGITS, O_STATS, O_KV, O_BUDGET,
 	       O_TRUNC, O_SJSON, O_TOKENIZE, O_DETOKENIZE, O_TOKENIZER, O_ADD_SPECIAL, O_NO_ADD_SPECIAL,
-	       O_SKIP_SPECIAL };
-	int tokenize = 0, detokenize = 0, add_special = -1, skip_special = 0;
-	const char *tokenizer_path = NULL, *prompt_text = NULL;
+	       O_SKIP_SPECIAL, O_CHAT, O_SYSTEM, O_MESSAGES, O_CHAT_TEMPLATE, O_CHAT_KWARGS, O_PRINT_PROMPT, O_STOP,
+	       O_IGNORE_EOS };
+	int tokenize = 0, detokenize = 0, skip_special = 0;
+	const char *tokenizer_path = NULL;
 	const char *kv_s = "f16", *stats_json = NULL;
+	const char *stops[16];
+	size_t n_stops = 0;
 	uint64_t budget = 0;
 	int truncate = 0;
 	static const struct option opts[] = {
@@ -333,7 +501,12 @@ int main(int argc, char **argv)
 		{"tokenize", no_argument, NULL, O_TOKENIZE}, {"detokenize", no_argument, NULL, O_DETOKENIZE},
 		{"tokenizer", required_argument, NULL, O_TOKENIZER}, {"prompt", required_argument, NULL, 'p'},
 		{"add-special", no_argument, NULL, O_ADD_SPECIAL}, {"no-add-special", no_argument, NULL, O_NO_ADD_SPECIAL},
-		{"skip-special", no_argument, NULL, O_SKIP_SPECIAL},
+		{"skip-special", no_argument, NULL, O_SKIP_SPECIAL}, {"chat", no_argument, NULL, O_CHAT},
+		{"system", required_argument, NULL, O_SYSTEM}, {"messages", required_argument, NULL, O_MESSAGES},
+		{"chat-template", required_argument, NULL, O_CHAT_TEMPLATE},
+		{"chat-template-kwargs", required_argument, NULL, O_CHAT_KWARGS},
+		{"print-prompt", no_argument, NULL, O_PRINT_PROMPT}, {"stop", required_argument, NULL, O_STOP},
+		{"ignore-eos", no_argument, NULL, O_IGNORE_EOS},
 		{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
 	};
 	int c;
@@ -341,7 +514,7 @@ int main(int argc, char **argv)
 		char *end = NULL;
 		switch (c) {
 		case 'm': model = optarg; break;
-		case O_TOKENS: tokens_s = optarg; break;
+		case O_TOKENS: po.tokens = optarg; break;
 		case 'n': n_predict = strtol(optarg, &end, 10); break;
 		case 't': threads = (int)strtol(optarg, &end, 10); break;
 		case 'c': ctx = strtol(optarg, &end, 10); break;
@@ -372,10 +545,24 @@ int main(int argc, char **argv)
 		case O_TOKENIZE: tokenize = 1; break;
 		case O_DETOKENIZE: detokenize = 1; break;
 		case O_TOKENIZER: tokenizer_path = optarg; break;
-		case O_ADD_SPECIAL: add_special = 1; break;
-		case O_NO_ADD_SPECIAL: add_special = 0; break;
+		case 'p': po.text = optarg; break;
+		case O_ADD_SPECIAL: po.add_special = 1; break;
+		case O_NO_ADD_SPECIAL: po.add_special = 0; break;
 		case O_SKIP_SPECIAL: skip_special = 1; break;
-		case 'p': prompt_text = optarg; break;
+		case O_CHAT: po.chat = 1; break;
+		case O_SYSTEM: po.system = optarg; break;
+		case O_MESSAGES: po.messages = optarg; break;
+		case O_CHAT_TEMPLATE: po.chat_template = optarg; break;
+		case O_CHAT_KWARGS: po.chat_kwargs = optarg; break;
+		case O_PRINT_PROMPT: po.print_prompt = 1; break;
+		case O_STOP:
+			if (n_stops == 16 || !*optarg) {
+				fputs("moe-run: --stop: at most 16, none empty\n", stderr);
+				return 2;
+			}
+			stops[n_stops++] = optarg;
+			break;
+		case O_IGNORE_EOS: ignore_eos = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -384,13 +571,19 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (tokenize || detokenize)
-		return text_tool(detokenize, model, tokenizer_path, prompt_text, add_special != 0, skip_special);
-	if (!model || !tokens_s || optind != argc) {
-		fputs(!model ? "moe-run: -m PACK is required\n"
-			     : !tokens_s ? "moe-run: --tokens is required until text prompts land (moe-run --help)\n"
-					 : "moe-run: unexpected argument\n",
+	if (optind != argc) {
+		fprintf(stderr, "moe-run: unexpected argument '%s'\n", argv[optind]);
+		return 2;
+	}
+	if ((po.system || po.messages || po.chat_template || po.chat_kwargs || po.print_prompt) && !po.chat) {
+		fputs("moe-run: --system, --messages, --chat-template, --chat-template-kwargs and --print-prompt go with --chat\n",
 		      stderr);
+		return 2;
+	}
+	if (detokenize || (tokenize && !po.chat))
+		return text_tool(detokenize, model, tokenizer_path, po.text, po.add_special, skip_special);
+	if (!model && !(tokenizer_path && (tokenize || po.print_prompt))) {
+		fputs("moe-run: -m PACK is required\n", stderr);
 		return 2;
 	}
 	if (strcmp(kv_s, "f16") && strcmp(kv_s, "f32")) {
@@ -409,10 +602,44 @@ int main(int argc, char **argv)
 	moe_pack *pack = NULL;
 	struct moe_model *m = NULL;
 	struct moe_session *s = NULL;
+	struct moe_tokenizer *tok = NULL;
+	struct moe_detok_stream detok = {0};
+	struct text_out tout = {.stops = stops, .n_stops = n_stops};
+	char *tmpl = NULL;
 	float *all = NULL, *last = NULL;
 	struct cand *cands = NULL;
-	if (parse_tokens(tokens_s, &prompt, &n_prompt) || moe_pack_open(model, &pack) ||
-	    moe_model_load(pack, threads, &m)) {
+	for (size_t i = 0; i < n_stops; i++)
+		if (strlen(stops[i]) > tout.longest_stop)
+			tout.longest_stop = strlen(stops[i]);
+	if (model && moe_pack_open(model, &pack)) {
+		fail();
+		goto out;
+	}
+	/* the tokenizer: for text, and with --tokens for its end-of-sequence ids */
+	const void *meta;
+	uint64_t meta_len;
+	if ((tokenizer_path || (pack && moe_pack_meta_bytes(pack, "tokenizer.bin", &meta, &meta_len) == 0)) &&
+	    load_tokenizer(pack, model, tokenizer_path, &tok, &tmpl)) {
+		fail();
+		goto out;
+	}
+	if ((po.chat && chat_template(&po, pack, &tmpl)) || build_prompt(&po, pack, tok, tmpl, &prompt, &n_prompt)) {
+		fail();
+		goto out;
+	}
+	if (po.print_prompt) {
+		rc = 0;
+		goto out;
+	}
+	if (tokenize) { /* --chat --tokenize: the ids of the rendered conversation */
+		putchar('[');
+		for (size_t i = 0; i < n_prompt; i++)
+			printf("%s%d", i ? ", " : "", prompt[i]);
+		puts("]");
+		rc = 0;
+		goto out;
+	}
+	if (moe_model_load(pack, threads, &m)) {
 		fail();
 		goto out;
 	}
@@ -468,27 +695,66 @@ int main(int argc, char **argv)
 			goto out;
 		}
 	}
+	/* text in, text out (special tokens not shown); ids in, ids out */
+	const int as_text = tok && !po.tokens;
+	const int32_t *eos = NULL;
+	const size_t n_eos = tok && !ignore_eos ? moe_tokenizer_eos(tok, &eos) : 0;
+	const char *stop_reason = "length";
+	if (as_text)
+		moe_detok_stream_init(&detok, tok, 1);
 	size_t n_seen = n_prompt, generated = 0;
 	t0 = now();
 	for (long i = 0; i < n_predict; i++) {
-		int32_t tok = sample(&sp, last, vocab, seen, n_seen, cands);
-		printf("%s%d", generated ? " " : "", tok);
-		fflush(stdout);
-		seen[n_seen++] = tok;
+		int32_t id = sample(&sp, last, vocab, seen, n_seen, cands);
+		seen[n_seen++] = id;
 		generated++;
+		int is_eos = 0;
+		for (size_t k = 0; k < n_eos; k++)
+			is_eos |= id == eos[k];
+		if (is_eos) {
+			stop_reason = "eos";
+			break;
+		}
+		if (as_text) {
+			const char *piece;
+			size_t pl;
+			int r = moe_detok_stream_push(&detok, id, &piece, &pl);
+			if (r || (r = text_out_add(&tout, piece, pl, 0)) < 0) {
+				r ? fail() : fputs("moe-run: out of memory\n", stderr);
+				goto out;
+			}
+			if (r == 1) {
+				stop_reason = "stop";
+				break;
+			}
+		} else {
+			printf("%s%d", generated > 1 ? " " : "", id);
+			fflush(stdout);
+		}
 		if (i + 1 == n_predict)
 			break;
 		if (s->n_past >= s->ctx) {
 			fprintf(stderr, "\nmoe-run: context full (%zu tokens): stopping\n", s->ctx);
+			stop_reason = "context";
 			break;
 		}
-		if (moe_forward(s, &tok, 1, NULL, last)) {
+		if (moe_forward(s, &id, 1, NULL, last)) {
 			fail();
 			goto out;
 		}
 	}
-	if (generated)
+	if (as_text && strcmp(stop_reason, "stop") != 0) {
+		const char *piece;
+		size_t pl;
+		if (moe_detok_stream_finish(&detok, &piece, &pl) || text_out_add(&tout, piece, pl, 1) < 0) {
+			fail();
+			goto out;
+		}
+	}
+	if (!as_text && generated)
 		putchar('\n');
+	else if (as_text && isatty(STDOUT_FILENO))
+		putchar('\n'); /* a terminal's prompt on a line of its own; pipes get the text exactly */
 	const double t_decode = now() - t0;
 	if (stats_json) {
 		FILE *fp = fopen(stats_json, "w");
@@ -499,11 +765,11 @@ int main(int argc, char **argv)
 		fprintf(fp, "{\"prompt_tokens\": %zu, \"prefill_seconds\": %.6f, \"prefill_tokens_per_second\": %.3f, "
 			"\"generated_tokens\": %zu, \"decode_seconds\": %.6f, \"decode_tokens_per_second\": %.3f, "
 			"\"ms_per_token\": %.3f, \"kernels\": \"%s\", \"threads\": %d, \"kv_type\": \"%s\", "
-			"\"resident_bytes\": %llu, \"session_bytes\": %llu}\n",
+			"\"resident_bytes\": %llu, \"session_bytes\": %llu, \"stop_reason\": \"%s\"}\n",
 			n_prompt, t_prefill, (double)n_prompt / t_prefill, generated, t_decode,
 			generated > 1 ? (double)(generated - 1) / t_decode : 0.0,
 			generated > 1 ? 1e3 * t_decode / (double)(generated - 1) : 0.0, m->kernels->name, threads, kv_s,
-			(unsigned long long)resident, (unsigned long long)session);
+			(unsigned long long)resident, (unsigned long long)session, stop_reason);
 		if (fclose(fp) != 0) {
 			fprintf(stderr, "moe-run: %s: cannot write: %s\n", stats_json, strerror(errno));
 			unlink(stats_json);
@@ -522,6 +788,10 @@ out:
 	free(seen);
 	free(cands);
 	free(prompt);
+	free(tmpl);
+	free(tout.buf);
+	moe_detok_stream_free(&detok);
+	moe_tokenizer_free(tok);
 	moe_session_free(s);
 	moe_model_free(m);
 	if (pack)
