@@ -80,6 +80,8 @@ typedef struct moe_pack moe_pack;
  * moe_pack_verify() (or by the runtime as they are read).
  */
 int moe_pack_open(const char *path, moe_pack **out);
+/* The path it was opened with. */
+const char *moe_pack_path(const moe_pack *pack);
 void moe_pack_close(moe_pack *pack);
 
 uint64_t moe_pack_file_size(const moe_pack *pack);

@@ -212,7 +212,19 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 	s->scores = malloc(ctx * hp->n_heads * sizeof(float));
 	s->topk = malloc(B * hp->n_experts_used * sizeof(int));
 	s->topw = malloc(B * hp->n_experts_used * sizeof(float));
-	if (!s->k_cache || !s->v_cache || !s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->tmp ||
+	s->topp = malloc(B * hp->n_experts_used * sizeof(float));
+	s->pair_out = malloc(B * hp->n_experts_used * H * sizeof(float));
+	s->look_xn = malloc(B * H * sizeof(float));
+	s->look_router = malloc(B * E * sizeof(float));
+	s->look_score = malloc((E + 1) * sizeof(float));
+	s->look_list = malloc((E + 1) * sizeof(uint32_t));
+	s->prev_experts = malloc((hp->n_layers * hp->n_experts_used + 1) * sizeof(uint32_t));
+	s->prefetch_depth = 1;
+	if (s->prev_experts)
+		for (size_t i = 0; i < hp->n_layers * hp->n_experts_used; i++)
+			s->prev_experts[i] = UINT32_MAX; /* nothing yet */
+	if (!s->topp || !s->pair_out || !s->look_xn || !s->look_router || !s->look_score || !s->look_list || !s->prev_experts ||
+	    !s->k_cache || !s->v_cache || !s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->tmp ||
 	    !s->router || !s->moe_out || !s->gather || !s->expert_out || !s->scores || !s->topk || !s->topw ||
 	    !s->kv_row) {
 		moe_session_free(s);
@@ -222,12 +234,20 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 	return 0;
 }
 
+void moe_model_use_experts(struct moe_model *m, struct moe_experts *x)
+{
+	if (m->experts)
+		m->experts->destroy(m->experts);
+	m->experts = x;
+}
+
 void moe_session_free(struct moe_session *s)
 {
 	if (!s)
 		return;
 	void *bufs[] = {s->k_cache, s->v_cache, s->x, s->xn, s->q, s->k, s->v, s->att, s->tmp,
-			s->router, s->moe_out, s->gather, s->expert_out, s->scores, s->topw, s->kv_row};
+			s->router, s->moe_out, s->gather, s->expert_out, s->scores, s->topw, s->kv_row,
+			s->topp, s->pair_out, s->look_xn, s->look_router, s->look_score, s->look_list, s->prev_experts};
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
 		free(bufs[i]);
 	free(s->topk);
@@ -240,7 +260,8 @@ size_t moe_session_bytes(const struct moe_session *s)
 	const struct moe_hparams *hp = &s->m->hp;
 	const size_t kv_elt = s->kv_type == MOE_KV_F16 ? 2 : 4, H = hp->hidden, B = s->max_batch;
 	const size_t qd = hp->n_heads * hp->head_dim, kvd = hp->n_kv_heads * hp->head_dim;
-	const size_t scratch = (B * (6 * H + 2 * qd + 2 * kvd + hp->n_experts) + s->ctx * hp->n_heads + kvd) * sizeof(float);
+	const size_t scratch = (B * (7 * H + 2 * qd + 2 * kvd + 2 * hp->n_experts) + s->ctx * hp->n_heads + kvd +
+				2 * hp->n_experts + hp->n_layers * hp->n_experts_used + B * hp->n_experts_used * H) * sizeof(float);
 	return 2 * hp->n_layers * s->ctx * kvd * kv_elt + scratch;
 }
 
@@ -365,7 +386,7 @@ static void route(struct moe_session *s, size_t n)
 					best = e;
 				}
 			idx[k] = (int)best;
-			wt[k] = bv / sum;
+			wt[k] = s->topp[t * K + k] = bv / sum;
 			tot += wt[k];
 			p[best] = -2; /* taken */
 		}
@@ -375,38 +396,143 @@ static void route(struct moe_session *s, size_t n)
 	}
 }
 
+/* Guesses for the layers after l, while l's experts compute: each upcoming
+ * layer's router applied to the current hidden state (the residual stream moves
+ * slowly from layer to layer), likeliest first, then what the last token used
+ * there. Past the last layer, the next token's first layers: this token's choices. */
+static int lookahead(struct moe_session *s, size_t l, size_t n)
+{
+	const struct moe_model *m = s->m;
+	const struct moe_hparams *hp = &m->hp;
+	struct moe_experts *x = m->experts;
+	const size_t H = hp->hidden, E = hp->n_experts, K = hp->n_experts_used, L = hp->n_layers;
+	for (unsigned d = 1; x->hint && d <= s->prefetch_depth; d++) {
+		const size_t target = (l + d) % L;
+		const struct moe_layer_weights *w = &m->layers[target];
+		if (w->dense)
+			continue;
+		for (size_t e = 0; e < E; e++)
+			s->look_score[e] = -1;
+		if (l + d < L) {
+			for (size_t t = 0; t < n; t++)
+				rmsnorm(s->x + t * H, w->ffn_norm, H, hp->rms_eps, s->look_xn + t * H);
+			int rc = matmul(s, &w->router, s->look_xn, n, s->look_router);
+			if (rc)
+				return rc;
+			for (size_t t = 0; t < n; t++) { /* each token's top K, scored by its softmax */
+				float *r = s->look_router + t * E, mx = -INFINITY, sum = 0;
+				for (size_t e = 0; e < E; e++)
+					mx = fmaxf(mx, r[e]);
+				for (size_t e = 0; e < E; e++)
+					sum += (r[e] = expf(r[e] - mx));
+				for (size_t k = 0; k < K; k++) {
+					size_t best = 0;
+					for (size_t e = 1; e < E; e++)
+						if (r[e] > r[best])
+							best = e;
+					s->look_score[best] = fmaxf(s->look_score[best], r[best] / sum);
+					r[best] = -1;
+				}
+			}
+		}
+		for (size_t k = 0; k < K; k++) { /* the last token's choices, after the router's */
+			const uint32_t e = s->prev_experts[target * K + k];
+			if (e != UINT32_MAX && s->look_score[e] < 0)
+				s->look_score[e] = 0;
+		}
+		size_t nl = 0;
+		for (size_t e = 0; e < E; e++)
+			if (s->look_score[e] >= 0)
+				s->look_list[nl++] = (uint32_t)e;
+		for (size_t i = 1; i < nl; i++) { /* likeliest first */
+			const uint32_t v = s->look_list[i];
+			size_t j = i;
+			for (; j > 0 && s->look_score[s->look_list[j - 1]] < s->look_score[v]; j--)
+				s->look_list[j] = s->look_list[j - 1];
+			s->look_list[j] = v;
+		}
+		if (nl)
+			x->hint(x, (uint32_t)target, s->look_list, nl, d);
+	}
+	return 0;
+}
+
+static void trace_layer(struct moe_session *s, size_t l, size_t n)
+{
+	const size_t K = s->m->hp.n_experts_used;
+	for (size_t t = 0; t < n; t++) {
+		fprintf(s->trace, "{\"token\": %zu, \"layer\": %zu, \"experts\": [", s->n_past + t, l);
+		for (size_t k = 0; k < K; k++)
+			fprintf(s->trace, "%s%d", k ? ", " : "", s->topk[t * K + k]);
+		fputs("], \"scores\": [", s->trace);
+		for (size_t k = 0; k < K; k++)
+			fprintf(s->trace, "%s%.6g", k ? ", " : "", s->topp[t * K + k]);
+		fputs("]}\n", s->trace);
+	}
+}
+
 static int experts(struct moe_session *s, size_t l, size_t n)
 {
 	const struct moe_hparams *hp = &s->m->hp;
 	const size_t H = hp->hidden, K = hp->n_experts_used;
 	struct moe_experts *x = s->m->experts;
+	if (s->trace)
+		trace_layer(s, l, n);
+	/* the experts this batch needs, in order of first use */
+	uint32_t *list = s->look_list;
+	size_t nl = 0;
+	for (size_t t = 0; t < n; t++)
+		for (size_t k = 0; k < K; k++) {
+			const uint32_t e = (uint32_t)s->topk[t * K + k];
+			size_t i = 0;
+			while (i < nl && list[i] != e)
+				i++;
+			if (i == nl)
+				list[nl++] = e;
+		}
+	uint32_t order[256], *ord = nl <= 256 ? order : malloc(nl * sizeof *ord);
+	if (!ord)
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	memcpy(ord, list, nl * sizeof *ord);
+	if (x->hint)
+		x->hint(x, (uint32_t)l, ord, nl, 0); /* reorders: ready ones first */
+	for (size_t k = 0; k < K; k++)
+		s->prev_experts[l * K + k] = (uint32_t)s->topk[(n - 1) * K + k];
+	int rc = lookahead(s, l, n);
 	memset(s->moe_out, 0, n * H * sizeof(float));
-	for (size_t e = 0; e < hp->n_experts; e++) {
+	for (size_t i = 0; i < nl && !rc; i++) {
+		const uint32_t e = ord[i];
 		/* the tokens routed to e, gathered so the expert's weights are read once */
 		size_t m = 0, who[64];
-		float wt[64];
 		for (size_t t = 0; t < n; t++)
 			for (size_t k = 0; k < K; k++)
 				if (s->topk[t * K + k] == (int)e) {
 					memcpy(s->gather + m * H, s->xn + t * H, H * sizeof(float));
-					who[m] = t;
-					wt[m++] = s->topw[t * K + k];
+					who[m++] = t * K + k;
 				}
-		if (!m)
-			continue;
 		struct moe_expert_weights w;
-		int rc = x->acquire(x, (uint32_t)l, (uint32_t)e, &w);
-		if (rc)
-			return rc;
+		if ((rc = x->acquire(x, (uint32_t)l, e, &w)))
+			break;
 		rc = moe_expert_ffn(s->m->kernels, s->m->pool, &w.gate, &w.up, &w.down, s->gather, m, s->expert_out, &s->ks);
 		x->release(x, &w);
-		if (rc)
-			return moe_fail(MOE_ENOMEM, "out of memory in the kernels' scratch");
-		for (size_t i = 0; i < m; i++)
-			for (size_t c = 0; c < H; c++)
-				s->moe_out[who[i] * H + c] += wt[i] * s->expert_out[i * H + c];
+		if (rc) {
+			rc = moe_fail(MOE_ENOMEM, "out of memory in the kernels' scratch");
+			break;
+		}
+		for (size_t j = 0; j < m; j++)
+			memcpy(s->pair_out + who[j] * H, s->expert_out + j * H, H * sizeof(float));
 	}
-	return 0;
+	if (ord != order)
+		free(ord);
+	/* summed in routing order, whatever order the experts became ready in: the same
+	 * bits from any provider and any budget */
+	for (size_t t = 0; t < n && !rc; t++)
+		for (size_t k = 0; k < K; k++) {
+			const float wt = s->topw[t * K + k], *y = s->pair_out + (t * K + k) * H;
+			for (size_t c = 0; c < H; c++)
+				s->moe_out[t * H + c] += wt * y[c];
+		}
+	return rc;
 }
 
 int moe_forward(struct moe_session *s, const int32_t *tokens, size_t n, float *logits, float *last_logits)

@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "kernels/kernels.h"
 #include "model/arch.h"
@@ -22,10 +23,29 @@ struct moe_expert_weights {
 	void *handle; /* the provider's */
 };
 
+/* What a provider has done so far (all counters cumulative). */
+struct moe_expert_stats {
+	uint64_t hits;            /* uses of an expert resident from an earlier use */
+	uint64_t prefetch_hits;   /* uses of an expert a prefetch brought in (or was bringing in) */
+	uint64_t misses;          /* uses that had to read the expert on demand */
+	uint64_t prefetch_issued; /* reads queued by prefetch hints */
+	uint64_t bytes_read;
+	double io_seconds;        /* wall time with reads in flight */
+	double wait_seconds;      /* compute waiting for experts */
+	uint64_t slots, slots_used;
+	const char *io_mode;      /* "mmap", "io_uring", "pread" */
+};
+
 struct moe_experts {
 	int (*acquire)(struct moe_experts *x, uint32_t layer, uint32_t expert, struct moe_expert_weights *out);
 	void (*release)(struct moe_experts *x, struct moe_expert_weights *w);
 	void (*destroy)(struct moe_experts *x);
+	/* Optional. The experts layer will need, likeliest first: distance 0 = the
+	 * layer about to run (the list is reordered in place into the order to acquire
+	 * them: ready ones first); distance d > 0 = a guess for the layer d steps ahead
+	 * (the next token's layers after the last). */
+	void (*hint)(struct moe_experts *x, uint32_t layer, uint32_t *experts, size_t n, unsigned distance);
+	void (*stats)(struct moe_experts *x, struct moe_expert_stats *out);
 };
 
 /* The mapping itself: raw blobs used in place, zstd blobs decoded per acquire. */
@@ -67,11 +87,21 @@ struct moe_session {
 	size_t max_batch;
 	float *x, *xn, *q, *k, *v, *att, *tmp, *router, *moe_out, *gather, *expert_out, *scores, *kv_row;
 	int *topk;
-	float *topw;
+	float *topw, *topp;          /* routing weights as used, and the router's probabilities */
+	float *pair_out;             /* [token][k][hidden]: each routed expert's output */
 	struct moe_kscratch ks;
+	/* prefetching: guesses for the next prefetch_depth layers from the current
+	 * hidden state, plus the experts the last token used there */
+	unsigned prefetch_depth;
+	float *look_xn, *look_router, *look_score;
+	uint32_t *look_list;
+	uint32_t *prev_experts;      /* [layer][n_experts_used]: the last token's choices */
+	FILE *trace;                 /* if set: one JSON line per token and MoE layer */
 };
 
 int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, int kv_type, struct moe_session **out);
+/* Replace the model's expert provider (the mapped one by default); m owns x after. */
+void moe_model_use_experts(struct moe_model *m, struct moe_experts *x);
 void moe_session_free(struct moe_session *s);
 /* Bytes the session holds (KV cache and scratch), for --ram-budget accounting. */
 size_t moe_session_bytes(const struct moe_session *s);

@@ -70,6 +70,12 @@ static int acquire(struct moe_experts *base, uint32_t layer, uint32_t expert, st
 
 static void release(struct moe_experts *base, struct moe_expert_weights *w) { (void)base, (void)w; }
 
+static void stats(struct moe_experts *base, struct moe_expert_stats *out)
+{
+	(void)base;
+	*out = (struct moe_expert_stats){.io_mode = "mmap"};
+}
+
 static void destroy(struct moe_experts *base)
 {
 	struct mapped *x = (struct mapped *)base;
@@ -86,7 +92,7 @@ int moe_experts_mapped(const moe_pack *pack, struct moe_experts **out)
 	struct mapped *x = calloc(1, sizeof *x);
 	if (!x)
 		return moe_fail(MOE_ENOMEM, "out of memory");
-	x->base = (struct moe_experts){acquire, release, destroy};
+	x->base = (struct moe_experts){acquire, release, destroy, NULL, stats};
 	x->pack = pack;
 	moe_pack_expert_layout(pack, &x->lay);
 	x->n = moe_pack_expert_count(pack);

@@ -311,6 +311,8 @@ fail:
 	return rc;
 }
 
+const char *moe_pack_path(const moe_pack *p) { return p->path; }
+
 void moe_pack_close(moe_pack *p)
 {
 	if (!p)

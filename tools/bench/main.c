@@ -13,6 +13,8 @@
 #include <immintrin.h>
 #endif
 
+#include "cache/cache.h"
+#include "cache/sim.h"
 #include "kernels/kernels.h"
 #include "moe.h"
 
@@ -381,14 +383,91 @@ static int bench_membw(int argc, char **argv)
 	return 0;
 }
 
+/* ---- sim: replay a route trace through cache policies ---- */
+
+static int bench_sim(int argc, char **argv)
+{
+	const char *trace = NULL, *sizes = "25%,50%,75%", *policies = "lru,lfu,belady";
+	static const struct option opts[] = {
+		{"trace", required_argument, NULL, 't'}, {"cache-experts", required_argument, NULL, 'n'},
+		{"policy", required_argument, NULL, 'p'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
+	};
+	int c;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 't': trace = optarg; break;
+		case 'n': sizes = optarg; break;
+		case 'p': policies = optarg; break;
+		default: return 2;
+		}
+	}
+	if (!trace) {
+		fputs("moe-bench sim: --trace FILE is required (moe-run --trace-out makes one)\n", stderr);
+		return 2;
+	}
+	struct moe_trace t;
+	if (moe_trace_load(trace, &t)) {
+		fprintf(stderr, "moe-bench: %s\n", moe_last_error());
+		return 1;
+	}
+	const size_t n_ids = (size_t)t.n_layers * t.n_experts;
+	size_t distinct = 0;
+	uint8_t *used = calloc(n_ids, 1);
+	for (size_t s = 0; used && s < t.n_steps; s++)
+		for (size_t i = t.start[s]; i < t.start[s + 1]; i++) {
+			const size_t id = (size_t)t.layer[s] * t.n_experts + t.experts[i];
+			distinct += !used[id];
+			used[id] = 1;
+		}
+	free(used);
+	printf("trace %s: %zu layer steps, %zu expert uses, %zu of %zu experts used (%u layers x %u)\n", trace,
+	       t.n_steps, t.start[t.n_steps], distinct, n_ids, t.n_layers, t.n_experts);
+	printf("%-10s %-8s %10s %10s %9s\n", "experts", "policy", "hits", "misses", "hit rate");
+	int rc = 0;
+	char *list = strdup(sizes);
+	for (char *tok = strtok(list, ","); tok && !rc; tok = strtok(NULL, ",")) {
+		char *end;
+		double v = strtod(tok, &end);
+		const size_t n = *end == '%' ? (size_t)(v / 100.0 * (double)n_ids + 0.5) : (size_t)v;
+		if (end == tok || (*end && strcmp(end, "%")) || n < 1) {
+			fprintf(stderr, "moe-bench sim: --cache-experts %s: counts or percentages of all experts\n", tok);
+			rc = 2;
+			break;
+		}
+		char *pl = strdup(policies), *save;
+		for (char *p = strtok_r(pl, ",", &save); p && !rc; p = strtok_r(NULL, ",", &save)) {
+			const int pol = !strcmp(p, "belady") ? MOE_POLICY_BELADY : moe_cache_policy_parse(p);
+			struct moe_sim_result r;
+			if (pol < 0) {
+				fprintf(stderr, "moe-bench sim: --policy %s: lru, lfu or belady\n", p);
+				rc = 2;
+			} else if (moe_cache_sim(&t, n, pol, &r)) {
+				fprintf(stderr, "moe-bench: %s\n", moe_last_error());
+				rc = 1;
+			} else {
+				char label[32];
+				snprintf(label, sizeof label, "%zu%s", n, *end == '%' ? "" : "");
+				printf("%-10s %-8s %10llu %10llu %8.1f%%\n", label, p, (unsigned long long)r.hits,
+				       (unsigned long long)r.misses, 100.0 * (double)r.hits / (double)(r.hits + r.misses));
+			}
+		}
+		free(pl);
+	}
+	free(list);
+	moe_trace_free(&t);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
 		puts("usage: moe-bench membw [--memory MB] [--reps N]\n"
 		     "       moe-bench kernels [--impl LIST] [--format LIST] [--threads LIST] [--batch LIST]\n"
 		     "                         [--shape LIST] [--seconds S] [--memory MB] [--reps N]\n"
+		     "       moe-bench sim --trace FILE [--cache-experts LIST] [--policy LIST]\n"
 		     "  membw     memory read bandwidth with 1..all threads\n"
 		     "  kernels   weight GB/s of each kernel implementation against that bandwidth\n"
+		     "  sim       replay a moe-run --trace-out file through cache policies: hit rates\n"
 		     "  --impl        scalar,avx2,avx512,neon (default: all this CPU runs)\n"
 		     "  --format      q8,q4,f16,f32 (default q8,q4)\n"
 		     "  --threads     thread counts (default 1 and all CPUs)\n"
@@ -397,6 +476,9 @@ int main(int argc, char **argv)
 		     "  --seconds     time per measurement (default 0.2)\n"
 		     "  --memory      MB of weights cycled through, or of the bandwidth buffer (default 512; membw 1024)\n"
 		     "  --reps        measurements per figure; the median is printed (default 5; membw 7)\n"
+		     "  --trace          sim: the route trace\n"
+		     "  --cache-experts  sim: cache sizes, in experts or % of all (default 25%,50%,75%)\n"
+		     "  --policy         sim: lru,lfu,belady (default all three; belady is the bound)\n"
 		     "See moe-bench(1).");
 		return argc < 2 ? 2 : 0;
 	}
@@ -404,6 +486,8 @@ int main(int argc, char **argv)
 		return bench_membw(argc - 1, argv + 1);
 	if (strcmp(argv[1], "kernels") == 0)
 		return bench_kernels(argc - 1, argv + 1);
-	fprintf(stderr, "moe-bench: unknown command '%s' (membw, kernels)\n", argv[1]);
+	if (strcmp(argv[1], "sim") == 0)
+		return bench_sim(argc - 1, argv + 1);
+	fprintf(stderr, "moe-bench: unknown command '%s' (membw, kernels, sim)\n", argv[1]);
 	return 2;
 }

@@ -15,6 +15,7 @@
 #include "common/error.h"
 #include "common/fileio.h"
 #include "engine/engine.h"
+#include "cache/cache.h"
 #include "text/template.h"
 #include "text/tokenizer.h"
 
@@ -146,6 +147,34 @@ static int sample(const struct sampler *sp, float *logits, size_t vocab, const i
 			return c[i].id;
 	}
 	return c[keep - 1].id;
+}
+
+/* "900M", "12G", "4096": bytes; 0 if malformed */
+static uint64_t parse_size(const char *s)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	const char u = *end;
+	v *= u == 'K' || u == 'k' ? 1024.0 : u == 'M' || u == 'm' ? 1048576.0 : u == 'G' || u == 'g' ? 1073741824.0
+	   : u == 'T' || u == 't' ? 1099511627776.0 : 1.0;
+	if (u && strchr("kKmMgGtT", u))
+		end++;
+	return errno || *end || !(v >= 1) ? 0 : (uint64_t)v;
+}
+
+/* MemAvailable from /proc/meminfo, in bytes (0 if unknown) */
+static uint64_t mem_available(void)
+{
+	FILE *fp = fopen("/proc/meminfo", "r");
+	char line[256];
+	unsigned long long kb = 0;
+	while (fp && fgets(line, sizeof line, fp))
+		if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+			break;
+	if (fp)
+		fclose(fp);
+	return kb * 1024;
 }
 
 static int fail(void)
@@ -427,6 +456,11 @@ out:
 	return rc;
 }
 
+struct token_stats {
+	uint64_t hits, prefetch_hits, misses, bytes;
+	double wait;
+};
+
 /* Generated text goes out as it comes, except what could be the start of a stop
  * string; returns 1 once a stop string has been seen (the text before it printed). */
 struct text_out {
@@ -480,13 +514,17 @@ int main(int argc, char **argv)
 	enum { O_TOKENS = 256, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_SEED, O_LOGITS, O_STATS, O_KV, O_BUDGET,
 	       O_TRUNC, O_SJSON, O_TOKENIZE, O_DETOKENIZE, O_TOKENIZER, O_ADD_SPECIAL, O_NO_ADD_SPECIAL,
 	       O_SKIP_SPECIAL, O_CHAT, O_SYSTEM, O_MESSAGES, O_CHAT_TEMPLATE, O_CHAT_KWARGS, O_PRINT_PROMPT, O_STOP,
-	       O_IGNORE_EOS };
+	       O_IGNORE_EOS, O_MLOCK, O_IO_DEPTH, O_NO_VERIFY, O_POLICY, O_PREFETCH, O_TRACE, O_MMAP_EXPERTS };
 	int tokenize = 0, detokenize = 0, skip_special = 0;
 	const char *tokenizer_path = NULL;
 	const char *kv_s = "f16", *stats_json = NULL;
 	const char *stops[16];
 	size_t n_stops = 0;
 	uint64_t budget = 0;
+	const char *budget_s = getenv("MOE_RAM_BUDGET"), *trace_out = NULL;
+	struct moe_cache_options co = {.verify = 1, .policy = MOE_POLICY_LRU};
+	long io_depth = 8, prefetch_depth = 1;
+	int mmap_experts = 0;
 	int truncate = 0;
 	static const struct option opts[] = {
 		{"model", required_argument, NULL, 'm'}, {"tokens", required_argument, NULL, O_TOKENS},
@@ -506,7 +544,10 @@ int main(int argc, char **argv)
 		{"chat-template", required_argument, NULL, O_CHAT_TEMPLATE},
 		{"chat-template-kwargs", required_argument, NULL, O_CHAT_KWARGS},
 		{"print-prompt", no_argument, NULL, O_PRINT_PROMPT}, {"stop", required_argument, NULL, O_STOP},
-		{"ignore-eos", no_argument, NULL, O_IGNORE_EOS},
+		{"ignore-eos", no_argument, NULL, O_IGNORE_EOS}, {"mlock", no_argument, NULL, O_MLOCK},
+		{"io-depth", required_argument, NULL, O_IO_DEPTH}, {"no-verify", no_argument, NULL, O_NO_VERIFY},
+		{"cache-policy", required_argument, NULL, O_POLICY}, {"prefetch-depth", required_argument, NULL, O_PREFETCH},
+		{"trace-out", required_argument, NULL, O_TRACE}, {"mmap-experts", no_argument, NULL, O_MMAP_EXPERTS},
 		{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
 	};
 	int c;
@@ -528,18 +569,7 @@ int main(int argc, char **argv)
 		case O_LOGITS: logits_out = optarg; break;
 		case O_STATS: stats = 1; break;
 		case O_KV: kv_s = optarg; break;
-		case O_BUDGET: {
-			double v = strtod(optarg, &end);
-			const char u = end && *end ? *end : 0;
-			v *= u == 'K' || u == 'k' ? 1024.0 : u == 'M' || u == 'm' ? 1048576.0
-			   : u == 'G' || u == 'g' ? 1073741824.0 : u == 'T' || u == 't' ? 1099511627776.0 : 1.0;
-			if (u && strchr("kKmMgGtT", u))
-				end++;
-			budget = v > 0 ? (uint64_t)v : 0;
-			if (!budget)
-				end = (char *)"x";
-			break;
-		}
+		case O_BUDGET: budget_s = optarg; break;
 		case O_TRUNC: truncate = 1; break;
 		case O_SJSON: stats_json = optarg; break;
 		case O_TOKENIZE: tokenize = 1; break;
@@ -563,6 +593,18 @@ int main(int argc, char **argv)
 			stops[n_stops++] = optarg;
 			break;
 		case O_IGNORE_EOS: ignore_eos = 1; break;
+		case O_MLOCK: co.mlock = 1; break;
+		case O_IO_DEPTH: io_depth = strtol(optarg, &end, 10); break;
+		case O_NO_VERIFY: co.verify = 0; break;
+		case O_POLICY:
+			if ((co.policy = moe_cache_policy_parse(optarg)) < 0) {
+				fprintf(stderr, "moe-run: --cache-policy %s: lru or lfu\n", optarg);
+				return 2;
+			}
+			break;
+		case O_PREFETCH: prefetch_depth = strtol(optarg, &end, 10); break;
+		case O_TRACE: trace_out = optarg; break;
+		case O_MMAP_EXPERTS: mmap_experts = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -586,6 +628,14 @@ int main(int argc, char **argv)
 		fputs("moe-run: -m PACK is required\n", stderr);
 		return 2;
 	}
+	if (budget_s && !(budget = parse_size(budget_s))) {
+		fprintf(stderr, "moe-run: --ram-budget %s: a size such as 900M or 12G\n", budget_s);
+		return 2;
+	}
+	if (io_depth < 1 || io_depth > 256 || prefetch_depth < 0 || prefetch_depth > 8) {
+		fputs("moe-run: --io-depth 1..256, --prefetch-depth 0..8\n", stderr);
+		return 2;
+	}
 	if (strcmp(kv_s, "f16") && strcmp(kv_s, "f32")) {
 		fprintf(stderr, "moe-run: --kv-type %s: f16 or f32\n", kv_s);
 		return 2;
@@ -606,6 +656,8 @@ int main(int argc, char **argv)
 	struct moe_detok_stream detok = {0};
 	struct text_out tout = {.stops = stops, .n_stops = n_stops};
 	char *tmpl = NULL;
+	FILE *trace_fp = NULL;
+	struct token_stats *per_token = NULL;
 	float *all = NULL, *last = NULL;
 	struct cand *cands = NULL;
 	for (size_t i = 0; i < n_stops; i++)
@@ -660,17 +712,50 @@ int main(int argc, char **argv)
 		fail();
 		goto out;
 	}
+	/* the budget: dense weights + KV cache and scratch + the expert cache, which gets the rest */
 	const uint64_t resident = moe_model_dense_bytes(m), session = moe_session_bytes(s);
-	if (budget && resident + session > budget) {
-		fprintf(stderr, "moe-run: --ram-budget %.2f GB is less than the resident weights (%.2f GB) and KV cache and scratch (%.2f GB)\n",
-			budget / 1e9, resident / 1e9, session / 1e9);
+	const uint64_t all_experts = moe_pack_expert_count(pack) * moe_cache_slot_bytes(pack) + moe_cache_staging_bytes(pack);
+	const uint64_t limit = budget ? budget : mem_available() / 10 * 9;
+	if (!mmap_experts) {
+		const uint64_t least = resident + session + moe_cache_min_bytes(pack);
+		if (limit < least) {
+			fprintf(stderr, "moe-run: %s %.1f MB is below the minimum %.1f MB: dense weights %.1f MB + KV cache "
+				"and scratch %.1f MB + two experts %.1f MB\n", budget ? "--ram-budget" : "available memory",
+				limit / 1048576.0, least / 1048576.0, resident / 1048576.0, session / 1048576.0,
+				moe_cache_min_bytes(pack) / 1048576.0);
+			goto out;
+		}
+		co.bytes = limit - resident - session;
+		if (co.bytes > all_experts)
+			co.bytes = all_experts;
+		co.io_depth = (unsigned)io_depth;
+		struct moe_experts *cache;
+		if (moe_experts_cache(pack, &co, &cache)) {
+			fail();
+			goto out;
+		}
+		moe_model_use_experts(m, cache);
+	} else if (budget && resident + session > budget) {
+		fprintf(stderr, "moe-run: --ram-budget %.1f MB is less than the dense weights (%.1f MB) and KV cache and scratch (%.1f MB)\n",
+			budget / 1048576.0, resident / 1048576.0, session / 1048576.0);
 		goto out;
 	}
+	s->prefetch_depth = (unsigned)prefetch_depth;
+	if (trace_out && !(trace_fp = fopen(trace_out, "w"))) {
+		fprintf(stderr, "moe-run: %s: %s\n", trace_out, strerror(errno));
+		goto out;
+	}
+	if (trace_fp)
+		fprintf(trace_fp, "{\"trace\": \"moemap expert routes\", \"layers\": %llu, \"experts\": %llu, \"experts_used\": %llu}\n",
+			(unsigned long long)m->hp.n_layers, (unsigned long long)m->hp.n_experts,
+			(unsigned long long)m->hp.n_experts_used);
+	s->trace = trace_fp;
 	all = logits_out ? malloc(n_prompt * vocab * sizeof(float)) : NULL;
 	last = malloc(vocab * sizeof(float));
 	seen = malloc((n_prompt + (size_t)n_predict + 1) * sizeof *seen);
 	cands = malloc(vocab * sizeof *cands);
-	if ((logits_out && !all) || !last || !seen || !cands) {
+	per_token = malloc(((size_t)n_predict + 1) * sizeof *per_token);
+	if ((logits_out && !all) || !last || !seen || !cands || !per_token) {
 		fputs("moe-run: out of memory\n", stderr);
 		goto out;
 	}
@@ -702,7 +787,7 @@ int main(int argc, char **argv)
 	const char *stop_reason = "length";
 	if (as_text)
 		moe_detok_stream_init(&detok, tok, 1);
-	size_t n_seen = n_prompt, generated = 0;
+	size_t n_seen = n_prompt, generated = 0, n_token_stats = 0;
 	t0 = now();
 	for (long i = 0; i < n_predict; i++) {
 		int32_t id = sample(&sp, last, vocab, seen, n_seen, cands);
@@ -738,10 +823,16 @@ int main(int argc, char **argv)
 			stop_reason = "context";
 			break;
 		}
+		struct moe_expert_stats before, after;
+		m->experts->stats(m->experts, &before);
 		if (moe_forward(s, &id, 1, NULL, last)) {
 			fail();
 			goto out;
 		}
+		m->experts->stats(m->experts, &after);
+		per_token[n_token_stats++] = (struct token_stats){
+			after.hits - before.hits, after.prefetch_hits - before.prefetch_hits, after.misses - before.misses,
+			after.bytes_read - before.bytes_read, after.wait_seconds - before.wait_seconds};
 	}
 	if (as_text && strcmp(stop_reason, "stop") != 0) {
 		const char *piece;
@@ -756,6 +847,11 @@ int main(int argc, char **argv)
 	else if (as_text && isatty(STDOUT_FILENO))
 		putchar('\n'); /* a terminal's prompt on a line of its own; pipes get the text exactly */
 	const double t_decode = now() - t0;
+	struct moe_expert_stats xs;
+	m->experts->stats(m->experts, &xs);
+	const uint64_t uses = xs.hits + xs.prefetch_hits + xs.misses;
+	const double precision = xs.prefetch_issued ? (double)xs.prefetch_hits / (double)xs.prefetch_issued : 0;
+	const double recall = xs.prefetch_hits + xs.misses ? (double)xs.prefetch_hits / (double)(xs.prefetch_hits + xs.misses) : 0;
 	if (stats_json) {
 		FILE *fp = fopen(stats_json, "w");
 		if (!fp) {
@@ -765,22 +861,47 @@ int main(int argc, char **argv)
 		fprintf(fp, "{\"prompt_tokens\": %zu, \"prefill_seconds\": %.6f, \"prefill_tokens_per_second\": %.3f, "
 			"\"generated_tokens\": %zu, \"decode_seconds\": %.6f, \"decode_tokens_per_second\": %.3f, "
 			"\"ms_per_token\": %.3f, \"kernels\": \"%s\", \"threads\": %d, \"kv_type\": \"%s\", "
-			"\"resident_bytes\": %llu, \"session_bytes\": %llu, \"stop_reason\": \"%s\"}\n",
+			"\"resident_bytes\": %llu, \"session_bytes\": %llu, \"stop_reason\": \"%s\",\n",
 			n_prompt, t_prefill, (double)n_prompt / t_prefill, generated, t_decode,
 			generated > 1 ? (double)(generated - 1) / t_decode : 0.0,
 			generated > 1 ? 1e3 * t_decode / (double)(generated - 1) : 0.0, m->kernels->name, threads, kv_s,
 			(unsigned long long)resident, (unsigned long long)session, stop_reason);
+		fprintf(fp, " \"experts\": {\"io\": \"%s\", \"policy\": \"%s\", \"prefetch_depth\": %ld, "
+			"\"cache_bytes\": %llu, \"slots\": %llu, \"slots_used\": %llu, \"uses\": %llu, \"hits\": %llu, "
+			"\"prefetch_hits\": %llu, \"misses\": %llu, \"prefetch_issued\": %llu, \"prefetch_precision\": %.4f, "
+			"\"prefetch_recall\": %.4f, \"bytes_read\": %llu, \"read_seconds\": %.6f, \"read_gb_per_second\": %.3f, "
+			"\"wait_seconds\": %.6f},\n \"per_token\": [",
+			xs.io_mode, moe_cache_policy_name(co.policy), prefetch_depth, (unsigned long long)co.bytes,
+			(unsigned long long)xs.slots, (unsigned long long)xs.slots_used, (unsigned long long)uses,
+			(unsigned long long)xs.hits, (unsigned long long)xs.prefetch_hits, (unsigned long long)xs.misses,
+			(unsigned long long)xs.prefetch_issued, precision, recall, (unsigned long long)xs.bytes_read,
+			xs.io_seconds, xs.io_seconds > 0 ? xs.bytes_read / xs.io_seconds / 1e9 : 0.0, xs.wait_seconds);
+		for (size_t i = 0; i < n_token_stats; i++)
+			fprintf(fp, "%s{\"hits\": %llu, \"prefetch_hits\": %llu, \"misses\": %llu, \"bytes_read\": %llu, "
+				"\"wait_ms\": %.3f}", i ? ",\n  " : "\n  ", (unsigned long long)per_token[i].hits,
+				(unsigned long long)per_token[i].prefetch_hits, (unsigned long long)per_token[i].misses,
+				(unsigned long long)per_token[i].bytes, per_token[i].wait * 1e3);
+		fputs("]}\n", fp);
 		if (fclose(fp) != 0) {
 			fprintf(stderr, "moe-run: %s: cannot write: %s\n", stats_json, strerror(errno));
 			unlink(stats_json);
 			goto out;
 		}
 	}
-	if (stats)
+	if (stats) {
 		fprintf(stderr, "moe-run: prefill %zu tokens in %.3f s (%.1f tok/s), decode %zu tokens in %.3f s (%.1f tok/s, %.1f ms/token), kernels %s, %d threads\n",
 			n_prompt, t_prefill, (double)n_prompt / t_prefill, generated, t_decode,
 			generated > 1 ? (double)(generated - 1) / t_decode : 0.0,
 			generated > 1 ? 1e3 * t_decode / (double)(generated - 1) : 0.0, m->kernels->name, threads);
+		if (!mmap_experts)
+			fprintf(stderr, "moe-run: experts: %llu uses, %llu hits + %llu prefetched + %llu misses; prefetch precision %.2f recall %.2f; "
+				"read %.2f GB at %.2f GB/s (%s); waited %.3f s; cache %llu/%llu slots (%.1f MB, %s)\n",
+				(unsigned long long)uses, (unsigned long long)xs.hits, (unsigned long long)xs.prefetch_hits,
+				(unsigned long long)xs.misses, precision, recall, xs.bytes_read / 1e9,
+				xs.io_seconds > 0 ? xs.bytes_read / xs.io_seconds / 1e9 : 0.0, xs.io_mode, xs.wait_seconds,
+				(unsigned long long)xs.slots_used, (unsigned long long)xs.slots, co.bytes / 1048576.0,
+				moe_cache_policy_name(co.policy));
+	}
 	rc = 0;
 out:
 	free(all);
@@ -789,6 +910,11 @@ out:
 	free(cands);
 	free(prompt);
 	free(tmpl);
+	free(per_token);
+	if (trace_fp && fclose(trace_fp) != 0 && rc == 0) {
+		fprintf(stderr, "moe-run: %s: %s\n", trace_out, strerror(errno));
+		rc = 1;
+	}
 	free(tout.buf);
 	moe_detok_stream_free(&detok);
 	moe_tokenizer_free(tok);

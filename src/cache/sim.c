@@ -1,0 +1,186 @@
+/* sim.c - trace replay through cache policies (see sim.h). */
+#include "config.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cache/cache.h"
+#include "cache/sim.h"
+#include "common/error.h"
+
+void moe_trace_free(struct moe_trace *t)
+{
+	free(t->layer);
+	free(t->start);
+	free(t->experts);
+	memset(t, 0, sizeof *t);
+}
+
+int moe_trace_load(const char *path, struct moe_trace *t)
+{
+	memset(t, 0, sizeof *t);
+	FILE *fp = fopen(path, "r");
+	if (!fp)
+		return moe_fail(MOE_EIO, "%s: %s", path, strerror(errno));
+	size_t cap = 1024, ecap = 4096, n_exp = 0, line_no = 0;
+	t->layer = malloc(cap * sizeof *t->layer);
+	t->start = malloc((cap + 1) * sizeof *t->start);
+	t->experts = malloc(ecap * sizeof *t->experts);
+	char *line = NULL;
+	size_t lcap = 0;
+	int rc = 0, header = 0;
+	while (!rc && t->layer && t->start && t->experts && getline(&line, &lcap, fp) > 0) {
+		line_no++;
+		json_error_t jerr;
+		json_t *o = json_loads(line, 0, &jerr);
+		json_t *ex = json_object_get(o, "experts"), *ly = json_object_get(o, "layer");
+		if (o && json_is_integer(json_object_get(o, "layers")) && !header) {
+			t->n_layers = (uint32_t)json_integer_value(json_object_get(o, "layers"));
+			t->n_experts = (uint32_t)json_integer_value(json_object_get(o, "experts"));
+			header = 1;
+		} else if (!json_is_array(ex) || !json_is_integer(ly) || !header ||
+			   json_integer_value(ly) < 0 || json_integer_value(ly) >= t->n_layers) {
+			rc = moe_fail(MOE_EFORMAT, "%s:%zu: not a moe-run --trace-out line%s", path, line_no,
+				      header ? "" : " (no header)");
+		} else {
+			if (t->n_steps == cap) {
+				cap *= 2;
+				uint32_t *nl = realloc(t->layer, cap * sizeof *nl);
+				size_t *ns = nl ? realloc(t->start, (cap + 1) * sizeof *ns) : NULL;
+				if (nl)
+					t->layer = nl;
+				if (!ns) {
+					json_decref(o);
+					rc = moe_fail(MOE_ENOMEM, "out of memory");
+					break;
+				}
+				t->start = ns;
+			}
+			t->layer[t->n_steps] = (uint32_t)json_integer_value(ly);
+			t->start[t->n_steps] = n_exp;
+			size_t i;
+			json_t *e;
+			json_array_foreach(ex, i, e) {
+				const json_int_t v = json_integer_value(e);
+				if (!json_is_integer(e) || v < 0 || v >= t->n_experts) {
+					rc = moe_fail(MOE_EFORMAT, "%s:%zu: expert id out of range", path, line_no);
+					break;
+				}
+				if (n_exp == ecap) {
+					uint32_t *ne = realloc(t->experts, (ecap *= 2) * sizeof *ne);
+					if (!ne) {
+						rc = moe_fail(MOE_ENOMEM, "out of memory");
+						break;
+					}
+					t->experts = ne;
+				}
+				t->experts[n_exp++] = (uint32_t)v;
+			}
+			t->n_steps++;
+			t->start[t->n_steps] = n_exp;
+		}
+		json_decref(o);
+	}
+	free(line);
+	fclose(fp);
+	if (!rc && (!t->layer || !t->start || !t->experts))
+		rc = moe_fail(MOE_ENOMEM, "out of memory");
+	if (!rc && !t->n_steps)
+		rc = moe_fail(MOE_EFORMAT, "%s: no routes in the trace", path);
+	if (rc)
+		moe_trace_free(t);
+	return rc;
+}
+
+int moe_cache_sim(const struct moe_trace *t, size_t slots, int policy, struct moe_sim_result *out)
+{
+	const size_t n_ids = (size_t)t->n_layers * t->n_experts, n_acc = t->start[t->n_steps];
+	int64_t *where = malloc(n_ids * sizeof *where), *held = malloc(slots * sizeof *held);
+	uint32_t *freq = calloc(n_ids, sizeof *freq), *cand_f = malloc(slots * sizeof *cand_f);
+	uint64_t *last = calloc(slots, sizeof *last), *cand_l = malloc(slots * sizeof *cand_l), clock = 0, uses = 0;
+	size_t *cand = malloc(slots * sizeof *cand), *next_use = malloc((n_acc + 1) * sizeof *next_use);
+	size_t *seen = malloc(n_ids * sizeof *seen), *step_of = malloc((n_acc + 1) * sizeof *step_of);
+	uint8_t *needed = calloc(n_ids, 1);
+	int rc = 0;
+	if (!where || !held || !freq || !cand_f || !last || !cand_l || !cand || !next_use || !seen || !step_of ||
+	    !needed || !slots) {
+		rc = moe_fail(slots ? MOE_ENOMEM : MOE_EINVAL, slots ? "out of memory" : "a cache of 0 experts");
+		goto out;
+	}
+	/* Belady: the step at which each access's expert is next needed */
+	for (size_t s = 0; s < t->n_steps; s++)
+		for (size_t i = t->start[s]; i < t->start[s + 1]; i++)
+			step_of[i] = s;
+	for (size_t i = 0; i < n_ids; i++)
+		seen[i] = SIZE_MAX;
+	for (size_t i = n_acc; i-- > 0;) {
+		const size_t id = (size_t)t->layer[step_of[i]] * t->n_experts + t->experts[i];
+		next_use[i] = seen[id];
+		seen[id] = step_of[i];
+	}
+	for (size_t i = 0; i < n_ids; i++)
+		where[i] = -1, seen[i] = SIZE_MAX; /* seen: next use of what is held, for Belady */
+	size_t used = 0;
+	memset(out, 0, sizeof *out);
+	for (size_t s = 0; s < t->n_steps; s++) {
+		const size_t base = (size_t)t->layer[s] * t->n_experts;
+		for (size_t i = t->start[s]; i < t->start[s + 1]; i++)
+			needed[base + t->experts[i]] = 1;
+		/* as the cache's hint: count each use, evict for each miss in order */
+		for (size_t i = t->start[s]; i < t->start[s + 1]; i++) {
+			const size_t id = base + t->experts[i];
+			freq[id]++;
+			if (++uses % n_ids == 0)
+				for (size_t k = 0; k < n_ids; k++)
+					freq[k] /= 2;
+			seen[id] = next_use[i];
+			if (where[id] >= 0) {
+				out->hits++;
+				continue;
+			}
+			out->misses++;
+			int64_t slot = -1;
+			if (used < slots) {
+				slot = (int64_t)used++;
+			} else {
+				size_t n = 0;
+				for (size_t k = 0; k < slots; k++)
+					if (!needed[held[k]]) {
+						cand[n] = k, cand_l[n] = last[k], cand_f[n] = freq[held[k]];
+						n++;
+					}
+				if (!n)
+					continue; /* more experts in one step than slots: read, not kept */
+				size_t pick = 0;
+				if (policy == MOE_POLICY_BELADY) {
+					for (size_t k = 1; k < n; k++)
+						if (seen[held[cand[k]]] > seen[held[cand[pick]]])
+							pick = k;
+				} else {
+					pick = moe_policy_pick(policy, cand_l, cand_f, n);
+				}
+				slot = (int64_t)cand[pick];
+				where[held[slot]] = -1;
+			}
+			held[slot] = (int64_t)id;
+			where[id] = slot;
+			last[slot] = 0; /* touched below */
+		}
+		/* as acquire: the ones that were here first, then the ones read */
+		for (int pass = 0; pass < 2; pass++)
+			for (size_t i = t->start[s]; i < t->start[s + 1]; i++) {
+				const size_t id = base + t->experts[i];
+				if (where[id] >= 0 && (last[where[id]] != 0) == (pass == 0))
+					last[where[id]] = ++clock;
+			}
+		for (size_t i = t->start[s]; i < t->start[s + 1]; i++)
+			needed[base + t->experts[i]] = 0;
+	}
+out:
+	free(where), free(held), free(freq), free(cand_f), free(last), free(cand_l), free(cand), free(next_use);
+	free(seen), free(step_of), free(needed);
+	return rc;
+}
