@@ -35,7 +35,8 @@ struct slot {
 	enum slot_state state;
 	int pins;
 	uint64_t last_use;   /* LRU clock at the last acquire */
-	uint64_t need_seq;   /* the latest layer step a request or guess wants it for */
+	uint64_t want;       /* the layer step that needs it and has not used it yet, + 1; 0: none */
+	uint64_t guess_seq;  /* the latest layer step a prefetch guessed it for */
 	int prefetched;      /* brought in by a guess and not used since */
 	uint64_t prio;       /* while queued */
 	/* while reading */
@@ -134,10 +135,15 @@ size_t moe_policy_pick(int policy, const uint64_t *last_use, const uint32_t *fre
 
 /* ---- slots (mutex held) ---- */
 
-/* The slot to reuse: free first; else a ready, unpinned one that no request or
- * guess covers (need_seq before the current step); for a demand (or the layer
+/* The slot to reuse: free first; else a ready, unpinned one that the layer being
+ * computed does not still need and no guess covers; for a demand (or the layer
  * about to run), failing that, one only guessed for later, the farthest first.
  * -1 if none. */
+static int evictable(const struct cache *c, const struct slot *s)
+{
+	return s->state == SLOT_READY && !s->pins && s->want != c->seq + 1;
+}
+
 static int64_t victim(struct cache *c, int demand)
 {
 	uint64_t last[64], *lu = last;
@@ -159,7 +165,7 @@ static int64_t victim(struct cache *c, int demand)
 			found = (int64_t)i;
 	for (size_t i = 0; i < c->n_slots && found < 0; i++) {
 		const struct slot *s = &c->slots[i];
-		if (s->state == SLOT_READY && !s->pins && s->need_seq < c->seq) {
+		if (evictable(c, s) && s->guess_seq <= c->seq) {
 			lu[n] = s->last_use, fq[n] = c->freq[s->expert], ix[n++] = (int64_t)i;
 		}
 	}
@@ -167,8 +173,7 @@ static int64_t victim(struct cache *c, int demand)
 		found = ix[moe_policy_pick(c->policy, lu, fq, n)];
 	for (size_t i = 0; i < c->n_slots && found < 0 && demand; i++) {
 		const struct slot *s = &c->slots[i];
-		if (s->state == SLOT_READY && !s->pins && s->need_seq > c->seq &&
-		    (found < 0 || s->need_seq > c->slots[found].need_seq))
+		if (evictable(c, s) && s->guess_seq > c->seq && (found < 0 || s->guess_seq > c->slots[found].guess_seq))
 			found = (int64_t)i;
 	}
 	if (lu != last)
@@ -188,6 +193,8 @@ static void queue_read(struct cache *c, int64_t slot, int64_t expert, uint64_t p
 	s->issued = s->done = 0;
 	s->err = 0;
 	s->prefetched = 0;
+	s->want = 0;
+	s->guess_seq = 0;
 	s->staging = -1;
 	pthread_cond_signal(&c->work);
 }
@@ -360,7 +367,7 @@ static void hint(struct moe_experts *base, uint32_t layer, uint32_t *experts, si
 		for (size_t i = 0; i < n; i++) { /* what is here stays: protect it before evicting */
 			const int64_t e = (int64_t)layer * c->n_experts + experts[i];
 			if (c->where[e] >= 0)
-				c->slots[c->where[e]].need_seq = c->seq;
+				c->slots[c->where[e]].want = c->seq + 1;
 		}
 		for (size_t i = 0; i < n; i++) {
 			const int64_t e = (int64_t)layer * c->n_experts + experts[i];
@@ -371,7 +378,7 @@ static void hint(struct moe_experts *base, uint32_t layer, uint32_t *experts, si
 			if (v < 0)
 				break; /* acquire waits for a slot */
 			queue_read(c, v, e, PRIO_NOW + i);
-			c->slots[v].need_seq = c->seq;
+			c->slots[v].want = c->seq + 1;
 		}
 		/* acquire order: ready ones first, then as queued */
 		uint32_t *tmp = malloc(n * sizeof *tmp);
@@ -393,8 +400,8 @@ static void hint(struct moe_experts *base, uint32_t layer, uint32_t *experts, si
 			const int64_t e = (int64_t)layer * c->n_experts + experts[i];
 			if (c->where[e] >= 0) {
 				struct slot *s = &c->slots[c->where[e]];
-				if (s->need_seq < target)
-					s->need_seq = target;
+				if (s->guess_seq < target)
+					s->guess_seq = target;
 				continue;
 			}
 			const int64_t v = victim(c, 0);
@@ -402,7 +409,7 @@ static void hint(struct moe_experts *base, uint32_t layer, uint32_t *experts, si
 				break; /* nothing left that no one wants: stop guessing */
 			queue_read(c, v, e, PRIO_AHEAD + ((uint64_t)distance << 32) + i);
 			c->slots[v].prefetched = 1;
-			c->slots[v].need_seq = target;
+			c->slots[v].guess_seq = target;
 			c->st.prefetch_issued++;
 		}
 	}
@@ -450,7 +457,7 @@ static int acquire(struct moe_experts *base, uint32_t layer, uint32_t expert, st
 			const int64_t v = victim(c, 1);
 			if (v >= 0) {
 				queue_read(c, v, e, PRIO_DEMAND);
-				c->slots[v].need_seq = c->seq;
+				c->slots[v].want = c->seq + 1;
 				continue;
 			}
 		} else if (c->slots[w].state == SLOT_QUEUED) {
@@ -471,6 +478,7 @@ static void release(struct moe_experts *base, struct moe_expert_weights *w)
 	struct slot *s = w->handle;
 	pthread_mutex_lock(&c->mu);
 	s->pins--;
+	s->want = 0; /* used by this layer step: evictable again */
 	pthread_cond_broadcast(&c->ready); /* a demand may be waiting for a slot */
 	pthread_mutex_unlock(&c->mu);
 }
