@@ -1,0 +1,101 @@
+#!/bin/sh
+# The expert cache under a RAM budget: peak RSS stays within the budget (+64 MiB
+# for code and libraries) with a budget of 25% of the experts' bytes, where the
+# mmap path goes far over; logits and generated ids are bit-identical to the
+# mapped run whatever the budget, policy, prefetch depth, I/O engine (io_uring,
+# forced pread) or codec (zstd); the trace replay (moe-bench sim) evicts exactly
+# as the cache does; a corrupt blob is an error naming its layer and expert.
+. "$TESTS_DIR/lib.sh"
+: "${MOE_RUN:?run through make check}" "${MOE_BENCH:?run through make check}"
+cd "$WORK"
+# experts dominate: 32 experts of 6.7 MB (q8), about 2 MB of dense weights
+check "synth" "$MOE_PACK" synth --hidden 512 --expert-ff 4096 --layers 4 --vocab 512 m.moe
+# f16 experts compress (zstd blobs); the same weights stored raw for reference
+check "synth zstd" "$MOE_PACK" synth --hidden 256 --expert-ff 1024 --layers 2 -q experts=f16 --zstd-min-saving 1 z.moe
+check "synth same weights, raw" "$MOE_PACK" synth --hidden 256 --expert-ff 1024 --layers 2 -q experts=f16 \
+	--zstd-min-saving 100 zr.moe
+check "the zstd pack has zstd blobs" py -c '
+import sys; sys.path.insert(0, sys.argv[1])
+from moepack_ref import Pack
+assert all(x["codec"] == 1 for x in Pack("z.moe").experts.values())' "$TESTS_DIR"
+experts=$(py -c '
+import sys; sys.path.insert(0, sys.argv[1])
+from moepack_ref import Pack
+p = Pack("m.moe"); print(len(p.experts) * p.layout["raw_size"])' "$TESTS_DIR")
+budget=$((experts / 4))
+P=1,2,3,4,5,6,7,8,9,10,11,12
+run() { "$MOE_RUN" -m m.moe --tokens $P -n 24 -c 256 "$@"; }
+
+# peak RSS against the budget
+/usr/bin/time -f %M -o rss.cache "$MOE_RUN" -m m.moe --tokens $P -n 24 -c 256 --ram-budget "$budget" >ids.cache 2>err
+/usr/bin/time -f %M -o rss.mmap "$MOE_RUN" -m m.moe --tokens $P -n 24 -c 256 --mmap-experts >ids.mmap 2>err
+limit=$((budget + 64 * 1048576))
+check "peak RSS $(($(cat rss.cache) / 1024)) MiB <= budget $((budget / 1048576)) MiB + 64 MiB" \
+	[ $(($(cat rss.cache) * 1024)) -le $limit ]
+check "the mmap path exceeds that bound ($(($(cat rss.mmap) / 1024)) MiB): the check can fail" \
+	[ $(($(cat rss.mmap) * 1024)) -gt $limit ]
+
+# the same bits from every way of getting the experts
+run --mmap-experts --logits-out ref.f32 >ref.ids 2>err
+same() { # same DESCRIPTION ARGS...: logits and ids equal to the mapped run
+	d=$1
+	shift
+	if "$@" --logits-out got.f32 >got.ids 2>err && cmp -s ref.f32 got.f32 && cmp -s ref.ids got.ids; then ok
+	else not_ok "$d"; cat err >&2; fi
+}
+same "cache, 25% budget" run --ram-budget "$budget"
+same "cache, LFU, prefetch depth 3" run --ram-budget "$budget" --cache-policy lfu --prefetch-depth 3
+same "cache, no prefetch, batch 3, io depth 1" run --ram-budget "$budget" --prefetch-depth 0 -b 3 --io-depth 1
+same "cache, room for everything" run --ram-budget 1G
+MOE_IO=pread run --ram-budget "$budget" --logits-out got.f32 --stats-json pread.json >got.ids 2>err
+check "forced pread: same bits" cmp ref.f32 got.f32
+check "forced pread: said in the stats" py -c 'import json, sys; assert json.load(open(sys.argv[1]))["experts"]["io"].startswith("pread")' pread.json
+"$MOE_RUN" -m zr.moe --tokens $P -n 24 -c 256 --mmap-experts --logits-out zref.f32 >zref.ids 2>err
+"$MOE_RUN" -m z.moe --tokens $P -n 24 -c 256 --ram-budget 12M --logits-out zgot.f32 >zgot.ids 2>err
+check "zstd blobs through the cache: same bits as raw" cmp zref.f32 zgot.f32
+check "zstd: same ids" cmp zref.ids zgot.ids
+
+# stats: what a prefetch run reports adds up
+run --ram-budget "$budget" --prefetch-depth 2 --stats-json s.json >/dev/null 2>err
+check "stats add up" py -c '
+import json, sys
+s = json.load(open(sys.argv[1])); x = s["experts"]
+assert x["uses"] == x["hits"] + x["prefetch_hits"] + x["misses"], x
+assert x["prefetch_issued"] > 0 and x["prefetch_hits"] <= x["prefetch_issued"], x
+assert 0 <= x["prefetch_precision"] <= 1 and 0 <= x["prefetch_recall"] <= 1, x
+assert x["slots"] >= 2 and x["slots_used"] <= x["slots"] and x["bytes_read"] > 0, x
+assert x["io"].startswith("io_uring") or x["io"].startswith("pread"), x
+assert len(s["per_token"]) == s["generated_tokens"] - 1, s["per_token"]
+assert sum(t["misses"] for t in s["per_token"]) <= x["misses"]' s.json
+
+# trace replay: one token per step, no prefetch: the simulator evicts as the cache does
+for policy in lru lfu; do
+	run --ram-budget "$budget" -b 1 --prefetch-depth 0 --cache-policy $policy --trace-out t.jsonl --stats-json t.json \
+		>/dev/null 2>err
+	slots=$(py -c 'import json, sys; print(json.load(open(sys.argv[1]))["experts"]["slots"])' t.json)
+	"$MOE_BENCH" sim --trace t.jsonl --cache-experts "$slots" --policy $policy,belady >sim.txt 2>err
+	check "sim $policy = the cache's hits and misses" py -c '
+import json, sys
+x = json.load(open(sys.argv[1]))["experts"]
+rows = [l.split() for l in open(sys.argv[2]) if l.split() and l.split()[0].isdigit()]
+got = {r[1]: (int(r[2]), int(r[3])) for r in rows}
+assert got[sys.argv[3]] == (x["hits"], x["misses"]), (got, x)
+assert got["belady"][0] >= got[sys.argv[3]][0], got' t.json sim.txt $policy
+done
+
+# refused
+expect_error "budget below the minimum" "below the minimum" run --ram-budget 1M
+expect_error "bad budget" "a size such as" run --ram-budget 12X
+expect_error "bad policy" "lru or lfu" run --cache-policy fifo
+expect_error "bad io depth" "--io-depth" run --io-depth 0
+# a flipped byte in an expert blob: the read that brings it in says which
+py -c '
+import sys; sys.path.insert(0, sys.argv[1])
+from moepack_ref import Pack
+p = Pack("m.moe"); x = p.experts[(2, 5)]
+b = bytearray(p.data); b[x["offset"] + 1000] ^= 0x10
+open("bad.moe", "wb").write(b)' "$TESTS_DIR"
+expect_error "corrupt expert" "layer 2 expert 5: checksum mismatch" \
+	"$MOE_RUN" -m bad.moe --tokens $P -n 24 -c 256 --ram-budget 1G
+check "--no-verify runs it anyway" "$MOE_RUN" -m bad.moe --tokens $P -n 2 -c 256 --ram-budget 1G --no-verify
+finish
