@@ -15,6 +15,7 @@
 
 #include "cache/cache.h"
 #include "cache/sim.h"
+#include "io/io.h"
 #include "kernels/kernels.h"
 #include "moe.h"
 
@@ -383,6 +384,88 @@ static int bench_membw(int argc, char **argv)
 	return 0;
 }
 
+/* ---- disk: O_DIRECT read bandwidth through the expert cache's read engine ---- */
+
+static int bench_disk(int argc, char **argv)
+{
+	const char *path = NULL, *depths = "1,8,32";
+	double gib = 2;
+	static const struct option opts[] = {
+		{"file", required_argument, NULL, 'f'}, {"depth", required_argument, NULL, 'd'},
+		{"gib", required_argument, NULL, 'g'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
+	};
+	int c;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'f': path = optarg; break;
+		case 'd': depths = optarg; break;
+		case 'g': gib = strtod(optarg, NULL); break;
+		default: return 2;
+		}
+	}
+	if (!path || gib <= 0) {
+		fputs("moe-bench disk: --file F is required (a pack, or any large file on the disk to measure)\n", stderr);
+		return 2;
+	}
+	FILE *fp = fopen(path, "rb");
+	if (!fp || fseeko(fp, 0, SEEK_END) != 0) {
+		fprintf(stderr, "moe-bench: %s: cannot open\n", path);
+		if (fp)
+			fclose(fp);
+		return 1;
+	}
+	const uint64_t size = (uint64_t)ftello(fp) / (4u << 20) * (4u << 20);
+	fclose(fp);
+	uint64_t want = (uint64_t)(gib * 1073741824.0) / (4u << 20) * (4u << 20);
+	if (want > size)
+		want = size;
+	char *list = strdup(depths);
+	int rc = 0;
+	printf("O_DIRECT reads of 4 MiB from %s, %.2f GB per measurement\n", path, want / 1e9);
+	for (char *tok = strtok(list, ","); tok && !rc; tok = strtok(NULL, ",")) {
+		const unsigned depth = (unsigned)atoi(tok);
+		const size_t arena_bytes = (size_t)(depth ? depth : 1) * (4u << 20);
+		char *arena = aligned_alloc(4096, arena_bytes);
+		struct moe_io *io = NULL;
+		if (!depth || !arena || moe_io_create(path, depth, arena, arena_bytes, &io)) {
+			fprintf(stderr, "moe-bench: depth %s: %s\n", tok, depth ? moe_last_error() : "1 or more");
+			free(arena);
+			rc = 1;
+			break;
+		}
+		uint64_t issued = 0, done = 0, in_flight = 0;
+		const double t0 = now();
+		while (done < want && !rc) {
+			while (issued < want && moe_io_free_slots(io) > 0) {
+				const uint64_t slot = (issued / (4u << 20)) % depth;
+				if (moe_io_read(io, arena + slot * (4u << 20), issued, 4u << 20, slot)) {
+					rc = 1;
+					break;
+				}
+				issued += 4u << 20;
+				in_flight++;
+			}
+			uint64_t tag;
+			int64_t res;
+			if (rc || moe_io_submit(io) || moe_io_complete(io, 1, &tag, &res) < 0 || res < 0) {
+				fprintf(stderr, "moe-bench: read: %s\n", rc ? "failed" : moe_last_error());
+				rc = 1;
+				break;
+			}
+			done += (uint64_t)res;
+			while (moe_io_complete(io, 0, &tag, &res) == 0 && res >= 0)
+				done += (uint64_t)res;
+		}
+		const double t = now() - t0;
+		if (!rc)
+			printf("depth %3u: %.2f GB/s (%s)\n", depth, want / t / 1e9, moe_io_mode(io));
+		moe_io_free(io);
+		free(arena);
+	}
+	free(list);
+	return rc;
+}
+
 /* ---- sim: replay a route trace through cache policies ---- */
 
 static int bench_sim(int argc, char **argv)
@@ -465,9 +548,11 @@ int main(int argc, char **argv)
 		     "       moe-bench kernels [--impl LIST] [--format LIST] [--threads LIST] [--batch LIST]\n"
 		     "                         [--shape LIST] [--seconds S] [--memory MB] [--reps N]\n"
 		     "       moe-bench sim --trace FILE [--cache-experts LIST] [--policy LIST]\n"
+		     "       moe-bench disk --file FILE [--depth LIST] [--gib G]\n"
 		     "  membw     memory read bandwidth with 1..all threads\n"
 		     "  kernels   weight GB/s of each kernel implementation against that bandwidth\n"
 		     "  sim       replay a moe-run --trace-out file through cache policies: hit rates\n"
+		     "  disk      O_DIRECT read bandwidth with 1..N reads in flight (the bound for expert streaming)\n"
 		     "  --impl        scalar,avx2,avx512,neon (default: all this CPU runs)\n"
 		     "  --format      q8,q4,f16,f32 (default q8,q4)\n"
 		     "  --threads     thread counts (default 1 and all CPUs)\n"
@@ -479,6 +564,9 @@ int main(int argc, char **argv)
 		     "  --trace          sim: the route trace\n"
 		     "  --cache-experts  sim: cache sizes, in experts or % of all (default 25%,50%,75%)\n"
 		     "  --policy         sim: lru,lfu,belady (default all three; belady is the bound)\n"
+		     "  --file           disk: the file to read (O_DIRECT bypasses the page cache)\n"
+		     "  --depth          disk: reads in flight (default 1,8,32)\n"
+		     "  --gib            disk: GiB read per measurement (default 2)\n"
 		     "See moe-bench(1).");
 		return argc < 2 ? 2 : 0;
 	}
@@ -488,6 +576,8 @@ int main(int argc, char **argv)
 		return bench_kernels(argc - 1, argv + 1);
 	if (strcmp(argv[1], "sim") == 0)
 		return bench_sim(argc - 1, argv + 1);
-	fprintf(stderr, "moe-bench: unknown command '%s' (membw, kernels, sim)\n", argv[1]);
+	if (strcmp(argv[1], "disk") == 0)
+		return bench_disk(argc - 1, argv + 1);
+	fprintf(stderr, "moe-bench: unknown command '%s' (membw, kernels, sim, disk)\n", argv[1]);
 	return 2;
 }
