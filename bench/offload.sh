@@ -39,5 +39,5 @@ one "in RAM (room for every expert)" no --ram-budget 8G
 for d in 0 1 2; do
 	one "expert cache, --ram-budget $BUDGET, --prefetch-depth $d" yes --ram-budget "$BUDGET" --prefetch-depth "$d"
 done
-RUNS=1 one "mmap experts (page cache), cgroup $LIMIT, 600 s cap" yes --mmap-experts
+RUNS=1 one "mmap experts (page cache), cgroup $LIMIT, 600 s cap" yes --no-offload
 rm -f "/tmp/offload.$$"

@@ -28,7 +28,7 @@ run() { "$MOE_RUN" -m m.moe --tokens $P -n 24 -c 256 "$@"; }
 
 # peak RSS against the budget
 /usr/bin/time -f %M -o rss.cache "$MOE_RUN" -m m.moe --tokens $P -n 24 -c 256 --ram-budget "$budget" >ids.cache 2>err
-/usr/bin/time -f %M -o rss.mmap "$MOE_RUN" -m m.moe --tokens $P -n 24 -c 256 --mmap-experts >ids.mmap 2>err
+/usr/bin/time -f %M -o rss.mmap "$MOE_RUN" -m m.moe --tokens $P -n 24 -c 256 --no-offload >ids.mmap 2>err
 limit=$((budget + 64 * 1048576))
 check "peak RSS $(($(cat rss.cache) / 1024)) MiB <= budget $((budget / 1048576)) MiB + 64 MiB" \
 	[ $(($(cat rss.cache) * 1024)) -le $limit ]
@@ -36,7 +36,7 @@ check "the mmap path exceeds that bound ($(($(cat rss.mmap) / 1024)) MiB): the c
 	[ $(($(cat rss.mmap) * 1024)) -gt $limit ]
 
 # the same bits from every way of getting the experts
-run --mmap-experts --logits-out ref.f32 >ref.ids 2>err
+run --no-offload --logits-out ref.f32 >ref.ids 2>err
 same() { # same DESCRIPTION ARGS...: logits and ids equal to the mapped run
 	d=$1
 	shift
@@ -50,7 +50,7 @@ same "cache, room for everything" run --ram-budget 1G
 MOE_IO=pread run --ram-budget "$budget" --logits-out got.f32 --stats-json pread.json >got.ids 2>err
 check "forced pread: same bits" cmp ref.f32 got.f32
 check "forced pread: said in the stats" py -c 'import json, sys; assert json.load(open(sys.argv[1]))["experts"]["io"].startswith("pread")' pread.json
-"$MOE_RUN" -m zr.moe --tokens $P -n 24 -c 256 --mmap-experts --logits-out zref.f32 >zref.ids 2>err
+"$MOE_RUN" -m zr.moe --tokens $P -n 24 -c 256 --no-offload --logits-out zref.f32 >zref.ids 2>err
 "$MOE_RUN" -m z.moe --tokens $P -n 24 -c 256 --ram-budget 12M --logits-out zgot.f32 >zgot.ids 2>err
 check "zstd blobs through the cache: same bits as raw" cmp zref.f32 zgot.f32
 check "zstd: same ids" cmp zref.ids zgot.ids
@@ -98,4 +98,16 @@ open("bad.moe", "wb").write(b)' "$TESTS_DIR"
 expect_error "corrupt expert" "layer 2 expert 5: checksum mismatch" \
 	"$MOE_RUN" -m bad.moe --tokens $P -n 24 -c 256 --ram-budget 1G
 check "--no-verify runs it anyway" "$MOE_RUN" -m bad.moe --tokens $P -n 2 -c 256 --ram-budget 1G --no-verify
+# injected faults on the read path (MOE_IO_FAULT): the 5th read completing
+for engine in io_uring pread; do
+	io=""
+	[ $engine = pread ] && io=pread
+	MOE_IO=$io MOE_IO_FAULT=eio@5 expect_error "$engine: EIO" "expert [0-9]*: read: Input/output error" \
+		run --ram-budget "$budget"
+	MOE_IO=$io MOE_IO_FAULT=short@5 expect_error "$engine: short read" "expert [0-9]*: short read: " run --ram-budget "$budget"
+	# a byte flipped in flight: the checksum catches it, one re-read heals it, same bits
+	MOE_IO=$io MOE_IO_FAULT=flip@5 run --ram-budget "$budget" --logits-out flip.f32 --stats-json flip.json >flip.ids 2>err
+	check "$engine: transient corruption re-read" cmp ref.f32 flip.f32
+	check "$engine: the re-read counted" py -c 'import json, sys; assert json.load(open(sys.argv[1]))["experts"]["rereads"] == 1' flip.json
+done
 finish

@@ -43,6 +43,7 @@ struct slot {
 	uint64_t issued, done, read_len;
 	int staging;         /* staging buffer for a compressed blob, or -1 */
 	int err;             /* an error while reading, reported to the acquirer */
+	int reread;          /* read again after a checksum mismatch */
 	char *mem;
 };
 
@@ -192,6 +193,7 @@ static void queue_read(struct cache *c, int64_t slot, int64_t expert, uint64_t p
 	s->prio = prio;
 	s->issued = s->done = 0;
 	s->err = 0;
+	s->reread = 0;
 	s->prefetched = 0;
 	s->want = 0;
 	s->guess_seq = 0;
@@ -292,9 +294,14 @@ static void *io_thread(void *arg)
 			if (res < 0 || ((uint64_t)res < want && off + (uint64_t)res < e->stored_size)) {
 				if (!s->err) {
 					s->err = MOE_EIO;
-					snprintf(c->err_msg, sizeof c->err_msg, "%s: layer %u expert %u: read: %s",
-						 moe_pack_path(c->pack), e->layer, e->expert,
-						 res < 0 ? strerror((int)-res) : "file ends early");
+					if (res < 0)
+						snprintf(c->err_msg, sizeof c->err_msg, "%s: layer %u expert %u: read: %s",
+							 moe_pack_path(c->pack), e->layer, e->expert, strerror((int)-res));
+					else
+						snprintf(c->err_msg, sizeof c->err_msg,
+							 "%s: layer %u expert %u: short read: %lld of %llu bytes at offset %llu",
+							 moe_pack_path(c->pack), e->layer, e->expert, (long long)res,
+							 (unsigned long long)want, (unsigned long long)(e->offset + off));
 				}
 			}
 			c->st.bytes_read += res > 0 ? (uint64_t)res : 0;
@@ -306,9 +313,20 @@ static void *io_thread(void *arg)
 				pthread_mutex_unlock(&c->mu);
 				int frc = finish(c, s);
 				pthread_mutex_lock(&c->mu);
+				if (frc == MOE_ECHECKSUM && !s->reread) {
+					/* once more from the disk before calling the pack corrupt */
+					if (s->staging >= 0)
+						c->staging_busy[s->staging] = 0, s->staging = -1;
+					s->reread = 1;
+					s->state = SLOT_QUEUED;
+					s->issued = s->done = 0;
+					c->st.rereads++;
+					continue;
+				}
 				if (frc) {
 					s->err = frc;
-					snprintf(c->err_msg, sizeof c->err_msg, "%s", moe_last_error());
+					snprintf(c->err_msg, sizeof c->err_msg, "%s%s", moe_last_error(),
+						 frc == MOE_ECHECKSUM ? " (read twice)" : "");
 				}
 			}
 			if (s->staging >= 0)

@@ -30,6 +30,7 @@ struct moe_expert_stats {
 	uint64_t misses;          /* uses that had to read the expert on demand */
 	uint64_t prefetch_issued; /* reads queued by prefetch hints */
 	uint64_t bytes_read;
+	uint64_t rereads;         /* blobs read again after a checksum mismatch */
 	double io_seconds;        /* wall time with reads in flight */
 	double wait_seconds;      /* compute waiting for experts */
 	uint64_t slots, slots_used;

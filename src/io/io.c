@@ -22,8 +22,19 @@ struct done {
 	int64_t res;
 };
 
+/* MOE_IO_FAULT=eio@N|short@N|flip@N: the Nth completed read fails with EIO, comes
+ * back half done, or has one byte of its data flipped (tests of the error paths) */
+enum fault { FAULT_NONE, FAULT_EIO, FAULT_SHORT, FAULT_FLIP };
+
 struct moe_io {
 	int fd, direct;
+	enum fault fault;
+	uint64_t fault_at, completed;
+	struct {
+		uint64_t tag;
+		void *dst;
+		int used;
+	} *flight; /* per read in flight, so that a completion knows its buffer */
 	enum io_mode mode;
 	struct io_uring ring;
 	unsigned depth, inflight;
@@ -51,7 +62,14 @@ int moe_io_create(const char *path, unsigned depth, void *arena, size_t arena_by
 	io->arena = arena, io->arena_bytes = arena_bytes;
 	io->queued = calloc(io->depth, sizeof *io->queued);
 	io->done = calloc(io->depth, sizeof *io->done);
-	if (!io->queued || !io->done) {
+	io->flight = calloc(io->depth, sizeof *io->flight);
+	const char *fault = getenv("MOE_IO_FAULT"), *at = fault ? strchr(fault, '@') : NULL;
+	if (at) {
+		io->fault = !strncmp(fault, "eio", 3) ? FAULT_EIO : !strncmp(fault, "short", 5) ? FAULT_SHORT
+			  : !strncmp(fault, "flip", 4) ? FAULT_FLIP : FAULT_NONE;
+		io->fault_at = strtoull(at + 1, NULL, 10);
+	}
+	if (!io->queued || !io->done || !io->flight) {
 		moe_io_free(io);
 		return moe_fail(MOE_ENOMEM, "out of memory");
 	}
@@ -65,6 +83,7 @@ int moe_io_create(const char *path, unsigned depth, void *arena, size_t arena_by
 		int e = errno;
 		free(io->queued);
 		free(io->done);
+		free(io->flight);
 		free(io);
 		return moe_fail(MOE_EIO, "%s: %s", path, strerror(e));
 	}
@@ -105,6 +124,7 @@ void moe_io_free(struct moe_io *io)
 		close(io->fd);
 	free(io->queued);
 	free(io->done);
+	free(io->flight);
 	free(io);
 }
 
@@ -120,6 +140,11 @@ int moe_io_read(struct moe_io *io, void *dst, uint64_t off, size_t len, uint64_t
 {
 	if (!moe_io_free_slots(io))
 		return moe_fail(MOE_EINVAL, "io: more than %u reads in flight", io->depth);
+	unsigned f = 0;
+	while (io->flight[f].used)
+		f++;
+	io->flight[f].used = 1, io->flight[f].tag = tag, io->flight[f].dst = dst;
+	tag = f; /* the engine's own tag; the caller's comes back from flight[] */
 	if (io->mode == IO_PREAD) {
 		io->queued[io->n_queued].dst = dst, io->queued[io->n_queued].off = off;
 		io->queued[io->n_queued].len = len, io->queued[io->n_queued].tag = tag;
@@ -175,13 +200,29 @@ int moe_io_submit(struct moe_io *io)
 	return 0;
 }
 
+/* the caller's tag back, and the injected fault if this completion is the one */
+static void deliver(struct moe_io *io, uint64_t f, int64_t *res, uint64_t *tag)
+{
+	*tag = io->flight[f].tag;
+	io->flight[f].used = 0;
+	if (io->fault && ++io->completed == io->fault_at) {
+		if (io->fault == FAULT_EIO)
+			*res = -EIO;
+		else if (io->fault == FAULT_SHORT && *res > 0)
+			*res /= 2;
+		else if (io->fault == FAULT_FLIP && *res > 0)
+			((unsigned char *)io->flight[f].dst)[*res / 2] ^= 0x40;
+	}
+}
+
 int moe_io_complete(struct moe_io *io, int wait, uint64_t *tag, int64_t *res)
 {
 	if (io->mode == IO_PREAD) {
 		if (io->done_head == io->n_done)
 			return 1;
-		*tag = io->done[io->done_head].tag;
+		const uint64_t f = io->done[io->done_head].tag;
 		*res = io->done[io->done_head++].res;
+		deliver(io, f, res, tag);
 		return 0;
 	}
 	if (!io->inflight)
@@ -192,9 +233,10 @@ int moe_io_complete(struct moe_io *io, int wait, uint64_t *tag, int64_t *res)
 		return 1;
 	if (r < 0)
 		return moe_fail(MOE_EIO, "io_uring_wait_cqe: %s", strerror(-r));
-	*tag = io_uring_cqe_get_data64(cqe);
+	const uint64_t f = io_uring_cqe_get_data64(cqe);
 	*res = cqe->res;
 	io_uring_cqe_seen(&io->ring, cqe);
 	io->inflight--;
+	deliver(io, f, res, tag);
 	return 0;
 }

@@ -384,9 +384,9 @@ static int bench_membw(int argc, char **argv)
 	return 0;
 }
 
-/* ---- disk: O_DIRECT read bandwidth through the expert cache's read engine ---- */
+/* ---- diskbw: O_DIRECT read bandwidth through the expert cache's read engine ---- */
 
-static int bench_disk(int argc, char **argv)
+static int bench_diskbw(int argc, char **argv)
 {
 	const char *path = NULL, *depths = "1,8,32";
 	double gib = 2;
@@ -404,7 +404,7 @@ static int bench_disk(int argc, char **argv)
 		}
 	}
 	if (!path || gib <= 0) {
-		fputs("moe-bench disk: --file F is required (a pack, or any large file on the disk to measure)\n", stderr);
+		fputs("moe-bench diskbw: --file F is required (a pack, or any large file on the disk to measure)\n", stderr);
 		return 2;
 	}
 	FILE *fp = fopen(path, "rb");
@@ -548,11 +548,11 @@ int main(int argc, char **argv)
 		     "       moe-bench kernels [--impl LIST] [--format LIST] [--threads LIST] [--batch LIST]\n"
 		     "                         [--shape LIST] [--seconds S] [--memory MB] [--reps N]\n"
 		     "       moe-bench sim --trace FILE [--cache-experts LIST] [--policy LIST]\n"
-		     "       moe-bench disk --file FILE [--depth LIST] [--gib G]\n"
+		     "       moe-bench diskbw --file FILE [--depth LIST] [--gib G]\n"
 		     "  membw     memory read bandwidth with 1..all threads\n"
 		     "  kernels   weight GB/s of each kernel implementation against that bandwidth\n"
 		     "  sim       replay a moe-run --trace-out file through cache policies: hit rates\n"
-		     "  disk      O_DIRECT read bandwidth with 1..N reads in flight (the bound for expert streaming)\n"
+		     "  diskbw    O_DIRECT read bandwidth with 1..N reads in flight (the bound for expert streaming)\n"
 		     "  --impl        scalar,avx2,avx512,neon (default: all this CPU runs)\n"
 		     "  --format      q8,q4,f16,f32 (default q8,q4)\n"
 		     "  --threads     thread counts (default 1 and all CPUs)\n"
@@ -564,9 +564,9 @@ int main(int argc, char **argv)
 		     "  --trace          sim: the route trace\n"
 		     "  --cache-experts  sim: cache sizes, in experts or % of all (default 25%,50%,75%)\n"
 		     "  --policy         sim: lru,lfu,belady (default all three; belady is the bound)\n"
-		     "  --file           disk: the file to read (O_DIRECT bypasses the page cache)\n"
-		     "  --depth          disk: reads in flight (default 1,8,32)\n"
-		     "  --gib            disk: GiB read per measurement (default 2)\n"
+		     "  --file           diskbw: the file to read (O_DIRECT bypasses the page cache)\n"
+		     "  --depth          diskbw: reads in flight (default 1,8,32)\n"
+		     "  --gib            diskbw: GiB read per measurement (default 2)\n"
 		     "See moe-bench(1).");
 		return argc < 2 ? 2 : 0;
 	}
@@ -576,8 +576,8 @@ int main(int argc, char **argv)
 		return bench_kernels(argc - 1, argv + 1);
 	if (strcmp(argv[1], "sim") == 0)
 		return bench_sim(argc - 1, argv + 1);
-	if (strcmp(argv[1], "disk") == 0)
-		return bench_disk(argc - 1, argv + 1);
-	fprintf(stderr, "moe-bench: unknown command '%s' (membw, kernels, sim, disk)\n", argv[1]);
+	if (strcmp(argv[1], "diskbw") == 0)
+		return bench_diskbw(argc - 1, argv + 1);
+	fprintf(stderr, "moe-bench: unknown command '%s' (membw, kernels, sim, diskbw)\n", argv[1]);
 	return 2;
 }

@@ -57,7 +57,7 @@ static void usage(FILE *fp)
 	      "      --io-depth N         expert reads in flight, 1..256 (default 8)\n"
 	      "      --no-verify          skip the XXH3 check of each expert read\n"
 	      "      --mlock              lock the expert cache in RAM\n"
-	      "      --mmap-experts       no cache: experts through the page cache (mmap), as llama.cpp does\n"
+	      "      --no-offload         no cache: experts through the page cache (mmap), as llama.cpp does\n"
 	      "      --trace-out FILE     the experts and router scores of every token and layer (moe-bench sim)\n"
 	      "output:\n"
 	      "      --logits-out FILE    float32 logits of every prompt position, [n_prompt][n_vocab], no header\n"
@@ -523,7 +523,7 @@ int main(int argc, char **argv)
 	enum { O_TOKENS = 256, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_SEED, O_LOGITS, O_STATS, O_KV, O_BUDGET,
 	       O_TRUNC, O_SJSON, O_TOKENIZE, O_DETOKENIZE, O_TOKENIZER, O_ADD_SPECIAL, O_NO_ADD_SPECIAL,
 	       O_SKIP_SPECIAL, O_CHAT, O_SYSTEM, O_MESSAGES, O_CHAT_TEMPLATE, O_CHAT_KWARGS, O_PRINT_PROMPT, O_STOP,
-	       O_IGNORE_EOS, O_MLOCK, O_IO_DEPTH, O_NO_VERIFY, O_POLICY, O_PREFETCH, O_TRACE, O_MMAP_EXPERTS };
+	       O_IGNORE_EOS, O_MLOCK, O_IO_DEPTH, O_NO_VERIFY, O_POLICY, O_PREFETCH, O_TRACE, O_NO_OFFLOAD };
 	int tokenize = 0, detokenize = 0, skip_special = 0;
 	const char *tokenizer_path = NULL;
 	const char *kv_s = "f16", *stats_json = NULL;
@@ -533,7 +533,7 @@ int main(int argc, char **argv)
 	const char *budget_s = getenv("MOE_RAM_BUDGET"), *trace_out = NULL;
 	struct moe_cache_options co = {.verify = 1, .policy = MOE_POLICY_LRU};
 	long io_depth = 8, prefetch_depth = 1;
-	int mmap_experts = 0;
+	int no_offload = 0;
 	int truncate = 0;
 	static const struct option opts[] = {
 		{"model", required_argument, NULL, 'm'}, {"tokens", required_argument, NULL, O_TOKENS},
@@ -556,7 +556,7 @@ int main(int argc, char **argv)
 		{"ignore-eos", no_argument, NULL, O_IGNORE_EOS}, {"mlock", no_argument, NULL, O_MLOCK},
 		{"io-depth", required_argument, NULL, O_IO_DEPTH}, {"no-verify", no_argument, NULL, O_NO_VERIFY},
 		{"cache-policy", required_argument, NULL, O_POLICY}, {"prefetch-depth", required_argument, NULL, O_PREFETCH},
-		{"trace-out", required_argument, NULL, O_TRACE}, {"mmap-experts", no_argument, NULL, O_MMAP_EXPERTS},
+		{"trace-out", required_argument, NULL, O_TRACE}, {"no-offload", no_argument, NULL, O_NO_OFFLOAD},
 		{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
 	};
 	int c;
@@ -613,7 +613,7 @@ int main(int argc, char **argv)
 			break;
 		case O_PREFETCH: prefetch_depth = strtol(optarg, &end, 10); break;
 		case O_TRACE: trace_out = optarg; break;
-		case O_MMAP_EXPERTS: mmap_experts = 1; break;
+		case O_NO_OFFLOAD: no_offload = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -725,7 +725,7 @@ int main(int argc, char **argv)
 	const uint64_t resident = moe_model_dense_bytes(m), session = moe_session_bytes(s);
 	const uint64_t all_experts = moe_pack_expert_count(pack) * moe_cache_slot_bytes(pack) + moe_cache_staging_bytes(pack);
 	const uint64_t limit = budget ? budget : mem_available() / 10 * 9;
-	if (!mmap_experts) {
+	if (!no_offload) {
 		const uint64_t least = resident + session + moe_cache_min_bytes(pack);
 		if (limit < least) {
 			fprintf(stderr, "moe-run: %s %.1f MB is below the minimum %.1f MB: dense weights %.1f MB + KV cache "
@@ -878,13 +878,13 @@ int main(int argc, char **argv)
 		fprintf(fp, " \"experts\": {\"io\": \"%s\", \"policy\": \"%s\", \"prefetch_depth\": %ld, "
 			"\"cache_bytes\": %llu, \"slots\": %llu, \"slots_used\": %llu, \"uses\": %llu, \"hits\": %llu, "
 			"\"prefetch_hits\": %llu, \"misses\": %llu, \"prefetch_issued\": %llu, \"prefetch_precision\": %.4f, "
-			"\"prefetch_recall\": %.4f, \"bytes_read\": %llu, \"read_seconds\": %.6f, \"read_gb_per_second\": %.3f, "
+			"\"prefetch_recall\": %.4f, \"bytes_read\": %llu, \"rereads\": %llu, \"read_seconds\": %.6f, \"read_gb_per_second\": %.3f, "
 			"\"wait_seconds\": %.6f},\n \"per_token\": [",
 			xs.io_mode, moe_cache_policy_name(co.policy), prefetch_depth, (unsigned long long)co.bytes,
 			(unsigned long long)xs.slots, (unsigned long long)xs.slots_used, (unsigned long long)uses,
 			(unsigned long long)xs.hits, (unsigned long long)xs.prefetch_hits, (unsigned long long)xs.misses,
 			(unsigned long long)xs.prefetch_issued, precision, recall, (unsigned long long)xs.bytes_read,
-			xs.io_seconds, xs.io_seconds > 0 ? xs.bytes_read / xs.io_seconds / 1e9 : 0.0, xs.wait_seconds);
+			(unsigned long long)xs.rereads, xs.io_seconds, xs.io_seconds > 0 ? xs.bytes_read / xs.io_seconds / 1e9 : 0.0, xs.wait_seconds);
 		for (size_t i = 0; i < n_token_stats; i++)
 			fprintf(fp, "%s{\"hits\": %llu, \"prefetch_hits\": %llu, \"misses\": %llu, \"bytes_read\": %llu, "
 				"\"wait_ms\": %.3f}", i ? ",\n  " : "\n  ", (unsigned long long)per_token[i].hits,
@@ -902,7 +902,7 @@ int main(int argc, char **argv)
 			n_prompt, t_prefill, (double)n_prompt / t_prefill, generated, t_decode,
 			generated > 1 ? (double)(generated - 1) / t_decode : 0.0,
 			generated > 1 ? 1e3 * t_decode / (double)(generated - 1) : 0.0, m->kernels->name, threads);
-		if (!mmap_experts)
+		if (!no_offload)
 			fprintf(stderr, "moe-run: experts: %llu uses, %llu hits + %llu prefetched + %llu misses; prefetch precision %.2f recall %.2f; "
 				"read %.2f GB at %.2f GB/s (%s); waited %.3f s; cache %llu/%llu slots (%.1f MB, %s)\n",
 				(unsigned long long)uses, (unsigned long long)xs.hits, (unsigned long long)xs.prefetch_hits,
