@@ -1,43 +1,96 @@
 #!/bin/sh
-# bench/offload.sh - a model larger than the memory it may use: moemap's expert cache
-# under --ram-budget against experts through mmap (llama.cpp's way), both inside the
-# same memory cgroup, and the same model with room for everything as the in-RAM
-# reference. Prints the O_DIRECT read bandwidth of the pack's disk (the bound),
-# then per run: decode tok/s and the expert figures of --stats.
-# Needs root (cgroup v1 memory controller, drop_caches). Run from a built tree.
-# Usage: bench/offload.sh PACK BUDGET CGROUP_LIMIT [DECODE_TOKENS] [RUNS]
-#   e.g. bench/offload.sh mixtral-4l-q4.moe 1500M 1700M 33 3
+# bench/offload.sh - decoding a model whose experts do not fit: moemap's expert cache
+# under --ram-budget = dense weights + KV cache + 100 %, 50 % and 25 % of the
+# experts' bytes, each run inside a cgroup-v1 memory limit of budget + 64 MiB (code
+# and libraries), next to experts through mmap (--no-offload) in the same limit.
+# Each budget line gives decode tok/s (median of RUNS), bytes read per token, hit
+# rate, prefetch precision/recall and the physical bound measured in the same run:
+#   bound tok/s = 1 / max(memory time, disk time)
+#   memory time = weight bytes a token reads / moe-bench membw (2 threads)
+#   disk time   = expert bytes missed per token / moe-bench diskbw (depth 8)
+# Needs root (cgroup, drop_caches). Run from a built tree.
+# Usage: bench/offload.sh PACK [DECODE_TOKENS] [RUNS]
 set -eu
 cd "$(dirname "$0")/.."
-PACK=$1 BUDGET=$2 LIMIT=$3 N=${4:-33} RUNS=${5:-3}
+PACK=$1 N=${2:-33} RUNS=${3:-3}
 CG=/sys/fs/cgroup/memory/moebench
 mkdir -p "$CG"
-echo "$LIMIT" >"$CG/memory.limit_in_bytes"
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
 PROMPT=$(seq 100 131 | paste -sd,) # 32 prompt tokens
-drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-incg() { sh -c 'echo $$ >'"$CG"'/tasks; exec "$@"' sh "$@"; }
-drop
-bw=$(dd if="$PACK" of=/dev/null bs=4M count=512 iflag=direct 2>&1 | sed -n 's/.*, \([0-9.]*\) \([GM]B\)\/s$/\1 \2\/s/p')
-echo "O_DIRECT read of the pack (4 MiB blocks, 2 GiB): $bw"
-echo "pack: $(du -h "$PACK" | cut -f1); budget $BUDGET; cgroup memory limit $LIMIT"
-one() { # one LABEL IN_CGROUP ARGS...
-	label=$1 cg=$2
-	shift 2
+CTX=512
+# page cache dropped, and the cgroup's peak counter restarted from what is left
+drop() { sync; echo 3 >/proc/sys/vm/drop_caches; echo 0 >"$CG/memory.max_usage_in_bytes"; }
+median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+
+./moe-pack --info --json "$PACK" >"$W/info.json"
+./moe-run -m "$PACK" --tokens 1 -n 0 -c $CTX --no-offload --stats-json "$W/sizes.json" >/dev/null 2>&1
+eval "$(/usr/bin/python3 - "$W/info.json" "$W/sizes.json" <<'PY'
+import json, sys
+info, sizes = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+k = info["kinds"]
+experts = k["experts"]["raw_bytes"]
+blob = info["expert_layout"]["raw_blob_bytes"]
+# weights one decoded token reads: everything dense but the embedding table, plus its experts
+dense_per_token = sum(v["raw_bytes"] for n, v in k.items() if n not in ("experts", "embed"))
+print("EXPERTS=%d BLOB=%d BASE=%d DENSE_TOKEN=%d" % (experts, blob, sizes["resident_bytes"] + sizes["session_bytes"],
+                                                    dense_per_token))
+PY
+)"
+LK=$(./moe-pack --info "$PACK" | awk '/n_layers/ {l = $2} /n_experts_used/ {k = $2} END {print l * k}')
+TOKEN_BYTES=$((DENSE_TOKEN + LK * BLOB))
+echo "pack $PACK: experts $((EXPERTS / 1048576)) MiB (blob $((BLOB / 1048576)) MiB); dense + KV($CTX) + scratch $((BASE / 1048576)) MiB; a token reads $((TOKEN_BYTES / 1048576)) MiB of weights"
+
+for pct in 100 50 25; do
+	budget=$((BASE + EXPERTS / 100 * pct))
+	limit=$((budget + 64 * 1048576))
+	echo "$limit" >"$CG/memory.limit_in_bytes"
+	# the bounds, in this run
+	mbw=$(./moe-bench membw --memory 1024 --reps 5 | awk '/threads 2:/ {print $3}')
+	dbw=$(for i in 1 2 3; do ./moe-bench diskbw --file "$PACK" --depth 8 --gib 1 | awk '/depth/ {print $3}'; done | median)
 	for r in $(seq "$RUNS"); do
 		drop
-		if [ "$cg" = yes ]; then
-			incg timeout 600 ./moe-run -m "$PACK" --tokens "$PROMPT" -n "$N" --ignore-eos --stats "$@" >/dev/null 2>"/tmp/offload.$$" || true
-		else
-			timeout 600 ./moe-run -m "$PACK" --tokens "$PROMPT" -n "$N" --ignore-eos --stats "$@" >/dev/null 2>"/tmp/offload.$$" || true
-		fi
-		echo "$label run $r: $(tr '\n' ' ' <"/tmp/offload.$$")"
-		echo "  peak memory of the cgroup: $(($(cat "$CG/memory.max_usage_in_bytes") / 1048576)) MiB"
-		echo 0 >"$CG/memory.max_usage_in_bytes"
+		sh -c 'echo $$ >'"$CG"'/tasks; exec "$@"' sh timeout 900 ./moe-run -m "$PACK" --tokens "$PROMPT" -n "$N" \
+			-c $CTX --ignore-eos --ram-budget "$budget" --stats-json "$W/r$r.json" >/dev/null 2>"$W/err" || cat "$W/err"
+		cat "$CG/memory.max_usage_in_bytes" >"$W/peak$r"
 	done
-}
-one "in RAM (room for every expert)" no --ram-budget 8G
-for d in 0 1 2; do
-	one "expert cache, --ram-budget $BUDGET, --prefetch-depth $d" yes --ram-budget "$BUDGET" --prefetch-depth "$d"
+	/usr/bin/python3 - "$W" "$RUNS" "$pct" "$budget" "$limit" "$mbw" "$dbw" "$TOKEN_BYTES" <<'PY'
+import json, statistics, sys
+w, runs, pct, budget, limit, mbw, dbw, token_bytes = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
+budget, limit, mbw, dbw, token_bytes = int(budget), int(limit), float(mbw), float(dbw), int(token_bytes)
+rows = []
+for r in range(1, runs + 1):
+    s = json.load(open("%s/r%d.json" % (w, r)))
+    x, pt = s["experts"], s["per_token"]
+    n = len(pt)
+    read = sum(t["bytes_read"] for t in pt) / n
+    uses = sum(t["hits"] + t["prefetch_hits"] + t["misses"] for t in pt)
+    hit = sum(t["hits"] + t["prefetch_hits"] for t in pt) / uses
+    peak = int(open("%s/peak%d" % (w, r)).read())
+    rows.append((s["decode_tokens_per_second"], read, hit, x["prefetch_precision"], x["prefetch_recall"], peak))
+tps = statistics.median(r[0] for r in rows)
+read = statistics.median(r[1] for r in rows)
+mem_t, disk_t = token_bytes / (mbw * 1e9), read / (dbw * 1e9)
+bound = 1 / max(mem_t, disk_t)
+print("budget %3s%% of experts (%d MiB, cgroup %d MiB): decode %s tok/s (median %.2f); read %.0f MiB/token; "
+      "hit rate %.2f; prefetch precision %.2f recall %.2f; peak %d MiB" % (
+          pct, budget >> 20, limit >> 20, ", ".join("%.2f" % r[0] for r in rows), tps, read / 2**20,
+          statistics.median(r[2] for r in rows), statistics.median(r[3] for r in rows),
+          statistics.median(r[4] for r in rows), max(r[5] for r in rows) >> 20))
+print("  bound: memory %.1f ms (%.1f GB/s), disk %.1f ms (%.2f GB/s) -> %.2f tok/s; measured = %.0f %% of the bound" % (
+    mem_t * 1e3, mbw, disk_t * 1e3, dbw, bound, 100 * tps / bound))
+PY
+	# the baseline in the same limit: experts through mmap and the page cache
+	drop
+	sh -c 'echo $$ >'"$CG"'/tasks; exec "$@"' sh timeout 600 ./moe-run -m "$PACK" --tokens "$PROMPT" -n "$N" \
+		-c $CTX --ignore-eos --no-offload --stats-json "$W/m.json" >/dev/null 2>"$W/err" && st=ok || st="exit $?"
+	/usr/bin/python3 -c '
+import json, sys
+try:
+    s = json.load(open(sys.argv[1])); print("  --no-offload in the same limit: decode %.2f tok/s (%s)" % (s["decode_tokens_per_second"], sys.argv[2]))
+except Exception:
+    print("  --no-offload in the same limit: no result (%s; 124 = 600 s timeout, 137 = killed for memory)" % sys.argv[2])' \
+		"$W/m.json" "$st"
+	echo "  (its peak in the cgroup: $(($(cat "$CG/memory.max_usage_in_bytes") / 1048576)) MiB)"
+	rm -f "$W/m.json"
 done
-RUNS=1 one "mmap experts (page cache), cgroup $LIMIT, 600 s cap" yes --no-offload
-rm -f "/tmp/offload.$$"

@@ -44,6 +44,7 @@ struct slot {
 	int staging;         /* staging buffer for a compressed blob, or -1 */
 	int err;             /* an error while reading, reported to the acquirer */
 	int reread;          /* read again after a checksum mismatch */
+	char msg[200];       /* what err says, naming the layer and expert */
 	char *mem;
 };
 
@@ -76,7 +77,7 @@ struct cache {
 	pthread_mutex_t mu;
 	pthread_cond_t work, ready;
 	int stop, thread_started;
-	char err_msg[256]; /* the first read error, with its layer and expert */
+	char err_msg[256]; /* why the I/O thread stopped, if it did */
 	ZSTD_DCtx *zstd;
 	struct moe_expert_stats st;
 	double io_since; /* start of the current busy period; 0 when idle */
@@ -295,10 +296,10 @@ static void *io_thread(void *arg)
 				if (!s->err) {
 					s->err = MOE_EIO;
 					if (res < 0)
-						snprintf(c->err_msg, sizeof c->err_msg, "%s: layer %u expert %u: read: %s",
+						snprintf(s->msg, sizeof s->msg, "%s: layer %u expert %u: read: %s",
 							 moe_pack_path(c->pack), e->layer, e->expert, strerror((int)-res));
 					else
-						snprintf(c->err_msg, sizeof c->err_msg,
+						snprintf(s->msg, sizeof s->msg,
 							 "%s: layer %u expert %u: short read: %lld of %llu bytes at offset %llu",
 							 moe_pack_path(c->pack), e->layer, e->expert, (long long)res,
 							 (unsigned long long)want, (unsigned long long)(e->offset + off));
@@ -325,7 +326,7 @@ static void *io_thread(void *arg)
 				}
 				if (frc) {
 					s->err = frc;
-					snprintf(c->err_msg, sizeof c->err_msg, "%s%s", moe_last_error(),
+					snprintf(s->msg, sizeof s->msg, "%s%s", moe_last_error(),
 						 frc == MOE_ECHECKSUM ? " (read twice)" : "");
 				}
 			}
@@ -339,6 +340,7 @@ static void *io_thread(void *arg)
 			for (size_t i = 0; i < c->n_slots; i++)
 				if (c->slots[i].state == SLOT_READING || c->slots[i].state == SLOT_QUEUED) {
 					c->slots[i].err = MOE_EIO;
+					snprintf(c->slots[i].msg, sizeof c->slots[i].msg, "%s", c->err_msg);
 					c->slots[i].state = SLOT_READY;
 				}
 			pthread_cond_broadcast(&c->ready);
@@ -456,7 +458,7 @@ static int acquire(struct moe_experts *base, uint32_t layer, uint32_t expert, st
 		if (w >= 0 && c->slots[w].state == SLOT_READY) {
 			struct slot *s = &c->slots[w];
 			if (s->err) { /* report once, then the slot is free for another try */
-				rc = moe_fail(s->err, "%s", c->err_msg);
+				rc = moe_fail(s->err, "%s", s->msg);
 				c->where[e] = -1;
 				s->expert = -1, s->state = SLOT_FREE, s->err = 0;
 				break;
