@@ -44,7 +44,7 @@ struct slot {
 	int staging;         /* staging buffer for a compressed blob, or -1 */
 	int err;             /* an error while reading, reported to the acquirer */
 	int reread;          /* read again after a checksum mismatch */
-	char msg[200];       /* what err says, naming the layer and expert */
+	char msg[256];       /* what err says, naming the layer and expert */
 	char *mem;
 };
 
@@ -340,7 +340,7 @@ static void *io_thread(void *arg)
 			for (size_t i = 0; i < c->n_slots; i++)
 				if (c->slots[i].state == SLOT_READING || c->slots[i].state == SLOT_QUEUED) {
 					c->slots[i].err = MOE_EIO;
-					snprintf(c->slots[i].msg, sizeof c->slots[i].msg, "%s", c->err_msg);
+					snprintf(c->slots[i].msg, sizeof c->slots[i].msg, "%.200s", c->err_msg);
 					c->slots[i].state = SLOT_READY;
 				}
 			pthread_cond_broadcast(&c->ready);
