@@ -902,6 +902,16 @@ int main(int argc, char **argv)
 			n_prompt, t_prefill, (double)n_prompt / t_prefill, generated, t_decode,
 			generated > 1 ? (double)(generated - 1) / t_decode : 0.0,
 			generated > 1 ? 1e3 * t_decode / (double)(generated - 1) : 0.0, m->kernels->name, threads);
+		if (!no_offload && n_token_stats) {
+			struct token_stats sum = {0};
+			for (size_t i = 0; i < n_token_stats; i++) {
+				sum.misses += per_token[i].misses, sum.prefetch_hits += per_token[i].prefetch_hits;
+				sum.bytes += per_token[i].bytes, sum.wait += per_token[i].wait;
+			}
+			const double k = (double)n_token_stats;
+			fprintf(stderr, "moe-run: per decoded token: %.2f misses, %.2f prefetched, %.1f MB read, %.1f ms waiting for experts\n",
+				sum.misses / k, sum.prefetch_hits / k, sum.bytes / k / 1e6, 1e3 * sum.wait / k);
+		}
 		if (!no_offload)
 			fprintf(stderr, "moe-run: experts: %llu uses, %llu hits + %llu prefetched + %llu misses; prefetch precision %.2f recall %.2f; "
 				"read %.2f GB at %.2f GB/s (%s); waited %.3f s; cache %llu/%llu slots (%.1f MB, %s)\n",
