@@ -218,12 +218,14 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 	s->look_router = malloc(B * E * sizeof(float));
 	s->look_score = malloc((E + 1) * sizeof(float));
 	s->look_list = malloc((E + 1) * sizeof(uint32_t));
+	s->look_topk = malloc(hp->n_experts_used * sizeof(int));
+	s->look_topp = malloc(hp->n_experts_used * sizeof(float));
 	s->prev_experts = malloc((hp->n_layers * hp->n_experts_used + 1) * sizeof(uint32_t));
 	s->prefetch_depth = 1;
 	if (s->prev_experts)
 		for (size_t i = 0; i < hp->n_layers * hp->n_experts_used; i++)
 			s->prev_experts[i] = UINT32_MAX; /* nothing yet */
-	if (!s->topp || !s->pair_out || !s->look_xn || !s->look_router || !s->look_score || !s->look_list || !s->prev_experts ||
+	if (!s->topp || !s->pair_out || !s->look_topk || !s->look_topp || !s->look_xn || !s->look_router || !s->look_score || !s->look_list || !s->prev_experts ||
 	    !s->k_cache || !s->v_cache || !s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->tmp ||
 	    !s->router || !s->moe_out || !s->gather || !s->expert_out || !s->scores || !s->topk || !s->topw ||
 	    !s->kv_row) {
@@ -247,7 +249,7 @@ void moe_session_free(struct moe_session *s)
 		return;
 	void *bufs[] = {s->k_cache, s->v_cache, s->x, s->xn, s->q, s->k, s->v, s->att, s->tmp,
 			s->router, s->moe_out, s->gather, s->expert_out, s->scores, s->topw, s->kv_row,
-			s->topp, s->pair_out, s->look_xn, s->look_router, s->look_score, s->look_list, s->prev_experts};
+			s->topp, s->pair_out, s->look_topk, s->look_topp, s->look_xn, s->look_router, s->look_score, s->look_list, s->prev_experts};
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
 		free(bufs[i]);
 	free(s->topk);
@@ -363,33 +365,40 @@ static void attention(struct moe_session *s, size_t l, size_t n)
 	}
 }
 
-/* softmax over all experts, keep the top k, renormalize over them if the model says so */
+/* softmax over E logits (in place), then the K most probable: ids and
+ * probabilities, most probable first; the lowest id wins a tie */
+static void softmax_topk(float *p, size_t E, size_t K, int *idx, float *prob)
+{
+	float mx = -INFINITY, sum = 0;
+	for (size_t e = 0; e < E; e++)
+		mx = fmaxf(mx, p[e]);
+	for (size_t e = 0; e < E; e++)
+		sum += (p[e] = expf(p[e] - mx));
+	for (size_t k = 0; k < K; k++) {
+		size_t best = 0;
+		float bv = -1;
+		for (size_t e = 0; e < E; e++)
+			if (p[e] > bv) {
+				bv = p[e];
+				best = e;
+			}
+		idx[k] = (int)best;
+		prob[k] = bv / sum;
+		p[best] = -2; /* taken */
+	}
+}
+
+/* each token's top k experts, renormalized over them if the model says so */
 static void route(struct moe_session *s, size_t n)
 {
 	const struct moe_hparams *hp = &s->m->hp;
 	const size_t E = hp->n_experts, K = hp->n_experts_used;
 	for (size_t t = 0; t < n; t++) {
-		float *p = s->router + t * E; /* logits, turned into probabilities in place */
-		float mx = -INFINITY, sum = 0;
-		for (size_t e = 0; e < E; e++)
-			mx = fmaxf(mx, p[e]);
-		for (size_t e = 0; e < E; e++)
-			sum += (p[e] = expf(p[e] - mx));
-		int *idx = s->topk + t * K;
 		float *wt = s->topw + t * K, tot = 0;
-		for (size_t k = 0; k < K; k++) {
-			size_t best = 0;
-			float bv = -1;
-			for (size_t e = 0; e < E; e++)
-				if (p[e] > bv) {
-					bv = p[e];
-					best = e;
-				}
-			idx[k] = (int)best;
-			wt[k] = s->topp[t * K + k] = bv / sum;
+		softmax_topk(s->router + t * E, E, K, s->topk + t * K, wt);
+		memcpy(s->topp + t * K, wt, K * sizeof *wt);
+		for (size_t k = 0; k < K; k++)
 			tot += wt[k];
-			p[best] = -2; /* taken */
-		}
 		if (hp->norm_topk_prob)
 			for (size_t k = 0; k < K; k++)
 				wt[k] /= tot;
@@ -419,20 +428,10 @@ static int lookahead(struct moe_session *s, size_t l, size_t n)
 			int rc = matmul(s, &w->router, s->look_xn, n, s->look_router);
 			if (rc)
 				return rc;
-			for (size_t t = 0; t < n; t++) { /* each token's top K, scored by its softmax */
-				float *r = s->look_router + t * E, mx = -INFINITY, sum = 0;
-				for (size_t e = 0; e < E; e++)
-					mx = fmaxf(mx, r[e]);
-				for (size_t e = 0; e < E; e++)
-					sum += (r[e] = expf(r[e] - mx));
-				for (size_t k = 0; k < K; k++) {
-					size_t best = 0;
-					for (size_t e = 1; e < E; e++)
-						if (r[e] > r[best])
-							best = e;
-					s->look_score[best] = fmaxf(s->look_score[best], r[best] / sum);
-					r[best] = -1;
-				}
+			for (size_t t = 0; t < n; t++) { /* each token's top K, scored by its probability */
+				softmax_topk(s->look_router + t * E, E, K, s->look_topk, s->look_topp);
+				for (size_t k = 0; k < K; k++)
+					s->look_score[s->look_topk[k]] = fmaxf(s->look_score[s->look_topk[k]], s->look_topp[k]);
 			}
 		}
 		for (size_t k = 0; k < K; k++) { /* the last token's choices, after the router's */

@@ -94,7 +94,8 @@ struct moe_session {
 	/* prefetching: guesses for the next prefetch_depth layers from the current
 	 * hidden state, plus the experts the last token used there */
 	unsigned prefetch_depth;
-	float *look_xn, *look_router, *look_score;
+	float *look_xn, *look_router, *look_score, *look_topp;
+	int *look_topk;
 	uint32_t *look_list;
 	uint32_t *prev_experts;      /* [layer][n_experts_used]: the last token's choices */
 	FILE *trace;                 /* if set: one JSON line per token and MoE layer */
