@@ -309,6 +309,15 @@ static int parse_id_list(const char *in, int32_t **out, size_t *n_out)
 	return 0;
 }
 
+/* what --tokenize prints: one JSON array */
+static void print_ids(const int32_t *ids, size_t n)
+{
+	putchar('[');
+	for (size_t i = 0; i < n; i++)
+		printf("%s%d", i ? ", " : "", ids[i]);
+	puts("]");
+}
+
 /* --tokenize / --detokenize: text <-> a JSON array of ids */
 static int text_tool(int detok, const char *model, const char *tok_path, const char *prompt, int add_special,
 		     int skip_special)
@@ -336,10 +345,7 @@ static int text_tool(int detok, const char *model, const char *tok_path, const c
 			fail();
 			goto out;
 		}
-		putchar('[');
-		for (size_t i = 0; i < n; i++)
-			printf("%s%d", i ? ", " : "", ids[i]);
-		puts("]");
+		print_ids(ids, n);
 	} else {
 		char *text;
 		size_t tl;
@@ -693,10 +699,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (tokenize) { /* --chat --tokenize: the ids of the rendered conversation */
-		putchar('[');
-		for (size_t i = 0; i < n_prompt; i++)
-			printf("%s%d", i ? ", " : "", prompt[i]);
-		puts("]");
+		print_ids(prompt, n_prompt);
 		rc = 0;
 		goto out;
 	}
