@@ -1,7 +1,8 @@
 #!/bin/sh
 # moe-run's logits against the float64 numpy forward pass (tests/reference.py) on
-# synthetic Mixtral and Qwen3-MoE models; greedy generation token for token; the same
-# weights from GGUF and from safetensors give the same logits.
+# synthetic Mixtral, Qwen3-MoE and DeepSeek-V3 models; greedy generation token for
+# token; the same weights from GGUF and from safetensors give the same logits;
+# DeepSeek-V3 from bf16 and FP8 checkpoints, and its absorbed MLA = the naive one.
 . "$TESTS_DIR/lib.sh"
 cd "$WORK"
 : "${MOE_RUN:?run through make check}"
@@ -32,7 +33,7 @@ else:
     ok = kl <= 1e-2 and top1 >= 0.75
 sys.exit(0 if ok else 1)
 PY
-for preset in mixtral-tiny qwen3-tiny; do
+for preset in mixtral-tiny qwen3-tiny deepseek-tiny; do
 	check "$preset folder" "$MOE_PACK" synth --preset "$preset" --format safetensors --dtype f32 --no-progress "$preset"
 	check "$preset reference" py "$REF" "$preset" "$T" "$preset.ref.npy"
 	for q in f32 q8 q4; do
@@ -80,6 +81,31 @@ check "zstd logits = raw logits" cmp mz.bin mr.bin
 check "mixed reference" py "$REF" qwen3-tiny "$T" mr.npy --dequant mr.moe
 check "mixed logits" py cmp.py mr.bin mr.npy q4
 
+# DeepSeek-V3: the absorbed attention moe-run computes is the naive one (in float64)
+check "deepseek absorbed reference" py "$REF" deepseek-tiny "$T" ds.absorbed.npy --absorbed
+check "absorbed = naive" py -c '
+import sys, numpy as np
+a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
+assert np.abs(a - b).max() <= 1e-12 * np.abs(a).max(), np.abs(a - b).max()' ds.absorbed.npy deepseek-tiny.ref.npy
+# from bf16 and from FP8 (128x128 block scales) checkpoints
+check "deepseek bf16 folder" "$MOE_PACK" synth --preset deepseek-tiny --format safetensors --dtype bf16 --no-progress dsb
+check "deepseek bf16 pack" "$MOE_PACK" --no-progress -q f32 dsb dsb.moe
+check "deepseek bf16 run" "$MOE_RUN" -m dsb.moe --tokens "$T" -n 0 --kv-type f32 --logits-out dsb.bin
+check "deepseek bf16 reference" py "$REF" dsb "$T" dsb.npy
+check "deepseek bf16 logits" py cmp.py dsb.bin dsb.npy f32
+cat "$WORK/out"
+check "deepseek fp8 folder" "$MOE_PACK" synth --preset deepseek-tiny --format safetensors --dtype f8 --no-progress dsf8
+check "deepseek fp8 pack" "$MOE_PACK" --no-progress -q f32 --zstd-min-saving 100 dsf8 dsf8.moe
+check "deepseek fp8 q4 pack" "$MOE_PACK" --no-progress -q q4 dsf8 dsf8q4.moe
+check "deepseek fp8 run" "$MOE_RUN" -m dsf8.moe --tokens "$T" -n 0 --kv-type f32 --logits-out dsf8.bin
+check "deepseek fp8 q4 run" "$MOE_RUN" -m dsf8q4.moe --tokens "$T" -n 0 --kv-type f32 --logits-out dsf8q4.bin
+check "deepseek fp8 reference (its dequantized weights)" py "$REF" dsb "$T" dsf8.npy --dequant dsf8.moe
+check "deepseek fp8 logits" py cmp.py dsf8.bin dsf8.npy f32
+cat "$WORK/out"
+check "deepseek fp8 q4 reference" py "$REF" dsb "$T" dsf8q4.npy --dequant dsf8q4.moe
+check "deepseek fp8 q4 logits" py cmp.py dsf8q4.bin dsf8q4.npy q4
+cat "$WORK/out"
+
 # Qwen3-MoE with a dense MLP layer (mlp_only_layers)
 check "dense layer folder" "$MOE_PACK" synth --preset qwen3-tiny --mlp-only-layers 1 --format safetensors --dtype f32 --no-progress qd
 check "dense layer pack" "$MOE_PACK" --no-progress -q f32 qd qd.moe
@@ -112,8 +138,6 @@ check "repeat penalty changes greedy" sh -c "$R --repeat-penalty 5 > rp.txt && !
 # bad input
 expect_error "token out of range" "token id 512 out of range (vocabulary 512)" "$MOE_RUN" -m mixtral-tiny.f32.moe --tokens 1,512
 expect_error "prompt longer than the context" "longer than the context (4)" "$MOE_RUN" -m mixtral-tiny.f32.moe --tokens 1,2,3,4,5 -c 4
-check "deepseek pack" "$MOE_PACK" synth --preset deepseek-tiny --no-progress ds.moe
-expect_error "architecture not compiled in" "architecture deepseek_v3" "$MOE_RUN" -m ds.moe --tokens 1,2
 expect_error "not a pack" "bad magic" "$MOE_RUN" -m m.gguf --tokens 1
 expect_error "RAM budget too small" "ram-budget 1.0 MB is below the minimum" "$MOE_RUN" -m mixtral-tiny.f32.moe --tokens 1,2 --ram-budget 1M
 check "--truncate keeps the end" sh -c "'$MOE_RUN' -m mixtral-tiny.f32.moe --tokens 9,1,2,3,4 -c 4 -n 1 --truncate 2> t.err > t.out && grep -q 'truncated to its last 4' t.err"

@@ -1,8 +1,10 @@
-"""A float64 numpy forward pass of Mixtral and Qwen3-MoE (Hugging Face semantics,
-MODELS.md), reading a safetensors folder. It is the reference moe-run's logits are
-checked against.
+"""A float64 numpy forward pass of Mixtral, Qwen3-MoE and DeepSeek-V3 (Hugging Face
+semantics, MODELS.md), reading a safetensors folder. It is the reference moe-run's
+logits are checked against. DeepSeek-V3's attention is computed naively (k_nope and
+v decompressed for every position, as modeling_deepseek.py does); --absorbed
+computes it in the absorbed form moe-run uses, to check the two are the same math.
 
-usage: reference.py FOLDER TOKENS(comma-separated) OUT.npy [--dequant PACK]
+usage: reference.py FOLDER TOKENS(comma-separated) OUT.npy [--dequant PACK] [--absorbed]
   --dequant PACK: use the pack's dequantized weights instead of the folder's (the
   reference for q8/q4 packs: what is left is the kernels' own error)"""
 import json
@@ -57,8 +59,133 @@ def rope(x, pos, theta):
     return np.concatenate([x0 * c - x1 * s, x1 * c + x0 * s], axis=-1)
 
 
-def forward(cfg, W, tokens):
+def yarn(cfg, rope_dim):
+    """DeepSeek-V3's YaRN: inverse frequencies, the cos/sin magnitude and the softmax
+    scale factor (modeling_deepseek.py: DeepseekV3YarnRotaryEmbedding, softmax_scale)"""
+    import math
+    rs = cfg.get("rope_scaling") or {}
+    theta = cfg.get("rope_theta", 10000.0)
+    extra = 1.0 / theta ** (np.arange(0, rope_dim, 2) / rope_dim)
+    factor = rs.get("factor", 1.0)
+    if not rs or factor <= 1:
+        return extra, 1.0, 1.0
+    mscale = lambda m: 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+    cdim = lambda rot: rope_dim * math.log(rs["original_max_position_embeddings"] / (rot * 2 * math.pi)) / (2 * math.log(theta))
+    low = max(math.floor(cdim(rs["beta_fast"])), 0)
+    high = min(math.ceil(cdim(rs["beta_slow"])), rope_dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(rope_dim // 2) - low) / (high - low), 0, 1)
+    inv_mask = 1.0 - ramp
+    inv = extra / factor * (1 - inv_mask) + extra * inv_mask
+    cs = mscale(rs.get("mscale", 1)) / mscale(rs.get("mscale_all_dim", 0))
+    sm = mscale(rs["mscale_all_dim"]) ** 2 if rs.get("mscale_all_dim") else 1.0
+    return inv, cs, sm
+
+
+def rope_deepseek(x, pos, inv, cs):
+    """modeling_deepseek.py's apply_rotary_pos_emb: de-interleave the pairs, then rotate-half"""
+    d = x.shape[-1]
+    x = x.reshape(*x.shape[:-1], d // 2, 2).swapaxes(-1, -2).reshape(x.shape)
+    ang = pos[:, None] * inv[None, :]
+    c, s = np.cos(ang) * cs, np.sin(ang) * cs
+    c, s = np.concatenate([c, c], -1), np.concatenate([s, s], -1)
+    while c.ndim < x.ndim:
+        c, s = c[:, None, :], s[:, None, :]
+    rot = np.concatenate([-x[..., d // 2:], x[..., :d // 2]], axis=-1)
+    return x * c + rot * s
+
+
+def route_deepseek(cfg, logits, bias):
+    """sigmoid scores; the bias only for choosing; groups scored by their two best; the top
+    topk_group groups; the top K experts in them; weights = unbiased scores, normalized,
+    scaled (modeling_deepseek.py MoEGate, noaux_tc; masked experts can never be chosen)"""
+    E, K = cfg["n_routed_experts"], cfg["num_experts_per_tok"]
+    G, TG = cfg.get("n_group", 1), cfg.get("topk_group", 1)
+    sc = 1 / (1 + np.exp(-logits))
+    choice = sc + (bias if bias is not None else 0)
+    per = E // G
+    gs = np.sort(choice.reshape(G, per), axis=-1)[:, ::-1][:, :2].sum(-1) if per > 1 else choice.reshape(G, per)[:, 0]
+    keep = np.argsort(-gs, kind="stable")[:TG]
+    masked = np.full(E, -np.inf)
+    for g in keep:
+        masked[g * per:(g + 1) * per] = choice[g * per:(g + 1) * per]
+    top = np.argsort(-masked, kind="stable")[:K]
+    wt = sc[top]
+    if cfg.get("norm_topk_prob", True):
+        wt = wt / (wt.sum() + 1e-20)
+    return top, wt * cfg.get("routed_scaling_factor", 1.0)
+
+
+def forward_deepseek(cfg, W, tokens, absorbed=False):
+    H, L, nh = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    eps = cfg["rms_norm_eps"]
+    nope, rope_d, vd = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
+    kvl = cfg["kv_lora_rank"]
+    inv, cs, sm = yarn(cfg, rope_d)
+    scale = sm / np.sqrt(nope + rope_d)
+    n = len(tokens)
+    pos = np.arange(n, dtype=np.float64)
+    x = W["model.embed_tokens.weight"][tokens]
+    mask = np.triu(np.full((n, n), -np.inf), 1)
+    silu = lambda g: g / (1 + np.exp(-g))
+    for l in range(L):
+        p = "model.layers.%d." % l
+        h = rmsnorm(x, W[p + "input_layernorm.weight"], eps)
+        if cfg.get("q_lora_rank"):
+            qa = rmsnorm(h @ W[p + "self_attn.q_a_proj.weight"].T, W[p + "self_attn.q_a_layernorm.weight"], eps)
+            q = qa @ W[p + "self_attn.q_b_proj.weight"].T
+        else:
+            q = h @ W[p + "self_attn.q_proj.weight"].T
+        q = q.reshape(n, nh, nope + rope_d)
+        q_nope, q_pe = q[..., :nope], rope_deepseek(q[..., nope:], pos, inv, cs)
+        kva = h @ W[p + "self_attn.kv_a_proj_with_mqa.weight"].T
+        c = rmsnorm(kva[:, :kvl], W[p + "self_attn.kv_a_layernorm.weight"], eps)
+        k_pe = rope_deepseek(kva[:, None, kvl:], pos, inv, cs)[:, 0]  # shared by the heads
+        kvb = W[p + "self_attn.kv_b_proj.weight"].reshape(nh, nope + vd, kvl)
+        if absorbed:
+            q_abs = np.einsum("ihd,hdc->ihc", q_nope, kvb[:, :nope])
+            s = np.einsum("ihc,jc->hij", q_abs, c) + np.einsum("ihd,jd->hij", q_pe, k_pe)
+        else:
+            kv = np.einsum("hec,jc->jhe", kvb, c)
+            k_nope, v = kv[..., :nope], kv[..., nope:]
+            s = np.einsum("ihd,jhd->hij", q_nope, k_nope) + np.einsum("ihd,jd->hij", q_pe, k_pe)
+        s = s * scale + mask
+        s = np.exp(s - s.max(axis=-1, keepdims=True))
+        s /= s.sum(axis=-1, keepdims=True)
+        if absorbed:
+            att = np.einsum("hdc,ihc->ihd", kvb[:, nope:], np.einsum("hij,jc->ihc", s, c))
+        else:
+            att = np.einsum("hij,jhd->ihd", s, v)
+        x = x + att.reshape(n, nh * vd) @ W[p + "self_attn.o_proj.weight"].T
+        h = rmsnorm(x, W[p + "post_attention_layernorm.weight"], eps)
+        if l < cfg.get("first_k_dense_replace", 0):
+            g = h @ W[p + "mlp.gate_proj.weight"].T
+            x = x + (silu(g) * (h @ W[p + "mlp.up_proj.weight"].T)) @ W[p + "mlp.down_proj.weight"].T
+            continue
+        lg = h @ W[p + "mlp.gate.weight"].T
+        bias = W.get(p + "mlp.gate.e_score_correction_bias")
+        out = np.zeros_like(x)
+        for t in range(n):
+            top, wt = route_deepseek(cfg, lg[t], bias)
+            for e, w in zip(top, wt):
+                q_ = p + "mlp.experts.%d." % e
+                g = W[q_ + "gate_proj.weight"] @ h[t]
+                out[t] += w * (W[q_ + "down_proj.weight"] @ (silu(g) * (W[q_ + "up_proj.weight"] @ h[t])))
+        if cfg.get("n_shared_experts"):
+            q_ = p + "mlp.shared_experts."
+            g = h @ W[q_ + "gate_proj.weight"].T
+            out += (silu(g) * (h @ W[q_ + "up_proj.weight"].T)) @ W[q_ + "down_proj.weight"].T
+        x = x + out
+    x = rmsnorm(x, W["model.norm.weight"], eps)
+    head = W.get("lm_head.weight", W["model.embed_tokens.weight"])
+    return x @ head.T
+
+
+def forward(cfg, W, tokens, absorbed=False):
     arch = cfg["model_type"]
+    if arch == "deepseek_v3":
+        return forward_deepseek(cfg, W, tokens, absorbed)
     H, L = cfg["hidden_size"], cfg["num_hidden_layers"]
     nh, nkv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
     hd = cfg.get("head_dim") or H // nh
@@ -126,6 +253,10 @@ def dequantized(folder, pack_path):
     mix = cfg["model_type"] == "mixtral"
     canon = {"token_embd": "model.embed_tokens.weight", "output": "lm_head.weight", "output_norm": "model.norm.weight"}
     per = {"ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+           "attn_q_a": "self_attn.q_a_proj", "attn_q_a_norm": "self_attn.q_a_layernorm", "attn_q_b": "self_attn.q_b_proj",
+           "attn_kv_a_mqa": "self_attn.kv_a_proj_with_mqa", "attn_kv_a_norm": "self_attn.kv_a_layernorm",
+           "attn_kv_b": "self_attn.kv_b_proj", "ffn_gate_shexp": "mlp.shared_experts.gate_proj",
+           "ffn_up_shexp": "mlp.shared_experts.up_proj", "ffn_down_shexp": "mlp.shared_experts.down_proj",
            "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj",
            "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
            "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
@@ -135,10 +266,11 @@ def dequantized(folder, pack_path):
             hf = canon[name]
         else:
             _, l, what = name.split(".", 2)
-            hf = "model.layers.%s.%s.weight" % (l, per[what])
+            hf = ("model.layers.%s.mlp.gate.e_score_correction_bias" % l if what == "exp_probs_b"
+                  else "model.layers.%s.%s.weight" % (l, per[what]))
         W[hf] = p.tensor(name)
     for (l, e) in p.experts:
-        names = ("w1", "w3", "w2") if mix else ("gate_proj", "up_proj", "down_proj")
+        names = ("w1", "w3", "w2") if mix else ("gate_proj", "up_proj", "down_proj")  # Qwen3 and DeepSeek alike
         base = ("model.layers.%d.block_sparse_moe.experts.%d." if mix else "model.layers.%d.mlp.experts.%d.") % (l, e)
         for m, nm in enumerate(names):
             W[base + nm + ".weight"] = p.expert(l, e, m)
@@ -147,8 +279,9 @@ def dequantized(folder, pack_path):
 
 if __name__ == "__main__":
     folder, toks, out = sys.argv[1], [int(t) for t in sys.argv[2].split(",")], sys.argv[3]
-    if len(sys.argv) > 5 and sys.argv[4] == "--dequant":
-        cfg, W = dequantized(folder, sys.argv[5])
+    args = sys.argv[4:]
+    if "--dequant" in args:
+        cfg, W = dequantized(folder, args[args.index("--dequant") + 1])
     else:
         cfg, W = json.load(open(os.path.join(folder, "config.json"))), load_safetensors(folder)
-    np.save(out, forward(cfg, W, np.array(toks)))
+    np.save(out, forward(cfg, W, np.array(toks), absorbed="--absorbed" in args))

@@ -13,6 +13,7 @@
 
 #include "common/error.h"
 #include "engine/engine.h"
+#include "engine/internal.h"
 #include "quant/quant.h"
 
 /* ---- loading ---- */
@@ -76,11 +77,7 @@ int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out)
 	if (rc)
 		goto fail;
 	const struct moe_hparams *hp = &m->hp;
-	if (hp->arch != MOE_ARCH_MIXTRAL && hp->arch != MOE_ARCH_QWEN3_MOE) {
-		rc = moe_fail(MOE_EUNSUPPORTED, "architecture %s: this build runs mixtral and qwen3_moe packs",
-			      moe_arch_name(hp->arch));
-		goto fail;
-	}
+	const int ds = hp->arch == MOE_ARCH_DEEPSEEK_V3;
 	const size_t nt = moe_pack_tensor_count(pack);
 	m->tensors = calloc(nt ? nt : 1, sizeof *m->tensors);
 	m->layers = calloc(hp->n_layers, sizeof *m->layers);
@@ -107,14 +104,29 @@ int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out)
 		goto fail;
 	char name[64];
 #define LAYER(what) (snprintf(name, sizeof name, "blk.%llu.%s", (unsigned long long)l, what), name)
+	const uint64_t nh = hp->n_heads, kvl = hp->kv_lora_rank, qk = hp->qk_nope_dim + hp->qk_rope_dim;
 	for (uint64_t l = 0; l < hp->n_layers && !rc; l++) {
 		struct moe_layer_weights *w = &m->layers[l];
 		rc = vector(m, LAYER("attn_norm"), H, &w->attn_norm);
 		if (!rc) rc = vector(m, LAYER("ffn_norm"), H, &w->ffn_norm);
-		if (!rc) rc = matrix(m, LAYER("attn_q"), q, H, &w->wq);
-		if (!rc) rc = matrix(m, LAYER("attn_k"), kv, H, &w->wk);
-		if (!rc) rc = matrix(m, LAYER("attn_v"), kv, H, &w->wv);
-		if (!rc) rc = matrix(m, LAYER("attn_output"), H, q, &w->wo);
+		if (!rc && ds) { /* multi-head latent attention */
+			if (hp->q_lora_rank) {
+				rc = matrix(m, LAYER("attn_q_a"), hp->q_lora_rank, H, &w->wq_a);
+				if (!rc) rc = vector(m, LAYER("attn_q_a_norm"), hp->q_lora_rank, &w->q_a_norm);
+				if (!rc) rc = matrix(m, LAYER("attn_q_b"), nh * qk, hp->q_lora_rank, &w->wq_b);
+			} else {
+				rc = matrix(m, LAYER("attn_q"), nh * qk, H, &w->wq_b);
+			}
+			if (!rc) rc = matrix(m, LAYER("attn_kv_a_mqa"), kvl + hp->qk_rope_dim, H, &w->wkv_a);
+			if (!rc) rc = vector(m, LAYER("attn_kv_a_norm"), kvl, &w->kv_a_norm);
+			if (!rc) rc = matrix(m, LAYER("attn_kv_b"), nh * (hp->qk_nope_dim + hp->v_head_dim), kvl, &w->wkv_b);
+			if (!rc) rc = matrix(m, LAYER("attn_output"), H, nh * hp->v_head_dim, &w->wo);
+		} else if (!rc) {
+			rc = matrix(m, LAYER("attn_q"), q, H, &w->wq);
+			if (!rc) rc = matrix(m, LAYER("attn_k"), kv, H, &w->wk);
+			if (!rc) rc = matrix(m, LAYER("attn_v"), kv, H, &w->wv);
+			if (!rc) rc = matrix(m, LAYER("attn_output"), H, q, &w->wo);
+		}
 		w->dense = !moe_layer_is_moe(hp, l);
 		if (!rc && w->dense) {
 			rc = matrix(m, LAYER("ffn_gate"), hp->dense_ff, H, &w->ffn_gate);
@@ -122,6 +134,19 @@ int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out)
 			if (!rc) rc = matrix(m, LAYER("ffn_down"), H, hp->dense_ff, &w->ffn_down);
 		} else if (!rc) {
 			rc = matrix(m, LAYER("ffn_gate_inp"), hp->n_experts, H, &w->router);
+			if (!rc && ds) {
+				const moe_tensor *b;
+				rc = find(m, LAYER("exp_probs_b"), 1, &b);
+				if (!rc && b)
+					rc = vector(m, name, hp->n_experts, &w->exp_bias);
+				w->has_shared = hp->n_shared > 0;
+				const uint64_t sf = hp->n_shared * hp->expert_ff;
+				if (!rc && w->has_shared) {
+					rc = matrix(m, LAYER("ffn_gate_shexp"), sf, H, &w->sh_gate);
+					if (!rc) rc = matrix(m, LAYER("ffn_up_shexp"), sf, H, &w->sh_up);
+					if (!rc) rc = matrix(m, LAYER("ffn_down_shexp"), H, sf, &w->sh_down);
+				}
+			}
 		}
 		if (!rc && hp->arch == MOE_ARCH_QWEN3_MOE) {
 			rc = vector(m, LAYER("attn_q_norm"), hd, &w->q_norm);
@@ -192,12 +217,22 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 	s->ctx = ctx;
 	s->max_batch = max_batch;
 	s->kv_type = kv_type;
-	const size_t H = hp->hidden, hd = hp->head_dim, q = hp->n_heads * hd, kv = hp->n_kv_heads * hd;
+	const int ds = hp->arch == MOE_ARCH_DEEPSEEK_V3;
+	const size_t H = hp->hidden, hd = hp->head_dim;
+	/* q: what the attention writes for o_proj; kv: values cached per layer and position */
+	const size_t q = ds ? hp->n_heads * hp->v_head_dim : hp->n_heads * hd;
+	const size_t kv = ds ? hp->kv_lora_rank + hp->qk_rope_dim : hp->n_kv_heads * hd;
 	const size_t E = hp->n_experts, B = max_batch;
 	const size_t kv_elt = kv_type == MOE_KV_F16 ? 2 : 4;
+	s->kv_dim = kv;
 	s->k_cache = calloc(hp->n_layers * ctx * kv, kv_elt);
-	s->v_cache = calloc(hp->n_layers * ctx * kv, kv_elt);
+	s->v_cache = ds ? NULL : calloc(hp->n_layers * ctx * kv, kv_elt);
 	s->kv_row = malloc(kv * sizeof(float));
+	s->shared_out = malloc(B * H * sizeof(float));
+	if (ds && moe_mla_init(s)) {
+		moe_session_free(s);
+		return moe_fail(MOE_ENOMEM, "out of memory for MLA scratch");
+	}
 	s->x = malloc(B * H * sizeof(float));
 	s->xn = malloc(B * H * sizeof(float));
 	s->q = malloc(B * q * sizeof(float));
@@ -225,8 +260,8 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 	if (s->prev_experts)
 		for (size_t i = 0; i < hp->n_layers * hp->n_experts_used; i++)
 			s->prev_experts[i] = UINT32_MAX; /* nothing yet */
-	if (!s->topp || !s->pair_out || !s->look_topk || !s->look_topp || !s->look_xn || !s->look_router || !s->look_score || !s->look_list || !s->prev_experts ||
-	    !s->k_cache || !s->v_cache || !s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->tmp ||
+	if (!s->shared_out || (!ds && !s->v_cache) || !s->topp || !s->pair_out || !s->look_topk || !s->look_topp ||
+	    !s->look_xn || !s->look_router || !s->look_score || !s->look_list || !s->prev_experts || !s->k_cache || !s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->tmp ||
 	    !s->router || !s->moe_out || !s->gather || !s->expert_out || !s->scores || !s->topk || !s->topw ||
 	    !s->kv_row) {
 		moe_session_free(s);
@@ -253,6 +288,8 @@ void moe_session_free(struct moe_session *s)
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
 		free(bufs[i]);
 	free(s->topk);
+	free(s->shared_out);
+	moe_mla_free(s);
 	moe_kscratch_free(&s->ks);
 	free(s);
 }
@@ -260,16 +297,17 @@ void moe_session_free(struct moe_session *s)
 size_t moe_session_bytes(const struct moe_session *s)
 {
 	const struct moe_hparams *hp = &s->m->hp;
+	const int ds = hp->arch == MOE_ARCH_DEEPSEEK_V3;
 	const size_t kv_elt = s->kv_type == MOE_KV_F16 ? 2 : 4, H = hp->hidden, B = s->max_batch;
-	const size_t qd = hp->n_heads * hp->head_dim, kvd = hp->n_kv_heads * hp->head_dim;
-	const size_t scratch = (B * (7 * H + 2 * qd + 2 * kvd + 2 * hp->n_experts) + s->ctx * hp->n_heads + kvd +
+	const size_t qd = ds ? hp->n_heads * hp->v_head_dim : hp->n_heads * hp->head_dim, kvd = s->kv_dim;
+	const size_t scratch = (B * (8 * H + 2 * qd + 2 * kvd + 2 * hp->n_experts) + s->ctx * hp->n_heads + kvd +
 				2 * hp->n_experts + hp->n_layers * hp->n_experts_used + B * hp->n_experts_used * H) * sizeof(float);
-	return 2 * hp->n_layers * s->ctx * kvd * kv_elt + scratch;
+	return (ds ? 1 : 2) * hp->n_layers * s->ctx * kvd * kv_elt + scratch + (ds ? moe_mla_bytes(s->m, B) : 0);
 }
 
 /* ---- the pieces ---- */
 
-static void rmsnorm(const float *x, const float *w, size_t n, double eps, float *out)
+void moe_rmsnorm(const float *x, const float *w, size_t n, double eps, float *out)
 {
 	float ss = 0;
 	for (size_t i = 0; i < n; i++)
@@ -293,17 +331,17 @@ static void rope(float *v, size_t hd, size_t pos, double theta)
 	}
 }
 
-static int matmul(struct moe_session *s, const struct moe_wmat *w, const float *x, size_t n, float *y)
+int moe_session_matmul(struct moe_session *s, const struct moe_wmat *w, const float *x, size_t n, float *y)
 {
 	if (moe_matmul(s->m->kernels, s->m->pool, w, x, n, y, &s->ks))
 		return moe_fail(MOE_ENOMEM, "out of memory in the kernels' scratch");
 	return 0;
 }
 
-/* row j of layer l's K or V cache as floats (a pointer into the cache when it is f32) */
-static const float *kv_row(const struct moe_session *s, const void *cache, size_t l, size_t j, float *buf)
+/* row j of layer l's cache as floats (a pointer into the cache when it is f32) */
+const float *moe_kv_row(const struct moe_session *s, const void *cache, size_t l, size_t j, float *buf)
 {
-	const size_t kvd = s->m->hp.n_kv_heads * s->m->hp.head_dim, at = (l * s->ctx + j) * kvd;
+	const size_t kvd = s->kv_dim, at = (l * s->ctx + j) * kvd;
 	if (s->kv_type == MOE_KV_F32)
 		return (const float *)cache + at;
 	const uint16_t *h = (const uint16_t *)cache + at;
@@ -312,9 +350,9 @@ static const float *kv_row(const struct moe_session *s, const void *cache, size_
 	return buf;
 }
 
-static void kv_store(struct moe_session *s, void *cache, size_t l, size_t pos, const float *row)
+void moe_kv_store(struct moe_session *s, void *cache, size_t l, size_t pos, const float *row)
 {
-	const size_t kvd = s->m->hp.n_kv_heads * s->m->hp.head_dim, at = (l * s->ctx + pos) * kvd;
+	const size_t kvd = s->kv_dim, at = (l * s->ctx + pos) * kvd;
 	if (s->kv_type == MOE_KV_F32)
 		memcpy((float *)cache + at, row, kvd * sizeof(float));
 	else
@@ -334,7 +372,7 @@ static void attention(struct moe_session *s, size_t l, size_t n)
 		float *sc = s->scores; /* [head][position] */
 		/* each cached K row is read (and converted) once for all heads */
 		for (size_t j = 0; j < len; j++) {
-			const float *kj = kv_row(s, s->k_cache, l, j, s->kv_row);
+			const float *kj = moe_kv_row(s, s->k_cache, l, j, s->kv_row);
 			for (size_t h = 0; h < nh; h++) {
 				const float *qh = q + h * hd, *kh = kj + (h / group) * hd;
 				float d = 0;
@@ -354,7 +392,7 @@ static void attention(struct moe_session *s, size_t l, size_t n)
 		}
 		float *out = s->att + t * nh * hd;
 		for (size_t j = 0; j < len; j++) {
-			const float *vj = kv_row(s, s->v_cache, l, j, s->kv_row);
+			const float *vj = moe_kv_row(s, s->v_cache, l, j, s->kv_row);
 			for (size_t h = 0; h < nh; h++) {
 				const float p = sc[h * len + j], *vh = vj + (h / group) * hd;
 				float *oh = out + h * hd;
@@ -386,6 +424,38 @@ static void softmax_topk(float *p, size_t E, size_t K, int *idx, float *prob)
 		prob[k] = bv / sum;
 		p[best] = -2; /* taken */
 	}
+}
+
+/* Mixtral / Qwen3 attention of n tokens from s->xn into s->att: q, k, v projections,
+ * Qwen3's q/k norms, RoPE, the KV cache, grouped-query attention */
+static int gqa_attention(struct moe_session *s, size_t l, size_t n)
+{
+	const struct moe_hparams *hp = &s->m->hp;
+	const struct moe_layer_weights *w = &s->m->layers[l];
+	const size_t hd = hp->head_dim, nh = hp->n_heads, nkv = hp->n_kv_heads, kvd = nkv * hd;
+	int rc;
+	if ((rc = moe_session_matmul(s, &w->wq, s->xn, n, s->q)) || (rc = moe_session_matmul(s, &w->wk, s->xn, n, s->k)) ||
+	    (rc = moe_session_matmul(s, &w->wv, s->xn, n, s->v)))
+		return rc;
+	for (size_t t = 0; t < n; t++) {
+		const size_t pos = s->n_past + t;
+		for (size_t h = 0; h < nh; h++) {
+			float *qh = s->q + t * nh * hd + h * hd;
+			if (w->q_norm)
+				moe_rmsnorm(qh, w->q_norm, hd, hp->rms_eps, qh);
+			rope(qh, hd, pos, hp->rope_theta);
+		}
+		for (size_t h = 0; h < nkv; h++) {
+			float *kh = s->k + t * kvd + h * hd;
+			if (w->k_norm)
+				moe_rmsnorm(kh, w->k_norm, hd, hp->rms_eps, kh);
+			rope(kh, hd, pos, hp->rope_theta);
+		}
+		moe_kv_store(s, s->k_cache, l, pos, s->k + t * kvd);
+		moe_kv_store(s, s->v_cache, l, pos, s->v + t * kvd);
+	}
+	attention(s, l, n);
+	return 0;
 }
 
 /* each token's top k experts, renormalized over them if the model says so */
@@ -424,8 +494,8 @@ static int lookahead(struct moe_session *s, size_t l, size_t n)
 			s->look_score[e] = -1;
 		if (l + d < L) {
 			for (size_t t = 0; t < n; t++)
-				rmsnorm(s->x + t * H, w->ffn_norm, H, hp->rms_eps, s->look_xn + t * H);
-			int rc = matmul(s, &w->router, s->look_xn, n, s->look_router);
+				moe_rmsnorm(s->x + t * H, w->ffn_norm, H, hp->rms_eps, s->look_xn + t * H);
+			int rc = moe_session_matmul(s, &w->router, s->look_xn, n, s->look_router);
 			if (rc)
 				return rc;
 			for (size_t t = 0; t < n; t++) { /* each token's top K, scored by its probability */
@@ -538,7 +608,7 @@ int moe_forward(struct moe_session *s, const int32_t *tokens, size_t n, float *l
 {
 	const struct moe_model *m = s->m;
 	const struct moe_hparams *hp = &m->hp;
-	const size_t H = hp->hidden, hd = hp->head_dim, nh = hp->n_heads, nkv = hp->n_kv_heads, kvd = nkv * hd;
+	const size_t H = hp->hidden;
 	if (n == 0 || n > s->max_batch)
 		return moe_fail(MOE_EINVAL, "batch of %zu tokens (1..%zu)", n, s->max_batch);
 	if (s->n_past + n > s->ctx)
@@ -561,34 +631,15 @@ int moe_forward(struct moe_session *s, const int32_t *tokens, size_t n, float *l
 	for (size_t l = 0; l < hp->n_layers && !rc; l++) {
 		const struct moe_layer_weights *w = &m->layers[l];
 		for (size_t t = 0; t < n; t++)
-			rmsnorm(s->x + t * H, w->attn_norm, H, hp->rms_eps, s->xn + t * H);
-		if ((rc = matmul(s, &w->wq, s->xn, n, s->q)) || (rc = matmul(s, &w->wk, s->xn, n, s->k)) ||
-		    (rc = matmul(s, &w->wv, s->xn, n, s->v)))
+			moe_rmsnorm(s->x + t * H, w->attn_norm, H, hp->rms_eps, s->xn + t * H);
+		if ((rc = hp->arch == MOE_ARCH_DEEPSEEK_V3 ? moe_mla_attention(s, l, n) : gqa_attention(s, l, n)))
 			break;
-		for (size_t t = 0; t < n; t++) {
-			const size_t pos = s->n_past + t;
-			for (size_t h = 0; h < nh; h++) {
-				float *qh = s->q + t * nh * hd + h * hd;
-				if (w->q_norm)
-					rmsnorm(qh, w->q_norm, hd, hp->rms_eps, qh);
-				rope(qh, hd, pos, hp->rope_theta);
-			}
-			for (size_t h = 0; h < nkv; h++) {
-				float *kh = s->k + t * kvd + h * hd;
-				if (w->k_norm)
-					rmsnorm(kh, w->k_norm, hd, hp->rms_eps, kh);
-				rope(kh, hd, pos, hp->rope_theta);
-			}
-			kv_store(s, s->k_cache, l, pos, s->k + t * kvd);
-			kv_store(s, s->v_cache, l, pos, s->v + t * kvd);
-		}
-		attention(s, l, n);
-		if ((rc = matmul(s, &w->wo, s->att, n, s->tmp)))
+		if ((rc = moe_session_matmul(s, &w->wo, s->att, n, s->tmp)))
 			break;
 		for (size_t i = 0; i < n * H; i++)
 			s->x[i] += s->tmp[i];
 		for (size_t t = 0; t < n; t++)
-			rmsnorm(s->x + t * H, w->ffn_norm, H, hp->rms_eps, s->xn + t * H);
+			moe_rmsnorm(s->x + t * H, w->ffn_norm, H, hp->rms_eps, s->xn + t * H);
 		if (w->dense) {
 			if (moe_expert_ffn(m->kernels, m->pool, &w->ffn_gate, &w->ffn_up, &w->ffn_down, s->xn, n, s->moe_out,
 					   &s->ks)) {
@@ -596,11 +647,23 @@ int moe_forward(struct moe_session *s, const int32_t *tokens, size_t n, float *l
 				break;
 			}
 		} else {
-			if ((rc = matmul(s, &w->router, s->xn, n, s->router)))
+			if ((rc = moe_session_matmul(s, &w->router, s->xn, n, s->router)))
 				break;
-			route(s, n);
+			if (hp->arch == MOE_ARCH_DEEPSEEK_V3)
+				moe_deepseek_route(s, l, n);
+			else
+				route(s, n);
 			if ((rc = experts(s, l, n)))
 				break;
+			if (w->has_shared) { /* always on, resident */
+				if (moe_expert_ffn(m->kernels, m->pool, &w->sh_gate, &w->sh_up, &w->sh_down, s->xn, n,
+						   s->shared_out, &s->ks)) {
+					rc = moe_fail(MOE_ENOMEM, "out of memory in the kernels' scratch");
+					break;
+				}
+				for (size_t i = 0; i < n * H; i++)
+					s->moe_out[i] += s->shared_out[i];
+			}
 		}
 		for (size_t i = 0; i < n * H; i++)
 			s->x[i] += s->moe_out[i];
@@ -609,11 +672,11 @@ int moe_forward(struct moe_session *s, const int32_t *tokens, size_t n, float *l
 		return rc;
 	if (logits) {
 		for (size_t t = 0; t < n; t++)
-			rmsnorm(s->x + t * H, m->output_norm, H, hp->rms_eps, s->xn + t * H);
-		rc = matmul(s, &m->output, s->xn, n, logits);
+			moe_rmsnorm(s->x + t * H, m->output_norm, H, hp->rms_eps, s->xn + t * H);
+		rc = moe_session_matmul(s, &m->output, s->xn, n, logits);
 	} else if (last_logits) {
-		rmsnorm(s->x + (n - 1) * H, m->output_norm, H, hp->rms_eps, s->xn);
-		rc = matmul(s, &m->output, s->xn, 1, last_logits);
+		moe_rmsnorm(s->x + (n - 1) * H, m->output_norm, H, hp->rms_eps, s->xn);
+		rc = moe_session_matmul(s, &m->output, s->xn, 1, last_logits);
 	}
 	if (!rc)
 		s->n_past += n;

@@ -55,8 +55,14 @@ int moe_experts_mapped(const moe_pack *pack, struct moe_experts **out);
 struct moe_layer_weights {
 	const float *attn_norm, *ffn_norm, *q_norm, *k_norm; /* q_norm/k_norm: Qwen3 only */
 	struct moe_wmat wq, wk, wv, wo, router;
-	int dense;                           /* a dense MLP layer (Qwen3 mlp_only_layers) */
+	int dense;                           /* a dense MLP layer (Qwen3 mlp_only_layers, DeepSeek's first) */
 	struct moe_wmat ffn_gate, ffn_up, ffn_down;
+	/* DeepSeek-V3 (deepseek.c): MLA projections (wq_b is the whole q projection when
+	 * q_lora_rank is 0), the routing bias, the always-on shared experts */
+	struct moe_wmat wq_a, wq_b, wkv_a, wkv_b;
+	const float *q_a_norm, *kv_a_norm, *exp_bias;
+	int has_shared;
+	struct moe_wmat sh_gate, sh_up, sh_down;
 };
 
 struct moe_model {
@@ -83,7 +89,9 @@ struct moe_session {
 	const struct moe_model *m;
 	size_t ctx, n_past;
 	int kv_type;
-	void *k_cache, *v_cache;     /* [layer][ctx][n_kv * head_dim], f16 or f32 */
+	size_t kv_dim;               /* values per layer and position in each cache */
+	void *k_cache, *v_cache;     /* [layer][ctx][kv_dim], f16 or f32; MLA: k_cache holds
+				      * c_kv | k_pe (kv_lora_rank + qk_rope_head_dim), no v_cache */
 	/* scratch, sized for max_batch tokens */
 	size_t max_batch;
 	float *x, *xn, *q, *k, *v, *att, *tmp, *router, *moe_out, *gather, *expert_out, *scores, *kv_row;
@@ -99,6 +107,8 @@ struct moe_session {
 	uint32_t *look_list;
 	uint32_t *prev_experts;      /* [layer][n_experts_used]: the last token's choices */
 	FILE *trace;                 /* if set: one JSON line per token and MoE layer */
+	struct moe_mla *mla;         /* DeepSeek-V3's attention scratch and YaRN tables */
+	float *shared_out;           /* [batch][hidden]: the shared experts' output */
 };
 
 int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, int kv_type, struct moe_session **out);

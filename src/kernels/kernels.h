@@ -37,6 +37,14 @@ static inline struct moe_wmat moe_wmat_at(int type, size_t rows, size_t cols, co
 				 code_bytes ? (const uint16_t *)((const uint8_t *)data + code_bytes) : NULL};
 }
 
+/* Rows r0 .. r0+n of a matrix view, as a view. */
+static inline struct moe_wmat moe_wmat_rows(const struct moe_wmat *w, size_t r0, size_t n)
+{
+	const size_t row_bytes = w->type == 3 ? w->cols : w->type == 4 ? w->cols / 2 : w->type == 1 ? 2 * w->cols : 4 * w->cols;
+	return (struct moe_wmat){w->type, n, w->cols, (const uint8_t *)w->codes + r0 * row_bytes,
+				 w->scales ? w->scales + r0 * (w->cols / 32) : NULL};
+}
+
 /* A batch of activations quantized to int8 blocks of 32. */
 struct moe_qact {
 	size_t cols, batch;
