@@ -55,6 +55,14 @@ check "forced pread: said in the stats" py -c 'import json, sys; assert json.loa
 check "zstd blobs through the cache: same bits as raw" cmp zref.f32 zgot.f32
 check "zstd: same ids" cmp zref.ids zgot.ids
 
+# DeepSeek-V3 (shared experts resident, routed ones cached) under a tight budget: same bits
+check "deepseek pack" "$MOE_PACK" synth --preset deepseek-tiny ds.moe
+"$MOE_RUN" -m ds.moe --tokens $P -n 24 -c 256 --no-offload --logits-out dsref.f32 >dsref.ids 2>err
+"$MOE_RUN" -m ds.moe --tokens $P -n 24 -c 256 --ram-budget 2400K --stats-json ds.json --logits-out dsgot.f32 >dsgot.ids 2>err
+check "deepseek under 2.4 MB: same logits" cmp dsref.f32 dsgot.f32
+check "deepseek: same ids" cmp dsref.ids dsgot.ids
+check "deepseek: experts were streamed" py -c 'import json, sys; x = json.load(open(sys.argv[1]))["experts"]; assert x["slots"] < 32 and x["misses"] > x["slots"], x' ds.json
+
 # stats: what a prefetch run reports adds up
 run --ram-budget "$budget" --prefetch-depth 2 --stats-json s.json >/dev/null 2>err
 check "stats add up" py -c '
