@@ -72,4 +72,19 @@ for other in ("st.moe", "st2.moe", "gguf.moe"):
     for k in d.experts:
         assert o.expert_raw(*k) == d.expert_raw(*k), (other, k)
 PY
+# --format plan: the sizes without writing equal those of the pack written
+for spec in deepseek-tiny:q8 deepseek-tiny:q8,experts=q4 mixtral-tiny:q4 qwen3-tiny:f16; do
+	preset=${spec%%:*} q=${spec#*:}
+	check "plan $spec" sh -c "'$MOE_PACK' synth --preset $preset -q $q --format plan - > plan.txt"
+	check "pack $spec" "$MOE_PACK" synth --no-progress --preset "$preset" -q "$q" --force plan.moe
+	check "plan $spec = pack" sh -c "'$MOE_PACK' --info --json plan.moe > plan.json && '$PYTHON3' -c '
+import json, re
+d = json.load(open(\"plan.json\")); k = d[\"kinds\"]
+t = open(\"plan.txt\").read()
+dense = int(re.search(r\"\\((\\d+) bytes;\", t).group(1))
+n, blob = map(int, re.search(r\"\\((\\d+) x (\\d+) bytes\\)\", t).groups())
+assert dense == sum(v[\"raw_bytes\"] for name, v in k.items() if name != \"experts\"), (dense, k)
+assert n * blob == k[\"experts\"][\"raw_bytes\"] and blob == d[\"expert_layout\"][\"raw_blob_bytes\"], (n, blob)
+'"
+done
 finish

@@ -42,7 +42,8 @@ static void usage(FILE *fp)
 	      "                           override the preset's shape\n"
 	      "      --mlp-only-layers L  Qwen3-MoE: comma-separated layers that are dense MLPs\n"
 	      "      --seed N             random seed (default 1)\n"
-	      "      --format F           pack (default), safetensors (a folder), gguf\n"
+	      "      --format F           pack (default), safetensors (a folder), gguf, or plan: print the\n"
+	      "                           sizes such a pack would have (resident, experts, KV) and write nothing\n"
 	      "      --dtype T            source weights: safetensors f32|f16|bf16|f8 (default bf16),\n"
 	      "                           gguf f32|f16|bf16|q8_0|q4_0 (default f16)\n"
 	      "      --shard-size SIZE    safetensors: start a new shard past SIZE bytes (e.g. 2G)\n"
@@ -253,6 +254,8 @@ int main(int argc, char **argv)
 		}
 		if (hp.arch == MOE_ARCH_DEEPSEEK_V3 && hp.first_dense >= hp.n_layers)
 			hp.first_dense = hp.n_layers > 1 ? 1 : 0;
+		if (strcmp(format, "plan") == 0)
+			return pack_plan(&hp, &o) ? fail(MOE_EINVAL) : 0;
 		struct moe_source *src;
 		if (synth_source(&hp, seed, &src))
 			return fail(MOE_EINVAL);
@@ -265,7 +268,7 @@ int main(int argc, char **argv)
 		else if (strcmp(format, "gguf") == 0)
 			rc = gguf_write_model(src, out, dtype ? dtype : "f16", o.force);
 		else
-			rc = moe_fail(MOE_EINVAL, "--format %s: pack, safetensors or gguf", format);
+			rc = moe_fail(MOE_EINVAL, "--format %s: pack, safetensors, gguf or plan", format);
 		src_close(src);
 		return rc ? fail(rc) : 0;
 	}

@@ -698,3 +698,54 @@ out:
 	free(p.jobs);
 	return rc;
 }
+
+/* ---- sizes without writing (moe-pack synth --format plan) ---- */
+
+static uint64_t tensor_bytes(const struct pack_options *o, const struct moe_tensor_spec *t)
+{
+	const uint64_t cols = t->n_dims == 2 ? t->dims[1] : t->dims[0], rows = t->n_dims == 2 ? t->dims[0] : 1;
+	const struct moe_type_traits *tt = &moe_type_traits[choose_type(o, t->kind, t->n_dims, cols, SRC_SYNTH)];
+	return rows * (cols / tt->block) * (tt->code_bytes + tt->scale_bytes);
+}
+
+int pack_plan(const struct moe_hparams *hp, const struct pack_options *o)
+{
+	const size_t max = 64 + 32 * (size_t)hp->n_layers;
+	struct moe_tensor_spec *specs = calloc(max, sizeof *specs);
+	if (!specs)
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	const size_t n = moe_arch_dense_tensors(hp, specs, max);
+	uint64_t dense = 0, embed = 0, shared = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (specs[i].optional && hp->tie_embeddings)
+			continue;
+		const uint64_t b = tensor_bytes(o, &specs[i]);
+		dense += b;
+		embed += specs[i].kind == MOE_KIND_EMBED ? b : 0;
+		shared += strstr(specs[i].name, "_shexp") ? b : 0;
+	}
+	free(specs);
+	uint64_t n_experts = 0, blob = 0;
+	for (uint64_t l = 0; l < hp->n_layers; l++)
+		if (moe_layer_is_moe(hp, l))
+			n_experts += hp->n_experts;
+	struct moe_tensor_spec m[3];
+	moe_arch_expert_tensors(hp, hp->n_layers - 1, 0, m);
+	for (int i = 0; i < 3; i++)
+		blob += tensor_bytes(o, &m[i]);
+	/* f16 KV cache: MLA keeps the latent and the rotary key; the others K and V per kv head */
+	const uint64_t kv_token = hp->arch == MOE_ARCH_DEEPSEEK_V3
+		? hp->n_layers * (hp->kv_lora_rank + hp->qk_rope_dim) * 2
+		: hp->n_layers * 2 * hp->n_kv_heads * hp->head_dim * 2;
+	const double GB = 1e9;
+	printf("plan: %s, %llu layers, -q %s (nothing written)\n", moe_arch_name(hp->arch),
+	       (unsigned long long)hp->n_layers, o->quant_desc);
+	printf("  resident (dense tensors)     %9.2f GB  (%llu bytes; embeddings %.2f GB, shared experts %.2f GB)\n",
+	       dense / GB, (unsigned long long)dense, embed / GB, shared / GB);
+	printf("  routed experts               %9.2f GB  (%llu x %llu bytes)\n", (double)n_experts * blob / GB,
+	       (unsigned long long)n_experts, (unsigned long long)blob);
+	printf("  KV cache (f16) per 1K tokens %9.3f GB\n", kv_token * 1024 / GB);
+	printf("  least --ram-budget at 4K context: resident + KV + two experts = %.2f GB (+ scratch)\n",
+	       (dense + kv_token * 4096 + 2 * blob) / GB);
+	return 0;
+}

@@ -28,6 +28,10 @@ int pack_parse_quant(const char *spec, struct pack_options *o);
 /* Import src into a new pack at out. Prints a one-paragraph summary to stdout. */
 int pack_model(struct moe_source *src, const char *out, const struct pack_options *o);
 
+/* The sizes a pack of these hyperparameters would have (resident, experts, KV per
+ * 1K tokens, least budget at 4K context), printed; nothing is written. */
+int pack_plan(const struct moe_hparams *hp, const struct pack_options *o);
+
 /* moe-pack --info and --verify */
 int pack_info(const char *path, int json);
 int pack_verify(const char *path, int progress);
