@@ -185,15 +185,7 @@ int moe_mla_attention(struct moe_session *s, size_t l, size_t n)
 				sc[h * len + j] = (d + dp) * a->scale;
 			}
 		}
-		for (size_t h = 0; h < nh; h++) {
-			float *p = sc + h * len, mx = -INFINITY, sum = 0;
-			for (size_t j = 0; j < len; j++)
-				mx = fmaxf(mx, p[j]);
-			for (size_t j = 0; j < len; j++)
-				sum += (p[j] = expf(p[j] - mx));
-			for (size_t j = 0; j < len; j++)
-				p[j] /= sum;
-		}
+		moe_softmax_rows(sc, nh, len);
 		memset(a->ctx, 0, nh * kvl * sizeof(float));
 		for (size_t j = 0; j < len; j++) {
 			const float *cj = moe_kv_row(s, s->k_cache, l, j, s->kv_row);

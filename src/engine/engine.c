@@ -338,6 +338,19 @@ int moe_session_matmul(struct moe_session *s, const struct moe_wmat *w, const fl
 	return 0;
 }
 
+void moe_softmax_rows(float *p, size_t rows, size_t len)
+{
+	for (size_t h = 0; h < rows; h++, p += len) {
+		float mx = -INFINITY, sum = 0;
+		for (size_t j = 0; j < len; j++)
+			mx = fmaxf(mx, p[j]);
+		for (size_t j = 0; j < len; j++)
+			sum += (p[j] = expf(p[j] - mx));
+		for (size_t j = 0; j < len; j++)
+			p[j] /= sum;
+	}
+}
+
 /* row j of layer l's cache as floats (a pointer into the cache when it is f32) */
 const float *moe_kv_row(const struct moe_session *s, const void *cache, size_t l, size_t j, float *buf)
 {
@@ -381,15 +394,7 @@ static void attention(struct moe_session *s, size_t l, size_t n)
 				sc[h * len + j] = d * scale;
 			}
 		}
-		for (size_t h = 0; h < nh; h++) {
-			float *r = sc + h * len, mx = -INFINITY, sum = 0;
-			for (size_t j = 0; j < len; j++)
-				mx = fmaxf(mx, r[j]);
-			for (size_t j = 0; j < len; j++)
-				sum += (r[j] = expf(r[j] - mx));
-			for (size_t j = 0; j < len; j++)
-				r[j] /= sum;
-		}
+		moe_softmax_rows(sc, nh, len);
 		float *out = s->att + t * nh * hd;
 		for (size_t j = 0; j < len; j++) {
 			const float *vj = moe_kv_row(s, s->v_cache, l, j, s->kv_row);

@@ -5,6 +5,8 @@
 #include "engine/engine.h"
 
 void moe_rmsnorm(const float *x, const float *w, size_t n, double eps, float *out);
+/* each of rows rows of len attention scores -> probabilities, in place */
+void moe_softmax_rows(float *p, size_t rows, size_t len);
 /* y[n][rows] = W x[n][cols] on the session's kernels and pool */
 int moe_session_matmul(struct moe_session *s, const struct moe_wmat *w, const float *x, size_t n, float *y);
 /* row j of layer l's cache as floats (buf unless the cache is f32); store row at pos */
