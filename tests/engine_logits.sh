@@ -126,6 +126,23 @@ check "gguf logits = safetensors logits" cmp g.bin f.bin
 check "reference" py "$REF" mf $TT mf.npy
 check "gguf logits = reference" py cmp.py g.bin mf.npy f32
 
+# DeepSeek-V3 through llama.cpp's deepseek2 GGUF layout and through safetensors
+check "deepseek gguf f32" py "$W" gguf dg.gguf --arch=deepseek_v3 --types=attn=F32,experts=F32,embed=F32,output=F32
+check "deepseek gguf q8/q4" py "$W" gguf dq.gguf --arch=deepseek_v3 --types=attn=Q8_0,experts=Q4_0,embed=F32,output=Q8_0
+check "deepseek its folder" py "$W" safetensors dgf --arch=deepseek_v3
+check "deepseek pack gguf" "$MOE_PACK" --no-progress -q f32 --zstd-min-saving 100 dg.gguf dg.moe
+check "deepseek pack gguf, kept blocks" "$MOE_PACK" --no-progress -q keep --zstd-min-saving 100 dq.gguf dq.moe
+check "deepseek pack folder" "$MOE_PACK" --no-progress -q f32 --zstd-min-saving 100 dgf dgf.moe
+check "deepseek run gguf" "$MOE_RUN" -m dg.moe --tokens $TT -n 0 --kv-type f32 --logits-out dg.bin
+check "deepseek run folder" "$MOE_RUN" -m dgf.moe --tokens $TT -n 0 --kv-type f32 --logits-out dgf.bin
+check "deepseek gguf logits = safetensors logits" cmp dg.bin dgf.bin
+check "deepseek folder reference" py "$REF" dgf $TT dgf.npy
+check "deepseek gguf logits = reference" py cmp.py dg.bin dgf.npy f32
+check "deepseek run gguf q8/q4" "$MOE_RUN" -m dq.moe --tokens $TT -n 0 --kv-type f32 --logits-out dq.bin
+check "deepseek gguf q8/q4 reference" py "$REF" dgf $TT dq.npy --dequant dq.moe
+check "deepseek gguf q8/q4 logits" py cmp.py dq.bin dq.npy q4
+cat "$WORK/out"
+
 # sampling: the same seed gives the same tokens; top-k 1 is greedy; penalties apply
 R="'$MOE_RUN' -m mixtral-tiny.f32.moe --tokens 5,6,7,8 -n 24"
 check "sample seed 7" sh -c "$R --temp 1.5 --seed 7 > s7a.txt && $R --temp 1.5 --seed 7 > s7b.txt && $R --temp 1.5 --seed 8 > s8.txt"

@@ -5,7 +5,7 @@ F32/F16/Q8_0/Q4_0/BF16 tensors). Weights come from a seeded numpy generator and 
 also saved as float64 .npy-free dict via load_weights() so tests compare against them.
 
 usage: write_model.py safetensors DIR [--shards N] [--fp8] [--arch mixtral|qwen3_moe|deepseek_v3]
-       write_model.py gguf FILE [--types SPEC] [--arch mixtral|qwen3_moe] [--tokenizer none|gpt2]
+       write_model.py gguf FILE [--types SPEC] [--arch mixtral|qwen3_moe|deepseek_v3] [--tokenizer none|gpt2]
 """
 import json
 import os
@@ -224,16 +224,29 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
     c = CONFIGS[arch]
     w = weights(arch)
     tmap = dict(kv.split("=") for kv in types.split(","))
-    ga = "llama" if arch == "mixtral" else "qwen3moe"
+    ga = {"mixtral": "llama", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2"}[arch]
     L, H = c["num_hidden_layers"], c["hidden_size"]
     kvs = [("general.architecture", 8, "grok" if bad == "arch" else ga), ("general.alignment", 4, 32),
            (ga + ".block_count", 4, L), (ga + ".embedding_length", 4, H),
            (ga + ".attention.head_count", 4, c["num_attention_heads"]),
-           (ga + ".attention.head_count_kv", 4, c["num_key_value_heads"]),
+           (ga + ".attention.head_count_kv", 4, c.get("num_key_value_heads", c["num_attention_heads"])),
            (ga + ".rope.freq_base", 6, c["rope_theta"]),
            (ga + ".attention.layer_norm_rms_epsilon", 6, c["rms_norm_eps"]),
            (ga + ".context_length", 4, c["max_position_embeddings"])]
-    if arch == "mixtral":
+    if arch == "deepseek_v3":  # llama.cpp's deepseek2 keys (convert_hf_to_gguf.py)
+        kvs += [(ga + ".expert_count", 4, c["n_routed_experts"]), (ga + ".expert_used_count", 4, c["num_experts_per_tok"]),
+                (ga + ".feed_forward_length", 4, c["intermediate_size"]),
+                (ga + ".expert_feed_forward_length", 4, c["moe_intermediate_size"]),
+                (ga + ".leading_dense_block_count", 4, c["first_k_dense_replace"]),
+                (ga + ".expert_shared_count", 4, c["n_shared_experts"]),
+                (ga + ".expert_group_count", 4, c["n_group"]), (ga + ".expert_group_used_count", 4, c["topk_group"]),
+                (ga + ".attention.q_lora_rank", 4, c["q_lora_rank"]), (ga + ".attention.kv_lora_rank", 4, c["kv_lora_rank"]),
+                (ga + ".attention.key_length", 4, c["qk_nope_head_dim"] + c["qk_rope_head_dim"]),
+                (ga + ".attention.value_length", 4, c["v_head_dim"]),
+                (ga + ".rope.dimension_count", 4, c["qk_rope_head_dim"]),
+                (ga + ".expert_weights_scale", 6, c["routed_scaling_factor"]),
+                (ga + ".expert_weights_norm", 4, 1), (ga + ".expert_gating_func", 4, 2)]
+    elif arch == "mixtral":
         kvs += [(ga + ".expert_count", 4, c["num_local_experts"]), (ga + ".expert_used_count", 4, 2),
                 (ga + ".feed_forward_length", 4, c["intermediate_size"]),
                 (ga + ".rope.dimension_count", 4, c["head_dim"])]
@@ -262,6 +275,32 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
         p = "model.layers.%d." % l
         b = "blk.%d." % l
         tensors.append((b + "attn_norm.weight", w[p + "input_layernorm.weight"]))
+        if arch == "deepseek_v3":  # MLA, no permutation: llama.cpp ropes deepseek2 on consecutive pairs
+            a = p + "self_attn."
+            tensors += [(b + "attn_q_a.weight", w[a + "q_a_proj.weight"]),
+                        (b + "attn_q_a_norm.weight", w[a + "q_a_layernorm.weight"]),
+                        (b + "attn_q_b.weight", w[a + "q_b_proj.weight"]),
+                        (b + "attn_kv_a_mqa.weight", w[a + "kv_a_proj_with_mqa.weight"]),
+                        (b + "attn_kv_a_norm.weight", w[a + "kv_a_layernorm.weight"]),
+                        (b + "attn_kv_b.weight", w[a + "kv_b_proj.weight"]),
+                        (b + "attn_output.weight", w[a + "o_proj.weight"]),
+                        (b + "ffn_norm.weight", w[p + "post_attention_layernorm.weight"])]
+            if l < c["first_k_dense_replace"]:
+                tensors += [(b + "ffn_gate.weight", w[p + "mlp.gate_proj.weight"]),
+                            (b + "ffn_up.weight", w[p + "mlp.up_proj.weight"]),
+                            (b + "ffn_down.weight", w[p + "mlp.down_proj.weight"])]
+                continue
+            E = c["n_routed_experts"]
+            tensors += [(b + "ffn_gate_inp.weight", w[p + "mlp.gate.weight"]),
+                        (b + "exp_probs_b.bias", w[p + "mlp.gate.e_score_correction_bias"]),
+                        (b + "ffn_gate_shexp.weight", w[p + "mlp.shared_experts.gate_proj.weight"]),
+                        (b + "ffn_up_shexp.weight", w[p + "mlp.shared_experts.up_proj.weight"]),
+                        (b + "ffn_down_shexp.weight", w[p + "mlp.shared_experts.down_proj.weight"])]
+            ex = p + "mlp.experts.%d."
+            names = ("gate_proj", "up_proj", "down_proj")
+            for gname, hname in zip(("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"), names):
+                tensors.append((b + gname + ".weight", np.stack([w[ex % e + hname + ".weight"] for e in range(E)])))
+            continue
         q, k = w[p + "self_attn.q_proj.weight"], w[p + "self_attn.k_proj.weight"]
         if arch == "mixtral":
             q = gguf_permute(q, c["num_attention_heads"])
