@@ -17,6 +17,7 @@
 
 #include "common/error.h"
 #include "engine/internal.h"
+#include "kernels/pool.h"
 #include "quant/quant.h"
 
 struct moe_mla {
@@ -123,6 +124,52 @@ static void rope_pairs(const struct moe_mla *a, float *x, size_t rope, size_t po
 	memcpy(x, tmp, rope * sizeof *x);
 }
 
+struct absorb {
+	struct moe_session *s;
+	const struct moe_layer_weights *w;
+	size_t t, pos;
+};
+
+static void head_range(const struct moe_hparams *hp, int i, int n, size_t *h0, size_t *h1)
+{
+	*h0 = hp->n_heads * (size_t)i / (size_t)n;
+	*h1 = hp->n_heads * (size_t)(i + 1) / (size_t)n;
+}
+
+static void dequant_uk(void *arg, int i, int n)
+{
+	const struct absorb *j = arg;
+	const struct moe_hparams *hp = &j->s->m->hp;
+	const size_t nope = hp->qk_nope_dim, kvl = hp->kv_lora_rank, vd = hp->v_head_dim;
+	size_t h0, h1;
+	head_range(hp, i, n, &h0, &h1);
+	for (size_t h = h0; h < h1; h++) {
+		const struct moe_wmat uk = moe_wmat_rows(&j->w->wkv_b, h * (nope + vd), nope);
+		moe_dequantize_rows(uk.type, uk.codes, uk.scales, nope, kvl, j->s->mla->wuk + h * nope * kvl);
+	}
+}
+
+/* token t's queries: RoPE on q_pe, q_abs = W_UK^T q_nope */
+static void absorb_queries(void *arg, int i, int n)
+{
+	const struct absorb *j = arg;
+	const struct moe_hparams *hp = &j->s->m->hp;
+	struct moe_mla *a = j->s->mla;
+	const size_t nope = hp->qk_nope_dim, rope = hp->qk_rope_dim, kvl = hp->kv_lora_rank, qk = nope + rope;
+	size_t h0, h1;
+	head_range(hp, i, n, &h0, &h1);
+	for (size_t h = h0; h < h1; h++) {
+		float *qh = a->q + (j->t * hp->n_heads + h) * qk, *qabs = a->qabs + h * kvl;
+		rope_pairs(a, qh + nope, rope, j->pos);
+		memset(qabs, 0, kvl * sizeof *qabs);
+		for (size_t d = 0; d < nope; d++) {
+			const float qi = qh[d], *wr = a->wuk + (h * nope + d) * kvl;
+			for (size_t c = 0; c < kvl; c++)
+				qabs[c] += qi * wr[c];
+		}
+	}
+}
+
 int moe_mla_attention(struct moe_session *s, size_t l, size_t n)
 {
 	const struct moe_model *m = s->m;
@@ -154,24 +201,16 @@ int moe_mla_attention(struct moe_session *s, size_t l, size_t n)
 		rope_pairs(a, kv + kvl, rope, s->n_past + t);
 		moe_kv_store(s, s->k_cache, l, s->n_past + t, kv);
 	}
-	/* W_UK of every head, once per call: the queries are absorbed through it */
-	for (size_t h = 0; h < nh; h++) {
-		const struct moe_wmat uk = moe_wmat_rows(&w->wkv_b, h * (nope + vd), nope);
-		moe_dequantize_rows(uk.type, uk.codes, uk.scales, nope, kvl, a->wuk + h * nope * kvl);
-	}
+	/* W_UK of every head, once per call; then each token's queries absorbed through it.
+	 * Both split by heads over the pool's threads (each head's arithmetic is the same
+	 * whatever the split, so are the results). */
+	struct absorb job = {s, w, 0, 0};
+	moe_pool_run(m->pool, dequant_uk, &job);
 	for (size_t t = 0; t < n; t++) {
 		const size_t pos = s->n_past + t, len = pos + 1;
 		float *q = a->q + t * nh * qk, *sc = s->scores; /* [head][position] */
-		for (size_t h = 0; h < nh; h++) {
-			float *qh = q + h * qk, *qabs = a->qabs + h * kvl;
-			rope_pairs(a, qh + nope, rope, pos);
-			memset(qabs, 0, kvl * sizeof *qabs);
-			for (size_t i = 0; i < nope; i++) {
-				const float qi = qh[i], *wr = a->wuk + (h * nope + i) * kvl;
-				for (size_t c = 0; c < kvl; c++)
-					qabs[c] += qi * wr[c];
-			}
-		}
+		job.t = t, job.pos = pos;
+		moe_pool_run(m->pool, absorb_queries, &job);
 		/* each cached row is read (and converted) once for all heads */
 		for (size_t j = 0; j < len; j++) {
 			const float *cj = moe_kv_row(s, s->k_cache, l, j, s->kv_row), *pe = cj + kvl;
