@@ -431,6 +431,17 @@ static int run_experts(struct pipeline *p, struct moe_packw *w)
 
 /* ---- metadata ---- */
 
+/* source tensors of layers past num_hidden_layers: DeepSeek's multi-token-prediction layer */
+static size_t count_mtp(const struct moe_source *src)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < src->n_entries; i++) {
+		unsigned long long l;
+		n += sscanf(src->entries[i].name, "model.layers.%llu.", &l) == 1 && l >= src->hp.n_layers;
+	}
+	return n;
+}
+
 /* tokenizer.json as given (for provenance and other tools), its compiled binary
  * form (what moe-run loads), tokenizer_config.json and the chat template. */
 static int add_tokenizer(struct moe_source *src, const struct pack_options *o, struct moe_meta_writer *m, int *has)
@@ -518,6 +529,9 @@ static int build_meta(struct moe_source *src, const struct pack_options *o, stru
 	meta_put_str(m, "provenance.quant", o->quant_desc);
 	meta_put_u64(m, "provenance.zstd_level", (uint64_t)o->zstd_level);
 	meta_put_f64(m, "provenance.zstd_min_saving", o->zstd_min_saving);
+	const size_t mtp = count_mtp(src);
+	if (mtp) /* DeepSeek's multi-token-prediction layer: not imported, and said so in --info */
+		meta_put_u64(m, "provenance.skipped_mtp_tensors", mtp);
 	XXH3_freeState(h);
 	return meta_finish(m);
 }
@@ -525,21 +539,18 @@ static int build_meta(struct moe_source *src, const struct pack_options *o, stru
 /* Tell the user about source tensors the model does not use (DeepSeek's MTP layer, stray tensors). */
 static void report_unused(struct moe_source *src)
 {
-	size_t unused = 0, mtp = 0;
+	size_t unused = 0;
 	const char *first = NULL;
 	for (size_t i = 0; i < src->n_entries; i++) {
 		const struct src_entry *e = &src->entries[i];
-		if (e->used)
-			continue;
 		unsigned long long l;
-		if (sscanf(e->name, "model.layers.%llu.", &l) == 1 && l >= src->hp.n_layers) {
-			mtp++;
+		if (e->used || (sscanf(e->name, "model.layers.%llu.", &l) == 1 && l >= src->hp.n_layers))
 			continue;
-		}
 		if (!first)
 			first = e->name;
 		unused++;
 	}
+	const size_t mtp = count_mtp(src);
 	if (mtp)
 		fprintf(stderr, "moe-pack: note: skipped %zu tensors of layers past num_hidden_layers (multi-token prediction)\n",
 			mtp);
