@@ -59,6 +59,10 @@ static void usage(FILE *fp)
 	      "      --mlock              lock the expert cache in RAM\n"
 	      "      --no-offload         no cache: experts through the page cache (mmap), as llama.cpp does\n"
 	      "      --trace-out FILE     the experts and router scores of every token and layer (moe-bench sim)\n"
+	      "quality:\n"
+	      "      --perplexity FILE    perplexity of the model on a text file, in chunks of -c tokens\n"
+	      "      --kl-base LOGITS     with --perplexity: mean KL and top-1 agreement against saved logits\n"
+	      "                           (--logits-out of an earlier --perplexity run, e.g. of an f32 pack)\n"
 	      "output:\n"
 	      "      --logits-out FILE    float32 logits of every prompt position, [n_prompt][n_vocab], no header\n"
 	      "      --stats              prefill and decode speed on stderr\n"
@@ -471,6 +475,99 @@ out:
 	return rc;
 }
 
+/* --perplexity: the tokens in chunks of ctx, each from an empty cache; every token
+ * after a chunk's first is scored on the logits of the ones before it (as
+ * llama.cpp's perplexity tool does, without its half-chunk warm-up). With
+ * logits_out, the scored rows are saved; with kl_base, compared with saved ones. */
+static int perplexity(struct moe_session *s, const int32_t *ids, size_t n, size_t ctx, size_t batch,
+		      const char *logits_out, const char *kl_base)
+{
+	const size_t vocab = s->m->hp.vocab;
+	float *lg = malloc(batch * vocab * sizeof *lg), *brow = malloc(vocab * sizeof *brow);
+	FILE *out = logits_out ? fopen(logits_out, "wb") : NULL, *base = kl_base ? fopen(kl_base, "rb") : NULL;
+	double nll = 0, kl = 0;
+	size_t scored = 0, agree = 0, chunks = 0;
+	int rc = 0;
+	if (!lg || !brow) {
+		rc = moe_fail(MOE_ENOMEM, "out of memory");
+		goto done;
+	}
+	if ((logits_out && !out) || (kl_base && !base)) {
+		rc = moe_fail(MOE_EIO, "%s: %s", !out && logits_out ? logits_out : kl_base, strerror(errno));
+		goto done;
+	}
+	if (n < 2) {
+		rc = moe_fail(MOE_EINVAL, "--perplexity: %zu tokens, nothing to predict", n);
+		goto done;
+	}
+	for (size_t c0 = 0; c0 + 1 < n; c0 += ctx, chunks++) {
+		const size_t len = n - c0 < ctx ? n - c0 : ctx;
+		s->n_past = 0; /* a fresh context: the cache is overwritten from position 0 */
+		for (size_t i = 0; i < len && !rc; i += batch) {
+			const size_t k = len - i < batch ? len - i : batch;
+			if ((rc = moe_forward(s, ids + c0 + i, k, lg, NULL)))
+				break;
+			for (size_t t = 0; t < k && i + t + 1 < len; t++) {
+				const float *row = lg + t * vocab;
+				double mx = row[0], sum = 0;
+				size_t best = 0;
+				for (size_t v = 1; v < vocab; v++)
+					if (row[v] > mx)
+						mx = row[v], best = v;
+				for (size_t v = 0; v < vocab; v++)
+					sum += exp(row[v] - mx);
+				const double lse = mx + log(sum);
+				nll += lse - row[ids[c0 + i + t + 1]];
+				scored++;
+				if (out && fwrite(row, sizeof *row, vocab, out) != vocab) {
+					rc = moe_fail(MOE_EIO, "%s: %s", logits_out, strerror(errno));
+					break;
+				}
+				if (base) {
+					if (fread(brow, sizeof *brow, vocab, base) != vocab) {
+						rc = moe_fail(MOE_EFORMAT, "--kl-base %s: fewer rows than the %zu scored tokens", kl_base,
+							      scored);
+						break;
+					}
+					double bmx = brow[0], bsum = 0, d = 0;
+					size_t bbest = 0;
+					for (size_t v = 1; v < vocab; v++)
+						if (brow[v] > bmx)
+							bmx = brow[v], bbest = v;
+					for (size_t v = 0; v < vocab; v++)
+						bsum += exp(brow[v] - bmx);
+					const double blse = bmx + log(bsum);
+					for (size_t v = 0; v < vocab; v++) /* KL(base || this) */
+						d += exp(brow[v] - blse) * ((brow[v] - blse) - (row[v] - lse));
+					kl += d;
+					agree += best == bbest;
+				}
+			}
+		}
+		if (rc)
+			break;
+	}
+	if (!rc && base && fread(brow, 1, 1, base) == 1)
+		rc = moe_fail(MOE_EFORMAT, "--kl-base %s: more rows than the %zu scored tokens", kl_base, scored);
+	if (!rc) {
+		printf("perplexity %.4f over %zu tokens (%zu chunks of up to %zu)\n", exp(nll / (double)scored), scored,
+		       chunks, ctx);
+		if (base)
+			printf("mean KL %.6g, top-1 agreement %.4f against %s\n", kl / (double)scored,
+			       (double)agree / (double)scored, kl_base);
+	}
+done:
+	if (out && fclose(out) != 0 && !rc)
+		rc = moe_fail(MOE_EIO, "%s: %s", logits_out, strerror(errno));
+	if (rc && out)
+		unlink(logits_out); /* never leave a short file that looks like logits */
+	if (base)
+		fclose(base);
+	free(lg);
+	free(brow);
+	return rc;
+}
+
 struct token_stats {
 	uint64_t hits, prefetch_hits, misses, bytes;
 	double wait;
@@ -529,8 +626,10 @@ int main(int argc, char **argv)
 	enum { O_TOKENS = 256, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_SEED, O_LOGITS, O_STATS, O_KV, O_BUDGET,
 	       O_TRUNC, O_SJSON, O_TOKENIZE, O_DETOKENIZE, O_TOKENIZER, O_ADD_SPECIAL, O_NO_ADD_SPECIAL,
 	       O_SKIP_SPECIAL, O_CHAT, O_SYSTEM, O_MESSAGES, O_CHAT_TEMPLATE, O_CHAT_KWARGS, O_PRINT_PROMPT, O_STOP,
-	       O_IGNORE_EOS, O_MLOCK, O_IO_DEPTH, O_NO_VERIFY, O_POLICY, O_PREFETCH, O_TRACE, O_NO_OFFLOAD };
+	       O_IGNORE_EOS, O_MLOCK, O_IO_DEPTH, O_NO_VERIFY, O_POLICY, O_PREFETCH, O_TRACE, O_NO_OFFLOAD, O_PPL,
+	       O_KL_BASE };
 	int tokenize = 0, detokenize = 0, skip_special = 0;
+	char *ppl_text = NULL;
 	const char *tokenizer_path = NULL;
 	const char *kv_s = "f16", *stats_json = NULL;
 	const char *stops[16];
@@ -540,6 +639,7 @@ int main(int argc, char **argv)
 	struct moe_cache_options co = {.verify = 1, .policy = MOE_POLICY_LRU};
 	long io_depth = 8, prefetch_depth = 1;
 	int no_offload = 0;
+	const char *ppl_file = NULL, *kl_base = NULL;
 	int truncate = 0;
 	static const struct option opts[] = {
 		{"model", required_argument, NULL, 'm'}, {"tokens", required_argument, NULL, O_TOKENS},
@@ -563,6 +663,7 @@ int main(int argc, char **argv)
 		{"io-depth", required_argument, NULL, O_IO_DEPTH}, {"no-verify", no_argument, NULL, O_NO_VERIFY},
 		{"cache-policy", required_argument, NULL, O_POLICY}, {"prefetch-depth", required_argument, NULL, O_PREFETCH},
 		{"trace-out", required_argument, NULL, O_TRACE}, {"no-offload", no_argument, NULL, O_NO_OFFLOAD},
+		{"perplexity", required_argument, NULL, O_PPL}, {"kl-base", required_argument, NULL, O_KL_BASE},
 		{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
 	};
 	int c;
@@ -620,6 +721,8 @@ int main(int argc, char **argv)
 		case O_PREFETCH: prefetch_depth = strtol(optarg, &end, 10); break;
 		case O_TRACE: trace_out = optarg; break;
 		case O_NO_OFFLOAD: no_offload = 1; break;
+		case O_PPL: ppl_file = optarg; break;
+		case O_KL_BASE: kl_base = optarg; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -636,6 +739,19 @@ int main(int argc, char **argv)
 		fputs("moe-run: --system, --messages, --chat-template, --chat-template-kwargs and --print-prompt go with --chat\n",
 		      stderr);
 		return 2;
+	}
+	if (kl_base && !ppl_file) {
+		fputs("moe-run: --kl-base goes with --perplexity\n", stderr);
+		return 2;
+	}
+	if (ppl_file) { /* the text to score is the prompt */
+		size_t len;
+		if (po.tokens || po.chat || po.text || moe_read_file(ppl_file, &ppl_text, &len)) {
+			fprintf(stderr, "moe-run: --perplexity %s: %s\n", ppl_file,
+				po.tokens || po.chat || po.text ? "goes without -p, --tokens and --chat" : moe_last_error());
+			return po.tokens || po.chat || po.text ? 2 : 1;
+		}
+		po.text = ppl_text;
 	}
 	if (detokenize || (tokenize && !po.chat))
 		return text_tool(detokenize, model, tokenizer_path, po.text, po.add_special, skip_special);
@@ -710,7 +826,7 @@ int main(int argc, char **argv)
 	const size_t vocab = m->hp.vocab;
 	if ((uint64_t)ctx > m->hp.max_pos && m->hp.max_pos)
 		ctx = (long)m->hp.max_pos;
-	if (n_prompt > (size_t)ctx) {
+	if (n_prompt > (size_t)ctx && !ppl_file) { /* --perplexity reads it in chunks */
 		if (!truncate) {
 			fprintf(stderr, "moe-run: prompt of %zu tokens is longer than the context (%ld); --truncate keeps its end\n",
 				n_prompt, ctx);
@@ -762,6 +878,10 @@ int main(int argc, char **argv)
 			(unsigned long long)m->hp.n_layers, (unsigned long long)m->hp.n_experts,
 			(unsigned long long)m->hp.n_experts_used);
 	s->trace = trace_fp;
+	if (ppl_file) {
+		rc = perplexity(s, prompt, n_prompt, (size_t)ctx, (size_t)batch, logits_out, kl_base) ? fail() : 0;
+		goto out;
+	}
 	all = logits_out ? malloc(n_prompt * vocab * sizeof(float)) : NULL;
 	last = malloc(vocab * sizeof(float));
 	seen = malloc((n_prompt + (size_t)n_predict + 1) * sizeof *seen);
@@ -932,6 +1052,7 @@ out:
 	free(cands);
 	free(prompt);
 	free(tmpl);
+	free(ppl_text);
 	free(per_token);
 	if (trace_fp && fclose(trace_fp) != 0 && rc == 0) {
 		fprintf(stderr, "moe-run: %s: %s\n", trace_out, strerror(errno));
