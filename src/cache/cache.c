@@ -59,6 +59,9 @@ struct cache {
 	uint64_t accesses, age_every;
 	struct slot *slots;
 	size_t n_slots;
+	uint64_t *pick_last;   /* victim()'s candidates, sized once: [n_slots] */
+	uint32_t *pick_freq;
+	int64_t *pick_idx;
 	uint64_t slot_bytes, staging_bytes;
 	char *arena;
 	size_t arena_bytes;
@@ -148,19 +151,9 @@ static int evictable(const struct cache *c, const struct slot *s)
 
 static int64_t victim(struct cache *c, int demand)
 {
-	uint64_t last[64], *lu = last;
-	uint32_t fr[64], *fq = fr;
-	int64_t idx[64], *ix = idx;
-	if (c->n_slots > 64) {
-		lu = malloc(c->n_slots * sizeof *lu);
-		fq = malloc(c->n_slots * sizeof *fq);
-		ix = malloc(c->n_slots * sizeof *ix);
-		if (!lu || !fq || !ix) {
-			free(lu == last ? NULL : lu), free(fq == fr ? NULL : fq), free(ix == idx ? NULL : ix);
-			return -1;
-		}
-	}
-	int64_t found = -1;
+	uint64_t *lu = c->pick_last;
+	uint32_t *fq = c->pick_freq;
+	int64_t *ix = c->pick_idx, found = -1;
 	size_t n = 0;
 	for (size_t i = 0; i < c->n_slots && found < 0; i++)
 		if (c->slots[i].state == SLOT_FREE)
@@ -178,8 +171,6 @@ static int64_t victim(struct cache *c, int demand)
 		if (evictable(c, s) && s->guess_seq > c->seq && (found < 0 || s->guess_seq > c->slots[found].guess_seq))
 			found = (int64_t)i;
 	}
-	if (lu != last)
-		free(lu), free(fq), free(ix);
 	return found;
 }
 
@@ -540,6 +531,9 @@ static void destroy(struct moe_experts *base)
 	free(c->freq);
 	free(c->classified);
 	free(c->slots);
+	free(c->pick_last);
+	free(c->pick_freq);
+	free(c->pick_idx);
 	free(c);
 }
 
@@ -583,7 +577,10 @@ int moe_experts_cache(const moe_pack *pack, const struct moe_cache_options *o, s
 	if (c->n_slots > n_records)
 		c->n_slots = n_records; /* room for every expert: no need for more */
 	c->slots = calloc(c->n_slots, sizeof *c->slots);
-	if (!c->info || !c->where || !c->freq || !c->classified || !c->slots) {
+	c->pick_last = malloc((c->n_slots + 1) * sizeof *c->pick_last);
+	c->pick_freq = malloc((c->n_slots + 1) * sizeof *c->pick_freq);
+	c->pick_idx = malloc((c->n_slots + 1) * sizeof *c->pick_idx);
+	if (!c->pick_last || !c->pick_freq || !c->pick_idx || !c->info || !c->where || !c->freq || !c->classified || !c->slots) {
 		rc = moe_fail(MOE_ENOMEM, "out of memory");
 		goto out;
 	}

@@ -475,6 +475,19 @@ out:
 	return rc;
 }
 
+/* log(sum exp(row)), computed stably; *best gets the argmax */
+static double log_sum_exp(const float *row, size_t n, size_t *best)
+{
+	double mx = row[0], sum = 0;
+	*best = 0;
+	for (size_t v = 1; v < n; v++)
+		if (row[v] > mx)
+			mx = row[v], *best = v;
+	for (size_t v = 0; v < n; v++)
+		sum += exp(row[v] - mx);
+	return mx + log(sum);
+}
+
 /* --perplexity: the tokens in chunks of ctx, each from an empty cache; every token
  * after a chunk's first is scored on the logits of the ones before it (as
  * llama.cpp's perplexity tool does, without its half-chunk warm-up). With
@@ -509,14 +522,8 @@ static int perplexity(struct moe_session *s, const int32_t *ids, size_t n, size_
 				break;
 			for (size_t t = 0; t < k && i + t + 1 < len; t++) {
 				const float *row = lg + t * vocab;
-				double mx = row[0], sum = 0;
-				size_t best = 0;
-				for (size_t v = 1; v < vocab; v++)
-					if (row[v] > mx)
-						mx = row[v], best = v;
-				for (size_t v = 0; v < vocab; v++)
-					sum += exp(row[v] - mx);
-				const double lse = mx + log(sum);
+				size_t best, bbest;
+				const double lse = log_sum_exp(row, vocab, &best);
 				nll += lse - row[ids[c0 + i + t + 1]];
 				scored++;
 				if (out && fwrite(row, sizeof *row, vocab, out) != vocab) {
@@ -529,14 +536,8 @@ static int perplexity(struct moe_session *s, const int32_t *ids, size_t n, size_
 							      scored);
 						break;
 					}
-					double bmx = brow[0], bsum = 0, d = 0;
-					size_t bbest = 0;
-					for (size_t v = 1; v < vocab; v++)
-						if (brow[v] > bmx)
-							bmx = brow[v], bbest = v;
-					for (size_t v = 0; v < vocab; v++)
-						bsum += exp(brow[v] - bmx);
-					const double blse = bmx + log(bsum);
+					const double blse = log_sum_exp(brow, vocab, &bbest);
+					double d = 0;
 					for (size_t v = 0; v < vocab; v++) /* KL(base || this) */
 						d += exp(brow[v] - blse) * ((brow[v] - blse) - (row[v] - lse));
 					kl += d;
