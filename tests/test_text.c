@@ -96,15 +96,19 @@ static void run_cases(struct moe_tokenizer *t, const char *name, const char *how
 
 int main(int argc, char **argv)
 {
-	const char *data = getenv("TOKENIZER_DATA"), *fixtures = getenv("FIXTURES");
-	if (!data || !fixtures) {
-		fprintf(stderr, "usage: TOKENIZER_DATA=dir FIXTURES=dir %s\n", argv[0]);
+	const char *data = getenv("TOKENIZER_DATA"), *fixtures = getenv("FIXTURES"), *demo = getenv("DEMO_MODEL");
+	if (!data || !fixtures || !demo) {
+		fprintf(stderr, "usage: TOKENIZER_DATA=dir FIXTURES=dir DEMO_MODEL=dir %s\n", argv[0]);
 		return 2;
 	}
-	static const char *names[] = {"qwen3", "deepseek-v3", "mistral-spm"};
-	for (size_t k = 0; k < 3; k++) {
+	/* three real tokenizers, and the one tools/demo/train_demo.py trained for the demo model */
+	static const char *names[] = {"qwen3", "deepseek-v3", "mistral-spm", "kjv-moe"};
+	for (size_t k = 0; k < 4; k++) {
 		char path[4096], fpath[4096];
-		snprintf(path, sizeof path, "%s/%s/tokenizer.json", data, names[k]);
+		if (k < 3)
+			snprintf(path, sizeof path, "%s/%s/tokenizer.json", data, names[k]);
+		else
+			snprintf(path, sizeof path, "%s/tokenizer.json", demo);
 		snprintf(fpath, sizeof fpath, "%s/tokenizer_%s.json", fixtures, names[k]);
 		json_error_t jerr;
 		json_t *cases = json_load_file(fpath, 0, &jerr);

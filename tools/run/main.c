@@ -493,7 +493,7 @@ static double log_sum_exp(const float *row, size_t n, size_t *best)
  * llama.cpp's perplexity tool does, without its half-chunk warm-up). With
  * logits_out, the scored rows are saved; with kl_base, compared with saved ones. */
 static int perplexity(struct moe_session *s, const int32_t *ids, size_t n, size_t ctx, size_t batch,
-		      const char *logits_out, const char *kl_base)
+		      const char *logits_out, const char *kl_base, double *ppl, size_t *n_scored)
 {
 	const size_t vocab = s->m->hp.vocab;
 	float *lg = malloc(batch * vocab * sizeof *lg), *brow = malloc(vocab * sizeof *brow);
@@ -551,8 +551,9 @@ static int perplexity(struct moe_session *s, const int32_t *ids, size_t n, size_
 	if (!rc && base && fread(brow, 1, 1, base) == 1)
 		rc = moe_fail(MOE_EFORMAT, "--kl-base %s: more rows than the %zu scored tokens", kl_base, scored);
 	if (!rc) {
-		printf("perplexity %.4f over %zu tokens (%zu chunks of up to %zu)\n", exp(nll / (double)scored), scored,
-		       chunks, ctx);
+		*ppl = exp(nll / (double)scored);
+		*n_scored = scored;
+		printf("perplexity %.4f over %zu tokens (%zu chunks of up to %zu)\n", *ppl, scored, chunks, ctx);
 		if (base)
 			printf("mean KL %.6g, top-1 agreement %.4f against %s\n", kl / (double)scored,
 			       (double)agree / (double)scored, kl_base);
@@ -573,6 +574,64 @@ struct token_stats {
 	uint64_t hits, prefetch_hits, misses, bytes;
 	double wait;
 };
+
+/* The expert cache's totals, as --stats prints them and as stats-json's "experts" object. */
+struct expert_report {
+	struct moe_expert_stats xs;
+	const char *policy;
+	long prefetch_depth;
+	uint64_t cache_bytes;
+	double precision, recall;
+};
+
+static void expert_report_init(struct expert_report *r, struct moe_model *m, const char *policy, long depth,
+			       uint64_t cache_bytes)
+{
+	m->experts->stats(m->experts, &r->xs);
+	const struct moe_expert_stats *x = &r->xs;
+	r->policy = policy, r->prefetch_depth = depth, r->cache_bytes = cache_bytes;
+	r->precision = x->prefetch_issued ? (double)x->prefetch_hits / (double)x->prefetch_issued : 0;
+	r->recall = x->prefetch_hits + x->misses ? (double)x->prefetch_hits / (double)(x->prefetch_hits + x->misses) : 0;
+}
+
+static void expert_report_json(FILE *fp, const struct expert_report *r)
+{
+	const struct moe_expert_stats *x = &r->xs;
+	fprintf(fp, " \"experts\": {\"io\": \"%s\", \"policy\": \"%s\", \"prefetch_depth\": %ld, "
+		"\"cache_bytes\": %llu, \"slots\": %llu, \"slots_used\": %llu, \"uses\": %llu, \"hits\": %llu, "
+		"\"prefetch_hits\": %llu, \"misses\": %llu, \"prefetch_issued\": %llu, \"prefetch_precision\": %.4f, "
+		"\"prefetch_recall\": %.4f, \"bytes_read\": %llu, \"rereads\": %llu, \"read_seconds\": %.6f, "
+		"\"read_gb_per_second\": %.3f, \"wait_seconds\": %.6f}",
+		x->io_mode, r->policy, r->prefetch_depth, (unsigned long long)r->cache_bytes, (unsigned long long)x->slots,
+		(unsigned long long)x->slots_used, (unsigned long long)(x->hits + x->prefetch_hits + x->misses),
+		(unsigned long long)x->hits, (unsigned long long)x->prefetch_hits, (unsigned long long)x->misses,
+		(unsigned long long)x->prefetch_issued, r->precision, r->recall, (unsigned long long)x->bytes_read,
+		(unsigned long long)x->rereads, x->io_seconds, x->io_seconds > 0 ? x->bytes_read / x->io_seconds / 1e9 : 0.0,
+		x->wait_seconds);
+}
+
+static void expert_report_line(const struct expert_report *r)
+{
+	const struct moe_expert_stats *x = &r->xs;
+	fprintf(stderr, "moe-run: experts: %llu uses, %llu hits + %llu prefetched + %llu misses; prefetch precision %.2f recall %.2f; "
+		"read %.2f GB at %.2f GB/s (%s); waited %.3f s; cache %llu/%llu slots (%.1f MB, %s)\n",
+		(unsigned long long)(x->hits + x->prefetch_hits + x->misses), (unsigned long long)x->hits,
+		(unsigned long long)x->prefetch_hits, (unsigned long long)x->misses, r->precision, r->recall,
+		x->bytes_read / 1e9, x->io_seconds > 0 ? x->bytes_read / x->io_seconds / 1e9 : 0.0, x->io_mode,
+		x->wait_seconds, (unsigned long long)x->slots_used, (unsigned long long)x->slots, r->cache_bytes / 1048576.0,
+		r->policy);
+}
+
+/* stats-json is written whole or not at all */
+static int close_stats_json(FILE *fp, const char *path)
+{
+	if (fclose(fp) != 0) {
+		fprintf(stderr, "moe-run: %s: cannot write: %s\n", path, strerror(errno));
+		unlink(path);
+		return -1;
+	}
+	return 0;
+}
 
 /* Generated text goes out as it comes, except what could be the start of a stop
  * string; returns 1 once a stop string has been seen (the text before it printed). */
@@ -880,7 +939,36 @@ int main(int argc, char **argv)
 			(unsigned long long)m->hp.n_experts_used);
 	s->trace = trace_fp;
 	if (ppl_file) {
-		rc = perplexity(s, prompt, n_prompt, (size_t)ctx, (size_t)batch, logits_out, kl_base) ? fail() : 0;
+		double ppl = 0, t_ppl = now();
+		size_t scored = 0;
+		if (perplexity(s, prompt, n_prompt, (size_t)ctx, (size_t)batch, logits_out, kl_base, &ppl, &scored)) {
+			fail();
+			goto out;
+		}
+		t_ppl = now() - t_ppl;
+		struct expert_report er;
+		expert_report_init(&er, m, moe_cache_policy_name(co.policy), prefetch_depth, co.bytes);
+		if (stats_json) {
+			FILE *fp = fopen(stats_json, "w");
+			if (!fp) {
+				fprintf(stderr, "moe-run: %s: cannot write: %s\n", stats_json, strerror(errno));
+				goto out;
+			}
+			fprintf(fp, "{\"perplexity\": %.6f, \"tokens\": %zu, \"scored_tokens\": %zu, \"seconds\": %.6f, "
+				"\"tokens_per_second\": %.3f, \"batch\": %ld, \"kernels\": \"%s\", \"threads\": %d,\n",
+				ppl, n_prompt, scored, t_ppl, (double)n_prompt / t_ppl, batch, m->kernels->name, threads);
+			expert_report_json(fp, &er);
+			fputs("}\n", fp);
+			if (close_stats_json(fp, stats_json))
+				goto out;
+		}
+		if (stats) {
+			fprintf(stderr, "moe-run: perplexity over %zu tokens in %.3f s (%.1f tok/s, batches of %ld), kernels %s, %d threads\n",
+				n_prompt, t_ppl, (double)n_prompt / t_ppl, batch, m->kernels->name, threads);
+			if (!no_offload)
+				expert_report_line(&er);
+		}
+		rc = 0;
 		goto out;
 	}
 	all = logits_out ? malloc(n_prompt * vocab * sizeof(float)) : NULL;
@@ -980,11 +1068,8 @@ int main(int argc, char **argv)
 	else if (as_text && isatty(STDOUT_FILENO))
 		putchar('\n'); /* a terminal's prompt on a line of its own; pipes get the text exactly */
 	const double t_decode = now() - t0;
-	struct moe_expert_stats xs;
-	m->experts->stats(m->experts, &xs);
-	const uint64_t uses = xs.hits + xs.prefetch_hits + xs.misses;
-	const double precision = xs.prefetch_issued ? (double)xs.prefetch_hits / (double)xs.prefetch_issued : 0;
-	const double recall = xs.prefetch_hits + xs.misses ? (double)xs.prefetch_hits / (double)(xs.prefetch_hits + xs.misses) : 0;
+	struct expert_report er;
+	expert_report_init(&er, m, moe_cache_policy_name(co.policy), prefetch_depth, co.bytes);
 	if (stats_json) {
 		FILE *fp = fopen(stats_json, "w");
 		if (!fp) {
@@ -999,27 +1084,16 @@ int main(int argc, char **argv)
 			generated > 1 ? (double)(generated - 1) / t_decode : 0.0,
 			generated > 1 ? 1e3 * t_decode / (double)(generated - 1) : 0.0, m->kernels->name, threads, kv_s,
 			(unsigned long long)resident, (unsigned long long)session, stop_reason);
-		fprintf(fp, " \"experts\": {\"io\": \"%s\", \"policy\": \"%s\", \"prefetch_depth\": %ld, "
-			"\"cache_bytes\": %llu, \"slots\": %llu, \"slots_used\": %llu, \"uses\": %llu, \"hits\": %llu, "
-			"\"prefetch_hits\": %llu, \"misses\": %llu, \"prefetch_issued\": %llu, \"prefetch_precision\": %.4f, "
-			"\"prefetch_recall\": %.4f, \"bytes_read\": %llu, \"rereads\": %llu, \"read_seconds\": %.6f, \"read_gb_per_second\": %.3f, "
-			"\"wait_seconds\": %.6f},\n \"per_token\": [",
-			xs.io_mode, moe_cache_policy_name(co.policy), prefetch_depth, (unsigned long long)co.bytes,
-			(unsigned long long)xs.slots, (unsigned long long)xs.slots_used, (unsigned long long)uses,
-			(unsigned long long)xs.hits, (unsigned long long)xs.prefetch_hits, (unsigned long long)xs.misses,
-			(unsigned long long)xs.prefetch_issued, precision, recall, (unsigned long long)xs.bytes_read,
-			(unsigned long long)xs.rereads, xs.io_seconds, xs.io_seconds > 0 ? xs.bytes_read / xs.io_seconds / 1e9 : 0.0, xs.wait_seconds);
+		expert_report_json(fp, &er);
+		fputs(",\n \"per_token\": [", fp);
 		for (size_t i = 0; i < n_token_stats; i++)
 			fprintf(fp, "%s{\"hits\": %llu, \"prefetch_hits\": %llu, \"misses\": %llu, \"bytes_read\": %llu, "
 				"\"wait_ms\": %.3f}", i ? ",\n  " : "\n  ", (unsigned long long)per_token[i].hits,
 				(unsigned long long)per_token[i].prefetch_hits, (unsigned long long)per_token[i].misses,
 				(unsigned long long)per_token[i].bytes, per_token[i].wait * 1e3);
 		fputs("]}\n", fp);
-		if (fclose(fp) != 0) {
-			fprintf(stderr, "moe-run: %s: cannot write: %s\n", stats_json, strerror(errno));
-			unlink(stats_json);
+		if (close_stats_json(fp, stats_json))
 			goto out;
-		}
 	}
 	if (stats) {
 		fprintf(stderr, "moe-run: prefill %zu tokens in %.3f s (%.1f tok/s), decode %zu tokens in %.3f s (%.1f tok/s, %.1f ms/token), kernels %s, %d threads\n",
@@ -1037,13 +1111,7 @@ int main(int argc, char **argv)
 				sum.misses / k, sum.prefetch_hits / k, sum.bytes / k / 1e6, 1e3 * sum.wait / k);
 		}
 		if (!no_offload)
-			fprintf(stderr, "moe-run: experts: %llu uses, %llu hits + %llu prefetched + %llu misses; prefetch precision %.2f recall %.2f; "
-				"read %.2f GB at %.2f GB/s (%s); waited %.3f s; cache %llu/%llu slots (%.1f MB, %s)\n",
-				(unsigned long long)uses, (unsigned long long)xs.hits, (unsigned long long)xs.prefetch_hits,
-				(unsigned long long)xs.misses, precision, recall, xs.bytes_read / 1e9,
-				xs.io_seconds > 0 ? xs.bytes_read / xs.io_seconds / 1e9 : 0.0, xs.io_mode, xs.wait_seconds,
-				(unsigned long long)xs.slots_used, (unsigned long long)xs.slots, co.bytes / 1048576.0,
-				moe_cache_policy_name(co.policy));
+			expert_report_line(&er);
 	}
 	rc = 0;
 out:
