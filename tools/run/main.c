@@ -622,6 +622,14 @@ static void expert_report_line(const struct expert_report *r)
 		r->policy);
 }
 
+static FILE *open_stats_json(const char *path)
+{
+	FILE *fp = fopen(path, "w");
+	if (!fp)
+		fprintf(stderr, "moe-run: %s: cannot write: %s\n", path, strerror(errno));
+	return fp;
+}
+
 /* stats-json is written whole or not at all */
 static int close_stats_json(FILE *fp, const char *path)
 {
@@ -949,11 +957,9 @@ int main(int argc, char **argv)
 		struct expert_report er;
 		expert_report_init(&er, m, moe_cache_policy_name(co.policy), prefetch_depth, co.bytes);
 		if (stats_json) {
-			FILE *fp = fopen(stats_json, "w");
-			if (!fp) {
-				fprintf(stderr, "moe-run: %s: cannot write: %s\n", stats_json, strerror(errno));
+			FILE *fp = open_stats_json(stats_json);
+			if (!fp)
 				goto out;
-			}
 			fprintf(fp, "{\"perplexity\": %.6f, \"tokens\": %zu, \"scored_tokens\": %zu, \"seconds\": %.6f, "
 				"\"tokens_per_second\": %.3f, \"batch\": %ld, \"kernels\": \"%s\", \"threads\": %d,\n",
 				ppl, n_prompt, scored, t_ppl, (double)n_prompt / t_ppl, batch, m->kernels->name, threads);
@@ -1071,11 +1077,9 @@ int main(int argc, char **argv)
 	struct expert_report er;
 	expert_report_init(&er, m, moe_cache_policy_name(co.policy), prefetch_depth, co.bytes);
 	if (stats_json) {
-		FILE *fp = fopen(stats_json, "w");
-		if (!fp) {
-			fprintf(stderr, "moe-run: %s: cannot write: %s\n", stats_json, strerror(errno));
+		FILE *fp = open_stats_json(stats_json);
+		if (!fp)
 			goto out;
-		}
 		fprintf(fp, "{\"prompt_tokens\": %zu, \"prefill_seconds\": %.6f, \"prefill_tokens_per_second\": %.3f, "
 			"\"generated_tokens\": %zu, \"decode_seconds\": %.6f, \"decode_tokens_per_second\": %.3f, "
 			"\"ms_per_token\": %.3f, \"kernels\": \"%s\", \"threads\": %d, \"kv_type\": \"%s\", "
