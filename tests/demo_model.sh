@@ -4,7 +4,7 @@
 # q8 below a stated bound, so a regression in the kernels, the engine or the tokenizer
 # shows as a quality loss; the quick start's run (a --ram-budget below the experts'
 # bytes) streams experts and prints the same text as with every expert mapped;
-# --perplexity's --stats-json adds up.
+# --perplexity's --stats-json adds up, and is refused or removed when a run fails.
 . "$TESTS_DIR/lib.sh"
 : "${MOE_RUN:?run through make check}" "${DEMO_MODEL:?run through make check}"
 cd "$WORK"
@@ -64,4 +64,11 @@ assert x["hits"] + x["prefetch_hits"] + x["misses"] == x["uses"]
 assert x["misses"] > 0 and x["prefetch_hits"] > 0 and 0 < x["prefetch_precision"] <= 1
 assert s["scored_tokens"] < s["tokens"] and s["perplexity"] > 1
 PY
+
+# stats-json: an unwritable path is refused before any work; a failed run leaves none
+expect_error "stats-json in a missing folder" "cannot write" "$MOE_RUN" -m q8.moe --perplexity part.txt -c 256 --stats-json no/s.json
+if grep -q "^perplexity" "$WORK/out"; then not_ok "scored the text before refusing the stats path"; else ok; fi
+printf 'a' >one.txt
+expect_error "nothing to score" "nothing to predict" "$MOE_RUN" -m q8.moe --perplexity one.txt --no-add-special --stats-json bad.json
+no_output "failed run's stats-json" bad.json
 finish

@@ -630,7 +630,7 @@ static FILE *open_stats_json(const char *path)
 	return fp;
 }
 
-/* stats-json is written whole or not at all */
+/* stats-json is written whole or not at all: a failed write removes it */
 static int close_stats_json(FILE *fp, const char *path)
 {
 	if (fclose(fp) != 0) {
@@ -855,13 +855,16 @@ int main(int argc, char **argv)
 	struct moe_detok_stream detok = {0};
 	struct text_out tout = {.stops = stops, .n_stops = n_stops};
 	char *tmpl = NULL;
-	FILE *trace_fp = NULL;
+	FILE *trace_fp = NULL, *stats_fp = NULL;
 	struct token_stats *per_token = NULL;
 	float *all = NULL, *last = NULL;
 	struct cand *cands = NULL;
 	for (size_t i = 0; i < n_stops; i++)
 		if (strlen(stops[i]) > tout.longest_stop)
 			tout.longest_stop = strlen(stops[i]);
+	/* opened first, so that a path that cannot be written is refused before any work */
+	if (stats_json && !(stats_fp = open_stats_json(stats_json)))
+		goto out;
 	if (model && moe_pack_open(model, &pack)) {
 		fail();
 		goto out;
@@ -956,10 +959,9 @@ int main(int argc, char **argv)
 		t_ppl = now() - t_ppl;
 		struct expert_report er;
 		expert_report_init(&er, m, moe_cache_policy_name(co.policy), prefetch_depth, co.bytes);
-		if (stats_json) {
-			FILE *fp = open_stats_json(stats_json);
-			if (!fp)
-				goto out;
+		if (stats_fp) {
+			FILE *fp = stats_fp;
+			stats_fp = NULL;
 			fprintf(fp, "{\"perplexity\": %.6f, \"tokens\": %zu, \"scored_tokens\": %zu, \"seconds\": %.6f, "
 				"\"tokens_per_second\": %.3f, \"batch\": %ld, \"kernels\": \"%s\", \"threads\": %d,\n",
 				ppl, n_prompt, scored, t_ppl, (double)n_prompt / t_ppl, batch, m->kernels->name, threads);
@@ -1076,10 +1078,9 @@ int main(int argc, char **argv)
 	const double t_decode = now() - t0;
 	struct expert_report er;
 	expert_report_init(&er, m, moe_cache_policy_name(co.policy), prefetch_depth, co.bytes);
-	if (stats_json) {
-		FILE *fp = open_stats_json(stats_json);
-		if (!fp)
-			goto out;
+	if (stats_fp) {
+		FILE *fp = stats_fp;
+		stats_fp = NULL;
 		fprintf(fp, "{\"prompt_tokens\": %zu, \"prefill_seconds\": %.6f, \"prefill_tokens_per_second\": %.3f, "
 			"\"generated_tokens\": %zu, \"decode_seconds\": %.6f, \"decode_tokens_per_second\": %.3f, "
 			"\"ms_per_token\": %.3f, \"kernels\": \"%s\", \"threads\": %d, \"kv_type\": \"%s\", "
@@ -1127,6 +1128,10 @@ out:
 	free(tmpl);
 	free(ppl_text);
 	free(per_token);
+	if (stats_fp) { /* a run that failed leaves no stats file */
+		fclose(stats_fp);
+		unlink(stats_json);
+	}
 	if (trace_fp && fclose(trace_fp) != 0 && rc == 0) {
 		fprintf(stderr, "moe-run: %s: %s\n", trace_out, strerror(errno));
 		rc = 1;
