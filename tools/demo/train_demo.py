@@ -276,12 +276,12 @@ class Layer(torch.nn.Module):
         # Switch / transformers load-balancing loss: E * sum_e(share of routes_e * mean prob_e)
         share = F.one_hot(idx, probs.shape[-1]).float().mean(0)  # [k, E]
         aux = probs.shape[-1] * (share * probs.mean(0)).sum()
-        return out.view(B, T, H), aux, idx
+        return out.view(B, T, H), aux
 
     def forward(self, x, cos, sin, mask):
         x = x + self.attention(self.input_layernorm(x), cos, sin, mask)
-        m, aux, idx = self.moe(self.post_attention_layernorm(x))
-        return x + m, aux, idx
+        m, aux = self.moe(self.post_attention_layernorm(x))
+        return x + m, aux
 
 
 class Mixtral(torch.nn.Module):
@@ -308,12 +308,11 @@ class Mixtral(torch.nn.Module):
         cos, sin = emb.cos().float(), emb.sin().float()
         mask = torch.full((T, T), float("-inf")).triu(1)
         x = self.embed_tokens(ids)
-        aux, routes = 0.0, []
+        aux = 0.0
         for layer in self.layers:
-            x, a, idx = layer(x, cos, sin, mask)
+            x, a = layer(x, cos, sin, mask)
             aux = aux + a
-            routes.append(idx)
-        return self.lm_head(self.norm(x)), aux / len(self.layers), routes
+        return self.lm_head(self.norm(x)), aux / len(self.layers)
 
     def hf_tensors(self):
         """transformers' MixtralForCausalLM state-dict names -> float32 numpy arrays"""
@@ -426,7 +425,7 @@ def main():
                 s = j * (len(held) - a.seq - 1) // n
                 x = held[s:s + a.seq + 1].unsqueeze(0)
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    lg, _, _ = model(x[:, :-1])
+                    lg, _ = model(x[:, :-1])
                 L.append(F.cross_entropy(lg.float().view(-1, lg.shape[-1]), x[:, 1:].reshape(-1)).item())
         model.train()
         return sum(L) / n
@@ -439,7 +438,7 @@ def main():
         starts = torch.randint(0, len(data) - a.seq - 1, (a.batch,), generator=gen)
         x = torch.stack([data[s:s + a.seq + 1] for s in starts.tolist()])
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits, aux, _ = model(x[:, :-1])
+            logits, aux = model(x[:, :-1])
         ce = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
         loss = ce + CONFIG["router_aux_loss_coef"] * aux
         opt.zero_grad(set_to_none=True)

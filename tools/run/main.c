@@ -622,17 +622,11 @@ static void expert_report_line(const struct expert_report *r)
 		r->policy);
 }
 
-static FILE *open_stats_json(const char *path)
-{
-	FILE *fp = fopen(path, "w");
-	if (!fp)
-		fprintf(stderr, "moe-run: %s: cannot write: %s\n", path, strerror(errno));
-	return fp;
-}
-
 /* stats-json is written whole or not at all: a failed write removes it */
-static int close_stats_json(FILE *fp, const char *path)
+static int close_stats_json(FILE **fpp, const char *path)
 {
+	FILE *fp = *fpp;
+	*fpp = NULL;
 	if (fclose(fp) != 0) {
 		fprintf(stderr, "moe-run: %s: cannot write: %s\n", path, strerror(errno));
 		unlink(path);
@@ -863,8 +857,10 @@ int main(int argc, char **argv)
 		if (strlen(stops[i]) > tout.longest_stop)
 			tout.longest_stop = strlen(stops[i]);
 	/* opened first, so that a path that cannot be written is refused before any work */
-	if (stats_json && !(stats_fp = open_stats_json(stats_json)))
+	if (stats_json && !(stats_fp = fopen(stats_json, "w"))) {
+		fprintf(stderr, "moe-run: %s: cannot write: %s\n", stats_json, strerror(errno));
 		goto out;
+	}
 	if (model && moe_pack_open(model, &pack)) {
 		fail();
 		goto out;
@@ -960,14 +956,12 @@ int main(int argc, char **argv)
 		struct expert_report er;
 		expert_report_init(&er, m, moe_cache_policy_name(co.policy), prefetch_depth, co.bytes);
 		if (stats_fp) {
-			FILE *fp = stats_fp;
-			stats_fp = NULL;
-			fprintf(fp, "{\"perplexity\": %.6f, \"tokens\": %zu, \"scored_tokens\": %zu, \"seconds\": %.6f, "
+			fprintf(stats_fp, "{\"perplexity\": %.6f, \"tokens\": %zu, \"scored_tokens\": %zu, \"seconds\": %.6f, "
 				"\"tokens_per_second\": %.3f, \"batch\": %ld, \"kernels\": \"%s\", \"threads\": %d,\n",
 				ppl, n_prompt, scored, t_ppl, (double)n_prompt / t_ppl, batch, m->kernels->name, threads);
-			expert_report_json(fp, &er);
-			fputs("}\n", fp);
-			if (close_stats_json(fp, stats_json))
+			expert_report_json(stats_fp, &er);
+			fputs("}\n", stats_fp);
+			if (close_stats_json(&stats_fp, stats_json))
 				goto out;
 		}
 		if (stats) {
@@ -1079,9 +1073,7 @@ int main(int argc, char **argv)
 	struct expert_report er;
 	expert_report_init(&er, m, moe_cache_policy_name(co.policy), prefetch_depth, co.bytes);
 	if (stats_fp) {
-		FILE *fp = stats_fp;
-		stats_fp = NULL;
-		fprintf(fp, "{\"prompt_tokens\": %zu, \"prefill_seconds\": %.6f, \"prefill_tokens_per_second\": %.3f, "
+		fprintf(stats_fp, "{\"prompt_tokens\": %zu, \"prefill_seconds\": %.6f, \"prefill_tokens_per_second\": %.3f, "
 			"\"generated_tokens\": %zu, \"decode_seconds\": %.6f, \"decode_tokens_per_second\": %.3f, "
 			"\"ms_per_token\": %.3f, \"kernels\": \"%s\", \"threads\": %d, \"kv_type\": \"%s\", "
 			"\"resident_bytes\": %llu, \"session_bytes\": %llu, \"stop_reason\": \"%s\",\n",
@@ -1089,15 +1081,15 @@ int main(int argc, char **argv)
 			generated > 1 ? (double)(generated - 1) / t_decode : 0.0,
 			generated > 1 ? 1e3 * t_decode / (double)(generated - 1) : 0.0, m->kernels->name, threads, kv_s,
 			(unsigned long long)resident, (unsigned long long)session, stop_reason);
-		expert_report_json(fp, &er);
-		fputs(",\n \"per_token\": [", fp);
+		expert_report_json(stats_fp, &er);
+		fputs(",\n \"per_token\": [", stats_fp);
 		for (size_t i = 0; i < n_token_stats; i++)
-			fprintf(fp, "%s{\"hits\": %llu, \"prefetch_hits\": %llu, \"misses\": %llu, \"bytes_read\": %llu, "
+			fprintf(stats_fp, "%s{\"hits\": %llu, \"prefetch_hits\": %llu, \"misses\": %llu, \"bytes_read\": %llu, "
 				"\"wait_ms\": %.3f}", i ? ",\n  " : "\n  ", (unsigned long long)per_token[i].hits,
 				(unsigned long long)per_token[i].prefetch_hits, (unsigned long long)per_token[i].misses,
 				(unsigned long long)per_token[i].bytes, per_token[i].wait * 1e3);
-		fputs("]}\n", fp);
-		if (close_stats_json(fp, stats_json))
+		fputs("]}\n", stats_fp);
+		if (close_stats_json(&stats_fp, stats_json))
 			goto out;
 	}
 	if (stats) {
