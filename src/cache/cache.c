@@ -1,13 +1,15 @@
-/* cache.c - the expert cache (see cache.h).
+/* cache.c - the expert cache (see cache.h for what it guarantees).
  *
  * Threads: the compute thread calls hint/acquire/release; one I/O thread owns the
  * read engine, issues reads chunk by chunk in priority order (demand first, then
- * the layer about to run, then guesses by distance and likelihood), and on a
- * blob's last chunk checks its XXH3, decodes zstd and marks the slot ready. One
+ * the layer about to run, then guesses by distance and likelihood), checks each
+ * blob's XXH3 and decodes zstd blobs chunk by chunk as they arrive, in between
+ * issuing and reaping reads, so the disk keeps reading while a blob decodes. One
  * mutex guards the slot table; the I/O thread never holds it during I/O, hashing
  * or decoding. */
 #include "config.h"
 
+#define ZSTD_STATIC_LINKING_ONLY /* ZSTD_d_stableOutBuffer: decode straight into the slot */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -23,12 +25,15 @@
 #include "io/io.h"
 
 #define CHUNK (4u << 20) /* bytes per read: big for the disk, small enough to reorder */
-#define N_STAGING 2      /* compressed blobs being read or decoded at once */
+#define RING 4           /* chunks of a compressed blob read ahead of its decoder */
+#define N_STREAMS 3      /* compressed blobs read at once; guesses leave one for demand */
+#define STALL_SECONDS 30.0
 #define PRIO_DEMAND 0
 #define PRIO_NOW (1ull << 40)
 #define PRIO_AHEAD (1ull << 48) /* + distance << 32 + rank */
 
 enum slot_state { SLOT_FREE, SLOT_QUEUED, SLOT_READING, SLOT_READY };
+static const char *const state_name[] = {"free", "queued", "reading", "ready"};
 
 struct slot {
 	int64_t expert;      /* index into the cache's expert table; -1 when free */
@@ -38,14 +43,28 @@ struct slot {
 	uint64_t want;       /* the layer step that needs it and has not used it yet, + 1; 0: none */
 	uint64_t guess_seq;  /* the latest layer step a prefetch guessed it for */
 	int prefetched;      /* brought in by a guess and not used since */
-	uint64_t prio;       /* while queued */
-	/* while reading */
+	uint64_t prio;       /* while queued or reading */
+	/* while reading: bytes issued and completed of read_len (the stored size rounded up) */
 	uint64_t issued, done, read_len;
-	int staging;         /* staging buffer for a compressed blob, or -1 */
+	int stream;          /* the decode stream of a compressed blob, or -1 */
 	int err;             /* an error while reading, reported to the acquirer */
 	int reread;          /* read again after a checksum mismatch */
 	char msg[256];       /* what err says, naming the layer and expert */
 	char *mem;
+};
+
+/* A compressed blob being read: its chunks land in a ring and are hashed and
+ * decoded in order straight into the slot, so only ring_n chunks are staged. */
+struct stream {
+	int64_t slot;        /* -1 when free */
+	char *ring;          /* [ring_n][zchunk] */
+	uint32_t arrived;    /* ring entries read and not yet decoded */
+	uint64_t decoded;    /* chunks decoded */
+	ZSTD_DCtx *dctx;
+	XXH3_state_t *xxh;   /* of the stored bytes, in order */
+	ZSTD_outBuffer out;  /* the slot */
+	int frame_done;
+	char bad[160];       /* why decoding failed, if it did */
 };
 
 struct cache {
@@ -62,14 +81,16 @@ struct cache {
 	uint64_t *pick_last;   /* victim()'s candidates, sized once: [n_slots] */
 	uint32_t *pick_freq;
 	int64_t *pick_idx;
-	uint64_t slot_bytes, staging_bytes;
+	uint64_t slot_bytes, chunk, zchunk;
+	unsigned ring_n;
 	char *arena;
 	size_t arena_bytes;
-	char *staging[N_STAGING];
-	int staging_busy[N_STAGING];
+	struct stream streams[N_STREAMS];
+	int n_streams;         /* 0 for a raw pack */
 	struct moe_io *io;
-	unsigned io_depth_all;
+	unsigned io_depth_all, in_flight;
 	int policy, verify;
+	double stall_seconds;
 	uint64_t *classified;  /* per expert: the layer step its use was last counted for, + 1 */
 	/* layer steps: seq = token * n_layers + layer, advanced by distance-0 hints */
 	uint64_t seq, clock;
@@ -78,10 +99,9 @@ struct cache {
 	/* the I/O thread */
 	pthread_t thread;
 	pthread_mutex_t mu;
-	pthread_cond_t work, ready;
+	pthread_cond_t work, ready; /* ready: on CLOCK_MONOTONIC, for the stall bound */
 	int stop, thread_started;
 	char err_msg[256]; /* why the I/O thread stopped, if it did */
-	ZSTD_DCtx *zstd;
 	struct moe_expert_stats st;
 	double io_since; /* start of the current busy period; 0 when idle */
 };
@@ -94,6 +114,7 @@ static double now_s(void)
 }
 
 static uint64_t round_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
 uint64_t moe_cache_slot_bytes(const moe_pack *pack)
 {
@@ -102,7 +123,9 @@ uint64_t moe_cache_slot_bytes(const moe_pack *pack)
 	return round_up(lay.raw_size, MOE_IO_ALIGN);
 }
 
-uint64_t moe_cache_staging_bytes(const moe_pack *pack)
+/* The decode streams' geometry for reads of `chunk` bytes: chunks as large as the
+ * largest compressed blob needs, as many per ring as it has (up to RING). */
+static uint64_t staging_geometry(const moe_pack *pack, uint64_t chunk, uint64_t *zchunk, unsigned *ring_n)
 {
 	uint64_t most = 0;
 	for (size_t i = 0; i < moe_pack_expert_count(pack); i++) {
@@ -110,7 +133,17 @@ uint64_t moe_cache_staging_bytes(const moe_pack *pack)
 		if (moe_pack_expert_at(pack, i, &e) == 0 && e.codec != MOE_CODEC_RAW && e.stored_size > most)
 			most = e.stored_size;
 	}
-	return most ? N_STAGING * round_up(most, MOE_IO_ALIGN) : 0;
+	most = round_up(most, MOE_IO_ALIGN);
+	*zchunk = min_u64(chunk, most);
+	*ring_n = most ? (unsigned)min_u64(RING, (most + *zchunk - 1) / *zchunk) : 0;
+	return most ? N_STREAMS * *ring_n * *zchunk : 0;
+}
+
+uint64_t moe_cache_staging_bytes(const moe_pack *pack)
+{
+	uint64_t zchunk;
+	unsigned ring_n;
+	return staging_geometry(pack, CHUNK, &zchunk, &ring_n);
 }
 
 uint64_t moe_cache_min_bytes(const moe_pack *pack)
@@ -174,6 +207,28 @@ static int64_t victim(struct cache *c, int demand)
 	return found;
 }
 
+/* Is any read queued or under way? (Then some slot will become ready.) */
+static int reads_pending(const struct cache *c)
+{
+	for (size_t i = 0; i < c->n_slots; i++)
+		if (c->slots[i].state == SLOT_QUEUED || c->slots[i].state == SLOT_READING)
+			return 1;
+	return 0;
+}
+
+/* The last resort of a demand when nothing is pending (cache.h, liveness 3): any
+ * ready, unpinned slot, the least recently used. -1 if every slot is pinned. */
+static int64_t any_unpinned(const struct cache *c)
+{
+	int64_t found = -1;
+	for (size_t i = 0; i < c->n_slots; i++) {
+		const struct slot *s = &c->slots[i];
+		if (s->state == SLOT_READY && !s->pins && (found < 0 || s->last_use < c->slots[found].last_use))
+			found = (int64_t)i;
+	}
+	return found;
+}
+
 static void queue_read(struct cache *c, int64_t slot, int64_t expert, uint64_t prio)
 {
 	struct slot *s = &c->slots[slot];
@@ -189,7 +244,7 @@ static void queue_read(struct cache *c, int64_t slot, int64_t expert, uint64_t p
 	s->prefetched = 0;
 	s->want = 0;
 	s->guess_seq = 0;
-	s->staging = -1;
+	s->stream = -1;
 	pthread_cond_signal(&c->work);
 }
 
@@ -201,147 +256,275 @@ static void count_use(struct cache *c, int64_t e)
 			c->freq[i] /= 2;
 }
 
-/* ---- the I/O thread ---- */
+/* ---- the I/O thread (mutex held unless said) ---- */
 
-static int64_t next_job(struct cache *c)
+static int free_streams(const struct cache *c)
+{
+	int n = 0;
+	for (int k = 0; k < c->n_streams; k++)
+		n += c->streams[k].slot < 0;
+	return n;
+}
+
+/* Can this slot's next read be issued now? (cache.h, liveness 2) */
+static int runnable(const struct cache *c, const struct slot *s)
+{
+	if (s->state == SLOT_READING)
+		return s->issued < s->read_len &&
+		       (s->stream < 0 || s->issued / c->zchunk < c->streams[s->stream].decoded + c->ring_n);
+	if (s->state != SLOT_QUEUED)
+		return 0;
+	return c->info[s->expert].codec == MOE_CODEC_RAW || free_streams(c) > (s->prio >= PRIO_AHEAD);
+}
+
+static int64_t next_job(const struct cache *c)
 {
 	int64_t best = -1;
 	for (size_t i = 0; i < c->n_slots; i++) {
-		struct slot *s = &c->slots[i];
-		if ((s->state == SLOT_QUEUED || (s->state == SLOT_READING && s->issued < s->read_len)) &&
-		    (best < 0 || s->prio < c->slots[best].prio))
+		const struct slot *s = &c->slots[i];
+		if (runnable(c, s) && (best < 0 || s->prio < c->slots[best].prio))
 			best = (int64_t)i;
 	}
 	return best;
 }
 
-/* the blob's bytes are in: check, decode, publish (mutex not held) */
-static int finish(struct cache *c, struct slot *s)
+static void start_blob(struct cache *c, int64_t j)
 {
+	struct slot *s = &c->slots[j];
 	const moe_expert_info *e = &c->info[s->expert];
-	const char *stored = s->staging >= 0 ? c->staging[s->staging] : s->mem;
-	if (c->verify && XXH3_64bits(stored, e->stored_size) != e->xxh3_stored)
-		return moe_fail(MOE_ECHECKSUM, "%s: layer %u expert %u: checksum mismatch in the bytes read",
-				moe_pack_path(c->pack), e->layer, e->expert);
-	if (e->codec == MOE_CODEC_ZSTD) {
-		size_t r = ZSTD_decompressDCtx(c->zstd, s->mem, c->slot_bytes, stored, e->stored_size);
-		if (ZSTD_isError(r) || r != e->raw_size)
-			return moe_fail(MOE_EFORMAT, "%s: layer %u expert %u: zstd: %s", moe_pack_path(c->pack), e->layer,
-					e->expert, ZSTD_isError(r) ? ZSTD_getErrorName(r) : "wrong decoded size");
-		if (c->verify && XXH3_64bits(s->mem, e->raw_size) != e->xxh3_raw)
-			return moe_fail(MOE_ECHECKSUM, "%s: layer %u expert %u: checksum mismatch after decoding",
-					moe_pack_path(c->pack), e->layer, e->expert);
+	s->state = SLOT_READING;
+	s->read_len = round_up(e->stored_size, MOE_IO_ALIGN);
+	s->issued = s->done = 0;
+	if (e->codec == MOE_CODEC_RAW)
+		return;
+	int k = 0;
+	while (c->streams[k].slot >= 0)
+		k++; /* runnable() saw a free one */
+	struct stream *z = &c->streams[k];
+	z->slot = j;
+	z->arrived = 0;
+	z->decoded = 0;
+	z->frame_done = 0;
+	z->bad[0] = 0;
+	z->out = (ZSTD_outBuffer){s->mem, e->raw_size, 0};
+	ZSTD_DCtx_reset(z->dctx, ZSTD_reset_session_only);
+	XXH3_64bits_reset(z->xxh);
+	s->stream = k;
+}
+
+/* Queue every read that can go now; non-zero if the engine refused one. */
+static int issue(struct cache *c)
+{
+	int64_t j;
+	while (moe_io_free_slots(c->io) > 0 && (j = next_job(c)) >= 0) {
+		struct slot *s = &c->slots[j];
+		if (s->state == SLOT_QUEUED)
+			start_blob(c, j);
+		const moe_expert_info *e = &c->info[s->expert];
+		const uint64_t chunk = s->stream >= 0 ? c->zchunk : c->chunk, k = s->issued / chunk;
+		char *dst = s->stream >= 0 ? c->streams[s->stream].ring + (k % c->ring_n) * chunk : s->mem + s->issued;
+		const uint64_t len = min_u64(chunk, s->read_len - s->issued);
+		if (moe_io_read(c->io, dst, e->offset + s->issued, len, (uint64_t)j << 32 | k))
+			return -1;
+		s->issued += len;
+		c->in_flight++;
+		if (!c->io_since)
+			c->io_since = now_s();
 	}
 	return 0;
+}
+
+/* A blob is in and checked (rc: 0 or why not): publish it, or read it once more
+ * after a checksum mismatch before calling the pack corrupt. */
+static void blob_checked(struct cache *c, struct slot *s, int rc)
+{
+	if (rc == MOE_ECHECKSUM && !s->reread) {
+		s->reread = 1;
+		s->state = SLOT_QUEUED;
+		s->issued = s->done = 0;
+		c->st.rereads++;
+		return;
+	}
+	if (rc) {
+		s->err = rc;
+		snprintf(s->msg, sizeof s->msg, "%s%s", moe_last_error(), rc == MOE_ECHECKSUM ? " (read twice)" : "");
+	}
+	s->state = SLOT_READY;
+	pthread_cond_broadcast(&c->ready);
+}
+
+/* a raw blob's last chunk is in: its checksum, without the lock */
+static void raw_done(struct cache *c, struct slot *s)
+{
+	const moe_expert_info *e = &c->info[s->expert];
+	int rc = 0;
+	if (!s->err && c->verify) {
+		pthread_mutex_unlock(&c->mu);
+		const int bad = XXH3_64bits(s->mem, e->stored_size) != e->xxh3_stored;
+		pthread_mutex_lock(&c->mu);
+		if (bad)
+			rc = moe_fail(MOE_ECHECKSUM, "%s: layer %u expert %u: checksum mismatch in the bytes read",
+				      moe_pack_path(c->pack), e->layer, e->expert);
+	}
+	blob_checked(c, s, rc);
+}
+
+/* a compressed blob's last chunk is decoded: both checksums, the size; its stream is free */
+static void zstd_done(struct cache *c, struct slot *s)
+{
+	struct stream *z = &c->streams[s->stream];
+	const moe_expert_info *e = &c->info[s->expert];
+	const char *path = moe_pack_path(c->pack);
+	int rc = 0;
+	z->slot = -1;
+	s->stream = -1;
+	if (s->err) {
+		/* an I/O error, already described */
+	} else if (c->verify && XXH3_64bits_digest(z->xxh) != e->xxh3_stored) {
+		rc = moe_fail(MOE_ECHECKSUM, "%s: layer %u expert %u: checksum mismatch in the bytes read", path, e->layer,
+			      e->expert);
+	} else if (z->bad[0]) {
+		rc = moe_fail(MOE_EFORMAT, "%s: layer %u expert %u: %s", path, e->layer, e->expert, z->bad);
+	} else if (!z->frame_done || z->out.pos != e->raw_size) {
+		rc = moe_fail(MOE_EFORMAT, "%s: layer %u expert %u: zstd: wrong decoded size", path, e->layer, e->expert);
+	} else if (c->verify) {
+		pthread_mutex_unlock(&c->mu);
+		const int bad = XXH3_64bits(s->mem, e->raw_size) != e->xxh3_raw;
+		pthread_mutex_lock(&c->mu);
+		if (bad)
+			rc = moe_fail(MOE_ECHECKSUM, "%s: layer %u expert %u: checksum mismatch after decoding", path,
+				      e->layer, e->expert);
+	}
+	blob_checked(c, s, rc);
+}
+
+/* one read came back */
+static void completed(struct cache *c, uint64_t tag, int64_t res)
+{
+	struct slot *s = &c->slots[tag >> 32];
+	const uint64_t k = tag & 0xffffffffu, chunk = s->stream >= 0 ? c->zchunk : c->chunk;
+	const uint64_t off = k * chunk, want = min_u64(chunk, s->read_len - off);
+	const moe_expert_info *e = &c->info[s->expert];
+	c->in_flight--;
+	/* the last chunk may run into the end of the file: short is fine past the blob */
+	if ((res < 0 || ((uint64_t)res < want && off + (uint64_t)res < e->stored_size)) && !s->err) {
+		s->err = MOE_EIO;
+		if (res < 0)
+			snprintf(s->msg, sizeof s->msg, "%s: layer %u expert %u: read: %s", moe_pack_path(c->pack), e->layer,
+				 e->expert, strerror((int)-res));
+		else
+			snprintf(s->msg, sizeof s->msg, "%s: layer %u expert %u: short read: %lld of %llu bytes at offset %llu",
+				 moe_pack_path(c->pack), e->layer, e->expert, (long long)res, (unsigned long long)want,
+				 (unsigned long long)(e->offset + off));
+	}
+	c->st.bytes_read += res > 0 ? (uint64_t)res : 0;
+	s->done += want;
+	if (s->stream >= 0)
+		c->streams[s->stream].arrived |= 1u << (k % c->ring_n);
+	else if (s->done == s->read_len)
+		raw_done(c, s);
+}
+
+/* a stream whose next chunk has arrived, or NULL */
+static struct stream *decodable(struct cache *c)
+{
+	for (int k = 0; k < c->n_streams; k++) {
+		struct stream *z = &c->streams[k];
+		if (z->slot >= 0 && z->arrived & 1u << (z->decoded % c->ring_n))
+			return z;
+	}
+	return NULL;
+}
+
+/* Hash and decode a stream's next chunk, without the lock: the slot is READING,
+ * so nothing else touches it or the stream. After an error the rest is only
+ * hashed, so that a damaged read is told from a damaged pack. */
+static void decode_chunk(struct cache *c, struct stream *z)
+{
+	const struct slot *s = &c->slots[z->slot];
+	const moe_expert_info *e = &c->info[s->expert];
+	const uint64_t off = z->decoded * c->zchunk;
+	const size_t len = (size_t)min_u64(c->zchunk, e->stored_size - off);
+	const char *src = z->ring + (z->decoded % c->ring_n) * c->zchunk;
+	if (s->err)
+		return;
+	if (c->verify)
+		XXH3_64bits_update(z->xxh, src, len);
+	ZSTD_inBuffer in = {src, len, 0};
+	while (!z->bad[0] && in.pos < in.size) {
+		if (z->frame_done) {
+			snprintf(z->bad, sizeof z->bad, "zstd: bytes after the frame");
+			break;
+		}
+		const size_t in0 = in.pos, out0 = z->out.pos;
+		const size_t r = ZSTD_decompressStream(z->dctx, &z->out, &in);
+		if (ZSTD_isError(r))
+			snprintf(z->bad, sizeof z->bad, "zstd: %s", ZSTD_getErrorName(r));
+		else if (r == 0)
+			z->frame_done = 1;
+		else if (in.pos == in0 && z->out.pos == out0)
+			snprintf(z->bad, sizeof z->bad, "zstd: decodes to more than %llu bytes",
+				 (unsigned long long)e->raw_size);
+	}
+}
+
+static void chunk_decoded(struct cache *c, struct stream *z)
+{
+	struct slot *s = &c->slots[z->slot];
+	z->arrived &= ~(1u << (z->decoded % c->ring_n));
+	z->decoded++;
+	if (z->decoded * c->zchunk >= s->read_len)
+		zstd_done(c, s);
+}
+
+/* the engine itself failed: every read queued or under way ends in its error */
+static void fail_all(struct cache *c)
+{
+	snprintf(c->err_msg, sizeof c->err_msg, "%s", moe_last_error());
+	for (size_t i = 0; i < c->n_slots; i++) {
+		struct slot *s = &c->slots[i];
+		if (s->state == SLOT_READING || s->state == SLOT_QUEUED) {
+			s->err = MOE_EIO;
+			snprintf(s->msg, sizeof s->msg, "%.200s", c->err_msg);
+			s->state = SLOT_READY;
+			s->stream = -1;
+		}
+	}
+	for (int k = 0; k < c->n_streams; k++)
+		c->streams[k].slot = -1;
+	c->stop = 1;
+	pthread_cond_broadcast(&c->ready);
 }
 
 static void *io_thread(void *arg)
 {
 	struct cache *c = arg;
 	pthread_mutex_lock(&c->mu);
-	for (;;) {
-		int64_t j;
-		while (!c->stop && moe_io_free_slots(c->io) > 0 && (j = next_job(c)) >= 0) {
-			struct slot *s = &c->slots[j];
-			const moe_expert_info *e = &c->info[s->expert];
-			if (s->state == SLOT_QUEUED) {
-				if (e->codec != MOE_CODEC_RAW) {
-					int k = 0;
-					while (k < N_STAGING && c->staging_busy[k])
-						k++;
-					if (k == N_STAGING)
-						break; /* both staging buffers busy: wait for a completion */
-					c->staging_busy[k] = 1;
-					s->staging = k;
-				}
-				s->state = SLOT_READING;
-				s->read_len = round_up(e->stored_size, MOE_IO_ALIGN);
+	while (!c->stop) {
+		int rc = issue(c);
+		struct stream *z = rc ? NULL : decodable(c);
+		if (!rc && !z && !c->in_flight) {
+			if (c->io_since) {
+				c->st.io_seconds += now_s() - c->io_since;
+				c->io_since = 0;
 			}
-			char *dst = (s->staging >= 0 ? c->staging[s->staging] : s->mem) + s->issued;
-			const uint64_t len = s->read_len - s->issued < CHUNK ? s->read_len - s->issued : CHUNK;
-			if (moe_io_read(c->io, dst, e->offset + s->issued, len, (uint64_t)j << 32 | (s->issued / CHUNK)))
-				break;
-			s->issued += len;
-			if (!c->io_since)
-				c->io_since = now_s();
-		}
-		if (c->stop)
-			break;
-		if (moe_io_free_slots(c->io) == c->io_depth_all) {
 			pthread_cond_wait(&c->work, &c->mu);
 			continue;
 		}
 		pthread_mutex_unlock(&c->mu);
-		int rc = moe_io_submit(c->io);
+		rc = rc ? rc : moe_io_submit(c->io);
+		if (z)
+			decode_chunk(c, z); /* the reads just submitted go on meanwhile */
 		uint64_t tag;
 		int64_t res;
-		int got = rc ? -1 : moe_io_complete(c->io, 1, &tag, &res);
+		int got = rc ? -1 : moe_io_complete(c->io, !z, &tag, &res);
 		pthread_mutex_lock(&c->mu);
-		for (; got == 0; got = moe_io_complete(c->io, 0, &tag, &res)) {
-			struct slot *s = &c->slots[tag >> 32];
-			const uint64_t off = (tag & 0xffffffffu) * CHUNK;
-			const uint64_t want = s->read_len - off < CHUNK ? s->read_len - off : CHUNK;
-			const moe_expert_info *e = &c->info[s->expert];
-			/* the last chunk may run into the end of the file: short is fine past the blob */
-			if (res < 0 || ((uint64_t)res < want && off + (uint64_t)res < e->stored_size)) {
-				if (!s->err) {
-					s->err = MOE_EIO;
-					if (res < 0)
-						snprintf(s->msg, sizeof s->msg, "%s: layer %u expert %u: read: %s",
-							 moe_pack_path(c->pack), e->layer, e->expert, strerror((int)-res));
-					else
-						snprintf(s->msg, sizeof s->msg,
-							 "%s: layer %u expert %u: short read: %lld of %llu bytes at offset %llu",
-							 moe_pack_path(c->pack), e->layer, e->expert, (long long)res,
-							 (unsigned long long)want, (unsigned long long)(e->offset + off));
-				}
-			}
-			c->st.bytes_read += res > 0 ? (uint64_t)res : 0;
-			s->done += want;
-			if (s->done < s->read_len)
-				continue;
-			/* every chunk is in: check and decode without the lock */
-			if (!s->err) {
-				pthread_mutex_unlock(&c->mu);
-				int frc = finish(c, s);
-				pthread_mutex_lock(&c->mu);
-				if (frc == MOE_ECHECKSUM && !s->reread) {
-					/* once more from the disk before calling the pack corrupt */
-					if (s->staging >= 0)
-						c->staging_busy[s->staging] = 0, s->staging = -1;
-					s->reread = 1;
-					s->state = SLOT_QUEUED;
-					s->issued = s->done = 0;
-					c->st.rereads++;
-					continue;
-				}
-				if (frc) {
-					s->err = frc;
-					snprintf(s->msg, sizeof s->msg, "%s%s", moe_last_error(),
-						 frc == MOE_ECHECKSUM ? " (read twice)" : "");
-				}
-			}
-			if (s->staging >= 0)
-				c->staging_busy[s->staging] = 0, s->staging = -1;
-			s->state = SLOT_READY;
-			pthread_cond_broadcast(&c->ready);
-		}
-		if (rc || got < 0) { /* the engine itself failed: fail everything in flight */
-			snprintf(c->err_msg, sizeof c->err_msg, "%s", moe_last_error());
-			for (size_t i = 0; i < c->n_slots; i++)
-				if (c->slots[i].state == SLOT_READING || c->slots[i].state == SLOT_QUEUED) {
-					c->slots[i].err = MOE_EIO;
-					snprintf(c->slots[i].msg, sizeof c->slots[i].msg, "%.200s", c->err_msg);
-					c->slots[i].state = SLOT_READY;
-				}
-			pthread_cond_broadcast(&c->ready);
-			c->stop = 1;
-			break;
-		}
-		if (moe_io_free_slots(c->io) == c->io_depth_all && next_job(c) < 0 && c->io_since) {
-			c->st.io_seconds += now_s() - c->io_since;
-			c->io_since = 0;
-		}
+		if (z)
+			chunk_decoded(c, z);
+		for (; got == 0; got = moe_io_complete(c->io, 0, &tag, &res))
+			completed(c, tag, res);
+		if (got < 0)
+			fail_all(c);
 	}
 	pthread_mutex_unlock(&c->mu);
 	return NULL;
@@ -391,15 +574,17 @@ static void hint(struct moe_experts *base, uint32_t layer, uint32_t *experts, si
 			queue_read(c, v, e, PRIO_NOW + i);
 			c->slots[v].want = c->seq + 1;
 		}
-		/* acquire order: ready ones first, then as queued */
+		/* acquire order: ready ones, then those on their way, then the rest, so
+		 * every slot this step protects is used (and freed) before anything waits
+		 * for a slot */
 		uint32_t *tmp = malloc(n * sizeof *tmp);
 		if (tmp) {
 			size_t k = 0;
-			for (int pass = 0; pass < 2; pass++)
+			for (int pass = 0; pass < 3; pass++)
 				for (size_t i = 0; i < n; i++) {
 					const int32_t w = c->where[(int64_t)layer * c->n_experts + experts[i]];
-					const int ready = w >= 0 && c->slots[w].state == SLOT_READY;
-					if (ready == (pass == 0))
+					const int kind = w < 0 ? 2 : c->slots[w].state == SLOT_READY ? 0 : 1;
+					if (kind == pass)
 						tmp[k++] = experts[i];
 				}
 			memcpy(experts, tmp, n * sizeof *tmp);
@@ -434,6 +619,26 @@ static void views(const struct cache *c, const char *blob, struct moe_expert_wei
 		*m[i] = moe_wmat_at(c->lay.type[i], c->lay.rows[i], c->lay.cols[i], blob + c->lay.offset[i]);
 }
 
+/* the stall bound's error: what the expert and every slot are doing */
+static int stalled(const struct cache *c, uint32_t layer, uint32_t expert, double waited)
+{
+	size_t count[4] = {0}, pinned = 0;
+	for (size_t i = 0; i < c->n_slots; i++) {
+		count[c->slots[i].state]++;
+		pinned += c->slots[i].pins > 0;
+	}
+	const int32_t w = c->where[(int64_t)layer * c->n_experts + expert];
+	char mine[96] = "no slot yet";
+	if (w >= 0)
+		snprintf(mine, sizeof mine, "slot %d %s, %llu of %llu bytes read", w, state_name[c->slots[w].state],
+			 (unsigned long long)c->slots[w].done, (unsigned long long)c->slots[w].read_len);
+	return moe_fail(MOE_EIO,
+			"%s: layer %u expert %u: not ready after %.0f s (%s; slots: %zu free, %zu queued, %zu reading, "
+			"%zu ready, %zu pinned; %u reads in flight)",
+			moe_pack_path(c->pack), layer, expert, waited, mine, count[SLOT_FREE], count[SLOT_QUEUED],
+			count[SLOT_READING], count[SLOT_READY], pinned, c->in_flight);
+}
+
 static int acquire(struct moe_experts *base, uint32_t layer, uint32_t expert, struct moe_expert_weights *out)
 {
 	struct cache *c = (struct cache *)base;
@@ -442,8 +647,8 @@ static int acquire(struct moe_experts *base, uint32_t layer, uint32_t expert, st
 	const int64_t e = (int64_t)layer * c->n_experts + expert;
 	pthread_mutex_lock(&c->mu);
 	classify(c, e);
-	double waited = 0;
-	int rc = 0;
+	const double start = now_s();
+	int rc = 0, waited = 0;
 	for (;;) {
 		const int32_t w = c->where[e];
 		if (w >= 0 && c->slots[w].state == SLOT_READY) {
@@ -465,20 +670,34 @@ static int acquire(struct moe_experts *base, uint32_t layer, uint32_t expert, st
 			break;
 		}
 		if (w < 0) {
-			const int64_t v = victim(c, 1);
+			int64_t v = victim(c, 1);
+			if (v < 0 && !reads_pending(c)) {
+				if ((v = any_unpinned(c)) < 0) {
+					rc = moe_fail(MOE_EINVAL, "%s: layer %u expert %u: all %zu expert cache slots are pinned",
+						      moe_pack_path(c->pack), layer, expert, c->n_slots);
+					break;
+				}
+			}
 			if (v >= 0) {
 				queue_read(c, v, e, PRIO_DEMAND);
 				c->slots[v].want = c->seq + 1;
 				continue;
 			}
-		} else if (c->slots[w].state == SLOT_QUEUED) {
-			c->slots[w].prio = PRIO_DEMAND;
+		} else if (c->slots[w].state == SLOT_QUEUED && c->slots[w].prio != PRIO_DEMAND) {
+			c->slots[w].prio = PRIO_DEMAND; /* a guess is now a demand: it may take the last stream */
+			pthread_cond_signal(&c->work);
 		}
-		const double t0 = now_s();
-		pthread_cond_wait(&c->ready, &c->mu);
-		waited += now_s() - t0;
+		const double deadline = start + c->stall_seconds;
+		if (now_s() >= deadline) {
+			rc = stalled(c, layer, expert, now_s() - start);
+			break;
+		}
+		struct timespec ts = {(time_t)deadline, (long)((deadline - (double)(time_t)deadline) * 1e9)};
+		pthread_cond_timedwait(&c->ready, &c->mu, &ts);
+		waited = 1;
 	}
-	c->st.wait_seconds += waited;
+	if (waited)
+		c->st.wait_seconds += now_s() - start;
 	pthread_mutex_unlock(&c->mu);
 	return rc;
 }
@@ -522,7 +741,10 @@ static void destroy(struct moe_experts *base)
 	moe_io_free(c->io); /* waits for nothing: reads in flight complete into memory still mapped */
 	if (c->arena)
 		munmap(c->arena, c->arena_bytes);
-	ZSTD_freeDCtx(c->zstd);
+	for (int k = 0; k < N_STREAMS; k++) {
+		ZSTD_freeDCtx(c->streams[k].dctx);
+		XXH3_freeState(c->streams[k].xxh);
+	}
 	pthread_mutex_destroy(&c->mu);
 	pthread_cond_destroy(&c->work);
 	pthread_cond_destroy(&c->ready);
@@ -537,6 +759,28 @@ static void destroy(struct moe_experts *base)
 	free(c);
 }
 
+/* Every record must fit a slot and the file: the arena is sized from the layout,
+ * and a blob that claims more would be read or decoded past its slot. */
+static int check_records(const struct cache *c, size_t n_records)
+{
+	const uint64_t file = moe_pack_file_size(c->pack);
+	for (size_t i = 0; i < n_records; i++) {
+		moe_expert_info e;
+		moe_pack_expert_at(c->pack, i, &e);
+		const int fits = e.raw_size == c->lay.raw_size && e.stored_size && e.offset % MOE_IO_ALIGN == 0 &&
+				 e.offset <= file && e.stored_size <= file - e.offset &&
+				 (e.codec == MOE_CODEC_RAW ? e.stored_size == e.raw_size : e.codec == MOE_CODEC_ZSTD);
+		if (!fits)
+			return moe_fail(MOE_EFORMAT,
+					"%s: layer %u expert %u: record does not fit the pack (%llu bytes stored, %llu raw, "
+					"offset %llu; every expert is %llu bytes raw)",
+					moe_pack_path(c->pack), e.layer, e.expert, (unsigned long long)e.stored_size,
+					(unsigned long long)e.raw_size, (unsigned long long)e.offset,
+					(unsigned long long)c->lay.raw_size);
+	}
+	return 0;
+}
+
 int moe_experts_cache(const moe_pack *pack, const struct moe_cache_options *o, struct moe_experts **out)
 {
 	struct cache *c = calloc(1, sizeof *c);
@@ -546,12 +790,21 @@ int moe_experts_cache(const moe_pack *pack, const struct moe_cache_options *o, s
 	c->pack = pack;
 	c->policy = o->policy;
 	c->verify = o->verify;
+	c->stall_seconds = o->stall_seconds > 0 ? o->stall_seconds : STALL_SECONDS;
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_cond_init(&c->work, NULL);
-	pthread_cond_init(&c->ready, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&c->ready, &ca);
+	pthread_condattr_destroy(&ca);
 	moe_pack_expert_layout(pack, &c->lay);
 	c->slot_bytes = moe_cache_slot_bytes(pack);
-	c->staging_bytes = moe_cache_staging_bytes(pack);
+	c->chunk = o->chunk_bytes ? round_up(o->chunk_bytes, MOE_IO_ALIGN) : CHUNK;
+	const uint64_t staging = staging_geometry(pack, c->chunk, &c->zchunk, &c->ring_n);
+	c->n_streams = staging ? N_STREAMS : 0;
+	for (int k = 0; k < N_STREAMS; k++)
+		c->streams[k].slot = -1;
 	int rc = 0;
 	const size_t n_records = moe_pack_expert_count(pack);
 	for (size_t i = 0; i < n_records; i++) {
@@ -568,12 +821,14 @@ int moe_experts_cache(const moe_pack *pack, const struct moe_cache_options *o, s
 	c->freq = calloc(n_ids + 1, sizeof *c->freq);
 	c->classified = calloc(n_ids + 1, sizeof *c->classified);
 	c->age_every = n_ids ? n_ids : 1;
+	if ((rc = check_records(c, n_records)))
+		goto out;
 	if (o->bytes < moe_cache_min_bytes(pack)) {
 		rc = moe_fail(MOE_EINVAL, "the expert cache needs at least %.1f MB (two experts%s), not %.1f MB",
-			      moe_cache_min_bytes(pack) / 1e6, c->staging_bytes ? " and zstd staging" : "", o->bytes / 1e6);
+			      moe_cache_min_bytes(pack) / 1e6, staging ? " and zstd staging" : "", o->bytes / 1e6);
 		goto out;
 	}
-	c->n_slots = (size_t)((o->bytes - c->staging_bytes) / c->slot_bytes);
+	c->n_slots = (size_t)((o->bytes - staging) / c->slot_bytes);
 	if (c->n_slots > n_records)
 		c->n_slots = n_records; /* room for every expert: no need for more */
 	c->slots = calloc(c->n_slots, sizeof *c->slots);
@@ -591,7 +846,7 @@ int moe_experts_cache(const moe_pack *pack, const struct moe_cache_options *o, s
 		moe_pack_expert_at(pack, i, &e);
 		c->info[(size_t)e.layer * c->n_experts + e.expert] = e;
 	}
-	c->arena_bytes = c->n_slots * c->slot_bytes + c->staging_bytes;
+	c->arena_bytes = c->n_slots * c->slot_bytes + staging;
 	c->arena = mmap(NULL, c->arena_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (c->arena == MAP_FAILED) {
 		c->arena = NULL;
@@ -605,18 +860,25 @@ int moe_experts_cache(const moe_pack *pack, const struct moe_cache_options *o, s
 	}
 	for (size_t i = 0; i < c->n_slots; i++) {
 		c->slots[i].expert = -1;
-		c->slots[i].staging = -1;
+		c->slots[i].stream = -1;
 		c->slots[i].mem = c->arena + i * c->slot_bytes;
 	}
-	for (int k = 0; k < N_STAGING && c->staging_bytes; k++)
-		c->staging[k] = c->arena + c->n_slots * c->slot_bytes + k * (c->staging_bytes / N_STAGING);
+	for (int k = 0; k < c->n_streams; k++) {
+		struct stream *z = &c->streams[k];
+		z->ring = c->arena + c->n_slots * c->slot_bytes + (uint64_t)k * c->ring_n * c->zchunk;
+		z->dctx = ZSTD_createDCtx();
+		z->xxh = XXH3_createState();
+		if (!z->dctx || !z->xxh) {
+			rc = moe_fail(MOE_ENOMEM, "out of memory");
+			goto out;
+		}
+		/* no window buffer of its own: matches are read back from the slot */
+		ZSTD_DCtx_setParameter(z->dctx, ZSTD_d_stableOutBuffer, 1);
+		ZSTD_DCtx_setParameter(z->dctx, ZSTD_d_windowLogMax, ZSTD_WINDOWLOG_MAX);
+	}
 	c->io_depth_all = o->io_depth ? o->io_depth : 8;
 	if ((rc = moe_io_create(moe_pack_path(pack), c->io_depth_all, c->arena, c->arena_bytes, &c->io)))
 		goto out;
-	if (!(c->zstd = ZSTD_createDCtx())) {
-		rc = moe_fail(MOE_ENOMEM, "out of memory");
-		goto out;
-	}
 	if (pthread_create(&c->thread, NULL, io_thread, c) != 0) {
 		rc = moe_fail(MOE_ENOMEM, "cannot start the I/O thread");
 		goto out;

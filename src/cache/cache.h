@@ -1,14 +1,34 @@
 /*
  * cache.h - the expert cache: a fixed arena of slots, each holding one whole
  * expert, filled by an I/O thread (src/io: O_DIRECT through io_uring, or pread)
- * that checks each blob's XXH3 and decodes zstd on completion. It is an expert
- * provider (engine.h): acquire pins a ready expert, waiting for its read if needed;
- * hints from the engine's prefetcher queue reads ahead of need.
+ * that checks each blob's XXH3 and decodes zstd as its chunks arrive. It is an
+ * expert provider (engine.h): acquire pins a ready expert, waiting for its read if
+ * needed; hints from the engine's prefetcher queue reads ahead of need.
  *
  * Eviction never touches a pinned or loading slot, or an expert the layer being
  * computed needs; a prefetch evicts only slots that no request or prediction still
  * covers, so a wrong guess costs bandwidth, never correctness. Policies: LRU, or
  * LFU with aging (counts per expert, halved every layers x experts accesses).
+ *
+ * Liveness: every acquire is served, whatever the budget (down to two slots),
+ * policy, prefetch depth, I/O depth, batch and routing, as long as the caller
+ * holds fewer pins than there are slots (the engine holds one at a time):
+ *  1. A queued read is never dropped while someone waits on it: a slot leaves
+ *     QUEUED/READING only by becoming READY (with the data or an error).
+ *  2. The I/O thread issues only reads that can proceed. A raw blob reads straight
+ *     into its slot; a compressed one needs one of a few decode streams (a ring of
+ *     chunks and a zstd context) and keeps it until its last chunk is decoded. A
+ *     stream's chunks are issued whenever its ring has room, and the ring drains
+ *     because the same thread decodes in order; so a blob that holds a stream
+ *     always finishes, and a queued blob waits at most for one to free. Guesses
+ *     never take the last free stream, so a demand does not queue behind them.
+ *  3. A demand that finds no slot to reuse waits only while some read is in
+ *     flight (it ends as READY, and then its slot can be taken). With nothing in
+ *     flight it takes any ready, unpinned slot, even one this layer still wants
+ *     (that one is read again later): it never waits on a state that cannot change.
+ *  4. A bound on every wait (stall_seconds): an expert that has not arrived by
+ *     then fails the acquire with the slots' states and the reads in flight, so a
+ *     broken disk or a bug is an error, never a silent freeze.
  */
 #ifndef MOE_CACHE_CACHE_H
 #define MOE_CACHE_CACHE_H
@@ -22,17 +42,20 @@
 enum moe_cache_policy { MOE_POLICY_LRU = 0, MOE_POLICY_LFU = 1 };
 
 struct moe_cache_options {
-	uint64_t bytes;    /* for slots and staging; at least moe_cache_min_bytes() */
-	unsigned io_depth; /* reads in flight */
-	int policy;        /* enum moe_cache_policy */
-	int verify;        /* XXH3 of every blob read (stored bytes; decoded bytes for zstd) */
-	int mlock;         /* lock the arena in RAM */
+	uint64_t bytes;        /* for slots and staging; at least moe_cache_min_bytes() */
+	unsigned io_depth;     /* reads in flight (default 8) */
+	int policy;            /* enum moe_cache_policy */
+	int verify;            /* XXH3 of every blob read (stored bytes; decoded bytes for zstd) */
+	int mlock;             /* lock the arena in RAM */
+	double stall_seconds;  /* longest wait for one expert before acquire fails (default 30) */
+	uint64_t chunk_bytes;  /* bytes per read, a multiple of 4096 (default 4 MiB; tests use less) */
 };
 
 /* Bytes of one slot, and the least the cache runs with (two slots and staging). */
 uint64_t moe_cache_slot_bytes(const moe_pack *pack);
 uint64_t moe_cache_min_bytes(const moe_pack *pack);
-/* Bytes taken for staging compressed blobs (0 for a raw pack); not usable as slots. */
+/* Bytes taken for the decode streams of compressed blobs (0 for a raw pack), at
+ * the default chunk size (a smaller chunk_bytes takes no more); not usable as slots. */
 uint64_t moe_cache_staging_bytes(const moe_pack *pack);
 
 int moe_experts_cache(const moe_pack *pack, const struct moe_cache_options *o, struct moe_experts **out);

@@ -22,9 +22,10 @@ struct done {
 	int64_t res;
 };
 
-/* MOE_IO_FAULT=eio@N|short@N|flip@N: the Nth completed read fails with EIO, comes
- * back half done, or has one byte of its data flipped (tests of the error paths) */
-enum fault { FAULT_NONE, FAULT_EIO, FAULT_SHORT, FAULT_FLIP };
+/* MOE_IO_FAULT=eio@N|short@N|flip@N|hang@N: the Nth completed read fails with EIO,
+ * comes back half done, has one byte of its data flipped, or never comes back (a
+ * disk that stopped answering). Tests of the error paths. */
+enum fault { FAULT_NONE, FAULT_EIO, FAULT_SHORT, FAULT_FLIP, FAULT_HANG };
 
 struct moe_io {
 	int fd, direct;
@@ -37,7 +38,7 @@ struct moe_io {
 	} *flight; /* per read in flight, so that a completion knows its buffer */
 	enum io_mode mode;
 	struct io_uring ring;
-	unsigned depth, inflight;
+	unsigned depth, inflight, stuck; /* stuck: reads swallowed by FAULT_HANG */
 	char *arena;
 	size_t arena_bytes;
 	char mode_name[64];
@@ -66,7 +67,7 @@ int moe_io_create(const char *path, unsigned depth, void *arena, size_t arena_by
 	const char *fault = getenv("MOE_IO_FAULT"), *at = fault ? strchr(fault, '@') : NULL;
 	if (at) {
 		io->fault = !strncmp(fault, "eio", 3) ? FAULT_EIO : !strncmp(fault, "short", 5) ? FAULT_SHORT
-			  : !strncmp(fault, "flip", 4) ? FAULT_FLIP : FAULT_NONE;
+			  : !strncmp(fault, "flip", 4) ? FAULT_FLIP : !strncmp(fault, "hang", 4) ? FAULT_HANG : FAULT_NONE;
 		io->fault_at = strtoull(at + 1, NULL, 10);
 	}
 	if (!io->queued || !io->done || !io->flight) {
@@ -132,8 +133,8 @@ const char *moe_io_mode(const struct moe_io *io) { return io->mode_name; }
 
 unsigned moe_io_free_slots(const struct moe_io *io)
 {
-	return io->mode == IO_PREAD ? io->depth - (unsigned)(io->n_queued + io->n_done - io->done_head)
-				    : io->depth - io->inflight;
+	return (io->mode == IO_PREAD ? io->depth - (unsigned)(io->n_queued + io->n_done - io->done_head)
+				     : io->depth - io->inflight) - io->stuck;
 }
 
 int moe_io_read(struct moe_io *io, void *dst, uint64_t off, size_t len, uint64_t tag)
@@ -200,12 +201,16 @@ int moe_io_submit(struct moe_io *io)
 	return 0;
 }
 
-/* the caller's tag back, and the injected fault if this completion is the one */
-static void deliver(struct moe_io *io, uint64_t f, int64_t *res, uint64_t *tag)
+/* the caller's tag back, and the injected fault if this completion is the one;
+ * 0 if the completion is to be swallowed (FAULT_HANG) */
+static int deliver(struct moe_io *io, uint64_t f, int64_t *res, uint64_t *tag)
 {
 	*tag = io->flight[f].tag;
-	io->flight[f].used = 0;
 	if (io->fault && ++io->completed == io->fault_at) {
+		if (io->fault == FAULT_HANG) {
+			io->stuck++; /* its flight entry stays taken, as a read the disk never answers */
+			return 0;
+		}
 		if (io->fault == FAULT_EIO)
 			*res = -EIO;
 		else if (io->fault == FAULT_SHORT && *res > 0)
@@ -213,30 +218,36 @@ static void deliver(struct moe_io *io, uint64_t f, int64_t *res, uint64_t *tag)
 		else if (io->fault == FAULT_FLIP && *res > 0)
 			((unsigned char *)io->flight[f].dst)[*res / 2] ^= 0x40;
 	}
+	io->flight[f].used = 0;
+	return 1;
 }
 
 int moe_io_complete(struct moe_io *io, int wait, uint64_t *tag, int64_t *res)
 {
 	if (io->mode == IO_PREAD) {
-		if (io->done_head == io->n_done)
-			return 1;
-		const uint64_t f = io->done[io->done_head].tag;
-		*res = io->done[io->done_head++].res;
-		deliver(io, f, res, tag);
-		return 0;
+		while (io->done_head < io->n_done) {
+			const uint64_t f = io->done[io->done_head].tag;
+			*res = io->done[io->done_head++].res;
+			if (deliver(io, f, res, tag))
+				return 0;
+		}
+		return 1;
 	}
-	if (!io->inflight)
-		return 1;
-	struct io_uring_cqe *cqe;
-	int r = wait ? io_uring_wait_cqe(&io->ring, &cqe) : io_uring_peek_cqe(&io->ring, &cqe);
-	if (r == -EAGAIN)
-		return 1;
-	if (r < 0)
-		return moe_fail(MOE_EIO, "io_uring_wait_cqe: %s", strerror(-r));
-	const uint64_t f = io_uring_cqe_get_data64(cqe);
-	*res = cqe->res;
-	io_uring_cqe_seen(&io->ring, cqe);
-	io->inflight--;
-	deliver(io, f, res, tag);
-	return 0;
+	while (io->inflight) {
+		struct io_uring_cqe *cqe;
+		int r = wait ? io_uring_wait_cqe(&io->ring, &cqe) : io_uring_peek_cqe(&io->ring, &cqe);
+		if (r == -EINTR)
+			continue;
+		if (r == -EAGAIN)
+			return 1;
+		if (r < 0)
+			return moe_fail(MOE_EIO, "io_uring_wait_cqe: %s", strerror(-r));
+		const uint64_t f = io_uring_cqe_get_data64(cqe);
+		*res = cqe->res;
+		io_uring_cqe_seen(&io->ring, cqe);
+		io->inflight--;
+		if (deliver(io, f, res, tag))
+			return 0;
+	}
+	return 1;
 }
