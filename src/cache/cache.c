@@ -139,16 +139,18 @@ static uint64_t staging_geometry(const moe_pack *pack, uint64_t chunk, uint64_t 
 	return most ? N_STREAMS * *ring_n * *zchunk : 0;
 }
 
-uint64_t moe_cache_staging_bytes(const moe_pack *pack)
+static uint64_t chunk_of(uint64_t chunk_bytes) { return chunk_bytes ? round_up(chunk_bytes, MOE_IO_ALIGN) : CHUNK; }
+
+uint64_t moe_cache_staging_bytes(const moe_pack *pack, uint64_t chunk_bytes)
 {
 	uint64_t zchunk;
 	unsigned ring_n;
-	return staging_geometry(pack, CHUNK, &zchunk, &ring_n);
+	return staging_geometry(pack, chunk_of(chunk_bytes), &zchunk, &ring_n);
 }
 
 uint64_t moe_cache_min_bytes(const moe_pack *pack)
 {
-	return 2 * moe_cache_slot_bytes(pack) + moe_cache_staging_bytes(pack);
+	return 2 * moe_cache_slot_bytes(pack) + moe_cache_staging_bytes(pack, 0);
 }
 
 int moe_cache_policy_parse(const char *name)
@@ -800,7 +802,7 @@ int moe_experts_cache(const moe_pack *pack, const struct moe_cache_options *o, s
 	pthread_condattr_destroy(&ca);
 	moe_pack_expert_layout(pack, &c->lay);
 	c->slot_bytes = moe_cache_slot_bytes(pack);
-	c->chunk = o->chunk_bytes ? round_up(o->chunk_bytes, MOE_IO_ALIGN) : CHUNK;
+	c->chunk = chunk_of(o->chunk_bytes);
 	const uint64_t staging = staging_geometry(pack, c->chunk, &c->zchunk, &c->ring_n);
 	c->n_streams = staging ? N_STREAMS : 0;
 	for (int k = 0; k < N_STREAMS; k++)
@@ -823,9 +825,9 @@ int moe_experts_cache(const moe_pack *pack, const struct moe_cache_options *o, s
 	c->age_every = n_ids ? n_ids : 1;
 	if ((rc = check_records(c, n_records)))
 		goto out;
-	if (o->bytes < moe_cache_min_bytes(pack)) {
+	if (o->bytes < 2 * c->slot_bytes + staging) {
 		rc = moe_fail(MOE_EINVAL, "the expert cache needs at least %.1f MB (two experts%s), not %.1f MB",
-			      moe_cache_min_bytes(pack) / 1e6, staging ? " and zstd staging" : "", o->bytes / 1e6);
+			      (2 * c->slot_bytes + staging) / 1e6, staging ? " and zstd staging" : "", o->bytes / 1e6);
 		goto out;
 	}
 	c->n_slots = (size_t)((o->bytes - staging) / c->slot_bytes);

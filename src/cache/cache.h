@@ -54,9 +54,9 @@ struct moe_cache_options {
 /* Bytes of one slot, and the least the cache runs with (two slots and staging). */
 uint64_t moe_cache_slot_bytes(const moe_pack *pack);
 uint64_t moe_cache_min_bytes(const moe_pack *pack);
-/* Bytes taken for the decode streams of compressed blobs (0 for a raw pack), at
- * the default chunk size (a smaller chunk_bytes takes no more); not usable as slots. */
-uint64_t moe_cache_staging_bytes(const moe_pack *pack);
+/* Bytes taken for the decode streams of compressed blobs (0 for a raw pack) with
+ * reads of chunk_bytes (0: the default); not usable as slots. */
+uint64_t moe_cache_staging_bytes(const moe_pack *pack, uint64_t chunk_bytes);
 
 int moe_experts_cache(const moe_pack *pack, const struct moe_cache_options *o, struct moe_experts **out);
 

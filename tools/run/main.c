@@ -56,6 +56,7 @@ static void usage(FILE *fp)
 	      "      --prefetch-depth K   guess the experts of the next K layers, 0..8 (default 1; 0 = off)\n"
 	      "      --io-depth N         expert reads in flight, 1..256 (default 8)\n"
 	      "      --no-verify          skip the XXH3 check of each expert read\n"
+	      "      --expert-timeout S   fail if an expert has not arrived after S seconds (default 30)\n"
 	      "      --mlock              lock the expert cache in RAM\n"
 	      "      --no-offload         no cache: experts through the page cache (mmap), as llama.cpp does\n"
 	      "      --trace-out FILE     the experts and router scores of every token and layer (moe-bench sim)\n"
@@ -689,7 +690,7 @@ int main(int argc, char **argv)
 	       O_TRUNC, O_SJSON, O_TOKENIZE, O_DETOKENIZE, O_TOKENIZER, O_ADD_SPECIAL, O_NO_ADD_SPECIAL,
 	       O_SKIP_SPECIAL, O_CHAT, O_SYSTEM, O_MESSAGES, O_CHAT_TEMPLATE, O_CHAT_KWARGS, O_PRINT_PROMPT, O_STOP,
 	       O_IGNORE_EOS, O_MLOCK, O_IO_DEPTH, O_NO_VERIFY, O_POLICY, O_PREFETCH, O_TRACE, O_NO_OFFLOAD, O_PPL,
-	       O_KL_BASE };
+	       O_KL_BASE, O_EXPERT_TIMEOUT };
 	int tokenize = 0, detokenize = 0, skip_special = 0;
 	char *ppl_text = NULL;
 	const char *tokenizer_path = NULL;
@@ -723,6 +724,7 @@ int main(int argc, char **argv)
 		{"print-prompt", no_argument, NULL, O_PRINT_PROMPT}, {"stop", required_argument, NULL, O_STOP},
 		{"ignore-eos", no_argument, NULL, O_IGNORE_EOS}, {"mlock", no_argument, NULL, O_MLOCK},
 		{"io-depth", required_argument, NULL, O_IO_DEPTH}, {"no-verify", no_argument, NULL, O_NO_VERIFY},
+		{"expert-timeout", required_argument, NULL, O_EXPERT_TIMEOUT},
 		{"cache-policy", required_argument, NULL, O_POLICY}, {"prefetch-depth", required_argument, NULL, O_PREFETCH},
 		{"trace-out", required_argument, NULL, O_TRACE}, {"no-offload", no_argument, NULL, O_NO_OFFLOAD},
 		{"perplexity", required_argument, NULL, O_PPL}, {"kl-base", required_argument, NULL, O_KL_BASE},
@@ -774,6 +776,13 @@ int main(int argc, char **argv)
 		case O_MLOCK: co.mlock = 1; break;
 		case O_IO_DEPTH: io_depth = strtol(optarg, &end, 10); break;
 		case O_NO_VERIFY: co.verify = 0; break;
+		case O_EXPERT_TIMEOUT:
+			co.stall_seconds = strtod(optarg, &end);
+			if (!(co.stall_seconds > 0 && co.stall_seconds <= 86400)) {
+				fprintf(stderr, "moe-run: --expert-timeout %s: seconds, more than 0 and at most 86400\n", optarg);
+				return 2;
+			}
+			break;
 		case O_POLICY:
 			if ((co.policy = moe_cache_policy_parse(optarg)) < 0) {
 				fprintf(stderr, "moe-run: --cache-policy %s: lru or lfu\n", optarg);
@@ -909,7 +918,7 @@ int main(int argc, char **argv)
 	}
 	/* the budget: dense weights + KV cache and scratch + the expert cache, which gets the rest */
 	const uint64_t resident = moe_model_dense_bytes(m), session = moe_session_bytes(s);
-	const uint64_t all_experts = moe_pack_expert_count(pack) * moe_cache_slot_bytes(pack) + moe_cache_staging_bytes(pack);
+	const uint64_t all_experts = moe_pack_expert_count(pack) * moe_cache_slot_bytes(pack) + moe_cache_staging_bytes(pack, 0);
 	const uint64_t limit = budget ? budget : mem_available() / 10 * 9;
 	if (!no_offload) {
 		const uint64_t least = resident + session + moe_cache_min_bytes(pack);
