@@ -24,7 +24,7 @@ static void usage(FILE *fp)
 	      "                           or a list like experts=q4,attn=q8,embed=f16 (norms, routers: f32)\n"
 	      "      --align 4K|2M        alignment of expert blobs (default 4K)\n"
 	      "      --zstd-level N       zstd level for expert blobs, 1..19 (default 3)\n"
-	      "      --zstd-min-saving P  keep a zstd frame only if it saves P percent (default 5; 100: never compress)\n"
+	      "      --zstd-min-saving P  keep a zstd frame only if it saves P percent (default 25; 100: never)\n"
 	      "  -j, --threads N          worker threads (default: all cores)\n"
 	      "      --memory SIZE        memory for expert blobs in flight (default 512M)\n"
 	      "      --tokenizer FILE     embed this tokenizer.json (replaces the source's)\n"
