@@ -1,11 +1,13 @@
 /*
- * engine.c - Mixtral and Qwen3-MoE forward pass (HF semantics, MODELS.md): RMSNorm,
- * GQA attention with rotate-half RoPE (Qwen3: per-head q/k RMSNorm first), softmax
- * top-k routing, SwiGLU experts batched per expert. DeepSeek-V3 will be its own file
- * beside this one, sharing the session, norms and expert path.
+ * engine.c - Mixtral and Qwen3-MoE forward pass (the semantics of Hugging Face
+ * transformers' modeling_mixtral.py / modeling_qwen3_moe.py): RMSNorm, GQA attention
+ * with rotate-half RoPE (Qwen3: per-head q/k RMSNorm first), softmax top-k routing,
+ * SwiGLU experts batched per expert. DeepSeek-V3's attention and routing are in
+ * deepseek.c, sharing the session, norms and expert path.
  */
 #include "config.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -244,7 +246,9 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 	s->moe_out = malloc(B * H * sizeof(float));
 	s->gather = malloc(B * H * sizeof(float));
 	s->expert_out = malloc(B * H * sizeof(float));
-	s->scores = malloc(ctx * hp->n_heads * sizeof(float));
+	/* decode: every head's scores of one token; a batch: one head's scores of every token */
+	s->scores = malloc((ctx * hp->n_heads > B * ctx ? ctx * hp->n_heads : B * ctx) * sizeof(float));
+	s->kv_f32 = ds || B == 1 ? NULL : malloc(2 * ctx * kv * sizeof(float));
 	s->topk = malloc(B * hp->n_experts_used * sizeof(int));
 	s->topw = malloc(B * hp->n_experts_used * sizeof(float));
 	s->topp = malloc(B * hp->n_experts_used * sizeof(float));
@@ -263,7 +267,7 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 	if (!s->shared_out || (!ds && !s->v_cache) || !s->topp || !s->pair_out || !s->look_topk || !s->look_topp ||
 	    !s->look_xn || !s->look_router || !s->look_score || !s->look_list || !s->prev_experts || !s->k_cache || !s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->tmp ||
 	    !s->router || !s->moe_out || !s->gather || !s->expert_out || !s->scores || !s->topk || !s->topw ||
-	    !s->kv_row) {
+	    !s->kv_row || (!ds && B > 1 && !s->kv_f32)) {
 		moe_session_free(s);
 		return moe_fail(MOE_ENOMEM, "out of memory for a %zu-token context", ctx);
 	}
@@ -283,7 +287,7 @@ void moe_session_free(struct moe_session *s)
 	if (!s)
 		return;
 	void *bufs[] = {s->k_cache, s->v_cache, s->x, s->xn, s->q, s->k, s->v, s->att, s->tmp,
-			s->router, s->moe_out, s->gather, s->expert_out, s->scores, s->topw, s->kv_row,
+			s->router, s->moe_out, s->gather, s->expert_out, s->scores, s->topw, s->kv_row, s->kv_f32,
 			s->topp, s->pair_out, s->look_topk, s->look_topp, s->look_xn, s->look_router, s->look_score, s->look_list, s->prev_experts};
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
 		free(bufs[i]);
@@ -300,7 +304,8 @@ size_t moe_session_bytes(const struct moe_session *s)
 	const int ds = hp->arch == MOE_ARCH_DEEPSEEK_V3;
 	const size_t kv_elt = s->kv_type == MOE_KV_F16 ? 2 : 4, H = hp->hidden, B = s->max_batch;
 	const size_t qd = ds ? hp->n_heads * hp->v_head_dim : hp->n_heads * hp->head_dim, kvd = s->kv_dim;
-	const size_t scratch = (B * (8 * H + 2 * qd + 2 * kvd + 2 * hp->n_experts) + s->ctx * hp->n_heads + kvd +
+	const size_t scores = s->ctx * (hp->n_heads > B ? hp->n_heads : B), kv_f32 = ds || B == 1 ? 0 : 2 * s->ctx * kvd;
+	const size_t scratch = (B * (8 * H + 2 * qd + 2 * kvd + 2 * hp->n_experts) + scores + kv_f32 + kvd +
 				2 * hp->n_experts + hp->n_layers * hp->n_experts_used + B * hp->n_experts_used * H) * sizeof(float);
 	return (ds ? 1 : 2) * hp->n_layers * s->ctx * kvd * kv_elt + scratch + (ds ? moe_mla_bytes(s->m, B) : 0);
 }
@@ -373,11 +378,49 @@ void moe_kv_store(struct moe_session *s, void *cache, size_t l, size_t pos, cons
 			((uint16_t *)cache)[at + i] = moe_f32_to_f16(row[i]);
 }
 
+/* A prompt batch: per head, the scores of all n tokens against every cached
+ * position are one matrix product (OpenBLAS sgemm), masked causally, softmaxed
+ * row by row, then multiplied by V: two sgemm calls per head instead of n x len
+ * dot products. The cache's rows are converted to f32 once per layer. */
+static void attention_batch(struct moe_session *s, size_t l, size_t n)
+{
+	const struct moe_hparams *hp = &s->m->hp;
+	const size_t hd = hp->head_dim, nh = hp->n_heads, group = nh / hp->n_kv_heads, kvd = s->kv_dim;
+	const size_t len = s->n_past + n; /* positions the last token sees */
+	float *kf = s->kv_f32, *vf = s->kv_f32 + s->ctx * kvd, *sc = s->scores; /* sc: [n][len] */
+	for (size_t j = 0; j < len; j++) {
+		const float *kj = moe_kv_row(s, s->k_cache, l, j, kf + j * kvd);
+		if (kj != kf + j * kvd)
+			memcpy(kf + j * kvd, kj, kvd * sizeof(float));
+		const float *vj = moe_kv_row(s, s->v_cache, l, j, vf + j * kvd);
+		if (vj != vf + j * kvd)
+			memcpy(vf + j * kvd, vj, kvd * sizeof(float));
+	}
+	for (size_t h = 0; h < nh; h++) {
+		const float *qh = s->q + h * hd, *kh = kf + (h / group) * hd, *vh = vf + (h / group) * hd;
+		/* sc = scale * Q_h K_h^T */
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)len, (int)hd, 1.0f / sqrtf((float)hd), qh,
+			    (int)(nh * hd), kh, (int)kvd, 0.0f, sc, (int)len);
+		for (size_t t = 0; t < n; t++) { /* token t sees positions 0 .. n_past + t */
+			const size_t seen = s->n_past + t + 1;
+			moe_softmax_rows(sc + t * len, 1, seen);
+			memset(sc + t * len + seen, 0, (len - seen) * sizeof(float));
+		}
+		/* att_h = P V_h */
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)hd, (int)len, 1.0f, sc, (int)len, vh,
+			    (int)kvd, 0.0f, s->att + h * hd, (int)(nh * hd));
+	}
+}
+
 static void attention(struct moe_session *s, size_t l, size_t n)
 {
 	const struct moe_hparams *hp = &s->m->hp;
 	const size_t hd = hp->head_dim, nh = hp->n_heads, nkv = hp->n_kv_heads, group = nh / nkv;
 	const float scale = 1.0f / sqrtf((float)hd);
+	if (n > 1) {
+		attention_batch(s, l, n);
+		return;
+	}
 	memset(s->att, 0, n * nh * hd * sizeof(float));
 	for (size_t t = 0; t < n; t++) {
 		const size_t pos = s->n_past + t, len = pos + 1;
