@@ -46,7 +46,7 @@ for pct in 100 50 25; do
 	limit=$((budget + 64 * 1048576))
 	echo "$limit" >"$CG/memory.limit_in_bytes"
 	# the bounds, in this run
-	mbw=$(./moe-bench membw --memory 1024 --reps 5 | awk '/threads 2:/ {print $3}')
+	mbw=$(./moe-bench membw --memory 1G --reps 5 | awk '/threads 2:/ {print $3}')
 	dbw=$(for i in 1 2 3; do ./moe-bench diskbw --file "$PACK" --depth 8 --gib 1 | awk '/depth/ {print $3}'; done | median)
 	for r in $(seq "$RUNS"); do
 		drop

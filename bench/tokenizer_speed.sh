@@ -7,7 +7,7 @@
 # Usage: bench/tokenizer_speed.sh [TOKENIZER_DATA]   (run from a built tree)
 set -eu
 cd "$(dirname "$0")/.."
-DATA=${1:-../shared/testdata/tokenizers}
+DATA=${1:-tests/tokenizers}
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 cat man/*.1 man/*.5 man/*.7 README.md >"$W/src"

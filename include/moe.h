@@ -45,6 +45,16 @@ const char *moe_strerror(int err);
 /* Detail of the last failed call in this thread; "" if none. */
 const char *moe_last_error(void);
 
+/* ---- helpers the tools share ----------------------------------------------- */
+
+/* A size as every moemap tool takes it: a decimal number of bytes, optionally
+ * followed by K, M, G or T (powers of 1024) and an optional B: "4096", "900M",
+ * "1.5G", "2MB". Returns the bytes, or 0 if s is malformed, below one byte or
+ * past 2^64. */
+uint64_t moe_parse_size(const char *s);
+/* Seconds on a monotonic clock, for measuring durations. */
+double moe_now(void);
+
 /* ---- weight types ------------------------------------------------------- */
 
 /*

@@ -3,8 +3,8 @@
 # the kernel test run under qemu-user-static (scripts/deps installs both).
 . "$TESTS_DIR/lib.sh"
 top=$(cd "$TESTS_DIR/.." && pwd)
-for tool in aarch64-linux-gnu-gcc qemu-aarch64-static; do
-	command -v $tool >/dev/null 2>&1 || { not_ok "$tool missing: run scripts/deps"; finish; exit 1; }
+for tool in aarch64-linux-gnu-gcc qemu-aarch64-static; do # absent: skip (77), as automake counts it
+	command -v $tool >/dev/null 2>&1 || { echo "SKIP: $tool missing (scripts/deps installs it)"; exit 77; }
 done
 check "cross-build for aarch64" aarch64-linux-gnu-gcc -std=gnu11 -O2 -Wall -Wextra -Wno-unused-parameter -Werror \
 	-static -I"$top/src" -I"$top/include" "$top/tests/test_kernels.c" "$top"/src/kernels/*.c -lpthread -lm \

@@ -1,5 +1,5 @@
-"""A float64 numpy forward pass of Mixtral, Qwen3-MoE and DeepSeek-V3 (Hugging Face
-semantics, MODELS.md), reading a safetensors folder. It is the reference moe-run's
+"""A float64 numpy forward pass of Mixtral, Qwen3-MoE and DeepSeek-V3 (the semantics
+of Hugging Face transformers' modeling code), reading a safetensors folder. It is the reference moe-run's
 logits are checked against. DeepSeek-V3's attention is computed naively (k_nope and
 v decompressed for every position, as modeling_deepseek.py does); --absorbed
 computes it in the absorbed form moe-run uses, to check the two are the same math.

@@ -22,6 +22,7 @@
 
 #include "cache/cache.h"
 #include "common/error.h"
+#include "common/util.h"
 #include "io/io.h"
 
 #define CHUNK (4u << 20) /* bytes per read: big for the disk, small enough to reorder */
@@ -106,21 +107,13 @@ struct cache {
 	double io_since; /* start of the current busy period; 0 when idle */
 };
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static uint64_t round_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
 uint64_t moe_cache_slot_bytes(const moe_pack *pack)
 {
 	moe_expert_layout lay;
 	moe_pack_expert_layout(pack, &lay);
-	return round_up(lay.raw_size, MOE_IO_ALIGN);
+	return moe_align_up(lay.raw_size, MOE_IO_ALIGN);
 }
 
 /* The decode streams' geometry for reads of `chunk` bytes: chunks as large as the
@@ -133,13 +126,13 @@ static uint64_t staging_geometry(const moe_pack *pack, uint64_t chunk, uint64_t 
 		if (moe_pack_expert_at(pack, i, &e) == 0 && e.codec != MOE_CODEC_RAW && e.stored_size > most)
 			most = e.stored_size;
 	}
-	most = round_up(most, MOE_IO_ALIGN);
+	most = moe_align_up(most, MOE_IO_ALIGN);
 	*zchunk = min_u64(chunk, most);
 	*ring_n = most ? (unsigned)min_u64(RING, (most + *zchunk - 1) / *zchunk) : 0;
 	return most ? N_STREAMS * *ring_n * *zchunk : 0;
 }
 
-static uint64_t chunk_of(uint64_t chunk_bytes) { return chunk_bytes ? round_up(chunk_bytes, MOE_IO_ALIGN) : CHUNK; }
+static uint64_t chunk_of(uint64_t chunk_bytes) { return chunk_bytes ? moe_align_up(chunk_bytes, MOE_IO_ALIGN) : CHUNK; }
 
 uint64_t moe_cache_staging_bytes(const moe_pack *pack, uint64_t chunk_bytes)
 {
@@ -295,7 +288,7 @@ static void start_blob(struct cache *c, int64_t j)
 	struct slot *s = &c->slots[j];
 	const moe_expert_info *e = &c->info[s->expert];
 	s->state = SLOT_READING;
-	s->read_len = round_up(e->stored_size, MOE_IO_ALIGN);
+	s->read_len = moe_align_up(e->stored_size, MOE_IO_ALIGN);
 	s->issued = s->done = 0;
 	if (e->codec == MOE_CODEC_RAW)
 		return;
@@ -331,7 +324,7 @@ static int issue(struct cache *c)
 		s->issued += len;
 		c->in_flight++;
 		if (!c->io_since)
-			c->io_since = now_s();
+			c->io_since = moe_now();
 	}
 	return 0;
 }
@@ -507,7 +500,7 @@ static void *io_thread(void *arg)
 		struct stream *z = rc ? NULL : decodable(c);
 		if (!rc && !z && !c->in_flight) {
 			if (c->io_since) {
-				c->st.io_seconds += now_s() - c->io_since;
+				c->st.io_seconds += moe_now() - c->io_since;
 				c->io_since = 0;
 			}
 			pthread_cond_wait(&c->work, &c->mu);
@@ -649,7 +642,7 @@ static int acquire(struct moe_experts *base, uint32_t layer, uint32_t expert, st
 	const int64_t e = (int64_t)layer * c->n_experts + expert;
 	pthread_mutex_lock(&c->mu);
 	classify(c, e);
-	const double start = now_s();
+	const double start = moe_now();
 	int rc = 0, waited = 0;
 	for (;;) {
 		const int32_t w = c->where[e];
@@ -690,8 +683,8 @@ static int acquire(struct moe_experts *base, uint32_t layer, uint32_t expert, st
 			pthread_cond_signal(&c->work);
 		}
 		const double deadline = start + c->stall_seconds;
-		if (now_s() >= deadline) {
-			rc = stalled(c, layer, expert, now_s() - start);
+		if (moe_now() >= deadline) {
+			rc = stalled(c, layer, expert, moe_now() - start);
 			break;
 		}
 		struct timespec ts = {(time_t)deadline, (long)((deadline - (double)(time_t)deadline) * 1e9)};
@@ -699,7 +692,7 @@ static int acquire(struct moe_experts *base, uint32_t layer, uint32_t expert, st
 		waited = 1;
 	}
 	if (waited)
-		c->st.wait_seconds += now_s() - start;
+		c->st.wait_seconds += moe_now() - start;
 	pthread_mutex_unlock(&c->mu);
 	return rc;
 }
@@ -721,7 +714,7 @@ static void stats(struct moe_experts *base, struct moe_expert_stats *out)
 	pthread_mutex_lock(&c->mu);
 	*out = c->st;
 	if (c->io_since)
-		out->io_seconds += now_s() - c->io_since;
+		out->io_seconds += moe_now() - c->io_since;
 	out->slots = c->n_slots;
 	out->slots_used = 0;
 	for (size_t i = 0; i < c->n_slots; i++)

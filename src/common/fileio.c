@@ -3,6 +3,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -74,5 +76,41 @@ int moe_read_file(const char *path, char **data, size_t *len)
 	buf[st.st_size] = '\0';
 	*data = buf;
 	*len = (size_t)st.st_size;
+	return 0;
+}
+
+int moe_out_create(const char *path, char **tmp, int *fd)
+{
+	const size_t n = strlen(path) + 16;
+	if (!(*tmp = malloc(n)))
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	snprintf(*tmp, n, "%s.tmp.XXXXXX", path);
+	if ((*fd = mkstemp(*tmp)) < 0) {
+		const int e = errno;
+		const int rc = moe_fail(moe_errno_code(e), "%s: cannot create a temporary file beside it: %s", path, strerror(e));
+		free(*tmp);
+		*tmp = NULL;
+		return rc;
+	}
+	fchmod(*fd, 0644);
+	return 0;
+}
+
+int moe_out_commit(int fd, const char *tmp, const char *path, int force)
+{
+	if (fsync(fd) != 0)
+		return moe_fail(moe_errno_code(errno), "%s: fsync: %s", tmp, strerror(errno));
+	if (!force && access(path, F_OK) == 0)
+		return moe_fail(MOE_EEXIST, "%s: appeared while writing; not overwritten", path);
+	if (rename(tmp, path) != 0)
+		return moe_fail(moe_errno_code(errno), "%s: rename: %s", path, strerror(errno));
+	/* the rename itself is durable once the folder is synced */
+	char *copy = strdup(path);
+	const int dfd = copy ? open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+	free(copy);
+	if (dfd >= 0) {
+		fsync(dfd);
+		close(dfd);
+	}
 	return 0;
 }

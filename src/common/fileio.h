@@ -12,4 +12,12 @@ int moe_pwrite_full(int fd, const void *buf, size_t n, uint64_t off, const char 
 /* Read a whole (small) file into a NUL-terminated buffer. */
 int moe_read_file(const char *path, char **data, size_t *len);
 
+/* An output file appears whole or not at all. moe_out_create makes a temporary
+ * PATH.tmp.XXXXXX beside path (mode 0644) and gives its name (malloc'd) and fd;
+ * the caller writes through fd, then moe_out_commit flushes it to disk, refuses
+ * an existing path unless force, renames it over path and syncs the folder. On
+ * any failure the caller unlinks *tmp. */
+int moe_out_create(const char *path, char **tmp, int *fd);
+int moe_out_commit(int fd, const char *tmp, const char *path, int force);
+
 #endif

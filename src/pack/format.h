@@ -118,6 +118,4 @@ struct pack_expert_rec {
 };
 _Static_assert(sizeof(struct pack_expert_rec) == 48, "expert record is 48 bytes");
 
-static inline uint64_t pack_align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
-
 #endif

@@ -16,6 +16,7 @@
 #include <zstd.h>
 
 #include "common/error.h"
+#include "common/util.h"
 #include "format.h"
 #include "moe.h"
 #include "quant/quant.h"
@@ -202,7 +203,7 @@ static int parse_tensors(moe_pack *p)
 		moe_tensor *t = &p->tensors[i];
 		p->n_tensors = i + 1;
 		t->name = name;
-		uint64_t padded = pack_align_up(r.name_len, 8);
+		uint64_t padded = moe_align_up(r.name_len, 8);
 		if (take(&c, name, r.name_len) || take(&c, NULL, padded - r.name_len))
 			return moe_fail(MOE_EFORMAT, "%s: tensor %u: name truncated", p->path, i);
 		if (r.type >= MOE_TYPE_COUNT)

@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +13,7 @@
 
 #include "common/error.h"
 #include "common/fileio.h"
+#include "common/util.h"
 #include "format.h"
 #include "moe.h"
 #include "quant/quant.h"
@@ -59,23 +59,15 @@ int packw_create(const char *path, int force, uint32_t alignment, struct moe_pac
 	w->fd = -1;
 	w->force = force;
 	w->alignment = alignment;
-	w->path = strdup(path);
-	size_t n = strlen(path) + 16;
-	w->tmp = malloc(n);
-	if (!w->path || !w->tmp) {
-		packw_abort(w);
-		return moe_fail(MOE_ENOMEM, "out of memory");
-	}
-	snprintf(w->tmp, n, "%s.tmp.XXXXXX", path);
-	w->fd = mkstemp(w->tmp);
-	if (w->fd < 0) {
-		int rc = moe_fail(moe_errno_code(errno), "%s: cannot create temporary file: %s", w->tmp, strerror(errno));
-		free(w->tmp);
-		w->tmp = NULL;
+	int rc;
+	if (!(w->path = strdup(path)))
+		rc = moe_fail(MOE_ENOMEM, "out of memory");
+	else
+		rc = moe_out_create(path, &w->tmp, &w->fd);
+	if (rc) {
 		packw_abort(w);
 		return rc;
 	}
-	fchmod(w->fd, 0644);
 	*out = w;
 	return 0;
 }
@@ -140,7 +132,7 @@ int packw_declare_expert_layout(struct moe_packw *w, const int type[3], const ui
 		x->cols = cols[m];
 		x->offset = off;
 		x->size = size;
-		off = pack_align_up(off + size, PACK_TENSOR_ALIGN);
+		off = moe_align_up(off + size, PACK_TENSOR_ALIGN);
 	}
 	w->eh.raw_size = w->eh.matrix[2].offset + w->eh.matrix[2].size;
 	return 0;
@@ -172,20 +164,20 @@ int packw_declare_expert(struct moe_packw *w, uint32_t layer, uint32_t expert)
 static void lay_out(struct moe_packw *w)
 {
 	w->meta_off = PACK_HEADER_RESERVE;
-	w->tdir_off = pack_align_up(w->meta_off + w->meta_len, 8);
+	w->tdir_off = moe_align_up(w->meta_off + w->meta_len, 8);
 	w->tdir_size = 8;
 	for (size_t i = 0; i < w->nt; i++)
-		w->tdir_size += sizeof(struct pack_tensor_rec) + pack_align_up(strlen(w->t[i].name), 8);
-	w->etab_off = pack_align_up(w->tdir_off + w->tdir_size, 8);
+		w->tdir_size += sizeof(struct pack_tensor_rec) + moe_align_up(strlen(w->t[i].name), 8);
+	w->etab_off = moe_align_up(w->tdir_off + w->tdir_size, 8);
 	w->etab_size = sizeof(struct pack_expert_header) + w->ne * sizeof(struct pack_expert_rec);
-	w->dense_off = pack_align_up(w->etab_off + w->etab_size, 4096);
+	w->dense_off = moe_align_up(w->etab_off + w->etab_size, 4096);
 	uint64_t off = w->dense_off;
 	for (size_t i = 0; i < w->nt; i++) {
 		w->t[i].offset = off;
-		off = pack_align_up(off + w->t[i].size, PACK_TENSOR_ALIGN);
+		off = moe_align_up(off + w->t[i].size, PACK_TENSOR_ALIGN);
 	}
 	w->dense_end = off;
-	w->exp_off = pack_align_up(off, w->alignment);
+	w->exp_off = moe_align_up(off, w->alignment);
 	w->exp_end = w->exp_off;
 	w->eh.count = (uint32_t)w->ne;
 	w->laid_out = 1;
@@ -216,7 +208,7 @@ int packw_expert_write(struct moe_packw *w, size_t i, const void *stored, size_t
 	if (i != w->next_expert || i >= w->ne)
 		return moe_fail(MOE_EINVAL, "expert blob %zu written out of order", i);
 	struct pack_expert_rec *e = &w->e[i];
-	e->offset = pack_align_up(w->exp_end, w->alignment);
+	e->offset = moe_align_up(w->exp_end, w->alignment);
 	e->stored_size = n;
 	e->codec = (uint32_t)codec;
 	e->xxh3_stored = XXH3_64bits(stored, n);
@@ -238,20 +230,6 @@ static void put_section(struct pack_superblock *sb, uint32_t kind, uint64_t off,
 	s->offset = off;
 	s->size = size;
 	s->xxh3 = xxh3;
-}
-
-static int sync_dir(const char *path)
-{
-	char *copy = strdup(path);
-	if (!copy)
-		return 0;
-	int dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	free(copy);
-	if (dfd >= 0) {
-		fsync(dfd);
-		close(dfd);
-	}
-	return 0;
 }
 
 int packw_finish(struct moe_packw *w)
@@ -293,7 +271,7 @@ int packw_finish(struct moe_packw *w)
 		r.xxh3 = t->xxh3;
 		memcpy(dir + pos, &r, sizeof r);
 		memcpy(dir + pos + sizeof r, t->name, r.name_len);
-		pos += sizeof r + pack_align_up(r.name_len, 8);
+		pos += sizeof r + moe_align_up(r.name_len, 8);
 	}
 	/* expert table */
 	uint8_t *etab = malloc(w->etab_size);
@@ -344,21 +322,10 @@ int packw_finish(struct moe_packw *w)
 	/* The superblock goes last: a crash before this point leaves no valid pack. */
 	if ((rc = moe_pwrite_full(w->fd, &sb, sizeof sb, 0, w->tmp)))
 		goto fail;
-	if (fsync(w->fd) != 0) {
-		rc = moe_fail(moe_errno_code(errno), "%s: fsync: %s", w->path, strerror(errno));
+	if ((rc = moe_out_commit(w->fd, w->tmp, w->path, w->force)))
 		goto fail;
-	}
-	if (!w->force && access(w->path, F_OK) == 0) {
-		rc = moe_fail(MOE_EEXIST, "%s: appeared while packing; not overwritten", w->path);
-		goto fail;
-	}
-	if (rename(w->tmp, w->path) != 0) {
-		rc = moe_fail(moe_errno_code(errno), "%s: rename: %s", w->path, strerror(errno));
-		goto fail;
-	}
 	free(w->tmp);
 	w->tmp = NULL; /* nothing left to remove */
-	sync_dir(w->path);
 	packw_abort(w);
 	return 0;
 fail:

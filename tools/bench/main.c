@@ -19,13 +19,6 @@
 #include "kernels/kernels.h"
 #include "moe.h"
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static int cmp_double(const void *a, const void *b)
 {
 	double x = *(const double *)a, y = *(const double *)b;
@@ -105,9 +98,9 @@ static double membw(const uint64_t *buf, size_t words, int threads, int reps)
 	uint64_t sink = 0;
 	moe_pool_run(pool, bw_run, parts); /* warm-up */
 	for (int r = 0; r < reps; r++) {
-		double t0 = now();
+		double t0 = moe_now();
 		moe_pool_run(pool, bw_run, parts);
-		t[r] = (double)(per * (size_t)threads * 8) / (now() - t0) / 1e9;
+		t[r] = (double)(per * (size_t)threads * 8) / (moe_now() - t0) / 1e9;
 		for (int i = 0; i < threads; i++)
 			sink ^= parts[i].sum;
 	}
@@ -230,17 +223,17 @@ static int bench_kernels(int argc, char **argv)
 		case 'b': batches = optarg; break;
 		case 's': models = optarg; break;
 		case 'S': seconds = atof(optarg); break;
-		case 'm': budget = (size_t)atol(optarg) << 20; break;
+		case 'm': budget = (size_t)moe_parse_size(optarg); break;
 		case 'r': reps = atoi(optarg); break;
 		case 'h':
 			puts("usage: moe-bench kernels [--impl LIST] [--format LIST] [--threads LIST] [--batch LIST]\n"
-			     "                         [--shape mixtral,qwen3,deepseek] [--seconds S] [--memory MB] [--reps N]");
+			     "                         [--shape mixtral,qwen3,deepseek] [--seconds S] [--memory SIZE] [--reps N]");
 			return 0;
 		default: return 2;
 		}
 	}
 	if (reps < 1 || reps > 64 || seconds <= 0 || budget == 0) {
-		fputs("moe-bench: --reps 1..64, --seconds and --memory positive\n", stderr);
+		fputs("moe-bench: --reps 1..64, --seconds positive, --memory a size such as 512M\n", stderr);
 		return 2;
 	}
 	const int ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
@@ -319,11 +312,11 @@ static int bench_kernels(int argc, char **argv)
 						int call = 0;
 						for (int r = 0; r < reps; r++) {
 							int n = 0;
-							double t0 = now(), t1;
+							double t0 = moe_now(), t1;
 							do {
 								moe_matmul(k, pool, &m.w[call++ % m.copies], x, batch, y, &s);
 								n++;
-							} while ((t1 = now()) - t0 < seconds);
+							} while ((t1 = moe_now()) - t0 < seconds);
 							t[r] = (t1 - t0) / n;
 						}
 						const double per = median(t, reps);
@@ -351,7 +344,7 @@ static int bench_kernels(int argc, char **argv)
 
 static int bench_membw(int argc, char **argv)
 {
-	size_t mb = 1024;
+	uint64_t bytes = 1ull << 30;
 	int reps = 7;
 	const int ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
 	static const struct option opts[] = {
@@ -362,16 +355,17 @@ static int bench_membw(int argc, char **argv)
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
-		case 'm': mb = (size_t)atol(optarg); break;
+		case 'm': bytes = moe_parse_size(optarg); break;
 		case 'r': reps = atoi(optarg); break;
-		case 'h': puts("usage: moe-bench membw [--memory MB] [--reps N]"); return 0;
+		case 'h': puts("usage: moe-bench membw [--memory SIZE] [--reps N]"); return 0;
 		default: return 2;
 		}
 	}
-	if (mb < 64 || reps < 1 || reps > 64) {
-		fputs("moe-bench: --memory at least 64 (MB), --reps 1..64\n", stderr);
+	if (bytes < (64u << 20) || reps < 1 || reps > 64) {
+		fputs("moe-bench: --memory a size of at least 64M, --reps 1..64\n", stderr);
 		return 2;
 	}
+	const size_t mb = (size_t)(bytes >> 20);
 	uint64_t *buf = bw_buffer(mb << 20);
 	if (!buf) {
 		fputs("moe-bench: out of memory\n", stderr);
@@ -434,7 +428,7 @@ static int bench_diskbw(int argc, char **argv)
 			break;
 		}
 		uint64_t issued = 0, done = 0, in_flight = 0;
-		const double t0 = now();
+		const double t0 = moe_now();
 		while (done < want && !rc) {
 			while (issued < want && moe_io_free_slots(io) > 0) {
 				const uint64_t slot = (issued / (4u << 20)) % depth;
@@ -456,7 +450,7 @@ static int bench_diskbw(int argc, char **argv)
 			while (moe_io_complete(io, 0, &tag, &res) == 0 && res >= 0)
 				done += (uint64_t)res;
 		}
-		const double t = now() - t0;
+		const double t = moe_now() - t0;
 		if (!rc)
 			printf("depth %3u: %.2f GB/s (%s)\n", depth, want / t / 1e9, moe_io_mode(io));
 		moe_io_free(io);
@@ -544,9 +538,9 @@ static int bench_sim(int argc, char **argv)
 int main(int argc, char **argv)
 {
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-		puts("usage: moe-bench membw [--memory MB] [--reps N]\n"
+		puts("usage: moe-bench membw [--memory SIZE] [--reps N]\n"
 		     "       moe-bench kernels [--impl LIST] [--format LIST] [--threads LIST] [--batch LIST]\n"
-		     "                         [--shape LIST] [--seconds S] [--memory MB] [--reps N]\n"
+		     "                         [--shape LIST] [--seconds S] [--memory SIZE] [--reps N]\n"
 		     "       moe-bench sim --trace FILE [--cache-experts LIST] [--policy LIST]\n"
 		     "       moe-bench diskbw --file FILE [--depth LIST] [--gib G]\n"
 		     "  membw     memory read bandwidth with 1..all threads\n"
@@ -559,7 +553,7 @@ int main(int argc, char **argv)
 		     "  --batch       tokens per call, 1..64 (default 1,32)\n"
 		     "  --shape       mixtral,qwen3,deepseek expert shapes (default all)\n"
 		     "  --seconds     time per measurement (default 0.2)\n"
-		     "  --memory      MB of weights cycled through, or of the bandwidth buffer (default 512; membw 1024)\n"
+		     "  --memory      SIZE of weights cycled through, or of the bandwidth buffer (default 512M; membw 1G)\n"
 		     "  --reps        measurements per figure; the median is printed (default 5; membw 7)\n"
 		     "  --trace          sim: the route trace\n"
 		     "  --cache-experts  sim: cache sizes, in experts or % of all (default 25%,50%,75%)\n"

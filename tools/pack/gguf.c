@@ -12,6 +12,7 @@
 #include <xxhash.h>
 
 #include "common/error.h"
+#include "common/util.h"
 #include "common/fileio.h"
 #include "quant/quant.h"
 #include "source.h"
@@ -453,7 +454,7 @@ int src_open_gguf(const char *path, struct moe_source *src)
 	}
 	if (!rc)
 		rc = c.err;
-	const uint64_t data0 = (c.pos + alignment - 1) / alignment * alignment;
+	const uint64_t data0 = moe_align_up(c.pos, alignment);
 	for (uint64_t i = 0; i < n_tensors && !rc; i++) {
 		if (ti[i].off > f->size) {
 			rc = moe_fail(MOE_EFORMAT, "%s: tensor %s: offset %llu outside the file", path, ti[i].name,
@@ -630,18 +631,13 @@ int gguf_write_model(struct moe_source *src, const char *path, const char *type_
 		off = (off + t[i].size + 31) / 32 * 32;
 	}
 
-	size_t tlen = strlen(path) + 16;
-	char *tmp = malloc(tlen);
-	snprintf(tmp, tlen, "%s.tmp.XXXXXX", path);
-	int fd = mkstemp(tmp);
-	if (fd < 0) {
-		rc = moe_fail(moe_errno_code(errno), "%s: %s", tmp, strerror(errno));
-		free(tmp);
+	char *tmp;
+	int fd;
+	if ((rc = moe_out_create(path, &tmp, &fd))) {
 		free(dense);
 		free(t);
 		return rc;
 	}
-	fchmod(fd, 0644);
 	/* key/values go to memory first: the header needs their count */
 	char *kvbuf = NULL;
 	size_t kvlen = 0;
@@ -748,12 +744,10 @@ int gguf_write_model(struct moe_source *src, const char *path, const char *type_
 	}
 	if (!rc && (fflush(g.fp) != 0 || ferror(g.fp)))
 		rc = moe_fail(moe_errno_code(errno), "%s: write: %s", tmp, strerror(errno));
-	if (!rc && fsync(fileno(g.fp)) != 0)
-		rc = moe_fail(moe_errno_code(errno), "%s: fsync: %s", tmp, strerror(errno));
+	if (!rc)
+		rc = moe_out_commit(fileno(g.fp), tmp, path, force);
 	if (fclose(g.fp) != 0 && !rc)
-		rc = moe_fail(moe_errno_code(errno), "%s: close: %s", tmp, strerror(errno));
-	if (!rc && rename(tmp, path) != 0)
-		rc = moe_fail(moe_errno_code(errno), "%s: rename: %s", path, strerror(errno));
+		rc = moe_fail(moe_errno_code(errno), "%s: close: %s", path, strerror(errno));
 	if (rc)
 		unlink(tmp);
 	free(tmp);

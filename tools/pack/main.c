@@ -109,28 +109,6 @@ static int usage_error(const char *fmt, const char *arg)
 	return 2;
 }
 
-/* "4096", "4K", "2M", "1.5G" -> bytes; 0 on error */
-static uint64_t parse_size(const char *s)
-{
-	char *end;
-	errno = 0;
-	double v = strtod(s, &end);
-	if (errno || end == s || v <= 0)
-		return 0;
-	double mul = 1;
-	switch (*end) {
-	case 'k': case 'K': mul = 1024.0; end++; break;
-	case 'm': case 'M': mul = 1024.0 * 1024; end++; break;
-	case 'g': case 'G': mul = 1024.0 * 1024 * 1024; end++; break;
-	case 't': case 'T': mul = 1024.0 * 1024 * 1024 * 1024; end++; break;
-	}
-	if (*end == 'B' || *end == 'b')
-		end++;
-	if (*end)
-		return 0;
-	return (uint64_t)(v * mul);
-}
-
 static int parse_uint(const char *s, uint64_t *out)
 {
 	char *end;
@@ -165,7 +143,7 @@ int main(int argc, char **argv)
 				return usage_error("%s", moe_last_error());
 			break;
 		case OPT_ALIGN:
-			o.alignment = (uint32_t)parse_size(optarg);
+			o.alignment = (uint32_t)moe_parse_size(optarg);
 			if (o.alignment != 4096 && o.alignment != (2u << 20))
 				return usage_error("--align %s: 4K or 2M", optarg);
 			break;
@@ -187,7 +165,7 @@ int main(int argc, char **argv)
 			o.threads = (int)v;
 			break;
 		case OPT_MEMORY:
-			if (!(o.memory_budget = parse_size(optarg)))
+			if (!(o.memory_budget = moe_parse_size(optarg)))
 				return usage_error("--memory %s: a size like 512M", optarg);
 			break;
 		case OPT_TOKENIZER: o.tokenizer_path = optarg; break;
@@ -213,7 +191,7 @@ int main(int argc, char **argv)
 		case OPT_MLPONLY: mlp_only = optarg; break;
 		case OPT_DTYPE: dtype = optarg; break;
 		case OPT_SHARD:
-			if (!(shard = parse_size(optarg)))
+			if (!(shard = moe_parse_size(optarg)))
 				return usage_error("--shard-size %s: a size like 2G", optarg);
 			break;
 		case 'h': usage(stdout); return 0;

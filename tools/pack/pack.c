@@ -94,19 +94,12 @@ int pack_parse_quant(const char *spec, struct pack_options *o)
 
 /* ---- progress ---- */
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 void progress_draw(int enabled, const char *label, uint64_t done, uint64_t total)
 {
 	static double last;
 	if (!enabled)
 		return;
-	double t = now_s();
+	double t = moe_now();
 	if (done < total && t - last < 0.1)
 		return;
 	last = t;
@@ -562,7 +555,7 @@ static void report_unused(struct moe_source *src)
 int pack_model(struct moe_source *src, const char *out, const struct pack_options *o)
 {
 	const struct moe_hparams *hp = &src->hp;
-	const double t0 = now_s();
+	const double t0 = moe_now();
 	struct moe_packw *w = NULL;
 	struct moe_meta_writer meta;
 	meta_init(&meta);
@@ -696,7 +689,7 @@ int pack_model(struct moe_source *src, const char *out, const struct pack_option
 	printf("packed %s -> %s: %s, %zu dense tensors, %zu experts (%llu zstd, stored/raw %.3f), %.2f GB in %.1f s\n",
 	       src->path, out, moe_arch_name(hp->arch), moe_pack_tensor_count(pk), moe_pack_expert_count(pk),
 	       (unsigned long long)zst, raw ? (double)stored / (double)raw : 1.0, (double)moe_pack_file_size(pk) / 1e9,
-	       now_s() - t0);
+	       moe_now() - t0);
 	moe_pack_close(pk);
 out:
 	if (w)

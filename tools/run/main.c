@@ -80,13 +80,6 @@ static void usage(FILE *fp)
 	      fp);
 }
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static uint64_t rng_state;
 static double rng_uniform(void) /* splitmix64 */
 {
@@ -161,20 +154,6 @@ static int sample(const struct sampler *sp, float *logits, size_t vocab, const i
 			return c[i].id;
 	}
 	return c[keep - 1].id;
-}
-
-/* "900M", "12G", "4096": bytes; 0 if malformed */
-static uint64_t parse_size(const char *s)
-{
-	char *end;
-	errno = 0;
-	double v = strtod(s, &end);
-	const char u = *end;
-	v *= u == 'K' || u == 'k' ? 1024.0 : u == 'M' || u == 'm' ? 1048576.0 : u == 'G' || u == 'g' ? 1073741824.0
-	   : u == 'T' || u == 't' ? 1099511627776.0 : 1.0;
-	if (u && strchr("kKmMgGtT", u))
-		end++;
-	return errno || *end || !(v >= 1) ? 0 : (uint64_t)v;
 }
 
 /* MemAvailable from /proc/meminfo, in bytes (0 if unknown) */
@@ -830,7 +809,7 @@ int main(int argc, char **argv)
 		fputs("moe-run: -m PACK is required\n", stderr);
 		return 2;
 	}
-	if (budget_s && !(budget = parse_size(budget_s))) {
+	if (budget_s && !(budget = moe_parse_size(budget_s))) {
 		fprintf(stderr, "moe-run: --ram-budget %s: a size such as 900M or 12G\n", budget_s);
 		return 2;
 	}
@@ -955,13 +934,13 @@ int main(int argc, char **argv)
 			(unsigned long long)m->hp.n_experts_used);
 	s->trace = trace_fp;
 	if (ppl_file) {
-		double ppl = 0, t_ppl = now();
+		double ppl = 0, t_ppl = moe_now();
 		size_t scored = 0;
 		if (perplexity(s, prompt, n_prompt, (size_t)ctx, (size_t)batch, logits_out, kl_base, &ppl, &scored)) {
 			fail();
 			goto out;
 		}
-		t_ppl = now() - t_ppl;
+		t_ppl = moe_now() - t_ppl;
 		struct expert_report er;
 		expert_report_init(&er, m, moe_cache_policy_name(co.policy), prefetch_depth, co.bytes);
 		if (stats_fp) {
@@ -992,7 +971,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	memcpy(seen, prompt, n_prompt * sizeof *seen);
-	double t0 = now();
+	double t0 = moe_now();
 	for (size_t i = 0; i < n_prompt; i += (size_t)batch) {
 		size_t k = n_prompt - i < (size_t)batch ? n_prompt - i : (size_t)batch;
 		if (moe_forward(s, prompt + i, k, all ? all + i * vocab : NULL, all ? NULL : last)) {
@@ -1002,7 +981,7 @@ int main(int argc, char **argv)
 	}
 	if (all)
 		memcpy(last, all + (n_prompt - 1) * vocab, vocab * sizeof(float));
-	const double t_prefill = now() - t0;
+	const double t_prefill = moe_now() - t0;
 	if (logits_out) {
 		FILE *fp = fopen(logits_out, "wb");
 		int bad = !fp || fwrite(all, sizeof(float), n_prompt * vocab, fp) != n_prompt * vocab;
@@ -1020,7 +999,7 @@ int main(int argc, char **argv)
 	if (as_text)
 		moe_detok_stream_init(&detok, tok, 1);
 	size_t n_seen = n_prompt, generated = 0, n_token_stats = 0;
-	t0 = now();
+	t0 = moe_now();
 	for (long i = 0; i < n_predict; i++) {
 		int32_t id = sample(&sp, last, vocab, seen, n_seen, cands);
 		seen[n_seen++] = id;
@@ -1078,7 +1057,7 @@ int main(int argc, char **argv)
 		putchar('\n');
 	else if (as_text && isatty(STDOUT_FILENO))
 		putchar('\n'); /* a terminal's prompt on a line of its own; pipes get the text exactly */
-	const double t_decode = now() - t0;
+	const double t_decode = moe_now() - t0;
 	struct expert_report er;
 	expert_report_init(&er, m, moe_cache_policy_name(co.policy), prefetch_depth, co.bytes);
 	if (stats_fp) {

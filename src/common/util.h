@@ -1,0 +1,13 @@
+/* util.h - small helpers every part uses: a monotonic clock, rounding up to an
+ * alignment. (Sizes as the tools take them: moe_parse_size in moe.h.) */
+#ifndef MOE_COMMON_UTIL_H
+#define MOE_COMMON_UTIL_H
+
+#include <stdint.h>
+
+#include "moe.h"
+
+/* v rounded up to a multiple of a (a > 0) */
+static inline uint64_t moe_align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+
+#endif
