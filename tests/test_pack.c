@@ -284,8 +284,27 @@ static void test_writer_errors(void)
 	CHECK(access(fresh, F_OK) != 0, "incomplete output exists");
 }
 
+/* the size syntax every tool takes (moe_parse_size), hand-computed */
+static void test_sizes(void)
+{
+	static const struct {
+		const char *s;
+		uint64_t bytes;
+	} cases[] = {
+		{"4096", 4096}, {"1", 1}, {"4K", 4096}, {"4k", 4096}, {"900M", 900ull << 20}, {"12G", 12ull << 30},
+		{"1.5G", 3ull << 29}, {"2MB", 2ull << 20}, {"1T", 1ull << 40}, {"0.5K", 512},
+		/* refused: empty, junk, zero, below a byte, negative, unknown or doubled units, past 2^64 */
+		{"", 0}, {"abc", 0}, {"0", 0}, {"0.5", 0}, {"-4K", 0}, {"4X", 0}, {"4KK", 0}, {"4 K", 0},
+		{"16777216T", 0}, {"1e30", 0}, {"nan", 0}, {"inf", 0},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+		CHECK(moe_parse_size(cases[i].s) == cases[i].bytes, "moe_parse_size(\"%s\") = %llu, not %llu", cases[i].s,
+		      (unsigned long long)moe_parse_size(cases[i].s), (unsigned long long)cases[i].bytes);
+}
+
 int main(void)
 {
+	test_sizes();
 	const char *dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
 	snprintf(path, sizeof path, "%s/test_pack.%d.moe", dir, (int)getpid());
 	snprintf(copy, sizeof copy, "%s.copy", path);

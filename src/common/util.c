@@ -13,7 +13,7 @@ uint64_t moe_parse_size(const char *s)
 	char *end;
 	errno = 0;
 	const double v = strtod(s, &end);
-	if (errno || end == s || !(v >= 1) || !isfinite(v))
+	if (errno || end == s || !(v > 0) || !isfinite(v))
 		return 0;
 	double mul = 1;
 	switch (*end) {
@@ -24,7 +24,7 @@ uint64_t moe_parse_size(const char *s)
 	}
 	if (*end == 'B' || *end == 'b')
 		end++;
-	if (*end || v * mul >= 18446744073709551616.0) /* 2^64: past uint64_t */
+	if (*end || v * mul < 1 || v * mul >= 18446744073709551616.0) /* 2^64: past uint64_t */
 		return 0;
 	return (uint64_t)(v * mul);
 }

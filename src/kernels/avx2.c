@@ -3,13 +3,21 @@
 #include "kernels/kernels.h"
 
 #if defined(__x86_64__)
+#include <cpuid.h>
+/* this file's functions may use these instructions (GCC and clang spell it apart) */
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
 #pragma GCC target("avx2,fma,f16c")
+#endif
 #include <immintrin.h>
 
 static int available(void)
 {
+	unsigned a, b, c, d; /* F16C from CPUID leaf 1: clang's __builtin_cpu_supports lacks it */
 	__builtin_cpu_init();
-	return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+	return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __get_cpuid(1, &a, &b, &c, &d) &&
+	       (c & bit_F16C);
 }
 
 static inline float hsum(__m256 v)
@@ -167,5 +175,8 @@ static void f32(const struct moe_wmat *w, size_t r0, size_t r1, const float *x, 
 	fl(w, 0, r0, r1, x, batch, y, ystride);
 }
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
 const struct moe_kernel_impl moe_kernels_avx2 = {"avx2", available, q8, q4, f16, f32};
 #endif

@@ -6,7 +6,12 @@
 #include "kernels/kernels.h"
 
 #if defined(__x86_64__)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"))), \
+			     apply_to = function)
+#else
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")
+#endif
 #include <immintrin.h>
 
 static int available(void)
@@ -232,5 +237,8 @@ static void f32(const struct moe_wmat *w, size_t r0, size_t r1, const float *x, 
 	fl(w, 0, r0, r1, x, batch, y, ystride);
 }
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
 const struct moe_kernel_impl moe_kernels_avx512 = {"avx512", available, q8, q4, f16, f32};
 #endif

@@ -537,6 +537,10 @@ static int bench_sim(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+	if (argc == 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0)) {
+		printf("moe-bench (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION);
+		return 0;
+	}
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
 		puts("usage: moe-bench membw [--memory SIZE] [--reps N]\n"
 		     "       moe-bench kernels [--impl LIST] [--format LIST] [--threads LIST] [--batch LIST]\n"

@@ -26,7 +26,8 @@ static void usage(FILE *fp)
 	      "  -m, --model PACK         the pack to run (moe-pack makes them)\n"
 	      "  -p, --prompt TEXT        the prompt (default: all of stdin); the generated text is printed\n"
 	      "      --tokens IDS         the prompt as comma-separated token ids; generated ids are printed\n"
-	      "  -n, --n-predict N        tokens to generate after the prompt (default 16)\n"
+	      "  -n, --n-predict N        tokens to generate after the prompt (default 16; -1: until the end\n"
+	      "                           of sequence or a full context)\n"
 	      "      --stop TEXT          stop when the output contains TEXT (not printed); up to 16 times\n"
 	      "      --ignore-eos         go on past the end-of-sequence token\n"
 	      "chat:\n"
@@ -76,6 +77,7 @@ static void usage(FILE *fp)
 	      "      --no-add-special     do not\n"
 	      "      --skip-special       --detokenize: leave special tokens out\n"
 	      "  -h, --help               this text\n"
+	      "  -V, --version            version\n"
 	      "See moe-run(1).\n",
 	      fp);
 }
@@ -707,10 +709,10 @@ int main(int argc, char **argv)
 		{"cache-policy", required_argument, NULL, O_POLICY}, {"prefetch-depth", required_argument, NULL, O_PREFETCH},
 		{"trace-out", required_argument, NULL, O_TRACE}, {"no-offload", no_argument, NULL, O_NO_OFFLOAD},
 		{"perplexity", required_argument, NULL, O_PPL}, {"kl-base", required_argument, NULL, O_KL_BASE},
-		{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
+		{"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0},
 	};
 	int c;
-	while ((c = getopt_long(argc, argv, "m:n:t:c:b:p:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "m:n:t:c:b:p:hV", opts, NULL)) != -1) {
 		char *end = NULL;
 		switch (c) {
 		case 'm': model = optarg; break;
@@ -774,6 +776,7 @@ int main(int argc, char **argv)
 		case O_PPL: ppl_file = optarg; break;
 		case O_KL_BASE: kl_base = optarg; break;
 		case 'h': usage(stdout); return 0;
+		case 'V': printf("moe-run (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION); return 0;
 		default: usage(stderr); return 2;
 		}
 		if (end && *end) {
@@ -821,7 +824,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "moe-run: --kv-type %s: f16 or f32\n", kv_s);
 		return 2;
 	}
-	if (n_predict < 0 || ctx < 1 || batch < 1 || batch > 64 || threads < 1 || threads > 256 || sp.temp < 0 ||
+	if (n_predict < -1 || ctx < 1 || batch < 1 || batch > 64 || threads < 1 || threads > 256 || sp.temp < 0 ||
 	    sp.top_p <= 0 || sp.top_p > 1 || sp.min_p < 0 || sp.min_p > 1 || sp.repeat_penalty <= 0) {
 		fputs("moe-run: option out of range (moe-run --help)\n", stderr);
 		return 2;
@@ -881,6 +884,8 @@ int main(int argc, char **argv)
 	const size_t vocab = m->hp.vocab;
 	if ((uint64_t)ctx > m->hp.max_pos && m->hp.max_pos)
 		ctx = (long)m->hp.max_pos;
+	if (n_predict < 0 || n_predict > ctx) /* -1, or more than the context can hold: until it is full */
+		n_predict = ctx;
 	if (n_prompt > (size_t)ctx && !ppl_file) { /* --perplexity reads it in chunks */
 		if (!truncate) {
 			fprintf(stderr, "moe-run: prompt of %zu tokens is longer than the context (%ld); --truncate keeps its end\n",

@@ -1,0 +1,25 @@
+#!/bin/sh
+# Habits of llama.cpp users: --version / -V on every tool; -n -1 generates until the
+# end of sequence or a full context, and a huge -n means the same instead of an
+# allocation for it; moe-bench takes sizes as the other tools do.
+. "$TESTS_DIR/lib.sh"
+: "${MOE_RUN:?run through make check}" "${MOE_BENCH:?run through make check}"
+cd "$WORK"
+for tool in "$MOE_PACK" "$MOE_RUN" "$MOE_BENCH"; do
+	name=$(basename "$tool")
+	for flag in --version -V; do
+		check "$name $flag" sh -c "'$tool' $flag | grep -qx '$name (moemap) [0-9][0-9.]*'"
+	done
+done
+check "synth" "$MOE_PACK" synth --layers 2 --hidden 64 --expert-ff 128 --vocab 128 m.moe
+# ids only, no tokenizer: no end of sequence, so -1 fills the context: 16 - 3 + 1 = 14
+"$MOE_RUN" -m m.moe --tokens 1,2,3 -n -1 -c 16 --stats-json s.json >ids 2>err
+check "-n -1 runs" [ $? -eq 0 ]
+check "-n -1 fills the context: 14 tokens after 3" [ "$(wc -w <ids)" -eq 14 ]
+check "-n -1 says why it stopped" py -c 'import json, sys; assert json.load(open(sys.argv[1]))["stop_reason"] == "context"' s.json
+"$MOE_RUN" -m m.moe --tokens 1,2,3 -n 2147483647 -c 16 >ids.big 2>err
+check "a huge -n is the context, not an allocation" cmp ids ids.big
+expect_error "-n -2 is refused" "out of range" "$MOE_RUN" -m m.moe --tokens 1 -n -2
+check "moe-bench membw --memory 64M" "$MOE_BENCH" membw --memory 64M --reps 1
+expect_error "moe-bench --memory below 64M" "at least 64M" "$MOE_BENCH" membw --memory 1M
+finish
