@@ -56,6 +56,21 @@ struct scenario {
 	uint64_t seed;
 };
 
+/* up to k distinct random experts; returns how many */
+static size_t random_set(uint32_t k, uint32_t *out)
+{
+	size_t n = 0;
+	for (uint32_t i = 0; i < k; i++) {
+		const uint32_t e = below(n_experts);
+		size_t j = 0;
+		while (j < n && out[j] != e)
+			j++;
+		if (j == n)
+			out[n++] = e;
+	}
+	return n;
+}
+
 /* the experts of (token, layer) for a route; returns how many */
 static size_t route_set(const struct scenario *sc, unsigned token, uint32_t layer, uint32_t *out)
 {
@@ -71,24 +86,15 @@ static size_t route_set(const struct scenario *sc, unsigned token, uint32_t laye
 	case ALTERNATE: /* two disjoint sets, token by token */
 		out[n++] = (token % 2) * 2 % n_experts, out[n++] = ((token % 2) * 2 + 1) % n_experts;
 		break;
-	case RANDOM: {
-		const uint32_t k = 1 + below(n_experts);
-		for (uint32_t i = 0; i < k; i++) {
-			const uint32_t e = below(n_experts);
-			size_t j = 0;
-			while (j < n && out[j] != e)
-				j++;
-			if (j == n)
-				out[n++] = e;
-		}
+	case RANDOM:
+		n = random_set(1 + below(n_experts), out);
 		break;
-	}
 	}
 	return n;
 }
 
-/* guesses for (token, layer) made d steps ahead */
-static size_t guess_set(const struct scenario *sc, unsigned token, uint32_t layer, const uint32_t *used, size_t n_used,
+/* guesses for a layer step that will use `used`, made ahead of it */
+static size_t guess_set(const struct scenario *sc, const uint32_t *used, size_t n_used,
 			const uint32_t *resident, size_t n_resident, uint32_t *out)
 {
 	size_t n = 0;
@@ -113,17 +119,9 @@ static size_t guess_set(const struct scenario *sc, unsigned token, uint32_t laye
 			out[n++] = resident[i];
 		break;
 	case GUESS_RANDOM:
-		for (uint32_t i = below(n_experts + 1); i > 0; i--) {
-			const uint32_t e = below(n_experts);
-			size_t j = 0;
-			while (j < n && out[j] != e)
-				j++;
-			if (j == n)
-				out[n++] = e;
-		}
+		n = random_set(below(n_experts + 1), out);
 		break;
 	}
-	(void)token, (void)layer;
 	return n;
 }
 
@@ -172,7 +170,7 @@ static void run(const struct scenario *sc)
 		x->hint(x, layer, list, n, 0);
 		for (unsigned d = 1; d <= sc->depth && st + d < steps; d++) {
 			const size_t prev = st + d >= n_layers ? st + d - n_layers : st;
-			const size_t ng = guess_set(sc, 0, 0, sets + (st + d) * n_experts, lens[st + d], sets + prev * n_experts,
+			const size_t ng = guess_set(sc, sets + (st + d) * n_experts, lens[st + d], sets + prev * n_experts,
 						    lens[prev], guess);
 			if (ng)
 				x->hint(x, (uint32_t)((st + d) % n_layers), guess, ng, d);
