@@ -1,7 +1,8 @@
 #!/bin/sh
 # Habits of llama.cpp users: --version / -V on every tool; -n -1 generates until the
 # end of sequence or a full context, and a huge -n means the same instead of an
-# allocation for it; moe-bench takes sizes as the other tools do.
+# allocation for it; an output folder may be named with a trailing slash; moe-bench
+# takes sizes as the other tools do.
 . "$TESTS_DIR/lib.sh"
 : "${MOE_RUN:?run through make check}" "${MOE_BENCH:?run through make check}"
 cd "$WORK"
@@ -20,6 +21,11 @@ check "-n -1 says why it stopped" py -c 'import json, sys; assert json.load(open
 "$MOE_RUN" -m m.moe --tokens 1,2,3 -n 2147483647 -c 16 >ids.big 2>err
 check "a huge -n is the context, not an allocation" cmp ids ids.big
 expect_error "-n -2 is refused" "out of range" "$MOE_RUN" -m m.moe --tokens 1 -n -2
+# the README's own example shape: a folder named with a trailing slash
+check "synth --format safetensors big/ (a trailing slash)" "$MOE_PACK" synth --layers 2 --hidden 64 --expert-ff 128 \
+	--vocab 128 --format safetensors --shard-size 100K big/
+check "... made big/ with its shards" [ -f big/config.json -a -f big/model.safetensors.index.json ]
+check "... which packs" "$MOE_PACK" big/ big.moe
 check "moe-bench membw --memory 64M" "$MOE_BENCH" membw --memory 64M --reps 1
 expect_error "moe-bench --memory below 64M" "at least 64M" "$MOE_BENCH" membw --memory 1M
 finish

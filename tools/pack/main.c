@@ -238,7 +238,9 @@ int main(int argc, char **argv)
 		if (synth_source(&hp, seed, &src))
 			return fail(MOE_EINVAL);
 		int rc;
-		const char *out = argv[optind];
+		char *out = argv[optind];
+		for (size_t n = strlen(out); n > 1 && out[n - 1] == '/'; n--)
+			out[n - 1] = '\0'; /* "big/" names the folder big, to be made */
 		if (strcmp(format, "pack") == 0)
 			rc = pack_model(src, out, &o);
 		else if (strcmp(format, "safetensors") == 0)
