@@ -12,8 +12,9 @@
 #include <xxhash.h>
 
 #include "common/error.h"
-#include "common/util.h"
 #include "common/fileio.h"
+#include "common/util.h"
+#include "pack.h"
 #include "quant/quant.h"
 #include "source.h"
 
@@ -699,7 +700,7 @@ int gguf_write_model(struct moe_source *src, const char *path, const char *type_
 	const uint64_t data0 = (uint64_t)ftell(g.fp);
 
 	/* data, one canonical row at a time (rows are permuted for llama q/k) */
-	for (size_t i = 0; i < n && !rc; i++) {
+	for (size_t i = 0; i < n && !rc && !(rc = pack_interrupt_check()); i++) {
 		const struct moe_tensor_spec *s = t[i].spec;
 		const uint64_t rows = s->dims[0], cols = s->n_dims == 2 ? s->dims[1] : s->dims[0];
 		const uint64_t nrows = s->n_dims == 2 ? rows : 1;

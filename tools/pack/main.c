@@ -98,7 +98,16 @@ static const struct option long_opts[] = {
 static int fail(int rc)
 {
 	fprintf(stderr, "moe-pack: %s\n", moe_last_error()[0] ? moe_last_error() : moe_strerror(rc));
-	return 1;
+	return pack_interrupted ? 128 + (int)pack_interrupted : 1;
+}
+
+/* The first SIGINT/SIGTERM asks the writers to stop and remove their temporary
+ * output (within one tensor or expert); a second ends at once. */
+static void on_signal(int sig)
+{
+	if (pack_interrupted)
+		_exit(128 + sig);
+	pack_interrupted = sig;
 }
 
 static int usage_error(const char *fmt, const char *arg)
@@ -125,6 +134,10 @@ int main(int argc, char **argv)
 	struct pack_options o;
 	pack_options_default(&o);
 	o.progress = isatty(STDERR_FILENO);
+	struct sigaction sa = {.sa_handler = on_signal};
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
 	int synth = argc > 1 && strcmp(argv[1], "synth") == 0;
 	int info = 0, json = 0, verify = 0, list = 0;
 	const char *preset = "mixtral-tiny", *format = "pack", *dtype = NULL, *mlp_only = NULL;

@@ -92,6 +92,10 @@ int pack_parse_quant(const char *spec, struct pack_options *o)
 	return 0;
 }
 
+volatile sig_atomic_t pack_interrupted;
+
+int pack_interrupt_check(void) { return pack_interrupted ? moe_fail(MOE_EINVAL, "interrupted") : 0; }
+
 /* ---- progress ---- */
 
 void progress_draw(int enabled, const char *label, uint64_t done, uint64_t total)
@@ -381,7 +385,7 @@ static int run_experts(struct pipeline *p, struct moe_packw *w)
 			break;
 	if (!rc && started == 0)
 		rc = moe_fail(MOE_ENOMEM, "cannot start worker threads");
-	for (size_t next = 0; !rc && next < p->n_jobs; next++) {
+	for (size_t next = 0; !rc && next < p->n_jobs && !(rc = pack_interrupt_check()); next++) {
 		pthread_mutex_lock(&p->mu);
 		struct slot *s = NULL;
 		for (;;) {
@@ -643,7 +647,7 @@ int pack_model(struct moe_source *src, const char *out, const struct pack_option
 		goto out;
 
 	/* 3. dense tensors, in order */
-	for (size_t i = 0; i < n_dense && !rc; i++) {
+	for (size_t i = 0; i < n_dense && !rc && !(rc = pack_interrupt_check()); i++) {
 		if (dsrc[i])
 			rc = pack_dense(src, w, didx[i], dsrc[i], dtype[i], o->threads);
 		progress_draw(o->progress, "dense", i + 1, n_dense);

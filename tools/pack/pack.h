@@ -2,6 +2,7 @@
 #ifndef MOE_TOOLS_PACK_H
 #define MOE_TOOLS_PACK_H
 
+#include <signal.h>
 #include <stdint.h>
 
 #include "model/arch.h"
@@ -35,6 +36,12 @@ int pack_plan(const struct moe_hparams *hp, const struct pack_options *o);
 /* moe-pack --info and --verify */
 int pack_info(const char *path, int json);
 int pack_verify(const char *path, int progress);
+
+/* Set by moe-pack's SIGINT/SIGTERM handler. The writers check it at every tensor
+ * and expert (pack_interrupt_check: MOE_EINVAL "interrupted", else 0) and then
+ * remove what they were writing, as on any other error. */
+extern volatile sig_atomic_t pack_interrupted;
+int pack_interrupt_check(void);
 
 /* progress bar on stderr, redrawn at most 10 times a second; no-op when disabled */
 void progress_draw(int enabled, const char *label, uint64_t done, uint64_t total);

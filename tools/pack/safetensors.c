@@ -477,7 +477,7 @@ int st_write_folder(struct moe_source *src, const char *dir, const char *dtype_n
 		for (uint64_t i = hl; i < padded && !rc; i++)
 			rc = write_all(fp, " ", 1, path);
 		free(text);
-		for (size_t i = 0; i < n && !rc; i++) {
+		for (size_t i = 0; i < n && !rc && !(rc = pack_interrupt_check()); i++) {
 			if (t[i].shard != sh)
 				continue;
 			if (t[i].is_scale) {

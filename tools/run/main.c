@@ -6,6 +6,7 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -659,6 +660,18 @@ static int text_out_add(struct text_out *o, const char *s, size_t n, int final)
 	return stop_at <= o->n;
 }
 
+/* The first SIGINT/SIGTERM stops generation before the next token: the text so far,
+ * the statistics and a whole stats-json and trace are still written. A second ends
+ * at once. */
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig)
+{
+	if (interrupted)
+		_exit(128 + sig);
+	interrupted = sig;
+}
+
 int main(int argc, char **argv)
 {
 	const char *model = NULL, *logits_out = NULL;
@@ -1005,7 +1018,15 @@ int main(int argc, char **argv)
 		moe_detok_stream_init(&detok, tok, 1);
 	size_t n_seen = n_prompt, generated = 0, n_token_stats = 0;
 	t0 = moe_now();
+	struct sigaction sa = {.sa_handler = on_signal};
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
 	for (long i = 0; i < n_predict; i++) {
+		if (interrupted) {
+			stop_reason = "interrupted";
+			break;
+		}
 		int32_t id = sample(&sp, last, vocab, seen, n_seen, cands);
 		seen[n_seen++] = id;
 		generated++;
@@ -1103,7 +1124,7 @@ int main(int argc, char **argv)
 		if (!no_offload)
 			expert_report_line(&er);
 	}
-	rc = 0;
+	rc = interrupted ? 128 + interrupted : 0;
 out:
 	free(all);
 	free(last);
