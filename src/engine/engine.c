@@ -387,14 +387,19 @@ static void attention_batch(struct moe_session *s, size_t l, size_t n)
 	const struct moe_hparams *hp = &s->m->hp;
 	const size_t hd = hp->head_dim, nh = hp->n_heads, group = nh / hp->n_kv_heads, kvd = s->kv_dim;
 	const size_t len = s->n_past + n; /* positions the last token sees */
-	float *kf = s->kv_f32, *vf = s->kv_f32 + s->ctx * kvd, *sc = s->scores; /* sc: [n][len] */
-	for (size_t j = 0; j < len; j++) {
-		const float *kj = moe_kv_row(s, s->k_cache, l, j, kf + j * kvd);
-		if (kj != kf + j * kvd)
-			memcpy(kf + j * kvd, kj, kvd * sizeof(float));
-		const float *vj = moe_kv_row(s, s->v_cache, l, j, vf + j * kvd);
-		if (vj != vf + j * kvd)
-			memcpy(vf + j * kvd, vj, kvd * sizeof(float));
+	float *sc = s->scores; /* [n][len] */
+	const float *kf, *vf;   /* this layer's rows [len][kvd]: an f32 cache is used in place */
+	if (s->kv_type == MOE_KV_F32) {
+		kf = (const float *)s->k_cache + l * s->ctx * kvd;
+		vf = (const float *)s->v_cache + l * s->ctx * kvd;
+	} else {
+		float *k32 = s->kv_f32, *v32 = s->kv_f32 + s->ctx * kvd;
+		for (size_t j = 0; j < len * kvd; j++) {
+			const size_t at = l * s->ctx * kvd + j;
+			k32[j] = moe_f16_to_f32(((const uint16_t *)s->k_cache)[at]);
+			v32[j] = moe_f16_to_f32(((const uint16_t *)s->v_cache)[at]);
+		}
+		kf = k32, vf = v32;
 	}
 	for (size_t h = 0; h < nh; h++) {
 		const float *qh = s->q + h * hd, *kh = kf + (h / group) * hd, *vh = vf + (h / group) * hd;
