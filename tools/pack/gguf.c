@@ -579,9 +579,9 @@ int gguf_write_model(struct moe_source *src, const char *path, const char *type_
 		if (!moe_layer_is_moe(hp, l))
 			return moe_fail(MOE_EUNSUPPORTED, "GGUF cannot express qwen3moe dense layers (layer %llu)",
 					(unsigned long long)l);
-	struct stat st;
-	if (!force && stat(path, &st) == 0)
-		return moe_fail(MOE_EEXIST, "%s: exists (use --force to overwrite)", path);
+	int rc = src_check_output(src, NULL, path, 0, force);
+	if (rc)
+		return rc;
 
 	/* tensor list: dense in model order, then per layer the three stacked expert tensors */
 	size_t nd = moe_arch_dense_tensors(hp, NULL, 0);
@@ -622,7 +622,7 @@ int gguf_write_model(struct moe_source *src, const char *path, const char *type_
 			}
 		}
 	}
-	int rc = 0;
+	rc = 0;
 	uint64_t off = 0;
 	for (size_t i = 0; i < n; i++) {
 		const struct moe_tensor_spec *s = t[i].spec;

@@ -28,7 +28,7 @@ static void usage(FILE *fp)
 	      "  -j, --threads N          worker threads (default: all cores)\n"
 	      "      --memory SIZE        memory for expert blobs in flight (default 512M)\n"
 	      "      --tokenizer FILE     embed this tokenizer.json (replaces the source's)\n"
-	      "  -f, --force              overwrite OUT if it exists\n"
+	      "  -f, --force              replace an OUT moe-pack wrote (never a source)\n"
 	      "      --no-progress        no progress bar (there is none when stderr is not a terminal)\n"
 	      "      --info               describe PACK: metadata, tensor kinds, compression ratios\n"
 	      "      --json               with --info: machine-readable output\n"

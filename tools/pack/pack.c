@@ -574,10 +574,8 @@ int pack_model(struct moe_source *src, const char *out, const struct pack_option
 		goto out;
 	}
 	moe_arch_dense_tensors(hp, specs, n_dense);
-	if (!o->force && access(out, F_OK) == 0) {
-		rc = moe_fail(MOE_EEXIST, "%s: exists (use --force to overwrite)", out);
+	if ((rc = src_check_output(src, o->tokenizer_path, out, 0, o->force)))
 		goto out;
-	}
 
 	/* 1. find every tensor and check its shape before writing a byte */
 	for (size_t i = 0; i < n_dense && !rc; i++) {

@@ -340,9 +340,9 @@ int st_write_folder(struct moe_source *src, const char *dir, const char *dtype_n
 	else if (strcmp(dtype_name, "bf16") == 0) wdtype = SRC_BF16;
 	else if (strcmp(dtype_name, "f8") == 0) wdtype = SRC_F8_E4M3;
 	else return moe_fail(MOE_EINVAL, "--dtype %s: safetensors output takes f32, f16, bf16 or f8", dtype_name);
-	struct stat st;
-	if (!force && stat(dir, &st) == 0)
-		return moe_fail(MOE_EEXIST, "%s: exists (use --force to overwrite)", dir);
+	int rc = src_check_output(src, NULL, dir, 1, force);
+	if (rc)
+		return rc;
 
 	/* the tensor list in model order: layer by layer, experts after the layer's router */
 	size_t nd = moe_arch_dense_tensors(hp, NULL, 0);
@@ -417,7 +417,6 @@ int st_write_folder(struct moe_source *src, const char *dir, const char *dtype_n
 	size_t dl = strlen(dir) + 32;
 	char *tmp = malloc(dl), *path = malloc(dl + 64);
 	snprintf(tmp, dl, "%s.tmp.XXXXXX", dir);
-	int rc = 0;
 	if (!mkdtemp(tmp)) {
 		rc = moe_fail(moe_errno_code(errno), "%s: %s", tmp, strerror(errno));
 		goto out;
@@ -514,6 +513,7 @@ int st_write_folder(struct moe_source *src, const char *dir, const char *dtype_n
 		json_decref(idx);
 	}
 	json_decref(wmap);
+	struct stat st;
 	if (!rc && stat(dir, &st) == 0) {
 		/* --force: move the old folder aside, then remove it once the new one is in place */
 		snprintf(path, dl + 64, "%s.old.XXXXXX", dir);

@@ -1,6 +1,7 @@
 /* source.c - the table of source tensors and the generic row reader. */
 #include "config.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -12,6 +13,7 @@
 
 #include "common/error.h"
 #include "common/fileio.h"
+#include "pack/format.h"
 #include "quant/quant.h"
 #include "source.h"
 
@@ -93,9 +95,88 @@ int src_add_file(struct moe_source *src, const char *path)
 	struct stat st;
 	fstat(f->fd, &st);
 	f->size = (uint64_t)st.st_size;
+	f->dev = (uint64_t)st.st_dev;
+	f->ino = (uint64_t)st.st_ino;
 	f->path = strdup(path);
 	src->n_files++;
 	return (int)src->n_files - 1;
+}
+
+static int same_file(const struct stat *a, const char *path)
+{
+	struct stat b;
+	return path && stat(path, &b) == 0 && a->st_dev == b.st_dev && a->st_ino == b.st_ino;
+}
+
+/* the names st_write_folder writes: config.json, model.safetensors,
+ * model-NNNNN-of-NNNNN.safetensors and model.safetensors.index.json */
+static int written_by_us(const char *name)
+{
+	unsigned a, b;
+	int end = 0;
+	if (!strcmp(name, "config.json") || !strcmp(name, "model.safetensors") ||
+	    !strcmp(name, "model.safetensors.index.json"))
+		return 1;
+	return sscanf(name, "model-%5u-of-%5u.safetensors%n", &a, &b, &end) == 2 && end &&
+	       name[end] == '\0' && strlen(name) == strlen("model-00001-of-00001.safetensors");
+}
+
+static int check_folder(const char *out)
+{
+	DIR *d = opendir(out);
+	if (!d)
+		return moe_fail(moe_errno_code(errno), "%s: %s", out, strerror(errno));
+	char foreign[512] = "";
+	size_t n_foreign = 0, len = 0;
+	for (struct dirent *de; (de = readdir(d));) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") || written_by_us(de->d_name))
+			continue;
+		if (n_foreign++ < 8 && len + strlen(de->d_name) + 8 < sizeof foreign)
+			len += (size_t)snprintf(foreign + len, sizeof foreign - len, "%s%s", len ? ", " : "", de->d_name);
+	}
+	closedir(d);
+	if (n_foreign)
+		return moe_fail(MOE_EEXIST, "%s: holds %zu file%s moe-pack does not write (%s%s); not replaced, "
+				"even with --force", out, n_foreign, n_foreign > 1 ? "s" : "", foreign,
+				n_foreign > 8 || len + 8 >= sizeof foreign ? ", ..." : "");
+	return 0;
+}
+
+static int check_file(const char *out, const struct stat *st)
+{
+	if (!S_ISREG(st->st_mode))
+		return moe_fail(MOE_EEXIST, "%s: exists and is not a regular file; not replaced", out);
+	if (st->st_size == 0)
+		return 0;
+	char head[8] = {0};
+	const int fd = open(out, O_RDONLY | O_CLOEXEC);
+	const ssize_t r = fd >= 0 ? read(fd, head, sizeof head) : -1;
+	if (fd >= 0)
+		close(fd);
+	if (r == (ssize_t)sizeof head && (!memcmp(head, PACK_MAGIC, 8) || !memcmp(head, "GGUF", 4)))
+		return 0;
+	return moe_fail(MOE_EEXIST, "%s: exists and is neither a moemap pack nor a GGUF; not replaced, even with --force",
+			out);
+}
+
+int src_check_output(const struct moe_source *src, const char *also_read, const char *out, int folder, int force)
+{
+	struct stat st;
+	if (stat(out, &st) != 0)
+		return 0;
+	if (!force)
+		return moe_fail(MOE_EEXIST, "%s: exists (use --force to overwrite)", out);
+	if (same_file(&st, src->path) || same_file(&st, also_read))
+		return moe_fail(MOE_EEXIST, "%s: is the source %s; write to another name", out,
+				same_file(&st, also_read) ? also_read : src->path);
+	for (size_t i = 0; i < src->n_files; i++)
+		if (src->files[i].dev == (uint64_t)st.st_dev && src->files[i].ino == (uint64_t)st.st_ino)
+			return moe_fail(MOE_EEXIST, "%s: is the source file %s; write to another name", out,
+					src->files[i].path);
+	if (folder)
+		return S_ISDIR(st.st_mode) ? check_folder(out)
+					   : moe_fail(MOE_EEXIST, "%s: exists and is not a folder; not replaced", out);
+	return S_ISDIR(st.st_mode) ? moe_fail(MOE_EEXIST, "%s: is a folder; not replaced", out) : check_file(out, &st);
 }
 
 static int cmp_entry(const void *a, const void *b)

@@ -39,6 +39,7 @@ struct src_file {
 	char *path;
 	int fd;
 	uint64_t size;
+	uint64_t dev, ino;    /* to refuse writing the output over a source */
 	uint64_t header_xxh3; /* provenance: hash of the header that describes every tensor */
 };
 
@@ -67,6 +68,12 @@ void src_close(struct moe_source *src);
 struct src_entry *src_add(struct moe_source *src, const char *name);
 int src_add_file(struct moe_source *src, const char *path);
 void src_index(struct moe_source *src);
+
+/* May moe-pack write OUT? Without force it must not exist. With force it may
+ * replace only what moe-pack writes: a pack or GGUF file (folder = 0), or a
+ * safetensors folder holding nothing but the files st_write_folder makes
+ * (folder = 1); never a source file (same inode), nor also_read if given. */
+int src_check_output(const struct moe_source *src, const char *also_read, const char *out, int folder, int force);
 struct src_entry *src_find(struct moe_source *src, const char *name);
 /* Find a tensor by canonical or HF name and check its shape; message names both. */
 int src_lookup(struct moe_source *src, const struct moe_tensor_spec *spec, struct src_entry **out);
