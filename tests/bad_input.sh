@@ -39,6 +39,10 @@ variant llama && sed -i 's/"mixtral"/"llama"/' llama/config.json
 expect_error "unsupported architecture" 'model_type "llama" is not supported' pack llama out.moe
 variant huge && sed -i 's/"hidden_size": 128/"hidden_size": 1000000000000/' huge/config.json
 expect_error "implausible size" "hidden_size = 1000000000000 is larger than supported" pack huge out.moe
+variant nolayers && sed -i '/num_hidden_layers/d' nolayers/config.json
+# the path once, then the detail (a message built from the last one must not overwrite itself)
+expect_error "missing hyperparameter" "^moe-pack: nolayers/config.json: mixtral: hyperparameter n_layers missing or zero$" \
+	pack nolayers out.moe
 variant nocfg && rm nocfg/config.json
 expect_error "no config.json" "no config.json" pack nocfg out.moe
 variant missing && edit_st missing 'del h["model.layers.1.block_sparse_moe.experts.2.w3.weight"]'
@@ -78,7 +82,7 @@ no_output "GGUF errors" out.moe
 "$MOE_PACK" synth --no-progress good.moe 2>/dev/null || not_ok "synth"
 head -c 5000 good.moe >short.moe
 expect_error "truncated pack" "truncated" "$MOE_PACK" --info short.moe
-expect_error "not a pack" "bad magic" "$MOE_PACK" --verify good.gguf
+expect_error "not a pack" "pack it first (moe-pack good.gguf" "$MOE_PACK" --verify good.gguf
 py -c "b=bytearray(open('good.moe','rb').read()); b[100]^=4; open('sb.moe','wb').write(b)"
 expect_error "corrupt superblock" "superblock checksum mismatch" "$MOE_PACK" --info sb.moe
 

@@ -229,7 +229,7 @@ static void test_damage(void)
 	expect_refused("100 bytes", 100, NULL, MOE_EFORMAT, "truncated", 0);
 	expect_refused("half", orig_len / 2, NULL, MOE_EFORMAT, "truncated", 0);
 	expect_refused("one byte short", orig_len - 1, NULL, MOE_EFORMAT, "truncated", 0);
-	expect_refused("bad magic", orig_len, bad_magic, MOE_EFORMAT, "bad magic", 0);
+	expect_refused("bad magic", orig_len, bad_magic, MOE_EFORMAT, "not a moemap pack (no MOEPACK magic)", 0);
 	expect_refused("major 2", orig_len, major2, MOE_EVERSION, "version 2.0", 0);
 	expect_refused("superblock bit", orig_len, sb_flip, MOE_ECHECKSUM, "superblock", 0);
 	expect_refused("incompatible feature", orig_len, incompat, MOE_EUNSUPPORTED, "features", 0);

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "error.h"
 
@@ -33,10 +34,13 @@ const char *moe_last_error(void) { return last_error; }
 
 int moe_fail(int err, const char *fmt, ...)
 {
+	/* formatted aside first: callers add context with "%s: %s", moe_last_error() */
+	char msg[sizeof last_error];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(last_error, sizeof last_error, fmt, ap);
+	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
+	memcpy(last_error, msg, sizeof msg);
 	return err;
 }
 

@@ -50,18 +50,26 @@ static int inside(uint64_t off, uint64_t len, uint64_t lo, uint64_t hi)
 	return off >= lo && off <= hi && len <= hi - off;
 }
 
+static int not_a_pack(const moe_pack *p)
+{
+	if (p->size >= 4 && memcmp(p->map, "GGUF", 4) == 0)
+		return moe_fail(MOE_EFORMAT, "%s: a GGUF file, not a moemap pack: pack it first (moe-pack %s OUT.moe)",
+				p->path, p->path);
+	return moe_fail(MOE_EFORMAT, "%s: not a moemap pack (no MOEPACK magic): make one with moe-pack", p->path);
+}
+
 static int check_superblock(moe_pack *p)
 {
 	if (p->size < PACK_HEADER_RESERVE + PACK_FOOTER_SIZE) {
 		if (p->size >= 8 && memcmp(p->map, PACK_MAGIC, 8) != 0)
-			return moe_fail(MOE_EFORMAT, "%s: not a moemap pack (bad magic)", p->path);
+			return not_a_pack(p);
 		return moe_fail(MOE_EFORMAT, "%s: truncated: %llu bytes is smaller than a pack header", p->path,
 				(unsigned long long)p->size);
 	}
 	struct pack_superblock *sb = &p->sb;
 	memcpy(sb, p->map, sizeof *sb);
 	if (memcmp(sb->magic, PACK_MAGIC, 8) != 0)
-		return moe_fail(MOE_EFORMAT, "%s: not a moemap pack (bad magic)", p->path);
+		return not_a_pack(p);
 	if (sb->major != PACK_MAJOR)
 		return moe_fail(MOE_EVERSION, "%s: pack format version %u.%u; this build reads version %u.x", p->path,
 				sb->major, sb->minor, PACK_MAJOR);
