@@ -127,18 +127,21 @@ static int check_folder(const char *out)
 	if (!d)
 		return moe_fail(moe_errno_code(errno), "%s: %s", out, strerror(errno));
 	char foreign[512] = "";
-	size_t n_foreign = 0, len = 0;
+	size_t n_foreign = 0, shown = 0, len = 0;
 	for (struct dirent *de; (de = readdir(d));) {
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") || written_by_us(de->d_name))
 			continue;
-		if (n_foreign++ < 8 && len + strlen(de->d_name) + 8 < sizeof foreign)
+		n_foreign++;
+		if (shown < 8 && len + strlen(de->d_name) + 2 < sizeof foreign) {
 			len += (size_t)snprintf(foreign + len, sizeof foreign - len, "%s%s", len ? ", " : "", de->d_name);
+			shown++;
+		}
 	}
 	closedir(d);
 	if (n_foreign)
 		return moe_fail(MOE_EEXIST, "%s: holds %zu file%s moe-pack does not write (%s%s); not replaced, "
 				"even with --force", out, n_foreign, n_foreign > 1 ? "s" : "", foreign,
-				n_foreign > 8 || len + 8 >= sizeof foreign ? ", ..." : "");
+				shown < n_foreign ? ", ..." : "");
 	return 0;
 }
 
@@ -166,9 +169,9 @@ int src_check_output(const struct moe_source *src, const char *also_read, const 
 		return 0;
 	if (!force)
 		return moe_fail(MOE_EEXIST, "%s: exists (use --force to overwrite)", out);
-	if (same_file(&st, src->path) || same_file(&st, also_read))
-		return moe_fail(MOE_EEXIST, "%s: is the source %s; write to another name", out,
-				same_file(&st, also_read) ? also_read : src->path);
+	const char *source = same_file(&st, src->path) ? src->path : same_file(&st, also_read) ? also_read : NULL;
+	if (source)
+		return moe_fail(MOE_EEXIST, "%s: is the source %s; write to another name", out, source);
 	for (size_t i = 0; i < src->n_files; i++)
 		if (src->files[i].dev == (uint64_t)st.st_dev && src->files[i].ino == (uint64_t)st.st_ino)
 			return moe_fail(MOE_EEXIST, "%s: is the source file %s; write to another name", out,
