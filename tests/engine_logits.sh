@@ -157,7 +157,7 @@ expect_error "token out of range" "token id 512 out of range (vocabulary 512)" "
 expect_error "prompt longer than the context" "longer than the context (4)" "$MOE_RUN" -m mixtral-tiny.f32.moe --tokens 1,2,3,4,5 -c 4
 expect_error "not a pack" "a GGUF file, not a moemap pack" "$MOE_RUN" -m m.gguf --tokens 1
 expect_error "RAM budget too small" "ram-budget 1.0 MB is below the minimum" "$MOE_RUN" -m mixtral-tiny.f32.moe --tokens 1,2 --ram-budget 1M
-check "--truncate keeps the end" sh -c "'$MOE_RUN' -m mixtral-tiny.f32.moe --tokens 9,1,2,3,4 -c 4 -n 1 --truncate 2> t.err > t.out && grep -q 'truncated to its last 4' t.err"
+check "--truncate keeps the end" sh -c "'$MOE_RUN' -m mixtral-tiny.f32.moe --tokens 9,1,2,3,4 -c 4 -n 1 --truncate 2> t.err > t.out && grep -q 'truncated to its first 0 and last 3, leaving 1' t.err"
 check "--stats-json" sh -c "'$MOE_RUN' -m mixtral-tiny.f32.moe --tokens 1,2,3 -n 4 --stats-json s.json > /dev/null"
 check "stats json keys" py -c "import json; d = json.load(open('s.json')); assert d['prompt_tokens'] == 3 and d['generated_tokens'] == 4 and d['decode_tokens_per_second'] > 0 and d['kv_type'] == 'f16', d"
 check "context full stops generation" sh -c "'$MOE_RUN' -m mixtral-tiny.f32.moe --tokens 1,2 -c 6 -n 10 > full.txt 2> full.err; grep -q 'context full (6 tokens)' full.err && [ \$(wc -w < full.txt) -eq 5 ]"

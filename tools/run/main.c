@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -52,7 +53,12 @@ static void usage(FILE *fp)
 	      "      --kv-type T          KV cache type: f16 (default) or f32\n"
 	      "      --ram-budget SIZE    cap on model memory: dense weights + KV cache + expert cache (e.g. 900M, 12G;\n"
 	      "                           also MOE_RAM_BUDGET; default 90% of available memory)\n"
-	      "      --truncate           keep the last tokens of a prompt longer than the context\n"
+	      "      --truncate           shorten a prompt that leaves less than -n tokens of room in the context:\n"
+	      "                           keep its first --keep tokens and its last ones\n"
+	      "      --context-shift      when the context fills, drop the older half of it (after the first\n"
+	      "                           --keep tokens) and go on; -n -1 then runs until end of sequence\n"
+	      "      --keep N             prompt tokens kept at the start by --truncate and --context-shift\n"
+	      "                           (default 0; -1: the whole prompt)\n"
 	      "expert cache:\n"
 	      "      --cache-policy P     lru (default) or lfu (frequency with aging)\n"
 	      "      --prefetch-depth K   guess the experts of the next K layers, 0..8 (default 1; 0 = off)\n"
@@ -660,6 +666,26 @@ static int text_out_add(struct text_out *o, const char *s, size_t n, int final)
 	return stop_at <= o->n;
 }
 
+/* --context-shift: the context is full (win holds its tokens, then the one sampled
+ * from them). Drop the older half of what follows the first n_keep, as llama.cpp's
+ * context shift does, and rebuild the KV cache from what is left: a prefill, so the
+ * cache is exactly that of a prompt made of those tokens, whatever the positional
+ * encoding. */
+static int shift_context(struct moe_session *s, int32_t *win, size_t *n_win, size_t n_keep, size_t batch)
+{
+	const size_t n_past = s->n_past, n_discard = (n_past - n_keep) / 2;
+	memmove(win + n_keep, win + n_keep + n_discard, (*n_win - n_keep - n_discard) * sizeof *win);
+	*n_win -= n_discard;
+	s->n_past = 0;
+	for (size_t i = 0; i < n_past - n_discard; i += batch) {
+		const size_t k = n_past - n_discard - i < batch ? n_past - n_discard - i : batch;
+		int rc = moe_forward(s, win + i, k, NULL, NULL);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
 /* The first SIGINT/SIGTERM stops generation before the next token: the text so far,
  * the statistics and a whole stats-json and trace are still written. A second ends
  * at once. */
@@ -684,7 +710,7 @@ int main(int argc, char **argv)
 	       O_TRUNC, O_SJSON, O_TOKENIZE, O_DETOKENIZE, O_TOKENIZER, O_ADD_SPECIAL, O_NO_ADD_SPECIAL,
 	       O_SKIP_SPECIAL, O_CHAT, O_SYSTEM, O_MESSAGES, O_CHAT_TEMPLATE, O_CHAT_KWARGS, O_PRINT_PROMPT, O_STOP,
 	       O_IGNORE_EOS, O_MLOCK, O_IO_DEPTH, O_NO_VERIFY, O_POLICY, O_PREFETCH, O_TRACE, O_NO_OFFLOAD, O_PPL,
-	       O_KL_BASE, O_EXPERT_TIMEOUT };
+	       O_KL_BASE, O_EXPERT_TIMEOUT, O_SHIFT, O_KEEP };
 	int tokenize = 0, detokenize = 0, skip_special = 0;
 	char *ppl_text = NULL;
 	const char *tokenizer_path = NULL;
@@ -697,7 +723,8 @@ int main(int argc, char **argv)
 	long io_depth = 8, prefetch_depth = 1;
 	int no_offload = 0;
 	const char *ppl_file = NULL, *kl_base = NULL;
-	int truncate = 0;
+	int truncate = 0, context_shift = 0;
+	long keep = 0;
 	static const struct option opts[] = {
 		{"model", required_argument, NULL, 'm'}, {"tokens", required_argument, NULL, O_TOKENS},
 		{"n-predict", required_argument, NULL, 'n'}, {"threads", required_argument, NULL, 't'},
@@ -707,7 +734,8 @@ int main(int argc, char **argv)
 		{"repeat-penalty", required_argument, NULL, O_REP}, {"seed", required_argument, NULL, O_SEED},
 		{"logits-out", required_argument, NULL, O_LOGITS}, {"stats", no_argument, NULL, O_STATS},
 		{"kv-type", required_argument, NULL, O_KV}, {"ram-budget", required_argument, NULL, O_BUDGET},
-		{"truncate", no_argument, NULL, O_TRUNC}, {"stats-json", required_argument, NULL, O_SJSON},
+		{"truncate", no_argument, NULL, O_TRUNC}, {"context-shift", no_argument, NULL, O_SHIFT},
+		{"keep", required_argument, NULL, O_KEEP}, {"stats-json", required_argument, NULL, O_SJSON},
 		{"tokenize", no_argument, NULL, O_TOKENIZE}, {"detokenize", no_argument, NULL, O_DETOKENIZE},
 		{"tokenizer", required_argument, NULL, O_TOKENIZER}, {"prompt", required_argument, NULL, 'p'},
 		{"add-special", no_argument, NULL, O_ADD_SPECIAL}, {"no-add-special", no_argument, NULL, O_NO_ADD_SPECIAL},
@@ -745,6 +773,8 @@ int main(int argc, char **argv)
 		case O_KV: kv_s = optarg; break;
 		case O_BUDGET: budget_s = optarg; break;
 		case O_TRUNC: truncate = 1; break;
+		case O_SHIFT: context_shift = 1; break;
+		case O_KEEP: keep = strtol(optarg, &end, 10); break;
 		case O_SJSON: stats_json = optarg; break;
 		case O_TOKENIZE: tokenize = 1; break;
 		case O_DETOKENIZE: detokenize = 1; break;
@@ -837,14 +867,14 @@ int main(int argc, char **argv)
 		fprintf(stderr, "moe-run: --kv-type %s: f16 or f32\n", kv_s);
 		return 2;
 	}
-	if (n_predict < -1 || ctx < 1 || batch < 1 || batch > 64 || threads < 1 || threads > 256 || sp.temp < 0 ||
+	if (n_predict < -1 || keep < -1 || ctx < 1 || batch < 1 || batch > 64 || threads < 1 || threads > 256 || sp.temp < 0 ||
 	    sp.top_p <= 0 || sp.top_p > 1 || sp.min_p < 0 || sp.min_p > 1 || sp.repeat_penalty <= 0) {
 		fputs("moe-run: option out of range (moe-run --help)\n", stderr);
 		return 2;
 	}
 	rng_state = seed;
 	int rc = 1;
-	int32_t *prompt = NULL, *seen = NULL;
+	int32_t *prompt = NULL, *win = NULL;
 	size_t n_prompt = 0;
 	moe_pack *pack = NULL;
 	struct moe_model *m = NULL;
@@ -897,17 +927,34 @@ int main(int argc, char **argv)
 	const size_t vocab = m->hp.vocab;
 	if ((uint64_t)ctx > m->hp.max_pos && m->hp.max_pos)
 		ctx = (long)m->hp.max_pos;
-	if (n_predict < 0 || n_predict > ctx) /* -1, or more than the context can hold: until it is full */
-		n_predict = ctx;
-	if (n_prompt > (size_t)ctx && !ppl_file) { /* --perplexity reads it in chunks */
-		if (!truncate) {
-			fprintf(stderr, "moe-run: prompt of %zu tokens is longer than the context (%ld); --truncate keeps its end\n",
-				n_prompt, ctx);
-			goto out;
+	/* -1, or more than the context can hold: until it is full, or shifting, until the end of sequence */
+	if (n_predict < 0 || (n_predict > ctx && !context_shift))
+		n_predict = context_shift ? LONG_MAX : ctx;
+	size_t n_keep = keep < 0 || (size_t)keep > n_prompt ? n_prompt : (size_t)keep;
+	if (!ppl_file && n_prompt > (size_t)ctx && !truncate) { /* --perplexity reads it in chunks */
+		fprintf(stderr, "moe-run: prompt of %zu tokens is longer than the context (%ld); --truncate keeps its end\n",
+			n_prompt, ctx);
+		goto out;
+	}
+	if (!ppl_file && truncate) {
+		/* room for -n (half the context for "until the end"), and at least one prompt token */
+		size_t room = n_predict >= ctx ? (size_t)ctx / 2 : (size_t)n_predict;
+		if (room > (size_t)ctx - 1)
+			room = (size_t)ctx - 1;
+		const size_t fits = (size_t)ctx - room;
+		if (n_prompt > fits) {
+			const size_t head = n_keep < fits ? n_keep : fits, tail = fits - head;
+			memmove(prompt + head, prompt + n_prompt - tail, tail * sizeof *prompt);
+			fprintf(stderr, "moe-run: prompt of %zu tokens truncated to its first %zu and last %zu, leaving %zu of "
+				"the context's %ld for -n\n", n_prompt, head, tail, room, ctx);
+			n_prompt = fits;
+			n_keep = head;
 		}
-		memmove(prompt, prompt + (n_prompt - (size_t)ctx), (size_t)ctx * sizeof *prompt);
-		fprintf(stderr, "moe-run: prompt truncated to its last %ld tokens\n", ctx);
-		n_prompt = (size_t)ctx;
+	}
+	if (context_shift && !ppl_file && n_keep + 2 > (size_t)ctx) {
+		fprintf(stderr, "moe-run: --keep %zu leaves nothing for --context-shift to drop from a context of %ld tokens\n",
+			n_keep, ctx);
+		goto out;
 	}
 	if (moe_session_create(m, (size_t)ctx, (size_t)batch, strcmp(kv_s, "f16") ? MOE_KV_F32 : MOE_KV_F16, &s)) {
 		fail();
@@ -981,14 +1028,13 @@ int main(int argc, char **argv)
 	}
 	all = logits_out ? malloc(n_prompt * vocab * sizeof(float)) : NULL;
 	last = malloc(vocab * sizeof(float));
-	seen = malloc((n_prompt + (size_t)n_predict + 1) * sizeof *seen);
+	win = malloc(((size_t)ctx + 1) * sizeof *win);
 	cands = malloc(vocab * sizeof *cands);
-	per_token = malloc(((size_t)n_predict + 1) * sizeof *per_token);
-	if ((logits_out && !all) || !last || !seen || !cands || !per_token) {
+	if ((logits_out && !all) || !last || !win || !cands) {
 		fputs("moe-run: out of memory\n", stderr);
 		goto out;
 	}
-	memcpy(seen, prompt, n_prompt * sizeof *seen);
+	memcpy(win, prompt, n_prompt * sizeof *win);
 	double t0 = moe_now();
 	for (size_t i = 0; i < n_prompt; i += (size_t)batch) {
 		size_t k = n_prompt - i < (size_t)batch ? n_prompt - i : (size_t)batch;
@@ -1016,7 +1062,7 @@ int main(int argc, char **argv)
 	const char *stop_reason = "length";
 	if (as_text)
 		moe_detok_stream_init(&detok, tok, 1);
-	size_t n_seen = n_prompt, generated = 0, n_token_stats = 0;
+	size_t n_win = n_prompt, generated = 0, n_token_stats = 0, cap_token_stats = 0, shifts = 0;
 	t0 = moe_now();
 	struct sigaction sa = {.sa_handler = on_signal};
 	sigemptyset(&sa.sa_mask);
@@ -1027,8 +1073,9 @@ int main(int argc, char **argv)
 			stop_reason = "interrupted";
 			break;
 		}
-		int32_t id = sample(&sp, last, vocab, seen, n_seen, cands);
-		seen[n_seen++] = id;
+		/* the repetition penalty looks at the tokens the model sees: those in the context */
+		int32_t id = sample(&sp, last, vocab, win, n_win, cands);
+		win[n_win++] = id;
 		generated++;
 		int is_eos = 0;
 		for (size_t k = 0; k < n_eos; k++)
@@ -1056,9 +1103,25 @@ int main(int argc, char **argv)
 		if (i + 1 == n_predict)
 			break;
 		if (s->n_past >= s->ctx) {
-			fprintf(stderr, "\nmoe-run: context full (%zu tokens): stopping\n", s->ctx);
-			stop_reason = "context";
-			break;
+			if (!context_shift) {
+				fprintf(stderr, "\nmoe-run: context full (%zu tokens): stopping\n", s->ctx);
+				stop_reason = "context";
+				break;
+			}
+			if (shift_context(s, win, &n_win, n_keep, (size_t)batch)) {
+				fail();
+				goto out;
+			}
+			shifts++;
+		}
+		if (n_token_stats == cap_token_stats) {
+			cap_token_stats = cap_token_stats ? 2 * cap_token_stats : 256;
+			struct token_stats *grown = realloc(per_token, cap_token_stats * sizeof *per_token);
+			if (!grown) {
+				fputs("moe-run: out of memory\n", stderr);
+				goto out;
+			}
+			per_token = grown;
 		}
 		struct moe_expert_stats before, after;
 		m->experts->stats(m->experts, &before);
@@ -1090,11 +1153,11 @@ int main(int argc, char **argv)
 		fprintf(stats_fp, "{\"prompt_tokens\": %zu, \"prefill_seconds\": %.6f, \"prefill_tokens_per_second\": %.3f, "
 			"\"generated_tokens\": %zu, \"decode_seconds\": %.6f, \"decode_tokens_per_second\": %.3f, "
 			"\"ms_per_token\": %.3f, \"kernels\": \"%s\", \"threads\": %d, \"kv_type\": \"%s\", "
-			"\"resident_bytes\": %llu, \"session_bytes\": %llu, \"stop_reason\": \"%s\",\n",
+			"\"resident_bytes\": %llu, \"session_bytes\": %llu, \"context_shifts\": %zu, \"stop_reason\": \"%s\",\n",
 			n_prompt, t_prefill, (double)n_prompt / t_prefill, generated, t_decode,
 			generated > 1 ? (double)(generated - 1) / t_decode : 0.0,
 			generated > 1 ? 1e3 * t_decode / (double)(generated - 1) : 0.0, m->kernels->name, threads, kv_s,
-			(unsigned long long)resident, (unsigned long long)session, stop_reason);
+			(unsigned long long)resident, (unsigned long long)session, shifts, stop_reason);
 		expert_report_json(stats_fp, &er);
 		fputs(",\n \"per_token\": [", stats_fp);
 		for (size_t i = 0; i < n_token_stats; i++)
@@ -1128,7 +1191,7 @@ int main(int argc, char **argv)
 out:
 	free(all);
 	free(last);
-	free(seen);
+	free(win);
 	free(cands);
 	free(prompt);
 	free(tmpl);
