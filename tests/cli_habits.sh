@@ -26,6 +26,20 @@ check "synth --format safetensors big/ (a trailing slash)" "$MOE_PACK" synth --l
 	--vocab 128 --format safetensors --shard-size 100K big/
 check "... made big/ with its shards" [ -f big/config.json -a -f big/model.safetensors.index.json ]
 check "... which packs" "$MOE_PACK" big/ big.moe
+# on a terminal (script(1) gives one): a load banner, progress with rate and time;
+# through a pipe, neither
+tty() { script -qec "$1" /dev/null | tr '\r' '\n' >tty.out; }
+tty "'$MOE_RUN' -m m.moe --tokens 1,2 -n 2 --ram-budget 2M"
+check "moe-run on a terminal: one banner line" grep -q '^moe-run: m.moe: mixtral, 2 layers, 8 experts (2 active), .* MB; dense .* MB + KV and scratch .* MB + expert cache .* MB (.* of 16 experts); kernels .*, .* threads' tty.out
+"$MOE_RUN" -m m.moe --tokens 1,2 -n 2 >/dev/null 2>pipe.err
+check "... not through a pipe" [ ! -s pipe.err ]
+"$MOE_PACK" "$DEMO_MODEL" kjv.moe >/dev/null && head -c 3000 "$DEMO_MODEL/heldout.txt" >text.txt
+tty "'$MOE_RUN' -m kjv.moe --perplexity text.txt -c 64 -b 8"
+check "--perplexity on a terminal: progress, rate, time" grep -q '^perplexity \[=*\] 100% \([0-9]*\)/\1 tokens, [0-9.]* tokens/s, in [0-9.]* s' tty.out
+tty "'$MOE_PACK' synth --layers 2 --hidden 64 --expert-ff 128 --vocab 128 tty.moe"
+check "moe-pack on a terminal: progress in MB/s" grep -q '^experts *\[=*\] 100% 16/16 experts, [0-9.]* MB/s, in [0-9.]* s' tty.out
+"$MOE_PACK" synth --layers 2 --hidden 64 --expert-ff 128 --vocab 128 pipe.moe >/dev/null 2>pipe.err
+check "... not through a pipe" [ ! -s pipe.err ]
 check "moe-bench membw --memory 64M" "$MOE_BENCH" membw --memory 64M --reps 1
 expect_error "moe-bench --memory below 64M" "at least 64M" "$MOE_BENCH" membw --memory 1M
 finish

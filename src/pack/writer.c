@@ -42,6 +42,7 @@ struct moe_packw {
 	int laid_out;
 	uint64_t meta_off, tdir_off, tdir_size, etab_off, etab_size, dense_off, dense_end, exp_off, exp_end;
 	int next_tensor; /* tensors are streamed in order */
+	uint64_t written; /* tensor and expert bytes so far, for progress */
 	size_t next_expert;
 };
 
@@ -197,9 +198,12 @@ int packw_tensor_append(struct moe_packw *w, int idx, const void *data, size_t n
 		return rc;
 	XXH3_64bits_update(t->hash, data, n);
 	t->written += n;
+	w->written += n;
 	w->next_tensor = idx;
 	return 0;
 }
+
+uint64_t packw_bytes_written(const struct moe_packw *w) { return w->written; }
 
 int packw_expert_write(struct moe_packw *w, size_t i, const void *stored, size_t n, int codec, uint64_t xxh3_raw)
 {
@@ -218,6 +222,7 @@ int packw_expert_write(struct moe_packw *w, size_t i, const void *stored, size_t
 		return rc;
 	w->exp_end = e->offset + n;
 	w->next_expert++;
+	w->written += n;
 	if (codec == MOE_CODEC_ZSTD)
 		w->flags |= PACK_F_ZSTD;
 	return 0;

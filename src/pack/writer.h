@@ -31,6 +31,8 @@ int packw_tensor_append(struct moe_packw *w, int idx, const void *data, size_t n
 /* Write expert blob i (declaration order): stored bytes, codec, and the hash of the raw bytes. */
 int packw_expert_write(struct moe_packw *w, size_t i, const void *stored, size_t n, int codec, uint64_t xxh3_raw);
 
+/* Tensor and expert bytes written so far. */
+uint64_t packw_bytes_written(const struct moe_packw *w);
 int packw_finish(struct moe_packw *w);
 void packw_abort(struct moe_packw *w);
 

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/progress.h"
 #include "pack.h"
 #include "pack/format.h"
 
@@ -176,7 +177,9 @@ int pack_info(const char *path, int as_json)
 
 static int verify_progress(void *user, uint64_t done, uint64_t total)
 {
-	progress_draw(*(int *)user, "verify", done, total);
+	struct moe_progress *bar = user;
+	bar->total = total;
+	moe_progress_update(bar, done, 0);
 	return 0;
 }
 
@@ -186,8 +189,10 @@ int pack_verify(const char *path, int progress)
 	int rc = moe_pack_open(path, &pk);
 	if (rc)
 		return rc;
-	rc = moe_pack_verify(pk, verify_progress, &progress);
-	progress_done(progress);
+	struct moe_progress bar;
+	moe_progress_start(&bar, progress, "verify", "items", 0);
+	rc = moe_pack_verify(pk, verify_progress, &bar);
+	moe_progress_end(&bar);
 	if (!rc)
 		printf("%s: OK, %zu tensors and %zu experts verified\n", path, moe_pack_tensor_count(pk),
 		       moe_pack_expert_count(pk));

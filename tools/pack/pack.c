@@ -20,6 +20,7 @@
 
 #include "common/error.h"
 #include "common/fileio.h"
+#include "common/progress.h"
 #include "pack.h"
 #include "pack/format.h"
 #include "pack/meta.h"
@@ -95,29 +96,6 @@ int pack_parse_quant(const char *spec, struct pack_options *o)
 volatile sig_atomic_t pack_interrupted;
 
 int pack_interrupt_check(void) { return pack_interrupted ? moe_fail(MOE_EINVAL, "interrupted") : 0; }
-
-/* ---- progress ---- */
-
-void progress_draw(int enabled, const char *label, uint64_t done, uint64_t total)
-{
-	static double last;
-	if (!enabled)
-		return;
-	double t = moe_now();
-	if (done < total && t - last < 0.1)
-		return;
-	last = t;
-	int width = 30, fill = total ? (int)(width * done / total) : width;
-	fprintf(stderr, "\r%-8s [%.*s%*s] %3d%% %llu/%llu", label, fill, "==============================", width - fill, "",
-		total ? (int)(100 * done / total) : 100, (unsigned long long)done, (unsigned long long)total);
-	fflush(stderr);
-}
-
-void progress_done(int enabled)
-{
-	if (enabled)
-		fputs("\n", stderr);
-}
 
 /* ---- choosing types ---- */
 
@@ -385,6 +363,9 @@ static int run_experts(struct pipeline *p, struct moe_packw *w)
 			break;
 	if (!rc && started == 0)
 		rc = moe_fail(MOE_ENOMEM, "cannot start worker threads");
+	struct moe_progress bar;
+	const uint64_t bytes0 = packw_bytes_written(w);
+	moe_progress_start(&bar, p->o->progress, "experts", "experts", p->n_jobs);
 	for (size_t next = 0; !rc && next < p->n_jobs && !(rc = pack_interrupt_check()); next++) {
 		pthread_mutex_lock(&p->mu);
 		struct slot *s = NULL;
@@ -407,8 +388,9 @@ static int run_experts(struct pipeline *p, struct moe_packw *w)
 		s->busy = 0;
 		pthread_cond_broadcast(&p->cv);
 		pthread_mutex_unlock(&p->mu);
-		progress_draw(p->o->progress, "experts", next + 1, p->n_jobs);
+		moe_progress_update(&bar, next + 1, packw_bytes_written(w) - bytes0);
 	}
+	moe_progress_end(&bar);
 	pthread_mutex_lock(&p->mu);
 	p->stop = 1;
 	pthread_cond_broadcast(&p->cv);
@@ -645,12 +627,14 @@ int pack_model(struct moe_source *src, const char *out, const struct pack_option
 		goto out;
 
 	/* 3. dense tensors, in order */
+	struct moe_progress bar;
+	moe_progress_start(&bar, o->progress, "dense", "tensors", n_dense);
 	for (size_t i = 0; i < n_dense && !rc && !(rc = pack_interrupt_check()); i++) {
 		if (dsrc[i])
 			rc = pack_dense(src, w, didx[i], dsrc[i], dtype[i], o->threads);
-		progress_draw(o->progress, "dense", i + 1, n_dense);
+		moe_progress_update(&bar, i + 1, packw_bytes_written(w));
 	}
-	progress_done(o->progress);
+	moe_progress_end(&bar);
 	if (rc)
 		goto out;
 
@@ -667,7 +651,6 @@ int pack_model(struct moe_source *src, const char *out, const struct pack_option
 		p.zstd_workers = p.n_slots < o->threads ? o->threads / p.n_slots : 0;
 		p.convert_threads = p.n_slots < o->threads ? o->threads / p.n_slots : 1;
 		rc = run_experts(&p, w);
-		progress_done(o->progress);
 		if (rc)
 			goto out;
 	}

@@ -43,10 +43,6 @@ int pack_verify(const char *path, int progress);
 extern volatile sig_atomic_t pack_interrupted;
 int pack_interrupt_check(void);
 
-/* progress bar on stderr, redrawn at most 10 times a second; no-op when disabled */
-void progress_draw(int enabled, const char *label, uint64_t done, uint64_t total);
-void progress_done(int enabled);
-
 /* synthetic models and the exporters moe-pack synth writes them with */
 struct synth_options {
 	const char *preset;

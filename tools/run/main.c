@@ -16,6 +16,7 @@
 
 #include "common/error.h"
 #include "common/fileio.h"
+#include "common/progress.h"
 #include "engine/engine.h"
 #include "cache/cache.h"
 #include "text/template.h"
@@ -484,6 +485,8 @@ static double log_sum_exp(const float *row, size_t n, size_t *best)
 static int perplexity(struct moe_session *s, const int32_t *ids, size_t n, size_t ctx, size_t batch,
 		      const char *logits_out, const char *kl_base, double *ppl, size_t *n_scored)
 {
+	struct moe_progress bar;
+	moe_progress_start(&bar, isatty(STDERR_FILENO), "perplexity", "tokens", n);
 	const size_t vocab = s->m->hp.vocab;
 	float *lg = malloc(batch * vocab * sizeof *lg), *brow = malloc(vocab * sizeof *brow);
 	FILE *out = logits_out ? fopen(logits_out, "wb") : NULL, *base = kl_base ? fopen(kl_base, "rb") : NULL;
@@ -509,6 +512,7 @@ static int perplexity(struct moe_session *s, const int32_t *ids, size_t n, size_
 			const size_t k = len - i < batch ? len - i : batch;
 			if ((rc = moe_forward(s, ids + c0 + i, k, lg, NULL)))
 				break;
+			moe_progress_update(&bar, c0 + i + k, 0);
 			for (size_t t = 0; t < k && i + t + 1 < len; t++) {
 				const float *row = lg + t * vocab;
 				size_t best, bbest;
@@ -537,6 +541,7 @@ static int perplexity(struct moe_session *s, const int32_t *ids, size_t n, size_
 		if (rc)
 			break;
 	}
+	moe_progress_end(&bar);
 	if (!rc && base && fread(brow, 1, 1, base) == 1)
 		rc = moe_fail(MOE_EFORMAT, "--kl-base %s: more rows than the %zu scored tokens", kl_base, scored);
 	if (!rc) {
@@ -609,6 +614,25 @@ static void expert_report_line(const struct expert_report *r)
 		x->bytes_read / 1e9, x->io_seconds > 0 ? x->bytes_read / x->io_seconds / 1e9 : 0.0, x->io_mode,
 		x->wait_seconds, (unsigned long long)x->slots_used, (unsigned long long)x->slots, r->cache_bytes / 1048576.0,
 		r->policy);
+}
+
+/* On a terminal, one line once loaded: what runs, and where the memory goes. */
+static void load_banner(const moe_pack *pack, const struct moe_model *m, uint64_t resident, uint64_t session,
+			uint64_t cache_bytes, int threads)
+{
+	const struct moe_hparams *hp = &m->hp;
+	struct moe_expert_stats xs;
+	m->experts->stats(m->experts, &xs);
+	fprintf(stderr, "moe-run: %s: %s, %llu layers, %llu experts (%llu active), %.1f MB; dense %.1f MB + KV and "
+		"scratch %.1f MB + ", moe_pack_path(pack), moe_arch_name(hp->arch), (unsigned long long)hp->n_layers,
+		(unsigned long long)hp->n_experts, (unsigned long long)hp->n_experts_used,
+		moe_pack_file_size(pack) / 1048576.0, resident / 1048576.0, session / 1048576.0);
+	if (cache_bytes)
+		fprintf(stderr, "expert cache %.1f MB (%llu of %zu experts)", cache_bytes / 1048576.0,
+			(unsigned long long)xs.slots, moe_pack_expert_count(pack));
+	else
+		fputs("experts through the page cache", stderr);
+	fprintf(stderr, "; kernels %s, %d threads\n", m->kernels->name, threads);
 }
 
 /* stats-json is written whole or not at all: a failed write removes it */
@@ -998,6 +1022,8 @@ int main(int argc, char **argv)
 			(unsigned long long)m->hp.n_layers, (unsigned long long)m->hp.n_experts,
 			(unsigned long long)m->hp.n_experts_used);
 	s->trace = trace_fp;
+	if (isatty(STDERR_FILENO))
+		load_banner(pack, m, resident, session, no_offload ? 0 : co.bytes, threads);
 	if (ppl_file) {
 		double ppl = 0, t_ppl = moe_now();
 		size_t scored = 0;
