@@ -1086,6 +1086,9 @@ int main(int argc, char **argv)
 	const int32_t *eos = NULL;
 	const size_t n_eos = tok && !ignore_eos ? moe_tokenizer_eos(tok, &eos) : 0;
 	const char *stop_reason = "length";
+	/* text out: only ids with text. A model's vocabulary is often padded past its
+	 * tokenizer's (Qwen3: 151936 rows, 151669 tokens); those rows are never sampled. */
+	const size_t n_sampled = as_text && moe_tokenizer_vocab(tok) < vocab ? moe_tokenizer_vocab(tok) : vocab;
 	if (as_text)
 		moe_detok_stream_init(&detok, tok, 1);
 	size_t n_win = n_prompt, generated = 0, n_token_stats = 0, cap_token_stats = 0, shifts = 0;
@@ -1100,7 +1103,7 @@ int main(int argc, char **argv)
 			break;
 		}
 		/* the repetition penalty looks at the tokens the model sees: those in the context */
-		int32_t id = sample(&sp, last, vocab, win, n_win, cands);
+		int32_t id = sample(&sp, last, n_sampled, win, n_win, cands);
 		win[n_win++] = id;
 		generated++;
 		int is_eos = 0;
