@@ -38,7 +38,7 @@ expect_error "malformed config.json" "config.json:2:" pack badcfg out.moe
 variant llama && sed -i 's/"mixtral"/"llama"/' llama/config.json
 expect_error "unsupported architecture" 'model_type "llama" is not supported' pack llama out.moe
 variant huge && sed -i 's/"hidden_size": 128/"hidden_size": 1000000000000/' huge/config.json
-expect_error "implausible size" "hidden_size = 1000000000000 is larger than supported" pack huge out.moe
+expect_error "implausible size" "hidden_size = 1000000000000 is out of range (1..65536)" pack huge out.moe
 variant nolayers && sed -i '/num_hidden_layers/d' nolayers/config.json
 # the path once, then the detail (a message built from the last one must not overwrite itself)
 expect_error "missing hyperparameter" "^moe-pack: nolayers/config.json: mixtral: hyperparameter n_layers missing or zero$" \

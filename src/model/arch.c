@@ -3,6 +3,7 @@
 
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "arch.h"
@@ -103,31 +104,75 @@ int moe_hparams_check(const struct moe_hparams *hp)
 		if (zero)
 			return moe_fail(MOE_EFORMAT, "%s: hyperparameter %s missing or zero", moe_arch_name(hp->arch), f->key);
 	}
-	/* bounds far above any real model keep every size computation well inside 64 bits */
-	const struct { const char *name; uint64_t v, max; } lim[] = {
-		{"hidden_size", hp->hidden, 1u << 20}, {"vocab_size", hp->vocab, 1u << 24},
-		{"n_heads", hp->n_heads, 1u << 12}, {"head_dim", hp->head_dim, 1u << 12},
-		{"n_experts", hp->n_experts, 1u << 16}, {"expert_ff", hp->expert_ff, 1u << 20},
-		{"dense_ff", hp->dense_ff, 1u << 20}, {"kv_lora_rank", hp->kv_lora_rank, 1u << 16},
-		{"q_lora_rank", hp->q_lora_rank, 1u << 16},
+	/* Every count in a range far beyond any real model (DeepSeek-V3: hidden 7168, 256
+	 * experts, vocab 129280), so that no size computed from them can wrap 64 bits. */
+	const uint64_t E = hp->n_experts;
+	const struct { const char *name; uint64_t v, lo, hi; } lim[] = {
+		{"n_layers", hp->n_layers, 1, MOE_MAX_LAYERS},
+		{"hidden_size", hp->hidden, 1, 1u << 16},
+		{"n_heads", hp->n_heads, 1, 1u << 10},
+		{"n_kv_heads", hp->n_kv_heads, hp->arch == MOE_ARCH_DEEPSEEK_V3 ? 0 : 1, hp->n_heads},
+		{"head_dim", hp->head_dim, 0, 1u << 12},
+		{"vocab_size", hp->vocab, 1, 1u << 22},
+		{"n_experts", E, 1, 1u << 12},
+		{"n_experts_used", hp->n_experts_used, 1, E},
+		{"expert_ff", hp->expert_ff, 1, 1u << 18},
+		{"dense_ff", hp->dense_ff, 0, 1u << 18},
+		{"max_position", hp->max_pos, 0, 1u << 24},
+		{"norm_topk_prob", hp->norm_topk_prob, 0, 1},
+		{"tie_embeddings", hp->tie_embeddings, 0, 1},
+		{"scoring_sigmoid", hp->scoring_sigmoid, 0, 1},
+		{"sparse_step", hp->sparse_step, 0, MOE_MAX_LAYERS},
+		{"first_dense", hp->first_dense, 0, hp->n_layers},
+		{"n_shared_experts", hp->n_shared, 0, 64},
+		/* group-limited routing: whole groups, at most 256, enough experts in the kept ones */
+		{"n_group", hp->n_group, 0, E < 256 ? E : 256},
+		{"topk_group", hp->topk_group, 0, hp->n_group},
+		{"q_lora_rank", hp->q_lora_rank, 0, 1u << 16},
+		{"kv_lora_rank", hp->kv_lora_rank, 0, 1u << 16},
+		{"qk_nope_head_dim", hp->qk_nope_dim, 0, 1u << 12},
+		{"qk_rope_head_dim", hp->qk_rope_dim, 0, 1u << 12},
+		{"v_head_dim", hp->v_head_dim, 0, 1u << 12},
 	};
 	for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++)
-		if (lim[i].v > lim[i].max)
-			return moe_fail(MOE_EUNSUPPORTED, "%s: hyperparameter %s = %llu is larger than supported (%llu)",
+		if (lim[i].v < lim[i].lo || lim[i].v > lim[i].hi)
+			return moe_fail(MOE_EFORMAT, "%s: hyperparameter %s = %llu is out of range (%llu..%llu)",
 					moe_arch_name(hp->arch), lim[i].name, (unsigned long long)lim[i].v,
-					(unsigned long long)lim[i].max);
-	if (hp->n_layers > MOE_MAX_LAYERS)
-		return moe_fail(MOE_EUNSUPPORTED, "%llu layers: at most %d supported",
-				(unsigned long long)hp->n_layers, MOE_MAX_LAYERS);
-	if (hp->n_experts_used > hp->n_experts)
-		return moe_fail(MOE_EFORMAT, "experts per token (%llu) exceeds experts (%llu)",
-				(unsigned long long)hp->n_experts_used, (unsigned long long)hp->n_experts);
+					(unsigned long long)lim[i].lo, (unsigned long long)lim[i].hi);
+	/* rotary embeddings rotate pairs: an even number of dimensions */
+	const uint64_t rope_dims = hp->arch == MOE_ARCH_DEEPSEEK_V3 ? hp->qk_rope_dim : hp->head_dim;
+	if (rope_dims % 2)
+		return moe_fail(MOE_EFORMAT, "%s: hyperparameter %s = %llu: rotary embeddings need an even number",
+				moe_arch_name(hp->arch), hp->arch == MOE_ARCH_DEEPSEEK_V3 ? "qk_rope_head_dim" : "head_dim",
+				(unsigned long long)rope_dims);
+	const struct { const char *name; double v, lo, hi; } flim[] = {
+		{"rope_theta", hp->rope_theta, 0, 1e12},
+		{"rms_eps", hp->rms_eps, 0, 1},
+		{"routed_scaling_factor", hp->routed_scale, 0, 1e6},
+		{"rope_scaling.factor", hp->rope_factor, 0, 1e6},
+		{"rope_scaling.original_max_position", hp->rope_orig_max, 0, 1u << 24},
+		{"rope_scaling.beta_fast", hp->rope_beta_fast, 0, 1e6},
+		{"rope_scaling.beta_slow", hp->rope_beta_slow, 0, 1e6},
+		{"rope_scaling.mscale", hp->rope_mscale, 0, 1e6},
+		{"rope_scaling.mscale_all_dim", hp->rope_mscale_all, 0, 1e6},
+	};
+	for (size_t i = 0; i < sizeof flim / sizeof flim[0]; i++)
+		if (!(flim[i].v >= flim[i].lo && flim[i].v <= flim[i].hi)) /* NaN fails too */
+			return moe_fail(MOE_EFORMAT, "%s: hyperparameter %s = %g is out of range (%g..%g)",
+					moe_arch_name(hp->arch), flim[i].name, flim[i].v, flim[i].lo, flim[i].hi);
 	if (hp->arch != MOE_ARCH_DEEPSEEK_V3 && hp->n_heads % hp->n_kv_heads)
 		return moe_fail(MOE_EFORMAT, "attention heads (%llu) not a multiple of kv heads (%llu)",
 				(unsigned long long)hp->n_heads, (unsigned long long)hp->n_kv_heads);
-	if (hp->arch == MOE_ARCH_DEEPSEEK_V3 && hp->n_experts % hp->n_group)
-		return moe_fail(MOE_EFORMAT, "experts (%llu) not divisible into %llu groups",
-				(unsigned long long)hp->n_experts, (unsigned long long)hp->n_group);
+	if (hp->arch == MOE_ARCH_DEEPSEEK_V3) {
+		if (E % hp->n_group)
+			return moe_fail(MOE_EFORMAT, "experts (%llu) not divisible into %llu groups",
+					(unsigned long long)E, (unsigned long long)hp->n_group);
+		if (hp->n_experts_used > hp->topk_group * (E / hp->n_group))
+			return moe_fail(MOE_EFORMAT, "hyperparameter n_experts_used = %llu: more than the %llu experts of "
+					"the topk_group (%llu) groups kept", (unsigned long long)hp->n_experts_used,
+					(unsigned long long)(hp->topk_group * (E / hp->n_group)),
+					(unsigned long long)hp->topk_group);
+	}
 	for (uint64_t l = 0; l < hp->n_layers; l++)
 		if (!moe_layer_is_moe(hp, l) && hp->dense_ff == 0)
 			return moe_fail(MOE_EFORMAT, "layer %llu is a dense MLP but intermediate_size is missing",
@@ -155,6 +200,69 @@ int moe_hparams_to_meta(const struct moe_hparams *hp, struct moe_meta_writer *w)
 			dense[n++] = (int64_t)l;
 	meta_put_i64_array(w, "hparams.mlp_only_layers", dense, n);
 	return w->err;
+}
+
+/* Every tensor and expert of the pack has the shape the hyperparameters imply, so
+ * that nothing computed from them reads past a weight. */
+static int check_shapes(const moe_pack *pack, const struct moe_hparams *hp)
+{
+	const char *path = moe_pack_path(pack);
+	const size_t n = moe_arch_dense_tensors(hp, NULL, 0);
+	struct moe_tensor_spec *spec = malloc(n * sizeof *spec);
+	if (!spec)
+		return moe_fail(MOE_ENOMEM, "%s: out of memory", path);
+	moe_arch_dense_tensors(hp, spec, n);
+	int rc = 0;
+	for (size_t i = 0; i < n && !rc; i++) {
+		const struct moe_tensor_spec *sp = &spec[i];
+		moe_tensor t;
+		if (moe_pack_tensor(pack, sp->name, &t)) {
+			if (!sp->optional)
+				rc = moe_fail(MOE_EFORMAT, "%s: no tensor %s, which the hyperparameters imply", path, sp->name);
+			continue;
+		}
+		const int is_2d = sp->n_dims == 2;
+		if (t.n_dims != sp->n_dims || t.dims[0] != sp->dims[0] || (is_2d && t.dims[1] != sp->dims[1]))
+			rc = moe_fail(MOE_EFORMAT, "%s: tensor %s is [%llu, %llu]; the hyperparameters imply [%llu, %llu]", path,
+				      sp->name, (unsigned long long)t.dims[0], (unsigned long long)(t.n_dims == 2 ? t.dims[1] : 1),
+				      (unsigned long long)sp->dims[0], (unsigned long long)(is_2d ? sp->dims[1] : 1));
+		else if ((sp->kind == MOE_KIND_NORM || sp->kind == MOE_KIND_ROUTER || !is_2d) && t.type != MOE_TYPE_F32)
+			rc = moe_fail(MOE_EFORMAT, "%s: tensor %s is %s; norms, routers and vectors are f32", path, sp->name,
+				      moe_type_name(t.type));
+	}
+	free(spec);
+	if (rc)
+		return rc;
+	/* the expert table: exactly the experts of the MoE layers, each of the implied shape */
+	uint64_t moe_layers = 0, first = 0;
+	for (uint64_t l = hp->n_layers; l-- > 0;)
+		if (moe_layer_is_moe(hp, l))
+			moe_layers++, first = l;
+	const size_t count = moe_pack_expert_count(pack);
+	if (count != moe_layers * hp->n_experts)
+		return moe_fail(MOE_EFORMAT, "%s: %zu experts in the expert table; the hyperparameters imply %llu "
+				"(%llu MoE layers of %llu)", path, count, (unsigned long long)(moe_layers * hp->n_experts),
+				(unsigned long long)moe_layers, (unsigned long long)hp->n_experts);
+	for (size_t i = 0; i < count; i++) { /* sorted and unique (the reader checks): so each one once */
+		moe_expert_info e;
+		moe_pack_expert_at(pack, i, &e);
+		if (e.layer >= hp->n_layers || !moe_layer_is_moe(hp, e.layer) || e.expert >= hp->n_experts)
+			return moe_fail(MOE_EFORMAT, "%s: expert table entry %zu is layer %u expert %u, not an expert of "
+					"this model", path, i, e.layer, e.expert);
+	}
+	if (count) {
+		moe_expert_layout lay;
+		struct moe_tensor_spec ex[3];
+		moe_pack_expert_layout(pack, &lay);
+		moe_arch_expert_tensors(hp, first, 0, ex);
+		for (int m = 0; m < 3; m++)
+			if (lay.rows[m] != ex[m].dims[0] || lay.cols[m] != ex[m].dims[1])
+				return moe_fail(MOE_EFORMAT, "%s: expert matrix %d (%s) is [%llu, %llu]; the hyperparameters "
+						"imply [%llu, %llu]", path, m, m == 0 ? "gate" : m == 1 ? "up" : "down",
+						(unsigned long long)lay.rows[m], (unsigned long long)lay.cols[m],
+						(unsigned long long)ex[m].dims[0], (unsigned long long)ex[m].dims[1]);
+	}
+	return 0;
 }
 
 int moe_hparams_from_pack(const moe_pack *pack, struct moe_hparams *hp)
@@ -190,7 +298,9 @@ int moe_hparams_from_pack(const moe_pack *pack, struct moe_hparams *hp)
 			return moe_fail(MOE_EFORMAT, "hparams.mlp_only_layers: layer %lld out of range", (long long)l);
 		hp->mlp_only[l] = 1;
 	}
-	return moe_hparams_check(hp);
+	if ((rc = moe_hparams_check(hp)))
+		return rc;
+	return check_shapes(pack, hp);
 }
 
 /* ---- tensor lists ---- */

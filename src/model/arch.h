@@ -77,6 +77,8 @@ int moe_tensor_kind(const char *name);
 /* ---- metadata <-> hparams ---- */
 struct moe_meta_writer;
 int moe_hparams_to_meta(const struct moe_hparams *hp, struct moe_meta_writer *w);
+/* The hyperparameters of a pack, checked (moe_hparams_check), and every tensor and
+ * expert of it checked to have the shape they imply: the invariants of moepack(5). */
 int moe_hparams_from_pack(const moe_pack *pack, struct moe_hparams *hp);
 
 #endif
