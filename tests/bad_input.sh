@@ -76,7 +76,36 @@ py "$W" gguf q4k.gguf --bad=q4k
 expect_error "GGUF Q4_K tensor" "blk.0.attn_v.weight has type Q4_K (12)" pack q4k.gguf out.moe
 py "$W" gguf arch.gguf --bad=arch
 expect_error "GGUF unknown architecture" 'architecture "grok" is not supported' pack arch.gguf out.moe
+# patch_gguf FILE.gguf OUT.gguf 'python on bytearray b, with kv(key) -> offset of its type'
+patch_gguf() {
+	py - "$1" "$2" "$3" <<'PY'
+import struct, sys
+b = bytearray(open(sys.argv[1], "rb").read())
+def kv(key):
+    i = b.find(struct.pack("<Q", len(key)) + key)
+    assert i > 0, key
+    return i + 8 + len(key)
+exec(sys.argv[3])
+open(sys.argv[2], "wb").write(b)
+PY
+}
+patch_gguf good.gguf hd1.gguf 'struct.pack_into("<I", b, kv(b"llama.rope.dimension_count") + 4, 1); struct.pack_into("<I", b, kv(b"llama.attention.head_count") + 4, 64)'
+expect_error "GGUF head_dim 1" "head_dim = 1: rotary embeddings need an even number" pack hd1.gguf out.moe
+patch_gguf good.gguf fcount.gguf 'o = kv(b"llama.block_count"); struct.pack_into("<If", b, o, 6, 1e30)'
+expect_error "GGUF count as a huge float" "llama.block_count = 1e+30 is not a count" pack fcount.gguf out.moe
+patch_gguf good.gguf ncount.gguf 'o = kv(b"llama.expert_count"); struct.pack_into("<Ii", b, o, 5, -8)'
+expect_error "GGUF negative count" "llama.expert_count = -8 is not a count" pack ncount.gguf out.moe
+patch_gguf good.gguf nan.gguf 'o = kv(b"llama.attention.layer_norm_rms_epsilon"); struct.pack_into("<If", b, o, 6, float("nan"))'
+expect_error "GGUF NaN epsilon" "hyperparameter rms_eps is not a number" pack nan.gguf out.moe
+patch_gguf good.gguf none.gguf 'struct.pack_into("<Q", b, 8, 0)'
+expect_error "GGUF without tensors" "vocab_size missing or zero" pack none.gguf out.moe
+# rows x columns that wrap 64 bits must not pass for a size that fits the file
+patch_gguf good.gguf wrap.gguf 'i = b.find(b"token_embd.weight") + 17; struct.pack_into("<IQQ", b, i, 2, 1 << 32, 1 << 32)'
+expect_error "GGUF dims whose product wraps" "token_embd.weight: data at offset" pack wrap.gguf out.moe
 no_output "GGUF errors" out.moe
+variant wrapst && edit_st wrapst 'k = next(iter(k for k in h if k != "__metadata__")); h[k]["shape"] = [1 << 40, 1 << 40]; h[k]["data_offsets"] = [0, 0]'
+expect_error "safetensors dims whose product wraps" "0 bytes for shape .1099511627776, 1099511627776. of F32" pack wrapst out.moe
+no_output "safetensors wrap" out.moe
 
 # ---- packs ----
 "$MOE_PACK" synth --no-progress good.moe 2>/dev/null || not_ok "synth"

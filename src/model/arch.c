@@ -1,6 +1,7 @@
 /* arch.c - per-architecture tensor lists and hyperparameter (de)serialization. */
 #include "config.h"
 
+#include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,6 +101,8 @@ int moe_hparams_check(const struct moe_hparams *hp)
 		if (!(f->archs & (1u << hp->arch)))
 			continue;
 		const char *p = (const char *)hp + f->off;
+		if (f->type == HP_F64 && isnan(*(const double *)p))
+			return moe_fail(MOE_EFORMAT, "%s: hyperparameter %s is not a number", moe_arch_name(hp->arch), f->key);
 		int zero = f->type == HP_U64 ? *(const uint64_t *)p == 0 : !(*(const double *)p > 0);
 		if (zero)
 			return moe_fail(MOE_EFORMAT, "%s: hyperparameter %s missing or zero", moe_arch_name(hp->arch), f->key);

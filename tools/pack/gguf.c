@@ -2,6 +2,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -169,6 +170,7 @@ struct gguf_kvs {
 	struct kv *v;
 	size_t n;
 	char arch[32];
+	const struct kv *bad; /* the first count that is not one (negative, fractional, huge, NaN) */
 };
 
 static const struct kv *find_kv(const struct gguf_kvs *k, const char *key)
@@ -179,14 +181,19 @@ static const struct kv *find_kv(const struct gguf_kvs *k, const char *key)
 	return NULL;
 }
 
-/* "<arch>.<suffix>" as an integer or float; absent leaves *out unchanged. */
-static void arch_u64(const struct gguf_kvs *k, const char *suffix, uint64_t *out)
+/* "<arch>.<suffix>" as a count; absent leaves *out unchanged. Anything but a whole
+ * number in 0..2^53 is noted in k->bad (a cast would be undefined behaviour). */
+static void arch_u64(struct gguf_kvs *k, const char *suffix, uint64_t *out)
 {
 	char key[128];
 	snprintf(key, sizeof key, "%s.%s", k->arch, suffix);
 	const struct kv *v = find_kv(k, key);
-	if (v && v->type != GV_STRING && v->type != GV_ARRAY && v->num >= 0)
+	if (!v || v->type == GV_STRING || v->type == GV_ARRAY)
+		return;
+	if (v->num >= 0 && v->num <= 0x1p53 && v->num == floor(v->num))
 		*out = (uint64_t)v->num;
+	else if (!k->bad)
+		k->bad = v;
 }
 
 static void arch_f64(const struct gguf_kvs *k, const char *suffix, double *out)
@@ -199,7 +206,7 @@ static void arch_f64(const struct gguf_kvs *k, const char *suffix, double *out)
 }
 
 /* GGUF metadata -> hyperparameters. */
-static int map_hparams(struct moe_source *src, const struct gguf_kvs *k)
+static int map_hparams(struct moe_source *src, struct gguf_kvs *k)
 {
 	struct moe_hparams *hp = &src->hp;
 	memset(hp, 0, sizeof *hp);
@@ -230,6 +237,8 @@ static int map_hparams(struct moe_source *src, const struct gguf_kvs *k)
 	arch_u64(k, "expert_feed_forward_length", &hp->expert_ff);
 	arch_f64(k, "rope.freq_base", &hp->rope_theta);
 	arch_f64(k, "attention.layer_norm_rms_epsilon", &hp->rms_eps);
+	if (k->bad)
+		return moe_fail(MOE_EFORMAT, "%s: %s = %g is not a count", src->path, k->bad->key, k->bad->num);
 	if (hp->n_experts == 0)
 		return moe_fail(MOE_EUNSUPPORTED, "%s: %s model without experts (%s.expert_count): not a Mixture-of-Experts model",
 				src->path, k->arch, k->arch);
@@ -272,7 +281,7 @@ static int map_hparams(struct moe_source *src, const struct gguf_kvs *k)
 			hp->n_group = 1;
 			hp->topk_group = 1;
 		}
-		if (hp->rope_factor > 0) {
+		if (hp->rope_factor > 0) { /* YaRN, as llama.cpp's converter writes it */
 			double ylm = 0;
 			arch_f64(k, "rope.scaling.yarn_log_multiplier", &ylm);
 			hp->rope_beta_fast = 32;
@@ -282,6 +291,8 @@ static int map_hparams(struct moe_source *src, const struct gguf_kvs *k)
 		}
 		break;
 	}
+	if (k->bad)
+		return moe_fail(MOE_EFORMAT, "%s: %s = %g is not a count", src->path, k->bad->key, k->bad->num);
 	return 0;
 }
 
@@ -321,8 +332,10 @@ static int add_tensor(struct moe_source *src, const char *name, uint32_t type, u
 				(unsigned long long)cols, ggml_type_name(type));
 	if (cols == 0 || rows == 0 || mats == 0 || cols > (1ull << 32) || rows > (1ull << 32) || mats > (1ull << 16))
 		return moe_fail(MOE_EFORMAT, "%s: tensor %s: bad shape", src->path, name);
-	const uint64_t mat_bytes = rows * (cols / per_block) * bpb;
-	if (abs_off > file_size || mats * mat_bytes > file_size - abs_off)
+	uint64_t mat_bytes, all_bytes; /* the file's size bounds them: a product that wraps cannot fit */
+	if (__builtin_mul_overflow(rows, cols / per_block * bpb, &mat_bytes) ||
+	    __builtin_mul_overflow(mats, mat_bytes, &all_bytes) || abs_off > file_size ||
+	    all_bytes > file_size - abs_off)
 		return moe_fail(MOE_EFORMAT, "%s: tensor %s: data at offset %llu (%llu bytes) runs past the end of the file",
 				src->path, name, (unsigned long long)abs_off, (unsigned long long)(mats * mat_bytes));
 	char base[256];

@@ -111,7 +111,9 @@ static int parse_file(struct moe_source *src, const char *path)
 			break;
 		}
 		uint64_t begin = (uint64_t)json_integer_value(b), end = (uint64_t)json_integer_value(e);
-		if (end - begin != dims[0] * dims[1] * esize) {
+		uint64_t bytes;
+		if (__builtin_mul_overflow(dims[0], dims[1], &bytes) || __builtin_mul_overflow(bytes, esize, &bytes) ||
+		    end - begin != bytes) {
 			rc = moe_fail(MOE_EFORMAT, "%s: tensor %s: %llu bytes for shape [%llu, %llu] of %s", path, name,
 				      (unsigned long long)(end - begin), (unsigned long long)dims[0],
 				      (unsigned long long)dims[1], json_string_value(jd));

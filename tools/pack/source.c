@@ -189,6 +189,8 @@ static int cmp_entry(const void *a, const void *b)
 
 void src_index(struct moe_source *src)
 {
+	if (!src->n_entries) /* qsort and bsearch take no NULL array, even empty */
+		return;
 	qsort(src->entries, src->n_entries, sizeof *src->entries, cmp_entry);
 	for (size_t i = 0; i < src->n_entries; i++)
 		if (src->entries[i].scale_name)
@@ -198,6 +200,8 @@ void src_index(struct moe_source *src)
 struct src_entry *src_find(struct moe_source *src, const char *name)
 {
 	struct src_entry key = {.name = (char *)name};
+	if (!src->n_entries)
+		return NULL;
 	return bsearch(&key, src->entries, src->n_entries, sizeof key, cmp_entry);
 }
 
