@@ -114,3 +114,33 @@ int moe_out_commit(int fd, const char *tmp, const char *path, int force)
 	}
 	return 0;
 }
+
+static const char *stdout_prog = "moemap";
+static int stdout_state; /* MOE_STDOUT_OK, _FAILED (said so), _CLOSED */
+
+int moe_stdout_check(void)
+{
+	if (stdout_state == MOE_STDOUT_OK && (fflush(stdout) != 0 || ferror(stdout))) {
+		const int e = errno;
+		stdout_state = e == EPIPE ? MOE_STDOUT_CLOSED : MOE_STDOUT_FAILED;
+		if (e != EPIPE)
+			fprintf(stderr, "%s: standard output: %s\n", stdout_prog, e ? strerror(e) : "write error");
+	}
+	return stdout_state;
+}
+
+static void close_stdout(void)
+{
+	if (moe_stdout_check() == MOE_STDOUT_OK && fclose(stdout) != 0 && errno != EPIPE) {
+		fprintf(stderr, "%s: standard output: %s\n", stdout_prog, strerror(errno));
+		stdout_state = MOE_STDOUT_FAILED;
+	}
+	if (stdout_state == MOE_STDOUT_FAILED)
+		_exit(1);
+}
+
+void moe_check_stdout_at_exit(const char *prog)
+{
+	stdout_prog = prog;
+	atexit(close_stdout);
+}

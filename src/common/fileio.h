@@ -20,4 +20,13 @@ int moe_read_file(const char *path, char **data, size_t *len);
 int moe_out_create(const char *path, char **tmp, int *fd);
 int moe_out_commit(int fd, const char *tmp, const char *path, int force);
 
+/* Standard output that cannot be written (a full disk, /dev/full, an I/O error)
+ * is said once, "PROG: standard output: REASON", and the process then exits with
+ * status 1, at the latest when it ends. A reader that went away (EPIPE, with
+ * SIGPIPE ignored) is not an error and is not reported. moe_stdout_check flushes
+ * and says which: long outputs stop writing once it is not MOE_STDOUT_OK. */
+enum { MOE_STDOUT_OK, MOE_STDOUT_FAILED, MOE_STDOUT_CLOSED };
+void moe_check_stdout_at_exit(const char *prog);
+int moe_stdout_check(void);
+
 #endif

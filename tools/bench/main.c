@@ -15,6 +15,7 @@
 
 #include "cache/cache.h"
 #include "cache/sim.h"
+#include "common/fileio.h"
 #include "io/io.h"
 #include "kernels/kernels.h"
 #include "moe.h"
@@ -537,6 +538,7 @@ static int bench_sim(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+	moe_check_stdout_at_exit("moe-bench");
 	if (argc == 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0)) {
 		printf("moe-bench (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION);
 		return 0;

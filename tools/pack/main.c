@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "common/fileio.h"
 #include "pack.h"
 #include "pack/format.h"
 
@@ -131,6 +132,7 @@ static int parse_uint(const char *s, uint64_t *out)
 
 int main(int argc, char **argv)
 {
+	moe_check_stdout_at_exit("moe-pack");
 	struct pack_options o;
 	pack_options_default(&o);
 	o.progress = isatty(STDERR_FILENO);

@@ -350,7 +350,7 @@ static int text_tool(int detok, const char *model, const char *tok_path, const c
 		fwrite(text, 1, tl, stdout);
 		free(text);
 	}
-	rc = fflush(stdout) == 0 ? 0 : 1;
+	rc = moe_stdout_check() == MOE_STDOUT_FAILED;
 out:
 	free(ids);
 	free(in);
@@ -724,6 +724,7 @@ static void on_signal(int sig)
 
 int main(int argc, char **argv)
 {
+	moe_check_stdout_at_exit("moe-run");
 	const char *model = NULL, *logits_out = NULL;
 	long n_predict = 16, ctx = 4096, batch = 32;
 	int threads = (int)sysconf(_SC_NPROCESSORS_ONLN), stats = 0, ignore_eos = 0;
@@ -1127,7 +1128,10 @@ int main(int argc, char **argv)
 			}
 		} else {
 			printf("%s%d", generated > 1 ? " " : "", id);
-			fflush(stdout);
+		}
+		if (moe_stdout_check() != MOE_STDOUT_OK) { /* said so if it failed; quiet if the reader left */
+			stop_reason = "output";
+			break;
 		}
 		if (i + 1 == n_predict)
 			break;
