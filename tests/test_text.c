@@ -94,8 +94,46 @@ static void run_cases(struct moe_tokenizer *t, const char *name, const char *how
 	printf("%s (%s): %zu of %zu strings exact\n", name, how, exact, json_array_size(cases));
 }
 
+/* Hostile tokenizer files: ids that would ask for GBs are refused before any
+ * allocation; every truncation of a small binary form (three ids: its sections need
+ * padding) is refused without reading past the cut (the copy is exactly that long,
+ * so the sanitizer build sees any read beyond it). */
+static void test_hostile(void)
+{
+	struct moe_tokenizer *t = NULL;
+	static const char huge[] = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1000000000}, \"merges\": []}}";
+	CHECK(moe_tokenizer_from_json(huge, strlen(huge), NULL, 0, "huge", &t) != 0 &&
+	      strstr(moe_last_error(), "vocab entry 'b' has no id in 0..4194303"), "id 10**9: %s", moe_last_error());
+	moe_tokenizer_free(t);
+	static const char added[] = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, "
+				    "\"added_tokens\": [{\"id\": 4194304, \"content\": \"<x>\"}]}";
+	t = NULL;
+	CHECK(moe_tokenizer_from_json(added, strlen(added), NULL, 0, "added", &t) != 0 &&
+	      strstr(moe_last_error(), "added_tokens[0] needs content and an id in 0..4194303"), "added id: %s",
+	      moe_last_error());
+	moe_tokenizer_free(t);
+	static const char small[] = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, "
+				    "\"merges\": [\"a b\"]}, \"pre_tokenizer\": {\"type\": \"Metaspace\", \"replacement\": \"\\u2581\", \"prepend_scheme\": \"first\", \"split\": false}}";
+	t = NULL;
+	void *bin = NULL;
+	size_t len = 0;
+	CHECK(moe_tokenizer_from_json(small, strlen(small), NULL, 0, "small", &t) == 0, "small: %s", moe_last_error());
+	CHECK(t && moe_tokenizer_to_binary(t, &bin, &len) == 0, "small binary");
+	for (size_t cut = 0; bin && cut < len; cut++) {
+		void *part = malloc(cut ? cut : 1);
+		memcpy(part, bin, cut);
+		struct moe_tokenizer *bad = NULL;
+		CHECK(moe_tokenizer_from_binary(part, cut, "cut", &bad) != 0, "small binary cut at %zu of %zu accepted", cut, len);
+		moe_tokenizer_free(bad);
+		free(part);
+	}
+	free(bin);
+	moe_tokenizer_free(t);
+}
+
 int main(int argc, char **argv)
 {
+	test_hostile();
 	const char *data = getenv("TOKENIZER_DATA"), *fixtures = getenv("FIXTURES"), *demo = getenv("DEMO_MODEL");
 	if (!data || !fixtures || !demo) {
 		fprintf(stderr, "usage: TOKENIZER_DATA=dir FIXTURES=dir DEMO_MODEL=dir %s\n", argv[0]);

@@ -7,6 +7,10 @@
 
 #include "moe.h"
 
+/* Token ids, of models and of tokenizers, are below this (4 Mi; the largest
+ * vocabularies are ~256 Ki): no id read from a file can ask for more memory. */
+#define MOE_MAX_VOCAB (1u << 22)
+
 /* v rounded up to a multiple of a (a > 0) */
 static inline uint64_t moe_align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 

@@ -9,6 +9,7 @@
 
 #include "arch.h"
 #include "common/error.h"
+#include "common/util.h"
 #include "pack/meta.h"
 
 const char *const moe_kind_names[MOE_KIND_COUNT] = {
@@ -116,7 +117,7 @@ int moe_hparams_check(const struct moe_hparams *hp)
 		{"n_heads", hp->n_heads, 1, 1u << 10},
 		{"n_kv_heads", hp->n_kv_heads, hp->arch == MOE_ARCH_DEEPSEEK_V3 ? 0 : 1, hp->n_heads},
 		{"head_dim", hp->head_dim, 0, 1u << 12},
-		{"vocab_size", hp->vocab, 1, 1u << 22},
+		{"vocab_size", hp->vocab, 1, MOE_MAX_VOCAB},
 		{"n_experts", E, 1, 1u << 12},
 		{"n_experts_used", hp->n_experts_used, 1, E},
 		{"expert_ff", hp->expert_ff, 1, 1u << 18},

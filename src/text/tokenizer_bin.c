@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/util.h"
 #include "text/tokspec.h"
 
 #define TOK_MAGIC "MOETOK\r\n"
@@ -31,7 +32,7 @@ int tok_spec_check(const struct tok_spec *s, const char *what)
 {
 	if ((s->model != TOK_BYTE_LEVEL && s->model != TOK_SENTENCEPIECE) || (s->flags & ~(uint32_t)TOK_ALL_FLAGS))
 		return moe_fail(MOE_EFORMAT, "%s: unknown tokenizer model %u or flags %#x", what, s->model, s->flags);
-	if (!s->n_ids || s->n_ids > (1u << 24) || s->n_splits > TOK_MAX_SPLITS || s->n_prefix > TOK_MAX_AFFIX ||
+	if (!s->n_ids || s->n_ids > MOE_MAX_VOCAB || s->n_splits > TOK_MAX_SPLITS || s->n_prefix > TOK_MAX_AFFIX ||
 	    s->n_suffix > TOK_MAX_AFFIX || s->n_eos > TOK_MAX_EOS)
 		return moe_fail(MOE_EFORMAT, "%s: tokenizer counts out of range", what);
 	if ((s->unk != -1 && !id_ok(s, s->unk)) || (s->bos != -1 && !id_ok(s, s->bos)))
@@ -141,7 +142,14 @@ static void *take(struct cursor *c, size_t n)
 	return v;
 }
 
-static void skip4(struct cursor *c) { c->at += (4 - c->at % 4) % 4; }
+static void skip4(struct cursor *c)
+{
+	const size_t pad = (4 - c->at % 4) % 4;
+	if (pad > c->n - c->at)
+		c->short_read = 1;
+	else
+		c->at += pad;
+}
 
 static int take_into(struct cursor *c, void *dst, size_t n)
 {
@@ -171,7 +179,7 @@ int tok_spec_from_binary(const void *bin, size_t len, const char *what, struct t
 	s->n_prefix = head[8], s->n_suffix = head[9], s->n_eos = head[10];
 	const uint32_t str_bytes = head[11];
 	int rc = MOE_EFORMAT;
-	if (s->n_ids > (1u << 24) || s->n_merges > (1u << 24) || s->n_splits > TOK_MAX_SPLITS ||
+	if (s->n_ids > MOE_MAX_VOCAB || s->n_merges > (1u << 24) || s->n_splits > TOK_MAX_SPLITS ||
 	    s->n_prefix > TOK_MAX_AFFIX || s->n_suffix > TOK_MAX_AFFIX || s->n_eos > TOK_MAX_EOS) {
 		memset(s, 0, sizeof *s);
 		return moe_fail(MOE_EFORMAT, "%s: tokenizer.bin counts out of range", what);

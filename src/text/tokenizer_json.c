@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/util.h"
 #include "common/fileio.h"
 #include "text/tokenizer.h"
 #include "text/tokspec.h"
@@ -246,21 +247,24 @@ static int read_vocab(struct reader *r, json_t *vocab, json_t *added)
 	const char *key;
 	json_t *v;
 	json_object_foreach(vocab, key, v) {
-		if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= INT32_MAX / 2)
-			return moe_fail(MOE_EFORMAT, "%s: vocab entry '%s' has no valid id", r->what, key);
+		if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= MOE_MAX_VOCAB)
+			return moe_fail(MOE_EFORMAT, "%s: vocab entry '%s' has no id in 0..%u", r->what, key, MOE_MAX_VOCAB - 1);
 		if ((size_t)json_integer_value(v) >= n_ids)
 			n_ids = (size_t)json_integer_value(v) + 1;
 		bytes += strlen(key);
 	}
 	json_array_foreach(added, i, v) {
 		json_t *id = json_object_get(v, "id");
-		if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) >= INT32_MAX / 2 ||
+		if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) >= MOE_MAX_VOCAB ||
 		    !json_is_string(json_object_get(v, "content")))
-			return moe_fail(MOE_EFORMAT, "%s: added_tokens[%zu] needs content and id", r->what, i);
+			return moe_fail(MOE_EFORMAT, "%s: added_tokens[%zu] needs content and an id in 0..%u", r->what, i,
+					MOE_MAX_VOCAB - 1);
 		if ((size_t)json_integer_value(id) >= n_ids)
 			n_ids = (size_t)json_integer_value(id) + 1;
 		bytes += json_string_length(json_object_get(v, "content"));
 	}
+	if (bytes > UINT32_MAX / 2)
+		return moe_fail(MOE_EFORMAT, "%s: %zu bytes of token text, more than supported", r->what, bytes);
 	s->n_ids = (uint32_t)n_ids;
 	s->id_kind = calloc(n_ids + 1, 1);
 	s->added_flags = calloc(n_ids + 1, 1);
