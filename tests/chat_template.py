@@ -150,6 +150,11 @@ features = {
     "range": "{% for i in range(3) %}{{ i }}{% endfor %} {% for i in range(1, 7, 2) %}{{ i }}{% endfor %}",
     "raise": "{% if x > 0 %}{{ raise_exception('x must not be positive') }}{% endif %}",
     "nested loops": "{% for a in [1, 2] %}{% for b in ['x', 'y'] %}{{ loop.index }}{{ a }}{{ b }} {% endfor %}{{ loop.index }} {% endfor %}",
+    "integers as Python's": "{{ 7 // -2 }} {{ -7 % -3 }} {{ 7 % -3 }} {{ (-9223372036854775807 - 1) // 1 }} "
+                            "{{ (-9223372036854775807 - 1) % -1 }} {{ 2 ** 62 }} {{ 2 ** 3 ** 2 }} {{ 2 ** -1 }} "
+                            "{{ 1.9|int }} {{ -1.9|int }} {{ '42'|int }} {{ 'x'|int }} {{ 9007199254740993 == 9007199254740992 }} "
+                            "{{ range(-5, 5, 3)|list }} {{ range(5, -5, -3)|list }} {{ 'abcdef'[::2] }} {{ 'abcdef'[::-2] }} "
+                            "{{ [1, 2, 3][-1:] }} {{ 'ab' * 0 }} {{ 'ab' * -3 }}",
     "escapes": "{{ 'tab\\there' }} {{ \"dq 'sq'\" }} {{ 'it\\'s' }}",
 }
 for name, tmpl in features.items():

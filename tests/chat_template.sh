@@ -20,5 +20,27 @@ expect_error "message without a role" "no \"role\"" "$MOE_RUN" --chat --print-pr
 expect_error "no template" "no chat template" "$MOE_RUN" --chat --print-prompt --tokenizer "$TOK" -p hi
 expect_error "missing template file" "no-such.jinja" "$MOE_RUN" --chat --print-prompt --tokenizer "$TOK" --chat-template "$WORK/no-such.jinja" -p hi
 expect_error "bad kwargs" "not a JSON object" "$MOE_RUN" --chat --print-prompt --tokenizer "$TOK" --chat-template chatml --chat-template-kwargs '[1' -p hi
+# hostile templates: bounded depth, memory, time and integers, errors naming the line
+hostile() { # hostile NAME 'words' PYTHON-EXPRESSION-FOR-THE-TEMPLATE
+	py -c "import sys; open(sys.argv[1], 'w').write($3)" "$WORK/$1.jinja"
+	expect_error "template: $1" "$2" "$MOE_RUN" --chat --print-prompt --tokenizer "$TOK" --chat-template "$WORK/$1.jinja" -p hi
+}
+hostile brackets "line 2: nested more than 200 deep" "'\\n{{ ' + '(' * 100000 + '1' + ')' * 100000 + ' }}'"
+hostile plus-chain "line 1: nested more than 200 deep" "'{{ 1' + ' + 1' * 100000 + ' }}'"
+hostile not-chain "nested more than 200 deep" "'{{ ' + 'not ' * 100000 + '1 }}'"
+hostile if-blocks "nested more than 200 deep" "'{% if true %}' * 100000"
+hostile lists "nested more than 200 deep" "'{{ ' + '[' * 100000 + ']' * 100000 + ' }}'"
+hostile deep-value "nested more than 200 deep" "'{% set ns = namespace(x=1) %}{% for i in range(1000) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x }}'"
+hostile floordiv "line 1: -9223372036854775808 // -1 does not fit in 64 bits" "'{{ (-9223372036854775807 - 1) // -1 }}'"
+hostile overflow "9223372036854775807 + 1 does not fit in 64 bits" "'{{ 9223372036854775807 + 1 }}'"
+hostile power "2 .. 64 does not fit in 64 bits" "'{{ 2 ** 64 }}'"
+hostile negate "does not fit in 64 bits" "'{{ -(-9223372036854775807 - 1) }}'"
+hostile literal "integer 99999999999999999999 does not fit in 64 bits" "'{{ 99999999999999999999 }}'"
+hostile int-filter "int(1e+300) does not fit in 64 bits" "'{{ (10.0 ** 300)|int }}'"
+hostile big-range "range of more than" "'{{ range(10 ** 8)|length }}'"
+hostile repeat "repeated 1000000000 times" "'{{ \"ab\" * 10 ** 9 }}'"
+hostile long-loops "needs more than 64 MB" "'{% for i in range(3000) %}{% for j in range(3000) %}{% endfor %}{% endfor %}'"
+hostile many-steps "more than 10000000 steps" "'{% for i in range(90000) %}{% if ' + ' and '.join(['1'] * 200) + ' %}{% endif %}{% endfor %}'"
+hostile tojson-indent "tojson indent 1000000000: 0..64" "'{{ [1]|tojson(indent=10 ** 9) }}'"
 expect_error "chat options without --chat" "go with --chat" "$MOE_RUN" --print-prompt --tokenizer "$TOK" -p hi
 finish

@@ -8,6 +8,8 @@
 #include "config.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <limits.h>
 #include <jansson.h>
 #include <math.h>
 #include <setjmp.h>
@@ -19,6 +21,15 @@
 
 #include "common/error.h"
 #include "text/template.h"
+
+/* Limits: a template travels inside packs and tokenizer_config.json files from
+ * strangers, so a render is bounded in memory (arena bytes: values and output), in
+ * time (steps: expressions evaluated and loop turns), in nesting (parser and
+ * evaluator recursion, printing and comparing nested values) and in integers
+ * (64 bits; where Python would grow a big integer, the render fails instead). */
+#define TMPL_MAX_BYTES (64u << 20)
+#define TMPL_MAX_STEPS 10000000ul
+#define TMPL_MAX_DEPTH 200
 
 /* ---- arena ---- */
 
@@ -134,10 +145,17 @@ struct ctx {
 	char *out;
 	size_t out_n, out_cap;
 	int out_err;
+	size_t arena_bytes;
+	unsigned long steps;
+	int depth, line; /* recursion depth now; the template line being run */
 };
+
+__attribute__((format(printf, 3, 4), noreturn)) static void fail(struct ctx *c, int line, const char *fmt, ...);
 
 static void *alloc(struct ctx *c, size_t n)
 {
+	if (n > TMPL_MAX_BYTES || (c->arena_bytes += n) > TMPL_MAX_BYTES)
+		fail(c, c->line, "the template needs more than %u MB (its output or its values)", TMPL_MAX_BYTES >> 20);
 	n = (n + sizeof(max_align_t) - 1) / sizeof(max_align_t) * sizeof(max_align_t);
 	if (!c->arena || c->arena->used + n > c->arena->cap) {
 		size_t cap = n > 65536 ? n : 65536;
@@ -155,7 +173,7 @@ static void *alloc(struct ctx *c, size_t n)
 	return p;
 }
 
-__attribute__((format(printf, 3, 4), noreturn)) static void fail(struct ctx *c, int line, const char *fmt, ...)
+static void fail(struct ctx *c, int line, const char *fmt, ...)
 {
 	va_list ap;
 	int k = snprintf(c->err, sizeof c->err, "line %d: ", line);
@@ -164,6 +182,15 @@ __attribute__((format(printf, 3, 4), noreturn)) static void fail(struct ctx *c, 
 	va_end(ap);
 	longjmp(c->fail, 1);
 }
+
+/* one level deeper into the parser or the evaluator; leave() on the way out (a
+ * failure longjmps past both, so the count need not be unwound) */
+static void enter(struct ctx *c, int line)
+{
+	if (++c->depth > TMPL_MAX_DEPTH)
+		fail(c, line, "nested more than %d deep", TMPL_MAX_DEPTH);
+}
+static void leave(struct ctx *c) { c->depth--; }
 
 static char *dup_n(struct ctx *c, const char *s, size_t n)
 {
@@ -245,8 +272,10 @@ static const char *type_name(struct value v)
 	return names[v.t];
 }
 
-static int equal(struct value a, struct value b)
+static int equal(struct ctx *c, struct value a, struct value b)
 {
+	if ((a.t == V_INT || a.t == V_BOOL) && (b.t == V_INT || b.t == V_BOOL)) /* exactly, as Python */
+		return (a.t == V_INT ? a.i : a.b) == (b.t == V_INT ? b.i : b.b);
 	if ((a.t == V_INT || a.t == V_FLOAT || a.t == V_BOOL) && (b.t == V_INT || b.t == V_FLOAT || b.t == V_BOOL)) {
 		double x = a.t == V_INT ? (double)a.i : a.t == V_FLOAT ? a.f : a.b;
 		double y = b.t == V_INT ? (double)b.i : b.t == V_FLOAT ? b.f : b.b;
@@ -260,19 +289,21 @@ static int equal(struct value a, struct value b)
 	case V_LIST:
 		if (a.l->n != b.l->n)
 			return 0;
+		enter(c, c->line);
 		for (size_t i = 0; i < a.l->n; i++)
-			if (!equal(a.l->v[i], b.l->v[i]))
-				return 0;
-		return 1;
+			if (!equal(c, a.l->v[i], b.l->v[i]))
+				return leave(c), 0;
+		return leave(c), 1;
 	case V_DICT:
 		if (a.d->n != b.d->n)
 			return 0;
+		enter(c, c->line);
 		for (size_t i = 0; i < a.d->n; i++) {
 			struct value *o = dict_find(b.d, a.d->k[i].str.s, a.d->k[i].str.n);
-			if (!o || !equal(a.d->v[i], *o))
-				return 0;
+			if (!o || !equal(c, a.d->v[i], *o))
+				return leave(c), 0;
 		}
-		return 1;
+		return leave(c), 1;
 	default: return a.fn == b.fn;
 	}
 }
@@ -355,6 +386,8 @@ static void to_json(struct ctx *c, struct sbuf *b, struct value v, int indent, i
 	case V_LIST: case V_DICT: break;
 	}
 	const size_t n = v.t == V_LIST ? v.l->n : v.d->n;
+	if (depth > TMPL_MAX_DEPTH)
+		fail(c, line, "tojson: a value nested more than %d deep", TMPL_MAX_DEPTH);
 	sb_puts(b, v.t == V_LIST ? "[" : "{");
 	for (size_t i = 0; i < n; i++) {
 		if (i)
@@ -392,6 +425,7 @@ static void to_text(struct ctx *c, struct sbuf *b, struct value v, int line)
 	case V_LIST: case V_DICT: {
 		/* Python's repr, close enough for templates that print a structure */
 		const size_t n = v.t == V_LIST ? v.l->n : v.d->n;
+		enter(c, line);
 		sb_puts(b, v.t == V_LIST ? "[" : "{");
 		for (size_t i = 0; i < n; i++) {
 			struct value x = v.t == V_LIST ? v.l->v[i] : v.d->v[i];
@@ -411,6 +445,7 @@ static void to_text(struct ctx *c, struct sbuf *b, struct value v, int line)
 			}
 		}
 		sb_puts(b, v.t == V_LIST ? "]" : "}");
+		leave(c);
 		return;
 	}
 	case V_FUNC: fail(c, line, "cannot print a function");
@@ -496,7 +531,10 @@ static const char *lex_tag(struct ctx *c, const char *p, const char *end, char c
 			if (p < end && *p == '.' && p + 1 < end && isdigit((unsigned char)p[1])) {
 				t.t = T_FLOAT, t.f = strtod(s, &e), p = e;
 			} else {
+				errno = 0;
 				t.t = T_INT, t.i = strtoll(s, &e, 10), p = e;
+				if (errno == ERANGE)
+					fail(c, *line, "integer %.*s does not fit in 64 bits", (int)(p - s < 40 ? p - s : 40), s);
 			}
 		} else if (*p == '\'' || *p == '"') {
 			const char q = *p++;
@@ -808,14 +846,18 @@ static struct expr *parse_filters(struct ctx *c, struct expr *e)
 static struct expr *parse_unary(struct ctx *c)
 {
 	struct token *t = peek(c);
+	struct expr *e;
+	enter(c, t->line);
 	if (is_op(t, "-") || is_op(t, "+")) {
 		next(c);
-		struct expr *e = new_expr(c, E_NEG, t->line);
+		e = new_expr(c, E_NEG, t->line);
 		e->a = parse_unary(c);
 		e->negate = is_op(t, "-");
-		return e;
+	} else {
+		e = parse_filters(c, parse_postfix(c, parse_primary(c)));
 	}
-	return parse_filters(c, parse_postfix(c, parse_primary(c)));
+	leave(c);
+	return e;
 }
 
 static struct expr *binary(struct ctx *c, const char *op, struct expr *a, struct expr *b, int line)
@@ -899,12 +941,16 @@ static struct expr *parse_compare(struct ctx *c)
 
 static struct expr *parse_not(struct ctx *c)
 {
+	struct expr *e;
+	enter(c, peek(c)->line);
 	if (is_name(peek(c), "not")) {
-		struct expr *e = new_expr(c, E_NOT, next(c)->line);
+		e = new_expr(c, E_NOT, next(c)->line);
 		e->a = parse_not(c);
-		return e;
+	} else {
+		e = parse_compare(c);
 	}
-	return parse_compare(c);
+	leave(c);
+	return e;
 }
 
 static struct expr *parse_and(struct ctx *c)
@@ -931,6 +977,7 @@ static struct expr *parse_or(struct ctx *c)
 
 static struct expr *parse_expr(struct ctx *c)
 {
+	enter(c, peek(c)->line);
 	struct expr *e = parse_or(c);
 	if (is_name(peek(c), "if")) { /* a if cond else b */
 		struct expr *x = new_expr(c, E_COND, next(c)->line);
@@ -939,8 +986,9 @@ static struct expr *parse_expr(struct ctx *c)
 			next(c);
 			x->c = parse_expr(c);
 		}
-		return x;
+		e = x;
 	}
+	leave(c);
 	return e;
 }
 
@@ -1015,11 +1063,12 @@ static struct stmt *parse_body(struct ctx *c, const char *const *ends, const cha
 {
 	struct stmt head = {0}, *tail = &head;
 	*stop = NULL;
+	enter(c, peek(c)->line); /* blocks in blocks */
 	for (;;) {
 		struct token *t = next(c);
 		struct stmt *s = NULL;
 		if (t->t == T_EOF) /* next() stays on it */
-			return head.next;
+			return leave(c), head.next;
 		if (t->t == T_TEXT) {
 			s = alloc(c, sizeof *s);
 			s->k = S_TEXT, s->line = t->line, s->text = t->s, s->n = t->n;
@@ -1033,7 +1082,7 @@ static struct stmt *parse_body(struct ctx *c, const char *const *ends, const cha
 			for (size_t i = 0; ends && ends[i]; i++)
 				if (is_name(kw, ends[i])) {
 					*stop = ends[i];
-					return head.next;
+					return leave(c), head.next;
 				}
 			if (is_name(kw, "if")) {
 				s = parse_if(c, kw->line);
@@ -1313,7 +1362,7 @@ static struct value call_method(struct ctx *c, struct func *f, struct value *a, 
 			return v_none();
 		}
 		for (size_t i = 0; i < s.l->n; i++)
-			if (equal(s.l->v[i], a0))
+			if (equal(c, s.l->v[i], a0))
 				return v_int((long long)i);
 		fail(c, line, "index: value not in list");
 	}
@@ -1352,9 +1401,14 @@ static struct value call(struct ctx *c, struct value fv, struct value *a, const 
 			fail(c, line, "range needs an argument");
 		if (n == 3 && !(step = want_int(c, a[2], line, "range")))
 			fail(c, line, "range step 0");
+		/* the count first, in 128 bits: the loop below then never steps past a 64-bit end */
+		const __int128 span = step > 0 ? (__int128)hi - lo : (__int128)lo - hi;
+		const __int128 count = span <= 0 ? 0 : (span - 1) / (step > 0 ? step : -(__int128)step) + 1;
+		if (count > TMPL_MAX_BYTES / sizeof(struct value))
+			fail(c, line, "range of more than %zu numbers", TMPL_MAX_BYTES / sizeof(struct value));
 		struct list *l = list_new(c);
-		for (long long i = lo; step > 0 ? i < hi : i > hi; i += step)
-			list_push(c, l, v_int(i));
+		for (long long k = 0; k < (long long)count; k++)
+			list_push(c, l, v_int((long long)(lo + (__int128)k * step)));
 		return (struct value){.t = V_LIST, .l = l};
 	}
 	if (!strcmp(f->name, "strftime_now")) {
@@ -1379,9 +1433,14 @@ static struct value apply_filter(struct ctx *c, struct expr *e, struct value v, 
 		return v_int((long long)seq_len(c, v, line));
 	if (!strcmp(f, "tojson")) {
 		int indent = -1;
-		for (size_t i = 0; i < n; i++)
-			if (!kw[i] || !strcmp(kw[i], "indent"))
-				indent = a[i].t == V_NONE ? -1 : (int)want_int(c, a[i], line, "tojson indent");
+		for (size_t i = 0; i < n; i++) {
+			if ((kw[i] && strcmp(kw[i], "indent")) || a[i].t == V_NONE)
+				continue;
+			const long long k = want_int(c, a[i], line, "tojson indent");
+			if (k < 0 || k > 64)
+				fail(c, line, "tojson indent %lld: 0..64", k);
+			indent = (int)k;
+		}
 		struct sbuf b = {c, NULL, 0, 0};
 		sb_put(&b, "", 0);
 		to_json(c, &b, v, indent, 0, line);
@@ -1429,9 +1488,20 @@ static struct value apply_filter(struct ctx *c, struct expr *e, struct value v, 
 		struct func m = {"items", v, 1};
 		return v.t == V_DICT ? call_method(c, &m, a, 0, line) : (struct value){.t = V_LIST, .l = list_new(c)};
 	}
-	if (!strcmp(f, "int"))
-		return v.t == V_STR ? v_int(strtoll(dup_n(c, v.str.s, v.str.n), NULL, 10))
-		       : v.t == V_FLOAT ? v_int((long long)v.f) : v_int(want_int(c, v, line, "int"));
+	if (!strcmp(f, "int")) {
+		if (v.t == V_FLOAT) { /* toward zero, as Python's int(); NaN and the infinities are not integers */
+			if (!(v.f > -0x1p63 && v.f < 0x1p63))
+				fail(c, line, "int(%g) does not fit in 64 bits", v.f);
+			return v_int((long long)v.f);
+		}
+		if (v.t != V_STR)
+			return v_int(want_int(c, v, line, "int"));
+		errno = 0;
+		const long long i = strtoll(dup_n(c, v.str.s, v.str.n), NULL, 10); /* not a number: 0, as Jinja2 */
+		if (errno == ERANGE)
+			fail(c, line, "int('%.*s') does not fit in 64 bits", (int)(v.str.n < 40 ? v.str.n : 40), v.str.s);
+		return v_int(i);
+	}
 	if (!strcmp(f, "safe") || !strcmp(f, "e") || !strcmp(f, "escape"))
 		return v; /* no autoescaping in chat templates */
 	fail(c, line, "unknown filter %s", f);
@@ -1458,7 +1528,7 @@ static int apply_test(struct ctx *c, struct expr *e, struct value v, struct valu
 		long long d = n ? want_int(c, a[0], e->line, t) : 0;
 		return d && want_int(c, v, e->line, t) % d == 0;
 	}
-	if (!strcmp(t, "equalto") || !strcmp(t, "eq") || !strcmp(t, "sameas")) return n && equal(v, a[0]);
+	if (!strcmp(t, "equalto") || !strcmp(t, "eq") || !strcmp(t, "sameas")) return n && equal(c, v, a[0]);
 	fail(c, e->line, "unknown test %s", t);
 }
 
@@ -1490,13 +1560,47 @@ static int contains(struct ctx *c, struct value hay, struct value needle, int li
 		return needle.t == V_STR && dict_find(hay.d, needle.str.s, needle.str.n);
 	if (hay.t == V_LIST) {
 		for (size_t i = 0; i < hay.l->n; i++)
-			if (equal(hay.l->v[i], needle))
+			if (equal(c, hay.l->v[i], needle))
 				return 1;
 		return 0;
 	}
 	if (hay.t == V_UNDEF)
 		return 0;
 	fail(c, line, "'in' needs a string, list or dict, not %s", type_name(hay));
+}
+
+/* Python's integer arithmetic where it fits 64 bits; past that the render fails
+ * (Python would switch to a big integer: no chat template needs one). */
+static struct value int_op(struct ctx *c, const char *op, long long p, long long q, int line)
+{
+	long long r = 0;
+	int over = 0;
+	if (!strcmp(op, "+")) {
+		over = __builtin_add_overflow(p, q, &r);
+	} else if (!strcmp(op, "-")) {
+		over = __builtin_sub_overflow(p, q, &r);
+	} else if (!strcmp(op, "*")) {
+		over = __builtin_mul_overflow(p, q, &r);
+	} else if (!strcmp(op, "//") || !strcmp(op, "%")) { /* floor division; q != 0 was checked */
+		if (p == LLONG_MIN && q == -1) {
+			over = !strcmp(op, "//"); /* LLONG_MIN % -1 is 0 */
+		} else {
+			const long long quo = p / q, rem = p % q, adj = rem != 0 && ((rem < 0) != (q < 0));
+			r = !strcmp(op, "//") ? quo - adj : rem + (adj ? q : 0);
+		}
+	} else { /* ** with q >= 0, by squaring */
+		long long base = p;
+		r = 1;
+		for (long long e = q; e && !over; e >>= 1) {
+			if (e & 1)
+				over = __builtin_mul_overflow(r, base, &r);
+			if (e > 1 && !over)
+				over = __builtin_mul_overflow(base, base, &base);
+		}
+	}
+	if (over)
+		fail(c, line, "%lld %s %lld does not fit in 64 bits", p, op, q);
+	return v_int(r);
 }
 
 static struct value binop(struct ctx *c, const char *op, struct value a, struct value b, int line)
@@ -1508,8 +1612,8 @@ static struct value binop(struct ctx *c, const char *op, struct value a, struct 
 		to_text(c, &s, b, line);
 		return v_str(s.p, s.n);
 	}
-	if (!strcmp(op, "==")) return v_bool(equal(a, b));
-	if (!strcmp(op, "!=")) return v_bool(!equal(a, b));
+	if (!strcmp(op, "==")) return v_bool(equal(c, a, b));
+	if (!strcmp(op, "!=")) return v_bool(!equal(c, a, b));
 	if (!strcmp(op, "<")) return v_bool(compare(c, a, b, line, op) < 0);
 	if (!strcmp(op, ">")) return v_bool(compare(c, a, b, line, op) > 0);
 	if (!strcmp(op, "<=")) return v_bool(compare(c, a, b, line, op) <= 0);
@@ -1533,6 +1637,11 @@ static struct value binop(struct ctx *c, const char *op, struct value a, struct 
 	if (!strcmp(op, "*") && (a.t == V_STR || b.t == V_STR)) { /* "=" * 3 */
 		struct value s = a.t == V_STR ? a : b;
 		long long k = want_int(c, a.t == V_STR ? b : a, line, "*");
+		if (k <= 0 || s.str.n == 0)
+			return v_str("", 0);
+		if ((unsigned long long)k > TMPL_MAX_BYTES / s.str.n)
+			fail(c, line, "a string of %zu bytes repeated %lld times: more than %u MB", s.str.n, k,
+			     TMPL_MAX_BYTES >> 20);
 		struct sbuf sb = {c, NULL, 0, 0};
 		sb_put(&sb, "", 0);
 		for (long long i = 0; i < k; i++)
@@ -1548,15 +1657,8 @@ static struct value binop(struct ctx *c, const char *op, struct value a, struct 
 	}
 	if ((!strcmp(op, "//") || !strcmp(op, "%")) && y == 0)
 		fail(c, line, "division by zero");
-	if (ints) {
-		const long long p = (long long)x, q = (long long)y;
-		if (!strcmp(op, "+")) return v_int(p + q);
-		if (!strcmp(op, "-")) return v_int(p - q);
-		if (!strcmp(op, "*")) return v_int(p * q);
-		if (!strcmp(op, "//")) return v_int(p / q - ((p % q != 0) && ((p < 0) != (q < 0))));
-		if (!strcmp(op, "%")) return v_int(((p % q) + q) % q);
-		if (!strcmp(op, "**")) return v_int((long long)pow(x, y));
-	}
+	if (ints && !(!strcmp(op, "**") && y < 0)) /* exact, in 64 bits (2 ** -1 is a float, as in Python) */
+		return int_op(c, op, a.t == V_INT ? a.i : a.b, b.t == V_INT ? b.i : b.b, line);
 	double r = !strcmp(op, "+") ? x + y : !strcmp(op, "-") ? x - y : !strcmp(op, "*") ? x * y
 		 : !strcmp(op, "//") ? floor(x / y) : !strcmp(op, "%") ? x - y * floor(x / y) : pow(x, y);
 	return (struct value){.t = V_FLOAT, .f = r};
@@ -1587,17 +1689,37 @@ static struct value slice(struct ctx *c, struct value v, struct expr *e, struct 
 	if (v.t == V_STR) {
 		struct sbuf s = {c, NULL, 0, 0};
 		sb_put(&s, "", 0);
-		for (long long i = a; step > 0 ? i < b : i > b; i += step)
+		for (long long i = a; step > 0 ? i < b : i > b;) {
 			sb_put(&s, v.str.s + i, 1);
+			if (__builtin_add_overflow(i, step, &i)) /* a step past either end: done */
+				break;
+		}
 		return v_str(s.p, s.n);
 	}
 	struct list *src = iter_items(c, v, e->line), *l = list_new(c);
-	for (long long i = a; step > 0 ? i < b : i > b; i += step)
+	for (long long i = a; step > 0 ? i < b : i > b;) {
 		list_push(c, l, src->v[i]);
+		if (__builtin_add_overflow(i, step, &i))
+			break;
+	}
 	return (struct value){.t = V_LIST, .l = l};
 }
 
+static struct value eval_node(struct ctx *c, struct scope *sc, struct expr *e);
+
+/* every evaluation counts a step and a level: the bounds on time and stack */
 static struct value eval(struct ctx *c, struct scope *sc, struct expr *e)
+{
+	if (++c->steps > TMPL_MAX_STEPS)
+		fail(c, e->line, "more than %lu steps: a loop that does not end?", TMPL_MAX_STEPS);
+	c->line = e->line;
+	enter(c, e->line);
+	struct value v = eval_node(c, sc, e);
+	leave(c);
+	return v;
+}
+
+static struct value eval_node(struct ctx *c, struct scope *sc, struct expr *e)
 {
 	struct value args[32];
 	switch (e->k) {
@@ -1656,7 +1778,10 @@ static struct value eval(struct ctx *c, struct scope *sc, struct expr *e)
 			return v;
 		if (v.t == V_FLOAT)
 			return (struct value){.t = V_FLOAT, .f = -v.f};
-		return v_int(-want_int(c, v, e->line, "unary -"));
+		const long long i = want_int(c, v, e->line, "unary -");
+		if (i == LLONG_MIN)
+			fail(c, e->line, "-(%lld) does not fit in 64 bits", i);
+		return v_int(-i);
 	}
 	case E_BIN: {
 		struct value a = eval(c, sc, e->a), b = eval(c, sc, e->b);
@@ -1729,6 +1854,9 @@ static void run_for(struct ctx *c, struct scope *sc, struct stmt *s, struct sbuf
 static void run(struct ctx *c, struct scope *sc, struct stmt *s, struct sbuf *out)
 {
 	for (; s; s = s->next) {
+		if (++c->steps > TMPL_MAX_STEPS)
+			fail(c, s->line, "more than %lu steps: a loop that does not end?", TMPL_MAX_STEPS);
+		c->line = s->line;
 		switch (s->k) {
 		case S_TEXT: sb_put(out, s->text, s->n); break;
 		case S_OUT: to_text(c, out, eval(c, sc, s->e), s->line); break;
