@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -143,4 +144,25 @@ void moe_check_stdout_at_exit(const char *prog)
 {
 	stdout_prog = prog;
 	atexit(close_stdout);
+}
+
+static char sigbus_msg[512];
+static size_t sigbus_len;
+
+static void on_sigbus(int sig)
+{
+	(void)sig;
+	if (write(STDERR_FILENO, sigbus_msg, sigbus_len) < 0) { /* nothing more to do in a handler */
+	}
+	_exit(1);
+}
+
+void moe_trap_truncated_mapping(const char *prog, const char *path)
+{
+	int n = snprintf(sigbus_msg, sizeof sigbus_msg, "%s: %s: the file was truncated or changed while in use\n", prog,
+			 path);
+	sigbus_len = n < 0 ? 0 : (size_t)n < sizeof sigbus_msg ? (size_t)n : sizeof sigbus_msg - 1;
+	struct sigaction sa = {.sa_handler = on_sigbus};
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGBUS, &sa, NULL);
 }

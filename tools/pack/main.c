@@ -270,6 +270,7 @@ int main(int argc, char **argv)
 	if (info || verify) {
 		if (nargs != 1)
 			return usage_error("%s needs one pack file", info ? "--info" : "--verify");
+		moe_trap_truncated_mapping("moe-pack", argv[optind]);
 		int rc = info ? pack_info(argv[optind], json) : pack_verify(argv[optind], o.progress);
 		return rc ? fail(rc) : 0;
 	}

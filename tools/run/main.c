@@ -920,6 +920,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "moe-run: %s: cannot write: %s\n", stats_json, strerror(errno));
 		goto out;
 	}
+	if (model)
+		moe_trap_truncated_mapping("moe-run", model);
 	if (model && moe_pack_open(model, &pack)) {
 		fail();
 		goto out;
