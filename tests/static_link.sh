@@ -15,11 +15,14 @@ check "pkg-config --static --cflags --libs moe" [ -n "$flags" ]
 whole=$(echo " $flags " | sed 's/ -lmoe / -Wl,--whole-archive -lmoe -Wl,--no-whole-archive /')
 case "${LDFLAGS:-}" in
 *-fsanitize*) # the sanitizer runtimes cannot be linked -static: every library from
-	# pkg-config still comes from its archive, only libc and the runtimes are shared
+	# pkg-config still comes from its archive, only glibc's (libc, libm, libpthread)
+	# and the runtimes are shared, as a glibc archive cannot join a dynamic link
+	glibc=$(for f in $flags; do case $f in -lm | -lpthread | -ldl | -lrt) printf ' %s' "$f" ;; esac; done)
+	others() { for f in "$@"; do case $f in -lm | -lpthread | -ldl | -lrt) ;; *) printf ' %s' "$f" ;; esac; done; }
 	check "cc prog.c -Wl,-Bstatic \$(pkg-config --static ...)" \
-		$CC $LDFLAGS -o prog "$TESTS_DIR/static_link.c" -Wl,-Bstatic $flags -Wl,-Bdynamic
+		$CC $LDFLAGS -o prog "$TESTS_DIR/static_link.c" -Wl,-Bstatic $(others $flags) -Wl,-Bdynamic $glibc
 	check "... and with every member of libmoe.a" \
-		$CC $LDFLAGS -o whole "$TESTS_DIR/static_link.c" -Wl,-Bstatic $whole -Wl,-Bdynamic ;;
+		$CC $LDFLAGS -o whole "$TESTS_DIR/static_link.c" -Wl,-Bstatic $(others $whole) -Wl,-Bdynamic $glibc ;;
 *)
 	check "cc -static prog.c \$(pkg-config --static ...)" $CC -static -o prog "$TESTS_DIR/static_link.c" $flags
 	check "... is a static executable" sh -c '! readelf -l prog | grep -q "program interpreter"'
