@@ -21,6 +21,7 @@
 #include "pack/writer.h"
 
 static char path[256];
+static int nan_routers; /* write the routers' weights as NaN */
 
 static struct moe_hparams mixtral(void)
 {
@@ -91,7 +92,9 @@ static int write_model(const struct moe_hparams *meta, const struct moe_hparams 
 		const uint64_t count = spec[i].dims[0] * (spec[i].n_dims == 2 ? spec[i].dims[1] : 1);
 		float *v = malloc(count * sizeof *v);
 		for (uint64_t j = 0; j < count; j++)
-			v[j] = spec[i].kind == MOE_KIND_NORM ? 1.0f : (float)((j * 7919 % 201) - 100) * 1e-3f;
+			v[j] = spec[i].kind == MOE_KIND_NORM ? 1.0f
+			       : spec[i].kind == MOE_KIND_ROUTER && nan_routers ? NAN
+			       : (float)((j * 7919 % 201) - 100) * 1e-3f;
 		rc = packw_tensor_append(w, (int)t++, v, count * sizeof *v);
 		free(v);
 	}
@@ -181,6 +184,35 @@ int main(void)
 	expect("a flag that is not 0 or 1", &a, &a, 0, "norm_topk_prob = 7 is out of range (0..1)");
 	a = ds, a.first_dense = 3;
 	expect("first_dense past the layers", &a, &a, 0, "first_dense = 3 is out of range (0..2)");
+	/* weights that are NaN load (nothing checks values) and run without a wrong
+	 * memory access: routing still picks distinct experts (regression: a fuzzed pack
+	 * routed every token to expert 0 twice, overflowing the gather buffer) */
+	nan_routers = 1;
+	for (int arch = 0; arch < 2; arch++) {
+		struct moe_hparams hp = arch ? deepseek() : mixtral();
+		CHECK(write_model(&hp, &hp, 0) == 0, "NaN routers: write");
+		moe_pack *pk;
+		struct moe_model *m;
+		struct moe_session *s;
+		if (moe_pack_open(path, &pk) || moe_model_load(pk, 1, &m)) {
+			CHECK(0, "NaN routers: load: %s", moe_last_error());
+			continue;
+		}
+		CHECK(moe_session_create(m, 16, 4, MOE_KV_F32, &s) == 0, "NaN routers: session");
+		const int32_t ids[4] = {1, 2, 3, 4};
+		float *logits = malloc(hp.vocab * sizeof *logits);
+		CHECK(moe_forward(s, ids, 4, NULL, logits) == 0, "NaN routers: forward: %s", moe_last_error());
+		const size_t K = hp.n_experts_used;
+		for (size_t t = 0; t < 4; t++)
+			for (size_t i = 0; i < K; i++)
+				for (size_t j = i + 1; j < K; j++)
+					CHECK(s->topk[t * K + i] != s->topk[t * K + j], "%s: token %zu routed twice to expert %d",
+					      arch ? "deepseek" : "mixtral", t, s->topk[t * K + i]);
+		free(logits);
+		moe_session_free(s);
+		moe_model_free(m);
+		moe_pack_close(pk);
+	}
 	unlink(path);
 	return check_report("test_invariants");
 }

@@ -466,10 +466,12 @@ static void softmax_topk(float *p, size_t E, size_t K, int *idx, float *prob)
 	for (size_t e = 0; e < E; e++)
 		sum += (p[e] = expf(p[e] - mx));
 	for (size_t k = 0; k < K; k++) {
-		size_t best = 0;
-		float bv = -1;
+		/* K distinct experts whatever the values: weights with NaN or infinities make
+		 * every comparison false, and the first one not taken is chosen then */
+		size_t best = SIZE_MAX;
+		float bv = 0;
 		for (size_t e = 0; e < E; e++)
-			if (p[e] > bv) {
+			if (p[e] != -2.0f && (best == SIZE_MAX || p[e] > bv)) {
 				bv = p[e];
 				best = e;
 			}

@@ -1,0 +1,74 @@
+/* fuzz_pack - the pack reader: open, the model's invariants, the tokenizer and chat
+ * template it carries, every checksum, the expert blobs. The first byte picks the
+ * mode: odd recomputes the checksums (fuzz_reseal) so that mutations reach the
+ * parsers behind them; even leaves the file as mutated. */
+#include "fuzz.h"
+
+#include <stdlib.h>
+
+#include "model/arch.h"
+#include "moe.h"
+#include "text/template.h"
+#include "text/tokenizer.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	if (size < 1)
+		return 0;
+	uint8_t *b = malloc(size - 1 ? size - 1 : 1);
+	memcpy(b, data + 1, size - 1);
+	if (data[0] & 1)
+		fuzz_reseal(b, size - 1);
+	char path[64];
+	int fd = fuzz_file(b, size - 1, path, sizeof path);
+	free(b);
+	moe_pack *p;
+	if (fd < 0 || moe_pack_open(path, &p)) {
+		if (fd >= 0)
+			close(fd);
+		return 0;
+	}
+	for (size_t i = 0; i < moe_pack_meta_count(p); i++) {
+		int type;
+		moe_pack_meta_key(p, i, &type);
+	}
+	struct moe_hparams hp;
+	moe_hparams_from_pack(p, &hp);
+	struct moe_tokenizer *t = NULL;
+	if (moe_tokenizer_from_pack(p, "fuzz", &t) == 0 && t) {
+		int32_t *ids = NULL;
+		size_t n = 0;
+		static const char text[] = "Hello wörld <s> 12345 \xff\n\tend";
+		if (moe_tokenize(t, text, sizeof text - 1, 1, &ids, &n) == 0) {
+			char *back = NULL;
+			size_t bl;
+			if (moe_detokenize(t, ids, n, 0, &back, &bl) == 0)
+				free(back);
+			free(ids);
+		}
+		moe_tokenizer_free(t);
+	}
+	const void *tmpl;
+	uint64_t tl;
+	if (moe_pack_meta_bytes(p, "tokenizer.chat_template", &tmpl, &tl) == 0) {
+		char *out = NULL;
+		size_t ol;
+		if (moe_chat_render(tmpl, "[{\"role\": \"user\", \"content\": \"hi\"}]", "<s>", "</s>", 1, NULL, &out, &ol) == 0)
+			free(out);
+	}
+	moe_expert_layout lay;
+	moe_pack_expert_layout(p, &lay);
+	if (lay.raw_size <= (64u << 20)) { /* the target's own bound on one allocation */
+		moe_pack_verify(p, NULL, NULL);
+		void *raw = malloc(lay.raw_size ? lay.raw_size : 1);
+		for (size_t i = 0; raw && i < moe_pack_expert_count(p) && i < 4; i++) {
+			moe_expert_info e;
+			if (moe_pack_expert_at(p, i, &e) == 0)
+				moe_pack_expert_read(p, e.layer, e.expert, raw);
+		}
+		free(raw);
+	}
+	moe_pack_close(p);
+	close(fd);
+	return 0;
+}

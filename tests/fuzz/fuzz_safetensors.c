@@ -1,0 +1,60 @@
+/* fuzz_safetensors - moe-pack's Hugging Face folder importer. The input is
+ * config.json, a NUL byte, then model.safetensors; both go into a folder that the
+ * importer opens, looks every tensor up in and reads rows of. */
+#include "fuzz.h"
+
+#include <stdlib.h>
+
+#include "../../tools/pack/source.h"
+
+static char dir[64];
+
+static int write_all(const char *name, const uint8_t *p, size_t n)
+{
+	char path[128];
+	snprintf(path, sizeof path, "%s/%s", dir, name);
+	FILE *f = fopen(path, "wb");
+	if (!f)
+		return -1;
+	const int bad = fwrite(p, 1, n, f) != n;
+	return fclose(f) != 0 || bad ? -1 : 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	if (!dir[0]) {
+		snprintf(dir, sizeof dir, "/tmp/moe-fuzz-st.XXXXXX");
+		if (!mkdtemp(dir))
+			abort();
+	}
+	const uint8_t *nul = memchr(data, 0, size);
+	if (!nul)
+		return 0;
+	if (write_all("config.json", data, (size_t)(nul - data)) ||
+	    write_all("model.safetensors", nul + 1, size - (size_t)(nul - data) - 1))
+		return 0;
+	struct moe_source *src;
+	if (src_open(dir, &src) == 0) {
+		size_t n = moe_arch_dense_tensors(&src->hp, NULL, 0);
+		struct moe_tensor_spec *spec = n < 100000 ? calloc(n + 1, sizeof *spec) : NULL;
+		if (spec) {
+			moe_arch_dense_tensors(&src->hp, spec, n);
+			for (size_t i = 0; i < n; i++) {
+				struct src_entry *e;
+				src_lookup(src, &spec[i], &e);
+			}
+			free(spec);
+		}
+		for (size_t i = 0; i < src->n_entries && i < 64; i++) {
+			const struct src_entry *e = &src->entries[i];
+			if (e->cols > (1u << 16))
+				continue;
+			float *row = malloc(2 * e->cols * sizeof *row);
+			if (row && e->rows >= 2)
+				src_read_rows(src, e, e->rows - 2, 2, row);
+			free(row);
+		}
+		src_close(src);
+	}
+	return 0;
+}
