@@ -61,6 +61,8 @@ variant badidx && printf '{"weight_map": {"lm_head.weight": "../etc/passwd"}}' >
 expect_error "index naming a file outside" "is not a file name in the folder" pack badidx out.moe
 variant badtok && printf '{"model": ' >badtok/tokenizer.json
 expect_error "malformed tokenizer.json" "malformed JSON" pack badtok out.moe
+variant hugetok && truncate -s 300M hugetok/tokenizer.json
+expect_error "a 300 MB tokenizer.json (sparse)" "hugetok/tokenizer.json: 314572800 bytes, more than the 256 MB" pack hugetok out.moe
 expect_error "source missing" "nothere: No such file or directory" pack nothere out.moe
 
 # ---- GGUF ----

@@ -63,6 +63,11 @@ int moe_read_file(const char *path, char **data, size_t *len)
 		close(fd);
 		return moe_fail(MOE_EIO, "%s: %s", path, strerror(errno));
 	}
+	if (st.st_size > MOE_MAX_SIDE_FILE) {
+		close(fd);
+		return moe_fail(MOE_EFORMAT, "%s: %lld bytes, more than the %d MB such a file may have", path,
+				(long long)st.st_size, MOE_MAX_SIDE_FILE >> 20);
+	}
 	char *buf = malloc((size_t)st.st_size + 1);
 	if (!buf) {
 		close(fd);

@@ -9,7 +9,9 @@
  * what names the file in the message. */
 int moe_pread_full(int fd, void *buf, size_t n, uint64_t off, const char *what);
 int moe_pwrite_full(int fd, const void *buf, size_t n, uint64_t off, const char *what);
-/* Read a whole (small) file into a NUL-terminated buffer. */
+/* Read a whole (small) file into a NUL-terminated buffer: a tokenizer, a config, a
+ * template, a text; at most MOE_MAX_SIDE_FILE bytes (tokenizer.json files are ~10 MB). */
+#define MOE_MAX_SIDE_FILE (256 << 20)
 int moe_read_file(const char *path, char **data, size_t *len);
 
 /* An output file appears whole or not at all. moe_out_create makes a temporary
