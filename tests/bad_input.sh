@@ -61,6 +61,13 @@ variant badidx && printf '{"weight_map": {"lm_head.weight": "../etc/passwd"}}' >
 expect_error "index naming a file outside" "is not a file name in the folder" pack badidx out.moe
 variant badtok && printf '{"model": ' >badtok/tokenizer.json
 expect_error "malformed tokenizer.json" "malformed JSON" pack badtok out.moe
+# DeepSeek group routing that cannot be done (the example of issue 15), refused at import
+py "$W" safetensors dsgroups --arch=deepseek_v3 || not_ok "write deepseek folder"
+py -c "import json; p = 'dsgroups/config.json'; c = json.load(open(p)); c['topk_group'] = 3; json.dump(c, open(p, 'w'))"
+expect_error "DeepSeek topk_group > n_group" "hyperparameter topk_group = 3 is out of range (0..2)" pack dsgroups out.moe
+py -c "import json; p = 'dsgroups/config.json'; c = json.load(open(p)); c['topk_group'] = 1; c['n_group'] = 512; json.dump(c, open(p, 'w'))"
+expect_error "DeepSeek n_group > 256" "hyperparameter n_group = 512 is out of range" pack dsgroups out.moe
+no_output "DeepSeek groups" out.moe
 variant hugetok && truncate -s 300M hugetok/tokenizer.json
 expect_error "a 300 MB tokenizer.json (sparse)" "hugetok/tokenizer.json: 314572800 bytes, more than the 256 MB" pack hugetok out.moe
 expect_error "source missing" "nothere: No such file or directory" pack nothere out.moe

@@ -193,9 +193,12 @@ int pack_verify(const char *path, int progress)
 	moe_progress_start(&bar, progress, "verify", "items", 0);
 	rc = moe_pack_verify(pk, verify_progress, &bar);
 	moe_progress_end(&bar);
+	struct moe_hparams hp; /* intact is not enough: the contents must add up (moepack(5), INVARIANTS) */
 	if (!rc)
-		printf("%s: OK, %zu tensors and %zu experts verified\n", path, moe_pack_tensor_count(pk),
-		       moe_pack_expert_count(pk));
+		rc = moe_hparams_from_pack(pk, &hp);
+	if (!rc)
+		printf("%s: OK, %zu tensors and %zu experts verified, shapes as the hyperparameters imply\n", path,
+		       moe_pack_tensor_count(pk), moe_pack_expert_count(pk));
 	moe_pack_close(pk);
 	return rc;
 }
