@@ -7,11 +7,13 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "moe.h"
 #include "pack/format.h"
 
 /* The bytes as a file: a memfd, named by /proc/self/fd/N in path. Returns its fd. */
@@ -76,6 +78,26 @@ static inline void fuzz_reseal(uint8_t *b, size_t n)
 	ft.file_size = n;
 	ft.checksum = XXH3_64bits(&ft, 24);
 	memcpy(b + n - PACK_FOOTER_SIZE, &ft, sizeof ft);
+}
+
+/* The input opened as a pack, its checksums first recomputed if reseal: 0 and *p, *fd
+ * (close both after), or -1. */
+static inline int fuzz_open_pack(const uint8_t *data, size_t size, int reseal, moe_pack **p, int *fd)
+{
+	uint8_t *b = malloc(size ? size : 1);
+	if (!b)
+		return -1;
+	memcpy(b, data, size);
+	if (reseal)
+		fuzz_reseal(b, size);
+	char path[64];
+	*fd = fuzz_file(b, size, path, sizeof path);
+	free(b);
+	if (*fd >= 0 && moe_pack_open(path, p) == 0)
+		return 0;
+	if (*fd >= 0)
+		close(*fd);
+	return -1;
 }
 
 #endif

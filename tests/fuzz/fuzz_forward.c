@@ -11,18 +11,10 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	uint8_t *b = malloc(size ? size : 1);
-	memcpy(b, data, size);
-	fuzz_reseal(b, size);
-	char path[64];
-	int fd = fuzz_file(b, size, path, sizeof path);
-	free(b);
 	moe_pack *p;
-	if (fd < 0 || moe_pack_open(path, &p)) {
-		if (fd >= 0)
-			close(fd);
+	int fd;
+	if (fuzz_open_pack(data, size, 1, &p, &fd))
 		return 0;
-	}
 	struct moe_model *m;
 	if (moe_model_load(p, 1, &m) == 0) {
 		const struct moe_hparams *hp = &m->hp;

@@ -13,21 +13,10 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	if (size < 1)
-		return 0;
-	uint8_t *b = malloc(size - 1 ? size - 1 : 1);
-	memcpy(b, data + 1, size - 1);
-	if (data[0] & 1)
-		fuzz_reseal(b, size - 1);
-	char path[64];
-	int fd = fuzz_file(b, size - 1, path, sizeof path);
-	free(b);
 	moe_pack *p;
-	if (fd < 0 || moe_pack_open(path, &p)) {
-		if (fd >= 0)
-			close(fd);
+	int fd;
+	if (size < 1 || fuzz_open_pack(data + 1, size - 1, data[0] & 1, &p, &fd))
 		return 0;
-	}
 	for (size_t i = 0; i < moe_pack_meta_count(p); i++) {
 		int type;
 		moe_pack_meta_key(p, i, &type);

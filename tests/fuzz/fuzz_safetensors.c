@@ -5,7 +5,7 @@
 
 #include <stdlib.h>
 
-#include "../../tools/pack/source.h"
+#include "fuzz_source.h"
 
 static char dir[64];
 
@@ -35,25 +35,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	struct moe_source *src;
 	if (src_open(dir, &src) == 0) {
-		size_t n = moe_arch_dense_tensors(&src->hp, NULL, 0);
-		struct moe_tensor_spec *spec = n < 100000 ? calloc(n + 1, sizeof *spec) : NULL;
-		if (spec) {
-			moe_arch_dense_tensors(&src->hp, spec, n);
-			for (size_t i = 0; i < n; i++) {
-				struct src_entry *e;
-				src_lookup(src, &spec[i], &e);
-			}
-			free(spec);
-		}
-		for (size_t i = 0; i < src->n_entries && i < 64; i++) {
-			const struct src_entry *e = &src->entries[i];
-			if (e->cols > (1u << 16))
-				continue;
-			float *row = malloc(2 * e->cols * sizeof *row);
-			if (row && e->rows >= 2)
-				src_read_rows(src, e, e->rows - 2, 2, row);
-			free(row);
-		}
+		fuzz_use_source(src);
 		src_close(src);
 	}
 	return 0;
