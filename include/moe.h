@@ -61,7 +61,8 @@ double moe_now(void);
  * Numeric ids are stored in packs: never renumber, only append.
  * q8/q4 use 32-weight blocks with an fp16 scale, value-compatible with GGUF
  * Q8_0/Q4_0; in a pack a matrix stores all its rows' codes first, then all
- * its scales (see moepack(5)).
+ * its scales (see moepack(5)). The types from q4_1 on are GGUF's blocks kept
+ * bit for bit: a matrix is its rows, each row its blocks in GGUF's layout.
  */
 enum moe_type {
 	MOE_TYPE_F32 = 0,
@@ -69,10 +70,20 @@ enum moe_type {
 	MOE_TYPE_BF16 = 2,
 	MOE_TYPE_Q8 = 3,
 	MOE_TYPE_Q4 = 4,
+	MOE_TYPE_Q4_1 = 5,   /* GGUF Q4_1: 32 weights, d and m */
+	MOE_TYPE_Q5_0 = 6,   /* GGUF Q5_0 */
+	MOE_TYPE_Q5_1 = 7,   /* GGUF Q5_1 */
+	MOE_TYPE_Q2_K = 8,   /* GGUF Q2_K: 256 weights, 4-bit scales and mins per 16 */
+	MOE_TYPE_Q3_K = 9,   /* GGUF Q3_K: 6-bit scales per 16 */
+	MOE_TYPE_Q4_K = 10,  /* GGUF Q4_K: 6-bit scales and mins per 32 */
+	MOE_TYPE_Q5_K = 11,  /* GGUF Q5_K */
+	MOE_TYPE_Q6_K = 12,  /* GGUF Q6_K: 8-bit scales per 16 */
+	MOE_TYPE_IQ4_NL = 13, /* GGUF IQ4_NL: 32 weights, 16 non-uniform levels */
+	MOE_TYPE_IQ4_XS = 14, /* GGUF IQ4_XS: 256 weights, IQ4_NL levels, 6-bit scales per 32 */
 	MOE_TYPE_COUNT
 };
 
-/* "f32", "f16", "bf16", "q8", "q4"; NULL for an unknown id. */
+/* "f32", "f16", "bf16", "q8", "q4", "q4_1", ... "q6_k", "iq4_nl", "iq4_xs"; NULL for an unknown id. */
 const char *moe_type_name(int type);
 /* Parse a name above; returns the id or MOE_EINVAL. */
 int moe_type_from_name(const char *name);

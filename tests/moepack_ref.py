@@ -1,9 +1,17 @@
 """Independent reference for the tests: reads a moemap pack from moepack(5) alone
-(numpy, no libmoe), and the GGUF Q8_0/Q4_0 and FP8 E4M3 arithmetic in float64."""
+(numpy, no libmoe), and the GGUF Q8_0/Q4_0 and FP8 E4M3 arithmetic in float64
+(GGUF's other block types: gguf_blocks.py)."""
+import os
 import struct
+import sys
+
 import numpy as np
 
-TYPES = {0: "f32", 1: "f16", 2: "bf16", 3: "q8", 4: "q4"}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gguf_blocks  # noqa: E402
+
+TYPES = {0: "f32", 1: "f16", 2: "bf16", 3: "q8", 4: "q4", 5: "q4_1", 6: "q5_0", 7: "q5_1", 8: "q2_k", 9: "q3_k",
+         10: "q4_k", 11: "q5_k", 12: "q6_k", 13: "iq4_nl", 14: "iq4_xs"}
 
 
 def _bf16_to_f64(u16):
@@ -19,6 +27,8 @@ def dequant(tname, raw, rows, cols):
         return np.frombuffer(raw, np.float16, n).astype(np.float64).reshape(rows, cols)
     if tname == "bf16":
         return _bf16_to_f64(np.frombuffer(raw, np.uint16, n)).reshape(rows, cols)
+    if tname in gguf_blocks.FORMATS:  # GGUF's blocks as they are, row after row
+        return gguf_blocks.decode(tname, raw, n).reshape(rows, cols)
     nb = n // 32
     if tname == "q8":
         codes = np.frombuffer(raw, np.int8, n).astype(np.float64).reshape(nb, 32)
@@ -38,6 +48,9 @@ def split_codes(tname, raw, rows, cols):
 
 def matrix_bytes(tname, rows, cols):
     n = rows * cols
+    if tname in gguf_blocks.FORMATS:
+        w, nbytes, _ = gguf_blocks.FORMATS[tname]
+        return n // w * nbytes
     return {"f32": 4 * n, "f16": 2 * n, "bf16": 2 * n, "q8": n + n // 16, "q4": n // 2 + n // 16}[tname]
 
 

@@ -10,7 +10,7 @@
 #include "check.h"
 #include "kernels/kernels.h"
 
-enum { T_F32 = 0, T_F16 = 1, T_Q8 = 3, T_Q4 = 4 };
+enum { T_F32 = MOE_TYPE_F32, T_F16 = MOE_TYPE_F16, T_Q8 = MOE_TYPE_Q8, T_Q4 = MOE_TYPE_Q4 };
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static uint32_t next(void)
@@ -34,9 +34,142 @@ static uint16_t rand_scale(void) /* a finite half between 2^-12 and 2^-2, either
 	return (uint16_t)(((next() & 1) << 15) | ((3 + next() % 10) << 10) | (next() & 1023));
 }
 
+/*
+ * GGUF's block formats in float64, written from ggml-quants.c's dequantize_row_*
+ * loops (not from src/kernels/blocks.c). mag[j] = |scale * code| + |offset| of weight
+ * j: the size of what a kernel adds and subtracts, for the rounding bound.
+ */
+static double h(const uint8_t *p) { return f16d((uint16_t)(p[0] | p[1] << 8)); }
+
+static void put(double *val, double *mag, int j, double scale, int q, double off) /* w = scale*q + off */
+{
+	val[j] = scale * q + off;
+	mag[j] = fabs(scale * q) + fabs(off);
+}
+
+static void ref_block(int type, const uint8_t *b, double *val, double *mag)
+{
+	static const int kv[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+	switch (type) {
+	case MOE_TYPE_Q4_1:
+	case MOE_TYPE_Q5_0:
+	case MOE_TYPE_Q5_1:
+	case MOE_TYPE_IQ4_NL: {
+		const int has_m = type == MOE_TYPE_Q4_1 || type == MOE_TYPE_Q5_1, has_h = type != MOE_TYPE_Q4_1 && type != MOE_TYPE_IQ4_NL;
+		const double d = h(b), m = has_m ? h(b + 2) : 0;
+		const uint8_t *qh = b + (has_m ? 4 : 2), *qs = qh + (has_h ? 4 : 0);
+		const uint32_t hb = has_h ? (uint32_t)qh[0] | (uint32_t)qh[1] << 8 | (uint32_t)qh[2] << 16 | (uint32_t)qh[3] << 24 : 0;
+		for (int j = 0; j < 16; j++) {
+			int x0 = qs[j] & 15, x1 = qs[j] >> 4;
+			if (type == MOE_TYPE_IQ4_NL) {
+				put(val, mag, j, d, kv[x0], 0);
+				put(val, mag, j + 16, d, kv[x1], 0);
+				continue;
+			}
+			x0 |= ((hb >> j) << 4) & 0x10;
+			x1 |= (hb >> (j + 12)) & 0x10;
+			const double off = type == MOE_TYPE_Q5_0 ? -16 * d : m;
+			put(val, mag, j, d, x0, off);
+			put(val, mag, j + 16, d, x1, off);
+		}
+		break;
+	}
+	case MOE_TYPE_Q2_K: {
+		const double d = h(b + 80), mn = h(b + 82);
+		const uint8_t *q = b + 16;
+		int is = 0, y = 0;
+		for (int n = 0; n < 256; n += 128, q += 32)
+			for (int shift = 0; shift < 8; shift += 2)
+				for (int half = 0; half < 2; half++, is++)
+					for (int l = 0; l < 16; l++, y++)
+						put(val, mag, y, d * (b[is] & 15), (q[l + 16 * half] >> shift) & 3, -mn * (b[is] >> 4));
+		break;
+	}
+	case MOE_TYPE_Q3_K: {
+		const double d = h(b + 108);
+		const uint8_t *hm = b, *q = b + 32, *sc = b + 96;
+		int scales[16];
+		for (int i = 0; i < 16; i++) /* 4 low bits, then 2 high bits, as ggml's kmask shuffling leaves them */
+			scales[i] = (i < 8 ? sc[i] & 15 : sc[i - 8] >> 4) | (((sc[8 + i % 4] >> (2 * (i / 4))) & 3) << 4);
+		int is = 0, y = 0, m = 1;
+		for (int n = 0; n < 256; n += 128, q += 32)
+			for (int shift = 0; shift < 8; shift += 2, m <<= 1)
+				for (int half = 0; half < 2; half++, is++)
+					for (int l = 0; l < 16; l++, y++) {
+						const int k = l + 16 * half;
+						put(val, mag, y, d * (scales[is] - 32), ((q[k] >> shift) & 3) - ((hm[k] & m) ? 0 : 4), 0);
+					}
+		break;
+	}
+	case MOE_TYPE_Q4_K:
+	case MOE_TYPE_Q5_K: {
+		const int five = type == MOE_TYPE_Q5_K;
+		const double d = h(b), mn = h(b + 2);
+		const uint8_t *sc = b + 4, *qh = b + 16, *q = b + (five ? 48 : 16);
+		int y = 0;
+		for (int j = 0; j < 8; j++) {
+			const int scl = j < 4 ? sc[j] & 63 : (sc[j + 4] & 15) | ((sc[j - 4] >> 6) << 4);
+			const int mm = j < 4 ? sc[j + 4] & 63 : (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
+			for (int l = 0; l < 32; l++, y++) {
+				int v = j % 2 ? q[32 * (j / 2) + l] >> 4 : q[32 * (j / 2) + l] & 15;
+				if (five && (qh[l] >> j) & 1)
+					v += 16;
+				put(val, mag, y, d * scl, v, -mn * mm);
+			}
+		}
+		break;
+	}
+	case MOE_TYPE_Q6_K: {
+		const double d = h(b + 208);
+		for (int n = 0; n < 2; n++) {
+			const uint8_t *ql = b + 64 * n, *qh = b + 128 + 32 * n;
+			const int8_t *sc = (const int8_t *)b + 192 + 8 * n;
+			for (int l = 0; l < 32; l++) {
+				const int is = l / 16;
+				put(val, mag, 128 * n + l, d * sc[is], ((ql[l] & 15) | ((qh[l] & 3) << 4)) - 32, 0);
+				put(val, mag, 128 * n + l + 32, d * sc[is + 2], ((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32, 0);
+				put(val, mag, 128 * n + l + 64, d * sc[is + 4], ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32, 0);
+				put(val, mag, 128 * n + l + 96, d * sc[is + 6], ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32, 0);
+			}
+		}
+		break;
+	}
+	case MOE_TYPE_IQ4_XS: {
+		const double d = h(b);
+		const int sh = b[2] | b[3] << 8;
+		for (int ib = 0; ib < 8; ib++) {
+			const int ls = ((b[4 + ib / 2] >> 4 * (ib % 2)) & 15) | (((sh >> 2 * ib) & 3) << 4);
+			for (int j = 0; j < 16; j++) {
+				put(val, mag, 32 * ib + j, d * (ls - 32), kv[b[8 + 16 * ib + j] & 15], 0);
+				put(val, mag, 32 * ib + j + 16, d * (ls - 32), kv[b[8 + 16 * ib + j] >> 4], 0);
+			}
+		}
+		break;
+	}
+	}
+}
+
+/* where each format keeps its fp16 super-scales (set to finite values; the rest is random bytes) */
+static void fix_halves(int type, uint8_t *b)
+{
+	static const int at[MOE_TYPE_COUNT][2] = {
+		[MOE_TYPE_Q4_1] = {0, 2}, [MOE_TYPE_Q5_0] = {0, -1}, [MOE_TYPE_Q5_1] = {0, 2}, [MOE_TYPE_Q2_K] = {80, 82},
+		[MOE_TYPE_Q3_K] = {108, -1}, [MOE_TYPE_Q4_K] = {0, 2}, [MOE_TYPE_Q5_K] = {0, 2}, [MOE_TYPE_Q6_K] = {208, -1},
+		[MOE_TYPE_IQ4_NL] = {0, -1}, [MOE_TYPE_IQ4_XS] = {0, -1},
+	};
+	for (int i = 0; i < 2; i++)
+		if (at[type][i] >= 0) {
+			/* 2^-14 .. 2^-6, either sign: the sub-scales multiply them by up to 63 (128 for Q6_K) */
+			const uint16_t v = (uint16_t)(((next() & 1) << 15) | ((1 + next() % 9) << 10) | (next() & 1023));
+			b[at[type][i]] = (uint8_t)v;
+			b[at[type][i] + 1] = (uint8_t)(v >> 8);
+		}
+}
+
 struct mat {
 	struct moe_wmat w;
 	double *ref; /* dequantized, [rows][cols] */
+	double *mag; /* block types: |scale * code| + |offset| per weight */
 	void *codes;
 	uint16_t *scales;
 };
@@ -47,7 +180,20 @@ static void make(struct mat *m, int type, size_t rows, size_t cols)
 	m->w = (struct moe_wmat){type, rows, cols, NULL, NULL};
 	m->ref = malloc(rows * cols * sizeof(double));
 	const size_t nb = cols / 32;
-	switch (type) {
+	const struct moe_block_format *f = moe_block_format(type);
+	if (f) {
+		uint8_t *c = malloc(rows * moe_block_row_bytes(f, cols));
+		m->mag = malloc(rows * cols * sizeof(double));
+		for (size_t b = 0; b < rows * cols / f->weights; b++) {
+			uint8_t *blk = c + b * f->bytes;
+			for (int i = 0; i < f->bytes; i++)
+				blk[i] = (uint8_t)next();
+			fix_halves(type, blk);
+			ref_block(type, blk, m->ref + b * f->weights, m->mag + b * f->weights);
+		}
+		m->codes = c;
+	}
+	switch (f ? -1 : type) {
 	case T_Q8: {
 		int8_t *c = malloc(rows * cols);
 		m->scales = malloc(rows * nb * 2 + 2);
@@ -104,11 +250,16 @@ static void make(struct mat *m, int type, size_t rows, size_t cols)
 static void unmake(struct mat *m)
 {
 	free(m->ref);
+	free(m->mag);
 	free(m->codes);
 	free(m->scales);
 }
 
-static const char *tname(int t) { return t == T_Q8 ? "q8" : t == T_Q4 ? "q4" : t == T_F16 ? "f16" : "f32"; }
+static const char *tname(int t)
+{
+	static const char *const split[] = {"f32", "f16", "bf16", "q8", "q4"};
+	return t <= T_Q4 ? split[t] : moe_block_format(t)->name;
+}
 
 /*
  * Bounds, per output:
@@ -127,13 +278,13 @@ static void check_one(const struct moe_kernel_impl *k, int type, size_t rows, si
 	for (size_t i = 0; i < batch * cols; i++)
 		x[i] = (float)(gauss() * (i % 13 == 0 ? 4 : 1));
 	struct moe_qact a = {0};
-	const int quant = type == T_Q8 || type == T_Q4;
+	const int blocks = moe_block_format(type) != NULL, quant = type == T_Q8 || type == T_Q4 || blocks;
 	if (quant) {
 		moe_qact_alloc(&a, batch, cols);
 		moe_qact_quantize(&a, x, batch);
 	}
 	void (*qf)(const struct moe_wmat *, size_t, size_t, const struct moe_qact *, float *, size_t) =
-		type == T_Q8 ? k->q8 : k->q4;
+		type == T_Q8 ? k->q8 : type == T_Q4 ? k->q4 : k->blocks;
 	void (*ff)(const struct moe_wmat *, size_t, size_t, const float *, size_t, float *, size_t) =
 		type == T_F16 ? k->f16 : k->f32;
 	/* two row ranges: both halves must be written, nothing else */
@@ -143,7 +294,8 @@ static void check_one(const struct moe_kernel_impl *k, int type, size_t rows, si
 	if (quant) {
 		qf(&m.w, 0, mid, &a, y, rows);
 		qf(&m.w, mid, rows, &a, y, rows);
-		(type == T_Q8 ? moe_kernels_scalar.q8 : moe_kernels_scalar.q4)(&m.w, 0, rows, &a, ys, rows);
+		(type == T_Q8 ? moe_kernels_scalar.q8 : type == T_Q4 ? moe_kernels_scalar.q4 : moe_kernels_scalar.blocks)(
+			&m.w, 0, rows, &a, ys, rows);
 	} else {
 		ff(&m.w, 0, mid, x, batch, y, rows);
 		ff(&m.w, mid, rows, x, batch, y, rows);
@@ -161,7 +313,7 @@ static void check_one(const struct moe_kernel_impl *k, int type, size_t rows, si
 					const double dx = a.d[t * nb + c / 32];
 					const double xq = dx * a.q[t * cols + c];
 					with_q += wv * xq;
-					abs_q += fabs(wv * xq);
+					abs_q += (blocks ? m.mag[r * cols + c] : fabs(wv)) * fabs(xq);
 					act_err += fabs(wv) * dx / 2;
 				} else {
 					abs_q += fabs(wv * x[t * cols + c]);
@@ -169,7 +321,7 @@ static void check_one(const struct moe_kernel_impl *k, int type, size_t rows, si
 			}
 			if (!quant)
 				with_q = exact;
-			const double terms = quant ? (double)nb : (double)cols;
+			const double terms = blocks ? (double)cols / 8 : quant ? (double)nb : (double)cols;
 			const double acc_bound = ldexp(terms + 32, -22) * abs_q + 1e-30;
 			const double got = y[t * rows + r];
 			int ok = fabs(got - with_q) <= acc_bound && fabs(got - exact) <= act_err * (1 + 1e-6) + acc_bound &&
@@ -189,7 +341,8 @@ static void check_one(const struct moe_kernel_impl *k, int type, size_t rows, si
  * equals gate, up, silu, down done one at a time. */
 static void check_drivers(const struct moe_kernel_impl *k, int type)
 {
-	const size_t hidden = 256, ff = 96 + 32 * (type == T_F16), batch = 5;
+	const struct moe_block_format *f = moe_block_format(type);
+	const size_t hidden = 256, ff = f && f->weights == 256 ? 512 : 96 + 32 * (type == T_F16), batch = 5;
 	struct mat g, u, d;
 	make(&g, type, ff, hidden);
 	make(&u, type, ff, hidden);
@@ -219,8 +372,8 @@ static void check_drivers(const struct moe_kernel_impl *k, int type)
 		}
 		CHECK(err <= 1e-5 * norm, "%s %s: fused expert differs from the unfused path by %g (of %g), %d threads",
 		      k->name, tname(type), err, norm, threads);
-		/* many small calls: the pool hands out work without losing any */
-		for (int rep = 0; rep < 2000; rep++)
+		/* many small calls: the pool hands out work without losing any (whatever the type) */
+		for (int rep = 0; rep < (type <= T_Q4 ? 2000 : 0); rep++)
 			moe_matmul(k, pool, &g.w, x, 1, hg, &s);
 		moe_pool_destroy(pool);
 	}
@@ -254,7 +407,17 @@ int main(void)
 			}
 		check_one(k, T_Q4, 3, 64, 64);
 		check_one(k, T_Q8, 3, 64, 64);
-		for (int t = 0; t < 5; t++)
+		/* GGUF's block types: a row of one block, rows of several, one of 14336 weights */
+		for (int t = MOE_TYPE_Q4_1; t < MOE_TYPE_COUNT; t++) {
+			const size_t bw = moe_block_format(t)->weights;
+			static const size_t bshapes[][2] = {{1, 1}, {7, 2}, {33, 3}};
+			for (size_t s = 0; s < sizeof bshapes / sizeof bshapes[0]; s++)
+				for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++)
+					check_one(k, t, bshapes[s][0], bshapes[s][1] * bw, batches[b]);
+			check_one(k, t, 3, 14336, 1);
+			check_one(k, t, 3, 14336, 6);
+		}
+		for (int t = 0; t < MOE_TYPE_COUNT; t++)
 			if (t != 2)
 				check_drivers(k, t);
 		printf("%s: tested\n", k->name);

@@ -184,6 +184,27 @@ static void test_sizes(void)
 	CHECK(moe_type_matrix_bytes(MOE_TYPE_Q4, 3, 33) == 0, "q4 needs whole blocks");
 	CHECK(moe_type_matrix_bytes(MOE_TYPE_BF16, 3, 33) == 198, "bf16 matrix bytes");
 	CHECK(moe_type_from_name("q4") == MOE_TYPE_Q4 && moe_type_from_name("q5") == MOE_EINVAL, "type names");
+	/* GGUF's block types: sizeof(block_*) in ggml-common.h per 32 or 256 weights */
+	static const struct {
+		const char *name;
+		int type;
+		uint64_t weights, bytes;
+	} gguf[] = {{"q4_1", MOE_TYPE_Q4_1, 32, 20},    {"q5_0", MOE_TYPE_Q5_0, 32, 22},
+		    {"q5_1", MOE_TYPE_Q5_1, 32, 24},    {"q2_k", MOE_TYPE_Q2_K, 256, 84},
+		    {"q3_k", MOE_TYPE_Q3_K, 256, 110},  {"q4_k", MOE_TYPE_Q4_K, 256, 144},
+		    {"q5_k", MOE_TYPE_Q5_K, 256, 176},  {"q6_k", MOE_TYPE_Q6_K, 256, 210},
+		    {"iq4_nl", MOE_TYPE_IQ4_NL, 32, 18}, {"iq4_xs", MOE_TYPE_IQ4_XS, 256, 136}};
+	for (size_t i = 0; i < sizeof gguf / sizeof gguf[0]; i++) {
+		const int t = gguf[i].type;
+		CHECK(moe_type_from_name(gguf[i].name) == t && strcmp(moe_type_name(t), gguf[i].name) == 0, "%s name",
+		      gguf[i].name);
+		CHECK(moe_type_is_blocks(t) && !moe_type_is_split(t) && moe_type_block(t) == gguf[i].weights, "%s block",
+		      gguf[i].name);
+		CHECK(moe_type_matrix_bytes(t, 7, 14336) == 7 * 14336 / gguf[i].weights * gguf[i].bytes, "%s bytes",
+		      gguf[i].name);
+		CHECK(moe_type_matrix_bytes(t, 7, gguf[i].weights + 16) == 0, "%s needs whole blocks", gguf[i].name);
+	}
+	CHECK(moe_type_name(MOE_TYPE_COUNT) == NULL && !moe_type_is_blocks(MOE_TYPE_Q8), "no more types");
 }
 
 int main(void)

@@ -1,11 +1,14 @@
 """Write small models the way Hugging Face and llama.cpp do, from numpy alone, for the
 importer tests: a safetensors folder (single file, sharded, FP8 with block scales) and
 a GGUF v3 file (llama arch with llama.cpp's q/k row permutation, stacked experts,
-F32/F16/Q8_0/Q4_0/BF16 tensors). Weights come from a seeded numpy generator and are
+F32/F16/BF16/Q8_0/Q4_0 and GGUF's other block types). Weights come from a seeded numpy generator and are
 also saved as float64 .npy-free dict via load_weights() so tests compare against them.
 
-usage: write_model.py safetensors DIR [--shards N] [--fp8] [--arch mixtral|qwen3_moe|deepseek_v3]
-       write_model.py gguf FILE [--types SPEC] [--arch mixtral|qwen3_moe|deepseek_v3] [--tokenizer none|gpt2]
+usage: write_model.py safetensors DIR [--shards N] [--fp8] [--arch mixtral|mixtral256|qwen3_moe|deepseek_v3]
+       write_model.py gguf FILE [--types SPEC] [--arch mixtral|mixtral256|qwen3_moe|deepseek_v3] [--tokenizer none|gpt2]
+  SPEC: kind=TYPE,... for kinds attn, experts, embed, output and GGUF types F32, F16, BF16, Q8_0,
+  Q4_0, Q4_1, Q5_0, Q5_1, Q2_K .. Q6_K, IQ4_NL, IQ4_XS (gguf_blocks.py); --down1=TYPE: layer 1's
+  ffn_down experts in another type, as llama.cpp's _M mixes do
 """
 import json
 import os
@@ -35,11 +38,14 @@ CONFIGS = {
                         scoring_func="sigmoid", norm_topk_prob=True, rope_theta=10000, rms_norm_eps=1e-6,
                         max_position_embeddings=4096, num_nextn_predict_layers=1, tie_word_embeddings=False),
 }
+# Mixtral with every matrix 256 columns wide, for GGUF's 256-weight K blocks
+CONFIGS["mixtral256"] = dict(CONFIGS["mixtral"], hidden_size=256, head_dim=64, vocab_size=256, intermediate_size=256)
 
 
 def weights(arch, seed=7):
     """HF tensor name -> float32 array, in model order."""
     c = CONFIGS[arch]
+    arch = c["model_type"]
     rng = np.random.default_rng(seed)
     H, V, L = c["hidden_size"], c["vocab_size"], c["num_hidden_layers"]
     w = {}
@@ -193,7 +199,8 @@ def safetensors(out, arch="mixtral", shards=1, fp8=False, dtype="f32"):
 
 # ---- GGUF ----
 
-GT = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 8, "BF16": 30, "Q4_K": 12}
+GT = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 8, "BF16": 30, "IQ2_XXS": 16}
+GT.update({n.upper(): f[2] for n, f in ref.gguf_blocks.FORMATS.items()})
 
 
 def gguf_permute(w, n_head):
@@ -214,15 +221,18 @@ def gguf_encode(a, t):
     if t == "Q4_0":
         q, d = ref.q4_0_quantize(a.reshape(-1, a.shape[-1]))
         return ref.gguf_q4_0_blocks(q, d)
-    if t == "Q4_K":  # only its size matters: the importer must refuse it by name
-        return bytes(a.size // 256 * 144)
+    if t.lower() in ref.gguf_blocks.FORMATS:
+        return ref.gguf_blocks.encode(t.lower(), a.reshape(-1, a.shape[-1]))
+    if t == "IQ2_XXS":  # only its size matters: the importer must refuse it by name
+        return bytes(a.size // 256 * 66)
     raise ValueError(t)
 
 
 def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0", tokenizer="none",
-         version=3, bad=None):
+         version=3, bad=None, down1=None):
     c = CONFIGS[arch]
     w = weights(arch)
+    arch = c["model_type"]
     tmap = dict(kv.split("=") for kv in types.split(","))
     ga = {"mixtral": "llama", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2"}[arch]
     L, H = c["num_hidden_layers"], c["hidden_size"]
@@ -347,8 +357,10 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
     infos, datas, off = b"", [], 0
     for name, a in tensors:
         t = tmap.get(kind(name), "F32") if a.ndim >= 2 else "F32"
-        if bad == "q4k" and name == "blk.0.attn_v.weight":
-            t = "Q4_K"
+        if bad == "iq2" and name == "blk.0.attn_v.weight":
+            t = "IQ2_XXS"
+        if down1 and name == "blk.1.ffn_down_exps.weight":  # as Q4_K_M gives some layers' ffn_down more bits
+            t = down1
         data = gguf_encode(a, t)
         infos += wstr(name) + struct.pack("<I", a.ndim) + b"".join(struct.pack("<Q", d) for d in a.shape[::-1])
         infos += struct.pack("<IQ", GT[t], off)
@@ -370,4 +382,5 @@ if __name__ == "__main__":
                     fp8="fp8" in opts, dtype=opts.get("dtype", "f32"))
     else:
         gguf(out, arch=opts.get("arch", "mixtral"), types=opts.get("types", "attn=F32,experts=Q8_0,embed=F16,output=Q4_0"),
-             tokenizer=opts.get("tokenizer", "none"), version=int(opts.get("version", 3)), bad=opts.get("bad"))
+             tokenizer=opts.get("tokenizer", "none"), version=int(opts.get("version", 3)), bad=opts.get("bad"),
+             down1=opts.get("down1"))

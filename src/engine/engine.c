@@ -37,7 +37,7 @@ static int as_matrix(const moe_tensor *t, struct moe_wmat *w)
 	if (t->n_dims != 2)
 		return moe_fail(MOE_EFORMAT, "tensor %s is not a matrix", t->name);
 	if (t->type == MOE_TYPE_BF16)
-		return moe_fail(MOE_EUNSUPPORTED, "tensor %s is bf16: the kernels take f32, f16, q8 and q4 (repack with -q)",
+		return moe_fail(MOE_EUNSUPPORTED, "tensor %s is bf16: the kernels take every type but bf16 (repack with -q)",
 				t->name);
 	*w = moe_wmat_at(t->type, t->dims[0], t->dims[1], t->data);
 	return 0;
@@ -162,7 +162,7 @@ int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out)
 	moe_pack_expert_layout(pack, &lay);
 	for (int i = 0; i < 3; i++)
 		if (lay.type[i] == MOE_TYPE_BF16) {
-			rc = moe_fail(MOE_EUNSUPPORTED, "experts are bf16: the kernels take f32, f16, q8 and q4 (repack with -q)");
+			rc = moe_fail(MOE_EUNSUPPORTED, "experts are bf16: the kernels take every type but bf16 (repack with -q)");
 			goto fail;
 		}
 	if ((rc = moe_experts_mapped(pack, &m->experts)))
@@ -670,14 +670,13 @@ int moe_forward(struct moe_session *s, const int32_t *tokens, size_t n, float *l
 		return moe_fail(MOE_EINVAL, "context full: %zu + %zu tokens > --ctx-size %zu", s->n_past, n, s->ctx);
 	/* embeddings: one row each, dequantized */
 	const moe_tensor *em = m->embed;
-	const struct moe_type_traits *tt = &moe_type_traits[em->type];
-	const size_t codes_row = H / tt->block * tt->code_bytes;
+	const size_t codes_row = moe_type_row_bytes(em->type, H);
 	for (size_t t = 0; t < n; t++) {
 		if (tokens[t] < 0 || (uint64_t)tokens[t] >= hp->vocab)
 			return moe_fail(MOE_EINVAL, "token id %d out of range (vocabulary %llu)", tokens[t],
 					(unsigned long long)hp->vocab);
 		const uint8_t *codes = (const uint8_t *)em->data + (size_t)tokens[t] * codes_row;
-		const uint16_t *scales = moe_type_is_quant(em->type)
+		const uint16_t *scales = moe_type_is_split(em->type)
 			? (const uint16_t *)((const uint8_t *)em->data + hp->vocab * codes_row) + (size_t)tokens[t] * (H / 32)
 			: NULL;
 		moe_dequantize_rows(em->type, codes, scales, 1, H, s->x + t * H);

@@ -6,8 +6,6 @@
 
 #include "kernels/kernels.h"
 
-enum { T_F32 = 0, T_F16 = 1, T_Q8 = 3, T_Q4 = 4 }; /* moe_type ids */
-
 const struct moe_kernel_impl *const moe_kernel_impls[] = {
 	&moe_kernels_scalar,
 #if defined(__x86_64__)
@@ -69,11 +67,12 @@ int moe_qact_alloc(struct moe_qact *a, size_t batch, size_t cols)
 	a->q = aligned_alloc(64, (batch * cols + 63) / 64 * 64);
 	a->d = malloc(batch * nb * sizeof(float) + 64);
 	a->ds = malloc(batch * nb * sizeof(float) + 64);
+	a->ds16 = malloc(2 * batch * nb * sizeof(float) + 64);
 	a->nsum8 = malloc(batch * nb * sizeof(int32_t) + 64);
 	a->nsum128 = malloc(batch * nb * sizeof(int32_t) + 64);
 	a->cols = cols;
 	a->batch = batch;
-	if (!a->q || !a->d || !a->ds || !a->nsum8 || !a->nsum128) {
+	if (!a->q || !a->d || !a->ds || !a->ds16 || !a->nsum8 || !a->nsum128) {
 		moe_qact_free(a);
 		return -1;
 	}
@@ -85,6 +84,7 @@ void moe_qact_free(struct moe_qact *a)
 	free(a->q);
 	free(a->d);
 	free(a->ds);
+	free(a->ds16);
 	free(a->nsum8);
 	free(a->nsum128);
 	memset(a, 0, sizeof *a);
@@ -102,12 +102,16 @@ void moe_qact_quantize(struct moe_qact *a, const float *x, size_t batch)
 			for (int j = 0; j < 32; j++)
 				amax = fmaxf(amax, fabsf(xb[j]));
 			const float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
-			int sum = 0;
+			int sum = 0, sum16 = 0;
 			for (int j = 0; j < 32; j++) {
 				q[j] = (int8_t)lrintf(xb[j] * id);
 				sum += q[j];
+				if (j == 15)
+					sum16 = sum;
 			}
 			a->d[t * nb + b] = d;
+			a->ds16[2 * (t * nb + b)] = d * (float)sum16;
+			a->ds16[2 * (t * nb + b) + 1] = d * (float)(sum - sum16);
 			a->ds[t * nb + b] = d * (float)sum;
 			a->nsum8[t * nb + b] = -8 * sum;
 			a->nsum128[t * nb + b] = -128 * sum;
@@ -147,10 +151,11 @@ static void run_rows(const struct mm_job *j, size_t r0, size_t r1)
 	if (r0 >= r1)
 		return;
 	switch (j->w->type) {
-	case T_Q8: j->k->q8(j->w, r0, r1, j->a, j->y, j->w->rows); break;
-	case T_Q4: j->k->q4(j->w, r0, r1, j->a, j->y, j->w->rows); break;
-	case T_F16: j->k->f16(j->w, r0, r1, j->x, j->batch, j->y, j->w->rows); break;
-	case T_F32: j->k->f32(j->w, r0, r1, j->x, j->batch, j->y, j->w->rows); break;
+	case MOE_TYPE_Q8: j->k->q8(j->w, r0, r1, j->a, j->y, j->w->rows); break;
+	case MOE_TYPE_Q4: j->k->q4(j->w, r0, r1, j->a, j->y, j->w->rows); break;
+	case MOE_TYPE_F16: j->k->f16(j->w, r0, r1, j->x, j->batch, j->y, j->w->rows); break;
+	case MOE_TYPE_F32: j->k->f32(j->w, r0, r1, j->x, j->batch, j->y, j->w->rows); break;
+	default: j->k->blocks(j->w, r0, r1, j->a, j->y, j->w->rows); break;
 	}
 }
 
@@ -162,7 +167,8 @@ static void mm_part(void *arg, int i, int n)
 	run_rows(j, r0, r1);
 }
 
-static int is_quant(int type) { return type == T_Q8 || type == T_Q4; }
+/* weights multiplied with quantized activations */
+static int is_quant(int type) { return moe_wmat_split(type) || moe_block_format(type); }
 
 int moe_matmul(const struct moe_kernel_impl *k, struct moe_pool *pool, const struct moe_wmat *w, const float *x,
 	       size_t batch, float *y, struct moe_kscratch *s)
@@ -189,17 +195,6 @@ struct ffn_job {
 	float *h; /* [batch][ff] */
 };
 
-/* bytes of one row of codes */
-static size_t row_bytes(const struct moe_wmat *w)
-{
-	switch (w->type) {
-	case T_Q8: return w->cols;
-	case T_Q4: return w->cols / 2;
-	case T_F16: return w->cols * 2;
-	default: return w->cols * 4;
-	}
-}
-
 #define FFN_TILE 16 /* gate and up rows computed together, then combined in registers/L1 */
 
 static void ffn_part(void *arg, int i, int n)
@@ -213,28 +208,25 @@ static void ffn_part(void *arg, int i, int n)
 		const size_t e = r + FFN_TILE < r1 ? r + FFN_TILE : r1, m = e - r;
 		for (size_t t0 = 0; t0 < j->batch; t0 += 64) {
 			const size_t bt = j->batch - t0 < 64 ? j->batch - t0 : 64;
-			struct moe_qact sub = {0}; /* tokens t0 .. t0 + bt - 1 */
-			const float *xs = NULL;
+			struct moe_qact sub = {0}; /* tokens t0 .. t0 + bt - 1, quantized and as floats */
+			const float *xs = j->x + t0 * j->gate->cols;
 			if (j->a) {
 				const size_t cols = j->a->cols, nb = cols / 32;
 				sub = (struct moe_qact){.cols = cols, .batch = bt, .q = j->a->q + t0 * cols,
 							.d = j->a->d + t0 * nb, .ds = j->a->ds + t0 * nb,
+							.ds16 = j->a->ds16 + 2 * t0 * nb,
 							.nsum8 = j->a->nsum8 + t0 * nb, .nsum128 = j->a->nsum128 + t0 * nb};
-			} else {
-				xs = j->x + t0 * j->gate->cols;
 			}
 			for (int which = 0; which < 2; which++) {
 				/* a view of rows [r, e) so the kernel writes rows 0..m-1 of the tile */
-				struct moe_wmat v = *(which ? j->up : j->gate);
-				v.codes = (const uint8_t *)v.codes + r * row_bytes(&v);
-				v.scales = v.scales ? v.scales + r * (v.cols / 32) : NULL;
-				v.rows = m;
+				const struct moe_wmat v = moe_wmat_rows(which ? j->up : j->gate, r, m);
 				float *out = which ? u : g;
 				switch (v.type) {
-				case T_Q8: j->k->q8(&v, 0, m, &sub, out, m); break;
-				case T_Q4: j->k->q4(&v, 0, m, &sub, out, m); break;
-				case T_F16: j->k->f16(&v, 0, m, xs, bt, out, m); break;
-				case T_F32: j->k->f32(&v, 0, m, xs, bt, out, m); break;
+				case MOE_TYPE_Q8: j->k->q8(&v, 0, m, &sub, out, m); break;
+				case MOE_TYPE_Q4: j->k->q4(&v, 0, m, &sub, out, m); break;
+				case MOE_TYPE_F16: j->k->f16(&v, 0, m, xs, bt, out, m); break;
+				case MOE_TYPE_F32: j->k->f32(&v, 0, m, xs, bt, out, m); break;
+				default: j->k->blocks(&v, 0, m, &sub, out, m); break;
 				}
 			}
 			for (size_t t = 0; t < bt; t++)
@@ -259,7 +251,7 @@ int moe_expert_ffn(const struct moe_kernel_impl *k, struct moe_pool *pool, const
 			return -1;
 	}
 	struct ffn_job j = {k, gate, up, NULL, x, batch, s->h};
-	if (is_quant(gate->type)) {
+	if (is_quant(gate->type) || is_quant(up->type)) { /* GGUF files may mix types */
 		if (moe_qact_alloc(&s->act, batch, gate->cols))
 			return -1;
 		moe_qact_quantize(&s->act, x, batch);

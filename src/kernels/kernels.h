@@ -3,11 +3,12 @@
  * instruction set, chosen at run time from the CPU (MOE_KERNEL=scalar|avx2|avx512|neon
  * forces one).
  *
- * W is a view of a matrix as the pack stores it (moepack(5)): rows of codes, then
- * the fp16 scales, one per 32-weight block, row-major. q8/q4 matrices multiply
- * activations quantized on the fly to int8 blocks of 32 (a float scale per block),
- * so the inner loops are integer dot products; f16/f32 matrices multiply the f32
- * activations directly. Batches (prefill) read each weight row once for all tokens.
+ * W is a view of a matrix as the pack stores it (moepack(5)): for q8/q4 rows of
+ * codes, then the fp16 scales, one per 32-weight block, row-major; for GGUF's block
+ * types (blocks.h) rows of blocks. Quantized matrices multiply activations
+ * quantized on the fly to int8 blocks of 32 (a float scale per block), so the inner
+ * loops are integer dot products; f16/f32 matrices multiply the f32 activations
+ * directly. Batches (prefill) read each weight row once for all tokens.
  *
  * This directory depends on nothing but libc and pthreads, so that it cross-builds
  * for ARM and runs its tests under qemu without the rest of libmoe.
@@ -18,30 +19,46 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/blocks.h"
 #include "kernels/pool.h"
+#include "moe.h"
 
 /* A weight matrix in pack layout: rows x cols, type a moe_type id. */
 struct moe_wmat {
 	int type;
 	size_t rows, cols;
-	const void *codes;       /* q8: int8[rows][cols]; q4: uint8[rows][cols/2]; f16: uint16; f32: float */
+	const void *codes;       /* q8: int8[rows][cols]; q4: uint8[rows][cols/2]; f16: uint16; f32: float;
+				    GGUF block types: each row's blocks (blocks.h) */
 	const uint16_t *scales;  /* q8/q4: fp16[rows][cols/32]; NULL otherwise */
 };
+
+/* Bytes of one row of codes (the scales of q8/q4 are stored apart, after all rows). */
+static inline size_t moe_wmat_row_bytes(int type, size_t cols)
+{
+	switch (type) {
+	case MOE_TYPE_F32: return 4 * cols;
+	case MOE_TYPE_F16: case MOE_TYPE_BF16: return 2 * cols;
+	case MOE_TYPE_Q8: return cols;
+	case MOE_TYPE_Q4: return cols / 2;
+	}
+	const struct moe_block_format *f = moe_block_format(type);
+	return f ? moe_block_row_bytes(f, cols) : 0;
+}
+
+static inline int moe_wmat_split(int type) { return type == MOE_TYPE_Q8 || type == MOE_TYPE_Q4; }
 
 /* The view of a rows x cols matrix of `type` stored in pack layout at data. */
 static inline struct moe_wmat moe_wmat_at(int type, size_t rows, size_t cols, const void *data)
 {
-	/* q8: one byte per weight, q4: half; the fp16 scales follow the codes */
-	const size_t code_bytes = type == 3 ? rows * cols : type == 4 ? rows * cols / 2 : 0;
+	const size_t code_bytes = rows * moe_wmat_row_bytes(type, cols);
 	return (struct moe_wmat){type, rows, cols, data,
-				 code_bytes ? (const uint16_t *)((const uint8_t *)data + code_bytes) : NULL};
+				 moe_wmat_split(type) ? (const uint16_t *)((const uint8_t *)data + code_bytes) : NULL};
 }
 
 /* Rows r0 .. r0+n of a matrix view, as a view. */
 static inline struct moe_wmat moe_wmat_rows(const struct moe_wmat *w, size_t r0, size_t n)
 {
-	const size_t row_bytes = w->type == 3 ? w->cols : w->type == 4 ? w->cols / 2 : w->type == 1 ? 2 * w->cols : 4 * w->cols;
-	return (struct moe_wmat){w->type, n, w->cols, (const uint8_t *)w->codes + r0 * row_bytes,
+	return (struct moe_wmat){w->type, n, w->cols, (const uint8_t *)w->codes + r0 * moe_wmat_row_bytes(w->type, w->cols),
 				 w->scales ? w->scales + r0 * (w->cols / 32) : NULL};
 }
 
@@ -51,6 +68,7 @@ struct moe_qact {
 	int8_t *q;   /* [batch][cols] */
 	float *d;    /* [batch][cols/32]: x ~= d * q */
 	float *ds;   /* [batch][cols/32]: d * sum(q), for the q4/q8 offset forms */
+	float *ds16; /* [batch][cols/16]: d * sum(q) per 16, for the biases of the block types */
 	/* for kernels that work on unsigned weight codes u = w + off: -off * sum(q) per block */
 	int32_t *nsum8, *nsum128; /* [batch][cols/32] */
 };
@@ -61,11 +79,27 @@ struct moe_kernel_impl {
 	int (*available)(void);
 	void (*q8)(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride);
 	void (*q4)(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride);
+	/* every GGUF block type (blocks.h) */
+	void (*blocks)(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y,
+		       size_t ystride);
 	void (*f16)(const struct moe_wmat *w, size_t r0, size_t r1, const float *x, size_t batch, float *y,
 		    size_t ystride);
 	void (*f32)(const struct moe_wmat *w, size_t r0, size_t r1, const float *x, size_t batch, float *y,
 		    size_t ystride);
 };
+
+/*
+ * The block types' common driver, which each implementation's `blocks` calls with
+ * its dot product: a row is decoded (blocks.h) MOE_BLOCK_CHUNK weights at a time,
+ * then dot adds, for tokens t0 .. t0+T-1 (T <= 4), the products of those n decoded
+ * weights (codes c, scales s, biases z per 16; c signed if sgn) with columns col0 ..
+ * col0+n-1 of the activations to acc[0 .. T-1].
+ */
+#define MOE_BLOCK_CHUNK 2048
+typedef void moe_block_dot_fn(const uint8_t *c, const float *s, const float *z, int sgn, size_t n,
+			      const struct moe_qact *a, size_t col0, size_t t0, size_t T, float *acc);
+void moe_blocks_rows(moe_block_dot_fn *dot, const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a,
+		     float *y, size_t ystride);
 
 extern const struct moe_kernel_impl moe_kernels_scalar;
 extern const struct moe_kernel_impl moe_kernels_avx2;   /* x86-64 only */

@@ -116,5 +116,39 @@ static void f32(const struct moe_wmat *w, size_t r0, size_t r1, const float *x, 
 	fl(w, 0, r0, r1, x, batch, y, ystride);
 }
 
-const struct moe_kernel_impl moe_kernels_neon = {"neon", available, q8, q4, f16, f32};
+/* Decoded block weights (blocks.h): codes of every format fit int8 (0..63 or the IQ4
+ * levels), so each group of 16 is one widening product and a pairwise sum. */
+static void block_dot(const uint8_t *c, const float *s, const float *z, int sgn, size_t n, const struct moe_qact *a,
+		      size_t col0, size_t t0, size_t T, float *acc)
+{
+	(void)sgn;
+	const size_t cols = a->cols;
+	for (size_t k = 0; k < T; k++) {
+		const size_t t = t0 + k;
+		const int8_t *x = a->q + t * cols + col0;
+		const float *dx = a->d + t * (cols / 32) + col0 / 32, *ds16 = a->ds16 + t * (cols / 16) + col0 / 16;
+		float32x2_t sum = vdup_n_f32(0), corr = vdup_n_f32(0); /* the two groups of 16 of a block of 32 */
+		for (size_t g = 0; g < n / 16; g += 2) {
+			int32_t dots[2];
+			for (int h = 0; h < 2; h++) {
+				const int8x16_t cv = vld1q_s8((const int8_t *)c + 16 * (g + h)), xv = vld1q_s8(x + 16 * (g + h));
+				int16x8_t p = vmull_s8(vget_low_s8(cv), vget_low_s8(xv));
+				p = vmlal_s8(p, vget_high_s8(cv), vget_high_s8(xv));
+				dots[h] = vaddvq_s32(vpaddlq_s16(p));
+			}
+			const float32x2_t sc = vmul_n_f32(vld1_f32(s + g), dx[g / 2]);
+			const float32x2_t dv = {(float)dots[0], (float)dots[1]};
+			sum = vfma_f32(sum, sc, dv);
+			corr = vfma_f32(corr, vld1_f32(z + g), vld1_f32(ds16 + g));
+		}
+		acc[k] += vaddv_f32(sum) - vaddv_f32(corr);
+	}
+}
+
+static void blocks(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride)
+{
+	moe_blocks_rows(block_dot, w, r0, r1, a, y, ystride);
+}
+
+const struct moe_kernel_impl moe_kernels_neon = {"neon", available, q8, q4, blocks, f16, f32};
 #endif

@@ -4,8 +4,6 @@
 
 #include "kernels/kernels.h"
 
-enum { T_F32 = 0, T_F16 = 1, T_Q8 = 3, T_Q4 = 4 }; /* moe_type ids */
-
 static int always(void) { return 1; }
 
 static void q8(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride)
@@ -54,6 +52,30 @@ static void q4(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_
 	}
 }
 
+/* decoded block weights (blocks.h): per 16, s * dot(c, x) - z * sum(x), times d_x per 32 */
+static void block_dot(const uint8_t *c, const float *s, const float *z, int sgn, size_t n, const struct moe_qact *a,
+		      size_t col0, size_t t0, size_t T, float *acc)
+{
+	for (size_t k = 0; k < T; k++) {
+		const size_t t = t0 + k;
+		const int8_t *x = a->q + t * a->cols + col0;
+		const float *dx = a->d + t * (a->cols / 32) + col0 / 32, *ds16 = a->ds16 + t * (a->cols / 16) + col0 / 16;
+		float sum = 0;
+		for (size_t g = 0; g < n / 16; g++) {
+			int32_t dot = 0;
+			for (int j = 0; j < 16; j++)
+				dot += (sgn ? (int)(int8_t)c[16 * g + j] : (int)c[16 * g + j]) * x[16 * g + j];
+			sum += s[g] * dx[g / 2] * (float)dot - z[g] * ds16[g];
+		}
+		acc[k] += sum;
+	}
+}
+
+static void blocks(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride)
+{
+	moe_blocks_rows(block_dot, w, r0, r1, a, y, ystride);
+}
+
 /* float weights: element c of row r as f32 */
 static void fl(const struct moe_wmat *w, int half, size_t r0, size_t r1, const float *x, size_t batch, float *y,
 	       size_t ystride)
@@ -80,4 +102,4 @@ static void f32(const struct moe_wmat *w, size_t r0, size_t r1, const float *x, 
 	fl(w, 0, r0, r1, x, batch, y, ystride);
 }
 
-const struct moe_kernel_impl moe_kernels_scalar = {"scalar", always, q8, q4, f16, f32};
+const struct moe_kernel_impl moe_kernels_scalar = {"scalar", always, q8, q4, blocks, f16, f32};

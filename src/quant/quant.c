@@ -4,9 +4,14 @@
 #include <math.h>
 #include <string.h>
 
+#include "kernels/blocks.h"
 #include "quant.h"
 
-const struct moe_type_traits moe_type_traits[MOE_TYPE_COUNT] = {
+/* The float and split types; GGUF's block types are described by kernels/blocks.c. */
+static const struct {
+	const char *name;
+	uint32_t block, code_bytes, scale_bytes; /* weights per block, bytes of codes and of scale per block */
+} split_or_float[MOE_TYPE_Q4 + 1] = {
 	[MOE_TYPE_F32] = {"f32", 1, 4, 0},
 	[MOE_TYPE_F16] = {"f16", 1, 2, 0},
 	[MOE_TYPE_BF16] = {"bf16", 1, 2, 0},
@@ -16,25 +21,42 @@ const struct moe_type_traits moe_type_traits[MOE_TYPE_COUNT] = {
 
 const char *moe_type_name(int type)
 {
-	return (type >= 0 && type < MOE_TYPE_COUNT) ? moe_type_traits[type].name : NULL;
+	if (type >= 0 && type <= MOE_TYPE_Q4)
+		return split_or_float[type].name;
+	const struct moe_block_format *f = moe_block_format(type);
+	return f ? f->name : NULL;
 }
 
 int moe_type_from_name(const char *name)
 {
 	for (int t = 0; t < MOE_TYPE_COUNT; t++)
-		if (strcmp(name, moe_type_traits[t].name) == 0)
+		if (strcmp(name, moe_type_name(t)) == 0)
 			return t;
 	return MOE_EINVAL;
 }
 
+int moe_type_is_blocks(int type) { return moe_block_format(type) != NULL; }
+
+uint32_t moe_type_block(int type)
+{
+	if (type >= 0 && type <= MOE_TYPE_Q4)
+		return split_or_float[type].block;
+	const struct moe_block_format *f = moe_block_format(type);
+	return f ? f->weights : 0;
+}
+
+uint64_t moe_type_row_bytes(int type, uint64_t cols)
+{
+	if (type >= 0 && type <= MOE_TYPE_Q4)
+		return cols % split_or_float[type].block ? 0 : cols / split_or_float[type].block * split_or_float[type].code_bytes;
+	const struct moe_block_format *f = moe_block_format(type);
+	return f ? moe_block_row_bytes(f, cols) : 0;
+}
+
 uint64_t moe_type_matrix_bytes(int type, uint64_t rows, uint64_t cols)
 {
-	if (type < 0 || type >= MOE_TYPE_COUNT)
-		return 0;
-	const struct moe_type_traits *t = &moe_type_traits[type];
-	if (cols % t->block)
-		return 0;
-	return rows * (cols / t->block) * (t->code_bytes + t->scale_bytes);
+	const uint64_t row = moe_type_row_bytes(type, cols);
+	return row ? rows * (row + (moe_type_is_split(type) ? cols / MOE_QBLOCK * 2 : 0)) : 0;
 }
 
 /* ---- scalar conversions ---- */
@@ -185,6 +207,11 @@ void moe_quantize_rows(int type, const float *src, size_t nrows, size_t cols, vo
 void moe_dequantize_rows(int type, const void *codes, const uint16_t *scales, size_t nrows, size_t cols, float *dst)
 {
 	size_t n = nrows * cols;
+	const struct moe_block_format *f = moe_block_format(type);
+	if (f) {
+		moe_block_dequantize(f, codes, n, dst);
+		return;
+	}
 	switch (type) {
 	case MOE_TYPE_F32:
 		memcpy(dst, codes, n * sizeof(float));

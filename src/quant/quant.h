@@ -33,15 +33,15 @@ typedef struct {
 } gguf_block_q4_0;
 _Static_assert(sizeof(gguf_block_q4_0) == 18, "GGUF Q4_0 block is 18 bytes");
 
-struct moe_type_traits {
-	const char *name;
-	uint32_t block;        /* weights per block (1 for float types) */
-	uint32_t code_bytes;   /* bytes of codes per block */
-	uint32_t scale_bytes;  /* bytes of scale per block (0 for float types) */
-};
-extern const struct moe_type_traits moe_type_traits[MOE_TYPE_COUNT];
-
-static inline int moe_type_is_quant(int type) { return type == MOE_TYPE_Q8 || type == MOE_TYPE_Q4; }
+/* q8/q4: codes of all rows, then their fp16 scales (one per 32 weights). */
+static inline int moe_type_is_split(int type) { return type == MOE_TYPE_Q8 || type == MOE_TYPE_Q4; }
+/* GGUF's block types, kept bit for bit (src/kernels/blocks.h). */
+int moe_type_is_blocks(int type);
+/* Bytes of the codes of one row (the blocks of a block type; scales of q8/q4 not
+ * included); 0 if cols does not fit the type's block size. */
+uint64_t moe_type_row_bytes(int type, uint64_t cols);
+/* Weights per block: 1 (float types), 32 or 256. */
+uint32_t moe_type_block(int type);
 
 /* scalar conversions (round to nearest even) */
 float moe_f16_to_f32(uint16_t h);
@@ -53,12 +53,12 @@ float moe_fp8_e4m3_to_f32(uint8_t v);
 uint8_t moe_f32_to_fp8_e4m3(float f);
 
 /*
- * Convert rows of floats to a type. For float types dst receives
- * nrows*cols elements. For q8/q4, codes receives nrows*(cols/32)*code_bytes and
+ * Convert rows of floats to a type (float types, q8, q4). For float types dst
+ * receives nrows*cols elements. For q8/q4, codes receives nrows rows of codes and
  * scales nrows*(cols/32) fp16 values (cols must be a multiple of 32).
  */
 void moe_quantize_rows(int type, const float *src, size_t nrows, size_t cols, void *codes, uint16_t *scales);
-/* Inverse of the above: nrows of a matrix back to floats. */
+/* nrows of a matrix back to floats, for every type (scales NULL but for q8/q4). */
 void moe_dequantize_rows(int type, const void *codes, const uint16_t *scales, size_t nrows, size_t cols, float *dst);
 
 /* Split-layout matrix <-> GGUF blocks, lossless (nblocks = rows*cols/32). */

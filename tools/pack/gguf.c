@@ -309,10 +309,21 @@ static void canonical_name(const char *s, size_t len, char *out, size_t cap)
 	out[len] = '\0';
 }
 
+/* GGUF's block types that packs keep as they are, by GGUF type id */
+static const struct {
+	uint32_t gguf;
+	int pack;
+} kept_blocks[] = {
+	{3, MOE_TYPE_Q4_1}, {6, MOE_TYPE_Q5_0}, {7, MOE_TYPE_Q5_1}, {10, MOE_TYPE_Q2_K}, {11, MOE_TYPE_Q3_K},
+	{12, MOE_TYPE_Q4_K}, {13, MOE_TYPE_Q5_K}, {14, MOE_TYPE_Q6_K}, {20, MOE_TYPE_IQ4_NL}, {23, MOE_TYPE_IQ4_XS},
+};
+
+#define SUPPORTED_TYPES "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS"
+
 static int add_tensor(struct moe_source *src, const char *name, uint32_t type, uint32_t nd, const uint64_t ne[4],
 		      uint64_t abs_off, uint64_t file_size, uint64_t head_dim)
 {
-	int dtype;
+	int dtype, block_type = -1;
 	uint64_t bpb, per_block; /* bytes per block, weights per block */
 	switch (type) {
 	case GT_F32: dtype = SRC_F32; bpb = 4; per_block = 1; break;
@@ -321,12 +332,22 @@ static int add_tensor(struct moe_source *src, const char *name, uint32_t type, u
 	case GT_Q8_0: dtype = SRC_Q8_0; bpb = 34; per_block = 32; break;
 	case GT_Q4_0: dtype = SRC_Q4_0; bpb = 18; per_block = 32; break;
 	default:
-		return moe_fail(MOE_EUNSUPPORTED, "%s: tensor %s has type %s (%u): only F32, F16, BF16, Q8_0 and Q4_0 are supported",
-				src->path, name, ggml_type_name(type), type);
+		for (size_t i = 0; i < sizeof kept_blocks / sizeof kept_blocks[0]; i++)
+			if (kept_blocks[i].gguf == type)
+				block_type = kept_blocks[i].pack;
+		if (block_type < 0)
+			return moe_fail(MOE_EUNSUPPORTED, "%s: tensor %s has type %s (%u); supported: " SUPPORTED_TYPES,
+					src->path, name, ggml_type_name(type), type);
+		dtype = SRC_BLOCKS;
+		per_block = moe_type_block(block_type);
+		bpb = moe_type_row_bytes(block_type, per_block);
 	}
 	if (nd < 1 || nd > 3)
 		return moe_fail(MOE_EUNSUPPORTED, "%s: tensor %s has %u dimensions", src->path, name, nd);
 	const uint64_t cols = ne[0], rows = nd >= 2 ? ne[1] : 1, mats = nd == 3 ? ne[2] : 1;
+	if (nd == 1 && per_block > 1) /* vectors (norms, biases) are read as floats */
+		return moe_fail(MOE_EUNSUPPORTED, "%s: tensor %s is a vector of %s blocks", src->path, name,
+				ggml_type_name(type));
 	if (cols % per_block)
 		return moe_fail(MOE_EFORMAT, "%s: tensor %s: %llu columns is not a multiple of the %s block", src->path, name,
 				(unsigned long long)cols, ggml_type_name(type));
@@ -356,6 +377,7 @@ static int add_tensor(struct moe_source *src, const char *name, uint32_t type, u
 		if (!e)
 			return moe_fail(MOE_ENOMEM, "out of memory");
 		e->dtype = dtype;
+		e->block_type = block_type;
 		e->n_dims = nd == 1 ? 1 : 2;
 		e->rows = nd == 1 ? cols : rows;
 		e->cols = nd == 1 ? 1 : cols;

@@ -12,9 +12,15 @@
 #include "pack/format.h"
 
 struct kind_stats {
-	uint64_t count, raw, stored, zstd;
+	uint64_t count, weights, raw, stored, zstd;
 	unsigned types; /* bit per moe_type */
 };
+
+/* of the raw (uncompressed) bytes: what a type costs, scales included */
+static double bits_per_weight(const struct kind_stats *k)
+{
+	return k->weights ? 8.0 * (double)k->raw / (double)k->weights : 0.0;
+}
 
 static void types_str(unsigned types, char *buf, size_t cap)
 {
@@ -63,6 +69,7 @@ int pack_info(const char *path, int as_json)
 		moe_pack_tensor_at(pk, i, &t);
 		struct kind_stats *k = &ks[moe_tensor_kind(t.name)];
 		k->count++;
+		k->weights += t.n_dims == 2 ? t.dims[0] * t.dims[1] : t.dims[0];
 		k->raw += t.size;
 		k->stored += t.size;
 		k->types |= 1u << t.type;
@@ -74,6 +81,8 @@ int pack_info(const char *path, int as_json)
 		moe_expert_info e;
 		moe_pack_expert_at(pk, i, &e);
 		ke->count++;
+		for (int m = 0; m < 3; m++)
+			ke->weights += lay.rows[m] * lay.cols[m];
 		ke->raw += e.raw_size;
 		ke->stored += e.stored_size;
 		ke->zstd += e.codec == MOE_CODEC_ZSTD;
@@ -104,6 +113,7 @@ int pack_info(const char *path, int as_json)
 		json_t *o = json_object();
 		json_object_set_new(o, k == MOE_KIND_EXPERT ? "blobs" : "tensors", json_integer((json_int_t)ks[k].count));
 		json_object_set_new(o, "types", json_string(types));
+		json_object_set_new(o, "bits_per_weight", json_real(bits_per_weight(&ks[k])));
 		json_object_set_new(o, "raw_bytes", json_integer((json_int_t)ks[k].raw));
 		json_object_set_new(o, "stored_bytes", json_integer((json_int_t)ks[k].stored));
 		json_object_set_new(o, "ratio", json_real(ks[k].raw ? (double)ks[k].stored / (double)ks[k].raw : 1.0));
@@ -154,20 +164,21 @@ int pack_info(const char *path, int as_json)
 			       json_string_value(json_object_get(ex, "gate")), json_string_value(json_object_get(ex, "up")),
 			       json_string_value(json_object_get(ex, "down")), (unsigned long long)lay.raw_size);
 		}
-		printf("%-8s %8s %-12s %14s %14s %7s\n", "kind", "count", "types", "raw bytes", "stored bytes", "ratio");
+		printf("%-8s %8s %-12s %6s %14s %14s %7s\n", "kind", "count", "types", "bits/w", "raw bytes", "stored bytes",
+		       "ratio");
 		for (int k = 0; k < MOE_KIND_COUNT; k++) {
 			if (!ks[k].count)
 				continue;
 			char types[64];
 			types_str(ks[k].types, types, sizeof types);
-			printf("%-8s %8llu %-12s %14llu %14llu %7.4f", moe_kind_names[k], (unsigned long long)ks[k].count, types,
-			       (unsigned long long)ks[k].raw, (unsigned long long)ks[k].stored,
+			printf("%-8s %8llu %-12s %6.2f %14llu %14llu %7.4f", moe_kind_names[k], (unsigned long long)ks[k].count,
+			       types, bits_per_weight(&ks[k]), (unsigned long long)ks[k].raw, (unsigned long long)ks[k].stored,
 			       ks[k].raw ? (double)ks[k].stored / (double)ks[k].raw : 1.0);
 			if (k == MOE_KIND_EXPERT)
 				printf("  (%llu of %llu blobs zstd)", (unsigned long long)ks[k].zstd, (unsigned long long)ks[k].count);
 			putchar('\n');
 		}
-		printf("%-8s %8s %-12s %14llu %14llu %7.4f\n", "total", "", "", (unsigned long long)raw,
+		printf("%-8s %8s %-12s %6s %14llu %14llu %7.4f\n", "total", "", "", "", (unsigned long long)raw,
 		       (unsigned long long)stored, raw ? (double)stored / (double)raw : 1.0);
 	}
 	json_decref(root);

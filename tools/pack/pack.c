@@ -34,9 +34,9 @@ void pack_options_default(struct pack_options *o)
 {
 	memset(o, 0, sizeof *o);
 	for (int k = 0; k < MOE_KIND_COUNT; k++)
-		o->quant[k] = MOE_TYPE_Q8;
+		o->quant[k] = PACK_AUTO;
 	o->quant[MOE_KIND_NORM] = o->quant[MOE_KIND_ROUTER] = MOE_TYPE_F32;
-	snprintf(o->quant_desc, sizeof o->quant_desc, "q8");
+	snprintf(o->quant_desc, sizeof o->quant_desc, "auto");
 	o->alignment = PACK_MIN_ALIGN;
 	o->zstd_level = 3;
 	o->zstd_min_saving = 25.0; /* quantized experts save 4-11 %: not worth decoding (moe-tuning(7)) */
@@ -54,6 +54,8 @@ static int parse_type(const char *s, size_t len)
 	name[len] = '\0';
 	if (strcmp(name, "keep") == 0)
 		return PACK_KEEP;
+	if (strcmp(name, "auto") == 0)
+		return PACK_AUTO;
 	return moe_type_from_name(name);
 }
 
@@ -79,7 +81,8 @@ int pack_parse_quant(const char *spec, struct pack_options *o)
 		}
 		int type = parse_type(tname, tlen);
 		if (type == MOE_EINVAL)
-			return moe_fail(MOE_EINVAL, "--quant %s: unknown type '%.*s' (f32, f16, bf16, q8, q4, keep)", spec,
+			return moe_fail(MOE_EINVAL, "--quant %s: unknown type '%.*s' (auto, keep, f32, f16, bf16, q8, q4, "
+					"or a GGUF block type kept as it is: q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs)", spec,
 					(int)tlen, tname);
 		if ((kind == MOE_KIND_NORM || kind == MOE_KIND_ROUTER) && type != MOE_TYPE_F32)
 			return moe_fail(MOE_EINVAL, "--quant %s: %s tensors are always f32", spec, moe_kind_names[kind]);
@@ -99,29 +102,39 @@ int pack_interrupt_check(void) { return pack_interrupted ? moe_fail(MOE_EINVAL, 
 
 /* ---- choosing types ---- */
 
-/* The pack type for a tensor of this kind whose source has this dtype and these columns. */
-static int choose_type(const struct pack_options *o, int kind, int n_dims, uint64_t cols, int src_dtype)
+/* The pack type for a tensor of this kind and columns whose source is e (NULL: a float
+ * source, as moe-pack synth plans), or a negative error. */
+static int choose_type(const struct pack_options *o, int kind, int n_dims, uint64_t cols, const struct src_entry *e)
 {
 	if (kind == MOE_KIND_NORM || kind == MOE_KIND_ROUTER || n_dims == 1)
 		return MOE_TYPE_F32;
+	const int kept = e ? src_pack_type(e) : -1; /* the type that holds the source as it is */
+	const int quantized_source = kept >= 0 && (moe_type_is_split(kept) || moe_type_is_blocks(kept));
 	int t = o->quant[kind];
+	if (t == PACK_AUTO)
+		t = quantized_source ? kept : MOE_TYPE_Q8;
 	if (t == PACK_KEEP) {
-		t = src_dtype_pack_type(src_dtype);
+		t = kept;
 		if (t < 0)
-			t = src_dtype == SRC_F8_E4M3 ? MOE_TYPE_BF16 : MOE_TYPE_F32; /* no exact type: nearest */
+			t = e && e->dtype == SRC_F8_E4M3 ? MOE_TYPE_BF16 : MOE_TYPE_F32; /* no exact type: nearest */
 	}
-	if (moe_type_is_quant(t) && cols % MOE_QBLOCK)
+	if (moe_type_is_blocks(t) && t != kept)
+		return moe_fail(MOE_EUNSUPPORTED, "%s: %s is %s; moe-pack keeps GGUF's %s blocks but does not quantize into them "
+				"(q8, q4, f16, bf16 and f32 are made from any source)", e ? e->name : "synthetic tensor",
+				moe_kind_names[kind], kept >= 0 ? moe_type_name(kept) : e ? src_dtype_names[e->dtype] : "float",
+				moe_type_name(t));
+	if (moe_type_is_split(t) && cols % MOE_QBLOCK)
 		t = MOE_TYPE_F16; /* blocks need whole 32-column groups */
 	return t;
 }
 
 /* Convert rows [row0, row0+nrows) of e into codes/scales of a matrix of `type`. Lossless when the
- * source already holds that block format (GGUF Q8_0/Q4_0): no requantization. */
+ * source already holds that block format (GGUF blocks): no requantization. */
 static int convert_rows(struct moe_source *src, const struct src_entry *e, int type, uint64_t row0, uint64_t nrows,
 			float *fbuf, uint8_t *codes, uint16_t *scales)
 {
 	const uint64_t cols = e->cols;
-	if (moe_type_is_quant(type) && src_dtype_pack_type(e->dtype) == type)
+	if ((moe_type_is_split(type) || moe_type_is_blocks(type)) && src_pack_type(e) == type)
 		return src_read_blocks(src, e, row0, nrows, codes, scales);
 	int rc = src_read_rows(src, e, row0, nrows, fbuf);
 	if (!rc)
@@ -150,8 +163,7 @@ struct convert_part {
 static void *convert_part_run(void *arg)
 {
 	struct convert_part *j = arg;
-	const struct moe_type_traits *t = &moe_type_traits[j->type];
-	const uint64_t cols = j->e->cols, per_row = cols / t->block * t->code_bytes, spr = cols / MOE_QBLOCK;
+	const uint64_t cols = j->e->cols, per_row = moe_type_row_bytes(j->type, cols), spr = cols / MOE_QBLOCK;
 	const uint64_t step = chunk_rows(cols), rows = j->r1 - j->r0;
 	float *fbuf = malloc((step < rows ? step : rows) * cols * sizeof(float));
 	j->rc = fbuf ? 0 : moe_fail(MOE_ENOMEM, "out of memory converting %s", j->e->name);
@@ -172,8 +184,7 @@ static void *convert_part_run(void *arg)
 static int convert_parallel(struct moe_source *src, const struct src_entry *e, int type, uint8_t *codes,
 			    uint16_t *scales, uint64_t r0, uint64_t r1, int n_threads)
 {
-	const struct moe_type_traits *t = &moe_type_traits[type];
-	const uint64_t per_row = e->cols / t->block * t->code_bytes, spr = e->cols / MOE_QBLOCK, rows = r1 - r0;
+	const uint64_t per_row = moe_type_row_bytes(type, e->cols), spr = e->cols / MOE_QBLOCK, rows = r1 - r0;
 	uint64_t n = (uint64_t)(n_threads < 1 ? 1 : n_threads > MAX_PARTS ? MAX_PARTS : n_threads);
 	if (n > rows)
 		n = rows ? rows : 1;
@@ -203,9 +214,8 @@ static int convert_parallel(struct moe_source *src, const struct src_entry *e, i
 /* One matrix into its place: codes at dst, scales (quant types) right after all the codes. */
 static int convert_matrix(struct moe_source *src, const struct src_entry *e, int type, uint8_t *dst, int n_threads)
 {
-	const struct moe_type_traits *t = &moe_type_traits[type];
-	uint8_t *scales = dst + e->rows * (e->cols / t->block * t->code_bytes);
-	return convert_parallel(src, e, type, dst, moe_type_is_quant(type) ? (uint16_t *)scales : NULL, 0, e->rows,
+	uint8_t *scales = dst + e->rows * moe_type_row_bytes(type, e->cols);
+	return convert_parallel(src, e, type, dst, moe_type_is_split(type) ? (uint16_t *)scales : NULL, 0, e->rows,
 				n_threads);
 }
 
@@ -214,10 +224,9 @@ static int convert_matrix(struct moe_source *src, const struct src_entry *e, int
 static int pack_dense(struct moe_source *src, struct moe_packw *w, int idx, const struct src_entry *e, int type,
 		      int n_threads)
 {
-	const struct moe_type_traits *t = &moe_type_traits[type];
 	const uint64_t rows = e->rows, cols = e->cols, step = chunk_rows(cols) * (uint64_t)n_threads;
-	const uint64_t per_row = cols / t->block * t->code_bytes;
-	const int quant = moe_type_is_quant(type);
+	const uint64_t per_row = moe_type_row_bytes(type, cols);
+	const int quant = moe_type_is_split(type);
 	uint8_t *codes = malloc((step < rows ? step : rows) * per_row);
 	/* scales follow all the codes; they are 1/17 of a q8 tensor, kept until the codes are out */
 	uint16_t *scales = quant ? malloc(rows * (cols / 32) * 2) : NULL;
@@ -538,6 +547,32 @@ static void report_unused(struct moe_source *src)
 			moe_arch_name(src->hp.arch), first);
 }
 
+/* The type of expert matrix m (gate, up, down): one for all experts of the pack. GGUF
+ * mixes such as Q4_K_M give ffn_down more bits in some layers; by default those become
+ * q8, as no one type keeps them all. */
+static int expert_type(const struct pack_options *o, const struct pipeline *p, int m, int *type)
+{
+	const struct src_entry *first = p->jobs[0].m[m];
+	int t0 = choose_type(o, MOE_KIND_EXPERT, 2, first->cols, first);
+	for (size_t i = 1; i < p->n_jobs && t0 >= 0; i++) {
+		const struct src_entry *e = p->jobs[i].m[m];
+		const int t = choose_type(o, MOE_KIND_EXPERT, 2, e->cols, e);
+		if (t < 0)
+			return t;
+		if (t == t0)
+			continue;
+		if (o->quant[MOE_KIND_EXPERT] != PACK_AUTO)
+			return moe_fail(MOE_EUNSUPPORTED, "%s is %s but %s is %s: a pack holds one type per expert matrix "
+					"(-q experts=q8 or q4 converts them)", first->name, moe_type_name(t0), e->name,
+					moe_type_name(t));
+		fprintf(stderr, "moe-pack: note: %s is %s but %s is %s: a pack holds one type per expert matrix, "
+			"these experts become q8\n", first->name, moe_type_name(t0), e->name, moe_type_name(t));
+		t0 = MOE_TYPE_Q8;
+	}
+	*type = t0;
+	return t0 < 0 ? t0 : 0;
+}
+
 int pack_model(struct moe_source *src, const char *out, const struct pack_options *o)
 {
 	const struct moe_hparams *hp = &src->hp;
@@ -586,6 +621,12 @@ int pack_model(struct moe_source *src, const char *out, const struct pack_option
 				rc = src_lookup(src, &ex[m], &j->m[m]);
 		}
 	}
+	/* every type chosen before anything is said or written */
+	for (size_t i = 0; i < n_dense && !rc; i++)
+		if (dsrc[i] && (dtype[i] = choose_type(o, specs[i].kind, specs[i].n_dims, dsrc[i]->cols, dsrc[i])) < 0)
+			rc = dtype[i];
+	for (int m = 0; m < 3 && p.n_jobs && !rc; m++)
+		rc = expert_type(o, &p, m, &p.type[m]);
 	if (rc)
 		goto out;
 	if ((rc = build_meta(src, o, &meta, &has_tok)))
@@ -605,7 +646,6 @@ int pack_model(struct moe_source *src, const char *out, const struct pack_option
 	for (size_t i = 0; i < n_dense && !rc; i++) {
 		if (!dsrc[i])
 			continue;
-		dtype[i] = choose_type(o, specs[i].kind, specs[i].n_dims, dsrc[i]->cols, dsrc[i]->dtype);
 		uint64_t dims[2] = {specs[i].dims[0], specs[i].n_dims == 2 ? specs[i].dims[1] : 0};
 		didx[i] = packw_declare_tensor(w, specs[i].name, dtype[i], dims);
 		if (didx[i] < 0)
@@ -614,10 +654,8 @@ int pack_model(struct moe_source *src, const char *out, const struct pack_option
 	if (!rc && p.n_jobs) {
 		uint64_t rows[3], cols[3];
 		for (int m = 0; m < 3; m++) {
-			const struct src_entry *e = p.jobs[0].m[m];
-			p.type[m] = choose_type(o, MOE_KIND_EXPERT, 2, e->cols, e->dtype);
-			rows[m] = e->rows;
-			cols[m] = e->cols;
+			rows[m] = p.jobs[0].m[m]->rows;
+			cols[m] = p.jobs[0].m[m]->cols;
 		}
 		rc = packw_declare_expert_layout(w, p.type, rows, cols);
 		for (size_t i = 0; i < p.n_jobs && !rc; i++)
@@ -693,8 +731,8 @@ out:
 static uint64_t tensor_bytes(const struct pack_options *o, const struct moe_tensor_spec *t)
 {
 	const uint64_t cols = t->n_dims == 2 ? t->dims[1] : t->dims[0], rows = t->n_dims == 2 ? t->dims[0] : 1;
-	const struct moe_type_traits *tt = &moe_type_traits[choose_type(o, t->kind, t->n_dims, cols, SRC_SYNTH)];
-	return rows * (cols / tt->block) * (tt->code_bytes + tt->scale_bytes);
+	const int type = choose_type(o, t->kind, t->n_dims, cols, NULL);
+	return type < 0 ? 0 : moe_type_matrix_bytes(type, rows, cols);
 }
 
 int pack_plan(const struct moe_hparams *hp, const struct pack_options *o)

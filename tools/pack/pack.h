@@ -9,6 +9,7 @@
 #include "source.h"
 
 #define PACK_KEEP (-2) /* --quant keep: the source's own type where lossless */
+#define PACK_AUTO (-3) /* the default: quantized sources keep their types, float ones become q8 */
 
 struct pack_options {
 	int quant[MOE_KIND_COUNT];   /* pack type per tensor kind (norm, router: always f32) */
@@ -24,7 +25,7 @@ struct pack_options {
 };
 
 void pack_options_default(struct pack_options *o);
-/* "q8", "q4", "keep", or a list "experts=q4,attn=q8,embed=f16"; message names the bad part. */
+/* "auto", "q8", "q4", "keep", a GGUF block type, or a list "experts=q4,attn=q8,embed=f16"; message names the bad part. */
 int pack_parse_quant(const char *spec, struct pack_options *o);
 /* Import src into a new pack at out. Prints a one-paragraph summary to stdout. */
 int pack_model(struct moe_source *src, const char *out, const struct pack_options *o);

@@ -17,7 +17,7 @@
 #include "quant/quant.h"
 #include "source.h"
 
-const char *const src_dtype_names[] = {"F32", "F16", "BF16", "F64", "F8_E4M3", "Q8_0", "Q4_0", "synthetic"};
+const char *const src_dtype_names[] = {"F32", "F16", "BF16", "F64", "F8_E4M3", "Q8_0", "Q4_0", "GGUF blocks", "synthetic"};
 
 int src_open(const char *path, struct moe_source **out)
 {
@@ -234,9 +234,10 @@ int src_lookup(struct moe_source *src, const struct moe_tensor_spec *spec, struc
 	return 0;
 }
 
-int src_dtype_pack_type(int dtype)
+int src_pack_type(const struct src_entry *e)
 {
-	switch (dtype) {
+	switch (e->dtype) {
+	case SRC_BLOCKS: return e->block_type;
 	case SRC_F32: return MOE_TYPE_F32;
 	case SRC_F16: return MOE_TYPE_F16;
 	case SRC_BF16: return MOE_TYPE_BF16;
@@ -247,9 +248,10 @@ int src_dtype_pack_type(int dtype)
 }
 
 /* bytes of one stored row */
-static uint64_t row_bytes(int dtype, uint64_t cols)
+static uint64_t row_bytes(const struct src_entry *e, uint64_t cols)
 {
-	switch (dtype) {
+	switch (e->dtype) {
+	case SRC_BLOCKS: return moe_type_row_bytes(e->block_type, cols);
 	case SRC_F32: return cols * 4;
 	case SRC_F64: return cols * 8;
 	case SRC_F16:
@@ -300,7 +302,7 @@ int src_read_rows(struct moe_source *src, const struct src_entry *e, uint64_t ro
 		return 0;
 	}
 	const struct src_file *f = &src->files[e->file];
-	const uint64_t rb = row_bytes(e->dtype, cols);
+	const uint64_t rb = row_bytes(e, cols);
 	uint8_t *buf = malloc(rb * nrows);
 	float *scale_row = NULL;
 	if (!buf)
@@ -358,9 +360,8 @@ int src_read_rows(struct moe_source *src, const struct src_entry *e, uint64_t ro
 	case SRC_Q8_0:
 	case SRC_Q4_0: {
 		const int type = e->dtype == SRC_Q8_0 ? MOE_TYPE_Q8 : MOE_TYPE_Q4;
-		const struct moe_type_traits *t = &moe_type_traits[type];
 		const uint64_t nb = n / 32;
-		uint8_t *codes = malloc(nb * t->code_bytes);
+		uint8_t *codes = malloc(moe_type_row_bytes(type, n));
 		uint16_t *scales = malloc(nb * 2);
 		if (!codes || !scales) {
 			free(codes);
@@ -377,6 +378,9 @@ int src_read_rows(struct moe_source *src, const struct src_entry *e, uint64_t ro
 		free(scales);
 		break;
 	}
+	case SRC_BLOCKS:
+		moe_dequantize_rows(e->block_type, buf, NULL, nrows, cols, out);
+		break;
 	default:
 		rc = moe_fail(MOE_EUNSUPPORTED, "%s: unsupported dtype", e->name);
 	}
@@ -390,15 +394,16 @@ int src_read_blocks(struct moe_source *src, const struct src_entry *e, uint64_t 
 		    void *codes, uint16_t *scales)
 {
 	const struct src_file *f = &src->files[e->file];
-	const uint64_t rb = row_bytes(e->dtype, e->cols), nb_row = e->cols / 32;
+	const uint64_t rb = row_bytes(e, e->cols), nb_row = e->cols / 32;
 	uint8_t *buf = malloc(rb);
 	if (!buf)
 		return moe_fail(MOE_ENOMEM, "out of memory reading %s", e->name);
 	int rc = 0;
 	for (uint64_t r = 0; r < nrows && !rc; r++) {
-		rc = moe_pread_full(f->fd, buf, rb, e->offset + stored_row(e, row0 + r) * rb, f->path);
-		if (rc)
-			break;
+		uint8_t *dst = e->dtype == SRC_BLOCKS ? (uint8_t *)codes + r * rb : buf; /* kept as they are */
+		rc = moe_pread_full(f->fd, dst, rb, e->offset + stored_row(e, row0 + r) * rb, f->path);
+		if (rc || e->dtype == SRC_BLOCKS)
+			continue;
 		if (e->dtype == SRC_Q8_0)
 			moe_q8_from_gguf((const gguf_block_q8_0 *)buf, nb_row, (int8_t *)codes + r * nb_row * 32,
 					 scales + r * nb_row);

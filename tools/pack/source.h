@@ -15,7 +15,8 @@
 enum src_dtype {
 	SRC_F32, SRC_F16, SRC_BF16, SRC_F64,
 	SRC_F8_E4M3, /* with a 128x128 block scale (DeepSeek-V3) */
-	SRC_Q8_0, SRC_Q4_0, /* GGUF blocks */
+	SRC_Q8_0, SRC_Q4_0, /* GGUF blocks, kept in the pack's split q8/q4 layout */
+	SRC_BLOCKS,         /* GGUF blocks of the pack type block_type, kept as they are */
 	SRC_SYNTH,          /* generated: N(mean, std) from a counter-based RNG */
 };
 extern const char *const src_dtype_names[];
@@ -23,6 +24,7 @@ extern const char *const src_dtype_names[];
 struct src_entry {
 	char *name;          /* key: HF name (safetensors) or canonical name (GGUF, synth) */
 	int dtype;
+	int block_type;      /* SRC_BLOCKS: the moe_type of its blocks */
 	uint64_t rows, cols; /* cols = 1 for 1-D */
 	int n_dims;
 	int file;            /* index into source files */
@@ -80,11 +82,13 @@ int src_lookup(struct moe_source *src, const struct moe_tensor_spec *spec, struc
 
 /* nrows rows starting at row0 (canonical row order), as floats. */
 int src_read_rows(struct moe_source *src, const struct src_entry *e, uint64_t row0, uint64_t nrows, float *out);
-/* GGUF Q8_0/Q4_0 rows copied losslessly into split layout (codes, scales). */
+/* GGUF rows copied losslessly: Q8_0/Q4_0 into split layout (codes, scales), other
+ * block types as they are (into codes). */
 int src_read_blocks(struct moe_source *src, const struct src_entry *e, uint64_t row0, uint64_t nrows,
 		    void *codes, uint16_t *scales);
-/* The pack type that keeps this source dtype losslessly (-1 if none). */
-int src_dtype_pack_type(int dtype);
+/* The pack type that keeps this tensor losslessly (-1 if none); a source dtype of
+ * SRC_BLOCKS needs the entry, for its block_type. */
+int src_pack_type(const struct src_entry *e);
 
 /* Synthetic values: element i of a tensor with this seed. */
 float synth_value(const struct src_entry *e, uint64_t i);

@@ -1,0 +1,95 @@
+#!/bin/sh
+# GGUF's block types as people download them (Q4_1, Q5_0, Q5_1, Q2_K .. Q6_K, IQ4_NL,
+# IQ4_XS), written by numpy (tests/gguf_blocks.py, whose decoders agree with
+# ggml-quants.c). moe-pack keeps them by default, bit for bit; moe-run's logits on
+# them match the float64 forward pass (tests/reference.py) on the same dequantized
+# weights. An _M-style mix (one layer's ffn_down in more bits) packs, to q8 by
+# default; asked to keep it, moe-pack says why it cannot.
+. "$TESTS_DIR/lib.sh"
+cd "$WORK"
+W="$TESTS_DIR/write_model.py"
+REF="$TESTS_DIR/reference.py"
+T=3,17,255,1,0,99,51,42,7,30,12,64,128,5,6,40,222,33,44,111
+check "write folder" py "$W" safetensors m256 --arch=mixtral256
+cat >same.py <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import moepack_ref as r
+import gguf_blocks as gb
+import write_model as wm
+gguf, pack, t = sys.argv[2], sys.argv[3], sys.argv[4]
+p = r.Pack(pack)
+assert p.meta["provenance.quant"] == "auto"
+assert [m["type"] for m in p.layout["matrices"]] == [t] * 3, p.layout
+for n in ("blk.0.attn_q", "blk.1.attn_output", "token_embd", "output"):
+    assert p.tensors[n]["type"] == t, (n, p.tensors[n]["type"])
+# kept bit for bit: the pack's bytes are the blocks the GGUF holds
+w = wm.weights("mixtral256")
+v = w["model.layers.1.self_attn.v_proj.weight"]
+assert p.tensor_bytes("blk.1.attn_v") == gb.encode(t, v), "attn_v blocks changed"
+e = w["model.layers.0.block_sparse_moe.experts.2.w2.weight"]
+assert p.expert_matrix_bytes(0, 2, 2) == gb.encode(t, e), "expert blocks changed"
+PY
+cat >cmp.py <<'PY'
+import sys
+import numpy as np
+r = np.load(sys.argv[2])
+g = np.fromfile(sys.argv[1], np.float32).reshape(r.shape)
+def lsm(a):
+    a = a - a.max(-1, keepdims=True)
+    return a - np.log(np.exp(a).sum(-1, keepdims=True))
+kl = (np.exp(lsm(r)) * (lsm(r) - lsm(g))).sum(-1).mean()
+top1 = (r.argmax(-1) == g.argmax(-1)).mean()
+rel = np.abs(r - g).max() / np.abs(r).max()
+print("%s: max|d|/max|logit| %.2e, top-1 %.2f, mean KL %.2e" % (sys.argv[1], rel, top1, kl))
+# what is left is the int8 rounding of the activations, as for q8/q4 (engine_logits.sh)
+sys.exit(0 if kl <= 1e-2 and top1 >= 0.75 else 1)
+PY
+for t in q4_1 q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k iq4_nl iq4_xs; do
+	T_UP=$(echo $t | tr a-z A-Z)
+	check "$t gguf" py "$W" gguf $t.gguf --arch=mixtral256 --types=attn=$T_UP,experts=$T_UP,embed=$T_UP,output=$T_UP
+	check "$t pack" "$MOE_PACK" --no-progress --zstd-min-saving 100 $t.gguf $t.moe
+	check "$t kept" py same.py "$TESTS_DIR" $t.gguf $t.moe $t
+	check "$t reference" py "$REF" m256 "$T" $t.npy --dequant $t.moe
+	check "$t run" "$MOE_RUN" -m $t.moe --tokens "$T" -n 0 -b 7 --kv-type f32 --logits-out $t.bin
+	check "$t logits" py cmp.py $t.bin $t.npy
+	cat "$WORK/out"
+done
+# every kernel implementation on one K type and one IQ4 type (the default one ran above)
+for k in scalar avx2 avx512; do
+	for t in q3_k iq4_xs; do
+		if MOE_KERNEL=$k "$MOE_RUN" -m $t.moe --tokens "$T" -n 0 -b 7 --kv-type f32 --logits-out $t.$k.bin \
+			>/dev/null 2>"$WORK/err"; then
+			check "$t logits $k" py cmp.py $t.$k.bin $t.npy
+		elif grep -q "not an implementation this CPU runs" "$WORK/err"; then
+			echo "$k: not on this CPU"
+		else
+			not_ok "$t run with $k"; cat "$WORK/err" >&2
+		fi
+	done
+done
+
+# Q4_K_M-style: ffn_down of layer 1 in Q6_K
+check "mix gguf" py "$W" gguf mix.gguf --arch=mixtral256 --types=attn=Q4_K,experts=Q4_K,embed=Q6_K,output=Q6_K \
+	--down1=Q6_K
+check "mix pack" "$MOE_PACK" --no-progress --zstd-min-saving 100 mix.gguf mix.moe
+if grep -q "blk.0.ffn_down.0 is q4_k but blk.1.ffn_down.0 is q6_k: .* these experts become q8" "$WORK/err"; then ok
+else not_ok "no note for the mixed ffn_down types"; cat "$WORK/err" >&2; fi
+check "mix types" py - <<PY
+import sys; sys.path.insert(0, "$TESTS_DIR")
+import moepack_ref as r
+p = r.Pack("mix.moe")
+assert [m["type"] for m in p.layout["matrices"]] == ["q4_k", "q4_k", "q8"], p.layout
+assert p.tensors["output"]["type"] == "q6_k" and p.tensors["blk.0.attn_k"]["type"] == "q4_k"
+PY
+check "mix reference" py "$REF" m256 "$T" mix.npy --dequant mix.moe
+check "mix run" "$MOE_RUN" -m mix.moe --tokens "$T" -n 0 -b 7 --kv-type f32 --logits-out mix.bin
+check "mix logits" py cmp.py mix.bin mix.npy
+expect_error "mix keep" "blk.0.ffn_down.0 is q4_k but blk.1.ffn_down.0 is q6_k: a pack holds one type per expert matrix" \
+	"$MOE_PACK" --no-progress -q keep mix.gguf keep.moe
+no_output "mix keep" keep.moe
+# and nothing quantizes into the block types yet: asked to, moe-pack says so
+expect_error "quantize into q4_k" "does not quantize into them" "$MOE_PACK" --no-progress -q experts=q4_k m256 k.moe
+no_output "quantize into q4_k" k.moe
+finish
