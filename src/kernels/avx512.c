@@ -14,6 +14,8 @@
 #endif
 #include <immintrin.h>
 
+#include "kernels/blocks_x86.h"
+
 static int available(void)
 {
 	__builtin_cpu_init();
@@ -185,7 +187,9 @@ static inline __attribute__((always_inline)) void block_dot_tile(const uint8_t *
 	for (size_t i = 0; i < n; i += 32) {
 		const __m256i cv = _mm256_load_si256((const __m256i *)(c + i));
 		const __m256i cu = sgn ? _mm256_abs_epi8(cv) : cv;
-		const __m256 sv = _mm256_set_m128(_mm_set1_ps(s[i / 16 + 1]), _mm_set1_ps(s[i / 16]));
+		/* the two groups' scales over lanes 0-3 and 4-7 */
+		const __m256 sv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd((const double *)(s + i / 16)))),
+							   _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0));
 #pragma GCC unroll 4
 		for (int k = 0; k < T; k++) {
 			const size_t t = t0 + (size_t)k;
@@ -233,7 +237,7 @@ static void block_dot(const uint8_t *c, const float *s, const float *z, int sgn,
 
 static void blocks(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride)
 {
-	moe_blocks_rows(block_dot, w, r0, r1, a, y, ystride);
+	moe_blocks_rows(block_dot, x86_codes, w, r0, r1, a, y, ystride);
 }
 
 /* float weights: 16 columns at a time, the tail with masked loads */

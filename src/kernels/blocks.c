@@ -8,11 +8,18 @@
 
 const int8_t moe_iq4_levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
-static float h16(const uint8_t *p)
+/* an fp16 scale: normal numbers inline (the common case), the rest by the full conversion */
+static inline float h16(const uint8_t *p)
 {
 	uint16_t h;
 	memcpy(&h, p, 2);
-	return moe_kernel_f16(h);
+	const uint32_t exp = h & 0x7c00u;
+	if (__builtin_expect(exp == 0 || exp == 0x7c00u, 0))
+		return moe_kernel_f16(h);
+	const uint32_t u = (uint32_t)(h & 0x8000u) << 16 | ((uint32_t)(h & 0x7fffu) + 0x1c000u) << 13;
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
 }
 
 /* the two 16-weight groups of a 32-weight sub-block share its scale and bias */
@@ -22,66 +29,65 @@ static void pair(float *s, float *z, int sub, float sv, float zv)
 	z[2 * sub] = z[2 * sub + 1] = zv;
 }
 
-/* Q4_1 {d, m, qs[16]}: w = d*q + m; weight j in the low nibble of qs[j], j+16 in the high. */
-static void dec_q4_1(const uint8_t *b, uint8_t *c, float *s, float *z)
+/* Each format is two functions: its codes (what SIMD implementations redo faster)
+ * and its scales and biases per 16 weights. */
+
+/* weight j in the low nibble of qs[j], j+16 in the high one (Q4_0's order) */
+static void nibbles32(const uint8_t *qs, uint8_t *c)
 {
-	const uint8_t *qs = b + 4;
 	for (int j = 0; j < 16; j++) {
 		c[j] = qs[j] & 15;
 		c[j + 16] = qs[j] >> 4;
 	}
-	pair(s, z, 0, h16(b), -h16(b + 2));
 }
 
+/* Q4_1 {d, m, qs[16]}: w = d*q + m */
+static void codes_q4_1(const uint8_t *b, uint8_t *c) { nibbles32(b + 4, c); }
+static void scales_q4_1(const uint8_t *b, float *s, float *z) { pair(s, z, 0, h16(b), -h16(b + 2)); }
+
 /* Q5_0 {d, qh[4], qs[16]}: w = d*(q - 16), bit 4 of weight j in bit j of qh */
-static void dec_q5(const uint8_t *qh4, const uint8_t *qs, uint8_t *c)
+static void codes_q5(const uint8_t *qh4, const uint8_t *qs, uint8_t *c)
 {
 	uint32_t qh;
 	memcpy(&qh, qh4, 4);
-	for (int j = 0; j < 16; j++) {
-		c[j] = (uint8_t)((qs[j] & 15) | ((qh >> j) & 1) << 4);
-		c[j + 16] = (uint8_t)((qs[j] >> 4) | ((qh >> (j + 16)) & 1) << 4);
-	}
+	nibbles32(qs, c);
+	for (int j = 0; j < 32; j++)
+		c[j] |= (uint8_t)(((qh >> j) & 1) << 4);
 }
 
-static void dec_q5_0(const uint8_t *b, uint8_t *c, float *s, float *z)
-{
-	dec_q5(b + 2, b + 6, c);
-	pair(s, z, 0, h16(b), 16 * h16(b));
-}
+static void codes_q5_0(const uint8_t *b, uint8_t *c) { codes_q5(b + 2, b + 6, c); }
+static void scales_q5_0(const uint8_t *b, float *s, float *z) { pair(s, z, 0, h16(b), 16 * h16(b)); }
 
 /* Q5_1 {d, m, qh[4], qs[16]}: w = d*q + m */
-static void dec_q5_1(const uint8_t *b, uint8_t *c, float *s, float *z)
-{
-	dec_q5(b + 4, b + 8, c);
-	pair(s, z, 0, h16(b), -h16(b + 2));
-}
+static void codes_q5_1(const uint8_t *b, uint8_t *c) { codes_q5(b + 4, b + 8, c); }
+#define scales_q5_1 scales_q4_1
 
 /* IQ4_NL {d, qs[16]}: w = d * level[nibble] */
-static void dec_iq4_nl(const uint8_t *b, uint8_t *c, float *s, float *z)
+static void codes_iq4_nl(const uint8_t *b, uint8_t *c)
 {
-	for (int j = 0; j < 16; j++) {
-		c[j] = (uint8_t)moe_iq4_levels[b[2 + j] & 15];
-		c[j + 16] = (uint8_t)moe_iq4_levels[b[2 + j] >> 4];
-	}
-	pair(s, z, 0, h16(b), 0);
+	nibbles32(b + 2, c);
+	for (int j = 0; j < 32; j++)
+		c[j] = (uint8_t)moe_iq4_levels[c[j]];
 }
+static void scales_iq4_nl(const uint8_t *b, float *s, float *z) { pair(s, z, 0, h16(b), 0); }
 
 /*
  * The 2- and 3-bit K formats share one weight order: weight i of the 256 is
  * bits 2k..2k+1 of qs[32*(i/128) + (i%32)], k = (i%128)/32, and its group of 16 is i/16.
  */
-static inline unsigned crumb(const uint8_t *qs, int i)
+static void crumbs(const uint8_t *qs, uint8_t *c)
 {
-	return (qs[32 * (i / 128) + i % 32] >> (2 * ((i % 128) / 32))) & 3;
+	for (int h = 0; h < 2; h++)
+		for (int k = 0; k < 4; k++)
+			for (int l = 0; l < 32; l++)
+				c[128 * h + 32 * k + l] = (qs[32 * h + l] >> (2 * k)) & 3;
 }
 
 /* Q2_K {scales[16], qs[64], d, dmin}: w = d*(sc&15)*q - dmin*(sc>>4) */
-static void dec_q2_k(const uint8_t *b, uint8_t *c, float *s, float *z)
+static void codes_q2_k(const uint8_t *b, uint8_t *c) { crumbs(b + 16, c); }
+static void scales_q2_k(const uint8_t *b, float *s, float *z)
 {
 	const float d = h16(b + 80), dmin = h16(b + 82);
-	for (int i = 0; i < 256; i++)
-		c[i] = (uint8_t)crumb(b + 16, i);
 	for (int g = 0; g < 16; g++) {
 		s[g] = d * (float)(b[g] & 15);
 		z[g] = dmin * (float)(b[g] >> 4);
@@ -91,12 +97,16 @@ static void dec_q2_k(const uint8_t *b, uint8_t *c, float *s, float *z)
 /* Q3_K {hmask[32], qs[64], scales[12], d}: w = d*(sc-32)*(q - 4*!hbit), where the
  * high bit of weight i is bit (i/32) of hmask[i%32] and the 16 6-bit scales are
  * packed as 4-bit lows (bytes 0..7) and 2-bit highs (bytes 8..11). */
-static void dec_q3_k(const uint8_t *b, uint8_t *c, float *s, float *z)
+static void codes_q3_k(const uint8_t *b, uint8_t *c)
 {
-	const uint8_t *hmask = b, *qs = b + 32, *sc = b + 96;
-	const float d = h16(b + 108);
+	crumbs(b + 32, c);
 	for (int i = 0; i < 256; i++)
-		c[i] = (uint8_t)(crumb(qs, i) + ((hmask[i % 32] >> (i / 32)) & 1) * 4);
+		c[i] |= (uint8_t)(((b[i % 32] >> (i / 32)) & 1) << 2);
+}
+static void scales_q3_k(const uint8_t *b, float *s, float *z)
+{
+	const uint8_t *sc = b + 96;
+	const float d = h16(b + 108);
 	for (int g = 0; g < 16; g++) {
 		const int lo = (sc[g % 8] >> (4 * (g / 8))) & 15, hi = (sc[8 + g % 4] >> (2 * (g / 4))) & 3;
 		s[g] = d * (float)((lo | hi << 4) - 32);
@@ -104,30 +114,20 @@ static void dec_q3_k(const uint8_t *b, uint8_t *c, float *s, float *z)
 	}
 }
 
-/* The 6-bit scale and min of sub-block j of Q4_K/Q5_K (ggml's get_scale_min_k4). */
-static void scale_min_k4(const uint8_t *q, int j, int *sc, int *m)
+/* Q4_K/Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins (ggml's get_scale_min_k4) */
+static void scales_k4(const uint8_t *b, float *s, float *z)
 {
-	if (j < 4) {
-		*sc = q[j] & 63;
-		*m = q[j + 4] & 63;
-	} else {
-		*sc = (q[j + 4] & 15) | ((q[j - 4] >> 6) << 4);
-		*m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-	}
-}
-
-static void k4_scales(const uint8_t *b, float *s, float *z)
-{
+	const uint8_t *q = b + 4;
 	const float d = h16(b), dmin = h16(b + 2);
 	for (int j = 0; j < 8; j++) {
-		int sc, m;
-		scale_min_k4(b + 4, j, &sc, &m);
+		const int sc = j < 4 ? q[j] & 63 : (q[j + 4] & 15) | ((q[j - 4] >> 6) << 4);
+		const int m = j < 4 ? q[j + 4] & 63 : (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
 		pair(s, z, j, d * (float)sc, dmin * (float)m);
 	}
 }
 
 /* Q4_K {d, dmin, scales[12], qs[128]}: sub-block 2k is the low nibbles of qs[32k..32k+31], 2k+1 the high */
-static void dec_q4_k(const uint8_t *b, uint8_t *c, float *s, float *z)
+static void codes_q4_k(const uint8_t *b, uint8_t *c)
 {
 	const uint8_t *qs = b + 16;
 	for (int k = 0; k < 4; k++)
@@ -135,26 +135,21 @@ static void dec_q4_k(const uint8_t *b, uint8_t *c, float *s, float *z)
 			c[64 * k + l] = qs[32 * k + l] & 15;
 			c[64 * k + 32 + l] = qs[32 * k + l] >> 4;
 		}
-	k4_scales(b, s, z);
 }
 
 /* Q5_K {d, dmin, scales[12], qh[32], qs[128]}: as Q4_K, bit 4 of sub-block j's weight l in bit j of qh[l] */
-static void dec_q5_k(const uint8_t *b, uint8_t *c, float *s, float *z)
+static void codes_q5_k(const uint8_t *b, uint8_t *c)
 {
-	const uint8_t *qh = b + 16, *qs = b + 48;
-	for (int k = 0; k < 4; k++)
-		for (int l = 0; l < 32; l++) {
-			c[64 * k + l] = (uint8_t)((qs[32 * k + l] & 15) | ((qh[l] >> (2 * k)) & 1) << 4);
-			c[64 * k + 32 + l] = (uint8_t)((qs[32 * k + l] >> 4) | ((qh[l] >> (2 * k + 1)) & 1) << 4);
-		}
-	k4_scales(b, s, z);
+	const uint8_t *qh = b + 16;
+	codes_q4_k(b + 32, c); /* qs sits 32 bytes further than Q4_K's */
+	for (int i = 0; i < 256; i++)
+		c[i] |= (uint8_t)(((qh[i % 32] >> (i / 32)) & 1) << 4);
 }
 
 /* Q6_K {ql[128], qh[64], scales[16] int8, d}: w = d*sc*(q - 32); in each half of 128,
  * quarter k of weight l takes a nibble of ql[l + 32*(k&1)] (low for k<2) and bits 2k..2k+1 of qh[l] */
-static void dec_q6_k(const uint8_t *b, uint8_t *c, float *s, float *z)
+static void codes_q6_k(const uint8_t *b, uint8_t *c)
 {
-	const float d = h16(b + 208);
 	for (int h = 0; h < 2; h++) {
 		const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
 		for (int k = 0; k < 4; k++)
@@ -163,6 +158,10 @@ static void dec_q6_k(const uint8_t *b, uint8_t *c, float *s, float *z)
 				c[128 * h + 32 * k + l] = (uint8_t)((k < 2 ? lo & 15 : lo >> 4) | ((qh[l] >> (2 * k)) & 3) << 4);
 			}
 	}
+}
+static void scales_q6_k(const uint8_t *b, float *s, float *z)
+{
+	const float d = h16(b + 208);
 	for (int g = 0; g < 16; g++) {
 		s[g] = d * (float)(int8_t)b[192 + g];
 		z[g] = 32 * s[g];
@@ -171,36 +170,38 @@ static void dec_q6_k(const uint8_t *b, uint8_t *c, float *s, float *z)
 
 /* IQ4_XS {d, scales_h, scales_l[4], qs[128]}: sub-block j of 32 has scale d*(ls-32),
  * ls 4 bits from scales_l and 2 from scales_h; codes as IQ4_NL, 16 bytes per sub-block */
-static void dec_iq4_xs(const uint8_t *b, uint8_t *c, float *s, float *z)
+static void codes_iq4_xs(const uint8_t *b, uint8_t *c)
+{
+	for (int j = 0; j < 8; j++)
+		codes_iq4_nl(b + 16 * j - 2 + 8, c + 32 * j); /* codes_iq4_nl reads its qs at +2 */
+}
+static void scales_iq4_xs(const uint8_t *b, float *s, float *z)
 {
 	const float d = h16(b);
 	const unsigned sh = b[2] | (unsigned)b[3] << 8;
 	for (int j = 0; j < 8; j++) {
 		const int ls = ((b[4 + j / 2] >> (4 * (j % 2))) & 15) | (int)((sh >> (2 * j)) & 3) << 4;
 		pair(s, z, j, d * (float)(ls - 32), 0);
-		for (int l = 0; l < 16; l++) {
-			c[32 * j + l] = (uint8_t)moe_iq4_levels[b[8 + 16 * j + l] & 15];
-			c[32 * j + 16 + l] = (uint8_t)moe_iq4_levels[b[8 + 16 * j + l] >> 4];
-		}
 	}
 }
 
+#define FORMAT(name, w, bytes, sgn, h0, h1) {#name, w, bytes, sgn, {h0, h1}, codes_##name, scales_##name}
 static const struct moe_block_format formats[MOE_TYPE_COUNT] = {
-	[MOE_TYPE_Q4_1] = {"q4_1", 32, 20, 0, dec_q4_1},
-	[MOE_TYPE_Q5_0] = {"q5_0", 32, 22, 0, dec_q5_0},
-	[MOE_TYPE_Q5_1] = {"q5_1", 32, 24, 0, dec_q5_1},
-	[MOE_TYPE_Q2_K] = {"q2_k", 256, 84, 0, dec_q2_k},
-	[MOE_TYPE_Q3_K] = {"q3_k", 256, 110, 0, dec_q3_k},
-	[MOE_TYPE_Q4_K] = {"q4_k", 256, 144, 0, dec_q4_k},
-	[MOE_TYPE_Q5_K] = {"q5_k", 256, 176, 0, dec_q5_k},
-	[MOE_TYPE_Q6_K] = {"q6_k", 256, 210, 0, dec_q6_k},
-	[MOE_TYPE_IQ4_NL] = {"iq4_nl", 32, 18, 1, dec_iq4_nl},
-	[MOE_TYPE_IQ4_XS] = {"iq4_xs", 256, 136, 1, dec_iq4_xs},
+	[MOE_TYPE_Q4_1] = FORMAT(q4_1, 32, 20, 0, 0, 2),
+	[MOE_TYPE_Q5_0] = FORMAT(q5_0, 32, 22, 0, 0, -1),
+	[MOE_TYPE_Q5_1] = FORMAT(q5_1, 32, 24, 0, 0, 2),
+	[MOE_TYPE_Q2_K] = FORMAT(q2_k, 256, 84, 0, 80, 82),
+	[MOE_TYPE_Q3_K] = FORMAT(q3_k, 256, 110, 0, 108, -1),
+	[MOE_TYPE_Q4_K] = {"q4_k", 256, 144, 0, {0, 2}, codes_q4_k, scales_k4},
+	[MOE_TYPE_Q5_K] = {"q5_k", 256, 176, 0, {0, 2}, codes_q5_k, scales_k4},
+	[MOE_TYPE_Q6_K] = FORMAT(q6_k, 256, 210, 0, 208, -1),
+	[MOE_TYPE_IQ4_NL] = FORMAT(iq4_nl, 32, 18, 1, 0, -1),
+	[MOE_TYPE_IQ4_XS] = FORMAT(iq4_xs, 256, 136, 1, 0, -1),
 };
 
 const struct moe_block_format *moe_block_format(int type)
 {
-	return type >= 0 && type < MOE_TYPE_COUNT && formats[type].decode ? &formats[type] : NULL;
+	return type >= 0 && type < MOE_TYPE_COUNT && formats[type].codes ? &formats[type] : NULL;
 }
 
 size_t moe_block_row_bytes(const struct moe_block_format *f, size_t cols)
@@ -213,7 +214,8 @@ void moe_block_dequantize(const struct moe_block_format *f, const void *blocks, 
 	uint8_t c[MOE_BLOCK_MAX];
 	float s[MOE_BLOCK_MAX / 16], z[MOE_BLOCK_MAX / 16];
 	for (size_t b = 0; b < n / f->weights; b++) {
-		f->decode((const uint8_t *)blocks + b * f->bytes, c, s, z);
+		f->codes((const uint8_t *)blocks + b * f->bytes, c);
+		f->scales((const uint8_t *)blocks + b * f->bytes, s, z);
 		for (int j = 0; j < f->weights; j++) {
 			const float code = f->signed_codes ? (float)(int8_t)c[j] : (float)c[j];
 			dst[b * f->weights + j] = s[j / 16] * code - z[j / 16];
@@ -221,10 +223,11 @@ void moe_block_dequantize(const struct moe_block_format *f, const void *blocks, 
 	}
 }
 
-void moe_blocks_rows(moe_block_dot_fn *dot, const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a,
-		     float *y, size_t ystride)
+void moe_blocks_rows(moe_block_dot_fn *dot, moe_block_codes_fn *const *codes, const struct moe_wmat *w, size_t r0,
+		     size_t r1, const struct moe_qact *a, float *y, size_t ystride)
 {
 	const struct moe_block_format *f = moe_block_format(w->type);
+	moe_block_codes_fn *const decode = codes && codes[w->type] ? codes[w->type] : f->codes;
 	const size_t row_bytes = moe_block_row_bytes(f, w->cols);
 	_Alignas(64) uint8_t c[MOE_BLOCK_CHUNK];
 	_Alignas(64) float s[MOE_BLOCK_CHUNK / 16], z[MOE_BLOCK_CHUNK / 16];
@@ -234,8 +237,11 @@ void moe_blocks_rows(moe_block_dot_fn *dot, const struct moe_wmat *w, size_t r0,
 			y[t * ystride + r] = 0;
 		for (size_t col0 = 0; col0 < w->cols; col0 += MOE_BLOCK_CHUNK) {
 			const size_t n = w->cols - col0 < MOE_BLOCK_CHUNK ? w->cols - col0 : MOE_BLOCK_CHUNK;
-			for (size_t j = 0; j < n; j += f->weights)
-				f->decode(row + (col0 + j) / f->weights * f->bytes, c + j, s + j / 16, z + j / 16);
+			for (size_t j = 0; j < n; j += f->weights) {
+				const uint8_t *blk = row + (col0 + j) / f->weights * f->bytes;
+				decode(blk, c + j);
+				f->scales(blk, s + j / 16, z + j / 16);
+			}
 			for (size_t t0 = 0; t0 < a->batch; t0 += 4) {
 				const size_t T = a->batch - t0 < 4 ? a->batch - t0 : 4;
 				float acc[4] = {0};

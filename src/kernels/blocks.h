@@ -24,13 +24,16 @@
 
 #define MOE_BLOCK_MAX 256 /* weights in the largest block (GGUF's QK_K) */
 
+typedef void moe_block_codes_fn(const uint8_t *blk, uint8_t *c);
+
 struct moe_block_format {
 	const char *name;     /* ggml's name, as moe-pack -q spells it */
 	uint16_t weights;     /* per block: 32 or 256 */
 	uint16_t bytes;       /* per block, as in GGUF */
 	uint8_t signed_codes; /* c is int8 (IQ4 levels), else uint8 */
-	/* One block: weights codes, weights/16 scales and biases. */
-	void (*decode)(const uint8_t *blk, uint8_t *c, float *s, float *z);
+	int16_t half_at[2];   /* byte offsets of its fp16 super-scales (d, dmin), -1 if absent */
+	moe_block_codes_fn *codes;  /* one block's codes c[weights] */
+	void (*scales)(const uint8_t *blk, float *s, float *z); /* its weights/16 scales and biases */
 };
 
 /* The format of a moe_type, or NULL for f32/f16/bf16/q8/q4 (split layout). */

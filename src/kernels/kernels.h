@@ -90,7 +90,8 @@ struct moe_kernel_impl {
 
 /*
  * The block types' common driver, which each implementation's `blocks` calls with
- * its dot product: a row is decoded (blocks.h) MOE_BLOCK_CHUNK weights at a time,
+ * its dot product and its own code decoders (codes[type], NULL or a NULL entry:
+ * blocks.c's): a row is decoded (blocks.h) MOE_BLOCK_CHUNK weights at a time,
  * then dot adds, for tokens t0 .. t0+T-1 (T <= 4), the products of those n decoded
  * weights (codes c, scales s, biases z per 16; c signed if sgn) with columns col0 ..
  * col0+n-1 of the activations to acc[0 .. T-1].
@@ -98,8 +99,8 @@ struct moe_kernel_impl {
 #define MOE_BLOCK_CHUNK 2048
 typedef void moe_block_dot_fn(const uint8_t *c, const float *s, const float *z, int sgn, size_t n,
 			      const struct moe_qact *a, size_t col0, size_t t0, size_t T, float *acc);
-void moe_blocks_rows(moe_block_dot_fn *dot, const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a,
-		     float *y, size_t ystride);
+void moe_blocks_rows(moe_block_dot_fn *dot, moe_block_codes_fn *const *codes, const struct moe_wmat *w, size_t r0,
+		     size_t r1, const struct moe_qact *a, float *y, size_t ystride);
 
 extern const struct moe_kernel_impl moe_kernels_scalar;
 extern const struct moe_kernel_impl moe_kernels_avx2;   /* x86-64 only */

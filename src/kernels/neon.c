@@ -147,7 +147,7 @@ static void block_dot(const uint8_t *c, const float *s, const float *z, int sgn,
 
 static void blocks(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride)
 {
-	moe_blocks_rows(block_dot, w, r0, r1, a, y, ystride);
+	moe_blocks_rows(block_dot, NULL, w, r0, r1, a, y, ystride);
 }
 
 const struct moe_kernel_impl moe_kernels_neon = {"neon", available, q8, q4, blocks, f16, f32};

@@ -123,7 +123,7 @@ static uint64_t *bw_buffer(size_t bytes)
 
 /* ---- kernels ---- */
 
-enum { T_F32 = 0, T_F16 = 1, T_Q8 = 3, T_Q4 = 4 };
+enum { T_F32 = MOE_TYPE_F32, T_F16 = MOE_TYPE_F16, T_Q8 = MOE_TYPE_Q8, T_Q4 = MOE_TYPE_Q4 };
 
 struct shape {
 	const char *model;
@@ -134,20 +134,10 @@ static const struct shape shapes[] = {
 	{"qwen3", 768, 2048},     {"deepseek", 7168, 2048}, {"deepseek", 2048, 7168},
 };
 
-static size_t matrix_bytes(int type, size_t rows, size_t cols)
-{
-	switch (type) {
-	case T_Q8: return rows * cols + rows * cols / 16;
-	case T_Q4: return rows * cols / 2 + rows * cols / 16;
-	case T_F16: return rows * cols * 2;
-	default: return rows * cols * 4;
-	}
-}
-
 static int type_id(const char *s)
 {
-	return strcmp(s, "q8") == 0 ? T_Q8 : strcmp(s, "q4") == 0 ? T_Q4 : strcmp(s, "f16") == 0 ? T_F16
-		: strcmp(s, "f32") == 0 ? T_F32 : -1;
+	const int t = moe_type_from_name(s);
+	return t == MOE_TYPE_BF16 ? -1 : t; /* no kernel takes bf16 */
 }
 
 /* `copies` matrices of one shape laid out back to back, cycled through so that every
@@ -160,8 +150,7 @@ struct mats {
 
 static int make_mats(struct mats *m, int type, size_t rows, size_t cols, size_t budget)
 {
-	const size_t bytes = matrix_bytes(type, rows, cols), codes = type == T_Q8 ? rows * cols
-		: type == T_Q4 ? rows * cols / 2 : bytes;
+	const size_t bytes = moe_type_matrix_bytes(type, rows, cols), codes = rows * moe_wmat_row_bytes(type, cols);
 	m->copies = (int)(budget / bytes);
 	if (m->copies < 2)
 		m->copies = 2;
@@ -185,6 +174,13 @@ static int make_mats(struct mats *m, int type, size_t rows, size_t cols, size_t 
 	if (type == T_F32)
 		for (size_t i = 0; i < rows * cols; i++)
 			((float *)m->mem)[i] = (float)(i % 7) * 0.01f;
+	const struct moe_block_format *f = moe_block_format(type);
+	for (size_t b = 0; f && b < rows * cols / f->weights; b++)
+		for (int h = 0; h < 2; h++)
+			if (f->half_at[h] >= 0) {
+				const uint16_t v = (uint16_t)(0x1000 + (b & 0x3ff));
+				memcpy(m->mem + b * f->bytes + f->half_at[h], &v, 2);
+			}
 	for (int c = 1; c < m->copies; c++)
 		memcpy(m->mem + stride * (size_t)c, m->mem, stride);
 	for (int c = 0; c < m->copies; c++) {
@@ -199,7 +195,7 @@ static void free_mats(struct mats *m)
 	free(m->w);
 }
 
-static const char *const type_names[] = {"f32", "f16", "bf16", "q8", "q4"};
+
 
 static int bench_kernels(int argc, char **argv)
 {
@@ -273,14 +269,15 @@ static int bench_kernels(int argc, char **argv)
 		const struct moe_kernel_impl *k = moe_kernel_impls[ii];
 		if (!k->available() || (impls && !strstr(impls, k->name)))
 			continue;
-		char fl[64];
+		char fl[256];
 		snprintf(fl, sizeof fl, "%s", formats);
 		for (char *fs = strtok(fl, ","); fs; fs = strtok(NULL, ",")) {
 			char fcopy[16];
 			snprintf(fcopy, sizeof fcopy, "%s", fs);
 			const int type = type_id(fcopy);
 			if (type < 0) {
-				fprintf(stderr, "moe-bench: --format %s: q8, q4, f16 or f32\n", fcopy);
+				fprintf(stderr, "moe-bench: --format %s: q8, q4, f16, f32 or a GGUF block type (q4_k, ...)\n",
+					fcopy);
 				return 2;
 			}
 			for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
@@ -292,7 +289,7 @@ static int bench_kernels(int argc, char **argv)
 					fputs("moe-bench: out of memory\n", stderr);
 					return 1;
 				}
-				const size_t wbytes = matrix_bytes(type, sh->out, sh->in);
+				const size_t wbytes = moe_type_matrix_bytes(type, sh->out, sh->in);
 				for (int ti = 0; ti < nt; ti++) {
 					struct moe_pool *pool = moe_pool_create(tlist[ti]);
 					char bl[64];
@@ -326,7 +323,7 @@ static int bench_kernels(int argc, char **argv)
 						char shp[32];
 						snprintf(shp, sizeof shp, "%zu->%zu", sh->in, sh->out);
 						printf("%-8s %-6s %-9s %-13s %3d %5zu %10.1f %8.1f %6.0f%% %9.1f %10.0f\n", k->name,
-						       type_names[type], sh->model, shp, tlist[ti], batch, per * 1e6, gbs,
+						       moe_type_name(type), sh->model, shp, tlist[ti], batch, per * 1e6, gbs,
 						       100 * gbs / ref, 2.0 * (double)sh->in * (double)sh->out * (double)batch / per / 1e9,
 						       (double)batch / per);
 						fflush(stdout);
@@ -554,7 +551,7 @@ int main(int argc, char **argv)
 		     "  sim       replay a moe-run --trace-out file through cache policies: hit rates\n"
 		     "  diskbw    O_DIRECT read bandwidth with 1..N reads in flight (the bound for expert streaming)\n"
 		     "  --impl        scalar,avx2,avx512,neon (default: all this CPU runs)\n"
-		     "  --format      q8,q4,f16,f32 (default q8,q4)\n"
+		     "  --format      q8,q4,f16,f32, GGUF block types q4_1,q5_0,q5_1,q2_k..q6_k,iq4_nl,iq4_xs (default q8,q4)\n"
 		     "  --threads     thread counts (default 1 and all CPUs)\n"
 		     "  --batch       tokens per call, 1..64 (default 1,32)\n"
 		     "  --shape       mixtral,qwen3,deepseek expert shapes (default all)\n"
