@@ -8,7 +8,8 @@ usage: write_model.py safetensors DIR [--shards N] [--fp8] [--arch mixtral|mixtr
        write_model.py gguf FILE [--types SPEC] [--arch mixtral|mixtral256|qwen3_moe|deepseek_v3] [--tokenizer none|gpt2]
   SPEC: kind=TYPE,... for kinds attn, experts, embed, output and GGUF types F32, F16, BF16, Q8_0,
   Q4_0, Q4_1, Q5_0, Q5_1, Q2_K .. Q6_K, IQ4_NL, IQ4_XS (gguf_blocks.py); --down1=TYPE: layer 1's
-  ffn_down experts in another type, as llama.cpp's _M mixes do
+  ffn_down experts in another type, as llama.cpp's _M mixes do; --split=N: N files
+  FILE-0000k-of-0000N.gguf as llama.cpp's gguf-split writes them
 """
 import json
 import os
@@ -229,7 +230,7 @@ def gguf_encode(a, t):
 
 
 def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0", tokenizer="none",
-         version=3, bad=None, down1=None):
+         version=3, bad=None, down1=None, split=1):
     c = CONFIGS[arch]
     w = weights(arch)
     arch = c["model_type"]
@@ -349,29 +350,49 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
             return struct.pack("<f", v)
         if t == 9:
             return struct.pack("<IQ", 8, len(v)) + b"".join(wstr(x) for x in v)
+        if t == 5:
+            return struct.pack("<i", v)
+        if t == 2:
+            return struct.pack("<H", v)
         raise ValueError(t)
 
-    head = b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(kvs))
-    for k, t, v in kvs:
-        head += wstr(k) + struct.pack("<I", t) + wval(t, v)
-    infos, datas, off = b"", [], 0
+    typed = []
     for name, a in tensors:
         t = tmap.get(kind(name), "F32") if a.ndim >= 2 else "F32"
         if bad == "iq2" and name == "blk.0.attn_v.weight":
             t = "IQ2_XXS"
         if down1 and name == "blk.1.ffn_down_exps.weight":  # as Q4_K_M gives some layers' ffn_down more bits
             t = down1
-        data = gguf_encode(a, t)
-        infos += wstr(name) + struct.pack("<I", a.ndim) + b"".join(struct.pack("<Q", d) for d in a.shape[::-1])
-        infos += struct.pack("<IQ", GT[t], off)
-        datas.append(data + bytes((32 - len(data) % 32) % 32))
-        off += len(datas[-1])
-    body = head + infos
-    body += bytes((32 - len(body) % 32) % 32)
-    with open(out, "wb") as f:
-        f.write(body)
-        for d in datas:
-            f.write(d)
+        typed.append((name, a, t))
+
+    def write(path, kvs, part):
+        head = b"GGUF" + struct.pack("<IQQ", version, len(part), len(kvs))
+        for k, t, v in kvs:
+            head += wstr(k) + struct.pack("<I", t) + wval(t, v)
+        infos, datas, off = b"", [], 0
+        for name, a, t in part:
+            data = gguf_encode(a, t)
+            infos += wstr(name) + struct.pack("<I", a.ndim) + b"".join(struct.pack("<Q", d) for d in a.shape[::-1])
+            infos += struct.pack("<IQ", GT[t], off)
+            datas.append(data + bytes((32 - len(data) % 32) % 32))
+            off += len(datas[-1])
+        body = head + infos
+        body += bytes((32 - len(body) % 32) % 32)
+        with open(path, "wb") as f:
+            f.write(body)
+            for d in datas:
+                f.write(d)
+
+    if split <= 1:
+        write(out, kvs, typed)
+        return
+    # llama.cpp's gguf-split: OUT-0000k-of-0000N.gguf, every key in the first part only, split.* in all
+    stem = out[:-5] if out.endswith(".gguf") else out
+    for k in range(split):
+        part = typed[len(typed) * k // split:len(typed) * (k + 1) // split]
+        keys = (kvs if k == 0 else []) + [("split.no", 2, k), ("split.count", 2, split),
+                                          ("split.tensors.count", 5, len(typed))]
+        write("%s-%05d-of-%05d.gguf" % (stem, k + 1, split), keys, part)
 
 
 if __name__ == "__main__":
@@ -383,4 +404,4 @@ if __name__ == "__main__":
     else:
         gguf(out, arch=opts.get("arch", "mixtral"), types=opts.get("types", "attn=F32,experts=Q8_0,embed=F16,output=Q4_0"),
              tokenizer=opts.get("tokenizer", "none"), version=int(opts.get("version", 3)), bad=opts.get("bad"),
-             down1=opts.get("down1"))
+             down1=opts.get("down1"), split=int(opts.get("split", 1)))

@@ -320,8 +320,8 @@ static const struct {
 
 #define SUPPORTED_TYPES "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS"
 
-static int add_tensor(struct moe_source *src, const char *name, uint32_t type, uint32_t nd, const uint64_t ne[4],
-		      uint64_t abs_off, uint64_t file_size, uint64_t head_dim)
+static int add_tensor(struct moe_source *src, int file, const char *name, uint32_t type, uint32_t nd,
+		      const uint64_t ne[4], uint64_t abs_off, uint64_t file_size, uint64_t head_dim)
 {
 	int dtype, block_type = -1;
 	uint64_t bpb, per_block; /* bytes per block, weights per block */
@@ -381,7 +381,7 @@ static int add_tensor(struct moe_source *src, const char *name, uint32_t type, u
 		e->n_dims = nd == 1 ? 1 : 2;
 		e->rows = nd == 1 ? cols : rows;
 		e->cols = nd == 1 ? 1 : cols;
-		e->file = 0;
+		e->file = file;
 		e->offset = abs_off + m * mat_bytes;
 		/* llama.cpp's llama converter interleaves q/k rows per head (pair-wise RoPE); undo it */
 		size_t bl = strlen(base);
@@ -391,9 +391,26 @@ static int add_tensor(struct moe_source *src, const char *name, uint32_t type, u
 	return 0;
 }
 
-int src_open_gguf(const char *path, struct moe_source *src)
+/* What a file says about the split it belongs to (split.* keys; a whole file: part 0 of 1). */
+struct split_info {
+	uint64_t no, count, tensors; /* this part (0-based), parts, tensors in all parts */
+	uint64_t n_tokens;           /* tokenizer.ggml.tokens' length (first part) */
+};
+
+static uint64_t kv_count(const struct gguf_kvs *kvs, const char *key, uint64_t absent)
 {
-	src->kind = "gguf";
+	const struct kv *v = find_kv(kvs, key);
+	return v && v->type != GV_STRING && v->type != GV_ARRAY && v->num >= 0 && v->num < 1e9 ? (uint64_t)v->num
+		: absent;
+}
+
+/*
+ * One GGUF file, whole or a part of a split: header, keys and tensor table. The
+ * first (or only) file also gives the hyperparameters; the others of a split carry
+ * only their split.* keys and tensors (as llama.cpp's gguf-split writes them).
+ */
+static int open_part(struct moe_source *src, const char *path, int first, struct split_info *si, uint64_t *n_here)
+{
 	int fi = src_add_file(src, path);
 	if (fi < 0)
 		return fi;
@@ -422,6 +439,7 @@ int src_open_gguf(const char *path, struct moe_source *src)
 			      (unsigned long long)n_tensors, (unsigned long long)n_kv);
 		goto out;
 	}
+	*n_here = n_tensors;
 	kvs.v = calloc(n_kv + 1, sizeof *kvs.v);
 	if (!kvs.v) {
 		rc = moe_fail(MOE_ENOMEM, "out of memory");
@@ -440,33 +458,43 @@ int src_open_gguf(const char *path, struct moe_source *src)
 	}
 	if ((rc = c.err))
 		goto out;
-	const struct kv *a = find_kv(&kvs, "general.architecture");
-	if (!a || a->type != GV_STRING) {
-		rc = moe_fail(MOE_ENOTFOUND, "%s: no general.architecture", path);
+	si->no = kv_count(&kvs, "split.no", 0);
+	si->count = kv_count(&kvs, "split.count", 1);
+	si->tensors = kv_count(&kvs, "split.tensors.count", n_tensors);
+	if (first && si->no != 0) {
+		rc = moe_fail(MOE_EINVAL, "%s is part %llu of a %llu-part GGUF: give the first part (NAME-00001-of-%05llu.gguf)",
+			      path, (unsigned long long)si->no + 1, (unsigned long long)si->count,
+			      (unsigned long long)si->count);
 		goto out;
 	}
-	snprintf(kvs.arch, sizeof kvs.arch, "%.*s", (int)(a->str_len < 31 ? a->str_len : 31), a->str);
-	if ((rc = map_hparams(src, &kvs)))
-		goto out;
-	uint64_t alignment = 32;
-	const struct kv *al = find_kv(&kvs, "general.alignment");
-	if (al && al->type != GV_STRING && al->type != GV_ARRAY)
-		alignment = (uint64_t)al->num;
+	if (first) {
+		const struct kv *a = find_kv(&kvs, "general.architecture");
+		if (!a || a->type != GV_STRING) {
+			rc = moe_fail(MOE_ENOTFOUND, "%s: no general.architecture", path);
+			goto out;
+		}
+		snprintf(kvs.arch, sizeof kvs.arch, "%.*s", (int)(a->str_len < 31 ? a->str_len : 31), a->str);
+		if ((rc = map_hparams(src, &kvs)))
+			goto out;
+		const struct kv *tm = find_kv(&kvs, "tokenizer.ggml.model");
+		if (tm && tm->type == GV_STRING && tm->str_len == 4 && memcmp(tm->str, "none", 4) == 0)
+			src->no_tokenizer_ok = 1;
+		else if (tm)
+			snprintf(src->note, sizeof src->note,
+				 "GGUF tokenizer (tokenizer.ggml.model = \"%.*s\") not imported; pass --tokenizer tokenizer.json",
+				 (int)(tm->type == GV_STRING && tm->str_len < 32 ? tm->str_len : 0), tm->str);
+		const struct kv *vt = find_kv(&kvs, "tokenizer.ggml.tokens");
+		si->n_tokens = vt ? vt->arr_len : 0;
+		snprintf(src->gguf_arch, sizeof src->gguf_arch, "%s", kvs.arch);
+	}
+	uint64_t alignment = kv_count(&kvs, "general.alignment", 32);
 	if (alignment == 0 || (alignment & (alignment - 1))) {
 		rc = moe_fail(MOE_EFORMAT, "%s: general.alignment %llu is not a power of two", path, (unsigned long long)alignment);
 		goto out;
 	}
-	const struct kv *tm = find_kv(&kvs, "tokenizer.ggml.model");
-	if (tm && tm->type == GV_STRING && tm->str_len == 4 && memcmp(tm->str, "none", 4) == 0)
-		src->no_tokenizer_ok = 1;
-	else if (tm)
-		snprintf(src->note, sizeof src->note,
-			 "GGUF tokenizer (tokenizer.ggml.model = \"%.*s\") not imported; pass --tokenizer tokenizer.json",
-			 (int)(tm->type == GV_STRING && tm->str_len < 32 ? tm->str_len : 0), tm->str);
-	const struct kv *vt = find_kv(&kvs, "tokenizer.ggml.tokens");
 
 	/* tensor infos; permutation applies to the llama arch only */
-	const uint64_t head_dim = strcmp(kvs.arch, "llama") == 0 ? src->hp.head_dim : 0;
+	const uint64_t head_dim = strcmp(src->gguf_arch, "llama") == 0 ? src->hp.head_dim : 0;
 	struct tinfo { char name[256]; uint32_t nd, type; uint64_t ne[4], off; } *ti = calloc(n_tensors + 1, sizeof *ti);
 	if (!ti) {
 		rc = moe_fail(MOE_ENOMEM, "out of memory");
@@ -497,21 +525,72 @@ int src_open_gguf(const char *path, struct moe_source *src)
 				      (unsigned long long)ti[i].off);
 			break;
 		}
-		rc = add_tensor(src, ti[i].name, ti[i].type, ti[i].nd, ti[i].ne, data0 + ti[i].off, f->size, head_dim);
+		rc = add_tensor(src, fi, ti[i].name, ti[i].type, ti[i].nd, ti[i].ne, data0 + ti[i].off, f->size, head_dim);
 		if (!rc && !src->hp.vocab && strcmp(ti[i].name, "token_embd.weight") == 0)
 			src->hp.vocab = ti[i].nd == 2 ? ti[i].ne[1] : 0;
 	}
 	free(ti);
-	if (rc)
-		goto out;
-	if (!src->hp.vocab && vt)
-		src->hp.vocab = vt->arr_len;
-	if ((rc = moe_hparams_check(&src->hp)))
-		rc = moe_fail(rc, "%s: %s", path, moe_last_error());
 	f->header_xxh3 = XXH3_64bits(map, data0 < f->size ? data0 : f->size);
 out:
 	free(kvs.v);
 	munmap(map, f->size);
+	return rc;
+}
+
+/* "NAME-00001-of-00004.gguf": the stem NAME, or -1 if path is not named as a split */
+static int split_stem(const char *path, size_t *stem_len)
+{
+	const size_t n = strlen(path), tail = strlen("-00001-of-00004.gguf");
+	if (n < tail)
+		return -1;
+	const char *t = path + n - tail;
+	unsigned no, count;
+	char end[8];
+	if (sscanf(t, "-%5u-of-%5u%7s", &no, &count, end) != 3 || strcmp(end, ".gguf") != 0)
+		return -1;
+	*stem_len = n - tail;
+	return 0;
+}
+
+int src_open_gguf(const char *path, struct moe_source *src)
+{
+	src->kind = "gguf";
+	struct split_info first = {0};
+	uint64_t n_seen = 0;
+	int rc = open_part(src, path, 1, &first, &n_seen);
+	if (!rc && first.count > 1) {
+		/* a split (llama.cpp's gguf-split): the other parts sit beside the first, named by the same pattern */
+		size_t stem;
+		if (first.count > 999 || split_stem(path, &stem))
+			return moe_fail(MOE_EFORMAT, "%s: split.count is %llu but the file is not named NAME-00001-of-%05llu.gguf",
+					path, (unsigned long long)first.count, (unsigned long long)first.count);
+		char *part = malloc(stem + 32);
+		if (!part)
+			return moe_fail(MOE_ENOMEM, "out of memory");
+		for (uint64_t k = 1; k < first.count && !rc; k++) {
+			snprintf(part, stem + 32, "%.*s-%05llu-of-%05llu.gguf", (int)stem, path, (unsigned long long)k + 1,
+				 (unsigned long long)first.count);
+			struct split_info si = {0};
+			uint64_t n_here = 0;
+			rc = open_part(src, part, 0, &si, &n_here);
+			if (!rc && (si.no != k || si.count != first.count || si.tensors != first.tensors))
+				rc = moe_fail(MOE_EFORMAT, "%s: split.no %llu, split.count %llu, split.tensors.count %llu: not part %llu "
+					      "of %s's split (%llu parts, %llu tensors)", part, (unsigned long long)si.no,
+					      (unsigned long long)si.count, (unsigned long long)si.tensors,
+					      (unsigned long long)k, path, (unsigned long long)first.count,
+					      (unsigned long long)first.tensors);
+			n_seen += n_here;
+		}
+		free(part);
+		if (!rc && n_seen != first.tensors)
+			rc = moe_fail(MOE_EFORMAT, "%s: the %llu parts hold %llu tensors, split.tensors.count says %llu", path,
+				      (unsigned long long)first.count, (unsigned long long)n_seen,
+				      (unsigned long long)first.tensors);
+	}
+	if (!rc && !src->hp.vocab)
+		src->hp.vocab = first.n_tokens;
+	if (!rc && (rc = moe_hparams_check(&src->hp)))
+		rc = moe_fail(rc, "%s: %s", path, moe_last_error());
 	return rc;
 }
 

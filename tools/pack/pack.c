@@ -568,6 +568,7 @@ static int expert_type(const struct pack_options *o, const struct pipeline *p, i
 		fprintf(stderr, "moe-pack: note: %s is %s but %s is %s: a pack holds one type per expert matrix, "
 			"these experts become q8\n", first->name, moe_type_name(t0), e->name, moe_type_name(t));
 		t0 = MOE_TYPE_Q8;
+		break;
 	}
 	*type = t0;
 	return t0 < 0 ? t0 : 0;

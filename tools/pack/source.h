@@ -47,6 +47,7 @@ struct src_file {
 
 struct moe_source {
 	const char *kind;         /* "safetensors", "gguf", "synth" */
+	char gguf_arch[32];       /* GGUF: general.architecture */
 	char *path;
 	struct moe_hparams hp;
 	struct src_file *files;
