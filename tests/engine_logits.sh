@@ -142,6 +142,42 @@ check "deepseek run gguf q8/q4" "$MOE_RUN" -m dq.moe --tokens $TT -n 0 --kv-type
 check "deepseek gguf q8/q4 reference" py "$REF" dgf $TT dq.npy --dequant dq.moe
 check "deepseek gguf q8/q4 logits" py cmp.py dq.bin dq.npy q4
 cat "$WORK/out"
+# llama.cpp's current deepseek2 layout: kv_b split into attn_k_b/attn_v_b, MLA as MQA
+# (head_count_kv 1, the latent's key/value lengths, the heads' in *_mla), here with the
+# multi-token-prediction block kept at the end: the same model as the older layout
+check "deepseek current gguf f32" py "$W" gguf dgs.gguf --arch=deepseek_v3 --types=attn=F32,experts=F32,embed=F32,output=F32 \
+	--mla=split --nextn=1
+check "deepseek current pack" "$MOE_PACK" --no-progress -q f32 --zstd-min-saving 100 dgs.gguf dgs.moe
+if grep -q "skipped .* tensors of layers past the model's (multi-token prediction)" "$WORK/err"; then ok
+else not_ok "no note for the skipped nextn block"; cat "$WORK/err" >&2; fi
+check "deepseek current = older layout" py - <<PY
+import sys; sys.path.insert(0, "$TESTS_DIR")
+import moepack_ref as r
+a, b = r.Pack("dg.moe"), r.Pack("dgs.moe")
+assert set(a.tensors) == set(b.tensors), set(a.tensors) ^ set(b.tensors)
+for n in a.tensors:
+    assert a.tensor_bytes(n) == b.tensor_bytes(n), n
+assert set(a.experts) == set(b.experts)
+for k in a.experts:
+    assert a.expert_raw(*k) == b.expert_raw(*k), k
+PY
+check "deepseek current run" "$MOE_RUN" -m dgs.moe --tokens $TT -n 0 --kv-type f32 --logits-out dgs.bin
+check "deepseek current logits = older layout's" cmp dgs.bin dg.bin
+check "deepseek current q8/q4" py "$W" gguf dqs.gguf --arch=deepseek_v3 --types=attn=Q8_0,experts=Q4_0,embed=F32,output=Q8_0 \
+	--mla=split
+check "deepseek current q8/q4 pack" "$MOE_PACK" --no-progress --zstd-min-saving 100 dqs.gguf dqs.moe
+check "deepseek current q8/q4 reference" py "$REF" dgf $TT dqs.npy --dequant dqs.moe
+check "deepseek current q8/q4 run" "$MOE_RUN" -m dqs.moe --tokens $TT -n 0 --kv-type f32 --logits-out dqs.bin
+check "deepseek current q8/q4 logits" py cmp.py dqs.bin dqs.npy q4
+cat "$WORK/out"
+# Kimi-K2's configuration of the same architecture (384 experts, 8 used, one group)
+check "kimi-k2 gguf" py "$W" gguf kimi.gguf --arch=kimi_k2 --types=attn=Q8_0,experts=Q8_0,embed=F32,output=Q8_0 --mla=split
+check "kimi-k2 folder" py "$W" safetensors kimi --arch=kimi_k2
+check "kimi-k2 pack" "$MOE_PACK" --no-progress --zstd-min-saving 100 kimi.gguf kimi.moe
+check "kimi-k2 reference" py "$REF" kimi $TT kimi.npy --dequant kimi.moe
+check "kimi-k2 run" "$MOE_RUN" -m kimi.moe --tokens $TT -n 0 --kv-type f32 --logits-out kimi.bin
+check "kimi-k2 logits" py cmp.py kimi.bin kimi.npy q8
+cat "$WORK/out"
 
 # sampling: the same seed gives the same tokens; top-k 1 is greedy; penalties apply
 R="'$MOE_RUN' -m mixtral-tiny.f32.moe --tokens 5,6,7,8 -n 24"

@@ -9,7 +9,9 @@ usage: write_model.py safetensors DIR [--shards N] [--fp8] [--arch mixtral|mixtr
   SPEC: kind=TYPE,... for kinds attn, experts, embed, output and GGUF types F32, F16, BF16, Q8_0,
   Q4_0, Q4_1, Q5_0, Q5_1, Q2_K .. Q6_K, IQ4_NL, IQ4_XS (gguf_blocks.py); --down1=TYPE: layer 1's
   ffn_down experts in another type, as llama.cpp's _M mixes do; --split=N: N files
-  FILE-0000k-of-0000N.gguf as llama.cpp's gguf-split writes them
+  FILE-0000k-of-0000N.gguf as llama.cpp's gguf-split writes them; --mla=split: DeepSeek in
+  llama.cpp's current layout (attn_k_b, attn_v_b, MLA as MQA); --nextn=1: DeepSeek's
+  multi-token-prediction layer kept as the last block
 """
 import json
 import os
@@ -39,6 +41,10 @@ CONFIGS = {
                         scoring_func="sigmoid", norm_topk_prob=True, rope_theta=10000, rms_norm_eps=1e-6,
                         max_position_embeddings=4096, num_nextn_predict_layers=1, tie_word_embeddings=False),
 }
+# Kimi-K2's shape of DeepSeek-V3: 384 routed experts, 8 used, one group (small matrices)
+CONFIGS["kimi_k2"] = dict(CONFIGS["deepseek_v3"], hidden_size=128, q_lora_rank=64, kv_lora_rank=64, qk_nope_head_dim=32,
+                          qk_rope_head_dim=32, v_head_dim=32, n_routed_experts=384, num_experts_per_tok=8, n_group=1,
+                          topk_group=1, moe_intermediate_size=32, intermediate_size=128, routed_scaling_factor=2.827)
 # Mixtral with every matrix 256 columns wide, for GGUF's 256-weight K blocks
 CONFIGS["mixtral256"] = dict(CONFIGS["mixtral"], hidden_size=256, head_dim=64, vocab_size=256, intermediate_size=256)
 
@@ -230,7 +236,7 @@ def gguf_encode(a, t):
 
 
 def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0", tokenizer="none",
-         version=3, bad=None, down1=None, split=1):
+         version=3, bad=None, down1=None, split=1, mla="kv_b", nextn=0):
     c = CONFIGS[arch]
     w = weights(arch)
     arch = c["model_type"]
@@ -238,12 +244,21 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
     ga = {"mixtral": "llama", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2"}[arch]
     L, H = c["num_hidden_layers"], c["hidden_size"]
     kvs = [("general.architecture", 8, "grok" if bad == "arch" else ga), ("general.alignment", 4, 32),
-           (ga + ".block_count", 4, L), (ga + ".embedding_length", 4, H),
+           (ga + ".block_count", 4, L + nextn), (ga + ".embedding_length", 4, H),
            (ga + ".attention.head_count", 4, c["num_attention_heads"]),
            (ga + ".attention.head_count_kv", 4, c.get("num_key_value_heads", c["num_attention_heads"])),
            (ga + ".rope.freq_base", 6, c["rope_theta"]),
            (ga + ".attention.layer_norm_rms_epsilon", 6, c["rms_norm_eps"]),
            (ga + ".context_length", 4, c["max_position_embeddings"])]
+    def mla_kv_b(b, kv_b):
+        """attn_kv_b as it was, or llama.cpp's current split: per head k_b transposed and v_b"""
+        if mla != "split":
+            return [(b + "attn_kv_b.weight", kv_b)]
+        nope, vd = c["qk_nope_head_dim"], c["v_head_dim"]
+        kv = kv_b.reshape(c["num_attention_heads"], nope + vd, -1)
+        return [(b + "attn_k_b.weight", np.ascontiguousarray(kv[:, :nope, :].transpose(0, 2, 1))),
+                (b + "attn_v_b.weight", np.ascontiguousarray(kv[:, nope:, :]))]
+
     if arch == "deepseek_v3":  # llama.cpp's deepseek2 keys (convert_hf_to_gguf.py)
         kvs += [(ga + ".expert_count", 4, c["n_routed_experts"]), (ga + ".expert_used_count", 4, c["num_experts_per_tok"]),
                 (ga + ".feed_forward_length", 4, c["intermediate_size"]),
@@ -257,6 +272,14 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
                 (ga + ".rope.dimension_count", 4, c["qk_rope_head_dim"]),
                 (ga + ".expert_weights_scale", 6, c["routed_scaling_factor"]),
                 (ga + ".expert_weights_norm", 4, 1), (ga + ".expert_gating_func", 4, 2)]
+        if mla == "split":  # MLA stored as MQA: the latent's lengths, the heads' own in the *_mla keys
+            kvs = [kv for kv in kvs if kv[0] not in (ga + ".attention.key_length", ga + ".attention.value_length",
+                                                      ga + ".attention.head_count_kv")]
+            kvs += [(ga + ".attention.head_count_kv", 4, 1),
+                    (ga + ".attention.key_length", 4, c["kv_lora_rank"] + c["qk_rope_head_dim"]),
+                    (ga + ".attention.value_length", 4, c["kv_lora_rank"]),
+                    (ga + ".attention.key_length_mla", 4, c["qk_nope_head_dim"] + c["qk_rope_head_dim"]),
+                    (ga + ".attention.value_length_mla", 4, c["v_head_dim"])]
     elif arch == "mixtral":
         kvs += [(ga + ".expert_count", 4, c["num_local_experts"]), (ga + ".expert_used_count", 4, 2),
                 (ga + ".feed_forward_length", 4, c["intermediate_size"]),
@@ -282,7 +305,9 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
         return None
 
     tensors = [("token_embd.weight", w["model.embed_tokens.weight"])]
-    for l in range(L):
+    if nextn:  # the multi-token-prediction block kept, as the last block (llama.cpp's --mtp)
+        kvs.append((ga + ".nextn_predict_layers", 4, nextn))
+    for l in range(L + nextn):
         p = "model.layers.%d." % l
         b = "blk.%d." % l
         tensors.append((b + "attn_norm.weight", w[p + "input_layernorm.weight"]))
@@ -293,7 +318,7 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
                         (b + "attn_q_b.weight", w[a + "q_b_proj.weight"]),
                         (b + "attn_kv_a_mqa.weight", w[a + "kv_a_proj_with_mqa.weight"]),
                         (b + "attn_kv_a_norm.weight", w[a + "kv_a_layernorm.weight"]),
-                        (b + "attn_kv_b.weight", w[a + "kv_b_proj.weight"]),
+                        *mla_kv_b(b, w[a + "kv_b_proj.weight"]),
                         (b + "attn_output.weight", w[a + "o_proj.weight"]),
                         (b + "ffn_norm.weight", w[p + "post_attention_layernorm.weight"])]
             if l < c["first_k_dense_replace"]:
@@ -404,4 +429,5 @@ if __name__ == "__main__":
     else:
         gguf(out, arch=opts.get("arch", "mixtral"), types=opts.get("types", "attn=F32,experts=Q8_0,embed=F16,output=Q4_0"),
              tokenizer=opts.get("tokenizer", "none"), version=int(opts.get("version", 3)), bad=opts.get("bad"),
-             down1=opts.get("down1"), split=int(opts.get("split", 1)))
+             down1=opts.get("down1"), split=int(opts.get("split", 1)), mla=opts.get("mla", "kv_b"),
+             nextn=int(opts.get("nextn", 0)))

@@ -273,6 +273,10 @@ static int map_hparams(struct moe_source *src, struct gguf_kvs *k)
 		arch_f64(k, "expert_weights_scale", &hp->routed_scale);
 		arch_f64(k, "rope.scaling.factor", &hp->rope_factor);
 		arch_f64(k, "rope.scaling.original_context_length", &hp->rope_orig_max);
+		/* llama.cpp's current converter stores MLA as MQA: key/value lengths are the latent's,
+		 * the heads' own in the *_mla keys */
+		arch_u64(k, "attention.key_length_mla", &key_len);
+		arch_u64(k, "attention.value_length_mla", &val_len);
 		hp->qk_rope_dim = rope_dim;
 		hp->qk_nope_dim = key_len > rope_dim ? key_len - rope_dim : 0;
 		hp->v_head_dim = val_len;
@@ -291,8 +295,51 @@ static int map_hparams(struct moe_source *src, struct gguf_kvs *k)
 		}
 		break;
 	}
+	/* multi-token-prediction blocks, when kept, are the last ones: not part of the model we run */
+	uint64_t nextn = 0;
+	arch_u64(k, "nextn_predict_layers", &nextn);
+	if (nextn && nextn < hp->n_layers)
+		hp->n_layers -= nextn;
 	if (k->bad)
 		return moe_fail(MOE_EFORMAT, "%s: %s = %g is not a count", src->path, k->bad->key, k->bad->num);
+	return 0;
+}
+
+/* llama.cpp's current DeepSeek layout has no attn_kv_b: one is made of each layer's
+ * attn_k_b and attn_v_b, read through them (SRC_MLA_KV_B). */
+static int join_mla_kv_b(struct moe_source *src)
+{
+	const size_t n = src->n_entries;
+	for (size_t i = 0; i < n; i++) {
+		const char *name = src->entries[i].name;
+		const size_t len = strlen(name);
+		if (len < 9 || strcmp(name + len - 9, ".attn_k_b") != 0)
+			continue;
+		char kv[300], vb[300];
+		snprintf(kv, sizeof kv, "%.*s.attn_kv_b", (int)(len - 9), name);
+		snprintf(vb, sizeof vb, "%.*s.attn_v_b", (int)(len - 9), name);
+		int have = 0;
+		for (size_t j = 0; j < src->n_entries && !have; j++)
+			have = strcmp(src->entries[j].name, kv) == 0;
+		if (have)
+			continue;
+		const uint64_t heads = src->entries[i].heads, kvl = src->entries[i].cols ? src->entries[i].rows / heads : 0;
+		char *kb_name = strdup(name), *vb_name = strdup(vb);
+		struct src_entry *e = kb_name && vb_name ? src_add(src, kv) : NULL;
+		if (!e) {
+			free(kb_name);
+			free(vb_name);
+			return moe_fail(MOE_ENOMEM, "out of memory");
+		}
+		/* rows: heads x (qk_nope + v_head); the v_head comes from v_b, checked at lookup */
+		e->dtype = SRC_MLA_KV_B;
+		e->block_type = -1;
+		e->n_dims = 2;
+		e->cols = kvl;
+		e->rows = heads * (src->entries[i].cols + (src->hp.v_head_dim ? src->hp.v_head_dim : 0));
+		e->kb_name = kb_name;
+		e->vb_name = vb_name;
+	}
 	return 0;
 }
 
@@ -362,6 +409,16 @@ static int add_tensor(struct moe_source *src, int file, const char *name, uint32
 	char base[256];
 	canonical_name(name, strlen(name), base, sizeof base);
 	/* stacked experts "blk.L.ffn_gate_exps" become "blk.L.ffn_gate.E", one entry per expert */
+	const size_t bl = strlen(base);
+	if (nd == 3 && bl > 9 && (strcmp(base + bl - 9, ".attn_k_b") == 0 || strcmp(base + bl - 9, ".attn_v_b") == 0)) {
+		/* llama.cpp's MLA split of kv_b, one matrix per head: the heads stacked as rows */
+		struct src_entry *e = src_add(src, base);
+		if (!e)
+			return moe_fail(MOE_ENOMEM, "out of memory");
+		*e = (struct src_entry){.name = e->name, .dtype = dtype, .block_type = block_type, .rows = rows * mats,
+					.cols = cols, .n_dims = 2, .file = file, .offset = abs_off, .heads = (uint32_t)mats};
+		return 0;
+	}
 	char *exps = nd == 3 ? strstr(base, "_exps") : NULL;
 	if (nd == 3 && (!exps || exps[5]))
 		return moe_fail(MOE_EUNSUPPORTED, "%s: 3-D tensor %s is not a stacked expert tensor", src->path, name);
@@ -384,7 +441,6 @@ static int add_tensor(struct moe_source *src, int file, const char *name, uint32
 		e->file = file;
 		e->offset = abs_off + m * mat_bytes;
 		/* llama.cpp's llama converter interleaves q/k rows per head (pair-wise RoPE); undo it */
-		size_t bl = strlen(base);
 		if (head_dim && bl > 7 && (strcmp(base + bl - 7, ".attn_q") == 0 || strcmp(base + bl - 7, ".attn_k") == 0))
 			e->permute_head = (uint32_t)head_dim;
 	}
@@ -589,6 +645,8 @@ int src_open_gguf(const char *path, struct moe_source *src)
 	}
 	if (!rc && !src->hp.vocab)
 		src->hp.vocab = first.n_tokens;
+	if (!rc)
+		rc = join_mla_kv_b(src);
 	if (!rc && (rc = moe_hparams_check(&src->hp)))
 		rc = moe_fail(rc, "%s: %s", path, moe_last_error());
 	return rc;

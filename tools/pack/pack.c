@@ -425,7 +425,8 @@ static size_t count_mtp(const struct moe_source *src)
 	size_t n = 0;
 	for (size_t i = 0; i < src->n_entries; i++) {
 		unsigned long long l;
-		n += sscanf(src->entries[i].name, "model.layers.%llu.", &l) == 1 && l >= src->hp.n_layers;
+		n += (sscanf(src->entries[i].name, "model.layers.%llu.", &l) == 1 ||
+		      sscanf(src->entries[i].name, "blk.%llu.", &l) == 1) && l >= src->hp.n_layers;
 	}
 	return n;
 }
@@ -532,7 +533,8 @@ static void report_unused(struct moe_source *src)
 	for (size_t i = 0; i < src->n_entries; i++) {
 		const struct src_entry *e = &src->entries[i];
 		unsigned long long l;
-		if (e->used || (sscanf(e->name, "model.layers.%llu.", &l) == 1 && l >= src->hp.n_layers))
+		if (e->used || ((sscanf(e->name, "model.layers.%llu.", &l) == 1 || sscanf(e->name, "blk.%llu.", &l) == 1) &&
+				l >= src->hp.n_layers))
 			continue;
 		if (!first)
 			first = e->name;
@@ -540,7 +542,7 @@ static void report_unused(struct moe_source *src)
 	}
 	const size_t mtp = count_mtp(src);
 	if (mtp)
-		fprintf(stderr, "moe-pack: note: skipped %zu tensors of layers past num_hidden_layers (multi-token prediction)\n",
+		fprintf(stderr, "moe-pack: note: skipped %zu tensors of layers past the model's (multi-token prediction)\n",
 			mtp);
 	if (unused)
 		fprintf(stderr, "moe-pack: warning: %zu source tensors not used by %s, e.g. %s\n", unused,

@@ -17,7 +17,7 @@
 #include "quant/quant.h"
 #include "source.h"
 
-const char *const src_dtype_names[] = {"F32", "F16", "BF16", "F64", "F8_E4M3", "Q8_0", "Q4_0", "GGUF blocks", "synthetic"};
+const char *const src_dtype_names[] = {"F32", "F16", "BF16", "F64", "F8_E4M3", "Q8_0", "Q4_0", "GGUF blocks", "attn_k_b + attn_v_b", "synthetic"};
 
 int src_open(const char *path, struct moe_source **out)
 {
@@ -52,6 +52,8 @@ void src_close(struct moe_source *src)
 	for (size_t i = 0; i < src->n_entries; i++) {
 		free(src->entries[i].name);
 		free(src->entries[i].scale_name);
+		free(src->entries[i].kb_name);
+		free(src->entries[i].vb_name);
 	}
 	free(src->entries);
 	free(src->tokenizer_json);
@@ -192,9 +194,15 @@ void src_index(struct moe_source *src)
 	if (!src->n_entries) /* qsort and bsearch take no NULL array, even empty */
 		return;
 	qsort(src->entries, src->n_entries, sizeof *src->entries, cmp_entry);
-	for (size_t i = 0; i < src->n_entries; i++)
-		if (src->entries[i].scale_name)
-			src->entries[i].scale = src_find(src, src->entries[i].scale_name);
+	for (size_t i = 0; i < src->n_entries; i++) {
+		struct src_entry *e = &src->entries[i];
+		if (e->scale_name)
+			e->scale = src_find(src, e->scale_name);
+		if (e->kb_name) {
+			e->kb = src_find(src, e->kb_name);
+			e->vb = src_find(src, e->vb_name);
+		}
+	}
 }
 
 struct src_entry *src_find(struct moe_source *src, const char *name)
@@ -228,10 +236,47 @@ int src_lookup(struct moe_source *src, const struct moe_tensor_spec *spec, struc
 					s->name, (unsigned long long)s->rows, (unsigned long long)s->cols,
 					(unsigned long long)srows, (unsigned long long)scols);
 	}
+	if (e->dtype == SRC_MLA_KV_B) {
+		/* k_b: per head [kv_lora_rank, qk_nope] (kv_b's key rows, transposed); v_b: per head [v_head, kv_lora_rank] */
+		const struct src_entry *kb = e->kb, *vb = e->vb;
+		const uint64_t h = kb ? kb->heads : 0;
+		if (!kb || !vb || !h || kb->heads != vb->heads || kb->rows != h * cols || vb->cols != cols ||
+		    rows != h * (kb->cols + vb->rows / h) || vb->rows % h)
+			return moe_fail(MOE_EFORMAT, "%s: %s and %s do not make %s [%llu, %llu]", src->path, e->kb_name,
+					e->vb_name, e->name, (unsigned long long)rows, (unsigned long long)cols);
+		e->kb->used = e->vb->used = 1;
+	}
 	e->used = 1;
 	if (e->scale)
 		e->scale->used = 1;
 	return 0;
+}
+
+/* Rows of kv_b from llama.cpp's split form: head h's rows are its qk_nope key rows (columns
+ * of k_b's head h, so that head is read whole) then its v_head value rows (rows of v_b). */
+static int read_mla_kv_b(struct moe_source *src, const struct src_entry *e, uint64_t row0, uint64_t nrows, float *out)
+{
+	const struct src_entry *kb = e->kb, *vb = e->vb;
+	const uint64_t kvl = e->cols, nope = kb->cols, vd = vb->rows / vb->heads, per_head = nope + vd;
+	float *head = malloc(kvl * nope * sizeof(float)); /* k_b of one head: [kv_lora_rank][qk_nope] */
+	if (!head)
+		return moe_fail(MOE_ENOMEM, "out of memory reading %s", e->name);
+	uint64_t have = UINT64_MAX;
+	int rc = 0;
+	for (uint64_t r = row0; r < row0 + nrows && !rc; r++) {
+		const uint64_t h = r / per_head, j = r % per_head;
+		float *dst = out + (r - row0) * kvl;
+		if (j >= nope) {
+			rc = src_read_rows(src, vb, h * vd + (j - nope), 1, dst);
+			continue;
+		}
+		if (h != have && !(rc = src_read_rows(src, kb, h * kvl, kvl, head)))
+			have = h;
+		for (uint64_t c = 0; c < kvl && !rc; c++)
+			dst[c] = head[c * nope + j];
+	}
+	free(head);
+	return rc;
 }
 
 int src_pack_type(const struct src_entry *e)
@@ -295,6 +340,8 @@ float synth_value(const struct src_entry *e, uint64_t i)
 int src_read_rows(struct moe_source *src, const struct src_entry *e, uint64_t row0, uint64_t nrows, float *out)
 {
 	const uint64_t cols = e->cols;
+	if (e->dtype == SRC_MLA_KV_B)
+		return read_mla_kv_b(src, e, row0, nrows, out);
 	if (e->dtype == SRC_SYNTH) {
 		for (uint64_t r = 0; r < nrows; r++)
 			for (uint64_t c = 0; c < cols; c++)

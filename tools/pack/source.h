@@ -17,6 +17,7 @@ enum src_dtype {
 	SRC_F8_E4M3, /* with a 128x128 block scale (DeepSeek-V3) */
 	SRC_Q8_0, SRC_Q4_0, /* GGUF blocks, kept in the pack's split q8/q4 layout */
 	SRC_BLOCKS,         /* GGUF blocks of the pack type block_type, kept as they are */
+	SRC_MLA_KV_B,       /* DeepSeek's kv_b put back together from llama.cpp's attn_k_b and attn_v_b */
 	SRC_SYNTH,          /* generated: N(mean, std) from a counter-based RNG */
 };
 extern const char *const src_dtype_names[];
@@ -32,6 +33,9 @@ struct src_entry {
 	uint32_t permute_head; /* GGUF llama q/k: rows pair-interleaved within heads of this size */
 	char *scale_name;        /* F8_E4M3: name of its weight_scale_inv ... */
 	struct src_entry *scale; /* ... resolved by src_index() */
+	char *kb_name, *vb_name;     /* SRC_MLA_KV_B: its two parts ... */
+	struct src_entry *kb, *vb;   /* ... resolved by src_index() */
+	uint32_t heads;              /* attn_k_b / attn_v_b: heads stacked in the rows */
 	uint64_t seed;       /* SRC_SYNTH */
 	float mean, std;
 	int used;
