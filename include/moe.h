@@ -150,18 +150,26 @@ typedef struct moe_expert_layout {
 	int type[3];          /* per matrix (gate, up, down) */
 	uint64_t rows[3], cols[3];
 	uint64_t offset[3];   /* byte offset of each matrix inside the raw blob */
-	uint64_t raw_size;    /* raw blob bytes (every expert has the same) */
+	uint64_t raw_size;    /* raw blob bytes of an expert in this layout */
 } moe_expert_layout;
 typedef struct moe_expert_info {
 	uint32_t layer, expert;
 	uint64_t offset;       /* in the file, a multiple of the pack alignment */
 	uint64_t stored_size;  /* bytes on disk */
 	uint64_t raw_size;     /* bytes once decoded */
+	int layout;            /* its layout (moe_pack_expert_layout_at) */
 	int codec;             /* enum moe_codec */
 	uint64_t xxh3_stored;  /* of the stored bytes */
 	uint64_t xxh3_raw;     /* of the decoded bytes */
 } moe_expert_info;
+/* Layout 0: the matrices' shapes, which every layout shares, and their types in most packs.
+ * A pack whose matrix types differ by layer (GGUF's _M mixes kept as they are) has more
+ * layouts, one per combination of types; each expert names its own. */
 void moe_pack_expert_layout(const moe_pack *pack, moe_expert_layout *out);
+size_t moe_pack_expert_layouts(const moe_pack *pack);
+int moe_pack_expert_layout_at(const moe_pack *pack, size_t i, moe_expert_layout *out);
+/* The largest raw blob of any layout: what a buffer for any expert needs. */
+uint64_t moe_pack_expert_max_raw(const moe_pack *pack);
 size_t moe_pack_expert_count(const moe_pack *pack);
 int moe_pack_expert_at(const moe_pack *pack, size_t i, moe_expert_info *out);
 int moe_pack_expert(const moe_pack *pack, uint32_t layer, uint32_t expert, moe_expert_info *out);

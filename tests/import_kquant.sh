@@ -3,8 +3,8 @@
 # IQ4_XS), written by numpy (tests/gguf_blocks.py, whose decoders agree with
 # ggml-quants.c). moe-pack keeps them by default, bit for bit; moe-run's logits on
 # them match the float64 forward pass (tests/reference.py) on the same dequantized
-# weights. An _M-style mix (one layer's ffn_down in more bits) packs, to q8 by
-# default; asked to keep it, moe-pack says why it cannot.
+# weights. An _M-style mix (one layer's ffn_down in more bits) keeps both types, as
+# two expert layouts, through the mapped and the cached expert paths.
 . "$TESTS_DIR/lib.sh"
 cd "$WORK"
 W="$TESTS_DIR/write_model.py"
@@ -70,25 +70,39 @@ for k in scalar avx2 avx512; do
 	done
 done
 
-# Q4_K_M-style: ffn_down of layer 1 in Q6_K
+# Q4_K_M-style: ffn_down of layer 1 in Q6_K: two expert layouts, each kept as it is
 check "mix gguf" py "$W" gguf mix.gguf --arch=mixtral256 --types=attn=Q4_K,experts=Q4_K,embed=Q6_K,output=Q6_K \
 	--down1=Q6_K
 check "mix pack" "$MOE_PACK" --no-progress --zstd-min-saving 100 mix.gguf mix.moe
-if grep -q "blk.0.ffn_down.0 is q4_k but blk.1.ffn_down.0 is q6_k: .* these experts become q8" "$WORK/err"; then ok
-else not_ok "no note for the mixed ffn_down types"; cat "$WORK/err" >&2; fi
+check "mix pack, kept" "$MOE_PACK" --no-progress -q keep --zstd-min-saving 100 mix.gguf keep.moe
 check "mix types" py - <<PY
 import sys; sys.path.insert(0, "$TESTS_DIR")
 import moepack_ref as r
-p = r.Pack("mix.moe")
-assert [m["type"] for m in p.layout["matrices"]] == ["q4_k", "q4_k", "q8"], p.layout
-assert p.tensors["output"]["type"] == "q6_k" and p.tensors["blk.0.attn_k"]["type"] == "q4_k"
+import gguf_blocks as gb
+import write_model as wm
+for f in ("mix.moe", "keep.moe"):
+    p = r.Pack(f)
+    assert [[m["type"] for m in l["matrices"]] for l in p.layouts] == [["q4_k"] * 3, ["q4_k", "q4_k", "q6_k"]], p.layouts
+    assert all(p.experts[(0, e)]["layout"] == 0 and p.experts[(1, e)]["layout"] == 1 for e in range(4))
+    w = wm.weights("mixtral256")
+    d1 = w["model.layers.1.block_sparse_moe.experts.3.w2.weight"]
+    assert p.expert_matrix_bytes(1, 3, 2) == gb.encode("q6_k", d1), "layer 1 down blocks changed"
+    assert p.tensors["output"]["type"] == "q6_k" and p.tensors["blk.0.attn_k"]["type"] == "q4_k"
 PY
+check "mix info" "$MOE_PACK" --info mix.moe
+if grep -q "down q4_k,q6_k \[256, 256\]; .* bytes raw at most (types differ by layer)" "$WORK/out"; then ok
+else not_ok "--info does not show the layouts"; cat "$WORK/out" >&2; fi
+check "mix verify" "$MOE_PACK" --verify mix.moe
 check "mix reference" py "$REF" m256 "$T" mix.npy --dequant mix.moe
 check "mix run" "$MOE_RUN" -m mix.moe --tokens "$T" -n 0 -b 7 --kv-type f32 --logits-out mix.bin
 check "mix logits" py cmp.py mix.bin mix.npy
-expect_error "mix keep" "blk.0.ffn_down.0 is q4_k but blk.1.ffn_down.0 is q6_k: a pack holds one type per expert matrix" \
-	"$MOE_PACK" --no-progress -q keep mix.gguf keep.moe
-no_output "mix keep" keep.moe
+# the expert cache (a budget below the experts' size) streams both layouts: the same logits
+check "mix run, cache" "$MOE_RUN" -m mix.moe --tokens "$T" -n 0 -b 7 --kv-type f32 -c 32 --logits-out mixc.bin \
+	--ram-budget 1M --stats-json mixc.json
+check "mix run, mapped" "$MOE_RUN" -m mix.moe --tokens "$T" -n 0 -b 7 --kv-type f32 -c 32 --logits-out mixm.bin \
+	--no-offload
+check "mix cache logits = mapped" cmp mixc.bin mixm.bin
+check "mix cache was used" py -c "import json; e = json.load(open('mixc.json'))['experts']; assert e['slots'] < 8 and e['misses'] > 8, e"
 # and nothing quantizes into the block types yet: asked to, moe-pack says so
 expect_error "quantize into q4_k" "does not quantize into them" "$MOE_PACK" --no-progress -q experts=q4_k m256 k.moe
 no_output "quantize into q4_k" k.moe

@@ -122,10 +122,22 @@ class Pack:
         raw_size = struct.unpack_from("<Q", d, off + 128)[0]
         experts = {}
         for i in range(count):
-            layer, e, eoff, stored, codec, _, xs, xr = struct.unpack_from("<IIQQIIQQ", d, off + 136 + 48 * i)
+            layer, e, eoff, stored, codec, layout, xs, xr = struct.unpack_from("<IIQQIIQQ", d, off + 136 + 48 * i)
             assert eoff % self.alignment == 0
-            experts[(layer, e)] = dict(offset=eoff, stored=stored, codec=codec)
-        return dict(matrices=mats, raw_size=raw_size), experts
+            experts[(layer, e)] = dict(offset=eoff, stored=stored, codec=codec, layout=layout)
+        layouts = [dict(matrices=mats, raw_size=raw_size)]
+        if self.flags & 0x10000:  # PACK_F_LAYOUTS: more layouts after the records
+            p = off + 136 + 48 * count
+            extra = struct.unpack_from("<I", d, p)[0]
+            for k in range(extra):
+                q = p + 8 + 128 * k
+                ms = []
+                for m in range(3):
+                    typ, _, rows, cols, moff, msize = struct.unpack_from("<IIQQQQ", d, q + 40 * m)
+                    ms.append(dict(type=TYPES[typ], rows=rows, cols=cols, offset=moff, size=msize))
+                layouts.append(dict(matrices=ms, raw_size=struct.unpack_from("<Q", d, q + 120)[0]))
+        self.layouts = layouts
+        return layouts[0], experts
 
     def tensor_bytes(self, name):
         t = self.tensors[name]
@@ -142,13 +154,16 @@ class Pack:
         assert x["codec"] == 0, "reference reader handles raw blobs only (pack with --zstd-min-saving 100)"
         return self.data[x["offset"]:x["offset"] + x["stored"]]
 
+    def expert_layout(self, layer, e):
+        return self.layouts[self.experts[(layer, e)]["layout"]]
+
     def expert_matrix_bytes(self, layer, e, m):
-        mm = self.layout["matrices"][m]
+        mm = self.expert_layout(layer, e)["matrices"][m]
         raw = self.expert_raw(layer, e)
         return raw[mm["offset"]:mm["offset"] + mm["size"]]
 
     def expert(self, layer, e, m):
-        mm = self.layout["matrices"][m]
+        mm = self.expert_layout(layer, e)["matrices"][m]
         return dequant(mm["type"], self.expert_matrix_bytes(layer, e, m), mm["rows"], mm["cols"])
 
 

@@ -74,7 +74,7 @@ static int write_model(const struct moe_hparams *meta, const struct moe_hparams 
 	const int type[3] = {MOE_TYPE_F32, MOE_TYPE_F32, MOE_TYPE_F32};
 	const uint64_t rows[3] = {ex[0].dims[0], ex[1].dims[0], ex[2].dims[0]};
 	const uint64_t cols[3] = {ex[0].dims[1], ex[1].dims[1], ex[2].dims[1]};
-	packw_declare_expert_layout(w, type, rows, cols);
+	const int layout = packw_declare_expert_layout(w, type, rows, cols);
 	size_t n_experts = 0;
 	for (uint64_t l = 0; l < shapes->n_layers; l++)
 		for (uint64_t e = 0; moe_layer_is_moe(shapes, l) && e < shapes->n_experts; e++)
@@ -83,7 +83,7 @@ static int write_model(const struct moe_hparams *meta, const struct moe_hparams 
 	for (size_t i = 0, k = 0; k < n_experts; i++) {
 		const uint64_t l = first + i / shapes->n_experts;
 		if (moe_layer_is_moe(shapes, l))
-			packw_declare_expert(w, (uint32_t)l, (uint32_t)(i % shapes->n_experts)), k++;
+			packw_declare_expert(w, (uint32_t)l, (uint32_t)(i % shapes->n_experts), layout), k++;
 	}
 	size_t t = 0;
 	for (size_t i = 0; i < n && !rc; i++) {
@@ -98,7 +98,7 @@ static int write_model(const struct moe_hparams *meta, const struct moe_hparams 
 		rc = packw_tensor_append(w, (int)t++, v, count * sizeof *v);
 		free(v);
 	}
-	const uint64_t raw = packw_expert_raw_size(w);
+	const uint64_t raw = packw_expert_raw_size(w, layout);
 	float *blob = calloc(1, raw);
 	for (size_t i = 0; i < n_experts && !rc; i++)
 		rc = packw_expert_write(w, i, blob, raw, MOE_CODEC_RAW, XXH3_64bits(blob, raw));

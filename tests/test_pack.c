@@ -57,7 +57,7 @@ static int write_pack(uint32_t alignment)
 		CHECK(packw_declare_tensor(w, names[i], ttype[i], dims[i]) == i, "declare %s", names[i]);
 	packw_declare_expert_layout(w, etype, erows, ecols);
 	for (int i = 0; i < N_EXPERTS; i++)
-		packw_declare_expert(w, (uint32_t)(i / 3 + 1), (uint32_t)(i % 3 * 2));
+		packw_declare_expert(w, (uint32_t)(i / 3 + 1), (uint32_t)(i % 3 * 2), 0);
 	for (int i = 0; i < 3 && !rc; i++) {
 		uint64_t size = moe_type_matrix_bytes(ttype[i], dims[i][0], dims[i][1] ? dims[i][1] : 1);
 		uint8_t *b = malloc(size);
@@ -68,7 +68,7 @@ static int write_pack(uint32_t alignment)
 			rc = packw_tensor_append(w, i, b + size / 3, size - size / 3);
 		free(b);
 	}
-	const uint64_t raw = packw_expert_raw_size(w);
+	const uint64_t raw = packw_expert_raw_size(w, 0);
 	uint8_t *blob = malloc(raw), *z = malloc(ZSTD_compressBound(raw));
 	for (int i = 0; i < N_EXPERTS && !rc; i++) {
 		fill(blob, raw, 100 + (uint32_t)i, i % 2);

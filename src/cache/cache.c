@@ -71,7 +71,7 @@ struct stream {
 struct cache {
 	struct moe_experts base;
 	const moe_pack *pack;
-	moe_expert_layout lay;
+	moe_expert_layout *lays; /* the pack's expert layouts; each expert's info names its own */
 	uint32_t n_layers, n_experts;
 	moe_expert_info *info; /* [layer * n_experts + expert]; offset 0 where a layer has none */
 	int32_t *where;        /* slot of each expert, -1 if none */
@@ -111,9 +111,7 @@ static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
 uint64_t moe_cache_slot_bytes(const moe_pack *pack)
 {
-	moe_expert_layout lay;
-	moe_pack_expert_layout(pack, &lay);
-	return moe_align_up(lay.raw_size, MOE_IO_ALIGN);
+	return moe_align_up(moe_pack_expert_max_raw(pack), MOE_IO_ALIGN);
 }
 
 /* The decode streams' geometry for reads of `chunk` bytes: chunks as large as the
@@ -607,11 +605,12 @@ static void hint(struct moe_experts *base, uint32_t layer, uint32_t *experts, si
 	pthread_mutex_unlock(&c->mu);
 }
 
-static void views(const struct cache *c, const char *blob, struct moe_expert_weights *w)
+static void views(const struct cache *c, const char *blob, int layout, struct moe_expert_weights *w)
 {
+	const moe_expert_layout *l = &c->lays[layout];
 	struct moe_wmat *m[3] = {&w->gate, &w->up, &w->down};
 	for (int i = 0; i < 3; i++)
-		*m[i] = moe_wmat_at(c->lay.type[i], c->lay.rows[i], c->lay.cols[i], blob + c->lay.offset[i]);
+		*m[i] = moe_wmat_at(l->type[i], l->rows[i], l->cols[i], blob + l->offset[i]);
 }
 
 /* the stall bound's error: what the expert and every slot are doing */
@@ -657,7 +656,7 @@ static int acquire(struct moe_experts *base, uint32_t layer, uint32_t expert, st
 			s->pins++;
 			s->last_use = ++c->clock;
 			out->handle = s;
-			views(c, s->mem, out);
+			views(c, s->mem, c->info[e].layout, out);
 			break;
 		}
 		if (c->stop) {
@@ -744,6 +743,7 @@ static void destroy(struct moe_experts *base)
 	pthread_cond_destroy(&c->work);
 	pthread_cond_destroy(&c->ready);
 	free(c->info);
+	free(c->lays);
 	free(c->where);
 	free(c->freq);
 	free(c->classified);
@@ -762,16 +762,16 @@ static int check_records(const struct cache *c, size_t n_records)
 	for (size_t i = 0; i < n_records; i++) {
 		moe_expert_info e;
 		moe_pack_expert_at(c->pack, i, &e);
-		const int fits = e.raw_size == c->lay.raw_size && e.stored_size && e.offset % MOE_IO_ALIGN == 0 &&
+		const int fits = e.raw_size <= c->slot_bytes && e.stored_size && e.offset % MOE_IO_ALIGN == 0 &&
 				 e.offset <= file && e.stored_size <= file - e.offset &&
 				 (e.codec == MOE_CODEC_RAW ? e.stored_size == e.raw_size : e.codec == MOE_CODEC_ZSTD);
 		if (!fits)
 			return moe_fail(MOE_EFORMAT,
 					"%s: layer %u expert %u: record does not fit the pack (%llu bytes stored, %llu raw, "
-					"offset %llu; every expert is %llu bytes raw)",
+					"offset %llu; slots are %llu bytes)",
 					moe_pack_path(c->pack), e.layer, e.expert, (unsigned long long)e.stored_size,
 					(unsigned long long)e.raw_size, (unsigned long long)e.offset,
-					(unsigned long long)c->lay.raw_size);
+					(unsigned long long)c->slot_bytes);
 	}
 	return 0;
 }
@@ -793,7 +793,14 @@ int moe_experts_cache(const moe_pack *pack, const struct moe_cache_options *o, s
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&c->ready, &ca);
 	pthread_condattr_destroy(&ca);
-	moe_pack_expert_layout(pack, &c->lay);
+	const size_t n_lays = moe_pack_expert_layouts(pack);
+	c->lays = calloc(n_lays, sizeof *c->lays);
+	if (!c->lays) {
+		destroy(&c->base);
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	}
+	for (size_t i = 0; i < n_lays; i++)
+		moe_pack_expert_layout_at(pack, i, &c->lays[i]);
 	c->slot_bytes = moe_cache_slot_bytes(pack);
 	c->chunk = chunk_of(o->chunk_bytes);
 	const uint64_t staging = staging_geometry(pack, c->chunk, &c->zchunk, &c->ring_n);

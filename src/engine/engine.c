@@ -158,13 +158,15 @@ int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out)
 #undef LAYER
 	if (rc)
 		goto fail;
-	moe_expert_layout lay;
-	moe_pack_expert_layout(pack, &lay);
-	for (int i = 0; i < 3; i++)
-		if (lay.type[i] == MOE_TYPE_BF16) {
-			rc = moe_fail(MOE_EUNSUPPORTED, "experts are bf16: the kernels take every type but bf16 (repack with -q)");
-			goto fail;
-		}
+	for (size_t k = 0; k < moe_pack_expert_layouts(pack); k++) {
+		moe_expert_layout lay;
+		moe_pack_expert_layout_at(pack, k, &lay);
+		for (int i = 0; i < 3; i++)
+			if (lay.type[i] == MOE_TYPE_BF16) {
+				rc = moe_fail(MOE_EUNSUPPORTED, "experts are bf16: the kernels take every type but bf16 (repack with -q)");
+				goto fail;
+			}
+	}
 	if ((rc = moe_experts_mapped(pack, &m->experts)))
 		goto fail;
 	m->kernels = moe_kernels_select();

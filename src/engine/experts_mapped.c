@@ -14,17 +14,21 @@
 struct mapped {
 	struct moe_experts base;
 	const moe_pack *pack;
-	moe_expert_layout lay;
+	moe_expert_layout *lays; /* the pack's layouts; each expert names its own */
 	size_t n;
 	void **decoded; /* per expert record, in table order; NULL until first use */
 };
 
-static void views(const struct mapped *x, const uint8_t *blob, struct moe_expert_weights *w)
+static void views(const struct mapped *x, const uint8_t *blob, int layout, struct moe_expert_weights *w)
 {
+	const moe_expert_layout *l = &x->lays[layout];
 	struct moe_wmat *m[3] = {&w->gate, &w->up, &w->down};
 	for (int i = 0; i < 3; i++)
-		*m[i] = moe_wmat_at(x->lay.type[i], x->lay.rows[i], x->lay.cols[i], blob + x->lay.offset[i]);
+		*m[i] = moe_wmat_at(l->type[i], l->rows[i], l->cols[i], blob + l->offset[i]);
 }
+
+/* decoded blobs are kept in whole huge pages */
+static size_t decoded_bytes(uint64_t raw) { return (raw + (2u << 20) - 1) / (2u << 20) * (2u << 20); }
 
 static int acquire(struct moe_experts *base, uint32_t layer, uint32_t expert, struct moe_expert_weights *out)
 {
@@ -36,7 +40,7 @@ static int acquire(struct moe_experts *base, uint32_t layer, uint32_t expert, st
 		return rc;
 	out->handle = NULL;
 	if (info.codec == MOE_CODEC_RAW) {
-		views(x, data, out);
+		views(x, data, info.layout, out);
 		return 0;
 	}
 	/* find the record's index: the table is sorted by (layer, expert) */
@@ -53,7 +57,7 @@ static int acquire(struct moe_experts *base, uint32_t layer, uint32_t expert, st
 	if (!x->decoded[lo]) {
 		/* huge pages where the kernel gives them: a 100 MB expert is 50 page faults, not
 		 * 25,000 (faults on fresh memory cost more than decoding it, measured on a VM) */
-		const size_t bytes = (info.raw_size + (2u << 20) - 1) / (2u << 20) * (2u << 20);
+		const size_t bytes = decoded_bytes(info.raw_size);
 		void *buf = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		if (buf == MAP_FAILED)
 			return moe_fail(MOE_ENOMEM, "out of memory decoding layer %u expert %u", layer, expert);
@@ -64,7 +68,7 @@ static int acquire(struct moe_experts *base, uint32_t layer, uint32_t expert, st
 		}
 		x->decoded[lo] = buf;
 	}
-	views(x, x->decoded[lo], out);
+	views(x, x->decoded[lo], info.layout, out);
 	return 0;
 }
 
@@ -79,11 +83,13 @@ static void stats(struct moe_experts *base, struct moe_expert_stats *out)
 static void destroy(struct moe_experts *base)
 {
 	struct mapped *x = (struct mapped *)base;
-	const size_t bytes = (x->lay.raw_size + (2u << 20) - 1) / (2u << 20) * (2u << 20);
-	for (size_t i = 0; i < x->n; i++)
-		if (x->decoded[i])
-			munmap(x->decoded[i], bytes);
+	for (size_t i = 0; i < x->n; i++) {
+		moe_expert_info e;
+		if (x->decoded[i] && moe_pack_expert_at(x->pack, i, &e) == 0)
+			munmap(x->decoded[i], decoded_bytes(e.raw_size));
+	}
 	free(x->decoded);
+	free(x->lays);
 	free(x);
 }
 
@@ -94,10 +100,15 @@ int moe_experts_mapped(const moe_pack *pack, struct moe_experts **out)
 		return moe_fail(MOE_ENOMEM, "out of memory");
 	x->base = (struct moe_experts){acquire, release, destroy, NULL, stats};
 	x->pack = pack;
-	moe_pack_expert_layout(pack, &x->lay);
+	const size_t n_lays = moe_pack_expert_layouts(pack);
+	x->lays = calloc(n_lays, sizeof *x->lays);
+	for (size_t i = 0; x->lays && i < n_lays; i++)
+		moe_pack_expert_layout_at(pack, i, &x->lays[i]);
 	x->n = moe_pack_expert_count(pack);
 	x->decoded = calloc(x->n ? x->n : 1, sizeof *x->decoded);
-	if (!x->decoded) {
+	if (!x->decoded || !x->lays) {
+		free(x->decoded);
+		free(x->lays);
 		free(x);
 		return moe_fail(MOE_ENOMEM, "out of memory");
 	}

@@ -42,7 +42,8 @@ enum pack_section_kind {
 #define PACK_F_ZSTD 0x0002u        /* some expert blobs are zstd frames */
 #define PACK_F_KNOWN_COMPAT 0x0003u
 #define PACK_F_INCOMPAT_MASK 0xffff0000u
-#define PACK_F_KNOWN_INCOMPAT 0x00000000u
+#define PACK_F_LAYOUTS 0x00010000u     /* experts in more than one layout (types differ by layer) */
+#define PACK_F_KNOWN_INCOMPAT 0x00010000u
 
 struct pack_section {
 	uint32_t kind;
@@ -88,7 +89,9 @@ struct pack_tensor_rec {
 };
 _Static_assert(sizeof(struct pack_tensor_rec) == 48, "tensor record is 48 bytes");
 
-/* Expert table: this header, then `count` entries sorted by (layer, expert). */
+/* Expert table: this header (layout 0), then `count` entries sorted by (layer, expert),
+ * then, with PACK_F_LAYOUTS, a u32 count of further layouts, a u32 0, and each as a
+ * struct pack_expert_layout (layouts 1..n). */
 struct pack_expert_matrix {
 	uint32_t type;
 	uint32_t reserved;
@@ -106,13 +109,19 @@ struct pack_expert_header {
 };
 _Static_assert(sizeof(struct pack_expert_header) == 136, "expert header is 136 bytes");
 
+struct pack_expert_layout {
+	struct pack_expert_matrix matrix[3];
+	uint64_t raw_size;
+};
+_Static_assert(sizeof(struct pack_expert_layout) == 128, "expert layout is 128 bytes");
+
 struct pack_expert_rec {
 	uint32_t layer;
 	uint32_t expert;
 	uint64_t offset;
 	uint64_t stored_size;
 	uint32_t codec;
-	uint32_t reserved;
+	uint32_t layout;   /* 0: the header's; i > 0: the table's extra layout i */
 	uint64_t xxh3_stored;
 	uint64_t xxh3_raw;
 };

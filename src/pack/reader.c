@@ -42,6 +42,9 @@ struct moe_pack {
 	size_t n_tensors;
 	struct pack_expert_header eh;
 	struct pack_expert_rec *experts;
+	struct pack_expert_layout *layouts; /* [0] is the header's */
+	uint32_t n_layouts;
+	uint64_t max_raw;                   /* the largest raw blob of any layout */
 };
 
 /* [off, off+len) inside [lo, hi)? Written to avoid overflow. */
@@ -239,6 +242,21 @@ static int parse_tensors(moe_pack *p)
 	return 0;
 }
 
+/* A layout's matrices: known types, sizes as their shapes imply, inside the raw blob,
+ * and (for layouts past the first) the first's shapes. */
+static int check_layout(const moe_pack *p, const struct pack_expert_layout *l, uint32_t i)
+{
+	for (int m = 0; m < 3; m++) {
+		const struct pack_expert_matrix *x = &l->matrix[m];
+		uint64_t bytes = x->type < MOE_TYPE_COUNT && x->rows && x->cols <= UINT64_MAX / x->rows
+					 ? moe_type_matrix_bytes((int)x->type, x->rows, x->cols) : 0;
+		if (bytes == 0 || bytes != x->size || !inside(x->offset, x->size, 0, l->raw_size) ||
+		    (i && (x->rows != p->layouts[0].matrix[m].rows || x->cols != p->layouts[0].matrix[m].cols)))
+			return moe_fail(MOE_EFORMAT, "%s: expert table: layout %u matrix %d inconsistent", p->path, i, m);
+	}
+	return 0;
+}
+
 static int parse_experts(moe_pack *p)
 {
 	struct cur c = {p->map + p->sec[SEC_EXPERT_TABLE].offset, p->sec[SEC_EXPERT_TABLE].size};
@@ -250,26 +268,40 @@ static int parse_experts(moe_pack *p)
 		return moe_fail(MOE_EFORMAT, "%s: expert table claims %u experts, too many for its size", p->path, h->count);
 	if (h->count && h->n_matrices != 3)
 		return moe_fail(MOE_EFORMAT, "%s: expert table: %u matrices per expert (expected 3)", p->path, h->n_matrices);
-	for (int m = 0; h->count && m < 3; m++) {
-		struct pack_expert_matrix *x = &h->matrix[m];
-		uint64_t bytes = x->type < MOE_TYPE_COUNT && x->rows && x->cols <= UINT64_MAX / x->rows
-					 ? moe_type_matrix_bytes((int)x->type, x->rows, x->cols) : 0;
-		if (bytes == 0 || bytes != x->size || !inside(x->offset, x->size, 0, h->raw_size))
-			return moe_fail(MOE_EFORMAT, "%s: expert table: matrix %d layout inconsistent", p->path, m);
-	}
 	p->experts = calloc(h->count ? h->count : 1, sizeof *p->experts);
 	if (!p->experts)
 		return moe_fail(MOE_ENOMEM, "%s: out of memory", p->path);
+	take(&c, p->experts, h->count * sizeof *p->experts);
+	uint32_t extra[2] = {0, 0};
+	if ((p->sb.flags & PACK_F_LAYOUTS) && (take(&c, extra, sizeof extra) || extra[0] > c.left / sizeof *p->layouts))
+		return moe_fail(MOE_EFORMAT, "%s: expert table: its extra layouts do not fit", p->path);
+	p->n_layouts = 1 + extra[0];
+	p->layouts = calloc(p->n_layouts, sizeof *p->layouts);
+	if (!p->layouts)
+		return moe_fail(MOE_ENOMEM, "%s: out of memory", p->path);
+	memcpy(p->layouts[0].matrix, h->matrix, sizeof h->matrix);
+	p->layouts[0].raw_size = h->raw_size;
+	take(&c, p->layouts + 1, extra[0] * sizeof *p->layouts);
+	for (uint32_t i = 0; h->count && i < p->n_layouts; i++) {
+		int rc = check_layout(p, &p->layouts[i], i);
+		if (rc)
+			return rc;
+		if (p->layouts[i].raw_size > p->max_raw)
+			p->max_raw = p->layouts[i].raw_size;
+	}
 	for (uint32_t i = 0; i < h->count; i++) {
-		struct pack_expert_rec *e = &p->experts[i];
-		take(&c, e, sizeof *e);
+		const struct pack_expert_rec *e = &p->experts[i];
 		if (i && (e->layer < e[-1].layer || (e->layer == e[-1].layer && e->expert <= e[-1].expert)))
 			return moe_fail(MOE_EFORMAT, "%s: expert table not sorted at entry %u", p->path, i);
 		if (e->codec > MOE_CODEC_ZSTD)
 			return moe_fail(MOE_EUNSUPPORTED, "%s: layer %u expert %u: unknown codec %u", p->path, e->layer,
 					e->expert, e->codec);
+		if (e->layout >= p->n_layouts)
+			return moe_fail(MOE_EFORMAT, "%s: layer %u expert %u: layout %u of %u", p->path, e->layer, e->expert,
+					e->layout, p->n_layouts);
 		if (!inside(e->offset, e->stored_size, data->offset, data->offset + data->size) ||
-		    e->offset % p->sb.alignment || (e->codec == MOE_CODEC_RAW && e->stored_size != h->raw_size))
+		    e->offset % p->sb.alignment ||
+		    (e->codec == MOE_CODEC_RAW && e->stored_size != p->layouts[e->layout].raw_size))
 			return moe_fail(MOE_EFORMAT, "%s: layer %u expert %u: blob [%llu, +%llu) outside the expert section",
 					p->path, e->layer, e->expert, (unsigned long long)e->offset,
 					(unsigned long long)e->stored_size);
@@ -335,6 +367,7 @@ void moe_pack_close(moe_pack *p)
 		free((char *)p->tensors[i].name);
 	free(p->tensors);
 	free(p->experts);
+	free(p->layouts);
 	if (p->map)
 		munmap((void *)p->map, p->size);
 	if (p->fd >= 0)
@@ -453,17 +486,31 @@ int moe_pack_tensor(const moe_pack *p, const char *name, moe_tensor *out)
 
 /* ---- experts ---- */
 
-void moe_pack_expert_layout(const moe_pack *p, moe_expert_layout *out)
+static void layout_out(const struct pack_expert_layout *l, moe_expert_layout *out)
 {
 	memset(out, 0, sizeof *out);
 	for (int m = 0; m < 3; m++) {
-		out->type[m] = (int)p->eh.matrix[m].type;
-		out->rows[m] = p->eh.matrix[m].rows;
-		out->cols[m] = p->eh.matrix[m].cols;
-		out->offset[m] = p->eh.matrix[m].offset;
+		out->type[m] = (int)l->matrix[m].type;
+		out->rows[m] = l->matrix[m].rows;
+		out->cols[m] = l->matrix[m].cols;
+		out->offset[m] = l->matrix[m].offset;
 	}
-	out->raw_size = p->eh.raw_size;
+	out->raw_size = l->raw_size;
 }
+
+void moe_pack_expert_layout(const moe_pack *p, moe_expert_layout *out) { layout_out(&p->layouts[0], out); }
+
+size_t moe_pack_expert_layouts(const moe_pack *p) { return p->n_layouts; }
+
+int moe_pack_expert_layout_at(const moe_pack *p, size_t i, moe_expert_layout *out)
+{
+	if (i >= p->n_layouts)
+		return moe_fail(MOE_EINVAL, "expert layout %zu out of range", i);
+	layout_out(&p->layouts[i], out);
+	return 0;
+}
+
+uint64_t moe_pack_expert_max_raw(const moe_pack *p) { return p->max_raw; }
 
 size_t moe_pack_expert_count(const moe_pack *p) { return p->eh.count; }
 
@@ -473,7 +520,8 @@ static void fill_info(const moe_pack *p, const struct pack_expert_rec *e, moe_ex
 	out->expert = e->expert;
 	out->offset = e->offset;
 	out->stored_size = e->stored_size;
-	out->raw_size = p->eh.raw_size;
+	out->raw_size = p->layouts[e->layout].raw_size;
+	out->layout = e->layout;
 	out->codec = (int)e->codec;
 	out->xxh3_stored = e->xxh3_stored;
 	out->xxh3_raw = e->xxh3_raw;
@@ -532,16 +580,17 @@ int moe_pack_expert_read(const moe_pack *p, uint32_t layer, uint32_t expert, voi
 	if (XXH3_64bits(src, e->stored_size) != e->xxh3_stored)
 		return moe_fail(MOE_ECHECKSUM, "%s: layer %u expert %u: checksum mismatch in stored bytes", p->path, layer,
 				expert);
+	const uint64_t raw = p->layouts[e->layout].raw_size;
 	if (e->codec == MOE_CODEC_RAW) {
 		memcpy(dst, src, e->stored_size);
 	} else {
-		size_t n = ZSTD_decompress(dst, p->eh.raw_size, src, e->stored_size);
-		if (ZSTD_isError(n) || n != p->eh.raw_size)
+		size_t n = ZSTD_decompress(dst, raw, src, e->stored_size);
+		if (ZSTD_isError(n) || n != raw)
 			return moe_fail(MOE_EFORMAT, "%s: layer %u expert %u: zstd frame does not decode to %llu bytes (%s)",
-					p->path, layer, expert, (unsigned long long)p->eh.raw_size,
+					p->path, layer, expert, (unsigned long long)raw,
 					ZSTD_isError(n) ? ZSTD_getErrorName(n) : "wrong size");
 	}
-	if (XXH3_64bits(dst, p->eh.raw_size) != e->xxh3_raw)
+	if (XXH3_64bits(dst, raw) != e->xxh3_raw)
 		return moe_fail(MOE_ECHECKSUM, "%s: layer %u expert %u: checksum mismatch in decoded bytes", p->path, layer,
 				expert);
 	return 0;
@@ -558,10 +607,10 @@ int moe_pack_verify(const moe_pack *p, moe_progress_fn progress, void *user)
 		if (progress && progress(user, ++done, total))
 			return 0;
 	}
-	void *buf = p->eh.count ? malloc(p->eh.raw_size) : NULL;
+	void *buf = p->eh.count ? malloc(p->max_raw) : NULL;
 	if (p->eh.count && !buf)
 		return moe_fail(MOE_ENOMEM, "%s: out of memory for a %llu-byte expert", p->path,
-				(unsigned long long)p->eh.raw_size);
+				(unsigned long long)p->max_raw);
 	int rc = 0;
 	for (uint32_t i = 0; i < p->eh.count && rc == 0; i++) {
 		rc = moe_pack_expert_read(p, p->experts[i].layer, p->experts[i].expert, buf);

@@ -36,7 +36,9 @@ struct moe_packw {
 	size_t meta_len;
 	struct wtensor *t;
 	size_t nt, cap_t;
-	struct pack_expert_header eh;
+	struct pack_expert_header eh;       /* its matrices are layout 0 */
+	struct pack_expert_layout *lay;     /* every layout, [0] included */
+	uint32_t n_lay;
 	struct pack_expert_rec *e;
 	size_t ne, cap_e;
 	int laid_out;
@@ -120,14 +122,17 @@ int packw_declare_tensor(struct moe_packw *w, const char *name, int type, const 
 
 int packw_declare_expert_layout(struct moe_packw *w, const int type[3], const uint64_t rows[3], const uint64_t cols[3])
 {
+	struct pack_expert_layout l;
+	memset(&l, 0, sizeof l);
 	uint64_t off = 0;
-	w->eh.n_matrices = 3;
 	for (int m = 0; m < 3; m++) {
 		uint64_t size = moe_type_matrix_bytes(type[m], rows[m], cols[m]);
 		if (size == 0)
 			return moe_fail(MOE_EINVAL, "expert matrix %d: [%llu, %llu] cannot be stored as %s", m,
 					(unsigned long long)rows[m], (unsigned long long)cols[m], moe_type_name(type[m]));
-		struct pack_expert_matrix *x = &w->eh.matrix[m];
+		if (w->n_lay && (rows[m] != w->lay[0].matrix[m].rows || cols[m] != w->lay[0].matrix[m].cols))
+			return moe_fail(MOE_EINVAL, "expert matrix %d: layouts differ in shape", m);
+		struct pack_expert_matrix *x = &l.matrix[m];
 		x->type = (uint32_t)type[m];
 		x->rows = rows[m];
 		x->cols = cols[m];
@@ -135,17 +140,35 @@ int packw_declare_expert_layout(struct moe_packw *w, const int type[3], const ui
 		x->size = size;
 		off = moe_align_up(off + size, PACK_TENSOR_ALIGN);
 	}
-	w->eh.raw_size = w->eh.matrix[2].offset + w->eh.matrix[2].size;
-	return 0;
+	l.raw_size = l.matrix[2].offset + l.matrix[2].size;
+	for (uint32_t i = 0; i < w->n_lay; i++)
+		if (memcmp(&w->lay[i], &l, sizeof l) == 0)
+			return (int)i;
+	struct pack_expert_layout *nl = realloc(w->lay, (w->n_lay + 1) * sizeof *nl);
+	if (!nl)
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	w->lay = nl;
+	w->lay[w->n_lay] = l;
+	if (w->n_lay == 0) {
+		w->eh.n_matrices = 3;
+		memcpy(w->eh.matrix, l.matrix, sizeof l.matrix);
+		w->eh.raw_size = l.raw_size;
+	}
+	return (int)w->n_lay++;
 }
 
-uint64_t packw_expert_raw_size(const struct moe_packw *w) { return w->eh.raw_size; }
-uint64_t packw_expert_matrix_offset(const struct moe_packw *w, int m) { return w->eh.matrix[m].offset; }
+uint64_t packw_expert_raw_size(const struct moe_packw *w, int layout) { return w->lay[layout].raw_size; }
+uint64_t packw_expert_matrix_offset(const struct moe_packw *w, int layout, int m)
+{
+	return w->lay[layout].matrix[m].offset;
+}
 
-int packw_declare_expert(struct moe_packw *w, uint32_t layer, uint32_t expert)
+int packw_declare_expert(struct moe_packw *w, uint32_t layer, uint32_t expert, int layout)
 {
 	if (w->ne && (layer < w->e[w->ne - 1].layer || (layer == w->e[w->ne - 1].layer && expert <= w->e[w->ne - 1].expert)))
 		return moe_fail(MOE_EINVAL, "experts must be declared in (layer, expert) order");
+	if (layout < 0 || (uint32_t)layout >= w->n_lay)
+		return moe_fail(MOE_EINVAL, "expert layout %d not declared", layout);
 	if (w->ne == w->cap_e) {
 		size_t cap = w->cap_e ? w->cap_e * 2 : 256;
 		struct pack_expert_rec *ne = realloc(w->e, cap * sizeof *ne);
@@ -157,8 +180,15 @@ int packw_declare_expert(struct moe_packw *w, uint32_t layer, uint32_t expert)
 	memset(&w->e[w->ne], 0, sizeof w->e[0]);
 	w->e[w->ne].layer = layer;
 	w->e[w->ne].expert = expert;
+	w->e[w->ne].layout = (uint32_t)layout;
 	w->ne++;
 	return 0;
+}
+
+/* Layouts past the first, after the records (PACK_F_LAYOUTS): their count, then each. */
+static uint64_t extra_layouts_bytes(const struct moe_packw *w)
+{
+	return w->n_lay > 1 ? 8 + (w->n_lay - 1) * sizeof(struct pack_expert_layout) : 0;
 }
 
 /* Fix every offset once all declarations are in. */
@@ -170,7 +200,7 @@ static void lay_out(struct moe_packw *w)
 	for (size_t i = 0; i < w->nt; i++)
 		w->tdir_size += sizeof(struct pack_tensor_rec) + moe_align_up(strlen(w->t[i].name), 8);
 	w->etab_off = moe_align_up(w->tdir_off + w->tdir_size, 8);
-	w->etab_size = sizeof(struct pack_expert_header) + w->ne * sizeof(struct pack_expert_rec);
+	w->etab_size = sizeof(struct pack_expert_header) + w->ne * sizeof(struct pack_expert_rec) + extra_layouts_bytes(w);
 	w->dense_off = moe_align_up(w->etab_off + w->etab_size, 4096);
 	uint64_t off = w->dense_off;
 	for (size_t i = 0; i < w->nt; i++) {
@@ -288,6 +318,13 @@ int packw_finish(struct moe_packw *w)
 	memcpy(etab, &w->eh, sizeof w->eh);
 	if (w->ne)
 		memcpy(etab + sizeof w->eh, w->e, w->ne * sizeof *w->e);
+	if (w->n_lay > 1) {
+		uint8_t *x = etab + sizeof w->eh + w->ne * sizeof *w->e;
+		const uint32_t extra[2] = {w->n_lay - 1, 0};
+		memcpy(x, extra, sizeof extra);
+		memcpy(x + sizeof extra, w->lay + 1, (w->n_lay - 1) * sizeof *w->lay);
+		w->flags |= PACK_F_LAYOUTS;
+	}
 
 	const uint64_t body_end = w->exp_end > w->exp_off ? w->exp_end : w->exp_off;
 	const uint64_t file_size = body_end + PACK_FOOTER_SIZE;
@@ -352,6 +389,7 @@ void packw_abort(struct moe_packw *w)
 	}
 	free(w->t);
 	free(w->e);
+	free(w->lay);
 	free(w->meta);
 	free(w->tmp);
 	free(w->path);

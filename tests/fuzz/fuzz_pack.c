@@ -45,11 +45,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (moe_chat_render(tmpl, "[{\"role\": \"user\", \"content\": \"hi\"}]", "<s>", "</s>", 1, NULL, &out, &ol) == 0)
 			free(out);
 	}
-	moe_expert_layout lay;
-	moe_pack_expert_layout(p, &lay);
-	if (lay.raw_size <= (64u << 20)) { /* the target's own bound on one allocation */
+	const uint64_t raw_size = moe_pack_expert_max_raw(p);
+	if (raw_size <= (64u << 20)) { /* the target's own bound on one allocation */
 		moe_pack_verify(p, NULL, NULL);
-		void *raw = malloc(lay.raw_size ? lay.raw_size : 1);
+		void *raw = malloc(raw_size ? raw_size : 1);
 		for (size_t i = 0; raw && i < moe_pack_expert_count(p) && i < 4; i++) {
 			moe_expert_info e;
 			if (moe_pack_expert_at(p, i, &e) == 0)

@@ -87,9 +87,15 @@ int pack_info(const char *path, int as_json)
 		ke->stored += e.stored_size;
 		ke->zstd += e.codec == MOE_CODEC_ZSTD;
 	}
-	if (ke->count)
-		for (int m = 0; m < 3; m++)
-			ke->types |= 1u << lay.type[m];
+	unsigned mtypes[3] = {0, 0, 0}; /* per matrix, over every layout */
+	for (size_t k = 0; ke->count && k < moe_pack_expert_layouts(pk); k++) {
+		moe_expert_layout l;
+		moe_pack_expert_layout_at(pk, k, &l);
+		for (int m = 0; m < 3; m++) {
+			mtypes[m] |= 1u << l.type[m];
+			ke->types |= 1u << l.type[m];
+		}
+	}
 
 	unsigned major, minor;
 	moe_pack_version(pk, &major, &minor);
@@ -128,10 +134,14 @@ int pack_info(const char *path, int as_json)
 	if (ke->count) {
 		json_t *ex = json_object();
 		static const char *const mn[3] = {"gate", "up", "down"};
-		for (int m = 0; m < 3; m++)
-			json_object_set_new(ex, mn[m], json_sprintf("%s [%llu, %llu]", moe_type_name(lay.type[m]),
-								  (unsigned long long)lay.rows[m], (unsigned long long)lay.cols[m]));
-		json_object_set_new(ex, "raw_blob_bytes", json_integer((json_int_t)lay.raw_size));
+		for (int m = 0; m < 3; m++) {
+			char t[64];
+			types_str(mtypes[m], t, sizeof t);
+			json_object_set_new(ex, mn[m], json_sprintf("%s [%llu, %llu]", t, (unsigned long long)lay.rows[m],
+								  (unsigned long long)lay.cols[m]));
+		}
+		json_object_set_new(ex, "layouts", json_integer((json_int_t)moe_pack_expert_layouts(pk)));
+		json_object_set_new(ex, "raw_blob_bytes", json_integer((json_int_t)moe_pack_expert_max_raw(pk)));
 		json_object_set_new(root, "expert_layout", ex);
 	}
 
@@ -160,9 +170,10 @@ int pack_info(const char *path, int as_json)
 		}
 		if (ke->count) {
 			json_t *ex = json_object_get(root, "expert_layout");
-			printf("expert blob: gate %s, up %s, down %s; %llu bytes raw\n",
+			printf("expert blob: gate %s, up %s, down %s; %llu bytes raw%s\n",
 			       json_string_value(json_object_get(ex, "gate")), json_string_value(json_object_get(ex, "up")),
-			       json_string_value(json_object_get(ex, "down")), (unsigned long long)lay.raw_size);
+			       json_string_value(json_object_get(ex, "down")), (unsigned long long)moe_pack_expert_max_raw(pk),
+			       moe_pack_expert_layouts(pk) > 1 ? " at most (types differ by layer)" : "");
 		}
 		printf("%-8s %8s %-12s %6s %14s %14s %7s\n", "kind", "count", "types", "bits/w", "raw bytes", "stored bytes",
 		       "ratio");

@@ -251,6 +251,8 @@ static int pack_dense(struct moe_source *src, struct moe_packw *w, int idx, cons
 struct job {
 	uint32_t layer, expert;
 	struct src_entry *m[3];
+	int type[3];                   /* of gate, up, down: their layout */
+	uint64_t offset[3], raw_size;  /* in the blob, as the writer laid that layout out */
 };
 
 struct slot {
@@ -267,8 +269,8 @@ struct pipeline {
 	const struct pack_options *o;
 	struct job *jobs;
 	size_t n_jobs, next_job;
-	int type[3];
-	uint64_t offset[3], raw_size, comp_cap;
+	uint64_t raw_size;     /* the largest blob: each slot's buffer */
+	double zstd_keep;      /* a frame is kept if at most this share of the raw bytes */
 	struct slot *slots;
 	int n_slots, zstd_workers, convert_threads, stop;
 	pthread_mutex_t mu;
@@ -281,16 +283,17 @@ static int build_expert(struct pipeline *p, struct slot *s, ZSTD_CCtx *cctx)
 {
 	const struct job *j = &p->jobs[s->job];
 	for (int m = 0; m < 3; m++) {
-		int rc = convert_matrix(p->src, j->m[m], p->type[m], s->raw + p->offset[m], p->convert_threads);
+		int rc = convert_matrix(p->src, j->m[m], j->type[m], s->raw + j->offset[m], p->convert_threads);
 		if (rc)
 			return rc;
 	}
-	s->xxh3_raw = XXH3_64bits(s->raw, p->raw_size);
+	s->xxh3_raw = XXH3_64bits(s->raw, j->raw_size);
 	s->codec = MOE_CODEC_RAW;
-	s->stored = p->raw_size;
-	if (p->comp_cap) {
-		/* a frame that does not fit in comp_cap would not save enough: store raw */
-		size_t n = ZSTD_compress2(cctx, s->comp, p->comp_cap, s->raw, p->raw_size);
+	s->stored = j->raw_size;
+	const size_t cap = (size_t)((double)j->raw_size * p->zstd_keep);
+	if (cap) {
+		/* a frame that does not fit in cap would not save enough: store raw */
+		size_t n = ZSTD_compress2(cctx, s->comp, cap, s->raw, j->raw_size);
 		if (!ZSTD_isError(n)) {
 			s->codec = MOE_CODEC_ZSTD;
 			s->stored = n;
@@ -355,10 +358,11 @@ static int run_experts(struct pipeline *p, struct moe_packw *w)
 	p->slots = calloc((size_t)p->n_slots, sizeof *p->slots);
 	if (!p->slots)
 		return moe_fail(MOE_ENOMEM, "out of memory");
+	const size_t comp_cap = (size_t)((double)p->raw_size * p->zstd_keep);
 	for (int i = 0; i < p->n_slots && !rc; i++) {
 		p->slots[i].raw = malloc(p->raw_size);
-		p->slots[i].comp = p->comp_cap ? malloc(p->comp_cap) : NULL;
-		if (!p->slots[i].raw || (p->comp_cap && !p->slots[i].comp))
+		p->slots[i].comp = comp_cap ? malloc(comp_cap) : NULL;
+		if (!p->slots[i].raw || (comp_cap && !p->slots[i].comp))
 			rc = moe_fail(MOE_ENOMEM, "out of memory for %d expert buffers of %llu bytes", p->n_slots,
 				      (unsigned long long)p->raw_size);
 	}
@@ -549,31 +553,19 @@ static void report_unused(struct moe_source *src)
 			moe_arch_name(src->hp.arch), first);
 }
 
-/* The type of expert matrix m (gate, up, down): one for all experts of the pack. GGUF
- * mixes such as Q4_K_M give ffn_down more bits in some layers; by default those become
- * q8, as no one type keeps them all. */
-static int expert_type(const struct pack_options *o, const struct pipeline *p, int m, int *type)
+/* Each expert's matrix types. They may differ by layer (GGUF's _M mixes give some
+ * layers' ffn_down more bits): each combination is a layout of the pack. */
+static int expert_types(const struct pack_options *o, struct pipeline *p)
 {
-	const struct src_entry *first = p->jobs[0].m[m];
-	int t0 = choose_type(o, MOE_KIND_EXPERT, 2, first->cols, first);
-	for (size_t i = 1; i < p->n_jobs && t0 >= 0; i++) {
-		const struct src_entry *e = p->jobs[i].m[m];
-		const int t = choose_type(o, MOE_KIND_EXPERT, 2, e->cols, e);
-		if (t < 0)
-			return t;
-		if (t == t0)
-			continue;
-		if (o->quant[MOE_KIND_EXPERT] != PACK_AUTO)
-			return moe_fail(MOE_EUNSUPPORTED, "%s is %s but %s is %s: a pack holds one type per expert matrix "
-					"(-q experts=q8 or q4 converts them)", first->name, moe_type_name(t0), e->name,
-					moe_type_name(t));
-		fprintf(stderr, "moe-pack: note: %s is %s but %s is %s: a pack holds one type per expert matrix, "
-			"these experts become q8\n", first->name, moe_type_name(t0), e->name, moe_type_name(t));
-		t0 = MOE_TYPE_Q8;
-		break;
-	}
-	*type = t0;
-	return t0 < 0 ? t0 : 0;
+	for (size_t i = 0; i < p->n_jobs; i++)
+		for (int m = 0; m < 3; m++) {
+			const struct src_entry *e = p->jobs[i].m[m];
+			const int t = choose_type(o, MOE_KIND_EXPERT, 2, e->cols, e);
+			if (t < 0)
+				return t;
+			p->jobs[i].type[m] = t;
+		}
+	return 0;
 }
 
 int pack_model(struct moe_source *src, const char *out, const struct pack_options *o)
@@ -628,8 +620,8 @@ int pack_model(struct moe_source *src, const char *out, const struct pack_option
 	for (size_t i = 0; i < n_dense && !rc; i++)
 		if (dsrc[i] && (dtype[i] = choose_type(o, specs[i].kind, specs[i].n_dims, dsrc[i]->cols, dsrc[i])) < 0)
 			rc = dtype[i];
-	for (int m = 0; m < 3 && p.n_jobs && !rc; m++)
-		rc = expert_type(o, &p, m, &p.type[m]);
+	if (!rc)
+		rc = expert_types(o, &p);
 	if (rc)
 		goto out;
 	if ((rc = build_meta(src, o, &meta, &has_tok)))
@@ -660,9 +652,18 @@ int pack_model(struct moe_source *src, const char *out, const struct pack_option
 			rows[m] = p.jobs[0].m[m]->rows;
 			cols[m] = p.jobs[0].m[m]->cols;
 		}
-		rc = packw_declare_expert_layout(w, p.type, rows, cols);
-		for (size_t i = 0; i < p.n_jobs && !rc; i++)
-			rc = packw_declare_expert(w, p.jobs[i].layer, p.jobs[i].expert);
+		for (size_t i = 0; i < p.n_jobs && !rc; i++) {
+			struct job *j = &p.jobs[i];
+			const int layout = packw_declare_expert_layout(w, j->type, rows, cols);
+			rc = layout < 0 ? layout : packw_declare_expert(w, j->layer, j->expert, layout);
+			if (rc)
+				break;
+			j->raw_size = packw_expert_raw_size(w, layout);
+			for (int m = 0; m < 3; m++)
+				j->offset[m] = packw_expert_matrix_offset(w, layout, m);
+			if (j->raw_size > p.raw_size)
+				p.raw_size = j->raw_size;
+		}
 	}
 	if (rc)
 		goto out;
@@ -681,11 +682,9 @@ int pack_model(struct moe_source *src, const char *out, const struct pack_option
 
 	/* 4. experts */
 	if (p.n_jobs) {
-		p.raw_size = packw_expert_raw_size(w);
-		for (int m = 0; m < 3; m++)
-			p.offset[m] = packw_expert_matrix_offset(w, m);
-		p.comp_cap = o->zstd_min_saving < 100.0 ? (uint64_t)((double)p.raw_size * (1.0 - o->zstd_min_saving / 100.0)) : 0;
-		uint64_t per_slot = p.raw_size + p.comp_cap + CHUNK_FLOATS * sizeof(float);
+		p.zstd_keep = o->zstd_min_saving < 100.0 ? 1.0 - o->zstd_min_saving / 100.0 : 0.0;
+		const uint64_t comp_cap = (uint64_t)((double)p.raw_size * p.zstd_keep);
+		uint64_t per_slot = p.raw_size + comp_cap + CHUNK_FLOATS * sizeof(float);
 		uint64_t slots = o->memory_budget / per_slot;
 		p.n_slots = (int)(slots < 1 ? 1 : slots > (uint64_t)o->threads + 1 ? (uint64_t)o->threads + 1 : slots);
 		/* fewer blobs in flight than cores: each blob's conversion and zstd frame use the rest */
