@@ -281,7 +281,7 @@ static void check_one(const struct moe_kernel_impl *k, int type, size_t rows, si
 	const int blocks = moe_block_format(type) != NULL, quant = type == T_Q8 || type == T_Q4 || blocks;
 	if (quant) {
 		moe_qact_alloc(&a, batch, cols);
-		moe_qact_quantize(&a, x, batch);
+		moe_qact_quantize(&a, x, batch, moe_qact_group(type, cols));
 	}
 	void (*qf)(const struct moe_wmat *, size_t, size_t, const struct moe_qact *, float *, size_t) =
 		type == T_Q8 ? k->q8 : type == T_Q4 ? k->q4 : k->blocks;

@@ -183,7 +183,8 @@ static void block_dot(const uint8_t *c, const float *s, const float *z, int sgn,
 
 static void blocks(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride)
 {
-	moe_blocks_rows(block_dot, x86_codes, w, r0, r1, a, y, ystride);
+	if (!x86_kquant_rows(w, r0, r1, a, y, ystride))
+		moe_blocks_rows(block_dot, x86_codes, w, r0, r1, a, y, ystride);
 }
 
 /* float weights: 8 columns at a time, scalar tail; TILE tokens per pass */

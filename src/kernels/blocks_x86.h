@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "kernels/blocks.h"
+#include "kernels/kernels.h"
 
 static inline __m256i x86_load(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
 static inline void x86_store(uint8_t *p, __m256i v) { _mm256_store_si256((__m256i *)p, v); }
@@ -123,5 +124,169 @@ static moe_block_codes_fn *const x86_codes[MOE_TYPE_COUNT] = {
 	[MOE_TYPE_Q5_K] = x86_codes_q5_k,     [MOE_TYPE_Q6_K] = x86_codes_q6_k, [MOE_TYPE_IQ4_NL] = x86_codes_iq4_nl,
 	[MOE_TYPE_IQ4_XS] = x86_codes_iq4_xs,
 };
+
+/*
+ * GGUF Q4_K and Q6_K rows against activations quantized per 256 (moe_qact group 256,
+ * as ggml's Q8_K): a block's products are summed in int32 with its integer sub-scales
+ * (vpmaddubsw, then vpmaddwd by the scales), the offsets come from the activations'
+ * sums per 16, and each block costs one float multiply-add per token. T tokens share
+ * each decoded block.
+ */
+static inline float x86_hsum_ps(__m256 v)
+{
+	__m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+	s = _mm_add_ss(s, _mm_movehdup_ps(s));
+	return _mm_cvtss_f32(s);
+}
+
+static inline int32_t x86_hsum_epi32(__m256i v)
+{
+	__m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+	return _mm_cvtsi128_si32(s);
+}
+
+static inline float x86_h16(const uint8_t *p)
+{
+	uint16_t h;
+	memcpy(&h, p, 2);
+	return _cvtsh_ss(h);
+}
+
+static inline __attribute__((always_inline)) void x86_q4_k_row(const uint8_t *row, size_t nblk,
+								  const struct moe_qact *a, size_t t0, const int T,
+								  float *out)
+{
+	const size_t cols = a->cols, nb32 = cols / 32, n16 = cols / 16;
+	const __m256i m4 = _mm256_set1_epi8(15);
+	/* each min twice: the activations' sums come per 16, a sub-block is 32 */
+	const __m128i twice = _mm_set_epi8(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+	__m256 acc[4];
+	float mins[4];
+	for (int k = 0; k < T; k++) {
+		acc[k] = _mm256_setzero_ps();
+		mins[k] = 0;
+	}
+	for (size_t b = 0; b < nblk; b++) {
+		const uint8_t *blk = row + b * 144, *q = blk + 4;
+		const float d = x86_h16(blk), dmin = x86_h16(blk + 2);
+		uint8_t sc[8], mn[8];
+		for (int j = 0; j < 4; j++) { /* ggml's get_scale_min_k4 */
+			sc[j] = q[j] & 63;
+			mn[j] = q[j + 4] & 63;
+			sc[j + 4] = (uint8_t)((q[j + 8] & 15) | ((q[j] >> 6) << 4));
+			mn[j + 4] = (uint8_t)((q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4));
+		}
+		const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)mn), twice));
+		__m256i sumi[4];
+		for (int k = 0; k < T; k++)
+			sumi[k] = _mm256_setzero_si256();
+		for (int j = 0; j < 4; j++) {
+			const __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * j));
+			const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+			const __m256i s_lo = _mm256_set1_epi16(sc[2 * j]), s_hi = _mm256_set1_epi16(sc[2 * j + 1]);
+			for (int k = 0; k < T; k++) {
+				const int8_t *x = a->q + (t0 + (size_t)k) * cols + b * 256 + 64 * j;
+				const __m256i p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)x)), s_lo);
+				const __m256i p_hi =
+					_mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 32))), s_hi);
+				sumi[k] = _mm256_add_epi32(sumi[k], _mm256_add_epi32(p_lo, p_hi));
+			}
+		}
+		for (int k = 0; k < T; k++) {
+			const size_t t = t0 + (size_t)k;
+			const float dx = a->d[t * nb32 + b * 8];
+			acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(sumi[k]), acc[k]);
+			const __m256i s16 = _mm256_loadu_si256((const __m256i *)(a->s16 + t * n16 + b * 16));
+			mins[k] += dmin * dx * (float)x86_hsum_epi32(_mm256_madd_epi16(s16, mins16));
+		}
+	}
+	for (int k = 0; k < T; k++)
+		out[k] = x86_hsum_ps(acc[k]) - mins[k];
+}
+
+static inline __attribute__((always_inline)) void x86_q6_k_row(const uint8_t *row, size_t nblk,
+								  const struct moe_qact *a, size_t t0, const int T,
+								  float *out)
+{
+	const size_t cols = a->cols, nb32 = cols / 32, n16 = cols / 16;
+	const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+	__m256 acc[4];
+	for (int k = 0; k < T; k++)
+		acc[k] = _mm256_setzero_ps();
+	for (size_t b = 0; b < nblk; b++) {
+		const uint8_t *blk = row + b * 210;
+		const int8_t *sc = (const int8_t *)blk + 192;
+		const float d = x86_h16(blk + 208);
+		__m256i sumi[4];
+		for (int k = 0; k < T; k++)
+			sumi[k] = _mm256_setzero_si256();
+		for (int h = 0; h < 2; h++) {
+			const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h));
+			const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32));
+			const __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
+			const __m256i u[4] = {
+				_mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)),
+				_mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
+				_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30)),
+				_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+						_mm256_and_si256(_mm256_srli_epi16(qh, 2), m30))};
+			for (int q = 0; q < 4; q++) {
+				const int g = 8 * h + 2 * q; /* the two groups of 16 in these 32 weights */
+				const __m256i sv = _mm256_set_m128i(_mm_set1_epi16(sc[g + 1]), _mm_set1_epi16(sc[g]));
+				for (int k = 0; k < T; k++) {
+					const int8_t *x = a->q + (t0 + (size_t)k) * cols + b * 256 + 128 * h + 32 * q;
+					const __m256i p = _mm256_maddubs_epi16(u[q], _mm256_loadu_si256((const __m256i *)x));
+					sumi[k] = _mm256_add_epi32(sumi[k], _mm256_madd_epi16(p, sv));
+				}
+			}
+		}
+		/* the codes are q + 32: take 32 * sum(scale * sum16(x)) back */
+		const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+		for (int k = 0; k < T; k++) {
+			const size_t t = t0 + (size_t)k;
+			const __m256i s16 = _mm256_loadu_si256((const __m256i *)(a->s16 + t * n16 + b * 16));
+			const __m256i off = _mm256_slli_epi32(_mm256_madd_epi16(s16, sc16), 5);
+			acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a->d[t * nb32 + b * 8]),
+						 _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi[k], off)), acc[k]);
+		}
+	}
+	for (int k = 0; k < T; k++)
+		out[k] = x86_hsum_ps(acc[k]);
+}
+
+/* Rows [r0, r1) of a Q4_K or Q6_K matrix; 0 if this form does not apply (the caller
+ * then takes the generic path). */
+static inline int x86_kquant_rows(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y,
+				  size_t ystride)
+{
+	if (a->group != 256 || (w->type != MOE_TYPE_Q4_K && w->type != MOE_TYPE_Q6_K))
+		return 0;
+	const size_t nblk = w->cols / 256, row_bytes = nblk * (w->type == MOE_TYPE_Q4_K ? 144 : 210);
+	for (size_t r = r0; r < r1; r++) {
+		const uint8_t *row = (const uint8_t *)w->codes + r * row_bytes;
+		for (size_t t0 = 0; t0 < a->batch; t0 += 4) {
+			float out[4];
+			const size_t T = a->batch - t0 < 4 ? a->batch - t0 : 4;
+#define KQ_TILE(ROW)                                                               \
+	switch (T) {                                                               \
+	case 1: ROW(row, nblk, a, t0, 1, out); break;                              \
+	case 2: ROW(row, nblk, a, t0, 2, out); break;                              \
+	case 3: ROW(row, nblk, a, t0, 3, out); break;                              \
+	default: ROW(row, nblk, a, t0, 4, out); break;                             \
+	}
+			if (w->type == MOE_TYPE_Q4_K)
+				KQ_TILE(x86_q4_k_row)
+			else
+				KQ_TILE(x86_q6_k_row)
+#undef KQ_TILE
+			for (size_t k = 0; k < T; k++)
+				y[(t0 + k) * ystride + r] = out[k];
+		}
+	}
+	return 1;
+}
 
 #endif

@@ -68,11 +68,12 @@ int moe_qact_alloc(struct moe_qact *a, size_t batch, size_t cols)
 	a->d = malloc(batch * nb * sizeof(float) + 64);
 	a->ds = malloc(batch * nb * sizeof(float) + 64);
 	a->ds16 = malloc(2 * batch * nb * sizeof(float) + 64);
+	a->s16 = malloc(2 * batch * nb * sizeof(int16_t) + 64);
 	a->nsum8 = malloc(batch * nb * sizeof(int32_t) + 64);
 	a->nsum128 = malloc(batch * nb * sizeof(int32_t) + 64);
 	a->cols = cols;
 	a->batch = batch;
-	if (!a->q || !a->d || !a->ds || !a->ds16 || !a->nsum8 || !a->nsum128) {
+	if (!a->q || !a->d || !a->ds || !a->ds16 || !a->s16 || !a->nsum8 || !a->nsum128) {
 		moe_qact_free(a);
 		return -1;
 	}
@@ -85,36 +86,50 @@ void moe_qact_free(struct moe_qact *a)
 	free(a->d);
 	free(a->ds);
 	free(a->ds16);
+	free(a->s16);
 	free(a->nsum8);
 	free(a->nsum128);
 	memset(a, 0, sizeof *a);
 }
 
-void moe_qact_quantize(struct moe_qact *a, const float *x, size_t batch)
+size_t moe_qact_group(int type, size_t cols)
 {
-	const size_t cols = a->cols, nb = cols / 32;
+	const struct moe_block_format *f = moe_block_format(type);
+	return f && f->weights == 256 && cols % 256 == 0 ? 256 : 32;
+}
+
+void moe_qact_quantize(struct moe_qact *a, const float *x, size_t batch, size_t group)
+{
+	const size_t cols = a->cols, nb = cols / 32, per = group / 32;
 	a->batch = batch;
+	a->group = group;
 	for (size_t t = 0; t < batch; t++)
-		for (size_t b = 0; b < nb; b++) {
-			const float *xb = x + t * cols + b * 32;
-			int8_t *q = a->q + t * cols + b * 32;
+		for (size_t g = 0; g < cols / group; g++) {
+			const float *xg = x + t * cols + g * group;
 			float amax = 0;
-			for (int j = 0; j < 32; j++)
-				amax = fmaxf(amax, fabsf(xb[j]));
+			for (size_t j = 0; j < group; j++)
+				amax = fmaxf(amax, fabsf(xg[j]));
 			const float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
-			int sum = 0, sum16 = 0;
-			for (int j = 0; j < 32; j++) {
-				q[j] = (int8_t)lrintf(xb[j] * id);
-				sum += q[j];
-				if (j == 15)
-					sum16 = sum;
+			for (size_t b = g * per; b < (g + 1) * per; b++) {
+				const float *xb = x + t * cols + b * 32;
+				int8_t *q = a->q + t * cols + b * 32;
+				int sum = 0, sum16 = 0;
+				for (int j = 0; j < 32; j++) {
+					q[j] = (int8_t)lrintf(xb[j] * id);
+					sum += q[j];
+					if (j == 15)
+						sum16 = sum;
+				}
+				const size_t i = t * nb + b;
+				a->d[i] = d;
+				a->ds[i] = d * (float)sum;
+				a->ds16[2 * i] = d * (float)sum16;
+				a->ds16[2 * i + 1] = d * (float)(sum - sum16);
+				a->s16[2 * i] = (int16_t)sum16;
+				a->s16[2 * i + 1] = (int16_t)(sum - sum16);
+				a->nsum8[i] = -8 * sum;
+				a->nsum128[i] = -128 * sum;
 			}
-			a->d[t * nb + b] = d;
-			a->ds16[2 * (t * nb + b)] = d * (float)sum16;
-			a->ds16[2 * (t * nb + b) + 1] = d * (float)(sum - sum16);
-			a->ds[t * nb + b] = d * (float)sum;
-			a->nsum8[t * nb + b] = -8 * sum;
-			a->nsum128[t * nb + b] = -128 * sum;
 		}
 }
 
@@ -177,7 +192,7 @@ int moe_matmul(const struct moe_kernel_impl *k, struct moe_pool *pool, const str
 	if (is_quant(w->type)) {
 		if (moe_qact_alloc(&s->act, batch, w->cols))
 			return -1;
-		moe_qact_quantize(&s->act, x, batch);
+		moe_qact_quantize(&s->act, x, batch, moe_qact_group(w->type, w->cols));
 		j.a = &s->act;
 	}
 	moe_pool_run(pool, mm_part, &j);
@@ -214,7 +229,8 @@ static void ffn_part(void *arg, int i, int n)
 				const size_t cols = j->a->cols, nb = cols / 32;
 				sub = (struct moe_qact){.cols = cols, .batch = bt, .q = j->a->q + t0 * cols,
 							.d = j->a->d + t0 * nb, .ds = j->a->ds + t0 * nb,
-							.ds16 = j->a->ds16 + 2 * t0 * nb,
+							.ds16 = j->a->ds16 + 2 * t0 * nb, .s16 = j->a->s16 + 2 * t0 * nb,
+							.group = j->a->group,
 							.nsum8 = j->a->nsum8 + t0 * nb, .nsum128 = j->a->nsum128 + t0 * nb};
 			}
 			for (int which = 0; which < 2; which++) {
@@ -254,7 +270,8 @@ int moe_expert_ffn(const struct moe_kernel_impl *k, struct moe_pool *pool, const
 	if (is_quant(gate->type) || is_quant(up->type)) { /* GGUF files may mix types */
 		if (moe_qact_alloc(&s->act, batch, gate->cols))
 			return -1;
-		moe_qact_quantize(&s->act, x, batch);
+		const size_t g = moe_qact_group(gate->type, gate->cols);
+		moe_qact_quantize(&s->act, x, batch, g == moe_qact_group(up->type, up->cols) ? g : 32);
 		j.a = &s->act;
 	}
 	moe_pool_run(pool, ffn_part, &j);
@@ -262,7 +279,7 @@ int moe_expert_ffn(const struct moe_kernel_impl *k, struct moe_pool *pool, const
 	if (is_quant(down->type)) {
 		if (moe_qact_alloc(&s->act2, batch, ff))
 			return -1;
-		moe_qact_quantize(&s->act2, s->h, batch);
+		moe_qact_quantize(&s->act2, s->h, batch, moe_qact_group(down->type, ff));
 		d.a = &s->act2;
 	}
 	moe_pool_run(pool, mm_part, &d);

@@ -62,13 +62,16 @@ static inline struct moe_wmat moe_wmat_rows(const struct moe_wmat *w, size_t r0,
 				 w->scales ? w->scales + r0 * (w->cols / 32) : NULL};
 }
 
-/* A batch of activations quantized to int8 blocks of 32. */
+/* A batch of activations quantized to int8: one scale per `group` (32, or 256 for
+ * GGUF's K types, as ggml's Q8_K: their kernels then sum a whole block in integers),
+ * stored per 32 either way so that every kernel reads d the same way. */
 struct moe_qact {
-	size_t cols, batch;
+	size_t cols, batch, group;
 	int8_t *q;   /* [batch][cols] */
 	float *d;    /* [batch][cols/32]: x ~= d * q */
 	float *ds;   /* [batch][cols/32]: d * sum(q), for the q4/q8 offset forms */
 	float *ds16; /* [batch][cols/16]: d * sum(q) per 16, for the biases of the block types */
+	int16_t *s16; /* [batch][cols/16]: sum(q) per 16, for the K types' integer kernels */
 	/* for kernels that work on unsigned weight codes u = w + off: -off * sum(q) per block */
 	int32_t *nsum8, *nsum128; /* [batch][cols/32] */
 };
@@ -115,10 +118,12 @@ extern const struct moe_kernel_impl *const moe_kernel_impls[];
 const struct moe_kernel_impl *moe_kernels_select(void);
 const struct moe_kernel_impl *moe_kernels_by_name(const char *name);
 
-/* Quantize batch x cols activations (cols a multiple of 32) into a (buffers owned by a). */
+/* Quantize batch x cols activations (cols a multiple of 32; of group) into a (buffers
+ * owned by a). moe_qact_group is the group a matrix of this type and width wants. */
 int moe_qact_alloc(struct moe_qact *a, size_t batch, size_t cols);
 void moe_qact_free(struct moe_qact *a);
-void moe_qact_quantize(struct moe_qact *a, const float *x, size_t batch);
+void moe_qact_quantize(struct moe_qact *a, const float *x, size_t batch, size_t group);
+size_t moe_qact_group(int type, size_t cols);
 
 /* Scratch buffers for moe_matmul / moe_expert_ffn, grown as needed. */
 struct moe_kscratch {
