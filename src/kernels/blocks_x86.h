@@ -140,14 +140,6 @@ static inline float x86_hsum_ps(__m256 v)
 	return _mm_cvtss_f32(s);
 }
 
-static inline int32_t x86_hsum_epi32(__m256i v)
-{
-	__m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-	return _mm_cvtsi128_si32(s);
-}
-
 static inline float x86_h16(const uint8_t *p)
 {
 	uint16_t h;
@@ -163,11 +155,10 @@ static inline __attribute__((always_inline)) void x86_q4_k_row(const uint8_t *ro
 	const __m256i m4 = _mm256_set1_epi8(15);
 	/* each min twice: the activations' sums come per 16, a sub-block is 32 */
 	const __m128i twice = _mm_set_epi8(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
-	__m256 acc[4];
-	float mins[4];
+	__m256 acc[4], mins[4]; /* the mins are taken back once, at the end */
 	for (int k = 0; k < T; k++) {
 		acc[k] = _mm256_setzero_ps();
-		mins[k] = 0;
+		mins[k] = _mm256_setzero_ps();
 	}
 	for (size_t b = 0; b < nblk; b++) {
 		const uint8_t *blk = row + b * 144, *q = blk + 4;
@@ -200,11 +191,12 @@ static inline __attribute__((always_inline)) void x86_q4_k_row(const uint8_t *ro
 			const float dx = a->d[t * nb32 + b * 8];
 			acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(sumi[k]), acc[k]);
 			const __m256i s16 = _mm256_loadu_si256((const __m256i *)(a->s16 + t * n16 + b * 16));
-			mins[k] += dmin * dx * (float)x86_hsum_epi32(_mm256_madd_epi16(s16, mins16));
+			mins[k] = _mm256_fmadd_ps(_mm256_set1_ps(dmin * dx), _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, mins16)),
+						  mins[k]);
 		}
 	}
 	for (int k = 0; k < T; k++)
-		out[k] = x86_hsum_ps(acc[k]) - mins[k];
+		out[k] = x86_hsum_ps(_mm256_sub_ps(acc[k], mins[k]));
 }
 
 static inline __attribute__((always_inline)) void x86_q6_k_row(const uint8_t *row, size_t nblk,
