@@ -14,6 +14,7 @@
 #endif
 #include <immintrin.h>
 
+#define X86_AVX512_VNNI 1 /* blocks_x86.h's VNNI kernels, for this file's target */
 #include "kernels/blocks_x86.h"
 
 static int available(void)

@@ -147,6 +147,21 @@ static inline float x86_h16(const uint8_t *p)
 	return _cvtsh_ss(h);
 }
 
+/* Q4_K/Q5_K's 8 six-bit scales (bytes 0..7 of out) and mins (8..15), unpacked with
+ * 32-bit masks (get_scale_min_k4 for all eight at once) */
+static inline void x86_k4_scales(const uint8_t *q, uint8_t out[16])
+{
+	uint32_t u[4];
+	memcpy(u, q, 12);
+	const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
+	u[3] = ((u[2] >> 4) & m4) | (((u[1] >> 6) & m2) << 4); /* mins 4..7 */
+	const uint32_t mins_lo = u[1] & m6;                     /* mins 0..3 */
+	u[1] = (u[2] & m4) | (((u[0] >> 6) & m2) << 4);         /* scales 4..7 */
+	u[2] = mins_lo;
+	u[0] &= m6;                                             /* scales 0..3 */
+	memcpy(out, u, 16);
+}
+
 static inline __attribute__((always_inline)) void x86_q4_k_row(const uint8_t *row, size_t nblk,
 								  const struct moe_qact *a, size_t t0, const int T,
 								  float *out)
@@ -161,16 +176,12 @@ static inline __attribute__((always_inline)) void x86_q4_k_row(const uint8_t *ro
 		mins[k] = _mm256_setzero_ps();
 	}
 	for (size_t b = 0; b < nblk; b++) {
-		const uint8_t *blk = row + b * 144, *q = blk + 4;
+		const uint8_t *blk = row + b * 144;
 		const float d = x86_h16(blk), dmin = x86_h16(blk + 2);
-		uint8_t sc[8], mn[8];
-		for (int j = 0; j < 4; j++) { /* ggml's get_scale_min_k4 */
-			sc[j] = q[j] & 63;
-			mn[j] = q[j + 4] & 63;
-			sc[j + 4] = (uint8_t)((q[j + 8] & 15) | ((q[j] >> 6) << 4));
-			mn[j + 4] = (uint8_t)((q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4));
-		}
-		const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)mn), twice));
+		uint8_t sm[16];
+		x86_k4_scales(blk + 4, sm);
+		const uint8_t *sc = sm;
+		const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)(sm + 8)), twice));
 		__m256i sumi[4];
 		for (int k = 0; k < T; k++)
 			sumi[k] = _mm256_setzero_si256();
@@ -249,6 +260,125 @@ static inline __attribute__((always_inline)) void x86_q6_k_row(const uint8_t *ro
 		out[k] = x86_hsum_ps(acc[k]);
 }
 
+#if defined(X86_AVX512_VNNI)
+/*
+ * The same with AVX-512 VNNI (avx512.c defines X86_AVX512_VNNI): 64 weights per
+ * vpdpbusd, which sums groups of 4 products into int32 without vpmaddubsw's int16
+ * step, then one vpmulld by the sub-scales (lanes 0-7 and 8-15 are two sub-blocks
+ * of 32 for Q4_K; lanes 4g..4g+3 a group of 16 for Q6_K).
+ */
+static inline __attribute__((always_inline)) void x86_q4_k_row_vnni(const uint8_t *row, size_t nblk,
+								       const struct moe_qact *a, size_t t0, const int T,
+								       float *out)
+{
+	const size_t cols = a->cols, nb32 = cols / 32, n16 = cols / 16;
+	const __m512i m4 = _mm512_set1_epi8(15);
+	const __m128i twice = _mm_set_epi8(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+	__m256 acc[4], mins[4];
+	for (int k = 0; k < T; k++) {
+		acc[k] = _mm256_setzero_ps();
+		mins[k] = _mm256_setzero_ps();
+	}
+	for (size_t b = 0; b < nblk; b++) {
+		const uint8_t *blk = row + b * 144;
+		const float d = x86_h16(blk), dmin = x86_h16(blk + 2);
+		uint8_t sm[16];
+		x86_k4_scales(blk + 4, sm);
+		const __m128i smv = _mm_loadu_si128((const __m128i *)sm);
+		const __m512i sc32 = _mm512_cvtepu8_epi32(smv);
+		const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_srli_si128(smv, 8), twice));
+		__m512i sumi[4];
+		for (int k = 0; k < T; k++)
+			sumi[k] = _mm512_setzero_si512();
+		for (int j = 0; j < 4; j++) {
+			const __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * j));
+			/* weights 64j..64j+31 (low nibbles), then 64j+32..64j+63 (high ones) */
+			const __m512i u = _mm512_and_si512(
+				_mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1), m4);
+			const __m512i sv = _mm512_permutexvar_epi32(
+				_mm512_inserti64x4(_mm512_set1_epi32(2 * j), _mm256_set1_epi32(2 * j + 1), 1), sc32);
+			for (int k = 0; k < T; k++) {
+				const int8_t *x = a->q + (t0 + (size_t)k) * cols + b * 256 + 64 * j;
+				const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, _mm512_loadu_si512(x));
+				sumi[k] = _mm512_add_epi32(sumi[k], _mm512_mullo_epi32(p, sv));
+			}
+		}
+		for (int k = 0; k < T; k++) {
+			const size_t t = t0 + (size_t)k;
+			const float dx = a->d[t * nb32 + b * 8];
+			const __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(sumi[k]), _mm512_extracti64x4_epi64(sumi[k], 1));
+			acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(s8), acc[k]);
+			const __m256i s16 = _mm256_loadu_si256((const __m256i *)(a->s16 + t * n16 + b * 16));
+			mins[k] = _mm256_fmadd_ps(_mm256_set1_ps(dmin * dx), _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, mins16)),
+						  mins[k]);
+		}
+	}
+	for (int k = 0; k < T; k++)
+		out[k] = x86_hsum_ps(_mm256_sub_ps(acc[k], mins[k]));
+}
+
+static inline __attribute__((always_inline)) void x86_q6_k_row_vnni(const uint8_t *row, size_t nblk,
+								       const struct moe_qact *a, size_t t0, const int T,
+								       float *out)
+{
+	const size_t cols = a->cols, nb32 = cols / 32, n16 = cols / 16;
+	const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+	__m256 acc[4];
+	for (int k = 0; k < T; k++)
+		acc[k] = _mm256_setzero_ps();
+	for (size_t b = 0; b < nblk; b++) {
+		const uint8_t *blk = row + b * 210;
+		const int8_t *sc = (const int8_t *)blk + 192;
+		const float d = x86_h16(blk + 208);
+		/* group g's scale in lanes 4g..4g+3 of a 64-weight quarter: 4 groups per vector */
+		const __m512i sc32 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)sc));
+		__m512i sumi[4];
+		for (int k = 0; k < T; k++)
+			sumi[k] = _mm512_setzero_si512();
+		for (int h = 0; h < 2; h++) {
+			const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h));
+			const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32));
+			const __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
+			const __m256i u[4] = {
+				_mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)),
+				_mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
+				_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30)),
+				_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+						_mm256_and_si256(_mm256_srli_epi16(qh, 2), m30))};
+			for (int q = 0; q < 4; q += 2) {
+				/* weights 128h + 32q .. +63: groups 8h + 2q .. 8h + 2q + 3 */
+				const __m512i uu = _mm512_inserti64x4(_mm512_castsi256_si512(u[q]), u[q + 1], 1);
+				const int g = 8 * h + 2 * q;
+				const __m512i sv = _mm512_permutexvar_epi32(
+					_mm512_set_epi32(g + 3, g + 3, g + 3, g + 3, g + 2, g + 2, g + 2, g + 2, g + 1, g + 1, g + 1,
+							 g + 1, g, g, g, g), sc32);
+				for (int k = 0; k < T; k++) {
+					const int8_t *x = a->q + (t0 + (size_t)k) * cols + b * 256 + 128 * h + 32 * q;
+					const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), uu, _mm512_loadu_si512(x));
+					sumi[k] = _mm512_add_epi32(sumi[k], _mm512_mullo_epi32(p, sv));
+				}
+			}
+		}
+		const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+		for (int k = 0; k < T; k++) {
+			const size_t t = t0 + (size_t)k;
+			const __m256i s16 = _mm256_loadu_si256((const __m256i *)(a->s16 + t * n16 + b * 16));
+			const __m256i off = _mm256_slli_epi32(_mm256_madd_epi16(s16, sc16), 5);
+			const __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(sumi[k]), _mm512_extracti64x4_epi64(sumi[k], 1));
+			acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a->d[t * nb32 + b * 8]),
+						 _mm256_cvtepi32_ps(_mm256_sub_epi32(s8, off)), acc[k]);
+		}
+	}
+	for (int k = 0; k < T; k++)
+		out[k] = x86_hsum_ps(acc[k]);
+}
+#define X86_Q4_K_ROW x86_q4_k_row_vnni
+#define X86_Q6_K_ROW x86_q6_k_row_vnni
+#else
+#define X86_Q4_K_ROW x86_q4_k_row
+#define X86_Q6_K_ROW x86_q6_k_row
+#endif
+
 /* Rows [r0, r1) of a Q4_K or Q6_K matrix; 0 if this form does not apply (the caller
  * then takes the generic path). */
 static inline int x86_kquant_rows(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y,
@@ -270,9 +400,9 @@ static inline int x86_kquant_rows(const struct moe_wmat *w, size_t r0, size_t r1
 	default: ROW(row, nblk, a, t0, 4, out); break;                             \
 	}
 			if (w->type == MOE_TYPE_Q4_K)
-				KQ_TILE(x86_q4_k_row)
+				KQ_TILE(X86_Q4_K_ROW)
 			else
-				KQ_TILE(x86_q6_k_row)
+				KQ_TILE(X86_Q6_K_ROW)
 #undef KQ_TILE
 			for (size_t k = 0; k < T; k++)
 				y[(t0 + k) * ystride + r] = out[k];

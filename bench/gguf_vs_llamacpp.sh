@@ -1,0 +1,37 @@
+#!/bin/sh
+# bench/gguf_vs_llamacpp.sh - one GGUF, in RAM, moemap against llama.cpp in the same
+# run: the GGUF is packed (its blocks kept), then ROUNDS alternating runs of
+# llama-bench (-p P -n N, one repetition) and moe-run (the same P prompt tokens in one
+# batch, then N decoded), same threads. Prints each round, the medians, and moemap's
+# ratio to llama.cpp. llama.cpp is the peer, not a dependency: give its llama-bench.
+# Usage: LLAMA_BENCH=/path/to/llama-bench bench/gguf_vs_llamacpp.sh MODEL.gguf [ROUNDS] [P] [N] [THREADS]
+set -eu
+cd "$(dirname "$0")/.."
+: "${LLAMA_BENCH:?set LLAMA_BENCH to llama.cpp's llama-bench}"
+GGUF=$1 ROUNDS=${2:-5} P=${3:-64} N=${4:-16} T=${5:-2}
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+./moe-pack --no-progress "$GGUF" "$W/m.moe" >/dev/null
+./moe-pack --info "$W/m.moe" | sed -n '/^expert blob/,$p'
+TOK=$(/usr/bin/python3 -c "print(','.join(str((i * 7919) % 30000 + 10) for i in range($P)))")
+for r in $(seq "$ROUNDS"); do
+	"$LLAMA_BENCH" -m "$GGUF" -t "$T" -p "$P" -n "$N" -r 1 -o json 2>/dev/null >"$W/l$r.json"
+	./moe-run -m "$W/m.moe" --tokens "$TOK" -n "$N" -b "$P" -t "$T" --ignore-eos --stats-json "$W/m$r.json" \
+		>/dev/null 2>&1
+done
+/usr/bin/python3 - "$W" "$ROUNDS" "$P" "$N" "$T" <<'PY'
+import json, statistics, sys
+w, rounds, p, n, t = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
+lp, lt, mp, mt = [], [], [], []
+for r in range(1, rounds + 1):
+    for row in json.load(open("%s/l%d.json" % (w, r))):
+        (lp if row["n_prompt"] > 0 else lt).append(row["avg_ts"])
+    s = json.load(open("%s/m%d.json" % (w, r)))
+    mp.append(s["prefill_tokens_per_second"])
+    mt.append(s["decode_tokens_per_second"])
+    print("round %d: llama.cpp pp%s %.2f tg%s %.2f | moemap prefill %.2f decode %.2f (%s)" % (
+        r, p, lp[-1], n, lt[-1], mp[-1], mt[-1], s["kernels"]))
+m = statistics.median
+print("median of %d, %s threads: prefill %.2f vs %.2f t/s (x%.2f), decode %.2f vs %.2f t/s (x%.2f) [moemap vs llama.cpp]"
+      % (rounds, t, m(mp), m(lp), m(mp) / m(lp), m(mt), m(lt), m(mt) / m(lt)))
+PY
