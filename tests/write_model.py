@@ -11,7 +11,8 @@ usage: write_model.py safetensors DIR [--shards N] [--fp8] [--arch mixtral|mixtr
   ffn_down experts in another type, as llama.cpp's _M mixes do; --split=N: N files
   FILE-0000k-of-0000N.gguf as llama.cpp's gguf-split writes them; --mla=split: DeepSeek in
   llama.cpp's current layout (attn_k_b, attn_v_b, MLA as MQA); --nextn=1: DeepSeek's
-  multi-token-prediction layer kept as the last block
+  multi-token-prediction layer kept as the last block; --from=FOLDER: a Hugging Face
+  folder's weights and config (Mixtral), for benchmarks
 """
 import json
 import os
@@ -236,9 +237,15 @@ def gguf_encode(a, t):
 
 
 def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0", tokenizer="none",
-         version=3, bad=None, down1=None, split=1, mla="kv_b", nextn=0):
-    c = CONFIGS[arch]
-    w = weights(arch)
+         version=3, bad=None, down1=None, split=1, mla="kv_b", nextn=0, folder=None):
+    if folder:  # a Hugging Face folder's weights and config instead of a generated model
+        c = json.load(open(os.path.join(folder, "config.json")))
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import reference
+        w = {k: v.astype(np.float32) for k, v in reference.load_safetensors(folder).items()}
+    else:
+        c = CONFIGS[arch]
+        w = weights(arch)
     arch = c["model_type"]
     tmap = dict(kv.split("=") for kv in types.split(","))
     ga = {"mixtral": "llama", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2"}[arch]
@@ -430,4 +437,4 @@ if __name__ == "__main__":
         gguf(out, arch=opts.get("arch", "mixtral"), types=opts.get("types", "attn=F32,experts=Q8_0,embed=F16,output=Q4_0"),
              tokenizer=opts.get("tokenizer", "none"), version=int(opts.get("version", 3)), bad=opts.get("bad"),
              down1=opts.get("down1"), split=int(opts.get("split", 1)), mla=opts.get("mla", "kv_b"),
-             nextn=int(opts.get("nextn", 0)))
+             nextn=int(opts.get("nextn", 0)), folder=opts.get("from"))

@@ -162,9 +162,10 @@ static inline void x86_k4_scales(const uint8_t *q, uint8_t out[16])
 	memcpy(out, u, 16);
 }
 
-static inline __attribute__((always_inline)) void x86_q4_k_row(const uint8_t *row, size_t nblk,
-								  const struct moe_qact *a, size_t t0, const int T,
-								  float *out)
+/* Q4_K, or Q5_K (five: bit 4 of sub-block j's weight l is bit j of qh[l]) */
+static inline __attribute__((always_inline)) void x86_q45_k_row(const int five, const uint8_t *row, size_t nblk,
+								   const struct moe_qact *a, size_t t0, const int T,
+								   float *out)
 {
 	const size_t cols = a->cols, nb32 = cols / 32, n16 = cols / 16;
 	const __m256i m4 = _mm256_set1_epi8(15);
@@ -176,8 +177,9 @@ static inline __attribute__((always_inline)) void x86_q4_k_row(const uint8_t *ro
 		mins[k] = _mm256_setzero_ps();
 	}
 	for (size_t b = 0; b < nblk; b++) {
-		const uint8_t *blk = row + b * 144;
+		const uint8_t *blk = row + b * (five ? 176 : 144);
 		const float d = x86_h16(blk), dmin = x86_h16(blk + 2);
+		const __m256i hv = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
 		uint8_t sm[16];
 		x86_k4_scales(blk + 4, sm);
 		const uint8_t *sc = sm;
@@ -186,8 +188,12 @@ static inline __attribute__((always_inline)) void x86_q4_k_row(const uint8_t *ro
 		for (int k = 0; k < T; k++)
 			sumi[k] = _mm256_setzero_si256();
 		for (int j = 0; j < 4; j++) {
-			const __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * j));
-			const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+			const __m256i v = _mm256_loadu_si256((const __m256i *)(blk + (five ? 48 : 16) + 32 * j));
+			__m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+			if (five) {
+				lo = _mm256_or_si256(lo, x86_bit_to(hv, 2 * j, 16));
+				hi = _mm256_or_si256(hi, x86_bit_to(hv, 2 * j + 1, 16));
+			}
 			const __m256i s_lo = _mm256_set1_epi16(sc[2 * j]), s_hi = _mm256_set1_epi16(sc[2 * j + 1]);
 			for (int k = 0; k < T; k++) {
 				const int8_t *x = a->q + (t0 + (size_t)k) * cols + b * 256 + 64 * j;
@@ -260,6 +266,79 @@ static inline __attribute__((always_inline)) void x86_q6_k_row(const uint8_t *ro
 		out[k] = x86_hsum_ps(acc[k]);
 }
 
+/* Q2_K, or Q3_K (three): 2-bit codes in groups of 16 with a 4-bit scale and min
+ * each (Q2_K), or a high bit from hmask and signed 6-bit scales (Q3_K: weight =
+ * d (s - 32) (u - 4), u = code + 4 * high bit) */
+static inline __attribute__((always_inline)) void x86_q23_k_row(const int three, const uint8_t *row, size_t nblk,
+								   const struct moe_qact *a, size_t t0, const int T,
+								   float *out)
+{
+	const size_t cols = a->cols, nb32 = cols / 32, n16 = cols / 16;
+	const __m256i m3 = _mm256_set1_epi8(3);
+	__m256 acc[4], mins[4];
+	for (int k = 0; k < T; k++) {
+		acc[k] = _mm256_setzero_ps();
+		mins[k] = _mm256_setzero_ps();
+	}
+	for (size_t b = 0; b < nblk; b++) {
+		const uint8_t *blk = row + b * (three ? 110 : 84), *qs = blk + (three ? 32 : 16);
+		const float d = x86_h16(blk + (three ? 108 : 80)), dmin = three ? 0 : x86_h16(blk + 82);
+		int8_t sc[16]; /* the groups' integer scales */
+		__m256i off16; /* what the codes' offset costs per group: Q2_K its min, Q3_K 4 * its scale */
+		if (three) {
+			uint32_t u[4];
+			memcpy(u, blk + 96, 12);
+			const uint32_t m4 = 0x0f0f0f0f, m2 = 0x03030303, hi = u[2];
+			u[2] = ((u[0] >> 4) & m4) | (((hi >> 4) & m2) << 4);
+			u[3] = ((u[1] >> 4) & m4) | (((hi >> 6) & m2) << 4);
+			u[0] = (u[0] & m4) | ((hi & m2) << 4);
+			u[1] = (u[1] & m4) | (((hi >> 2) & m2) << 4);
+			memcpy(sc, u, 16);
+			for (int g = 0; g < 16; g++)
+				sc[g] = (int8_t)(sc[g] - 32);
+			off16 = _mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc)), 2);
+		} else {
+			const __m128i raw = _mm_loadu_si128((const __m128i *)blk);
+			_mm_storeu_si128((__m128i *)sc, _mm_and_si128(raw, _mm_set1_epi8(15)));
+			off16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(15)));
+		}
+		const __m256i hv = three ? _mm256_loadu_si256((const __m256i *)blk) : _mm256_setzero_si256();
+		__m256i sumi[4];
+		for (int k = 0; k < T; k++)
+			sumi[k] = _mm256_setzero_si256();
+		for (int h = 0; h < 2; h++) {
+			const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * h));
+			for (int q = 0; q < 4; q++) {
+				__m256i u = _mm256_and_si256(_mm256_srli_epi16(v, 2 * q), m3);
+				if (three)
+					u = _mm256_or_si256(u, x86_bit_to(hv, 4 * h + q, 4));
+				const int g = 8 * h + 2 * q;
+				const __m256i sv = _mm256_set_m128i(_mm_set1_epi16(sc[g + 1]), _mm_set1_epi16(sc[g]));
+				for (int k = 0; k < T; k++) {
+					const int8_t *x = a->q + (t0 + (size_t)k) * cols + b * 256 + 128 * h + 32 * q;
+					const __m256i p = _mm256_maddubs_epi16(u, _mm256_loadu_si256((const __m256i *)x));
+					sumi[k] = _mm256_add_epi32(sumi[k], _mm256_madd_epi16(p, sv));
+				}
+			}
+		}
+		for (int k = 0; k < T; k++) {
+			const size_t t = t0 + (size_t)k;
+			const float dx = a->d[t * nb32 + b * 8];
+			const __m256i s16 = _mm256_loadu_si256((const __m256i *)(a->s16 + t * n16 + b * 16));
+			const __m256i off = _mm256_madd_epi16(s16, off16);
+			if (three) {
+				acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi[k], off)),
+							 acc[k]);
+			} else {
+				acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(sumi[k]), acc[k]);
+				mins[k] = _mm256_fmadd_ps(_mm256_set1_ps(dmin * dx), _mm256_cvtepi32_ps(off), mins[k]);
+			}
+		}
+	}
+	for (int k = 0; k < T; k++)
+		out[k] = x86_hsum_ps(_mm256_sub_ps(acc[k], mins[k]));
+}
+
 #if defined(X86_AVX512_VNNI)
 /*
  * The same with AVX-512 VNNI (avx512.c defines X86_AVX512_VNNI): 64 weights per
@@ -267,9 +346,9 @@ static inline __attribute__((always_inline)) void x86_q6_k_row(const uint8_t *ro
  * step, then one vpmulld by the sub-scales (lanes 0-7 and 8-15 are two sub-blocks
  * of 32 for Q4_K; lanes 4g..4g+3 a group of 16 for Q6_K).
  */
-static inline __attribute__((always_inline)) void x86_q4_k_row_vnni(const uint8_t *row, size_t nblk,
-								       const struct moe_qact *a, size_t t0, const int T,
-								       float *out)
+static inline __attribute__((always_inline)) void x86_q45_k_row_vnni(const int five, const uint8_t *row, size_t nblk,
+									const struct moe_qact *a, size_t t0, const int T,
+									float *out)
 {
 	const size_t cols = a->cols, nb32 = cols / 32, n16 = cols / 16;
 	const __m512i m4 = _mm512_set1_epi8(15);
@@ -280,8 +359,9 @@ static inline __attribute__((always_inline)) void x86_q4_k_row_vnni(const uint8_
 		mins[k] = _mm256_setzero_ps();
 	}
 	for (size_t b = 0; b < nblk; b++) {
-		const uint8_t *blk = row + b * 144;
+		const uint8_t *blk = row + b * (five ? 176 : 144);
 		const float d = x86_h16(blk), dmin = x86_h16(blk + 2);
+		const __m256i hv = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
 		uint8_t sm[16];
 		x86_k4_scales(blk + 4, sm);
 		const __m128i smv = _mm_loadu_si128((const __m128i *)sm);
@@ -291,10 +371,13 @@ static inline __attribute__((always_inline)) void x86_q4_k_row_vnni(const uint8_
 		for (int k = 0; k < T; k++)
 			sumi[k] = _mm512_setzero_si512();
 		for (int j = 0; j < 4; j++) {
-			const __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * j));
+			const __m256i v = _mm256_loadu_si256((const __m256i *)(blk + (five ? 48 : 16) + 32 * j));
 			/* weights 64j..64j+31 (low nibbles), then 64j+32..64j+63 (high ones) */
-			const __m512i u = _mm512_and_si512(
+			__m512i u = _mm512_and_si512(
 				_mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1), m4);
+			if (five)
+				u = _mm512_or_si512(u, _mm512_inserti64x4(_mm512_castsi256_si512(x86_bit_to(hv, 2 * j, 16)),
+									   x86_bit_to(hv, 2 * j + 1, 16), 1));
 			const __m512i sv = _mm512_permutexvar_epi32(
 				_mm512_inserti64x4(_mm512_set1_epi32(2 * j), _mm256_set1_epi32(2 * j + 1), 1), sc32);
 			for (int k = 0; k < T; k++) {
@@ -372,21 +455,46 @@ static inline __attribute__((always_inline)) void x86_q6_k_row_vnni(const uint8_
 	for (int k = 0; k < T; k++)
 		out[k] = x86_hsum_ps(acc[k]);
 }
-#define X86_Q4_K_ROW x86_q4_k_row_vnni
+#define X86_Q45_K_ROW x86_q45_k_row_vnni
 #define X86_Q6_K_ROW x86_q6_k_row_vnni
 #else
-#define X86_Q4_K_ROW x86_q4_k_row
+#define X86_Q45_K_ROW x86_q45_k_row
 #define X86_Q6_K_ROW x86_q6_k_row
 #endif
+static inline __attribute__((always_inline)) void x86_q2_k_row(const uint8_t *row, size_t nblk, const struct moe_qact *a,
+								  size_t t0, const int T, float *out)
+{
+	x86_q23_k_row(0, row, nblk, a, t0, T, out);
+}
+static inline __attribute__((always_inline)) void x86_q3_k_row(const uint8_t *row, size_t nblk, const struct moe_qact *a,
+								  size_t t0, const int T, float *out)
+{
+	x86_q23_k_row(1, row, nblk, a, t0, T, out);
+}
+static inline __attribute__((always_inline)) void x86_q4_k_row(const uint8_t *row, size_t nblk, const struct moe_qact *a,
+								  size_t t0, const int T, float *out)
+{
+	X86_Q45_K_ROW(0, row, nblk, a, t0, T, out);
+}
+static inline __attribute__((always_inline)) void x86_q5_k_row(const uint8_t *row, size_t nblk, const struct moe_qact *a,
+								  size_t t0, const int T, float *out)
+{
+	X86_Q45_K_ROW(1, row, nblk, a, t0, T, out);
+}
 
-/* Rows [r0, r1) of a Q4_K or Q6_K matrix; 0 if this form does not apply (the caller
+/* Rows [r0, r1) of a Q2_K .. Q6_K matrix; 0 if this form does not apply (the caller
  * then takes the generic path). */
 static inline int x86_kquant_rows(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y,
 				  size_t ystride)
 {
-	if (a->group != 256 || (w->type != MOE_TYPE_Q4_K && w->type != MOE_TYPE_Q6_K))
+	const struct moe_block_format *f = moe_block_format(w->type);
+	if (a->group != 256 || w->type < MOE_TYPE_Q2_K || w->type > MOE_TYPE_Q6_K)
 		return 0;
-	const size_t nblk = w->cols / 256, row_bytes = nblk * (w->type == MOE_TYPE_Q4_K ? 144 : 210);
+	/* batches: Q2_K, Q3_K and Q5_K decode their codes once per row on the generic path,
+	 * which measured faster there (moe-bench kernels, batch 32) */
+	if (a->batch > 4 && w->type != MOE_TYPE_Q4_K && w->type != MOE_TYPE_Q6_K)
+		return 0;
+	const size_t nblk = w->cols / 256, row_bytes = nblk * f->bytes;
 	for (size_t r = r0; r < r1; r++) {
 		const uint8_t *row = (const uint8_t *)w->codes + r * row_bytes;
 		for (size_t t0 = 0; t0 < a->batch; t0 += 4) {
@@ -399,10 +507,13 @@ static inline int x86_kquant_rows(const struct moe_wmat *w, size_t r0, size_t r1
 	case 3: ROW(row, nblk, a, t0, 3, out); break;                              \
 	default: ROW(row, nblk, a, t0, 4, out); break;                             \
 	}
-			if (w->type == MOE_TYPE_Q4_K)
-				KQ_TILE(X86_Q4_K_ROW)
-			else
-				KQ_TILE(X86_Q6_K_ROW)
+			switch (w->type) {
+			case MOE_TYPE_Q2_K: KQ_TILE(x86_q2_k_row) break;
+			case MOE_TYPE_Q3_K: KQ_TILE(x86_q3_k_row) break;
+			case MOE_TYPE_Q4_K: KQ_TILE(x86_q4_k_row) break;
+			case MOE_TYPE_Q5_K: KQ_TILE(x86_q5_k_row) break;
+			default: KQ_TILE(X86_Q6_K_ROW) break;
+			}
 #undef KQ_TILE
 			for (size_t k = 0; k < T; k++)
 				y[(t0 + k) * ystride + r] = out[k];
