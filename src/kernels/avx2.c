@@ -120,73 +120,6 @@ static void q4(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_
 	}
 }
 
-/* Decoded block weights (blocks.h) against T tokens: 32 codes per vpmaddubsw, whose
- * int32 lanes 0-3 hold the first 16 weights' products and 4-7 the second's, so one
- * vector of the two groups' scales weights them; the biases per 16 are one dot of z
- * with the activations' sums. Signed codes (IQ4) go through the sign trick of q8. */
-static inline __attribute__((always_inline)) void block_dot_tile(const uint8_t *c, const float *s, const float *z,
-								 const int sgn, size_t n, const struct moe_qact *a,
-								 size_t col0, size_t t0, const int T, float *acc)
-{
-	const size_t cols = a->cols, nb = cols / 32;
-	const __m256i ones = _mm256_set1_epi16(1);
-	__m256 sum[TILE];
-#pragma GCC unroll 4
-	for (int k = 0; k < T; k++)
-		sum[k] = _mm256_setzero_ps();
-	for (size_t i = 0; i < n; i += 32) {
-		const __m256i cv = _mm256_load_si256((const __m256i *)(c + i));
-		const __m256i cu = sgn ? _mm256_sign_epi8(cv, cv) : cv;
-		/* the two groups' scales over lanes 0-3 and 4-7 */
-		const __m256 sv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd((const double *)(s + i / 16)))),
-							   _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0));
-#pragma GCC unroll 4
-		for (int k = 0; k < T; k++) {
-			const size_t t = t0 + (size_t)k;
-			__m256i xv = _mm256_loadu_si256((const __m256i *)(a->q + t * cols + col0 + i));
-			if (sgn)
-				xv = _mm256_sign_epi8(xv, cv);
-			const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(cu, xv), ones);
-			const __m256 sx = _mm256_mul_ps(sv, _mm256_set1_ps(a->d[t * nb + (col0 + i) / 32]));
-			sum[k] = _mm256_fmadd_ps(sx, _mm256_cvtepi32_ps(p), sum[k]);
-		}
-	}
-	const size_t ng = n / 16;
-#pragma GCC unroll 4
-	for (int k = 0; k < T; k++) {
-		const float *ds = a->ds16 + (t0 + (size_t)k) * (cols / 16) + col0 / 16;
-		__m256 zc = _mm256_setzero_ps();
-		size_t g = 0;
-		for (; g + 8 <= ng; g += 8)
-			zc = _mm256_fmadd_ps(_mm256_load_ps(z + g), _mm256_loadu_ps(ds + g), zc);
-		float corr = hsum(zc);
-		for (; g < ng; g++)
-			corr += z[g] * ds[g];
-		acc[k] += hsum(sum[k]) - corr;
-	}
-}
-
-static void block_dot(const uint8_t *c, const float *s, const float *z, int sgn, size_t n, const struct moe_qact *a,
-		      size_t col0, size_t t0, size_t T, float *acc)
-{
-	switch (T * 2 + (sgn != 0)) {
-	case 2: block_dot_tile(c, s, z, 0, n, a, col0, t0, 1, acc); break;
-	case 3: block_dot_tile(c, s, z, 1, n, a, col0, t0, 1, acc); break;
-	case 4: block_dot_tile(c, s, z, 0, n, a, col0, t0, 2, acc); break;
-	case 5: block_dot_tile(c, s, z, 1, n, a, col0, t0, 2, acc); break;
-	case 6: block_dot_tile(c, s, z, 0, n, a, col0, t0, 3, acc); break;
-	case 7: block_dot_tile(c, s, z, 1, n, a, col0, t0, 3, acc); break;
-	case 8: block_dot_tile(c, s, z, 0, n, a, col0, t0, 4, acc); break;
-	default: block_dot_tile(c, s, z, 1, n, a, col0, t0, 4, acc); break;
-	}
-}
-
-static void blocks(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride)
-{
-	if (!x86_kquant_rows(w, r0, r1, a, y, ystride))
-		moe_blocks_rows(block_dot, x86_codes, w, r0, r1, a, y, ystride);
-}
-
 /* float weights: 8 columns at a time, scalar tail; TILE tokens per pass */
 static inline __attribute__((always_inline)) void fl_row(const void *wrow, int half, size_t cols, const float *x,
 							 size_t t0, int T, float *out)
@@ -247,5 +180,5 @@ static void f32(const struct moe_wmat *w, size_t r0, size_t r1, const float *x, 
 #if defined(__clang__)
 #pragma clang attribute pop
 #endif
-const struct moe_kernel_impl moe_kernels_avx2 = {"avx2", available, q8, q4, blocks, f16, f32};
+const struct moe_kernel_impl moe_kernels_avx2 = {"avx2", available, q8, q4, x86_blocks, f16, f32};
 #endif

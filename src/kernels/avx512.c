@@ -174,74 +174,6 @@ static void q4(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_
 	q_rows(1, w, r0, r1, a, y, ystride);
 }
 
-/* Decoded block weights (blocks.h), as avx2.c's block_dot with vpdpbusd for the
- * integer products; 256-bit vectors, because a group of 16 weights is the unit. */
-static inline __attribute__((always_inline)) void block_dot_tile(const uint8_t *c, const float *s, const float *z,
-								 const int sgn, size_t n, const struct moe_qact *a,
-								 size_t col0, size_t t0, const int T, float *acc)
-{
-	const size_t cols = a->cols, nb = cols / 32;
-	__m256 sum[TILE];
-#pragma GCC unroll 4
-	for (int k = 0; k < T; k++)
-		sum[k] = _mm256_setzero_ps();
-	for (size_t i = 0; i < n; i += 32) {
-		const __m256i cv = _mm256_load_si256((const __m256i *)(c + i));
-		const __m256i cu = sgn ? _mm256_abs_epi8(cv) : cv;
-		/* the two groups' scales over lanes 0-3 and 4-7 */
-		const __m256 sv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd((const double *)(s + i / 16)))),
-							   _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0));
-#pragma GCC unroll 4
-		for (int k = 0; k < T; k++) {
-			const size_t t = t0 + (size_t)k;
-			__m256i xv = _mm256_loadu_si256((const __m256i *)(a->q + t * cols + col0 + i));
-			if (sgn)
-				xv = _mm256_sign_epi8(xv, cv);
-			const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), cu, xv);
-			const __m256 sx = _mm256_mul_ps(sv, _mm256_set1_ps(a->d[t * nb + (col0 + i) / 32]));
-			sum[k] = _mm256_fmadd_ps(sx, _mm256_cvtepi32_ps(p), sum[k]);
-		}
-	}
-	const size_t ng = n / 16;
-#pragma GCC unroll 4
-	for (int k = 0; k < T; k++) {
-		const float *ds = a->ds16 + (t0 + (size_t)k) * (cols / 16) + col0 / 16;
-		__m512 zc = _mm512_setzero_ps();
-		size_t g = 0;
-		for (; g + 16 <= ng; g += 16)
-			zc = _mm512_fmadd_ps(_mm512_load_ps(z + g), _mm512_loadu_ps(ds + g), zc);
-		if (g < ng) {
-			const __mmask16 m = (__mmask16)((1u << (ng - g)) - 1);
-			zc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, z + g), _mm512_maskz_loadu_ps(m, ds + g), zc);
-		}
-		__m128 s4 = _mm_add_ps(_mm256_castps256_ps128(sum[k]), _mm256_extractf128_ps(sum[k], 1));
-		s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-		s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-		acc[k] += _mm_cvtss_f32(s4) - _mm512_reduce_add_ps(zc);
-	}
-}
-
-static void block_dot(const uint8_t *c, const float *s, const float *z, int sgn, size_t n, const struct moe_qact *a,
-		      size_t col0, size_t t0, size_t T, float *acc)
-{
-	switch (T * 2 + (sgn != 0)) {
-	case 2: block_dot_tile(c, s, z, 0, n, a, col0, t0, 1, acc); break;
-	case 3: block_dot_tile(c, s, z, 1, n, a, col0, t0, 1, acc); break;
-	case 4: block_dot_tile(c, s, z, 0, n, a, col0, t0, 2, acc); break;
-	case 5: block_dot_tile(c, s, z, 1, n, a, col0, t0, 2, acc); break;
-	case 6: block_dot_tile(c, s, z, 0, n, a, col0, t0, 3, acc); break;
-	case 7: block_dot_tile(c, s, z, 1, n, a, col0, t0, 3, acc); break;
-	case 8: block_dot_tile(c, s, z, 0, n, a, col0, t0, 4, acc); break;
-	default: block_dot_tile(c, s, z, 1, n, a, col0, t0, 4, acc); break;
-	}
-}
-
-static void blocks(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride)
-{
-	if (!x86_kquant_rows(w, r0, r1, a, y, ystride))
-		moe_blocks_rows(block_dot, x86_codes, w, r0, r1, a, y, ystride);
-}
-
 /* float weights: 16 columns at a time, the tail with masked loads */
 static inline __m512 fl_load(const void *wrow, int half, size_t c, __mmask16 m)
 {
@@ -311,5 +243,5 @@ static void f32(const struct moe_wmat *w, size_t r0, size_t r1, const float *x, 
 #if defined(__clang__)
 #pragma clang attribute pop
 #endif
-const struct moe_kernel_impl moe_kernels_avx512 = {"avx512", available, q8, q4, blocks, f16, f32};
+const struct moe_kernel_impl moe_kernels_avx512 = {"avx512", available, q8, q4, x86_blocks, f16, f32};
 #endif

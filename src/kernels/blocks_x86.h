@@ -101,20 +101,25 @@ static inline void x86_k4(const uint8_t *qs, uint8_t *c, const uint8_t *qh)
 static void x86_codes_q4_k(const uint8_t *b, uint8_t *c) { x86_k4(b + 16, c, NULL); }
 static void x86_codes_q5_k(const uint8_t *b, uint8_t *c) { x86_k4(b + 48, c, b + 16); }
 
-/* Q6_K: quarter k of each half takes a nibble of ql and bits 2k..2k+1 of qh, shifted to bits 4..5 */
-static void x86_codes_q6_k(const uint8_t *b, uint8_t *c)
+/* Q6_K: quarter k of half h (weights 128h + 32k ..) takes a nibble of ql and bits
+ * 2k..2k+1 of qh, shifted to bits 4..5 */
+static inline void x86_q6_quarters(const uint8_t *b, int h, __m256i u[4])
 {
 	const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+	const __m256i l0 = x86_load(b + 64 * h), l1 = x86_load(b + 64 * h + 32), qh = x86_load(b + 128 + 32 * h);
+	u[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+	u[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+	u[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30));
+	u[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+}
+
+static void x86_codes_q6_k(const uint8_t *b, uint8_t *c)
+{
 	for (int h = 0; h < 2; h++) {
-		const __m256i l0 = x86_load(b + 64 * h), l1 = x86_load(b + 64 * h + 32), qh = x86_load(b + 128 + 32 * h);
-		const __m256i hi[4] = {
-			_mm256_and_si256(_mm256_slli_epi16(qh, 4), m30), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
-			_mm256_and_si256(qh, m30), _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30)};
-		const __m256i lo[4] = {_mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
-				       _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-				       _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4)};
+		__m256i u[4];
+		x86_q6_quarters(b, h, u);
 		for (int k = 0; k < 4; k++)
-			x86_store(c + 128 * h + 32 * k, _mm256_or_si256(lo[k], hi[k]));
+			x86_store(c + 128 * h + 32 * k, u[k]);
 	}
 }
 
@@ -221,7 +226,6 @@ static inline __attribute__((always_inline)) void x86_q6_k_row(const uint8_t *ro
 								  float *out)
 {
 	const size_t cols = a->cols, nb32 = cols / 32, n16 = cols / 16;
-	const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
 	__m256 acc[4];
 	for (int k = 0; k < T; k++)
 		acc[k] = _mm256_setzero_ps();
@@ -233,15 +237,8 @@ static inline __attribute__((always_inline)) void x86_q6_k_row(const uint8_t *ro
 		for (int k = 0; k < T; k++)
 			sumi[k] = _mm256_setzero_si256();
 		for (int h = 0; h < 2; h++) {
-			const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h));
-			const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32));
-			const __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
-			const __m256i u[4] = {
-				_mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)),
-				_mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
-				_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30)),
-				_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-						_mm256_and_si256(_mm256_srli_epi16(qh, 2), m30))};
+			__m256i u[4];
+			x86_q6_quarters(blk, h, u);
 			for (int q = 0; q < 4; q++) {
 				const int g = 8 * h + 2 * q; /* the two groups of 16 in these 32 weights */
 				const __m256i sv = _mm256_set_m128i(_mm_set1_epi16(sc[g + 1]), _mm_set1_epi16(sc[g]));
@@ -405,7 +402,6 @@ static inline __attribute__((always_inline)) void x86_q6_k_row_vnni(const uint8_
 								       float *out)
 {
 	const size_t cols = a->cols, nb32 = cols / 32, n16 = cols / 16;
-	const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
 	__m256 acc[4];
 	for (int k = 0; k < T; k++)
 		acc[k] = _mm256_setzero_ps();
@@ -419,15 +415,8 @@ static inline __attribute__((always_inline)) void x86_q6_k_row_vnni(const uint8_
 		for (int k = 0; k < T; k++)
 			sumi[k] = _mm512_setzero_si512();
 		for (int h = 0; h < 2; h++) {
-			const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h));
-			const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32));
-			const __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
-			const __m256i u[4] = {
-				_mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)),
-				_mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
-				_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30)),
-				_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-						_mm256_and_si256(_mm256_srli_epi16(qh, 2), m30))};
+			__m256i u[4];
+			x86_q6_quarters(blk, h, u);
 			for (int q = 0; q < 4; q += 2) {
 				/* weights 128h + 32q .. +63: groups 8h + 2q .. 8h + 2q + 3 */
 				const __m512i uu = _mm512_inserti64x4(_mm512_castsi256_si512(u[q]), u[q + 1], 1);
@@ -521,5 +510,79 @@ static inline int x86_kquant_rows(const struct moe_wmat *w, size_t r0, size_t r1
 	}
 	return 1;
 }
+
+/* The generic path: decoded block weights (blocks.h) against T tokens, 32 codes per
+ * integer product (vpmaddubsw + vpmaddwd, or vpdpbusd with VNNI) whose int32 lanes 0-3
+ * hold the first 16 weights' products and 4-7 the second's, so one vector of the two
+ * groups' scales weights them; the biases per 16 are one dot of z with the
+ * activations' sums. Signed codes (IQ4) go through the sign trick of q8. */
+static inline __attribute__((always_inline)) void x86_block_dot_tile(const uint8_t *c, const float *s, const float *z,
+								 const int sgn, size_t n, const struct moe_qact *a,
+								 size_t col0, size_t t0, const int T, float *acc)
+{
+	const size_t cols = a->cols, nb = cols / 32;
+	__m256 sum[4];
+#pragma GCC unroll 4
+	for (int k = 0; k < T; k++)
+		sum[k] = _mm256_setzero_ps();
+	for (size_t i = 0; i < n; i += 32) {
+		const __m256i cv = _mm256_load_si256((const __m256i *)(c + i));
+		const __m256i cu = sgn ? _mm256_sign_epi8(cv, cv) : cv;
+		/* the two groups' scales over lanes 0-3 and 4-7 */
+		const __m256 sv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd((const double *)(s + i / 16)))),
+							   _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0));
+#pragma GCC unroll 4
+		for (int k = 0; k < T; k++) {
+			const size_t t = t0 + (size_t)k;
+			__m256i xv = _mm256_loadu_si256((const __m256i *)(a->q + t * cols + col0 + i));
+			if (sgn)
+				xv = _mm256_sign_epi8(xv, cv);
+#if defined(X86_AVX512_VNNI)
+			const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), cu, xv);
+#else
+			const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(cu, xv), _mm256_set1_epi16(1));
+#endif
+			const __m256 sx = _mm256_mul_ps(sv, _mm256_set1_ps(a->d[t * nb + (col0 + i) / 32]));
+			sum[k] = _mm256_fmadd_ps(sx, _mm256_cvtepi32_ps(p), sum[k]);
+		}
+	}
+	const size_t ng = n / 16;
+#pragma GCC unroll 4
+	for (int k = 0; k < T; k++) {
+		const float *ds = a->ds16 + (t0 + (size_t)k) * (cols / 16) + col0 / 16;
+		__m256 zc = _mm256_setzero_ps();
+		size_t g = 0;
+		for (; g + 8 <= ng; g += 8)
+			zc = _mm256_fmadd_ps(_mm256_load_ps(z + g), _mm256_loadu_ps(ds + g), zc);
+		float corr = x86_hsum_ps(zc);
+		for (; g < ng; g++)
+			corr += z[g] * ds[g];
+		acc[k] += x86_hsum_ps(sum[k]) - corr;
+	}
+}
+
+static void x86_block_dot(const uint8_t *c, const float *s, const float *z, int sgn, size_t n, const struct moe_qact *a,
+		      size_t col0, size_t t0, size_t T, float *acc)
+{
+	switch (T * 2 + (sgn != 0)) {
+	case 2: x86_block_dot_tile(c, s, z, 0, n, a, col0, t0, 1, acc); break;
+	case 3: x86_block_dot_tile(c, s, z, 1, n, a, col0, t0, 1, acc); break;
+	case 4: x86_block_dot_tile(c, s, z, 0, n, a, col0, t0, 2, acc); break;
+	case 5: x86_block_dot_tile(c, s, z, 1, n, a, col0, t0, 2, acc); break;
+	case 6: x86_block_dot_tile(c, s, z, 0, n, a, col0, t0, 3, acc); break;
+	case 7: x86_block_dot_tile(c, s, z, 1, n, a, col0, t0, 3, acc); break;
+	case 8: x86_block_dot_tile(c, s, z, 0, n, a, col0, t0, 4, acc); break;
+	default: x86_block_dot_tile(c, s, z, 1, n, a, col0, t0, 4, acc); break;
+	}
+}
+
+/* an implementation's `blocks`: the fused K kernels where they apply, else the generic path */
+static void x86_blocks(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y,
+		       size_t ystride)
+{
+	if (!x86_kquant_rows(w, r0, r1, a, y, ystride))
+		moe_blocks_rows(x86_block_dot, x86_codes, w, r0, r1, a, y, ystride);
+}
+
 
 #endif
