@@ -157,7 +157,10 @@ static size_t sigbus_len;
 static void on_sigbus(int sig)
 {
 	(void)sig;
-	if (write(STDERR_FILENO, sigbus_msg, sigbus_len) < 0) { /* nothing more to do in a handler */
+	/* threads reading the mapping fault together: the first one says it, once */
+	static volatile sig_atomic_t said;
+	if (__atomic_exchange_n(&said, 1, __ATOMIC_SEQ_CST) == 0 && write(STDERR_FILENO, sigbus_msg, sigbus_len) < 0) {
+		/* nothing more to do in a handler */
 	}
 	_exit(1);
 }

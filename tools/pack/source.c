@@ -213,6 +213,19 @@ struct src_entry *src_find(struct moe_source *src, const char *name)
 	return bsearch(&key, src->entries, src->n_entries, sizeof key, cmp_entry);
 }
 
+/* kv_b joined from llama.cpp's parts: k_b per head [kv_lora_rank, qk_nope] (kv_b's key
+ * rows, transposed), v_b per head [v_head, kv_lora_rank]; both there, and shaped so. */
+static int check_mla_kv_b(const struct moe_source *src, const struct src_entry *e)
+{
+	const struct src_entry *kb = e->kb, *vb = e->vb;
+	const uint64_t h = kb ? kb->heads : 0;
+	if (!kb || !vb || !h || kb->heads != vb->heads || kb->rows != h * e->cols || vb->cols != e->cols ||
+	    vb->rows % h || e->rows != h * (kb->cols + vb->rows / h))
+		return moe_fail(MOE_EFORMAT, "%s: %s and %s do not make %s [%llu, %llu]", src->path, e->kb_name, e->vb_name,
+				e->name, (unsigned long long)e->rows, (unsigned long long)e->cols);
+	return 0;
+}
+
 int src_lookup(struct moe_source *src, const struct moe_tensor_spec *spec, struct src_entry **out)
 {
 	struct src_entry *e = src_find(src, spec->name);
@@ -237,13 +250,9 @@ int src_lookup(struct moe_source *src, const struct moe_tensor_spec *spec, struc
 					(unsigned long long)srows, (unsigned long long)scols);
 	}
 	if (e->dtype == SRC_MLA_KV_B) {
-		/* k_b: per head [kv_lora_rank, qk_nope] (kv_b's key rows, transposed); v_b: per head [v_head, kv_lora_rank] */
-		const struct src_entry *kb = e->kb, *vb = e->vb;
-		const uint64_t h = kb ? kb->heads : 0;
-		if (!kb || !vb || !h || kb->heads != vb->heads || kb->rows != h * cols || vb->cols != cols ||
-		    rows != h * (kb->cols + vb->rows / h) || vb->rows % h)
-			return moe_fail(MOE_EFORMAT, "%s: %s and %s do not make %s [%llu, %llu]", src->path, e->kb_name,
-					e->vb_name, e->name, (unsigned long long)rows, (unsigned long long)cols);
+		int rc = check_mla_kv_b(src, e);
+		if (rc)
+			return rc;
 		e->kb->used = e->vb->used = 1;
 	}
 	e->used = 1;
@@ -256,13 +265,15 @@ int src_lookup(struct moe_source *src, const struct moe_tensor_spec *spec, struc
  * of k_b's head h, so that head is read whole) then its v_head value rows (rows of v_b). */
 static int read_mla_kv_b(struct moe_source *src, const struct src_entry *e, uint64_t row0, uint64_t nrows, float *out)
 {
+	int rc = check_mla_kv_b(src, e); /* also here: a reader may come without src_lookup */
+	if (rc)
+		return rc;
 	const struct src_entry *kb = e->kb, *vb = e->vb;
 	const uint64_t kvl = e->cols, nope = kb->cols, vd = vb->rows / vb->heads, per_head = nope + vd;
 	float *head = malloc(kvl * nope * sizeof(float)); /* k_b of one head: [kv_lora_rank][qk_nope] */
 	if (!head)
 		return moe_fail(MOE_ENOMEM, "out of memory reading %s", e->name);
 	uint64_t have = UINT64_MAX;
-	int rc = 0;
 	for (uint64_t r = row0; r < row0 + nrows && !rc; r++) {
 		const uint64_t h = r / per_head, j = r % per_head;
 		float *dst = out + (r - row0) * kvl;
