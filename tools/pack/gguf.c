@@ -323,7 +323,8 @@ static int join_mla_kv_b(struct moe_source *src)
 			have = strcmp(src->entries[j].name, kv) == 0;
 		if (have)
 			continue;
-		const uint64_t heads = src->entries[i].heads, kvl = src->entries[i].cols ? src->entries[i].rows / heads : 0;
+		/* a 2-D tensor named so has no heads: joined into nothing the lookup accepts */
+		const uint64_t heads = src->entries[i].heads, kvl = heads ? src->entries[i].rows / heads : 0;
 		char *kb_name = strdup(name), *vb_name = strdup(vb);
 		struct src_entry *e = kb_name && vb_name ? src_add(src, kv) : NULL;
 		if (!e) {
