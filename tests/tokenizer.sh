@@ -71,6 +71,64 @@ for spec in qwen3:151936 deepseek-v3:129280 mistral-spm:32000; do
 	cat "$WORK/out"
 done
 
+# the tokenizer inside a GGUF (tokenizer.ggml.*), written from the same files as
+# llama.cpp's converter writes it: byte-level with the pre-tokenizer named only
+# (qwen2, deepseek-v3), sentencepiece with scores instead of merges (llama)
+for spec in qwen3:qwen2 deepseek-v3:deepseek-v3 mistral-spm:llama; do
+	name=${spec%:*}
+	check "$name as a GGUF" py "$TESTS_DIR/write_model.py" gguf "$WORK/$name.gguf" --types=attn=F32,experts=Q8_0,embed=F16,output=F16 \
+		--vocab="$DATA/$name" --pre="${spec#*:}"
+	check "$name GGUF packed" "$MOE_PACK" "$WORK/$name.gguf" "$WORK/$name-gguf.moe"
+	check "$name from the GGUF's tokenizer" py "$WORK/tok.py" "$MOE_RUN" "$WORK/$name-gguf.moe" \
+		"$TESTS_DIR/fixtures/tokenizer_$name.json" "$name"
+	cat "$WORK/out"
+	# the chat template comes along: the same prompt as from tokenizer_config.json
+	if [ "$name" != mistral-spm ]; then
+		check "$name chat prompt (tokenizer.json pack)" "$MOE_RUN" -m "$WORK/$name.moe" --chat -p "Hi <think>" --print-prompt
+		cp "$WORK/out" "$WORK/prompt.json-pack"
+		check "$name chat prompt (GGUF pack)" "$MOE_RUN" -m "$WORK/$name-gguf.moe" --chat -p "Hi <think>" --print-prompt
+		cp "$WORK/out" "$WORK/prompt.gguf-pack"
+		check "$name: the GGUF's chat template renders as tokenizer_config.json's" \
+			cmp "$WORK/prompt.gguf-pack" "$WORK/prompt.json-pack"
+	fi
+done
+# what is not read is said, and the pack runs on ids; what is malformed is an error
+# (a small byte-level tokenizer: GPT-2's 256 byte characters, one merge, one special token)
+cat >"$WORK/vocab.py" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1])
+import gguf_vocab as g, write_model as w
+keys = g.small()
+change = sys.argv[3]
+if change == "pre":
+    keys = [(k, t, "kimi-k2" if k == "tokenizer.ggml.pre" else v) for k, t, v in keys]
+elif change == "types":
+    keys = [(k, t, (v[0], v[1][:-1]) if k == "tokenizer.ggml.token_type" else v) for k, t, v in keys]
+elif change == "eos":
+    keys = [(k, t, 10**9 if k == "tokenizer.ggml.eos_token_id" else v) for k, t, v in keys]
+elif change == "merges":
+    keys = [(k, t, (g.I32, [1, 2]) if k == "tokenizer.ggml.merges" else v) for k, t, v in keys]
+g.from_hf = lambda folder, pre: keys
+w.gguf(sys.argv[2], vocab="small", pre="qwen2")
+PY
+for bad in none pre types eos merges; do
+	check "GGUF with a $bad change" py "$WORK/vocab.py" "$TESTS_DIR" "$WORK/bad-$bad.gguf" "$bad"
+done
+check "a small GGUF tokenizer" "$MOE_PACK" "$WORK/bad-none.gguf" "$WORK/small-gguf.moe"
+check "... encodes" "$MOE_RUN" -m "$WORK/small-gguf.moe" --tokenize -p "hehe<|end|>"
+cp "$WORK/out" "$WORK/ids"
+check "... as its merge and special token say" grep -qx '\[256, 256, 257\]' "$WORK/ids"
+check "an unknown pre-tokenizer: packed without the tokenizer" "$MOE_PACK" "$WORK/bad-pre.gguf" "$WORK/bad-pre.moe"
+cp "$WORK/err" "$WORK/pre.err"
+check "... and says why" grep -q 'tokenizer.ggml.pre "kimi-k2" is not supported.*pass --tokenizer' "$WORK/pre.err"
+expect_error "token types not one per token" "tokenizer.ggml.token_type is not 258 int32 values" \
+	"$MOE_PACK" "$WORK/bad-types.gguf" "$WORK/bad.moe"
+expect_error "an eos id out of range" "tokenizer.ggml.eos_token_id 1000000000 is not a token" \
+	"$MOE_PACK" "$WORK/bad-eos.gguf" "$WORK/bad.moe"
+expect_error "merges that are not strings" "tokenizer.ggml.merges is not an array of strings" \
+	"$MOE_PACK" "$WORK/bad-merges.gguf" "$WORK/bad.moe"
+no_output "no pack left by a malformed tokenizer" "$WORK/bad.moe"
+
 # refused by name
 printf '{"model": {"type": "WordPiece", "vocab": {"a": 0}}}' >"$WORK/wordpiece.json"
 expect_error "WordPiece" "model type WordPiece is not supported" "$MOE_RUN" --tokenize --tokenizer "$WORK/wordpiece.json" -p hi

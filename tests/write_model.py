@@ -12,7 +12,10 @@ usage: write_model.py safetensors DIR [--shards N] [--fp8] [--arch mixtral|mixtr
   FILE-0000k-of-0000N.gguf as llama.cpp's gguf-split writes them; --mla=split: DeepSeek in
   llama.cpp's current layout (attn_k_b, attn_v_b, MLA as MQA); --nextn=1: DeepSeek's
   multi-token-prediction layer kept as the last block; --from=FOLDER: a Hugging Face
-  folder's weights and config (Mixtral), for benchmarks
+  folder's weights and config (Mixtral), for benchmarks; --vocab=FILE.gguf: the tokenizer.* keys
+  of another GGUF; --vocab=FOLDER --pre=NAME: a Hugging Face tokenizer written as llama.cpp's
+  converter writes it (NAME: tokenizer.ggml.pre, or "llama" for sentencepiece); the
+  vocabulary grows to the tokenizer's size
 """
 import json
 import os
@@ -22,6 +25,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gguf_vocab  # noqa: E402
 import moepack_ref as ref  # noqa: E402
 
 CONFIGS = {
@@ -50,9 +54,9 @@ CONFIGS["kimi_k2"] = dict(CONFIGS["deepseek_v3"], hidden_size=128, q_lora_rank=6
 CONFIGS["mixtral256"] = dict(CONFIGS["mixtral"], hidden_size=256, head_dim=64, vocab_size=256, intermediate_size=256)
 
 
-def weights(arch, seed=7):
-    """HF tensor name -> float32 array, in model order."""
-    c = CONFIGS[arch]
+def weights(arch, seed=7, vocab=None):
+    """HF tensor name -> float32 array, in model order (vocab: another vocabulary size)."""
+    c = dict(CONFIGS[arch], vocab_size=vocab or CONFIGS[arch]["vocab_size"])
     arch = c["model_type"]
     rng = np.random.default_rng(seed)
     H, V, L = c["hidden_size"], c["vocab_size"], c["num_hidden_layers"]
@@ -237,7 +241,7 @@ def gguf_encode(a, t):
 
 
 def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0", tokenizer="none",
-         version=3, bad=None, down1=None, split=1, mla="kv_b", nextn=0, folder=None):
+         version=3, bad=None, down1=None, split=1, mla="kv_b", nextn=0, folder=None, vocab=None, pre=None):
     if folder:  # a Hugging Face folder's weights and config instead of a generated model
         c = json.load(open(os.path.join(folder, "config.json")))
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -246,6 +250,11 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
     else:
         c = CONFIGS[arch]
         w = weights(arch)
+    tok_keys = []
+    if vocab:  # a real tokenizer: the vocabulary grows to its size
+        tok_keys = gguf_vocab.read_tokenizer_keys(vocab) if vocab.endswith(".gguf") else gguf_vocab.from_hf(vocab, pre)
+        c = dict(c, vocab_size=max(c["vocab_size"], gguf_vocab.n_tokens(tok_keys)))
+        w = weights(arch, vocab=c["vocab_size"])
     arch = c["model_type"]
     tmap = dict(kv.split("=") for kv in types.split(","))
     ga = {"mixtral": "llama", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2"}[arch]
@@ -296,9 +305,12 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
                 (ga + ".feed_forward_length", 4, c["intermediate_size"]),
                 (ga + ".expert_feed_forward_length", 4, c["moe_intermediate_size"]),
                 (ga + ".attention.key_length", 4, c["head_dim"])]
-    kvs.append(("tokenizer.ggml.model", 8, tokenizer))
-    if tokenizer != "none":
-        kvs.append(("tokenizer.ggml.tokens", 9, ["<unk>"] + ["t%d" % i for i in range(c["vocab_size"] - 1)]))
+    if tok_keys:
+        kvs += tok_keys
+    else:
+        kvs.append(("tokenizer.ggml.model", 8, tokenizer))
+    if tokenizer != "none" and not tok_keys:
+        kvs.append(("tokenizer.ggml.tokens", 9, (8, ["<unk>"] + ["t%d" % i for i in range(c["vocab_size"] - 1)])))
 
     def kind(n):
         if "attn" in n and "norm" not in n:
@@ -370,23 +382,9 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
     tensors += [("output_norm.weight", w["model.norm.weight"]), ("output.weight", w["lm_head.weight"])]
 
     def wstr(s):
-        s = s.encode()
-        return struct.pack("<Q", len(s)) + s
+        return gguf_vocab.encode_value(8, s)
 
-    def wval(t, v):
-        if t == 8:
-            return wstr(v)
-        if t == 4:
-            return struct.pack("<I", v)
-        if t == 6:
-            return struct.pack("<f", v)
-        if t == 9:
-            return struct.pack("<IQ", 8, len(v)) + b"".join(wstr(x) for x in v)
-        if t == 5:
-            return struct.pack("<i", v)
-        if t == 2:
-            return struct.pack("<H", v)
-        raise ValueError(t)
+    wval = gguf_vocab.encode_value
 
     typed = []
     for name, a in tensors:
@@ -437,4 +435,4 @@ if __name__ == "__main__":
         gguf(out, arch=opts.get("arch", "mixtral"), types=opts.get("types", "attn=F32,experts=Q8_0,embed=F16,output=Q4_0"),
              tokenizer=opts.get("tokenizer", "none"), version=int(opts.get("version", 3)), bad=opts.get("bad"),
              down1=opts.get("down1"), split=int(opts.get("split", 1)), mla=opts.get("mla", "kv_b"),
-             nextn=int(opts.get("nextn", 0)), folder=opts.get("from"))
+             nextn=int(opts.get("nextn", 0)), folder=opts.get("from"), vocab=opts.get("vocab"), pre=opts.get("pre"))

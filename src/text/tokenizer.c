@@ -11,55 +11,14 @@
 #include <xxhash.h>
 
 #include "common/error.h"
+#include "text/strmap.h"
 #include "text/tokenizer.h"
 #include "text/tokspec.h"
 
 #define META "\xE2\x96\x81" /* U+2581 */
 #define REPLACEMENT "\xEF\xBF\xBD" /* U+FFFD */
 
-/* ---- string -> id and (id, id) -> (rank, id) tables: open addressing ---- */
-
-struct str_slot {
-	uint64_t hash; /* 0: empty */
-	const char *s;
-	uint32_t len;
-	int32_t id;
-};
-
-struct str_map {
-	struct str_slot *slots;
-	size_t cap;
-};
-
-static int str_map_init(struct str_map *m, size_t n)
-{
-	m->cap = 16;
-	while (m->cap < n * 2)
-		m->cap *= 2;
-	m->slots = calloc(m->cap, sizeof *m->slots);
-	return m->slots ? 0 : -1;
-}
-
-static void str_map_put(struct str_map *m, const char *s, uint32_t len, int32_t id)
-{
-	const uint64_t h = XXH3_64bits(s, len) | 1;
-	for (size_t i = h & (m->cap - 1);; i = (i + 1) & (m->cap - 1))
-		if (!m->slots[i].hash) {
-			m->slots[i] = (struct str_slot){h, s, len, id};
-			return;
-		} else if (m->slots[i].hash == h && m->slots[i].len == len && !memcmp(m->slots[i].s, s, len)) {
-			return; /* the first definition wins */
-		}
-}
-
-static int32_t str_map_get(const struct str_map *m, const char *s, size_t len)
-{
-	const uint64_t h = XXH3_64bits(s, len) | 1;
-	for (size_t i = h & (m->cap - 1); m->slots[i].hash; i = (i + 1) & (m->cap - 1))
-		if (m->slots[i].hash == h && m->slots[i].len == len && !memcmp(m->slots[i].s, s, len))
-			return m->slots[i].id;
-	return -1;
-}
+/* ---- (id, id) -> (rank, id) table: open addressing ---- */
 
 struct pair_slot {
 	uint64_t key; /* (left + 1) << 32 | (right + 1): never 0 */
@@ -322,7 +281,7 @@ static int build(struct moe_tokenizer *t, const char *what)
 	return rc;
 }
 
-static int from_spec(struct tok_spec *s, const char *what, struct moe_tokenizer **out)
+int moe_tokenizer_from_spec(struct tok_spec *s, const char *what, struct moe_tokenizer **out)
 {
 	struct moe_tokenizer *t = calloc(1, sizeof *t);
 	if (!t) {
@@ -345,7 +304,7 @@ int moe_tokenizer_from_json(const char *json, size_t len, const char *config, si
 	struct tok_spec s;
 	*out = NULL;
 	int rc = tok_spec_from_json(json, len, config, config_len, what, &s);
-	return rc ? rc : from_spec(&s, what, out);
+	return rc ? rc : moe_tokenizer_from_spec(&s, what, out);
 }
 
 int moe_tokenizer_from_binary(const void *bin, size_t len, const char *what, struct moe_tokenizer **out)
@@ -353,7 +312,7 @@ int moe_tokenizer_from_binary(const void *bin, size_t len, const char *what, str
 	struct tok_spec s;
 	*out = NULL;
 	int rc = tok_spec_from_binary(bin, len, what, &s);
-	return rc ? rc : from_spec(&s, what, out);
+	return rc ? rc : moe_tokenizer_from_spec(&s, what, out);
 }
 
 int moe_tokenizer_from_pack(const moe_pack *pack, const char *what, struct moe_tokenizer **out)
@@ -375,8 +334,8 @@ void moe_tokenizer_free(struct moe_tokenizer *t)
 {
 	if (!t)
 		return;
-	free(t->vocab.slots);
-	free(t->added.slots);
+	str_map_free(&t->vocab);
+	str_map_free(&t->added);
 	free(t->merges.slots);
 	free(t->dec_off);
 	free(t->dec);

@@ -1,6 +1,8 @@
 /*
  * tokenizer.h - Hugging Face BPE tokenizers, id for id.
  *
+ * Read from tokenizer.json (tokenizer_json.c), from a GGUF's tokenizer.ggml.* keys
+ * (tokenizer_gguf.c) or from a pack's tokenizer.bin (tokenizer_bin.c).
  * Two kinds (tokspec.h): byte-level (Qwen, DeepSeek, Llama 3: Split regexes run
  * as written with PCRE2 in UTF + UCP mode, the GPT-2 byte<->character map, NFC
  * through utf8proc) and sentencepiece-style (Llama 2, Mistral v1: "▁" for
@@ -31,6 +33,23 @@ int moe_tokenizer_read_files(const char *path, char **json, size_t *len, char **
 int moe_chat_template_from_config(const char *config, size_t len, const char *what, char **tmpl);
 /* eos_token_id of a model's config.json or generation_config.json (a number or a list). */
 int moe_tokenizer_add_eos_from_config(struct moe_tokenizer *t, const char *config, size_t len, const char *what);
+/* The tokenizer.ggml.* keys of a GGUF file, as the GGUF reader finds them.
+ * Strings are not NUL-terminated unless said; nothing is kept after the call. */
+struct moe_gguf_vocab {
+	const char *model, *pre; /* tokenizer.ggml.model and .pre, NUL-terminated; pre may be NULL */
+	uint32_t n_tokens, n_merges;
+	const char *const *tokens; /* [n_tokens], token_len[i] bytes each */
+	const uint32_t *token_len;
+	const int32_t *types; /* [n_tokens] llama.cpp token types (1 normal .. 6 byte), or NULL */
+	const float *scores;  /* [n_tokens], or NULL */
+	const char *const *merges; /* [n_merges] "left right", merge_len[i] bytes each */
+	const uint32_t *merge_len;
+	int64_t bos, eos, eot, eom, unk; /* token ids; -1: absent */
+	int add_bos, add_eos, add_space_prefix; /* 0 or 1; -1: absent */
+};
+/* A GGUF's tokenizer, with Hugging Face's ids (tokenizer_gguf.c); what names it in
+ * errors. MOE_EUNSUPPORTED for a tokenizer kind or pre-tokenizer not known. */
+int moe_tokenizer_from_gguf(const struct moe_gguf_vocab *v, const char *what, struct moe_tokenizer **out);
 /* From the binary form a pack stores as "tokenizer.bin" (moepack(5)). */
 int moe_tokenizer_from_binary(const void *bin, size_t len, const char *what, struct moe_tokenizer **out);
 /* The pack's tokenizer; MOE_ENOTFOUND if it has none. */

@@ -15,10 +15,6 @@
 
 #define META "\xE2\x96\x81" /* U+2581, sentencepiece's space */
 
-/* GPT-2's pattern, which a ByteLevel pre-tokenizer with use_regex runs */
-static const char gpt2_regex[] =
-	"'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
-
 struct reader {
 	struct tok_spec *s;
 	const char *what;
@@ -116,7 +112,7 @@ static int read_pre_tokenizer(struct reader *r, json_t *pt)
 			if (json_is_true(json_object_get(p, "add_prefix_space")))
 				rc = moe_fail(MOE_EUNSUPPORTED, "%s: ByteLevel pre_tokenizer with add_prefix_space", r->what);
 			else if (json_is_true(json_object_get(p, "use_regex")))
-				rc = add_split(r, gpt2_regex);
+				rc = add_split(r, TOK_GPT2_REGEX);
 			r->byte_level = 1;
 		} else if (is_type(p, "Metaspace")) {
 			rc = read_metaspace(r, p);

@@ -29,6 +29,9 @@ enum tok_flags {
 enum tok_id_kind { TOK_ID_NONE = 0, TOK_ID_NORMAL = 1, TOK_ID_ADDED = 2, TOK_ID_SPECIAL = 3 };
 enum tok_added_flags { TOK_LSTRIP = 1, TOK_RSTRIP = 2, TOK_NORMALIZED = 4, TOK_SINGLE_WORD = 8 };
 
+/* GPT-2's pattern, which a ByteLevel pre-tokenizer with use_regex runs */
+#define TOK_GPT2_REGEX "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"
+
 #define TOK_MAX_SPLITS 8
 #define TOK_MAX_AFFIX 4
 #define TOK_MAX_EOS 8
@@ -53,6 +56,10 @@ struct tok_spec {
 void tok_spec_free(struct tok_spec *s);
 /* Consistency of a spec from any source: ids in range, offsets ordered. */
 int tok_spec_check(const struct tok_spec *s, const char *what);
+
+/* A tokenizer built from s, which it takes over (freed on failure too). */
+struct moe_tokenizer;
+int moe_tokenizer_from_spec(struct tok_spec *s, const char *what, struct moe_tokenizer **out);
 
 int tok_spec_from_json(const char *json, size_t len, const char *config, size_t config_len, const char *what,
 		       struct tok_spec *out);

@@ -72,6 +72,14 @@ for p in mixtral-tiny qwen3-tiny deepseek-tiny; do
 done
 ./moe-pack synth --preset mixtral-tiny $TINY --format gguf --dtype q4_0 "$T/q4.gguf" >/dev/null
 cp "$T/q4.gguf" "$C/gguf/mixtral-tiny-q4_0"
+# with a tokenizer inside: byte-level (qwen2 pre-tokenizer) and sentencepiece
+$PY - "$T/q4.gguf" "$C/gguf" <<'PY'
+import sys
+sys.path.insert(0, "tests")
+import gguf_vocab as g
+g.with_keys(sys.argv[1], sys.argv[2] + "/mixtral-tiny-tokenizer-gpt2", g.small())
+g.with_keys(sys.argv[1], sys.argv[2] + "/mixtral-tiny-tokenizer-llama", g.small_spm())
+PY
 cp models/kjv-moe/config.json "$C/config/kjv-moe.json"
 # templates: the real ones the suite checks against Jinja2, and the feature ones
 $PY - "$C/template" <<'PY'

@@ -18,6 +18,7 @@
 #include "pack.h"
 #include "quant/quant.h"
 #include "source.h"
+#include "text/tokenizer.h"
 
 enum gguf_vtype {
 	GV_U8, GV_I8, GV_U16, GV_I16, GV_U32, GV_I32, GV_F32, GV_BOOL, GV_STRING, GV_ARRAY, GV_U64, GV_I64, GV_F64,
@@ -94,6 +95,7 @@ struct kv {
 	double num;
 	const char *str;
 	uint64_t str_len, arr_len;
+	uint64_t arr_pos; /* an array's first element: offset in the file */
 	uint32_t arr_type;
 };
 
@@ -116,6 +118,7 @@ static void skip_value(struct cur *c, uint32_t type, struct kv *kv, int depth)
 		if (kv) {
 			kv->arr_type = et;
 			kv->arr_len = n;
+			kv->arr_pos = c->pos;
 		}
 		if (depth > 2) {
 			c->err = moe_fail(MOE_EFORMAT, "%s: nested arrays too deep at offset %llu", c->path,
@@ -448,6 +451,156 @@ static int add_tensor(struct moe_source *src, int file, const char *name, uint32
 	return 0;
 }
 
+/* ---- the tokenizer inside: tokenizer.ggml.* compiled as the pack stores it ---- */
+
+static const struct kv *tok_kv(const struct gguf_kvs *kvs, const char *key, uint32_t type, const char *path, int *rc)
+{
+	char full[128];
+	snprintf(full, sizeof full, "tokenizer.ggml.%s", key);
+	const struct kv *v = find_kv(kvs, full);
+	if (v && v->type != type && !*rc)
+		*rc = moe_fail(MOE_EFORMAT, "%s: %s has value type %u, not %u", path, full, v->type, type);
+	return v && v->type == type ? v : NULL;
+}
+
+static int64_t tok_id(const struct gguf_kvs *kvs, const char *key, const char *path, int *rc)
+{
+	const struct kv *v = tok_kv(kvs, key, GV_U32, path, rc);
+	return v ? (int64_t)v->num : -1;
+}
+
+static int tok_flag(const struct gguf_kvs *kvs, const char *key, const char *path, int *rc)
+{
+	const struct kv *v = tok_kv(kvs, key, GV_BOOL, path, rc);
+	return v ? v->num != 0 : -1;
+}
+
+/* An array of elem_type (named what) with n elements (n 0: any count) at its place in the map. */
+static const struct kv *tok_array(const struct gguf_kvs *kvs, const char *key, uint32_t elem_type, const char *what,
+				  uint64_t n, const char *path, int *rc)
+{
+	const struct kv *v = tok_kv(kvs, key, GV_ARRAY, path, rc);
+	if (!v || *rc)
+		return NULL;
+	if (v->arr_type != elem_type || (n && v->arr_len != n) || v->arr_len > MOE_MAX_VOCAB * 4ull) {
+		if (n)
+			*rc = moe_fail(MOE_EFORMAT, "%s: tokenizer.ggml.%s is not %llu %s (one per token)", path, key,
+				       (unsigned long long)n, what);
+		else
+			*rc = moe_fail(MOE_EFORMAT, "%s: tokenizer.ggml.%s is not an array of %s", path, key, what);
+		return NULL;
+	}
+	return v;
+}
+
+/* The strings of an array: pointers into the map (checked when the keys were read). */
+static int tok_strings(const struct cur *map, const struct kv *v, const char ***str, uint32_t **len)
+{
+	*str = calloc(v->arr_len + 1, sizeof **str);
+	*len = calloc(v->arr_len + 1, sizeof **len);
+	if (!*str || !*len)
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	struct cur c = *map;
+	c.pos = v->arr_pos;
+	for (uint64_t i = 0; i < v->arr_len && !c.err; i++) {
+		uint64_t l;
+		(*str)[i] = get_str(&c, &l);
+		if (l > UINT32_MAX / 2)
+			return moe_fail(MOE_EFORMAT, "%s: a token of %llu bytes", c.path, (unsigned long long)l);
+		(*len)[i] = (uint32_t)l;
+	}
+	return c.err;
+}
+
+static void *tok_numbers(const struct cur *map, const struct kv *v)
+{
+	void *p = malloc(v->arr_len * 4 + 4);
+	if (p)
+		memcpy(p, map->p + v->arr_pos, v->arr_len * 4);
+	return p;
+}
+
+/*
+ * The GGUF's tokenizer, compiled into the pack's binary form now, while the keys
+ * are mapped. A kind moemap does not read (another tokenizer.ggml.model or .pre)
+ * leaves a note and the pack runs on ids unless --tokenizer gives one; a
+ * malformed tokenizer is an error.
+ */
+static int import_tokenizer(struct moe_source *src, const struct gguf_kvs *kvs, const struct cur *map)
+{
+	const char *path = map->path;
+	int rc = 0;
+	const struct kv *model = tok_kv(kvs, "model", GV_STRING, path, &rc), *pre = tok_kv(kvs, "pre", GV_STRING, path, &rc);
+	if (rc || !model)
+		return rc;
+	char model_s[32], pre_s[64];
+	snprintf(model_s, sizeof model_s, "%.*s", (int)(model->str_len < 31 ? model->str_len : 31), model->str);
+	if (pre)
+		snprintf(pre_s, sizeof pre_s, "%.*s", (int)(pre->str_len < 63 ? pre->str_len : 63), pre->str);
+	if (strcmp(model_s, "none") == 0) {
+		src->no_tokenizer_ok = 1;
+		return 0;
+	}
+	struct moe_gguf_vocab v = {.model = model_s, .pre = pre ? pre_s : NULL};
+	const struct kv *tokens = tok_array(kvs, "tokens", GV_STRING, "strings", 0, path, &rc);
+	const uint64_t n = tokens ? tokens->arr_len : 0;
+	const struct kv *types = tok_array(kvs, "token_type", GV_I32, "int32 values", n, path, &rc);
+	const struct kv *scores = tok_array(kvs, "scores", GV_F32, "float32 values", n, path, &rc);
+	const struct kv *merges = tok_array(kvs, "merges", GV_STRING, "strings", 0, path, &rc);
+	const struct kv *tmpl = find_kv(kvs, "tokenizer.chat_template");
+	v.bos = tok_id(kvs, "bos_token_id", path, &rc);
+	v.eos = tok_id(kvs, "eos_token_id", path, &rc);
+	v.eot = tok_id(kvs, "eot_token_id", path, &rc);
+	v.eom = tok_id(kvs, "eom_token_id", path, &rc);
+	v.unk = tok_id(kvs, "unknown_token_id", path, &rc);
+	v.add_bos = tok_flag(kvs, "add_bos_token", path, &rc);
+	v.add_eos = tok_flag(kvs, "add_eos_token", path, &rc);
+	v.add_space_prefix = tok_flag(kvs, "add_space_prefix", path, &rc);
+	if (!rc && !tokens)
+		rc = moe_fail(MOE_EFORMAT, "%s: tokenizer.ggml.model \"%s\" without tokenizer.ggml.tokens", path, model_s);
+	if (!rc && n > MOE_MAX_VOCAB)
+		rc = moe_fail(MOE_EFORMAT, "%s: %llu tokens (at most %u supported)", path, (unsigned long long)n, MOE_MAX_VOCAB);
+	if (!rc && tmpl && tmpl->type != GV_STRING)
+		rc = moe_fail(MOE_EFORMAT, "%s: tokenizer.chat_template is not a string", path);
+	if (rc)
+		return rc;
+	v.n_tokens = (uint32_t)n;
+	v.n_merges = merges ? (uint32_t)merges->arr_len : 0;
+	const char **tok_str = NULL, **merge_str = NULL;
+	uint32_t *tok_len = NULL, *merge_len = NULL;
+	int32_t *type_v = types ? tok_numbers(map, types) : NULL;
+	float *score_v = scores ? tok_numbers(map, scores) : NULL;
+	struct moe_tokenizer *t = NULL;
+	if ((types && !type_v) || (scores && !score_v))
+		rc = moe_fail(MOE_ENOMEM, "out of memory");
+	if (!rc)
+		rc = tok_strings(map, tokens, &tok_str, &tok_len);
+	if (!rc && merges)
+		rc = tok_strings(map, merges, &merge_str, &merge_len);
+	if (!rc) {
+		v.tokens = tok_str, v.token_len = tok_len, v.types = type_v, v.scores = score_v;
+		v.merges = merge_str, v.merge_len = merge_len;
+		rc = moe_tokenizer_from_gguf(&v, path, &t);
+	}
+	if (rc == MOE_EUNSUPPORTED) {
+		snprintf(src->tokenizer_note, sizeof src->tokenizer_note, "%s; the tokenizer is not imported", moe_last_error());
+		rc = 0;
+	} else if (!rc) {
+		src->tokenizer_ids = moe_tokenizer_vocab(t);
+		rc = moe_tokenizer_to_binary(t, &src->tokenizer_bin, &src->tokenizer_bin_len);
+		if (!rc && tmpl && !(src->chat_template = strndup(tmpl->str, tmpl->str_len)))
+			rc = moe_fail(MOE_ENOMEM, "out of memory");
+	}
+	moe_tokenizer_free(t);
+	free(tok_str);
+	free(tok_len);
+	free(merge_str);
+	free(merge_len);
+	free(type_v);
+	free(score_v);
+	return rc;
+}
+
 /* What a file says about the split it belongs to (split.* keys; a whole file: part 0 of 1). */
 struct split_info {
 	uint64_t no, count, tensors; /* this part (0-based), parts, tensors in all parts */
@@ -533,13 +686,8 @@ static int open_part(struct moe_source *src, const char *path, int first, struct
 		snprintf(kvs.arch, sizeof kvs.arch, "%.*s", (int)(a->str_len < 31 ? a->str_len : 31), a->str);
 		if ((rc = map_hparams(src, &kvs)))
 			goto out;
-		const struct kv *tm = find_kv(&kvs, "tokenizer.ggml.model");
-		if (tm && tm->type == GV_STRING && tm->str_len == 4 && memcmp(tm->str, "none", 4) == 0)
-			src->no_tokenizer_ok = 1;
-		else if (tm)
-			snprintf(src->note, sizeof src->note,
-				 "GGUF tokenizer (tokenizer.ggml.model = \"%.*s\") not imported; pass --tokenizer tokenizer.json",
-				 (int)(tm->type == GV_STRING && tm->str_len < 32 ? tm->str_len : 0), tm->str);
+		if ((rc = import_tokenizer(src, &kvs, &c)))
+			goto out;
 		const struct kv *vt = find_kv(&kvs, "tokenizer.ggml.tokens");
 		si->n_tokens = vt ? vt->arr_len : 0;
 		snprintf(src->gguf_arch, sizeof src->gguf_arch, "%s", kvs.arch);

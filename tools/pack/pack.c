@@ -436,7 +436,8 @@ static size_t count_mtp(const struct moe_source *src)
 }
 
 /* tokenizer.json as given (for provenance and other tools), its compiled binary
- * form (what moe-run loads), tokenizer_config.json and the chat template. */
+ * form (what moe-run loads), tokenizer_config.json and the chat template; or a
+ * GGUF's own tokenizer, compiled, and its chat template. */
 static int add_tokenizer(struct moe_source *src, const struct pack_options *o, struct moe_meta_writer *m, int *has)
 {
 	char *json = src->tokenizer_json, *config = src->tokenizer_config, *own = NULL, *own_cfg = NULL, *tmpl = NULL;
@@ -455,6 +456,16 @@ static int add_tokenizer(struct moe_source *src, const struct pack_options *o, s
 			config = own_cfg;
 		else
 			config_len = src->tokenizer_config_len;
+	}
+	if (!json && src->tokenizer_bin) { /* a GGUF's own, compiled when it was read */
+		if (src->tokenizer_ids > src->hp.vocab)
+			return moe_fail(MOE_EFORMAT, "%s: %zu tokens, more than the model's vocabulary (%llu)", src->path,
+					src->tokenizer_ids, (unsigned long long)src->hp.vocab);
+		meta_put_blob(m, "tokenizer.bin", src->tokenizer_bin, src->tokenizer_bin_len);
+		if (src->chat_template)
+			meta_put_str(m, "tokenizer.chat_template", src->chat_template);
+		*has = 1;
+		return 0;
 	}
 	if (!json) {
 		if (config)
@@ -628,10 +639,13 @@ int pack_model(struct moe_source *src, const char *out, const struct pack_option
 		goto out;
 	if (!has_tok && strcmp(src->kind, "synth") != 0) /* synthetic models have none by design */
 		fprintf(stderr, "moe-pack: warning: %s has no tokenizer%s; the pack runs on token ids only\n", src->path,
-			strcmp(src->kind, "gguf") == 0 ? " (tokenizer.ggml.model = none)"
-			: strcmp(src->kind, "safetensors") == 0 ? " (no tokenizer.json)" : "");
+			strcmp(src->kind, "safetensors") == 0 ? " (no tokenizer.json)"
+			: strcmp(src->kind, "gguf") != 0 || src->tokenizer_note[0] ? ""
+			: src->no_tokenizer_ok ? " (tokenizer.ggml.model = none)" : " (no tokenizer.ggml.model)");
 	if (src->note[0])
 		fprintf(stderr, "moe-pack: note: %s\n", src->note);
+	if (src->tokenizer_note[0] && !o->tokenizer_path)
+		fprintf(stderr, "moe-pack: note: %s; pass --tokenizer tokenizer.json\n", src->tokenizer_note);
 
 	/* 2. declare the layout */
 	if ((rc = packw_create(out, o->force, o->alignment, &w)))

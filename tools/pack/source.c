@@ -57,6 +57,8 @@ void src_close(struct moe_source *src)
 	}
 	free(src->entries);
 	free(src->tokenizer_json);
+	free(src->tokenizer_bin);
+	free(src->chat_template);
 	free(src->tokenizer_config);
 	free(src->generation_config);
 	free(src->config_json);

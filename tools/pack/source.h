@@ -62,6 +62,10 @@ struct moe_source {
 	size_t tokenizer_json_len, tokenizer_config_len;
 	char *config_json, *generation_config; /* NUL-terminated, may be NULL */
 	size_t config_json_len, generation_config_len;
+	void *tokenizer_bin;      /* a GGUF's own tokenizer, in the pack's form; may be NULL */
+	size_t tokenizer_bin_len, tokenizer_ids;
+	char *chat_template;      /* a GGUF's tokenizer.chat_template; may be NULL */
+	char tokenizer_note[320]; /* why a GGUF's tokenizer was not imported */
 	char note[256];          /* e.g. "skipped multi-token-prediction layer 61" */
 	int no_tokenizer_ok;     /* the source explicitly has none (GGUF tokenizer.ggml.model = none) */
 };
