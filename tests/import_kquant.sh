@@ -4,7 +4,8 @@
 # ggml-quants.c). moe-pack keeps them by default, bit for bit; moe-run's logits on
 # them match the float64 forward pass (tests/reference.py) on the same dequantized
 # weights. An _M-style mix (one layer's ffn_down in more bits) keeps both types, as
-# two expert layouts, through the mapped and the cached expert paths.
+# two expert layouts, through the mapped and the cached expert paths. Floats are
+# quantized into the K types and llama.cpp's mixes, closer than simple rounding.
 . "$TESTS_DIR/lib.sh"
 cd "$WORK"
 W="$TESTS_DIR/write_model.py"
@@ -103,7 +104,59 @@ check "mix run, mapped" "$MOE_RUN" -m mix.moe --tokens "$T" -n 0 -b 7 --kv-type 
 	--no-offload
 check "mix cache logits = mapped" cmp mixc.bin mixm.bin
 check "mix cache was used" py -c "import json; e = json.load(open('mixc.json'))['experts']; assert e['slots'] < 8 and e['misses'] > 8, e"
-# and nothing quantizes into the block types yet: asked to, moe-pack says so
-expect_error "quantize into q4_k" "does not quantize into them" "$MOE_PACK" --no-progress -q experts=q4_k m256 k.moe
-no_output "quantize into q4_k" k.moe
+# Floats quantized into the K types (src/quant/kquant.c): the independent decoders read
+# the blocks back closer to the float weights than the blocks of gguf_blocks.py's
+# range-rounding encoder, within a bound per type; logits on them match the reference
+cat >kq.py <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import moepack_ref as r
+import gguf_blocks as gb
+import write_model as wm
+p, t = r.Pack(sys.argv[2]), sys.argv[3]
+bound = {"q2_k": 0.40, "q3_k": 0.20, "q4_k": 0.095, "q5_k": 0.048, "q6_k": 0.024}[t]
+w = wm.weights("mixtral256")
+se = ss = se_simple = 0.0
+for (l, e) in sorted(p.experts):
+    for m, hn in enumerate(("w1", "w3", "w2")):
+        x = w["model.layers.%d.block_sparse_moe.experts.%d.%s.weight" % (l, e, hn)].astype(np.float64)
+        assert p.expert_layout(l, e)["matrices"][m]["type"] == t
+        ours = ((p.expert(l, e, m) - x) ** 2).sum()
+        simple = ((gb.decode(t, gb.encode(t, x), x.size).reshape(x.shape) - x) ** 2).sum()
+        assert ours <= simple, (l, e, m, ours, simple)
+        se, se_simple, ss = se + ours, se_simple + simple, ss + (x ** 2).sum()
+rel, rel_simple = np.sqrt(se / ss), np.sqrt(se_simple / ss)
+print("%s: experts' RMS error / RMS %.4f (range-rounding encoder %.4f)" % (t, rel, rel_simple))
+sys.exit(0 if rel <= bound else 1)
+PY
+for t in q2_k q3_k q4_k q5_k q6_k; do
+	check "$t from floats" "$MOE_PACK" --no-progress --zstd-min-saving 100 -q $t m256 k-$t.moe
+	check "$t from floats: error" py kq.py "$TESTS_DIR" k-$t.moe $t
+	cat "$WORK/out"
+done
+check "q2_k reference" py "$REF" m256 "$T" k2.npy --dequant k-q2_k.moe
+check "q2_k run" "$MOE_RUN" -m k-q2_k.moe --tokens "$T" -n 0 -b 7 --kv-type f32 --logits-out k2.bin
+check "q2_k logits" py cmp.py k2.bin k2.npy
+# llama.cpp's Q4_K_M mix: with 2 layers, layer 1 is one of the "more bits" layers
+check "q4_k_m pack" "$MOE_PACK" --no-progress --zstd-min-saving 100 -q q4_k_m m256 km.moe
+check "q4_k_m types" py - <<PY
+import sys; sys.path.insert(0, "$TESTS_DIR")
+import moepack_ref as r
+p = r.Pack("km.moe")
+assert [[m["type"] for m in l["matrices"]] for l in p.layouts] == [["q4_k"] * 3, ["q4_k", "q4_k", "q6_k"]], p.layouts
+types = {n: t["type"] for n, t in p.tensors.items() if len(t["dims"]) == 2}
+assert types["output"] == "q6_k" and types["blk.1.attn_v"] == "q6_k" and types["blk.0.attn_v"] == "q4_k", types
+assert types["token_embd"] == types["blk.1.attn_q"] == types["blk.1.attn_output"] == "q4_k", types
+PY
+check "q4_k_m reference" py "$REF" m256 "$T" km.npy --dequant km.moe
+check "q4_k_m run" "$MOE_RUN" -m km.moe --tokens "$T" -n 0 -b 7 --kv-type f32 --logits-out km.bin
+check "q4_k_m logits" py cmp.py km.bin km.npy
+# a width that is no multiple of 256 falls back to q8 (Mixtral's 128-wide test model)
+check "folder 128" py "$W" safetensors m128
+check "q4_k on 128 columns" "$MOE_PACK" --no-progress -q q4_k m128 k128.moe
+check "... packed as q8" py -c "import sys; sys.path.insert(0, '$TESTS_DIR'); import moepack_ref as r; p = r.Pack('k128.moe'); assert p.layout['matrices'][0]['type'] == 'q8', p.layout"
+# the other block types are kept from GGUFs, not made: asked to, moe-pack says so
+expect_error "quantize into iq4_xs" "does not quantize into them" "$MOE_PACK" --no-progress -q experts=iq4_xs m256 k.moe
+no_output "quantize into iq4_xs" k.moe
 finish

@@ -207,6 +207,46 @@ static void test_sizes(void)
 	CHECK(moe_type_name(MOE_TYPE_COUNT) == NULL && !moe_type_is_blocks(MOE_TYPE_Q8), "no more types");
 }
 
+/* Blocks the K quantizers must get right whatever the weights: all zero, one value
+ * repeated, a lone outlier, one sign only, values near fp16's ends. Decoded, zeros
+ * stay zero, everything is finite, and a repeated value comes back within the
+ * format's step of it (1.5 steps: the group's min and scale are rounded too). */
+static void test_kquant_edges(void)
+{
+	static const int types[] = {MOE_TYPE_Q2_K, MOE_TYPE_Q3_K, MOE_TYPE_Q4_K, MOE_TYPE_Q5_K, MOE_TYPE_Q6_K};
+	static const double step[] = {1.0 / 3, 1.0 / 4, 1.0 / 15, 1.0 / 31, 1.0 / 32}; /* of the largest magnitude */
+	float x[256], y[256];
+	uint8_t blk[256];
+	for (size_t t = 0; t < sizeof types / sizeof types[0]; t++)
+		for (int c = 0; c < 7; c++) {
+			for (int i = 0; i < 256; i++) {
+				const float r = (float)((i * 37 % 101) - 50) / 50.0f; /* -1 .. 1, no two neighbours equal */
+				x[i] = c == 0 ? 0.0f
+				     : c == 1 ? -0.75f
+				     : c == 2 ? (i == 77 ? 1000.0f : r)
+				     : c == 3 ? fabsf(r) + 0.5f
+				     : c == 4 ? -fabsf(r) - 0.5f
+				     : c == 5 ? r * 60000.0f
+				     : r * 1e-6f;
+			}
+			moe_quantize_rows(types[t], x, 1, 256, blk, NULL);
+			moe_dequantize_rows(types[t], blk, NULL, 1, 256, y);
+			double amax = 0, worst = 0;
+			int finite = 1;
+			for (int i = 0; i < 256; i++) {
+				amax = fmax(amax, fabs(x[i]));
+				finite &= isfinite(y[i]);
+				worst = fmax(worst, fabs((double)y[i] - x[i]));
+			}
+			CHECK(finite, "%s case %d: a weight decodes to a non-finite value", moe_type_name(types[t]), c);
+			if (c == 0)
+				CHECK(worst == 0, "%s: zeros decode to %g", moe_type_name(types[t]), worst);
+			else if (c != 2 && c != 6) /* an outlier widens its group's step; 1e-6 is below fp16's scale range */
+				CHECK(worst <= step[t] * amax * 1.5, "%s case %d: error %g, more than 1.5 steps of %g",
+				      moe_type_name(types[t]), c, worst, amax);
+		}
+}
+
 int main(void)
 {
 	test_f16();
@@ -217,5 +257,6 @@ int main(void)
 	test_blocks(MOE_TYPE_Q8, 16, 4096, 3.0);
 	test_blocks(MOE_TYPE_Q4, 16, 4096, 3.0);
 	test_sizes();
+	test_kquant_edges();
 	return check_report("test_quant");
 }

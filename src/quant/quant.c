@@ -181,6 +181,10 @@ static void quantize_block_q4(const float *x, uint8_t *q, uint16_t *d_out)
 void moe_quantize_rows(int type, const float *src, size_t nrows, size_t cols, void *codes, uint16_t *scales)
 {
 	size_t n = nrows * cols;
+	if (moe_type_is_quantizable_block(type)) {
+		moe_quantize_blocks(type, src, n, codes);
+		return;
+	}
 	switch (type) {
 	case MOE_TYPE_F32:
 		memcpy(codes, src, n * sizeof(float));

@@ -53,11 +53,16 @@ float moe_fp8_e4m3_to_f32(uint8_t v);
 uint8_t moe_f32_to_fp8_e4m3(float f);
 
 /*
- * Convert rows of floats to a type (float types, q8, q4). For float types dst
- * receives nrows*cols elements. For q8/q4, codes receives nrows rows of codes and
- * scales nrows*(cols/32) fp16 values (cols must be a multiple of 32).
+ * Convert rows of floats to a type (float types, q8, q4, the K block types). For
+ * float types dst receives nrows*cols elements. For q8/q4, codes receives nrows
+ * rows of codes and scales nrows*(cols/32) fp16 values (cols must be a multiple
+ * of 32). For a K type, codes receives the blocks (cols a multiple of 256).
  */
 void moe_quantize_rows(int type, const float *src, size_t nrows, size_t cols, void *codes, uint16_t *scales);
+/* GGUF block types moe-pack quantizes floats into (kquant.c): Q2_K .. Q6_K. */
+int moe_type_is_quantizable_block(int type);
+/* n floats (a multiple of 256) into blocks of a K type. */
+void moe_quantize_blocks(int type, const float *src, size_t n, void *dst);
 /* nrows of a matrix back to floats, for every type (scales NULL but for q8/q4). */
 void moe_dequantize_rows(int type, const void *codes, const uint16_t *scales, size_t nrows, size_t cols, float *dst);
 

@@ -59,9 +59,74 @@ static int parse_type(const char *s, size_t len)
 	return moe_type_from_name(name);
 }
 
+/*
+ * llama.cpp's K-quant mixes, its llama-quant.cpp rules for the tensors MoE models
+ * have: a base type, more bits where they pay (attn_v, ffn_down in the first and
+ * last eighths and every third layer between, output), q8 attention keys and
+ * values with 8 experts.
+ */
+enum { MIX_NONE, MIX_Q2_K, MIX_Q3_K_M, MIX_Q4_K_M, MIX_Q5_K_M };
+static const struct {
+	const char *name;
+	int base;
+} pack_mixes[] = {
+	[MIX_Q2_K] = {"q2_k_m", MOE_TYPE_Q2_K},
+	[MIX_Q3_K_M] = {"q3_k_m", MOE_TYPE_Q3_K},
+	[MIX_Q4_K_M] = {"q4_k_m", MOE_TYPE_Q4_K},
+	[MIX_Q5_K_M] = {"q5_k_m", MOE_TYPE_Q5_K},
+};
+
+static int use_more_bits(uint64_t l, uint64_t n) { return l < n / 8 || l >= 7 * n / 8 || (l - n / 8) % 3 == 2; }
+
+/* The mix's type for the tensor named name (canonical: blk.L.ROLE[.E], output, token_embd). */
+static int mix_type(int mix, const struct moe_hparams *hp, const char *name, int t)
+{
+	unsigned long long l = 0;
+	char role[32] = "";
+	if (sscanf(name, "blk.%llu.%31[a-z_]", &l, role) != 2)
+		snprintf(role, sizeof role, "%s", name);
+	const uint64_t n = hp->n_layers;
+	const int more = use_more_bits(l, n), eight = hp->n_experts == 8;
+	if (strcmp(role, "output") == 0)
+		return MOE_TYPE_Q6_K;
+	if (strcmp(role, "attn_v") == 0 || (strcmp(role, "attn_k") == 0 && eight)) {
+		if (eight) /* llama.cpp: "bumping this to Q8_0 trades just ~128MB" */
+			return MOE_TYPE_Q8;
+		if (strcmp(role, "attn_k") == 0)
+			return t;
+		switch (mix) {
+		case MIX_Q2_K: return hp->n_kv_heads && hp->n_heads / hp->n_kv_heads >= 4 ? MOE_TYPE_Q4_K : MOE_TYPE_Q3_K;
+		case MIX_Q3_K_M: return l < 2 ? MOE_TYPE_Q5_K : MOE_TYPE_Q4_K;
+		default: return more ? MOE_TYPE_Q6_K : t;
+		}
+	}
+	if (strcmp(role, "attn_output") == 0) {
+		if (eight)
+			return mix == MIX_Q5_K_M ? t : MOE_TYPE_Q5_K;
+		return mix == MIX_Q2_K ? MOE_TYPE_Q3_K : mix == MIX_Q3_K_M ? MOE_TYPE_Q4_K : t;
+	}
+	if (strncmp(role, "ffn_down", 8) == 0) {
+		switch (mix) {
+		case MIX_Q2_K: return MOE_TYPE_Q3_K;
+		case MIX_Q3_K_M: return l < n / 16 ? MOE_TYPE_Q5_K : MOE_TYPE_Q4_K;
+		default: return more ? MOE_TYPE_Q6_K : t;
+		}
+	}
+	return t;
+}
+
 int pack_parse_quant(const char *spec, struct pack_options *o)
 {
 	snprintf(o->quant_desc, sizeof o->quant_desc, "%s", spec);
+	o->mix = MIX_NONE;
+	for (int m = 1; m < (int)(sizeof pack_mixes / sizeof pack_mixes[0]); m++)
+		if (strcmp(spec, pack_mixes[m].name) == 0) {
+			for (int k = 0; k < MOE_KIND_COUNT; k++)
+				if (k != MOE_KIND_NORM && k != MOE_KIND_ROUTER)
+					o->quant[k] = pack_mixes[m].base;
+			o->mix = m;
+			return 0;
+		}
 	const char *p = spec;
 	while (*p) {
 		size_t len = strcspn(p, ",");
@@ -82,8 +147,8 @@ int pack_parse_quant(const char *spec, struct pack_options *o)
 		int type = parse_type(tname, tlen);
 		if (type == MOE_EINVAL)
 			return moe_fail(MOE_EINVAL, "--quant %s: unknown type '%.*s' (auto, keep, f32, f16, bf16, q8, q4, "
-					"or a GGUF block type kept as it is: q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs)", spec,
-					(int)tlen, tname);
+					"q2_k, q3_k, q4_k, q5_k, q6_k, a GGUF block type kept as it is: q4_1, q5_0, q5_1, iq4_nl, "
+					"iq4_xs; or a mix alone: q2_k_m, q3_k_m, q4_k_m, q5_k_m)", spec, (int)tlen, tname);
 		if ((kind == MOE_KIND_NORM || kind == MOE_KIND_ROUTER) && type != MOE_TYPE_F32)
 			return moe_fail(MOE_EINVAL, "--quant %s: %s tensors are always f32", spec, moe_kind_names[kind]);
 		for (int k = 0; k < MOE_KIND_COUNT; k++)
@@ -102,9 +167,10 @@ int pack_interrupt_check(void) { return pack_interrupted ? moe_fail(MOE_EINVAL, 
 
 /* ---- choosing types ---- */
 
-/* The pack type for a tensor of this kind and columns whose source is e (NULL: a float
- * source, as moe-pack synth plans), or a negative error. */
-static int choose_type(const struct pack_options *o, int kind, int n_dims, uint64_t cols, const struct src_entry *e)
+/* The pack type for the tensor named name (canonical), of this kind and columns, whose
+ * source is e (NULL: a float source, as moe-pack synth plans), or a negative error. */
+static int choose_type(const struct pack_options *o, const struct moe_hparams *hp, const char *name, int kind, int n_dims,
+		       uint64_t cols, const struct src_entry *e)
 {
 	if (kind == MOE_KIND_NORM || kind == MOE_KIND_ROUTER || n_dims == 1)
 		return MOE_TYPE_F32;
@@ -118,13 +184,17 @@ static int choose_type(const struct pack_options *o, int kind, int n_dims, uint6
 		if (t < 0)
 			t = e && e->dtype == SRC_F8_E4M3 ? MOE_TYPE_BF16 : MOE_TYPE_F32; /* no exact type: nearest */
 	}
-	if (moe_type_is_blocks(t) && t != kept)
+	if (o->mix)
+		t = mix_type(o->mix, hp, name, t);
+	if (moe_type_is_blocks(t) && t != kept && !moe_type_is_quantizable_block(t))
 		return moe_fail(MOE_EUNSUPPORTED, "%s: %s is %s; moe-pack keeps GGUF's %s blocks but does not quantize into them "
-				"(q8, q4, f16, bf16 and f32 are made from any source)", e ? e->name : "synthetic tensor",
+				"(q2_k .. q6_k, q8, q4, f16, bf16 and f32 are made from any source)", e ? e->name : "synthetic tensor",
 				moe_kind_names[kind], kept >= 0 ? moe_type_name(kept) : e ? src_dtype_names[e->dtype] : "float",
 				moe_type_name(t));
 	if (moe_type_is_split(t) && cols % MOE_QBLOCK)
 		t = MOE_TYPE_F16; /* blocks need whole 32-column groups */
+	if (t != kept && moe_type_is_quantizable_block(t) && cols % 256)
+		t = cols % MOE_QBLOCK ? MOE_TYPE_F16 : MOE_TYPE_Q8; /* as llama.cpp falls back for odd rows */
 	return t;
 }
 
@@ -566,12 +636,14 @@ static void report_unused(struct moe_source *src)
 
 /* Each expert's matrix types. They may differ by layer (GGUF's _M mixes give some
  * layers' ffn_down more bits): each combination is a layout of the pack. */
-static int expert_types(const struct pack_options *o, struct pipeline *p)
+static int expert_types(const struct pack_options *o, const struct moe_hparams *hp, struct pipeline *p)
 {
 	for (size_t i = 0; i < p->n_jobs; i++)
 		for (int m = 0; m < 3; m++) {
 			const struct src_entry *e = p->jobs[i].m[m];
-			const int t = choose_type(o, MOE_KIND_EXPERT, 2, e->cols, e);
+			struct moe_tensor_spec ex[3];
+			moe_arch_expert_tensors(hp, p->jobs[i].layer, p->jobs[i].expert, ex);
+			const int t = choose_type(o, hp, ex[m].name, MOE_KIND_EXPERT, 2, e->cols, e);
 			if (t < 0)
 				return t;
 			p->jobs[i].type[m] = t;
@@ -629,10 +701,11 @@ int pack_model(struct moe_source *src, const char *out, const struct pack_option
 	}
 	/* every type chosen before anything is said or written */
 	for (size_t i = 0; i < n_dense && !rc; i++)
-		if (dsrc[i] && (dtype[i] = choose_type(o, specs[i].kind, specs[i].n_dims, dsrc[i]->cols, dsrc[i])) < 0)
+		if (dsrc[i] && (dtype[i] = choose_type(o, hp, specs[i].name, specs[i].kind, specs[i].n_dims, dsrc[i]->cols,
+						       dsrc[i])) < 0)
 			rc = dtype[i];
 	if (!rc)
-		rc = expert_types(o, &p);
+		rc = expert_types(o, hp, &p);
 	if (rc)
 		goto out;
 	if ((rc = build_meta(src, o, &meta, &has_tok)))
@@ -744,10 +817,10 @@ out:
 
 /* ---- sizes without writing (moe-pack synth --format plan) ---- */
 
-static uint64_t tensor_bytes(const struct pack_options *o, const struct moe_tensor_spec *t)
+static uint64_t tensor_bytes(const struct pack_options *o, const struct moe_hparams *hp, const struct moe_tensor_spec *t)
 {
 	const uint64_t cols = t->n_dims == 2 ? t->dims[1] : t->dims[0], rows = t->n_dims == 2 ? t->dims[0] : 1;
-	const int type = choose_type(o, t->kind, t->n_dims, cols, NULL);
+	const int type = choose_type(o, hp, t->name, t->kind, t->n_dims, cols, NULL);
 	return type < 0 ? 0 : moe_type_matrix_bytes(type, rows, cols);
 }
 
@@ -762,20 +835,25 @@ int pack_plan(const struct moe_hparams *hp, const struct pack_options *o)
 	for (size_t i = 0; i < n; i++) {
 		if (specs[i].optional && hp->tie_embeddings)
 			continue;
-		const uint64_t b = tensor_bytes(o, &specs[i]);
+		const uint64_t b = tensor_bytes(o, hp, &specs[i]);
 		dense += b;
 		embed += specs[i].kind == MOE_KIND_EMBED ? b : 0;
 		shared += strstr(specs[i].name, "_shexp") ? b : 0;
 	}
 	free(specs);
-	uint64_t n_experts = 0, blob = 0;
-	for (uint64_t l = 0; l < hp->n_layers; l++)
-		if (moe_layer_is_moe(hp, l))
-			n_experts += hp->n_experts;
-	struct moe_tensor_spec m[3];
-	moe_arch_expert_tensors(hp, hp->n_layers - 1, 0, m);
-	for (int i = 0; i < 3; i++)
-		blob += tensor_bytes(o, &m[i]);
+	uint64_t n_experts = 0, experts = 0, blob = 0; /* a mix gives some layers' experts more bits */
+	for (uint64_t l = 0; l < hp->n_layers; l++) {
+		if (!moe_layer_is_moe(hp, l))
+			continue;
+		struct moe_tensor_spec m[3];
+		moe_arch_expert_tensors(hp, l, 0, m);
+		uint64_t b = 0;
+		for (int i = 0; i < 3; i++)
+			b += tensor_bytes(o, hp, &m[i]);
+		n_experts += hp->n_experts;
+		experts += hp->n_experts * b;
+		blob = b > blob ? b : blob;
+	}
 	/* f16 KV cache: MLA keeps the latent and the rotary key; the others K and V per kv head */
 	const uint64_t kv_token = hp->arch == MOE_ARCH_DEEPSEEK_V3
 		? hp->n_layers * (hp->kv_lora_rank + hp->qk_rope_dim) * 2
@@ -785,7 +863,7 @@ int pack_plan(const struct moe_hparams *hp, const struct pack_options *o)
 	       (unsigned long long)hp->n_layers, o->quant_desc);
 	printf("  resident (dense tensors)     %9.2f GB  (%llu bytes; embeddings %.2f GB, shared experts %.2f GB)\n",
 	       dense / GB, (unsigned long long)dense, embed / GB, shared / GB);
-	printf("  routed experts               %9.2f GB  (%llu x %llu bytes)\n", (double)n_experts * blob / GB,
+	printf("  routed experts               %9.2f GB  (%llu, at most %llu bytes each)\n", (double)experts / GB,
 	       (unsigned long long)n_experts, (unsigned long long)blob);
 	printf("  KV cache (f16) per 1K tokens %9.3f GB\n", kv_token * 1024 / GB);
 	printf("  least --ram-budget at 4K context: resident + KV + two experts = %.2f GB (+ scratch)\n",

@@ -14,6 +14,7 @@
 struct pack_options {
 	int quant[MOE_KIND_COUNT];   /* pack type per tensor kind (norm, router: always f32) */
 	char quant_desc[160];        /* as given, for provenance */
+	int mix;                     /* a llama.cpp K-quant mix (pack.c), or 0 */
 	uint32_t alignment;          /* expert blob alignment */
 	int zstd_level;
 	double zstd_min_saving;      /* percent; a frame is kept only if it saves at least this */
