@@ -37,13 +37,18 @@ static float store_f16(uint8_t *at, float v)
 
 /* ---- step 1: one group ---- */
 
-/* x ~ s*q - m, q in 0..nmax, m >= 0 (ggml's mins are subtracted): s, and *m. */
+/*
+ * x ~ s*q - m, q in 0..nmax, m >= 0 (ggml's mins are subtracted): s, and *m. Each
+ * candidate grid costs one pass: the least-squares fit and its error come from the
+ * sums (err = sum (s*q + b - x)^2 expanded).
+ */
 static float fit_min(const float *x, int n, int nmax, float *m)
 {
-	float lo = 0, hi = x[0];
+	float lo = 0, hi = x[0], sx = 0, sxx = 0;
 	for (int i = 0; i < n; i++) {
 		lo = x[i] < lo ? x[i] : lo;
 		hi = x[i] > hi ? x[i] : hi;
+		sx += x[i], sxx += x[i] * x[i];
 	}
 	*m = -lo;
 	if (!(hi > lo))
@@ -51,11 +56,10 @@ static float fit_min(const float *x, int n, int nmax, float *m)
 	float best_s = (hi - lo) / (float)nmax, best_b = lo, best = INFINITY;
 	for (int k = -SEARCH_STEPS; k <= SEARCH_STEPS; k++) {
 		const float iscale = ((float)nmax + 0.1f * (float)k) / (hi - lo);
-		float sq = 0, sqq = 0, sx = 0, sqx = 0;
-		int q[32];
+		float sq = 0, sqq = 0, sqx = 0;
 		for (int i = 0; i < n; i++) {
-			q[i] = clampi(nearest(iscale * (x[i] - lo)), 0, nmax);
-			sq += (float)q[i], sqq += (float)(q[i] * q[i]), sx += x[i], sqx += (float)q[i] * x[i];
+			const int q = clampi((int)(iscale * (x[i] - lo) + 0.5f), 0, nmax); /* >= 0: +0.5 rounds */
+			sq += (float)q, sqq += (float)(q * q), sqx += (float)q * x[i];
 		}
 		/* least squares for x ~ s*q + b, with b <= 0 */
 		const float det = (float)n * sqq - sq * sq;
@@ -66,11 +70,7 @@ static float fit_min(const float *x, int n, int nmax, float *m)
 			b = 0, s = sqx / sqq;
 		if (!(s > 0))
 			continue;
-		float err = 0;
-		for (int i = 0; i < n; i++) {
-			const float e = s * (float)q[i] + b - x[i];
-			err += e * e;
-		}
+		const float err = s * s * sqq + 2 * s * b * sq + (float)n * b * b - 2 * s * sqx - 2 * b * sx + sxx;
 		if (err < best)
 			best = err, best_s = s, best_b = b;
 	}
@@ -78,7 +78,9 @@ static float fit_min(const float *x, int n, int nmax, float *m)
 	return best_s;
 }
 
-/* x ~ s*q, q in -nneg..npos (s may be negative: the range is lopsided): s. */
+/* x ~ s*q, q in -nneg..npos (s may be negative: the range is lopsided): s. The
+ * least-squares s = sum(q*x)/sum(q*q) leaves error sum(x*x) - sum(q*x)^2/sum(q*q):
+ * the best grid has the largest sum(q*x)^2/sum(q*q). */
 static float fit_signed(const float *x, int n, int nneg, int npos)
 {
 	float v = 0; /* the weight of largest magnitude, with its sign */
@@ -86,26 +88,17 @@ static float fit_signed(const float *x, int n, int nneg, int npos)
 		v = fabsf(x[i]) > fabsf(v) ? x[i] : v;
 	if (v == 0)
 		return 0;
-	float best_s = v / (float)-nneg, best = INFINITY;
+	float best_s = v / (float)-nneg, best = -1;
 	for (int side = 0; side < 2; side++) /* v to the negative end, or to the positive one */
 		for (int k = -SEARCH_STEPS; k <= SEARCH_STEPS; k++) {
 			const float iscale = (side ? (float)npos + 0.1f * (float)k : -(float)nneg - 0.1f * (float)k) / v;
 			float sqq = 0, sqx = 0;
-			int q[16];
 			for (int i = 0; i < n; i++) {
-				q[i] = clampi(nearest(iscale * x[i]), -nneg, npos);
-				sqq += (float)(q[i] * q[i]), sqx += (float)q[i] * x[i];
+				const int q = clampi(nearest(iscale * x[i]), -nneg, npos);
+				sqq += (float)(q * q), sqx += (float)q * x[i];
 			}
-			if (!(sqq > 0))
-				continue;
-			const float s = sqx / sqq;
-			float err = 0;
-			for (int i = 0; i < n; i++) {
-				const float e = s * (float)q[i] - x[i];
-				err += e * e;
-			}
-			if (err < best)
-				best = err, best_s = s;
+			if (sqq > 0 && sqx * sqx / sqq > best)
+				best = sqx * sqx / sqq, best_s = sqx / sqq;
 		}
 	return best_s;
 }
