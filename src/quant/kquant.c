@@ -213,19 +213,27 @@ static void block_q2_k(const float *x, uint8_t *b)
 	put_crumbs(c, b + 16);
 }
 
-/* Q3_K {hmask[32], qs[64], scales[12], d}: w = d*(sc-32)*(c-4), c's bit 2 in hmask */
-static void block_q3_k(const float *x, uint8_t *b)
+/* Q3_K and Q6_K: 16 groups of 16, x ~ d*sc*(c - offset) with c in 0..top and sc in
+ * -sneg..sneg-1; the group scales' integers in isc, the codes in c, d stored at d_at */
+static void signed_groups(const float *x, int offset, int top, int sneg, uint8_t *d_at, int *isc, uint8_t *c)
 {
 	float s[16];
-	int isc[16];
-	uint8_t c[256];
 	for (int g = 0; g < 16; g++)
-		s[g] = fit_signed(x + 16 * g, 16, 4, 3);
-	const float d = quantize_signed(s, 16, 32, b + 108, isc);
-	uint8_t *sc = b + 96;
+		s[g] = fit_signed(x + 16 * g, 16, offset, top - offset);
+	const float d = quantize_signed(s, 16, sneg, d_at, isc);
+	for (int g = 0; g < 16; g++)
+		codes_signed(x + 16 * g, 16, d * (float)isc[g], offset, top, c + 16 * g);
+}
+
+/* Q3_K {hmask[32], qs[64], scales[12], d}: w = d*(sc-32)*(c-4), c's bit 2 in hmask,
+ * the 6-bit sc+32 as 4-bit lows (bytes 0..7) and 2-bit highs (bytes 8..11) */
+static void block_q3_k(const float *x, uint8_t *b)
+{
+	int isc[16];
+	uint8_t c[256], *sc = b + 96;
+	signed_groups(x, 4, 7, 32, b + 108, isc, c);
 	memset(sc, 0, 12);
 	for (int g = 0; g < 16; g++) {
-		codes_signed(x + 16 * g, 16, d * (float)isc[g], 4, 7, c + 16 * g);
 		const int v = isc[g] + 32;
 		sc[g % 8] |= (uint8_t)((v & 15) << (4 * (g / 8)));
 		sc[8 + g % 4] |= (uint8_t)((v >> 4) << (2 * (g / 4)));
@@ -239,16 +247,11 @@ static void block_q3_k(const float *x, uint8_t *b)
 /* Q6_K {ql[128], qh[64], scales[16] int8, d}: w = d*sc*(c-32) */
 static void block_q6_k(const float *x, uint8_t *b)
 {
-	float s[16];
 	int isc[16];
 	uint8_t c[256];
+	signed_groups(x, 32, 63, 128, b + 208, isc, c);
 	for (int g = 0; g < 16; g++)
-		s[g] = fit_signed(x + 16 * g, 16, 32, 31);
-	const float d = quantize_signed(s, 16, 128, b + 208, isc);
-	for (int g = 0; g < 16; g++) {
-		codes_signed(x + 16 * g, 16, d * (float)isc[g], 32, 63, c + 16 * g);
 		b[192 + g] = (uint8_t)(int8_t)isc[g];
-	}
 	memset(b, 0, 192);
 	for (int h = 0; h < 2; h++)
 		for (int k = 0; k < 4; k++)
