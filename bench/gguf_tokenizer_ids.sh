@@ -7,7 +7,7 @@
 # Usage: bench/gguf_tokenizer_ids.sh LLAMA_CPP/models [NAMES]
 set -eu
 cd "$(dirname "$0")/.."
-M=${1:?give llama.cpp's models folder}
+M=${1:?give the models folder of llama.cpp}
 NAMES=${2:-llama-spm qwen2 qwen35 llama-bpe gpt-2}
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
