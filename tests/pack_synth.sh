@@ -73,7 +73,7 @@ for other in ("st.moe", "st2.moe", "gguf.moe"):
         assert o.expert_raw(*k) == d.expert_raw(*k), (other, k)
 PY
 # --format plan: the sizes without writing equal those of the pack written
-for spec in deepseek-tiny:q8 deepseek-tiny:q8,experts=q4 mixtral-tiny:q4 qwen3-tiny:f16; do
+for spec in deepseek-tiny:q8 deepseek-tiny:q8,experts=q4 mixtral-tiny:q4 qwen3-tiny:f16 mixtral-tiny:q4_k_m; do
 	preset=${spec%%:*} q=${spec#*:}
 	check "plan $spec" sh -c "'$MOE_PACK' synth --preset $preset -q $q --format plan - > plan.txt"
 	check "pack $spec" "$MOE_PACK" synth --no-progress --preset "$preset" -q "$q" --force plan.moe
@@ -82,9 +82,9 @@ import json, re
 d = json.load(open(\"plan.json\")); k = d[\"kinds\"]
 t = open(\"plan.txt\").read()
 dense = int(re.search(r\"\\((\\d+) bytes;\", t).group(1))
-n, blob = map(int, re.search(r\"\\((\\d+) x (\\d+) bytes\\)\", t).groups())
+total, n, blob = map(int, re.search(r\"\\((\\d+) bytes: (\\d+) experts, at most (\\d+) bytes each\\)\", t).groups())
 assert dense == sum(v[\"raw_bytes\"] for name, v in k.items() if name != \"experts\"), (dense, k)
-assert n * blob == k[\"experts\"][\"raw_bytes\"] and blob == d[\"expert_layout\"][\"raw_blob_bytes\"], (n, blob)
+assert total == k[\"experts\"][\"raw_bytes\"] and blob == d[\"expert_layout\"][\"raw_blob_bytes\"], (total, n, blob)
 '"
 done
 finish

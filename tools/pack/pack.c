@@ -863,8 +863,8 @@ int pack_plan(const struct moe_hparams *hp, const struct pack_options *o)
 	       (unsigned long long)hp->n_layers, o->quant_desc);
 	printf("  resident (dense tensors)     %9.2f GB  (%llu bytes; embeddings %.2f GB, shared experts %.2f GB)\n",
 	       dense / GB, (unsigned long long)dense, embed / GB, shared / GB);
-	printf("  routed experts               %9.2f GB  (%llu, at most %llu bytes each)\n", (double)experts / GB,
-	       (unsigned long long)n_experts, (unsigned long long)blob);
+	printf("  routed experts               %9.2f GB  (%llu bytes: %llu experts, at most %llu bytes each)\n",
+	       (double)experts / GB, (unsigned long long)experts, (unsigned long long)n_experts, (unsigned long long)blob);
 	printf("  KV cache (f16) per 1K tokens %9.3f GB\n", kv_token * 1024 / GB);
 	printf("  least --ram-budget at 4K context: resident + KV + two experts = %.2f GB (+ scratch)\n",
 	       (dense + kv_token * 4096 + 2 * blob) / GB);
