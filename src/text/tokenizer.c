@@ -144,12 +144,6 @@ static pcre2_code *compile(const char *pattern, size_t len, const char *what, in
 	return re;
 }
 
-static const char *tok_str(const struct tok_spec *s, int32_t id, size_t *len)
-{
-	*len = s->str_off[id + 1] - s->str_off[id];
-	return s->strs + s->str_off[id];
-}
-
 /* What one id decodes to, as Hugging Face's decoders produce it token by token. */
 static size_t decode_token(const struct moe_tokenizer *t, int32_t id, const int16_t *cp_to_byte, char *out)
 {

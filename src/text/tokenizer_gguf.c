@@ -112,22 +112,15 @@ static int read_tokens(const struct moe_gguf_vocab *v, const char *what, struct 
 	return 0;
 }
 
-/* Token i's text (the spec's copy) and its length. */
-static const char *token(const struct tok_spec *s, uint32_t i, uint32_t *len)
-{
-	*len = s->str_off[i + 1] - s->str_off[i];
-	return s->strs + s->str_off[i];
-}
-
 static int map_vocab(const struct tok_spec *s, struct str_map *m)
 {
 	if (str_map_init(m, s->n_ids))
 		return moe_fail(MOE_ENOMEM, "out of memory");
 	for (uint32_t i = 0; i < s->n_ids; i++) {
-		uint32_t l;
-		const char *t = token(s, i, &l);
+		size_t l;
+		const char *t = tok_str(s, (int32_t)i, &l);
 		if (s->id_kind[i] != TOK_ID_NONE)
-			str_map_put(m, t, l, (int32_t)i);
+			str_map_put(m, t, (uint32_t)l, (int32_t)i);
 	}
 	return 0;
 }
@@ -208,11 +201,11 @@ static int spm_merges(const struct moe_gguf_vocab *v, const char *what, struct t
 		goto out;
 	}
 	for (uint32_t i = 0; i < s->n_ids; i++) {
-		uint32_t len;
-		const char *t = token(s, i, &len);
+		size_t len;
+		const char *t = tok_str(s, (int32_t)i, &len);
 		if (s->id_kind[i] == TOK_ID_NONE || v->scores[i] != v->scores[i])
 			continue;
-		for (uint32_t k = 1; k < len; k++) {
+		for (size_t k = 1; k < len; k++) {
 			if (((unsigned char)t[k] & 0xC0) == 0x80)
 				continue; /* inside a character */
 			const int32_t a = str_map_get(&m, t, k), b = str_map_get(&m, t + k, len - k);

@@ -53,6 +53,13 @@ struct tok_spec {
 	int32_t prefix[TOK_MAX_AFFIX], suffix[TOK_MAX_AFFIX], eos[TOK_MAX_EOS];
 };
 
+/* Token id's text as the file spells it, and its length. */
+static inline const char *tok_str(const struct tok_spec *s, int32_t id, size_t *len)
+{
+	*len = s->str_off[id + 1] - s->str_off[id];
+	return s->strs + s->str_off[id];
+}
+
 void tok_spec_free(struct tok_spec *s);
 /* Consistency of a spec from any source: ids in range, offsets ordered. */
 int tok_spec_check(const struct tok_spec *s, const char *what);
