@@ -450,27 +450,6 @@ static inline __attribute__((always_inline)) void x86_q6_k_row_vnni(const uint8_
 #define X86_Q45_K_ROW x86_q45_k_row
 #define X86_Q6_K_ROW x86_q6_k_row
 #endif
-static inline __attribute__((always_inline)) void x86_q2_k_row(const uint8_t *row, size_t nblk, const struct moe_qact *a,
-								  size_t t0, const int T, float *out)
-{
-	x86_q23_k_row(0, row, nblk, a, t0, T, out);
-}
-static inline __attribute__((always_inline)) void x86_q3_k_row(const uint8_t *row, size_t nblk, const struct moe_qact *a,
-								  size_t t0, const int T, float *out)
-{
-	x86_q23_k_row(1, row, nblk, a, t0, T, out);
-}
-static inline __attribute__((always_inline)) void x86_q4_k_row(const uint8_t *row, size_t nblk, const struct moe_qact *a,
-								  size_t t0, const int T, float *out)
-{
-	X86_Q45_K_ROW(0, row, nblk, a, t0, T, out);
-}
-static inline __attribute__((always_inline)) void x86_q5_k_row(const uint8_t *row, size_t nblk, const struct moe_qact *a,
-								  size_t t0, const int T, float *out)
-{
-	X86_Q45_K_ROW(1, row, nblk, a, t0, T, out);
-}
-
 /* Rows [r0, r1) of a Q2_K .. Q6_K matrix; 0 if this form does not apply (the caller
  * then takes the generic path). */
 static inline int x86_kquant_rows(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y,
@@ -489,18 +468,19 @@ static inline int x86_kquant_rows(const struct moe_wmat *w, size_t r0, size_t r1
 		for (size_t t0 = 0; t0 < a->batch; t0 += 4) {
 			float out[4];
 			const size_t T = a->batch - t0 < 4 ? a->batch - t0 : 4;
-#define KQ_TILE(ROW)                                                               \
+/* ROW([variant,] row, ...) with T a constant, so each tile size is its own unrolled loop */
+#define KQ_TILE(ROW, ...)                                                          \
 	switch (T) {                                                               \
-	case 1: ROW(row, nblk, a, t0, 1, out); break;                              \
-	case 2: ROW(row, nblk, a, t0, 2, out); break;                              \
-	case 3: ROW(row, nblk, a, t0, 3, out); break;                              \
-	default: ROW(row, nblk, a, t0, 4, out); break;                             \
+	case 1: ROW(__VA_ARGS__ row, nblk, a, t0, 1, out); break;                  \
+	case 2: ROW(__VA_ARGS__ row, nblk, a, t0, 2, out); break;                  \
+	case 3: ROW(__VA_ARGS__ row, nblk, a, t0, 3, out); break;                  \
+	default: ROW(__VA_ARGS__ row, nblk, a, t0, 4, out); break;                 \
 	}
 			switch (w->type) {
-			case MOE_TYPE_Q2_K: KQ_TILE(x86_q2_k_row) break;
-			case MOE_TYPE_Q3_K: KQ_TILE(x86_q3_k_row) break;
-			case MOE_TYPE_Q4_K: KQ_TILE(x86_q4_k_row) break;
-			case MOE_TYPE_Q5_K: KQ_TILE(x86_q5_k_row) break;
+			case MOE_TYPE_Q2_K: KQ_TILE(x86_q23_k_row, 0,) break;
+			case MOE_TYPE_Q3_K: KQ_TILE(x86_q23_k_row, 1,) break;
+			case MOE_TYPE_Q4_K: KQ_TILE(X86_Q45_K_ROW, 0,) break;
+			case MOE_TYPE_Q5_K: KQ_TILE(X86_Q45_K_ROW, 1,) break;
 			default: KQ_TILE(X86_Q6_K_ROW) break;
 			}
 #undef KQ_TILE
