@@ -89,11 +89,9 @@ static int mix_type(int mix, const struct moe_hparams *hp, const char *name, int
 	const int more = use_more_bits(l, n), eight = hp->n_experts == 8;
 	if (strcmp(role, "output") == 0)
 		return MOE_TYPE_Q6_K;
-	if (strcmp(role, "attn_v") == 0 || (strcmp(role, "attn_k") == 0 && eight)) {
-		if (eight) /* llama.cpp: "bumping this to Q8_0 trades just ~128MB" */
-			return MOE_TYPE_Q8;
-		if (strcmp(role, "attn_k") == 0)
-			return t;
+	if (eight && (strcmp(role, "attn_v") == 0 || strcmp(role, "attn_k") == 0))
+		return MOE_TYPE_Q8; /* llama.cpp: "bumping this to Q8_0 trades just ~128MB" */
+	if (strcmp(role, "attn_v") == 0) {
 		switch (mix) {
 		case MIX_Q2_K: return hp->n_kv_heads && hp->n_heads / hp->n_kv_heads >= 4 ? MOE_TYPE_Q4_K : MOE_TYPE_Q3_K;
 		case MIX_Q3_K_M: return l < 2 ? MOE_TYPE_Q5_K : MOE_TYPE_Q4_K;
