@@ -39,8 +39,6 @@
 #include "engine/engine.h"
 #include "moe.h"
 
-enum moe_cache_policy { MOE_POLICY_LRU = 0, MOE_POLICY_LFU = 1 };
-
 struct moe_cache_options {
 	uint64_t bytes;        /* for slots and staging; at least moe_cache_min_bytes() */
 	unsigned io_depth;     /* reads in flight (default 8) */

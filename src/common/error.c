@@ -26,6 +26,7 @@ const char *moe_strerror(int err)
 	case MOE_ENOTFOUND: return "not found";
 	case MOE_EEXIST: return "already exists";
 	case MOE_ENOSPC: return "no space left on device";
+	case MOE_ECANCELED: return "canceled";
 	}
 	return "unknown error";
 }

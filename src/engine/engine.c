@@ -661,14 +661,46 @@ static int experts(struct moe_session *s, size_t l, size_t n)
 	return rc;
 }
 
-int moe_forward(struct moe_session *s, const int32_t *tokens, size_t n, float *logits, float *last_logits)
+/* The attention of layer l: of s's n tokens, or with rows, of each row's token in
+ * its own session (its xn row in, its att row out through that session's scratch). */
+static int attend(struct moe_session *s, struct moe_session *const *rows, size_t l, size_t n)
+{
+	const struct moe_hparams *hp = &s->m->hp;
+	if (!rows)
+		return hp->arch == MOE_ARCH_DEEPSEEK_V3 ? moe_mla_attention(s, l, n) : gqa_attention(s, l, n);
+	const size_t H = hp->hidden, A = s->m->layers[l].wo.cols;
+	for (size_t t = 0; t < n; t++) {
+		struct moe_session *r = rows[t];
+		if (r != s || t != 0) /* s as row 0 has its row in place */
+			memcpy(r->xn, s->xn + t * H, H * sizeof(float));
+		int rc = hp->arch == MOE_ARCH_DEEPSEEK_V3 ? moe_mla_attention(r, l, 1) : gqa_attention(r, l, 1);
+		if (rc)
+			return rc;
+		if (r != s || t != 0)
+			memcpy(s->att + t * A, r->att, A * sizeof(float));
+	}
+	return 0;
+}
+
+static int forward(struct moe_session *s, struct moe_session *const *rows, const int32_t *tokens, size_t n,
+		   float *logits, float *last_logits)
 {
 	const struct moe_model *m = s->m;
 	const struct moe_hparams *hp = &m->hp;
 	const size_t H = hp->hidden;
 	if (n == 0 || n > s->max_batch)
 		return moe_fail(MOE_EINVAL, "batch of %zu tokens (1..%zu)", n, s->max_batch);
-	if (s->n_past + n > s->ctx)
+	for (size_t t = 0; rows && t < n; t++) {
+		if (rows[t]->m != m)
+			return moe_fail(MOE_EINVAL, "a batch of sessions of different models");
+		for (size_t u = 0; u < t; u++)
+			if (rows[u] == rows[t])
+				return moe_fail(MOE_EINVAL, "a session twice in one batch");
+		if (rows[t]->n_past + 1 > rows[t]->ctx)
+			return moe_fail(MOE_EINVAL, "context full: %zu + 1 tokens > --ctx-size %zu", rows[t]->n_past,
+					rows[t]->ctx);
+	}
+	if (!rows && s->n_past + n > s->ctx)
 		return moe_fail(MOE_EINVAL, "context full: %zu + %zu tokens > --ctx-size %zu", s->n_past, n, s->ctx);
 	/* embeddings: one row each, dequantized */
 	const moe_tensor *em = m->embed;
@@ -688,7 +720,11 @@ int moe_forward(struct moe_session *s, const int32_t *tokens, size_t n, float *l
 		const struct moe_layer_weights *w = &m->layers[l];
 		for (size_t t = 0; t < n; t++)
 			moe_rmsnorm(s->x + t * H, w->attn_norm, H, hp->rms_eps, s->xn + t * H);
-		if ((rc = hp->arch == MOE_ARCH_DEEPSEEK_V3 ? moe_mla_attention(s, l, n) : gqa_attention(s, l, n)))
+		if (!rows && s->cancel) {
+			rc = moe_fail(MOE_ECANCELED, "canceled");
+			break;
+		}
+		if ((rc = attend(s, rows, l, n)))
 			break;
 		if ((rc = moe_session_matmul(s, &w->wo, s->att, n, s->tmp)))
 			break;
@@ -734,7 +770,22 @@ int moe_forward(struct moe_session *s, const int32_t *tokens, size_t n, float *l
 		moe_rmsnorm(s->x + (n - 1) * H, m->output_norm, H, hp->rms_eps, s->xn);
 		rc = moe_session_matmul(s, &m->output, s->xn, 1, last_logits);
 	}
-	if (!rc)
+	if (rc)
+		return rc;
+	if (!rows)
 		s->n_past += n;
-	return rc;
+	for (size_t t = 0; rows && t < n; t++)
+		rows[t]->n_past++;
+	return 0;
+}
+
+int moe_forward(struct moe_session *s, const int32_t *tokens, size_t n, float *logits, float *last_logits)
+{
+	return forward(s, NULL, tokens, n, logits, last_logits);
+}
+
+int moe_forward_rows(struct moe_session *s, struct moe_session *const *rows, const int32_t *tokens, size_t n,
+		     float *logits)
+{
+	return forward(s, rows, tokens, n, logits, NULL);
 }

@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <signal.h>
 #include <stdio.h>
 
 #include "kernels/kernels.h"
@@ -76,14 +77,18 @@ struct moe_model {
 	const struct moe_kernel_impl *kernels;
 	struct moe_pool *pool;
 	moe_tensor *tensors;         /* copies of the directory entries used */
+	/* opened through the public API (src/runtime): what it owns and was asked for */
+	moe_pack *own_pack;
+	struct moe_tokenizer *tok;
+	char *chat_template;
+	moe_model_params params;     /* n_ctx capped at the model's */
+	uint64_t dense_bytes, session_bytes, cache_bytes;
 };
 
 int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out);
 /* Bytes of the weights that stay resident: everything but the routed experts. */
 uint64_t moe_model_dense_bytes(const struct moe_model *m);
 void moe_model_free(struct moe_model *m);
-
-enum moe_kv_type { MOE_KV_F16 = 0, MOE_KV_F32 = 1 };
 
 struct moe_session {
 	const struct moe_model *m;
@@ -110,6 +115,11 @@ struct moe_session {
 	FILE *trace;                 /* if set: one JSON line per token and MoE layer */
 	struct moe_mla *mla;         /* DeepSeek-V3's attention scratch and YaRN tables */
 	float *shared_out;           /* [batch][hidden]: the shared experts' output */
+	volatile sig_atomic_t cancel; /* moe_session_cancel: moe_forward stops between layers */
+	/* the public API's (src/runtime): the tokens in the context, the last logits */
+	int32_t *tokens;
+	float *logits;
+	int has_logits;
 };
 
 int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, int kv_type, struct moe_session **out);
@@ -125,5 +135,13 @@ size_t moe_session_bytes(const struct moe_session *s);
  * computed into last_logits (if not NULL).
  */
 int moe_forward(struct moe_session *s, const int32_t *tokens, size_t n, float *logits, float *last_logits);
+/*
+ * One token for each of n different sessions (rows[t] runs tokens[t] at its own
+ * next position), as one batch: attention runs per session, the rest (experts
+ * above all) once for all rows, with s's scratch (n <= s->max_batch; s may be one
+ * of the rows). logits [n][vocab]. On an error no session advances.
+ */
+int moe_forward_rows(struct moe_session *s, struct moe_session *const *rows, const int32_t *tokens, size_t n,
+		     float *logits);
 
 #endif
