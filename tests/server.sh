@@ -1,0 +1,169 @@
+#!/bin/sh
+# moe-server with a real client, curl: answers equal moe-run's for the same prompt
+# and settings (completions and chat, whole and streamed), 4 concurrent clients
+# batched together with the experts streaming under a budget smaller than they are,
+# prefix reuse, every bad request's error (the server stays up), a client that
+# leaves mid-stream frees its slot, peak RSS within the budget + 64 MiB.
+. "$TESTS_DIR/lib.sh"
+: "${MOE_SERVER:?run through make check}" "${MOE_RUN:?}" "${DEMO_MODEL:?}"
+command -v curl >/dev/null || { echo "server.sh: curl is missing (apt-get install curl)"; exit 77; }
+cd "$WORK"
+"$MOE_PACK" -q q8 "$DEMO_MODEL" kjv.moe >/dev/null 2>&1
+check "the demo model packs" [ -f kjv.moe ]
+
+# start_server LOG ARGS...: start it on a free port; sets PORT and PID
+start_server() {
+	log=$1
+	shift
+	"$MOE_SERVER" -m kjv.moe --port 0 "$@" 2>"$log" &
+	PID=$!
+	PORT=
+	for _ in $(seq 100); do
+		PORT=$(sed -n 's|.*on http://127.0.0.1:\([0-9]*\):.*|\1|p' "$log")
+		[ -n "$PORT" ] && break
+		sleep 0.1
+	done
+	[ -n "$PORT" ]
+}
+stop_server() { kill "$PID" 2>/dev/null && wait "$PID"; }
+field() { py -c 'import json, sys
+v = json.load(open(sys.argv[1]))
+for k in sys.argv[2:]:
+    v = v[int(k)] if k.isdigit() else v[k]
+sys.stdout.write(v if isinstance(v, str) else json.dumps(v))' "$@"; }
+# status URL BODY [CURL ARGS...]: the HTTP status; the body in resp.json
+status() {
+	url=$1 body=$2
+	shift 2
+	curl -s -o resp.json -w '%{http_code}' "$@" -d "$body" "http://127.0.0.1:$PORT$url"
+}
+
+# 7 MB of experts stream through what 12M leaves after 4 slots' KV caches
+check "moe-server starts (4 slots, --ram-budget 12M, --api-key)" start_server srv.log --parallel 4 -c 256 \
+	--ram-budget 12M --api-key sekrit --queue 8
+cp "$WORK/err" start.err 2>/dev/null
+grep -q 'expert cache' srv.log || cat srv.log >&2
+AUTH="Authorization: Bearer sekrit"
+check "GET /health" sh -c "curl -sf http://127.0.0.1:$PORT/health | grep -q ok"
+check "GET /v1/models lists kjv.moe" sh -c "curl -sf -H '$AUTH' http://127.0.0.1:$PORT/v1/models | grep -q '\"id\":\"kjv.moe\"'"
+
+# greedy text equals moe-run's
+"$MOE_RUN" -m kjv.moe -p 'And God said' -n 40 -c 256 >want.txt
+check "POST /v1/completions" [ "$(status /v1/completions '{"prompt": "And God said", "max_tokens": 40, "temperature": 0}' -H "$AUTH")" = 200 ]
+cp resp.json completion.json
+check "... its text is moe-run's greedy continuation" sh -c "$(command -v "$PYTHON3") -c 'import json,sys; sys.stdout.write(json.load(open(\"completion.json\"))[\"choices\"][0][\"text\"])' | cmp - want.txt"
+check "... finish_reason length, usage 4 + 40" sh -c "[ \"\$(cd '$WORK' && $(command -v "$PYTHON3") -c 'import json; v = json.load(open(\"completion.json\")); print(v[\"choices\"][0][\"finish_reason\"], v[\"usage\"][\"prompt_tokens\"], v[\"usage\"][\"completion_tokens\"])')\" = 'length 4 40' ]"
+
+"$MOE_RUN" -m kjv.moe --chat -p 'Who made the heaven?' -n 30 -c 256 >chat_want.txt
+check "POST /v1/chat/completions" [ "$(status /v1/chat/completions '{"model": "kjv.moe", "messages": [{"role": "user", "content": "Who made the heaven?"}], "max_tokens": 30, "temperature": 0}' -H "$AUTH")" = 200 ]
+field resp.json choices 0 message content >chat_got.txt
+check "... the message is moe-run --chat's" cmp chat_got.txt chat_want.txt
+# the same, streamed: the deltas add up to the same text, then [DONE]
+curl -sN -H "$AUTH" -d '{"messages": [{"role": "user", "content": "Who made the heaven?"}], "max_tokens": 30, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}' \
+	"http://127.0.0.1:$PORT/v1/chat/completions" >sse.txt
+py - sse.txt >sse_text.txt <<'PY'
+import json, sys
+events = [l[6:] for l in open(sys.argv[1]).read().split("\n") if l.startswith("data: ")]
+assert events[-1] == "[DONE]", events[-1]
+chunks = [json.loads(e) for e in events[:-1]]
+assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+assert chunks[-1]["usage"]["completion_tokens"] == 30 and chunks[-1]["choices"] == []
+assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+sys.stdout.write("".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]))
+PY
+check "streamed chat: chunks, role first, finish_reason, usage, [DONE]; the text is the same" cmp sse_text.txt chat_want.txt
+
+# a stop string: the text before it, finish_reason stop
+check "stop" [ "$(status /v1/completions '{"prompt": "And God said", "max_tokens": 40, "temperature": 0, "stop": ["Christ"]}' -H "$AUTH")" = 200 ]
+field resp.json choices 0 text >stop.txt
+check "... the text ends before the stop string" grep -q 'If thou be the $' stop.txt
+check "... finish_reason stop" [ "$(field resp.json choices 0 finish_reason)" = stop ]
+
+# 4 clients at once, each with its own prompt: each answer is moe-run's
+for i in 1 2 3 4; do
+	"$MOE_RUN" -m kjv.moe -p "And the LORD said unto $i" -n 48 -c 256 >want$i.txt
+done
+clients=
+for i in 1 2 3 4; do
+	curl -s -H "$AUTH" -d "{\"prompt\": \"And the LORD said unto $i\", \"max_tokens\": 48, \"temperature\": 0}" \
+		"http://127.0.0.1:$PORT/v1/completions" -o c$i.json &
+	clients="$clients $!"
+done
+for p in $clients; do wait "$p"; done
+for i in 1 2 3 4; do
+	field c$i.json choices 0 text >got$i.txt 2>/dev/null
+	check "concurrent client $i gets moe-run's text" cmp got$i.txt want$i.txt
+done
+curl -s "http://127.0.0.1:$PORT/metrics" >metrics.txt
+metric() { sed -n "s/^$1 //p" metrics.txt; }
+check "/metrics is Prometheus text with expert cache figures" sh -c "grep -q '^# TYPE moe_expert_bytes_read_total counter' metrics.txt && [ $(metric moe_expert_misses_total) -gt 0 ]"
+check "decode steps were batched: $(metric moe_decode_batch_rows_total) rows in $(metric moe_decode_batches_total) steps" \
+	[ "$(metric moe_decode_batch_rows_total)" -gt "$(( $(metric moe_decode_batches_total) + 40 ))" ]
+# the next turn of a conversation: client 1's prompt and answer, and more; the
+# slot that holds them is chosen and its context reused
+turn2=$(py -c 'import json, sys; print(json.dumps({"prompt": sys.argv[1] + open("got1.txt").read() + "\nAnd", "max_tokens": 4}))' "And the LORD said unto 1")
+check "the next turn" [ "$(status /v1/completions "$turn2" -H "$AUTH")" = 200 ]
+check "... reuses the cached tokens: $(field resp.json usage prompt_tokens_details cached_tokens) of $(field resp.json usage prompt_tokens)" \
+	[ "$(field resp.json usage prompt_tokens_details cached_tokens)" -ge 40 ]
+
+# bad requests: OpenAI-shaped errors, and the server goes on
+bad() { # bad DESCRIPTION STATUS URL BODY [CURL ARGS]
+	d=$1 want=$2
+	shift 2
+	got=$(status "$@")
+	if [ "$got" = "$want" ] && py -c 'import json, sys; e = json.load(open("resp.json"))["error"]; assert e["message"] and e["type"]'; then
+		ok
+	else
+		not_ok "$d: status $got, want $want: $(cat resp.json)"
+	fi
+}
+bad "malformed JSON" 400 /v1/chat/completions '{"messages": [' -H "$AUTH"
+bad "not an object" 400 /v1/chat/completions '[1, 2]' -H "$AUTH"
+bad "messages of the wrong type" 400 /v1/chat/completions '{"messages": "hi"}' -H "$AUTH"
+bad "content of the wrong type" 400 /v1/chat/completions '{"messages": [{"role": "user", "content": 3}]}' -H "$AUTH"
+bad "temperature out of range" 400 /v1/completions '{"prompt": "a", "temperature": "hot"}' -H "$AUTH"
+bad "n > 1" 400 /v1/completions '{"prompt": "a", "n": 2}' -H "$AUTH"
+bad "unknown model" 404 /v1/completions '{"model": "gpt-4", "prompt": "a"}' -H "$AUTH"
+long=$(py -c 'print("And God said " * 200)')
+bad "prompt longer than the context" 400 /v1/completions "{\"prompt\": \"$long\"}" -H "$AUTH"
+py -c 'print("{\"prompt\": \"" + "a" * 2000000 + "\"}")' >big.json
+bad "a body over --max-body" 413 /v1/completions @big.json -H "$AUTH"
+bad "no API key" 401 /v1/completions '{"prompt": "a"}'
+bad "a wrong API key" 401 /v1/models '' -H "Authorization: Bearer nope"
+bad "no such endpoint" 404 /v1/embeddings '{"input": "a"}' -H "$AUTH"
+check "still serving after all that" sh -c "curl -sf -H '$AUTH' -d '{\"prompt\": \"And\", \"max_tokens\": 3}' http://127.0.0.1:$PORT/v1/completions | grep -q text_completion"
+
+# a client that leaves mid-stream: its generation stops and its slot is free
+py - "$PORT" <<'PY' >leave.txt
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+body = b'{"prompt": "And God said", "max_tokens": 200, "stream": true}'
+s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekrit\r\nContent-Type: application/json\r\n"
+          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+got = b""
+while b"data: " not in got:
+    got += s.recv(4096)
+s.close()
+print("left after the first event")
+PY
+sleep 1
+curl -s "http://127.0.0.1:$PORT/metrics" >metrics.txt
+check "a client leaving mid-stream cancels its request" [ "$(metric moe_requests_canceled_total)" = 1 ]
+check "... and frees its slot" [ "$(metric moe_slots_busy)" = 0 ]
+hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$PID/status")
+check "peak RSS $hwm kB is within --ram-budget 12M + 64 MiB" [ "$hwm" -le $(( (12 + 64) * 1024 )) ]
+check "SIGTERM stops it" stop_server
+
+# a full queue: 503
+check "a server with one slot and no queue" start_server srv1.log --parallel 1 --queue 0 -c 1024
+curl -s -d '{"prompt": "And God said", "max_tokens": 1000, "temperature": 0}' "http://127.0.0.1:$PORT/v1/completions" -o slow.json &
+slow=$!
+sleep 0.3
+bad "busy: 503" 503 /v1/completions '{"prompt": "a"}'
+wait "$slow"
+check "the first request still finishes" grep -q text_completion slow.json
+stop_server
+expect_error "a pack that is not there" "no.moe" "$MOE_SERVER" -m no.moe --port 0
+expect_error "a bad option" "--parallel" "$MOE_SERVER" -m kjv.moe --parallel 0
+finish
