@@ -346,6 +346,10 @@ MOE_API void moe_session_trace(moe_session *s, FILE *fp);
 /* A tokenizer.json, with the tokenizer_config.json beside it if there is one;
  * *chat_template (if not NULL) gets that file's template, malloc'd, or NULL. */
 MOE_API int moe_tokenizer_open(const char *path, moe_tokenizer **out, char **chat_template);
+/* A pack's tokenizer (MOE_ENOTFOUND if it has none), without opening the model;
+ * *chat_template (if not NULL) gets the pack's template, else the built-in one of
+ * its family, malloc'd, or NULL. */
+MOE_API int moe_pack_tokenizer(const moe_pack *pack, moe_tokenizer **out, char **chat_template);
 MOE_API void moe_tokenizer_free(moe_tokenizer *t);
 MOE_API size_t moe_tokenizer_vocab(const moe_tokenizer *t);
 /* Ids that end generation; *ids valid as long as t. */

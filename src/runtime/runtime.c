@@ -51,10 +51,31 @@ static int check_params(const moe_model_params *p)
 	return 0;
 }
 
-/* The family's template when the pack carries none (Mixtral's files have none). */
-static const char *family_template(const struct moe_model *m)
+/* The pack's chat template, else its family's built-in one (Mixtral's files have none). */
+static int pack_template(const moe_pack *pack, char **out)
 {
-	return m->hp.arch == MOE_ARCH_MIXTRAL ? moe_chat_template_builtin("mistral-v1") : NULL;
+	const void *p;
+	uint64_t n;
+	const char *family = NULL;
+	*out = NULL;
+	if (moe_pack_meta_bytes(pack, "tokenizer.chat_template", &p, &n) == 0)
+		return (*out = strndup(p, n)) ? 0 : moe_fail(MOE_ENOMEM, "out of memory");
+	if (moe_pack_meta_bytes(pack, "general.architecture", &p, &n) == 0 && n == 7 && !memcmp(p, "mixtral", 7))
+		family = moe_chat_template_builtin("mistral-v1");
+	return !family || (*out = strdup(family)) ? 0 : moe_fail(MOE_ENOMEM, "out of memory");
+}
+
+int moe_pack_tokenizer(const moe_pack *pack, moe_tokenizer **out, char **chat_template)
+{
+	*out = NULL;
+	if (chat_template)
+		*chat_template = NULL;
+	int rc = moe_tokenizer_from_pack(pack, moe_pack_path(pack), out);
+	if (!rc && chat_template && (rc = pack_template(pack, chat_template))) {
+		moe_tokenizer_free(*out);
+		*out = NULL;
+	}
+	return rc;
 }
 
 /* The expert cache gets what the budget leaves: dense weights and n_sessions
@@ -121,17 +142,10 @@ int moe_model_open(const char *path, const moe_model_params *params, moe_model *
 	const void *meta;
 	uint64_t len;
 	if (moe_pack_meta_bytes(pack, "tokenizer.bin", &meta, &len) == 0 &&
-	    (rc = moe_tokenizer_from_pack(pack, path, &m->tok)))
+	    (rc = moe_pack_tokenizer(pack, &m->tok, &m->chat_template)))
 		goto fail;
-	if (moe_pack_meta_bytes(pack, "tokenizer.chat_template", &meta, &len) == 0)
-		m->chat_template = strndup(meta, len);
-	else if (family_template(m))
-		m->chat_template = strdup(family_template(m));
-	if (!m->chat_template && (family_template(m) || moe_pack_meta_bytes(pack, "tokenizer.chat_template", &meta,
-									      &len) == 0)) {
-		rc = moe_fail(MOE_ENOMEM, "out of memory");
+	if (!m->tok && (rc = pack_template(pack, &m->chat_template)))
 		goto fail;
-	}
 	m->dense_bytes = moe_model_dense_bytes(m);
 	struct moe_session *probe; /* its size: the KV cache and scratch are allocated, not touched */
 	if ((rc = moe_session_create(m, p.n_ctx, p.n_batch, p.kv_type, &probe)))

@@ -15,6 +15,7 @@
 
 #include "cache/cache.h"
 #include "cache/sim.h"
+#include "cli/stdout.h"
 #include "common/fileio.h"
 #include "io/io.h"
 #include "kernels/kernels.h"

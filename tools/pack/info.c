@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "common/error.h"
-#include "common/progress.h"
+#include "cli/progress.h"
 #include "pack.h"
 #include "pack/format.h"
 

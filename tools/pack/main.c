@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli/stdout.h"
 #include "common/error.h"
 #include "common/fileio.h"
 #include "pack.h"

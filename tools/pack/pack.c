@@ -20,7 +20,7 @@
 
 #include "common/error.h"
 #include "common/fileio.h"
-#include "common/progress.h"
+#include "cli/progress.h"
 #include "pack.h"
 #include "pack/format.h"
 #include "pack/meta.h"

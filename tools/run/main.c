@@ -1,8 +1,10 @@
 /* moe-run - run a pack: the prompt (text, a chat turn or token ids) prefilled in
- * batches, then sampling token by token, streaming text (or ids) as it comes. */
+ * batches, then sampling token by token, streaming text (or ids) as it comes; or
+ * (-i) a conversation in the terminal. Built on the public API (moe.h) alone. */
 #include "config.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <limits.h>
@@ -14,17 +16,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "common/error.h"
-#include "common/fileio.h"
-#include "common/progress.h"
-#include "engine/engine.h"
-#include "cache/cache.h"
-#include "text/template.h"
-#include "text/tokenizer.h"
+#include "cli/progress.h"
+#include "cli/stdout.h"
+#include "moe.h"
 
 static void usage(FILE *fp)
 {
 	fputs("usage: moe-run -m PACK [-p TEXT | --tokens ID,ID,... | --chat ...] [options]   (text on stdin without -p)\n"
+	      "       moe-run -m PACK -i [--system TEXT] [options]   (a conversation in the terminal)\n"
 	      "       moe-run --tokenize|--detokenize (-m PACK | --tokenizer tokenizer.json) [-p TEXT]\n"
 	      "  -m, --model PACK         the pack to run (moe-pack makes them)\n"
 	      "  -p, --prompt TEXT        the prompt (default: all of stdin); the generated text is printed\n"
@@ -35,9 +34,12 @@ static void usage(FILE *fp)
 	      "      --ignore-eos         go on past the end-of-sequence token\n"
 	      "chat:\n"
 	      "      --chat               the prompt is a user turn, rendered with the model's chat template\n"
-	      "      --system TEXT        with --chat: a system turn first\n"
+	      "  -i, --interactive        a conversation: a line is a user turn, the reply streams; the history\n"
+	      "                           stays in the KV cache. /reset starts over, /stats shows the expert cache;\n"
+	      "                           Ctrl-C stops a reply, Ctrl-D ends (-n is per reply, default: to the end)\n"
+	      "      --system TEXT        with --chat or -i: a system turn first\n"
 	      "      --messages FILE      with --chat: the conversation, a JSON array of {\"role\", \"content\"}\n"
-	      "      --chat-template T    with --chat: a template file, or mistral-v1 / chatml (built in)\n"
+	      "      --chat-template T    with --chat or -i: a template file, or mistral-v1 / chatml (built in)\n"
 	      "      --chat-template-kwargs JSON  with --chat: more template variables, e.g. '{\"enable_thinking\": false}'\n"
 	      "      --print-prompt       with --chat: print the rendered prompt and exit\n"
 	      "sampling:\n"
@@ -90,101 +92,27 @@ static void usage(FILE *fp)
 	      fp);
 }
 
-static uint64_t rng_state;
-static double rng_uniform(void) /* splitmix64 */
-{
-	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return (double)((z ^ (z >> 31)) >> 11) * 0x1p-53;
-}
-
-struct sampler {
-	double temp, top_p, min_p, repeat_penalty;
-	size_t top_k;
-};
-
-struct cand {
-	int id;
-	double p;
-};
-
-static int cmp_cand(const void *a, const void *b)
-{
-	double x = ((const struct cand *)a)->p, y = ((const struct cand *)b)->p;
-	return x < y ? 1 : x > y ? -1 : ((const struct cand *)a)->id - ((const struct cand *)b)->id;
-}
-
-/* One token from logits (modified in place by the repetition penalty). */
-static int sample(const struct sampler *sp, float *logits, size_t vocab, const int32_t *seen, size_t n_seen,
-		  struct cand *c)
-{
-	if (sp->repeat_penalty != 1.0) {
-		/* once per distinct token, however often it occurred (as llama.cpp does) */
-		for (size_t i = 0; i < vocab; i++)
-			c[i].id = 0;
-		for (size_t i = 0; i < n_seen; i++) {
-			if (c[seen[i]].id)
-				continue;
-			c[seen[i]].id = 1;
-			float *l = &logits[seen[i]];
-			*l = *l > 0 ? *l / (float)sp->repeat_penalty : *l * (float)sp->repeat_penalty;
-		}
-	}
-	size_t best = 0;
-	for (size_t i = 1; i < vocab; i++)
-		if (logits[i] > logits[best])
-			best = i;
-	if (sp->temp <= 0)
-		return (int)best;
-	double sum = 0;
-	for (size_t i = 0; i < vocab; i++) {
-		c[i] = (struct cand){(int)i, exp(((double)logits[i] - logits[best]) / sp->temp)};
-		sum += c[i].p;
-	}
-	qsort(c, vocab, sizeof *c, cmp_cand);
-	size_t keep = sp->top_k && sp->top_k < vocab ? sp->top_k : vocab;
-	double acc = 0;
-	for (size_t i = 0; i < keep; i++) {
-		acc += c[i].p / sum;
-		if (c[i].p < sp->min_p * c[0].p || (i > 0 && acc - c[i].p / sum >= sp->top_p)) {
-			keep = i;
-			break;
-		}
-	}
-	if (keep == 0)
-		keep = 1;
-	double tot = 0;
-	for (size_t i = 0; i < keep; i++)
-		tot += c[i].p;
-	double r = rng_uniform() * tot;
-	for (size_t i = 0; i < keep; i++) {
-		r -= c[i].p;
-		if (r <= 0)
-			return c[i].id;
-	}
-	return c[keep - 1].id;
-}
-
-/* MemAvailable from /proc/meminfo, in bytes (0 if unknown) */
-static uint64_t mem_available(void)
-{
-	FILE *fp = fopen("/proc/meminfo", "r");
-	char line[256];
-	unsigned long long kb = 0;
-	while (fp && fgets(line, sizeof line, fp))
-		if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
-			break;
-	if (fp)
-		fclose(fp);
-	return kb * 1024;
-}
-
 static int fail(void)
 {
 	fprintf(stderr, "moe-run: %s\n", moe_last_error());
 	return 1;
 }
+
+/* moe-run's own errors: said at once, -1 returned */
+static int say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int say(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fputs("moe-run: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+	return -1;
+}
+
+/* Helpers below say what went wrong themselves (say, or fail for the library's
+ * errors) and return non-zero. */
 
 static int parse_tokens(const char *s, int32_t **out, size_t *n)
 {
@@ -197,22 +125,25 @@ static int parse_tokens(const char *s, int32_t **out, size_t *n)
 		long x = strtol(p, &end, 10);
 		if (end == p || errno || x < 0 || x > INT32_MAX || (*end && *end != ',')) {
 			free(v);
-			return moe_fail(MOE_EINVAL, "--tokens: '%s' is not a comma-separated list of token ids", s);
+			return say("--tokens: '%s' is not a comma-separated list of token ids", s);
 		}
 		if (k == cap) {
 			int32_t *nv = realloc(v, (cap *= 2) * sizeof *v);
-			if (!nv)
+			if (!nv) {
+				free(v);
+				v = NULL;
 				break;
+			}
 			v = nv;
 		}
 		v[k++] = (int32_t)x;
 		p = *end ? end + 1 : end;
 	}
 	if (!v)
-		return moe_fail(MOE_ENOMEM, "out of memory");
+		return say("out of memory");
 	if (k == 0) {
 		free(v);
-		return moe_fail(MOE_EINVAL, "--tokens: empty prompt");
+		return say("--tokens: empty prompt");
 	}
 	*out = v;
 	*n = k;
@@ -245,33 +176,6 @@ static char *read_input(const char *prompt, size_t *len)
 	return buf;
 }
 
-/* The tokenizer of --tokenizer FILE (with its tokenizer_config.json) or of the
- * pack; and the chat template that goes with it (NULL if none). */
-static int load_tokenizer(const moe_pack *pack, const char *model, const char *tok_path, struct moe_tokenizer **t,
-			  char **tmpl)
-{
-	*t = NULL;
-	*tmpl = NULL;
-	if (tok_path) {
-		char *json, *config;
-		size_t len, config_len;
-		int rc = moe_tokenizer_read_files(tok_path, &json, &len, &config, &config_len);
-		if (!rc)
-			rc = moe_tokenizer_from_json(json, len, config, config_len, tok_path, t);
-		if (!rc && config)
-			rc = moe_chat_template_from_config(config, config_len, "tokenizer_config.json", tmpl);
-		free(json);
-		free(config);
-		return rc;
-	}
-	int rc = moe_tokenizer_from_pack(pack, model, t);
-	const void *p;
-	uint64_t n;
-	if (!rc && moe_pack_meta_bytes(pack, "tokenizer.chat_template", &p, &n) == 0 && !(*tmpl = strndup(p, n)))
-		rc = moe_fail(MOE_ENOMEM, "out of memory");
-	return rc;
-}
-
 /* a JSON array of ids, read leniently: every integer in order */
 static int parse_id_list(const char *in, int32_t **out, size_t *n_out)
 {
@@ -297,7 +201,7 @@ static int parse_id_list(const char *in, int32_t **out, size_t *n_out)
 		}
 	}
 	if (!ids)
-		return moe_fail(MOE_ENOMEM, "out of memory");
+		return say("out of memory");
 	*out = ids;
 	*n_out = n;
 	return 0;
@@ -312,52 +216,94 @@ static void print_ids(const int32_t *ids, size_t n)
 	puts("]");
 }
 
+/* The text side without the model: --tokenizer FILE (with its tokenizer_config.json)
+ * or the pack's tokenizer, and the chat template that goes with it (NULL if none). */
+struct text_side {
+	moe_pack *pack;
+	moe_tokenizer *own;      /* --tokenizer, or the pack's when no model is open */
+	const moe_tokenizer *tok;
+	char *tmpl;
+};
+
+static int text_side_open(struct text_side *ts, const char *model, const char *tok_path, const moe_model *m)
+{
+	*ts = (struct text_side){0};
+	if (tok_path) {
+		if (moe_tokenizer_open(tok_path, &ts->own, &ts->tmpl))
+			return fail();
+		ts->tok = ts->own;
+		if (!ts->tmpl && m && moe_model_chat_template(m) && !(ts->tmpl = strdup(moe_model_chat_template(m))))
+			return say("out of memory");
+		return 0;
+	}
+	if (m) {
+		ts->tok = moe_model_tokenizer(m);
+		if (moe_model_chat_template(m) && !(ts->tmpl = strdup(moe_model_chat_template(m))))
+			return say("out of memory");
+		return 0;
+	}
+	const void *p;
+	uint64_t n;
+	if (moe_pack_open(model, &ts->pack))
+		return fail();
+	if (moe_pack_meta_bytes(ts->pack, "tokenizer.bin", &p, &n) == 0 && moe_pack_tokenizer(ts->pack, &ts->own, &ts->tmpl))
+		return fail();
+	ts->tok = ts->own;
+	return 0;
+}
+
+static void text_side_close(struct text_side *ts)
+{
+	moe_tokenizer_free(ts->own);
+	free(ts->tmpl);
+	if (ts->pack)
+		moe_pack_close(ts->pack);
+}
+
 /* --tokenize / --detokenize: text <-> a JSON array of ids */
 static int text_tool(int detok, const char *model, const char *tok_path, const char *prompt, int add_special,
 		     int skip_special)
 {
-	moe_pack *pack = NULL;
-	struct moe_tokenizer *t = NULL;
-	char *tmpl = NULL, *in = NULL;
+	struct text_side ts;
+	char *in = NULL, *text = NULL;
 	int32_t *ids = NULL;
-	size_t len, n;
+	size_t len, n, tl;
 	int rc = 1;
 	if (!tok_path && !model) {
 		fputs("moe-run: --tokenize/--detokenize need -m PACK or --tokenizer FILE\n", stderr);
 		return 2;
 	}
-	if ((!tok_path && moe_pack_open(model, &pack)) || load_tokenizer(pack, model, tok_path, &t, &tmpl)) {
-		fail();
+	if (text_side_open(&ts, model, tok_path, NULL))
+		goto out;
+	if (!ts.tok) {
+		say("%s: the pack has no tokenizer", model);
 		goto out;
 	}
 	if (!(in = read_input(prompt, &len))) {
-		fputs("moe-run: out of memory\n", stderr);
+		say("out of memory");
 		goto out;
 	}
 	if (!detok) {
-		if (moe_tokenize(t, in, len, add_special, &ids, &n)) {
+		if (moe_tokenize(ts.tok, in, len, add_special, &ids, &n)) {
 			fail();
 			goto out;
 		}
 		print_ids(ids, n);
 	} else {
-		char *text;
-		size_t tl;
-		if (parse_id_list(in, &ids, &n) || moe_detokenize(t, ids, n, skip_special, &text, &tl)) {
+		if (parse_id_list(in, &ids, &n))
+			goto out;
+		if (moe_detokenize(ts.tok, ids, n, skip_special, &text, &tl)) {
 			fail();
 			goto out;
 		}
 		fwrite(text, 1, tl, stdout);
-		free(text);
 	}
 	rc = moe_stdout_check() == MOE_STDOUT_FAILED;
 out:
 	free(ids);
 	free(in);
-	free(tmpl);
-	moe_tokenizer_free(t);
-	if (pack)
-		moe_pack_close(pack);
+	free(text);
+	text_side_close(&ts);
 	return rc;
 }
 
@@ -369,29 +315,30 @@ struct prompt_options {
 	int chat, print_prompt, add_special;
 };
 
+/* a JSON array of messages: the system turn if any, then user */
+static json_t *first_messages(const char *system)
+{
+	json_t *msgs = json_array();
+	if (system)
+		json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "system", "content", system));
+	return msgs;
+}
+
 static int chat_messages(const struct prompt_options *po, const char *text, size_t len, char **out)
 {
 	if (po->messages) {
 		size_t n;
-		return moe_read_file(po->messages, out, &n);
+		return moe_read_file(po->messages, out, &n) ? fail() : 0;
 	}
-	json_t *msgs = json_array(), *user = json_object();
-	if (po->system) {
-		json_t *sys = json_object();
-		json_object_set_new(sys, "role", json_string("system"));
-		json_object_set_new(sys, "content", json_string(po->system));
-		json_array_append_new(msgs, sys);
-	}
-	json_object_set_new(user, "role", json_string("user"));
-	json_object_set_new(user, "content", json_stringn(text, len));
-	json_array_append_new(msgs, user);
+	json_t *msgs = first_messages(po->system);
+	json_array_append_new(msgs, json_pack("{s:s, s:s%}", "role", "user", "content", text, len));
 	*out = json_dumps(msgs, JSON_COMPACT);
 	json_decref(msgs);
-	return *out ? 0 : moe_fail(MOE_EINVAL, "the prompt is not UTF-8 text");
+	return *out ? 0 : say("the prompt is not UTF-8 text");
 }
 
-/* --chat-template NAME|FILE, else the pack's, else the built-in one of its family */
-static int chat_template(const struct prompt_options *po, const moe_pack *pack, char **tmpl)
+/* --chat-template NAME|FILE replaces the one of the tokenizer or the pack */
+static int chat_template(const struct prompt_options *po, char **tmpl)
 {
 	if (po->chat_template) {
 		const char *b = moe_chat_template_builtin(po->chat_template);
@@ -399,69 +346,58 @@ static int chat_template(const struct prompt_options *po, const moe_pack *pack, 
 		free(*tmpl);
 		*tmpl = NULL;
 		if (b)
-			return (*tmpl = strdup(b)) ? 0 : moe_fail(MOE_ENOMEM, "out of memory");
-		return moe_read_file(po->chat_template, tmpl, &n);
+			return (*tmpl = strdup(b)) ? 0 : say("out of memory");
+		return moe_read_file(po->chat_template, tmpl, &n) ? fail() : 0;
 	}
-	const char *arch = NULL;
-	const void *p;
-	uint64_t n;
-	if (!*tmpl && pack && moe_pack_meta_bytes(pack, "general.architecture", &p, &n) == 0 && n == 7 &&
-	    !memcmp(p, "mixtral", 7))
-		arch = "mixtral";
-	if (!*tmpl && arch)
-		return (*tmpl = strdup(moe_chat_template_builtin("mistral-v1"))) ? 0 : moe_fail(MOE_ENOMEM, "out of memory");
 	if (!*tmpl)
-		return moe_fail(MOE_ENOTFOUND, "no chat template in the pack or tokenizer_config.json; pass --chat-template NAME|FILE");
+		return say("no chat template in the pack or tokenizer_config.json; pass --chat-template NAME|FILE");
 	return 0;
 }
 
-static int build_prompt(const struct prompt_options *po, const moe_pack *pack, const struct moe_tokenizer *t,
-			char *tmpl, int32_t **ids, size_t *n)
+/* messages rendered and tokenized as apply_chat_template does */
+static int chat_ids(const moe_tokenizer *t, const char *tmpl, const char *msgs, const char *kwargs, int32_t **ids,
+		    size_t *n)
+{
+	char *rendered;
+	size_t rl;
+	if (moe_chat_prompt(t, tmpl, msgs, kwargs, 1, &rendered, &rl))
+		return fail();
+	int rc = moe_tokenize(t, rendered, rl, 0, ids, n) ? fail() : 0;
+	free(rendered);
+	return rc;
+}
+
+static int build_prompt(const struct prompt_options *po, const moe_tokenizer *t, const char *tmpl, int32_t **ids,
+			size_t *n)
 {
 	*ids = NULL;
 	*n = 0;
 	if (po->tokens)
 		return parse_tokens(po->tokens, ids, n);
 	if (!t)
-		return moe_fail(MOE_ENOTFOUND, "the pack has no tokenizer: give the prompt as --tokens ID,ID,...");
+		return say("the pack has no tokenizer: give the prompt as --tokens ID,ID,...");
 	size_t len = 0;
 	char *text = po->messages ? NULL : read_input(po->text, &len), *msgs = NULL, *rendered = NULL;
-	char *bos = NULL, *eos = NULL; /* token strings for the template */
 	int rc = 0;
 	if (!po->messages && !text)
-		return moe_fail(MOE_ENOMEM, "out of memory");
-	if (po->chat) {
-		size_t rl, bl = 0, el = 0;
-		const char *b = NULL, *e = NULL;
-		const int32_t *eos_ids;
-		if (moe_tokenizer_bos(t) >= 0)
-			b = moe_tokenizer_token(t, moe_tokenizer_bos(t), &bl);
-		if (moe_tokenizer_eos(t, &eos_ids))
-			e = moe_tokenizer_token(t, eos_ids[0], &el);
-		if ((b && !(bos = strndup(b, bl))) || (e && !(eos = strndup(e, el)))) {
-			rc = moe_fail(MOE_ENOMEM, "out of memory");
-			goto out;
-		}
-		if ((rc = chat_messages(po, text, len, &msgs)) ||
-		    (rc = moe_chat_render(tmpl, msgs, bos, eos, 1, po->chat_kwargs, &rendered, &rl)))
-			goto out;
-		if (po->print_prompt) {
+		return say("out of memory");
+	if (po->chat && po->print_prompt) {
+		size_t rl;
+		if (!(rc = chat_messages(po, text, len, &msgs)))
+			rc = moe_chat_prompt(t, tmpl, msgs, po->chat_kwargs, 1, &rendered, &rl) ? fail() : 0;
+		if (!rc)
 			fwrite(rendered, 1, rl, stdout);
-			goto out;
-		}
-		/* the template wrote the special tokens itself (as apply_chat_template encodes) */
-		rc = moe_tokenize(t, rendered, rl, 0, ids, n);
+	} else if (po->chat) {
+		if (!(rc = chat_messages(po, text, len, &msgs)))
+			rc = chat_ids(t, tmpl, msgs, po->chat_kwargs, ids, n);
 	} else {
-		rc = moe_tokenize(t, text, len, po->add_special, ids, n);
+		rc = moe_tokenize(t, text, len, po->add_special, ids, n) ? fail() : 0;
 	}
-	if (!rc && !*n)
-		rc = moe_fail(MOE_EINVAL, "empty prompt");
-out:
+	if (!rc && !po->print_prompt && !*n)
+		rc = say("empty prompt");
 	free(text);
 	free(msgs);
 	free(rendered);
-	free(bos);
-	free(eos);
 	return rc;
 }
 
@@ -478,40 +414,41 @@ static double log_sum_exp(const float *row, size_t n, size_t *best)
 	return mx + log(sum);
 }
 
-/* --perplexity: the tokens in chunks of ctx, each from an empty cache; every token
+/* --perplexity: the tokens in chunks of ctx, each from an empty context; every token
  * after a chunk's first is scored on the logits of the ones before it (as
  * llama.cpp's perplexity tool does, without its half-chunk warm-up). With
  * logits_out, the scored rows are saved; with kl_base, compared with saved ones. */
-static int perplexity(struct moe_session *s, const int32_t *ids, size_t n, size_t ctx, size_t batch,
+static int perplexity(moe_session *s, size_t vocab, const int32_t *ids, size_t n, size_t ctx, size_t batch,
 		      const char *logits_out, const char *kl_base, double *ppl, size_t *n_scored)
 {
 	struct moe_progress bar;
 	moe_progress_start(&bar, isatty(STDERR_FILENO), "perplexity", "tokens", n);
-	const size_t vocab = s->m->hp.vocab;
 	float *lg = malloc(batch * vocab * sizeof *lg), *brow = malloc(vocab * sizeof *brow);
 	FILE *out = logits_out ? fopen(logits_out, "wb") : NULL, *base = kl_base ? fopen(kl_base, "rb") : NULL;
 	double nll = 0, kl = 0;
 	size_t scored = 0, agree = 0, chunks = 0;
 	int rc = 0;
 	if (!lg || !brow) {
-		rc = moe_fail(MOE_ENOMEM, "out of memory");
+		rc = say("out of memory");
 		goto done;
 	}
 	if ((logits_out && !out) || (kl_base && !base)) {
-		rc = moe_fail(MOE_EIO, "%s: %s", !out && logits_out ? logits_out : kl_base, strerror(errno));
+		rc = say("%s: %s", !out && logits_out ? logits_out : kl_base, strerror(errno));
 		goto done;
 	}
 	if (n < 2) {
-		rc = moe_fail(MOE_EINVAL, "--perplexity: %zu tokens, nothing to predict", n);
+		rc = say("--perplexity: %zu tokens, nothing to predict", n);
 		goto done;
 	}
 	for (size_t c0 = 0; c0 + 1 < n; c0 += ctx, chunks++) {
 		const size_t len = n - c0 < ctx ? n - c0 : ctx;
-		s->n_past = 0; /* a fresh context: the cache is overwritten from position 0 */
+		moe_session_rewind(s, 0); /* a fresh context */
 		for (size_t i = 0; i < len && !rc; i += batch) {
 			const size_t k = len - i < batch ? len - i : batch;
-			if ((rc = moe_forward(s, ids + c0 + i, k, lg, NULL)))
+			if (moe_session_eval(s, ids + c0 + i, k, lg)) {
+				rc = fail();
 				break;
+			}
 			moe_progress_update(&bar, c0 + i + k, 0);
 			for (size_t t = 0; t < k && i + t + 1 < len; t++) {
 				const float *row = lg + t * vocab;
@@ -520,13 +457,12 @@ static int perplexity(struct moe_session *s, const int32_t *ids, size_t n, size_
 				nll += lse - row[ids[c0 + i + t + 1]];
 				scored++;
 				if (out && fwrite(row, sizeof *row, vocab, out) != vocab) {
-					rc = moe_fail(MOE_EIO, "%s: %s", logits_out, strerror(errno));
+					rc = say("%s: %s", logits_out, strerror(errno));
 					break;
 				}
 				if (base) {
 					if (fread(brow, sizeof *brow, vocab, base) != vocab) {
-						rc = moe_fail(MOE_EFORMAT, "--kl-base %s: fewer rows than the %zu scored tokens", kl_base,
-							      scored);
+						rc = say("--kl-base %s: fewer rows than the %zu scored tokens", kl_base, scored);
 						break;
 					}
 					const double blse = log_sum_exp(brow, vocab, &bbest);
@@ -543,7 +479,7 @@ static int perplexity(struct moe_session *s, const int32_t *ids, size_t n, size_
 	}
 	moe_progress_end(&bar);
 	if (!rc && base && fread(brow, 1, 1, base) == 1)
-		rc = moe_fail(MOE_EFORMAT, "--kl-base %s: more rows than the %zu scored tokens", kl_base, scored);
+		rc = say("--kl-base %s: more rows than the %zu scored tokens", kl_base, scored);
 	if (!rc) {
 		*ppl = exp(nll / (double)scored);
 		*n_scored = scored;
@@ -554,7 +490,7 @@ static int perplexity(struct moe_session *s, const int32_t *ids, size_t n, size_
 	}
 done:
 	if (out && fclose(out) != 0 && !rc)
-		rc = moe_fail(MOE_EIO, "%s: %s", logits_out, strerror(errno));
+		rc = say("%s: %s", logits_out, strerror(errno));
 	if (rc && out)
 		unlink(logits_out); /* never leave a short file that looks like logits */
 	if (base)
@@ -571,68 +507,67 @@ struct token_stats {
 
 /* The expert cache's totals, as --stats prints them and as stats-json's "experts" object. */
 struct expert_report {
-	struct moe_expert_stats xs;
-	const char *policy;
+	moe_stats xs;
 	long prefetch_depth;
 	uint64_t cache_bytes;
 	double precision, recall;
 };
 
-static void expert_report_init(struct expert_report *r, struct moe_model *m, const char *policy, long depth,
-			       uint64_t cache_bytes)
+static void expert_report_init(struct expert_report *r, const moe_model *m, long depth)
 {
-	m->experts->stats(m->experts, &r->xs);
-	const struct moe_expert_stats *x = &r->xs;
-	r->policy = policy, r->prefetch_depth = depth, r->cache_bytes = cache_bytes;
+	moe_model_info info;
+	moe_model_get_info(m, &info);
+	moe_model_stats(m, &r->xs);
+	const moe_stats *x = &r->xs;
+	r->prefetch_depth = depth, r->cache_bytes = info.expert_cache_bytes;
 	r->precision = x->prefetch_issued ? (double)x->prefetch_hits / (double)x->prefetch_issued : 0;
 	r->recall = x->prefetch_hits + x->misses ? (double)x->prefetch_hits / (double)(x->prefetch_hits + x->misses) : 0;
 }
 
 static void expert_report_json(FILE *fp, const struct expert_report *r)
 {
-	const struct moe_expert_stats *x = &r->xs;
+	const moe_stats *x = &r->xs;
 	fprintf(fp, " \"experts\": {\"io\": \"%s\", \"policy\": \"%s\", \"prefetch_depth\": %ld, "
 		"\"cache_bytes\": %llu, \"slots\": %llu, \"slots_used\": %llu, \"uses\": %llu, \"hits\": %llu, "
 		"\"prefetch_hits\": %llu, \"misses\": %llu, \"prefetch_issued\": %llu, \"prefetch_precision\": %.4f, "
 		"\"prefetch_recall\": %.4f, \"bytes_read\": %llu, \"rereads\": %llu, \"read_seconds\": %.6f, "
 		"\"read_gb_per_second\": %.3f, \"wait_seconds\": %.6f}",
-		x->io_mode, r->policy, r->prefetch_depth, (unsigned long long)r->cache_bytes, (unsigned long long)x->slots,
-		(unsigned long long)x->slots_used, (unsigned long long)(x->hits + x->prefetch_hits + x->misses),
-		(unsigned long long)x->hits, (unsigned long long)x->prefetch_hits, (unsigned long long)x->misses,
-		(unsigned long long)x->prefetch_issued, r->precision, r->recall, (unsigned long long)x->bytes_read,
-		(unsigned long long)x->rereads, x->io_seconds, x->io_seconds > 0 ? x->bytes_read / x->io_seconds / 1e9 : 0.0,
-		x->wait_seconds);
+		x->io, x->policy, r->prefetch_depth, (unsigned long long)r->cache_bytes, (unsigned long long)x->slots,
+		(unsigned long long)x->slots_used, (unsigned long long)x->uses, (unsigned long long)x->hits,
+		(unsigned long long)x->prefetch_hits, (unsigned long long)x->misses, (unsigned long long)x->prefetch_issued,
+		r->precision, r->recall, (unsigned long long)x->bytes_read, (unsigned long long)x->rereads, x->read_seconds,
+		x->read_seconds > 0 ? x->bytes_read / x->read_seconds / 1e9 : 0.0, x->wait_seconds);
 }
 
 static void expert_report_line(const struct expert_report *r)
 {
-	const struct moe_expert_stats *x = &r->xs;
+	const moe_stats *x = &r->xs;
 	fprintf(stderr, "moe-run: experts: %llu uses, %llu hits + %llu prefetched + %llu misses; prefetch precision %.2f recall %.2f; "
 		"read %.2f GB at %.2f GB/s (%s); waited %.3f s; cache %llu/%llu slots (%.1f MB, %s)\n",
-		(unsigned long long)(x->hits + x->prefetch_hits + x->misses), (unsigned long long)x->hits,
-		(unsigned long long)x->prefetch_hits, (unsigned long long)x->misses, r->precision, r->recall,
-		x->bytes_read / 1e9, x->io_seconds > 0 ? x->bytes_read / x->io_seconds / 1e9 : 0.0, x->io_mode,
-		x->wait_seconds, (unsigned long long)x->slots_used, (unsigned long long)x->slots, r->cache_bytes / 1048576.0,
-		r->policy);
+		(unsigned long long)x->uses, (unsigned long long)x->hits, (unsigned long long)x->prefetch_hits,
+		(unsigned long long)x->misses, r->precision, r->recall, x->bytes_read / 1e9,
+		x->read_seconds > 0 ? x->bytes_read / x->read_seconds / 1e9 : 0.0, x->io, x->wait_seconds,
+		(unsigned long long)x->slots_used, (unsigned long long)x->slots, r->cache_bytes / 1048576.0, x->policy);
 }
 
 /* On a terminal, one line once loaded: what runs, and where the memory goes. */
-static void load_banner(const moe_pack *pack, const struct moe_model *m, uint64_t resident, uint64_t session,
-			uint64_t cache_bytes, int threads)
+static void load_banner(const moe_model *m)
 {
-	const struct moe_hparams *hp = &m->hp;
-	struct moe_expert_stats xs;
-	m->experts->stats(m->experts, &xs);
+	const moe_pack *pack = moe_model_pack(m);
+	moe_model_info info;
+	moe_stats xs;
+	moe_model_get_info(m, &info);
+	moe_model_stats(m, &xs);
 	fprintf(stderr, "moe-run: %s: %s, %llu layers, %llu experts (%llu active), %.1f MB; dense %.1f MB + KV and "
-		"scratch %.1f MB + ", moe_pack_path(pack), moe_arch_name(hp->arch), (unsigned long long)hp->n_layers,
-		(unsigned long long)hp->n_experts, (unsigned long long)hp->n_experts_used,
-		moe_pack_file_size(pack) / 1048576.0, resident / 1048576.0, session / 1048576.0);
-	if (cache_bytes)
-		fprintf(stderr, "expert cache %.1f MB (%llu of %zu experts)", cache_bytes / 1048576.0,
+		"scratch %.1f MB + ", moe_pack_path(pack), info.arch, (unsigned long long)info.n_layers,
+		(unsigned long long)info.n_experts, (unsigned long long)info.n_experts_used,
+		moe_pack_file_size(pack) / 1048576.0, info.dense_bytes / 1048576.0, info.session_bytes / 1048576.0);
+	if (info.expert_cache_bytes)
+		fprintf(stderr, "expert cache %.1f MB (%llu of %zu experts)", info.expert_cache_bytes / 1048576.0,
 			(unsigned long long)xs.slots, moe_pack_expert_count(pack));
 	else
 		fputs("experts through the page cache", stderr);
-	fprintf(stderr, "; kernels %s, %d threads\n", m->kernels->name, threads);
+	fprintf(stderr, "; kernels %s, %d threads\n", info.kernels, info.threads);
 }
 
 /* stats-json is written whole or not at all: a failed write removes it */
@@ -648,78 +583,270 @@ static int close_stats_json(FILE **fpp, const char *path)
 	return 0;
 }
 
-/* Generated text goes out as it comes, except what could be the start of a stop
- * string; returns 1 once a stop string has been seen (the text before it printed). */
-struct text_out {
-	char *buf;
-	size_t n, cap, printed, longest_stop;
-	const char **stops;
-	size_t n_stops;
-};
-
-static int text_out_add(struct text_out *o, const char *s, size_t n, int final)
+/* --context-shift: the context is full. Drop the older half of what follows the
+ * first n_keep tokens, as llama.cpp's context shift does, and rebuild the KV cache
+ * from what is left: a prefill, so the cache is exactly that of a prompt made of
+ * those tokens, whatever the positional encoding. */
+static int shift_context(moe_session *s, size_t n_keep)
 {
-	if (o->n + n + 1 > o->cap) {
-		size_t cap = o->cap ? o->cap : 256;
-		while (cap < o->n + n + 1)
-			cap *= 2;
-		char *nb = realloc(o->buf, cap);
-		if (!nb)
-			return -1;
-		o->buf = nb, o->cap = cap;
-	}
-	memcpy(o->buf + o->n, s, n);
-	o->n += n;
-	o->buf[o->n] = '\0';
-	/* a stop string can only end in the new bytes */
-	const size_t from = o->printed;
-	size_t stop_at = o->n + 1;
-	for (size_t i = 0; i < o->n_stops; i++) {
-		const char *hit = memmem(o->buf + from, o->n - from, o->stops[i], strlen(o->stops[i]));
-		if (hit && (size_t)(hit - o->buf) < stop_at)
-			stop_at = (size_t)(hit - o->buf);
-	}
-	size_t upto = stop_at <= o->n ? stop_at : final || !o->longest_stop ? o->n
-					  : o->n - (o->n - o->printed < o->longest_stop - 1 ? o->n - o->printed
-											  : o->longest_stop - 1);
-	while (upto > o->printed && upto < o->n && ((unsigned char)o->buf[upto] & 0xC0) == 0x80)
-		upto--; /* whole characters only */
-	fwrite(o->buf + o->printed, 1, upto - o->printed, stdout);
-	fflush(stdout);
-	o->printed = upto;
-	return stop_at <= o->n;
+	const size_t n_past = moe_session_pos(s), n_discard = (n_past - n_keep) / 2;
+	int32_t *kept = malloc(n_past * sizeof *kept);
+	if (!kept)
+		return say("out of memory");
+	const int32_t *cur = moe_session_tokens(s);
+	memcpy(kept, cur, n_keep * sizeof *kept);
+	memcpy(kept + n_keep, cur + n_keep + n_discard, (n_past - n_keep - n_discard) * sizeof *kept);
+	moe_session_rewind(s, 0);
+	int rc = moe_session_eval(s, kept, n_past - n_discard, NULL) ? fail() : 0;
+	free(kept);
+	return rc;
 }
 
-/* --context-shift: the context is full (win holds its tokens, then the one sampled
- * from them). Drop the older half of what follows the first n_keep, as llama.cpp's
- * context shift does, and rebuild the KV cache from what is left: a prefill, so the
- * cache is exactly that of a prompt made of those tokens, whatever the positional
- * encoding. */
-static int shift_context(struct moe_session *s, int32_t *win, size_t *n_win, size_t n_keep, size_t batch)
-{
-	const size_t n_past = s->n_past, n_discard = (n_past - n_keep) / 2;
-	memmove(win + n_keep, win + n_keep + n_discard, (*n_win - n_keep - n_discard) * sizeof *win);
-	*n_win -= n_discard;
-	s->n_past = 0;
-	for (size_t i = 0; i < n_past - n_discard; i += batch) {
-		const size_t k = n_past - n_discard - i < batch ? n_past - n_discard - i : batch;
-		int rc = moe_forward(s, win + i, k, NULL, NULL);
-		if (rc)
-			return rc;
-	}
-	return 0;
-}
-
-/* The first SIGINT/SIGTERM stops generation before the next token: the text so far,
- * the statistics and a whole stats-json and trace are still written. A second ends
- * at once. */
-static volatile sig_atomic_t interrupted;
+/* The first SIGINT/SIGTERM stops generation before the next token (and a prefill
+ * between two layers): the text so far, the statistics and a whole stats-json and
+ * trace are still written. A second ends at once, except in a conversation, where
+ * Ctrl-C stops the reply and the next line is asked for. */
+static volatile sig_atomic_t interrupted, conversation;
+static moe_session *running;
 
 static void on_signal(int sig)
 {
-	if (interrupted)
+	if (interrupted && !conversation)
 		_exit(128 + sig);
 	interrupted = sig;
+	if (running)
+		moe_session_cancel(running);
+}
+
+/* What generation needs besides the session. */
+struct generation {
+	const moe_tokenizer *tok;  /* NULL: ids out */
+	moe_sampler *sampler;
+	moe_stopper *stops;
+	const int32_t *eos;
+	size_t n_eos, n_sampled;
+	long n_predict;
+	int context_shift, print_ids;
+	size_t n_keep;
+	/* results */
+	const char *stop_reason;
+	size_t generated, shifts, n_token_stats, cap_token_stats;
+	struct token_stats *per_token;
+	char *text;                /* what was shown, with reply */
+	size_t text_len;
+	int reply;                 /* collect the text */
+};
+
+static int keep_text(struct generation *g, const char *s, size_t n)
+{
+	if (!g->reply || !n)
+		return 0;
+	char *nt = realloc(g->text, g->text_len + n + 1);
+	if (!nt)
+		return say("out of memory");
+	memcpy(nt + g->text_len, s, n);
+	g->text = nt;
+	g->text_len += n;
+	g->text[g->text_len] = '\0';
+	return 0;
+}
+
+/* Sample, show and run tokens until the end of sequence, a stop string, -n, a full
+ * context (shifted with --context-shift) or a signal. */
+static int generate(moe_session *s, const moe_model *m, struct generation *g)
+{
+	moe_detokenizer *detok = NULL;
+	int rc = 0;
+	g->stop_reason = "length";
+	g->generated = 0;
+	if (g->tok && moe_detokenizer_new(g->tok, 1, &detok))
+		return fail();
+	for (long i = 0; i < g->n_predict; i++) {
+		if (interrupted) {
+			g->stop_reason = "interrupted";
+			break;
+		}
+		/* the repetition penalty looks at the tokens the model sees: those in the context */
+		const int32_t id = moe_sampler_sample(g->sampler, moe_session_logits(s), g->n_sampled, moe_session_tokens(s),
+						      moe_session_pos(s));
+		if (id < 0) {
+			rc = fail();
+			break;
+		}
+		g->generated++;
+		int is_eos = 0;
+		for (size_t k = 0; k < g->n_eos; k++)
+			is_eos |= id == g->eos[k];
+		if (is_eos) {
+			g->stop_reason = "eos";
+			break;
+		}
+		if (g->tok) {
+			const char *piece, *show;
+			size_t pl, sl;
+			int r = moe_detokenizer_push(detok, id, &piece, &pl);
+			if (r || (r = moe_stopper_push(g->stops, piece, pl, 0, &show, &sl)) < 0) {
+				rc = fail();
+				break;
+			}
+			fwrite(show, 1, sl, stdout);
+			fflush(stdout);
+			if ((rc = keep_text(g, show, sl)))
+				break;
+			if (r == 1) {
+				g->stop_reason = "stop";
+				break;
+			}
+		} else {
+			printf("%s%d", g->generated > 1 ? " " : "", id);
+		}
+		if (moe_stdout_check() != MOE_STDOUT_OK) { /* said so if it failed; quiet if the reader left */
+			g->stop_reason = "output";
+			break;
+		}
+		if (i + 1 == g->n_predict)
+			break;
+		if (moe_session_pos(s) >= moe_session_ctx(s)) {
+			if (!g->context_shift) {
+				fprintf(stderr, "\nmoe-run: context full (%zu tokens): stopping\n", moe_session_ctx(s));
+				g->stop_reason = "context";
+				break;
+			}
+			if ((rc = shift_context(s, g->n_keep)))
+				break;
+			g->shifts++;
+		}
+		if (g->n_token_stats == g->cap_token_stats) {
+			g->cap_token_stats = g->cap_token_stats ? 2 * g->cap_token_stats : 256;
+			struct token_stats *grown = realloc(g->per_token, g->cap_token_stats * sizeof *grown);
+			if (!grown) {
+				rc = say("out of memory");
+				break;
+			}
+			g->per_token = grown;
+		}
+		moe_stats before, after;
+		moe_model_stats(m, &before);
+		if (moe_session_eval(s, &id, 1, NULL)) {
+			if (interrupted) { /* canceled by the signal */
+				g->stop_reason = "interrupted";
+				break;
+			}
+			rc = fail();
+			break;
+		}
+		moe_model_stats(m, &after);
+		g->per_token[g->n_token_stats++] = (struct token_stats){
+			after.hits - before.hits, after.prefetch_hits - before.prefetch_hits, after.misses - before.misses,
+			after.bytes_read - before.bytes_read, after.wait_seconds - before.wait_seconds};
+	}
+	if (!rc && g->tok && strcmp(g->stop_reason, "stop") != 0) {
+		const char *piece, *show;
+		size_t pl, sl;
+		if (moe_detokenizer_finish(detok, &piece, &pl) || moe_stopper_push(g->stops, piece, pl, 1, &show, &sl) < 0)
+			rc = fail();
+		else {
+			fwrite(show, 1, sl, stdout);
+			rc = keep_text(g, show, sl);
+		}
+	}
+	moe_detokenizer_free(detok);
+	return rc;
+}
+
+/* -i: a line is a user turn; the conversation is rendered whole each turn and only
+ * what the context does not already hold is computed. */
+static int converse(moe_session *s, const moe_model *m, const char *tmpl, const struct prompt_options *po,
+		    struct generation *g, const char *stop_strs[], size_t n_stops, long prefetch_depth, long per_reply)
+{
+	json_t *msgs = first_messages(po->system);
+	char *line = NULL;
+	size_t cap = 0;
+	int rc = 0;
+	const int tty = isatty(STDIN_FILENO);
+	conversation = 1;
+	for (;;) {
+		if (tty)
+			fputs("> ", stdout), fflush(stdout);
+		interrupted = 0;
+		errno = 0;
+		ssize_t n = getline(&line, &cap, stdin);
+		if (n < 0) {
+			if (errno == EINTR) { /* Ctrl-C at the prompt: a new line */
+				clearerr(stdin);
+				putchar('\n');
+				continue;
+			}
+			if (tty)
+				putchar('\n');
+			break; /* Ctrl-D, or the end of the input */
+		}
+		while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+			line[--n] = '\0';
+		if (!n)
+			continue;
+		if (!strcmp(line, "/reset")) {
+			json_decref(msgs);
+			msgs = first_messages(po->system);
+			moe_session_rewind(s, 0);
+			fputs("(a new conversation)\n", stdout);
+			continue;
+		}
+		if (!strcmp(line, "/stats")) {
+			struct expert_report er;
+			expert_report_init(&er, m, prefetch_depth);
+			fprintf(stderr, "moe-run: context %zu of %zu tokens\n", moe_session_pos(s), moe_session_ctx(s));
+			expert_report_line(&er);
+			continue;
+		}
+		json_array_append_new(msgs, json_pack("{s:s, s:s%}", "role", "user", "content", line, (size_t)n));
+		char *text = json_dumps(msgs, JSON_COMPACT);
+		int32_t *ids = NULL;
+		size_t n_ids = 0;
+		if (!text) {
+			rc = say("the line is not UTF-8 text");
+			break;
+		}
+		rc = chat_ids(g->tok, tmpl, text, po->chat_kwargs, &ids, &n_ids);
+		free(text);
+		if (rc)
+			break;
+		if (n_ids + 1 >= moe_session_ctx(s)) {
+			fprintf(stderr, "moe-run: the conversation is %zu tokens; the context holds %zu: /reset starts over\n",
+				n_ids, moe_session_ctx(s));
+			json_array_remove(msgs, json_array_size(msgs) - 1);
+			free(ids);
+			continue;
+		}
+		size_t common = moe_session_common_prefix(s, ids, n_ids);
+		if (common == n_ids) /* the logits after the last token are needed */
+			common--;
+		moe_session_rewind(s, common);
+		running = s;
+		const int erc = moe_session_eval(s, ids + common, n_ids - common, NULL);
+		free(ids);
+		g->n_predict = per_reply > 0 ? per_reply : LONG_MAX; /* a full context stops it too */
+		moe_stopper_free(g->stops);
+		g->stops = NULL;
+		if (erc == 0 && moe_stopper_new(stop_strs, n_stops, &g->stops))
+			rc = fail();
+		else if (erc == 0)
+			rc = generate(s, m, g);
+		else if (!interrupted)
+			rc = fail();
+		running = NULL;
+		putchar('\n');
+		if (rc)
+			break;
+		json_array_append_new(msgs, json_pack("{s:s, s:s%}", "role", "assistant", "content", g->text ? g->text : "",
+						      g->text_len));
+		free(g->text);
+		g->text = NULL;
+		g->text_len = 0;
+	}
+	free(line);
+	json_decref(msgs);
+	return rc;
 }
 
 int main(int argc, char **argv)
@@ -728,14 +855,17 @@ int main(int argc, char **argv)
 	const char *model = NULL, *logits_out = NULL;
 	long n_predict = 16, ctx = 4096, batch = 32;
 	int threads = (int)sysconf(_SC_NPROCESSORS_ONLN), stats = 0, ignore_eos = 0;
-	struct sampler sp = {0.0, 1.0, 0.0, 1.0, 40};
+	moe_sampler_params sp;
+	moe_sampler_params_init(&sp);
 	struct prompt_options po = {.add_special = 1};
-	uint64_t seed = 1;
+	moe_model_params mp;
+	moe_model_params_init(&mp);
+	int interactive = 0, n_given = 0;
 	enum { O_TOKENS = 256, O_TEMP, O_TOPK, O_TOPP, O_MINP, O_REP, O_SEED, O_LOGITS, O_STATS, O_KV, O_BUDGET,
 	       O_TRUNC, O_SJSON, O_TOKENIZE, O_DETOKENIZE, O_TOKENIZER, O_ADD_SPECIAL, O_NO_ADD_SPECIAL,
 	       O_SKIP_SPECIAL, O_CHAT, O_SYSTEM, O_MESSAGES, O_CHAT_TEMPLATE, O_CHAT_KWARGS, O_PRINT_PROMPT, O_STOP,
 	       O_IGNORE_EOS, O_MLOCK, O_IO_DEPTH, O_NO_VERIFY, O_POLICY, O_PREFETCH, O_TRACE, O_NO_OFFLOAD, O_PPL,
-	       O_KL_BASE, O_EXPERT_TIMEOUT, O_SHIFT, O_KEEP };
+	       O_KL_BASE, O_EXPERT_TIMEOUT, O_SHIFT, O_KEEP, O_INTERACTIVE };
 	int tokenize = 0, detokenize = 0, skip_special = 0;
 	char *ppl_text = NULL;
 	const char *tokenizer_path = NULL;
@@ -744,7 +874,6 @@ int main(int argc, char **argv)
 	size_t n_stops = 0;
 	uint64_t budget = 0;
 	const char *budget_s = getenv("MOE_RAM_BUDGET"), *trace_out = NULL;
-	struct moe_cache_options co = {.verify = 1, .policy = MOE_POLICY_LRU};
 	long io_depth = 8, prefetch_depth = 1;
 	int no_offload = 0;
 	const char *ppl_file = NULL, *kl_base = NULL;
@@ -775,24 +904,26 @@ int main(int argc, char **argv)
 		{"cache-policy", required_argument, NULL, O_POLICY}, {"prefetch-depth", required_argument, NULL, O_PREFETCH},
 		{"trace-out", required_argument, NULL, O_TRACE}, {"no-offload", no_argument, NULL, O_NO_OFFLOAD},
 		{"perplexity", required_argument, NULL, O_PPL}, {"kl-base", required_argument, NULL, O_KL_BASE},
-		{"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0},
+		{"interactive", no_argument, NULL, 'i'}, {"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0},
 	};
 	int c;
-	while ((c = getopt_long(argc, argv, "m:n:t:c:b:p:hV", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "m:n:t:c:b:p:ihV", opts, NULL)) != -1) {
 		char *end = NULL;
 		switch (c) {
 		case 'm': model = optarg; break;
 		case O_TOKENS: po.tokens = optarg; break;
-		case 'n': n_predict = strtol(optarg, &end, 10); break;
+		case 'n': n_predict = strtol(optarg, &end, 10), n_given = 1; break;
+		case 'i': interactive = 1; break;
 		case 't': threads = (int)strtol(optarg, &end, 10); break;
 		case 'c': ctx = strtol(optarg, &end, 10); break;
 		case 'b': batch = strtol(optarg, &end, 10); break;
-		case O_TEMP: sp.temp = strtod(optarg, &end); break;
+		case O_TEMP: sp.temperature = strtod(optarg, &end); break;
 		case O_TOPK: sp.top_k = (size_t)strtoul(optarg, &end, 10); break;
 		case O_TOPP: sp.top_p = strtod(optarg, &end); break;
 		case O_MINP: sp.min_p = strtod(optarg, &end); break;
 		case O_REP: sp.repeat_penalty = strtod(optarg, &end); break;
-		case O_SEED: seed = strtoull(optarg, &end, 10); break;
+		case O_SEED: sp.seed = strtoull(optarg, &end, 10); break;
 		case O_LOGITS: logits_out = optarg; break;
 		case O_STATS: stats = 1; break;
 		case O_KV: kv_s = optarg; break;
@@ -822,21 +953,22 @@ int main(int argc, char **argv)
 			stops[n_stops++] = optarg;
 			break;
 		case O_IGNORE_EOS: ignore_eos = 1; break;
-		case O_MLOCK: co.mlock = 1; break;
+		case O_MLOCK: mp.mlock = 1; break;
 		case O_IO_DEPTH: io_depth = strtol(optarg, &end, 10); break;
-		case O_NO_VERIFY: co.verify = 0; break;
+		case O_NO_VERIFY: mp.verify = 0; break;
 		case O_EXPERT_TIMEOUT:
-			co.stall_seconds = strtod(optarg, &end);
-			if (!(co.stall_seconds > 0 && co.stall_seconds <= 86400)) {
+			mp.expert_timeout = strtod(optarg, &end);
+			if (!(mp.expert_timeout > 0 && mp.expert_timeout <= 86400)) {
 				fprintf(stderr, "moe-run: --expert-timeout %s: seconds, more than 0 and at most 86400\n", optarg);
 				return 2;
 			}
 			break;
 		case O_POLICY:
-			if ((co.policy = moe_cache_policy_parse(optarg)) < 0) {
+			if (strcmp(optarg, "lru") && strcmp(optarg, "lfu")) {
 				fprintf(stderr, "moe-run: --cache-policy %s: lru or lfu\n", optarg);
 				return 2;
 			}
+			mp.cache_policy = strcmp(optarg, "lru") ? MOE_POLICY_LFU : MOE_POLICY_LRU;
 			break;
 		case O_PREFETCH: prefetch_depth = strtol(optarg, &end, 10); break;
 		case O_TRACE: trace_out = optarg; break;
@@ -856,7 +988,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "moe-run: unexpected argument '%s'\n", argv[optind]);
 		return 2;
 	}
-	if ((po.system || po.messages || po.chat_template || po.chat_kwargs || po.print_prompt) && !po.chat) {
+	if (interactive && (po.chat || po.tokens || po.text || po.messages || po.print_prompt)) {
+		fputs("moe-run: -i reads the conversation from the terminal: it goes without --chat, -p, --tokens, "
+		      "--messages and --print-prompt\n", stderr);
+		return 2;
+	}
+	if ((po.system || po.messages || po.chat_template || po.chat_kwargs || po.print_prompt) && !po.chat && !interactive) {
 		fputs("moe-run: --system, --messages, --chat-template, --chat-template-kwargs and --print-prompt go with --chat\n",
 		      stderr);
 		return 2;
@@ -892,52 +1029,50 @@ int main(int argc, char **argv)
 		fprintf(stderr, "moe-run: --kv-type %s: f16 or f32\n", kv_s);
 		return 2;
 	}
-	if (n_predict < -1 || keep < -1 || ctx < 1 || batch < 1 || batch > 64 || threads < 1 || threads > 256 || sp.temp < 0 ||
+	if (n_predict < -1 || keep < -1 || ctx < 1 || batch < 1 || batch > 64 || threads < 1 || threads > 256 || sp.temperature < 0 ||
 	    sp.top_p <= 0 || sp.top_p > 1 || sp.min_p < 0 || sp.min_p > 1 || sp.repeat_penalty <= 0) {
 		fputs("moe-run: option out of range (moe-run --help)\n", stderr);
 		return 2;
 	}
-	rng_state = seed;
+	if (interactive && ppl_file) {
+		fputs("moe-run: -i goes without --perplexity\n", stderr);
+		return 2;
+	}
+	mp.threads = threads, mp.n_ctx = (size_t)ctx, mp.n_batch = (size_t)batch, mp.ram_budget = budget;
+	mp.kv_type = strcmp(kv_s, "f16") ? MOE_KV_F32 : MOE_KV_F16, mp.offload = !no_offload;
+	mp.prefetch_depth = (unsigned)prefetch_depth, mp.io_depth = (unsigned)io_depth;
 	int rc = 1;
-	int32_t *prompt = NULL, *win = NULL;
+	int32_t *prompt = NULL;
 	size_t n_prompt = 0;
-	moe_pack *pack = NULL;
-	struct moe_model *m = NULL;
-	struct moe_session *s = NULL;
-	struct moe_tokenizer *tok = NULL;
-	struct moe_detok_stream detok = {0};
-	struct text_out tout = {.stops = stops, .n_stops = n_stops};
-	char *tmpl = NULL;
+	moe_model *m = NULL;
+	moe_session *s = NULL;
+	moe_sampler *sampler = NULL;
+	struct text_side ts = {0};
+	struct generation g = {0};
 	FILE *trace_fp = NULL, *stats_fp = NULL;
-	struct token_stats *per_token = NULL;
-	float *all = NULL, *last = NULL;
-	struct cand *cands = NULL;
-	for (size_t i = 0; i < n_stops; i++)
-		if (strlen(stops[i]) > tout.longest_stop)
-			tout.longest_stop = strlen(stops[i]);
+	float *all = NULL;
 	/* opened first, so that a path that cannot be written is refused before any work */
 	if (stats_json && !(stats_fp = fopen(stats_json, "w"))) {
 		fprintf(stderr, "moe-run: %s: cannot write: %s\n", stats_json, strerror(errno));
 		goto out;
 	}
+	if (moe_sampler_new(&sp, &sampler)) {
+		fail();
+		goto out;
+	}
 	if (model)
 		moe_trap_truncated_mapping("moe-run", model);
-	if (model && moe_pack_open(model, &pack)) {
+	/* the text side alone (the model is not needed to show a prompt or its ids) */
+	const int text_only = po.print_prompt || tokenize;
+	if (!text_only && moe_model_open(model, &mp, &m)) {
 		fail();
 		goto out;
 	}
-	/* the tokenizer: for text, and with --tokens for its end-of-sequence ids */
-	const void *meta;
-	uint64_t meta_len;
-	if ((tokenizer_path || (pack && moe_pack_meta_bytes(pack, "tokenizer.bin", &meta, &meta_len) == 0)) &&
-	    load_tokenizer(pack, model, tokenizer_path, &tok, &tmpl)) {
-		fail();
+	if (text_side_open(&ts, model, tokenizer_path, m))
 		goto out;
-	}
-	if ((po.chat && chat_template(&po, pack, &tmpl)) || build_prompt(&po, pack, tok, tmpl, &prompt, &n_prompt)) {
-		fail();
+	if (((po.chat || interactive) && chat_template(&po, &ts.tmpl)) ||
+	    (!interactive && build_prompt(&po, ts.tok, ts.tmpl, &prompt, &n_prompt)))
 		goto out;
-	}
 	if (po.print_prompt) {
 		rc = 0;
 		goto out;
@@ -947,18 +1082,21 @@ int main(int argc, char **argv)
 		rc = 0;
 		goto out;
 	}
-	if (moe_model_load(pack, threads, &m)) {
-		fail();
+	if (interactive && !ts.tok) {
+		say("-i needs a tokenizer: the pack has none (--tokenizer FILE)");
 		goto out;
 	}
-	const size_t vocab = m->hp.vocab;
-	if ((uint64_t)ctx > m->hp.max_pos && m->hp.max_pos)
-		ctx = (long)m->hp.max_pos;
+	moe_model_info info;
+	moe_model_get_info(m, &info);
+	const size_t vocab = info.n_vocab;
+	ctx = (long)info.n_ctx;
 	/* -1, or more than the context can hold: until it is full, or shifting, until the end of sequence */
+	if (interactive && !n_given)
+		n_predict = -1;
 	if (n_predict < 0 || (n_predict > ctx && !context_shift))
 		n_predict = context_shift ? LONG_MAX : ctx;
 	size_t n_keep = keep < 0 || (size_t)keep > n_prompt ? n_prompt : (size_t)keep;
-	if (!ppl_file && n_prompt > (size_t)ctx && !truncate) { /* --perplexity reads it in chunks */
+	if (!ppl_file && !interactive && n_prompt > (size_t)ctx && !truncate) { /* --perplexity reads it in chunks */
 		fprintf(stderr, "moe-run: prompt of %zu tokens is longer than the context (%ld); --truncate keeps its end\n",
 			n_prompt, ctx);
 		goto out;
@@ -983,64 +1121,34 @@ int main(int argc, char **argv)
 			n_keep, ctx);
 		goto out;
 	}
-	if (moe_session_create(m, (size_t)ctx, (size_t)batch, strcmp(kv_s, "f16") ? MOE_KV_F32 : MOE_KV_F16, &s)) {
+	if (moe_session_open(m, &s)) {
 		fail();
 		goto out;
 	}
-	/* the budget: dense weights + KV cache and scratch + the expert cache, which gets the rest */
-	const uint64_t resident = moe_model_dense_bytes(m), session = moe_session_bytes(s);
-	const uint64_t all_experts = moe_pack_expert_count(pack) * moe_cache_slot_bytes(pack) + moe_cache_staging_bytes(pack, 0);
-	const uint64_t limit = budget ? budget : mem_available() / 10 * 9;
-	if (!no_offload) {
-		const uint64_t least = resident + session + moe_cache_min_bytes(pack);
-		if (limit < least) {
-			fprintf(stderr, "moe-run: %s %.1f MB is below the minimum %.1f MB: dense weights %.1f MB + KV cache "
-				"and scratch %.1f MB + two experts %.1f MB\n", budget ? "--ram-budget" : "available memory",
-				limit / 1048576.0, least / 1048576.0, resident / 1048576.0, session / 1048576.0,
-				moe_cache_min_bytes(pack) / 1048576.0);
-			goto out;
-		}
-		co.bytes = limit - resident - session;
-		if (co.bytes > all_experts)
-			co.bytes = all_experts;
-		co.io_depth = (unsigned)io_depth;
-		struct moe_experts *cache;
-		if (moe_experts_cache(pack, &co, &cache)) {
-			fail();
-			goto out;
-		}
-		moe_model_use_experts(m, cache);
-	} else if (budget && resident + session > budget) {
-		fprintf(stderr, "moe-run: --ram-budget %.1f MB is less than the dense weights (%.1f MB) and KV cache and scratch (%.1f MB)\n",
-			budget / 1048576.0, resident / 1048576.0, session / 1048576.0);
-		goto out;
-	}
-	s->prefetch_depth = (unsigned)prefetch_depth;
 	if (trace_out && !(trace_fp = fopen(trace_out, "w"))) {
 		fprintf(stderr, "moe-run: %s: %s\n", trace_out, strerror(errno));
 		goto out;
 	}
-	if (trace_fp)
+	if (trace_fp) {
 		fprintf(trace_fp, "{\"trace\": \"moemap expert routes\", \"layers\": %llu, \"experts\": %llu, \"experts_used\": %llu}\n",
-			(unsigned long long)m->hp.n_layers, (unsigned long long)m->hp.n_experts,
-			(unsigned long long)m->hp.n_experts_used);
-	s->trace = trace_fp;
+			(unsigned long long)info.n_layers, (unsigned long long)info.n_experts,
+			(unsigned long long)info.n_experts_used);
+		moe_session_trace(s, trace_fp);
+	}
 	if (isatty(STDERR_FILENO))
-		load_banner(pack, m, resident, session, no_offload ? 0 : co.bytes, threads);
+		load_banner(m);
 	if (ppl_file) {
 		double ppl = 0, t_ppl = moe_now();
 		size_t scored = 0;
-		if (perplexity(s, prompt, n_prompt, (size_t)ctx, (size_t)batch, logits_out, kl_base, &ppl, &scored)) {
-			fail();
+		if (perplexity(s, vocab, prompt, n_prompt, (size_t)ctx, (size_t)batch, logits_out, kl_base, &ppl, &scored))
 			goto out;
-		}
 		t_ppl = moe_now() - t_ppl;
 		struct expert_report er;
-		expert_report_init(&er, m, moe_cache_policy_name(co.policy), prefetch_depth, co.bytes);
+		expert_report_init(&er, m, prefetch_depth);
 		if (stats_fp) {
 			fprintf(stats_fp, "{\"perplexity\": %.6f, \"tokens\": %zu, \"scored_tokens\": %zu, \"seconds\": %.6f, "
 				"\"tokens_per_second\": %.3f, \"batch\": %ld, \"kernels\": \"%s\", \"threads\": %d,\n",
-				ppl, n_prompt, scored, t_ppl, (double)n_prompt / t_ppl, batch, m->kernels->name, threads);
+				ppl, n_prompt, scored, t_ppl, (double)n_prompt / t_ppl, batch, info.kernels, info.threads);
 			expert_report_json(stats_fp, &er);
 			fputs("}\n", stats_fp);
 			if (close_stats_json(&stats_fp, stats_json))
@@ -1048,32 +1156,49 @@ int main(int argc, char **argv)
 		}
 		if (stats) {
 			fprintf(stderr, "moe-run: perplexity over %zu tokens in %.3f s (%.1f tok/s, batches of %ld), kernels %s, %d threads\n",
-				n_prompt, t_ppl, (double)n_prompt / t_ppl, batch, m->kernels->name, threads);
+				n_prompt, t_ppl, (double)n_prompt / t_ppl, batch, info.kernels, info.threads);
 			if (!no_offload)
 				expert_report_line(&er);
 		}
 		rc = 0;
 		goto out;
 	}
+	/* text in, text out (special tokens not shown); ids in, ids out */
+	g.tok = ts.tok && !po.tokens ? ts.tok : NULL;
+	g.sampler = sampler;
+	g.n_eos = ts.tok && !ignore_eos ? moe_tokenizer_eos(ts.tok, &g.eos) : 0;
+	/* text out: only ids with text. A model's vocabulary is often padded past its
+	 * tokenizer's (Qwen3: 151936 rows, 151669 tokens); those rows are never sampled. */
+	g.n_sampled = g.tok && moe_tokenizer_vocab(g.tok) < vocab ? moe_tokenizer_vocab(g.tok) : vocab;
+	g.n_predict = n_predict, g.context_shift = context_shift, g.n_keep = n_keep;
+	struct sigaction sa = {.sa_handler = on_signal};
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	if (interactive) {
+		g.reply = 1;
+		rc = converse(s, m, ts.tmpl, &po, &g, stops, n_stops, prefetch_depth, n_given ? n_predict : -1) ? 1 : 0;
+		if (!rc && stats) {
+			struct expert_report er;
+			expert_report_init(&er, m, prefetch_depth);
+			expert_report_line(&er);
+		}
+		goto out;
+	}
+	if (moe_stopper_new(stops, n_stops, &g.stops)) {
+		fail();
+		goto out;
+	}
 	all = logits_out ? malloc(n_prompt * vocab * sizeof(float)) : NULL;
-	last = malloc(vocab * sizeof(float));
-	win = malloc(((size_t)ctx + 1) * sizeof *win);
-	cands = malloc(vocab * sizeof *cands);
-	if ((logits_out && !all) || !last || !win || !cands) {
+	if (logits_out && !all) {
 		fputs("moe-run: out of memory\n", stderr);
 		goto out;
 	}
-	memcpy(win, prompt, n_prompt * sizeof *win);
 	double t0 = moe_now();
-	for (size_t i = 0; i < n_prompt; i += (size_t)batch) {
-		size_t k = n_prompt - i < (size_t)batch ? n_prompt - i : (size_t)batch;
-		if (moe_forward(s, prompt + i, k, all ? all + i * vocab : NULL, all ? NULL : last)) {
-			fail();
-			goto out;
-		}
+	if (moe_session_eval(s, prompt, n_prompt, all)) {
+		fail();
+		goto out;
 	}
-	if (all)
-		memcpy(last, all + (n_prompt - 1) * vocab, vocab * sizeof(float));
 	const double t_prefill = moe_now() - t0;
 	if (logits_out) {
 		FILE *fp = fopen(logits_out, "wb");
@@ -1084,106 +1209,17 @@ int main(int argc, char **argv)
 			goto out;
 		}
 	}
-	/* text in, text out (special tokens not shown); ids in, ids out */
-	const int as_text = tok && !po.tokens;
-	const int32_t *eos = NULL;
-	const size_t n_eos = tok && !ignore_eos ? moe_tokenizer_eos(tok, &eos) : 0;
-	const char *stop_reason = "length";
-	/* text out: only ids with text. A model's vocabulary is often padded past its
-	 * tokenizer's (Qwen3: 151936 rows, 151669 tokens); those rows are never sampled. */
-	const size_t n_sampled = as_text && moe_tokenizer_vocab(tok) < vocab ? moe_tokenizer_vocab(tok) : vocab;
-	if (as_text)
-		moe_detok_stream_init(&detok, tok, 1);
-	size_t n_win = n_prompt, generated = 0, n_token_stats = 0, cap_token_stats = 0, shifts = 0;
 	t0 = moe_now();
-	struct sigaction sa = {.sa_handler = on_signal};
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	for (long i = 0; i < n_predict; i++) {
-		if (interrupted) {
-			stop_reason = "interrupted";
-			break;
-		}
-		/* the repetition penalty looks at the tokens the model sees: those in the context */
-		int32_t id = sample(&sp, last, n_sampled, win, n_win, cands);
-		win[n_win++] = id;
-		generated++;
-		int is_eos = 0;
-		for (size_t k = 0; k < n_eos; k++)
-			is_eos |= id == eos[k];
-		if (is_eos) {
-			stop_reason = "eos";
-			break;
-		}
-		if (as_text) {
-			const char *piece;
-			size_t pl;
-			int r = moe_detok_stream_push(&detok, id, &piece, &pl);
-			if (r || (r = text_out_add(&tout, piece, pl, 0)) < 0) {
-				r ? fail() : fputs("moe-run: out of memory\n", stderr);
-				goto out;
-			}
-			if (r == 1) {
-				stop_reason = "stop";
-				break;
-			}
-		} else {
-			printf("%s%d", generated > 1 ? " " : "", id);
-		}
-		if (moe_stdout_check() != MOE_STDOUT_OK) { /* said so if it failed; quiet if the reader left */
-			stop_reason = "output";
-			break;
-		}
-		if (i + 1 == n_predict)
-			break;
-		if (s->n_past >= s->ctx) {
-			if (!context_shift) {
-				fprintf(stderr, "\nmoe-run: context full (%zu tokens): stopping\n", s->ctx);
-				stop_reason = "context";
-				break;
-			}
-			if (shift_context(s, win, &n_win, n_keep, (size_t)batch)) {
-				fail();
-				goto out;
-			}
-			shifts++;
-		}
-		if (n_token_stats == cap_token_stats) {
-			cap_token_stats = cap_token_stats ? 2 * cap_token_stats : 256;
-			struct token_stats *grown = realloc(per_token, cap_token_stats * sizeof *per_token);
-			if (!grown) {
-				fputs("moe-run: out of memory\n", stderr);
-				goto out;
-			}
-			per_token = grown;
-		}
-		struct moe_expert_stats before, after;
-		m->experts->stats(m->experts, &before);
-		if (moe_forward(s, &id, 1, NULL, last)) {
-			fail();
-			goto out;
-		}
-		m->experts->stats(m->experts, &after);
-		per_token[n_token_stats++] = (struct token_stats){
-			after.hits - before.hits, after.prefetch_hits - before.prefetch_hits, after.misses - before.misses,
-			after.bytes_read - before.bytes_read, after.wait_seconds - before.wait_seconds};
-	}
-	if (as_text && strcmp(stop_reason, "stop") != 0) {
-		const char *piece;
-		size_t pl;
-		if (moe_detok_stream_finish(&detok, &piece, &pl) || text_out_add(&tout, piece, pl, 1) < 0) {
-			fail();
-			goto out;
-		}
-	}
-	if (!as_text && generated)
+	if (generate(s, m, &g))
+		goto out;
+	if (!g.tok && g.generated)
 		putchar('\n');
-	else if (as_text && isatty(STDOUT_FILENO))
+	else if (g.tok && isatty(STDOUT_FILENO))
 		putchar('\n'); /* a terminal's prompt on a line of its own; pipes get the text exactly */
 	const double t_decode = moe_now() - t0;
+	const size_t generated = g.generated;
 	struct expert_report er;
-	expert_report_init(&er, m, moe_cache_policy_name(co.policy), prefetch_depth, co.bytes);
+	expert_report_init(&er, m, prefetch_depth);
 	if (stats_fp) {
 		fprintf(stats_fp, "{\"prompt_tokens\": %zu, \"prefill_seconds\": %.6f, \"prefill_tokens_per_second\": %.3f, "
 			"\"generated_tokens\": %zu, \"decode_seconds\": %.6f, \"decode_tokens_per_second\": %.3f, "
@@ -1191,15 +1227,15 @@ int main(int argc, char **argv)
 			"\"resident_bytes\": %llu, \"session_bytes\": %llu, \"context_shifts\": %zu, \"stop_reason\": \"%s\",\n",
 			n_prompt, t_prefill, (double)n_prompt / t_prefill, generated, t_decode,
 			generated > 1 ? (double)(generated - 1) / t_decode : 0.0,
-			generated > 1 ? 1e3 * t_decode / (double)(generated - 1) : 0.0, m->kernels->name, threads, kv_s,
-			(unsigned long long)resident, (unsigned long long)session, shifts, stop_reason);
+			generated > 1 ? 1e3 * t_decode / (double)(generated - 1) : 0.0, info.kernels, info.threads, kv_s,
+			(unsigned long long)info.dense_bytes, (unsigned long long)info.session_bytes, g.shifts, g.stop_reason);
 		expert_report_json(stats_fp, &er);
 		fputs(",\n \"per_token\": [", stats_fp);
-		for (size_t i = 0; i < n_token_stats; i++)
+		for (size_t i = 0; i < g.n_token_stats; i++)
 			fprintf(stats_fp, "%s{\"hits\": %llu, \"prefetch_hits\": %llu, \"misses\": %llu, \"bytes_read\": %llu, "
-				"\"wait_ms\": %.3f}", i ? ",\n  " : "\n  ", (unsigned long long)per_token[i].hits,
-				(unsigned long long)per_token[i].prefetch_hits, (unsigned long long)per_token[i].misses,
-				(unsigned long long)per_token[i].bytes, per_token[i].wait * 1e3);
+				"\"wait_ms\": %.3f}", i ? ",\n  " : "\n  ", (unsigned long long)g.per_token[i].hits,
+				(unsigned long long)g.per_token[i].prefetch_hits, (unsigned long long)g.per_token[i].misses,
+				(unsigned long long)g.per_token[i].bytes, g.per_token[i].wait * 1e3);
 		fputs("]}\n", stats_fp);
 		if (close_stats_json(&stats_fp, stats_json))
 			goto out;
@@ -1208,14 +1244,14 @@ int main(int argc, char **argv)
 		fprintf(stderr, "moe-run: prefill %zu tokens in %.3f s (%.1f tok/s), decode %zu tokens in %.3f s (%.1f tok/s, %.1f ms/token), kernels %s, %d threads\n",
 			n_prompt, t_prefill, (double)n_prompt / t_prefill, generated, t_decode,
 			generated > 1 ? (double)(generated - 1) / t_decode : 0.0,
-			generated > 1 ? 1e3 * t_decode / (double)(generated - 1) : 0.0, m->kernels->name, threads);
-		if (!no_offload && n_token_stats) {
+			generated > 1 ? 1e3 * t_decode / (double)(generated - 1) : 0.0, info.kernels, info.threads);
+		if (!no_offload && g.n_token_stats) {
 			struct token_stats sum = {0};
-			for (size_t i = 0; i < n_token_stats; i++) {
-				sum.misses += per_token[i].misses, sum.prefetch_hits += per_token[i].prefetch_hits;
-				sum.bytes += per_token[i].bytes, sum.wait += per_token[i].wait;
+			for (size_t i = 0; i < g.n_token_stats; i++) {
+				sum.misses += g.per_token[i].misses, sum.prefetch_hits += g.per_token[i].prefetch_hits;
+				sum.bytes += g.per_token[i].bytes, sum.wait += g.per_token[i].wait;
 			}
-			const double k = (double)n_token_stats;
+			const double k = (double)g.n_token_stats;
 			fprintf(stderr, "moe-run: per decoded token: %.2f misses, %.2f prefetched, %.1f MB read, %.1f ms waiting for experts\n",
 				sum.misses / k, sum.prefetch_hits / k, sum.bytes / k / 1e6, 1e3 * sum.wait / k);
 		}
@@ -1225,13 +1261,11 @@ int main(int argc, char **argv)
 	rc = interrupted ? 128 + interrupted : 0;
 out:
 	free(all);
-	free(last);
-	free(win);
-	free(cands);
 	free(prompt);
-	free(tmpl);
 	free(ppl_text);
-	free(per_token);
+	free(g.per_token);
+	free(g.text);
+	moe_stopper_free(g.stops);
 	if (stats_fp) { /* a run that failed leaves no stats file */
 		fclose(stats_fp);
 		unlink(stats_json);
@@ -1240,12 +1274,9 @@ out:
 		fprintf(stderr, "moe-run: %s: %s\n", trace_out, strerror(errno));
 		rc = 1;
 	}
-	free(tout.buf);
-	moe_detok_stream_free(&detok);
-	moe_tokenizer_free(tok);
-	moe_session_free(s);
-	moe_model_free(m);
-	if (pack)
-		moe_pack_close(pack);
+	moe_sampler_free(sampler);
+	text_side_close(&ts);
+	moe_session_close(s);
+	moe_model_close(m);
 	return rc;
 }

@@ -1,9 +1,9 @@
 /* progress.c - see progress.h */
-#include "common/progress.h"
+#include "cli/progress.h"
 
 #include <stdio.h>
 
-#include "common/util.h"
+#include "moe.h"
 
 void moe_progress_start(struct moe_progress *p, int enabled, const char *label, const char *unit, uint64_t total)
 {
