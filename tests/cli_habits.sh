@@ -4,9 +4,9 @@
 # allocation for it; an output folder may be named with a trailing slash; moe-bench
 # takes sizes as the other tools do.
 . "$TESTS_DIR/lib.sh"
-: "${MOE_RUN:?run through make check}" "${MOE_BENCH:?run through make check}"
+: "${MOE_RUN:?run through make check}" "${MOE_BENCH:?run through make check}" "${MOE_SERVER:?run through make check}"
 cd "$WORK"
-for tool in "$MOE_PACK" "$MOE_RUN" "$MOE_BENCH"; do
+for tool in "$MOE_PACK" "$MOE_RUN" "$MOE_BENCH" "$MOE_SERVER"; do
 	name=$(basename "$tool")
 	for flag in --version -V; do
 		check "$name $flag" sh -c "'$tool' $flag | grep -qx '$name (moemap) [0-9][0-9.]*'"
