@@ -818,12 +818,18 @@ static int converse(moe_session *s, const moe_model *m, const char *tmpl, const 
 			free(ids);
 			continue;
 		}
-		size_t common = moe_session_common_prefix(s, ids, n_ids);
-		if (common == n_ids) /* the logits after the last token are needed */
-			common--;
-		moe_session_rewind(s, common);
 		running = s;
-		const int erc = moe_session_eval(s, ids + common, n_ids - common, NULL);
+		int erc;
+		for (int tries = 0;; tries++) {
+			size_t common = moe_session_common_prefix(s, ids, n_ids);
+			if (common == n_ids) /* the logits after the last token are needed */
+				common--;
+			moe_session_rewind(s, common);
+			erc = moe_session_eval(s, ids + common, n_ids - common, NULL);
+			/* a Ctrl-C that came as the last reply ended left its cancel for this eval */
+			if (erc != MOE_ECANCELED || interrupted || tries)
+				break;
+		}
 		free(ids);
 		g->n_predict = per_reply > 0 ? per_reply : LONG_MAX; /* a full context stops it too */
 		moe_stopper_free(g->stops);

@@ -86,7 +86,6 @@ struct job {
 	const char *finish;           /* "stop", "length" */
 	size_t prompt_tokens, reused_tokens, completion_tokens;
 	int canceled;
-	moe_session *session;         /* while it has a slot: moe_session_cancel stops its prefill */
 	int refs;                     /* the connection's and the worker's */
 	pthread_cond_t changed;
 	struct job *next;
@@ -179,10 +178,8 @@ static void slot_free(struct slot *sl) /* under srv.lock */
 	moe_detokenizer_free(sl->detok);
 	moe_stopper_free(sl->stopper);
 	sl->sampler = NULL, sl->detok = NULL, sl->stopper = NULL;
-	if (sl->job) {
-		sl->job->session = NULL;
+	if (sl->job)
 		job_release(sl->job);
-	}
 	sl->job = NULL;
 }
 
@@ -237,7 +234,6 @@ static void admit(struct job *j)
 	if (best == n) /* the logits after the last prompt token are needed */
 		best = n - 1;
 	sl->job = j;
-	j->session = sl->s;
 	j->prompt_tokens = n, j->reused_tokens = best;
 	srv.prompt_tokens += n, srv.reused_tokens += best;
 	moe_sampler_params sp = j->sp;
@@ -545,10 +541,8 @@ static void stream_free(void *cls)
 {
 	struct stream *st = cls;
 	pthread_mutex_lock(&srv.lock);
-	if (st->j->state != JOB_DONE) {
+	if (st->j->state != JOB_DONE) { /* a stream starts after its prefill: the next step drops it */
 		st->j->canceled = 1;
-		if (st->j->session)
-			moe_session_cancel(st->j->session);
 		pthread_cond_signal(&srv.work);
 	}
 	job_release(st->j);
