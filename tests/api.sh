@@ -18,7 +18,8 @@ check "... and there are some: $(wc -l <declared)" [ "$(wc -l <declared)" -gt 60
 check "the demo model packs" [ -f kjv.moe ]
 flags=$(PKG_CONFIG_PATH="$MOE_BUILDDIR" pkg-config --define-variable=libdir="$MOE_BUILDDIR/.libs" \
 	--define-variable=includedir="$MOE_INCLUDEDIR" --cflags --libs moe)
-check "cc generate.c \$(pkg-config --cflags --libs moe)" $CC -o generate "$TESTS_DIR/../examples/generate.c" $flags
+# (a sanitizer build passes its -fsanitize flags in LDFLAGS)
+check "cc generate.c \$(pkg-config --cflags --libs moe)" $CC ${LDFLAGS:-} -o generate "$TESTS_DIR/../examples/generate.c" $flags
 check "... is linked to libmoe.so" sh -c "readelf -d generate | grep -q 'NEEDED.*libmoe.so'"
 LD_LIBRARY_PATH="$MOE_BUILDDIR/.libs" ./generate kjv.moe 'And God said' 40 >gen.txt 2>gen.err
 check "generate runs" [ -s gen.txt ]
