@@ -109,7 +109,7 @@ static struct {
 	moe_model *model;
 	const moe_tokenizer *tok;
 	char *tmpl;
-	size_t vocab, n_sampled, ctx;
+	size_t n_sampled, ctx;
 	struct slot *slots;
 	unsigned n_slots;
 	const char *model_id, *api_key;
@@ -1018,7 +1018,6 @@ int main(int argc, char **argv)
 		fputs("moe-server: out of memory\n", stderr);
 		goto out;
 	}
-	srv.vocab = info.n_vocab;
 	srv.n_sampled = moe_tokenizer_vocab(srv.tok) < info.n_vocab ? moe_tokenizer_vocab(srv.tok) : info.n_vocab;
 	srv.ctx = info.n_ctx;
 	if (!srv.model_id) {
