@@ -384,7 +384,7 @@ static void check_drivers(const struct moe_kernel_impl *k, int type)
 
 int main(void)
 {
-	static const size_t qshapes[][2] = {{1, 32}, {7, 64}, {33, 96}, {9, 224}, {64, 4096}, {5, 14336}};
+	static const size_t qshapes[][2] = {{1, 32}, {7, 64}, {33, 96}, {9, 224}, {3, 288}, {2, 480}, {64, 4096}, {5, 14336}};
 	static const size_t fshapes[][2] = {{1, 1}, {3, 7}, {17, 33}, {9, 100}, {40, 1001}, {8, 4096}};
 	static const size_t batches[] = {1, 2, 3, 4, 5, 17};
 	int tested = 0;
