@@ -4,6 +4,10 @@
 # llama-bench (-p P -n N, one repetition) and moe-run (the same P prompt tokens in one
 # batch, then N decoded), same threads. Prints each round, the medians, and moemap's
 # ratio to llama.cpp. llama.cpp is the peer, not a dependency: give its llama-bench.
+# moe-run runs as users run it (the expert cache, every expert fitting): its first
+# prompt also reads the experts from disk, where llama-bench times warm runs.
+# MOE_KERNEL=avx2 runs moemap's AVX2 kernels on an AVX-512 machine (build llama.cpp
+# with -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF to match).
 # Usage: LLAMA_BENCH=/path/to/llama-bench bench/gguf_vs_llamacpp.sh MODEL.gguf [ROUNDS] [P] [N] [THREADS]
 set -eu
 cd "$(dirname "$0")/.."

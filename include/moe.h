@@ -233,7 +233,11 @@ typedef struct moe_session moe_session;
 typedef struct moe_tokenizer moe_tokenizer;
 
 enum moe_kv_type { MOE_KV_F16 = 0, MOE_KV_F32 = 1 };
-enum moe_cache_policy { MOE_POLICY_LRU = 0, MOE_POLICY_LFU = 1 };
+/* LRU: evict the least recently used expert. LFU: the least often used (aged).
+ * NEXT: the one whose next use is expected farthest away: an expert of layer l is
+ * next needed when layer l comes round again, and then with the probability its
+ * past use gives (moe-tuning(7)). */
+enum moe_cache_policy { MOE_POLICY_LRU = 0, MOE_POLICY_LFU = 1, MOE_POLICY_NEXT = 2 };
 
 typedef struct moe_model_params {
 	int threads;             /* compute threads; default 0: every online CPU */
@@ -250,6 +254,9 @@ typedef struct moe_model_params {
 	int verify;              /* check the XXH3 of every expert read (default 1) */
 	int mlock;               /* lock the expert cache in RAM (default 0) */
 	double expert_timeout;   /* seconds an expert may take to arrive before it is an error (default 30) */
+	unsigned experts_per_token; /* route each token to this many experts, fewer than the model's
+				       (weights renormalized over them where the model renormalizes
+				       its top k); default 0: the model's own number */
 } moe_model_params;
 
 /* The defaults above. */

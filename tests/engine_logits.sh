@@ -71,6 +71,22 @@ assert want == gen, "first difference at step %d" % next(i for i in range(32) if
 PY
 done
 
+# --experts-per-token: the model routed to fewer experts = the reference with its
+# config's num_experts_per_tok lowered (mixtral-tiny 2 -> 1, qwen3-tiny 4 -> 2,
+# deepseek-tiny 4 -> 3); more than the model's is refused
+for pk in mixtral-tiny:1 qwen3-tiny:2 deepseek-tiny:3; do
+	preset=${pk%:*} k=${pk#*:}
+	check "$preset $k experts reference" py "$REF" "$preset" "$T" "$preset.k$k.npy" --experts-per-token "$k"
+	check "$preset --experts-per-token $k" "$MOE_RUN" -m "$preset.f32.moe" --tokens "$T" -n 0 --kv-type f32 \
+		--experts-per-token "$k" --logits-out "$preset.k$k.bin"
+	check "$preset $k experts logits" py cmp.py "$preset.k$k.bin" "$preset.k$k.npy" f32
+	cat "$WORK/out"
+	if py -c 'import sys, numpy as np; sys.exit(np.allclose(np.load(sys.argv[1]), np.load(sys.argv[2])))' \
+		"$preset.k$k.npy" "$preset.ref.npy"; then ok; else not_ok "$preset: fewer experts changed nothing"; fi
+done
+expect_error "more experts than the model's" "experts per token 3: the model routes each token to 2" \
+	"$MOE_RUN" -m mixtral-tiny.f32.moe --tokens 1,2 -n 0 --experts-per-token 3
+
 # a mixed recipe with zstd-compressed experts gives the same logits as its raw pack
 check "mixed zstd pack" "$MOE_PACK" --no-progress -q q8,experts=q4,embed=f16 --zstd-min-saving 1 qwen3-tiny mz.moe
 check "mixed raw pack" "$MOE_PACK" --no-progress -q q8,experts=q4,embed=f16 --zstd-min-saving 100 qwen3-tiny mr.moe

@@ -45,6 +45,7 @@ same() { # same DESCRIPTION ARGS...: logits and ids equal to the mapped run
 }
 same "cache, 25% budget" run --ram-budget "$budget"
 same "cache, LFU, prefetch depth 3" run --ram-budget "$budget" --cache-policy lfu --prefetch-depth 3
+same "cache, NEXT, prefetch depth 2" run --ram-budget "$budget" --cache-policy next --prefetch-depth 2
 # a prompt batch's attention is one sgemm per head, whose rounding depends on the
 # batch (engine_logits.sh checks it against the float64 reference): compare batch 3
 # with the mapped run at batch 3
@@ -83,7 +84,7 @@ assert len(s["per_token"]) == s["generated_tokens"] - 1, s["per_token"]
 assert sum(t["misses"] for t in s["per_token"]) <= x["misses"]' s.json
 
 # trace replay: one token per step, no prefetch: the simulator evicts as the cache does
-for policy in lru lfu; do
+for policy in lru lfu next; do
 	run --ram-budget "$budget" -b 1 --prefetch-depth 0 --cache-policy $policy --trace-out t.jsonl --stats-json t.json \
 		>/dev/null 2>err
 	slots=$(py -c 'import json, sys; print(json.load(open(sys.argv[1]))["experts"]["slots"])' t.json)
@@ -100,7 +101,7 @@ done
 # refused
 expect_error "budget below the minimum" "below the minimum" run --ram-budget 1M
 expect_error "bad budget" "a size such as" run --ram-budget 12X
-expect_error "bad policy" "lru or lfu" run --cache-policy fifo
+expect_error "bad policy" "lru, lfu or next" run --cache-policy fifo
 expect_error "bad io depth" "--io-depth" run --io-depth 0
 # a flipped byte in an expert blob: the read that brings it in says which
 py -c '

@@ -284,4 +284,6 @@ if __name__ == "__main__":
         cfg, W = dequantized(folder, args[args.index("--dequant") + 1])
     else:
         cfg, W = json.load(open(os.path.join(folder, "config.json"))), load_safetensors(folder)
+    if "--experts-per-token" in args:  # the model routed to fewer experts, as its config would say
+        cfg["num_experts_per_tok"] = int(args[args.index("--experts-per-token") + 1])
     np.save(out, forward(cfg, W, np.array(toks), absorbed="--absorbed" in args))

@@ -167,13 +167,13 @@ static void run(const struct scenario *sc)
 		const uint32_t layer = (uint32_t)(st % n_layers);
 		const size_t n = lens[st];
 		memcpy(list, sets + st * n_experts, n * sizeof *list);
-		x->hint(x, layer, list, n, 0);
+		x->hint(x, layer, list, n, 0, NULL);
 		for (unsigned d = 1; d <= sc->depth && st + d < steps; d++) {
 			const size_t prev = st + d >= n_layers ? st + d - n_layers : st;
 			const size_t ng = guess_set(sc, sets + (st + d) * n_experts, lens[st + d], sets + prev * n_experts,
 						    lens[prev], guess);
 			if (ng)
-				x->hint(x, (uint32_t)((st + d) % n_layers), guess, ng, d);
+				x->hint(x, (uint32_t)((st + d) % n_layers), guess, ng, d, NULL);
 		}
 		for (size_t i = 0; i < n && !failed; i++) {
 			struct moe_expert_weights w;
@@ -268,7 +268,7 @@ int main(int argc, char **argv)
 					if ((g == GUESS_NONE) != (depth == 0))
 						continue;
 					for (size_t slots = 2; slots <= 3; slots++)
-						for (int policy = 0; policy <= 1; policy++) {
+						for (int policy = 0; policy <= MOE_POLICY_NEXT; policy++) {
 							struct scenario sc = {r, g, depth, slots, policy, policy ? 1 : 8,
 									      policy ? 4096 : 0, NULL, 6, 1};
 							run(&sc);
@@ -284,7 +284,7 @@ int main(int argc, char **argv)
 				.route = RANDOM,
 				.guess = (enum guess)below(5),
 				.slots = 2 + below((uint32_t)all),
-				.policy = (int)below(2),
+				.policy = (int)below(3),
 				.io_depth = 1 + below(8),
 				.chunk = below(2) ? 4096 * (1 + below(8)) : 0,
 				.io = below(4) ? NULL : "pread",

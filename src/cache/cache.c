@@ -79,9 +79,10 @@ struct cache {
 	uint64_t accesses, age_every;
 	struct slot *slots;
 	size_t n_slots;
-	uint64_t *pick_last;   /* victim()'s candidates, sized once: [n_slots] */
-	uint32_t *pick_freq;
+	struct moe_policy_cand *pick; /* victim()'s candidates, sized once: [n_slots] */
 	int64_t *pick_idx;
+	struct moe_policy_use *use; /* per expert: how likely a visit of its layer uses it */
+	uint8_t *in_step;      /* per expert of a layer: in the step being hinted, [n_experts] */
 	uint64_t slot_bytes, chunk, zchunk;
 	unsigned ring_n;
 	char *arena;
@@ -146,23 +147,47 @@ uint64_t moe_cache_min_bytes(const moe_pack *pack)
 
 int moe_cache_policy_parse(const char *name)
 {
-	return !strcmp(name, "lru") ? MOE_POLICY_LRU : !strcmp(name, "lfu") ? MOE_POLICY_LFU : -1;
+	return !strcmp(name, "lru") ? MOE_POLICY_LRU : !strcmp(name, "lfu") ? MOE_POLICY_LFU
+	       : !strcmp(name, "next") ? MOE_POLICY_NEXT : -1;
 }
 
-const char *moe_cache_policy_name(int policy) { return policy == MOE_POLICY_LFU ? "lfu" : "lru"; }
+const char *moe_cache_policy_name(int policy)
+{
+	return policy == MOE_POLICY_LFU ? "lfu" : policy == MOE_POLICY_NEXT ? "next" : "lru";
+}
 
-size_t moe_policy_pick(int policy, const uint64_t *last_use, const uint32_t *freq, size_t n)
+size_t moe_policy_pick(int policy, const struct moe_policy_cand *c, size_t n)
 {
 	size_t best = 0;
 	for (size_t i = 1; i < n; i++) {
-		const int better = policy == MOE_POLICY_LFU
-			? freq[i] < freq[best] || (freq[i] == freq[best] && last_use[i] < last_use[best])
-			: last_use[i] < last_use[best];
+		const struct moe_policy_cand *a = &c[i], *b = &c[best];
+		int better;
+		if (policy == MOE_POLICY_LFU)
+			better = a->freq < b->freq || (a->freq == b->freq && a->last_use < b->last_use);
+		else if (policy == MOE_POLICY_NEXT)
+			better = a->next_use > b->next_use || (a->next_use == b->next_use && a->last_use < b->last_use);
+		else
+			better = a->last_use < b->last_use;
 		if (better)
 			best = i;
 	}
 	return best;
 }
+
+double moe_policy_next_use(uint32_t layer, uint32_t now, uint32_t n_layers, float p)
+{
+	const uint32_t d = layer > now ? layer - now : layer + n_layers - now;
+	const double q = p > 1e-3f ? p : 1e-3; /* never seen: unlikely, not impossible */
+	return d + n_layers * (1 - q) / q;
+}
+
+void moe_policy_visit(struct moe_policy_use *u, int used)
+{
+	u->slow += 0.05f * ((float)used - u->slow); /* about the last 20 visits */
+	u->fast += 0.7f * ((float)used - u->fast);  /* mostly the last one or two */
+}
+
+float moe_policy_p(const struct moe_policy_use *u) { return u->slow > u->fast ? u->slow : u->fast; }
 
 /* ---- slots (mutex held) ---- */
 
@@ -175,10 +200,14 @@ static int evictable(const struct cache *c, const struct slot *s)
 	return s->state == SLOT_READY && !s->pins && s->want != c->seq + 1;
 }
 
+static double slot_next_use(const struct cache *c, const struct slot *s)
+{
+	const uint32_t l = (uint32_t)(s->expert / c->n_experts);
+	return moe_policy_next_use(l, c->cur_layer, c->n_layers, moe_policy_p(&c->use[s->expert]));
+}
+
 static int64_t victim(struct cache *c, int demand)
 {
-	uint64_t *lu = c->pick_last;
-	uint32_t *fq = c->pick_freq;
 	int64_t *ix = c->pick_idx, found = -1;
 	size_t n = 0;
 	for (size_t i = 0; i < c->n_slots && found < 0; i++)
@@ -187,11 +216,12 @@ static int64_t victim(struct cache *c, int demand)
 	for (size_t i = 0; i < c->n_slots && found < 0; i++) {
 		const struct slot *s = &c->slots[i];
 		if (evictable(c, s) && s->guess_seq <= c->seq) {
-			lu[n] = s->last_use, fq[n] = c->freq[s->expert], ix[n++] = (int64_t)i;
+			c->pick[n] = (struct moe_policy_cand){s->last_use, c->freq[s->expert], slot_next_use(c, s)};
+			ix[n++] = (int64_t)i;
 		}
 	}
 	if (found < 0 && n)
-		found = ix[moe_policy_pick(c->policy, lu, fq, n)];
+		found = ix[moe_policy_pick(c->policy, c->pick, n)];
 	for (size_t i = 0; i < c->n_slots && found < 0 && demand; i++) {
 		const struct slot *s = &c->slots[i];
 		if (evictable(c, s) && s->guess_seq > c->seq && (found < 0 || s->guess_seq > c->slots[found].guess_seq))
@@ -541,7 +571,8 @@ static void classify(struct cache *c, int64_t e)
 	count_use(c, e);
 }
 
-static void hint(struct moe_experts *base, uint32_t layer, uint32_t *experts, size_t n, unsigned distance)
+static void hint(struct moe_experts *base, uint32_t layer, uint32_t *experts, size_t n, unsigned distance,
+		 const float *prob)
 {
 	struct cache *c = (struct cache *)base;
 	pthread_mutex_lock(&c->mu);
@@ -551,6 +582,12 @@ static void hint(struct moe_experts *base, uint32_t layer, uint32_t *experts, si
 		c->seq = token * c->n_layers + layer;
 		c->cur_layer = layer;
 		c->started = 1;
+		for (size_t i = 0; i < n; i++)
+			c->in_step[experts[i]] = 1;
+		for (uint32_t e = 0; e < c->n_experts; e++) {
+			moe_policy_visit(&c->use[(size_t)layer * c->n_experts + e], c->in_step[e]);
+			c->in_step[e] = 0;
+		}
 		for (size_t i = 0; i < n; i++) { /* what is here stays: protect it before evicting */
 			const int64_t e = (int64_t)layer * c->n_experts + experts[i];
 			if (c->where[e] >= 0)
@@ -596,6 +633,16 @@ static void hint(struct moe_experts *base, uint32_t layer, uint32_t *experts, si
 			const int64_t v = victim(c, 0);
 			if (v < 0)
 				break; /* nothing left that no one wants: stop guessing */
+			if (c->policy == MOE_POLICY_NEXT && c->slots[v].state != SLOT_FREE) {
+				/* a guess takes a slot only from an expert expected to be needed
+				 * later than itself: its router probability, or its own record
+				 * (the last token's choices come with none) */
+				float p = moe_policy_p(&c->use[e]);
+				if (prob && prob[experts[i]] > p)
+					p = prob[experts[i]];
+				if (slot_next_use(c, &c->slots[v]) <= moe_policy_next_use(layer, c->cur_layer, c->n_layers, p))
+					continue;
+			}
 			queue_read(c, v, e, PRIO_AHEAD + ((uint64_t)distance << 32) + i);
 			c->slots[v].prefetched = 1;
 			c->slots[v].guess_seq = target;
@@ -748,9 +795,10 @@ static void destroy(struct moe_experts *base)
 	free(c->freq);
 	free(c->classified);
 	free(c->slots);
-	free(c->pick_last);
-	free(c->pick_freq);
+	free(c->pick);
 	free(c->pick_idx);
+	free(c->use);
+	free(c->in_step);
 	free(c);
 }
 
@@ -834,10 +882,11 @@ int moe_experts_cache(const moe_pack *pack, const struct moe_cache_options *o, s
 	if (c->n_slots > n_records)
 		c->n_slots = n_records; /* room for every expert: no need for more */
 	c->slots = calloc(c->n_slots, sizeof *c->slots);
-	c->pick_last = malloc((c->n_slots + 1) * sizeof *c->pick_last);
-	c->pick_freq = malloc((c->n_slots + 1) * sizeof *c->pick_freq);
+	c->pick = malloc((c->n_slots + 1) * sizeof *c->pick);
 	c->pick_idx = malloc((c->n_slots + 1) * sizeof *c->pick_idx);
-	if (!c->pick_last || !c->pick_freq || !c->pick_idx || !c->info || !c->where || !c->freq || !c->classified || !c->slots) {
+	c->use = calloc(n_ids + 1, sizeof *c->use);
+	c->in_step = calloc(c->n_experts + 1, 1);
+	if (!c->pick || !c->pick_idx || !c->use || !c->in_step || !c->info || !c->where || !c->freq || !c->classified || !c->slots) {
 		rc = moe_fail(MOE_ENOMEM, "out of memory");
 		goto out;
 	}

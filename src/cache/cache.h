@@ -58,13 +58,39 @@ uint64_t moe_cache_staging_bytes(const moe_pack *pack, uint64_t chunk_bytes);
 
 int moe_experts_cache(const moe_pack *pack, const struct moe_cache_options *o, struct moe_experts **out);
 
-/* "lru", "lfu" -> enum moe_cache_policy; -1 if unknown */
+/* "lru", "lfu", "next" -> enum moe_cache_policy; -1 if unknown */
 int moe_cache_policy_parse(const char *name);
 const char *moe_cache_policy_name(int policy);
 
-/* The victim among n candidates under a policy: LRU takes the least recently
- * used; LFU the least frequently (ties: least recently). Shared with the trace
- * simulator so that both evict alike. */
-size_t moe_policy_pick(int policy, const uint64_t *last_use, const uint32_t *freq, size_t n);
+/* What a policy knows of a candidate for eviction. */
+struct moe_policy_cand {
+	uint64_t last_use; /* clock at its last use */
+	uint32_t freq;     /* uses, aged */
+	double next_use;   /* layer steps to its expected next use (moe_policy_next_use) */
+};
+
+/* The victim among n candidates: LRU takes the least recently used; LFU the least
+ * frequently (ties: least recently); NEXT the farthest expected next use (ties:
+ * least recently). Shared with the trace simulator so that both evict alike. */
+size_t moe_policy_pick(int policy, const struct moe_policy_cand *c, size_t n);
+
+/*
+ * When an expert of layer `layer` is expected to be needed next, in layer steps
+ * from the step now running at layer `now` (of n_layers): its layer comes round in
+ * d steps (n_layers for the layer running now), and each visit uses it with
+ * probability p, so the wait is d + n_layers * (1 - p) / p.
+ */
+double moe_policy_next_use(uint32_t layer, uint32_t now, uint32_t n_layers, float p);
+/* p of an expert, updated at each visit of its layer with whether the visit used it:
+ * the larger of a slow and a fast moving average, so that both an expert popular
+ * over hundreds of tokens and one the last few tokens took (routing comes in runs)
+ * count as likely. On the demo model's held-out text this kept 13, 31, 58 and 81 %
+ * of uses with 12-75 % of the experts cached, against LRU's 0, 31, 50 and 77 %. */
+struct moe_policy_use {
+	float slow, fast;
+};
+void moe_policy_visit(struct moe_policy_use *u, int used);
+float moe_policy_p(const struct moe_policy_use *u);
+
 
 #endif

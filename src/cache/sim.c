@@ -99,13 +99,15 @@ int moe_cache_sim(const struct moe_trace *t, size_t slots, int policy, struct mo
 {
 	const size_t n_ids = (size_t)t->n_layers * t->n_experts, n_acc = t->start[t->n_steps];
 	int64_t *where = malloc(n_ids * sizeof *where), *held = malloc(slots * sizeof *held);
-	uint32_t *freq = calloc(n_ids, sizeof *freq), *cand_f = malloc(slots * sizeof *cand_f);
-	uint64_t *last = calloc(slots, sizeof *last), *cand_l = malloc(slots * sizeof *cand_l), clock = 0, uses = 0;
+	uint32_t *freq = calloc(n_ids, sizeof *freq);
+	struct moe_policy_use *use = calloc(n_ids, sizeof *use);
+	struct moe_policy_cand *pc = malloc(slots * sizeof *pc);
+	uint64_t *last = calloc(slots, sizeof *last), clock = 0, uses = 0;
 	size_t *cand = malloc(slots * sizeof *cand), *next_use = malloc((n_acc + 1) * sizeof *next_use);
 	size_t *seen = malloc(n_ids * sizeof *seen), *step_of = malloc((n_acc + 1) * sizeof *step_of);
 	uint8_t *needed = calloc(n_ids, 1);
 	int rc = 0;
-	if (!where || !held || !freq || !cand_f || !last || !cand_l || !cand || !next_use || !seen || !step_of ||
+	if (!where || !held || !freq || !use || !pc || !last || !cand || !next_use || !seen || !step_of ||
 	    !needed || !slots) {
 		rc = moe_fail(slots ? MOE_ENOMEM : MOE_EINVAL, slots ? "out of memory" : "a cache of 0 experts");
 		goto out;
@@ -129,6 +131,8 @@ int moe_cache_sim(const struct moe_trace *t, size_t slots, int policy, struct mo
 		const size_t base = (size_t)t->layer[s] * t->n_experts;
 		for (size_t i = t->start[s]; i < t->start[s + 1]; i++)
 			needed[base + t->experts[i]] = 1;
+		for (size_t e = 0; e < t->n_experts; e++)
+			moe_policy_visit(&use[base + e], needed[base + e]);
 		/* as the cache's hint: count each use, evict for each miss in order */
 		for (size_t i = t->start[s]; i < t->start[s + 1]; i++) {
 			const size_t id = base + t->experts[i];
@@ -149,8 +153,10 @@ int moe_cache_sim(const struct moe_trace *t, size_t slots, int policy, struct mo
 				size_t n = 0;
 				for (size_t k = 0; k < slots; k++)
 					if (!needed[held[k]]) {
-						cand[n] = k, cand_l[n] = last[k], cand_f[n] = freq[held[k]];
-						n++;
+						const uint32_t l = (uint32_t)(held[k] / t->n_experts);
+						cand[n] = k;
+						pc[n++] = (struct moe_policy_cand){last[k], freq[held[k]],
+							moe_policy_next_use(l, t->layer[s], t->n_layers, moe_policy_p(&use[held[k]]))};
 					}
 				if (!n)
 					continue; /* more experts in one step than slots: read, not kept */
@@ -160,7 +166,7 @@ int moe_cache_sim(const struct moe_trace *t, size_t slots, int policy, struct mo
 						if (seen[held[cand[k]]] > seen[held[cand[pick]]])
 							pick = k;
 				} else {
-					pick = moe_policy_pick(policy, cand_l, cand_f, n);
+					pick = moe_policy_pick(policy, pc, n);
 				}
 				slot = (int64_t)cand[pick];
 				where[held[slot]] = -1;
@@ -180,7 +186,7 @@ int moe_cache_sim(const struct moe_trace *t, size_t slots, int policy, struct mo
 			needed[base + t->experts[i]] = 0;
 	}
 out:
-	free(where), free(held), free(freq), free(cand_f), free(last), free(cand_l), free(cand), free(next_use);
+	free(where), free(held), free(freq), free(use), free(pc), free(last), free(cand), free(next_use);
 	free(seen), free(step_of), free(needed);
 	return rc;
 }

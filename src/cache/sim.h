@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MOE_POLICY_BELADY 2 /* after the cache's own (cache.h) */
+#define MOE_POLICY_BELADY 3 /* after the cache's own (moe.h) */
 
 struct moe_trace {
 	uint32_t n_layers, n_experts;

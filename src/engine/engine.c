@@ -578,7 +578,7 @@ static int lookahead(struct moe_session *s, size_t l, size_t n)
 			s->look_list[j] = v;
 		}
 		if (nl)
-			x->hint(x, (uint32_t)target, s->look_list, nl, d);
+			x->hint(x, (uint32_t)target, s->look_list, nl, d, s->look_score);
 	}
 	return 0;
 }
@@ -621,7 +621,7 @@ static int experts(struct moe_session *s, size_t l, size_t n)
 		return moe_fail(MOE_ENOMEM, "out of memory");
 	memcpy(ord, list, nl * sizeof *ord);
 	if (x->hint)
-		x->hint(x, (uint32_t)l, ord, nl, 0); /* reorders: ready ones first */
+		x->hint(x, (uint32_t)l, ord, nl, 0, NULL); /* reorders: ready ones first */
 	for (size_t k = 0; k < K; k++)
 		s->prev_experts[l * K + k] = (uint32_t)s->topk[(n - 1) * K + k];
 	int rc = lookahead(s, l, n);

@@ -45,8 +45,10 @@ struct moe_experts {
 	/* Optional. The experts layer will need, likeliest first: distance 0 = the
 	 * layer about to run (the list is reordered in place into the order to acquire
 	 * them: ready ones first); distance d > 0 = a guess for the layer d steps ahead
-	 * (the next token's layers after the last). */
-	void (*hint)(struct moe_experts *x, uint32_t layer, uint32_t *experts, size_t n, unsigned distance);
+	 * (the next token's layers after the last), with prob[e] the router's
+	 * probability of expert e there (NULL: unknown). */
+	void (*hint)(struct moe_experts *x, uint32_t layer, uint32_t *experts, size_t n, unsigned distance,
+		     const float *prob);
 	void (*stats)(struct moe_experts *x, struct moe_expert_stats *out);
 };
 

@@ -4,8 +4,10 @@
  * the expert cache (cache.h) and the tokenizer and templates (src/text). */
 #include "config.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "cache/cache.h"
@@ -44,8 +46,9 @@ static int check_params(const moe_model_params *p)
 				"sessions 1..1024", p->n_ctx, p->n_batch, p->n_sessions);
 	if (p->kv_type != MOE_KV_F16 && p->kv_type != MOE_KV_F32)
 		return moe_fail(MOE_EINVAL, "KV type %d: f16 or f32", p->kv_type);
-	if (!moe_cache_policy_name(p->cache_policy) || p->prefetch_depth > 8 || p->io_depth < 1 || p->io_depth > 256)
-		return moe_fail(MOE_EINVAL, "cache policy lru or lfu, prefetch depth 0..8, I/O depth 1..256");
+	if (p->cache_policy < MOE_POLICY_LRU || p->cache_policy > MOE_POLICY_NEXT || p->prefetch_depth > 8 ||
+	    p->io_depth < 1 || p->io_depth > 256)
+		return moe_fail(MOE_EINVAL, "cache policy lru, lfu or next, prefetch depth 0..8, I/O depth 1..256");
 	if (!(p->expert_timeout > 0 && p->expert_timeout <= 86400))
 		return moe_fail(MOE_EINVAL, "expert timeout %g s: more than 0 and at most 86400", p->expert_timeout);
 	return 0;
@@ -78,6 +81,31 @@ int moe_pack_tokenizer(const moe_pack *pack, moe_tokenizer **out, char **chat_te
 	return rc;
 }
 
+/*
+ * Fault a range of the pack's mapping in now, in large sequential reads, instead of
+ * page by page in the first prompt (a 3 GB model in the page cache is 800,000 minor
+ * faults; from disk, as many small reads). llama.cpp maps with MAP_POPULATE for the
+ * same reason. Kernels before 5.14 lack MADV_POPULATE_READ: read-ahead is asked for.
+ */
+static void prefault(const void *data, uint64_t len)
+{
+	const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), start = (uintptr_t)data & ~(page - 1);
+	len += (uintptr_t)data - start;
+#ifdef MADV_POPULATE_READ
+	if (madvise((void *)start, len, MADV_POPULATE_READ) == 0)
+		return;
+#endif
+	madvise((void *)start, len, MADV_WILLNEED);
+}
+
+/* The dense weights are used on every token: all of them, at open. */
+static void prefault_dense(const moe_pack *pack)
+{
+	moe_tensor t;
+	for (size_t i = 0; moe_pack_tensor_at(pack, i, &t) == 0; i++)
+		prefault(t.data, t.size);
+}
+
 /* The expert cache gets what the budget leaves: dense weights and n_sessions
  * sessions first, never more than every expert. */
 static int start_experts(struct moe_model *m)
@@ -92,8 +120,18 @@ static int start_experts(struct moe_model *m)
 			return moe_fail(MOE_EINVAL, "--ram-budget %.1f MB is less than the dense weights (%.1f MB) and KV "
 					"cache and scratch (%.1f MB)", p->ram_budget / 1048576.0, m->dense_bytes / 1048576.0,
 					sessions / 1048576.0);
+		/* the whole file when it fits, as llama.cpp's mapping does; else let faults pick */
+		const uint64_t size = moe_pack_file_size(pack);
+		if (size + sessions <= limit) {
+			const void *base;
+			moe_tensor t;
+			if (moe_pack_tensor_at(pack, 0, &t) == 0 && (base = (const uint8_t *)t.data - t.offset))
+				prefault(base, size);
+		} else
+			prefault_dense(pack);
 		return 0;
 	}
+	prefault_dense(pack);
 	const uint64_t least = m->dense_bytes + sessions + moe_cache_min_bytes(pack);
 	if (limit < least)
 		return moe_fail(MOE_EINVAL, "%s %.1f MB is below the minimum %.1f MB: dense weights %.1f MB + KV cache "
@@ -136,6 +174,15 @@ int moe_model_open(const char *path, const moe_model_params *params, moe_model *
 		return rc;
 	}
 	m->own_pack = pack;
+	if (p.experts_per_token) { /* before any session: their routing buffers are sized by it */
+		if (p.experts_per_token > m->hp.n_experts_used) {
+			rc = moe_fail(MOE_EINVAL, "experts per token %u: the model routes each token to %llu; 1..%llu",
+				      p.experts_per_token, (unsigned long long)m->hp.n_experts_used,
+				      (unsigned long long)m->hp.n_experts_used);
+			goto fail;
+		}
+		m->hp.n_experts_used = p.experts_per_token;
+	}
 	if (m->hp.max_pos && p.n_ctx > m->hp.max_pos)
 		p.n_ctx = m->hp.max_pos;
 	m->params = p;

@@ -463,7 +463,7 @@ static int bench_diskbw(int argc, char **argv)
 
 static int bench_sim(int argc, char **argv)
 {
-	const char *trace = NULL, *sizes = "25%,50%,75%", *policies = "lru,lfu,belady";
+	const char *trace = NULL, *sizes = "25%,50%,75%", *policies = "lru,lfu,next,belady";
 	static const struct option opts[] = {
 		{"trace", required_argument, NULL, 't'}, {"cache-experts", required_argument, NULL, 'n'},
 		{"policy", required_argument, NULL, 'p'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
@@ -515,7 +515,7 @@ static int bench_sim(int argc, char **argv)
 			const int pol = !strcmp(p, "belady") ? MOE_POLICY_BELADY : moe_cache_policy_parse(p);
 			struct moe_sim_result r;
 			if (pol < 0) {
-				fprintf(stderr, "moe-bench sim: --policy %s: lru, lfu or belady\n", p);
+				fprintf(stderr, "moe-bench sim: --policy %s: lru, lfu, next or belady\n", p);
 				rc = 2;
 			} else if (moe_cache_sim(&t, n, pol, &r)) {
 				fprintf(stderr, "moe-bench: %s\n", moe_last_error());
@@ -561,7 +561,7 @@ int main(int argc, char **argv)
 		     "  --reps        measurements per figure; the median is printed (default 5; membw 7)\n"
 		     "  --trace          sim: the route trace\n"
 		     "  --cache-experts  sim: cache sizes, in experts or % of all (default 25%,50%,75%)\n"
-		     "  --policy         sim: lru,lfu,belady (default all three; belady is the bound)\n"
+		     "  --policy         sim: lru,lfu,next,belady (default all four; belady is the bound)\n"
 		     "  --file           diskbw: the file to read (O_DIRECT bypasses the page cache)\n"
 		     "  --depth          diskbw: reads in flight (default 1,8,32)\n"
 		     "  --gib            diskbw: GiB read per measurement (default 2)\n"

@@ -63,7 +63,8 @@ static void usage(FILE *fp)
 	      "      --keep N             prompt tokens kept at the start by --truncate and --context-shift\n"
 	      "                           (default 0; -1: the whole prompt)\n"
 	      "expert cache:\n"
-	      "      --cache-policy P     lru (default) or lfu (frequency with aging)\n"
+	      "      --cache-policy P     lru (default), lfu (frequency with aging) or next (the expert whose\n"
+	      "                           next use is expected farthest away is evicted first)\n"
 	      "      --prefetch-depth K   guess the experts of the next K layers, 0..8 (default 1; 0 = off)\n"
 	      "      --io-depth N         expert reads in flight, 1..256 (default 8)\n"
 	      "      --no-verify          skip the XXH3 check of each expert read\n"
@@ -71,6 +72,8 @@ static void usage(FILE *fp)
 	      "      --mlock              lock the expert cache in RAM\n"
 	      "      --no-offload         no cache: experts through the page cache (mmap), as llama.cpp does\n"
 	      "      --trace-out FILE     the experts and router scores of every token and layer (moe-bench sim)\n"
+	      "      --experts-per-token K  route each token to its K likeliest experts, fewer than the model's\n"
+	      "                           (less to read per token, at a cost in quality: moe-tuning(7))\n"
 	      "quality:\n"
 	      "      --perplexity FILE    perplexity of the model on a text file, in chunks of -c tokens\n"
 	      "      --kl-base LOGITS     with --perplexity: mean KL and top-1 agreement against saved logits\n"
@@ -871,7 +874,7 @@ int main(int argc, char **argv)
 	       O_TRUNC, O_SJSON, O_TOKENIZE, O_DETOKENIZE, O_TOKENIZER, O_ADD_SPECIAL, O_NO_ADD_SPECIAL,
 	       O_SKIP_SPECIAL, O_CHAT, O_SYSTEM, O_MESSAGES, O_CHAT_TEMPLATE, O_CHAT_KWARGS, O_PRINT_PROMPT, O_STOP,
 	       O_IGNORE_EOS, O_MLOCK, O_IO_DEPTH, O_NO_VERIFY, O_POLICY, O_PREFETCH, O_TRACE, O_NO_OFFLOAD, O_PPL,
-	       O_KL_BASE, O_EXPERT_TIMEOUT, O_SHIFT, O_KEEP, O_INTERACTIVE };
+	       O_KL_BASE, O_EXPERT_TIMEOUT, O_SHIFT, O_KEEP, O_INTERACTIVE, O_EXPERTS_PER_TOKEN };
 	int tokenize = 0, detokenize = 0, skip_special = 0;
 	char *ppl_text = NULL;
 	const char *tokenizer_path = NULL;
@@ -880,7 +883,7 @@ int main(int argc, char **argv)
 	size_t n_stops = 0;
 	uint64_t budget = 0;
 	const char *budget_s = getenv("MOE_RAM_BUDGET"), *trace_out = NULL;
-	long io_depth = 8, prefetch_depth = 1;
+	long io_depth = 8, prefetch_depth = 1, experts_per_token = 0;
 	int no_offload = 0;
 	const char *ppl_file = NULL, *kl_base = NULL;
 	int truncate = 0, context_shift = 0;
@@ -910,6 +913,7 @@ int main(int argc, char **argv)
 		{"cache-policy", required_argument, NULL, O_POLICY}, {"prefetch-depth", required_argument, NULL, O_PREFETCH},
 		{"trace-out", required_argument, NULL, O_TRACE}, {"no-offload", no_argument, NULL, O_NO_OFFLOAD},
 		{"perplexity", required_argument, NULL, O_PPL}, {"kl-base", required_argument, NULL, O_KL_BASE},
+		{"experts-per-token", required_argument, NULL, O_EXPERTS_PER_TOKEN},
 		{"interactive", no_argument, NULL, 'i'}, {"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0},
 	};
@@ -970,15 +974,24 @@ int main(int argc, char **argv)
 			}
 			break;
 		case O_POLICY:
-			if (strcmp(optarg, "lru") && strcmp(optarg, "lfu")) {
-				fprintf(stderr, "moe-run: --cache-policy %s: lru or lfu\n", optarg);
+			if (!strcmp(optarg, "lru") || !strcmp(optarg, "lfu") || !strcmp(optarg, "next")) {
+				mp.cache_policy = !strcmp(optarg, "lru") ? MOE_POLICY_LRU
+						  : !strcmp(optarg, "lfu") ? MOE_POLICY_LFU : MOE_POLICY_NEXT;
+			} else {
+				fprintf(stderr, "moe-run: --cache-policy %s: lru, lfu or next\n", optarg);
 				return 2;
 			}
-			mp.cache_policy = strcmp(optarg, "lru") ? MOE_POLICY_LFU : MOE_POLICY_LRU;
 			break;
 		case O_PREFETCH: prefetch_depth = strtol(optarg, &end, 10); break;
 		case O_TRACE: trace_out = optarg; break;
 		case O_NO_OFFLOAD: no_offload = 1; break;
+		case O_EXPERTS_PER_TOKEN:
+			experts_per_token = strtol(optarg, &end, 10);
+			if (experts_per_token < 1 || experts_per_token > 256) {
+				fprintf(stderr, "moe-run: --experts-per-token %s: 1 up to the model's number\n", optarg);
+				return 2;
+			}
+			break;
 		case O_PPL: ppl_file = optarg; break;
 		case O_KL_BASE: kl_base = optarg; break;
 		case 'h': usage(stdout); return 0;
@@ -1047,6 +1060,7 @@ int main(int argc, char **argv)
 	mp.threads = threads, mp.n_ctx = (size_t)ctx, mp.n_batch = (size_t)batch, mp.ram_budget = budget;
 	mp.kv_type = strcmp(kv_s, "f16") ? MOE_KV_F32 : MOE_KV_F16, mp.offload = !no_offload;
 	mp.prefetch_depth = (unsigned)prefetch_depth, mp.io_depth = (unsigned)io_depth;
+	mp.experts_per_token = (unsigned)experts_per_token;
 	int rc = 1;
 	int32_t *prompt = NULL;
 	size_t n_prompt = 0;

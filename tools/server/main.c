@@ -49,13 +49,14 @@ static void usage(FILE *fp)
 	      "      --kv-type T          f16 (default) or f32\n"
 	      "      --ram-budget SIZE    dense weights + every slot's KV cache + expert cache (also MOE_RAM_BUDGET;\n"
 	      "                           default 90% of available memory)\n"
-	      "      --cache-policy P     lru (default) or lfu\n"
+	      "      --cache-policy P     lru (default), lfu or next\n"
 	      "      --prefetch-depth K   0..8 (default 1)\n"
 	      "      --io-depth N         1..256 (default 8)\n"
 	      "      --no-verify          skip the XXH3 check of each expert read\n"
 	      "      --expert-timeout S   seconds (default 30)\n"
 	      "      --mlock              lock the expert cache in RAM\n"
 	      "      --no-offload         experts through the page cache (mmap)\n"
+	      "      --experts-per-token K  fewer experts per token than the model's (moe-tuning(7))\n"
 	      "  -h, --help               this text\n"
 	      "  -V, --version            version\n"
 	      "Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health,\n"
@@ -895,7 +896,7 @@ int main(int argc, char **argv)
 	srv.api_key = getenv("MOE_API_KEY");
 	srv.model_id = NULL;
 	enum { O_HOST = 256, O_PORT, O_ALIAS, O_KEY, O_PARALLEL, O_QUEUE, O_BODY, O_TMPL, O_KV, O_BUDGET, O_POLICY,
-	       O_PREFETCH, O_IO, O_NOVERIFY, O_TIMEOUT, O_MLOCK, O_NOOFF };
+	       O_PREFETCH, O_IO, O_NOVERIFY, O_TIMEOUT, O_MLOCK, O_NOOFF, O_EPT };
 	static const struct option opts[] = {
 		{"model", required_argument, NULL, 'm'}, {"host", required_argument, NULL, O_HOST},
 		{"port", required_argument, NULL, O_PORT}, {"alias", required_argument, NULL, O_ALIAS},
@@ -907,7 +908,8 @@ int main(int argc, char **argv)
 		{"cache-policy", required_argument, NULL, O_POLICY}, {"prefetch-depth", required_argument, NULL, O_PREFETCH},
 		{"io-depth", required_argument, NULL, O_IO}, {"no-verify", no_argument, NULL, O_NOVERIFY},
 		{"expert-timeout", required_argument, NULL, O_TIMEOUT}, {"mlock", no_argument, NULL, O_MLOCK},
-		{"no-offload", no_argument, NULL, O_NOOFF}, {"help", no_argument, NULL, 'h'},
+		{"no-offload", no_argument, NULL, O_NOOFF}, {"experts-per-token", required_argument, NULL, O_EPT},
+		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0},
 	};
 	int c;
@@ -940,11 +942,13 @@ int main(int argc, char **argv)
 			break;
 		case O_BUDGET: budget_s = optarg; break;
 		case O_POLICY:
-			if (strcmp(optarg, "lru") && strcmp(optarg, "lfu")) {
-				fprintf(stderr, "moe-server: --cache-policy %s: lru or lfu\n", optarg);
+			if (!strcmp(optarg, "lru") || !strcmp(optarg, "lfu") || !strcmp(optarg, "next")) {
+				mp.cache_policy = !strcmp(optarg, "lru") ? MOE_POLICY_LRU
+						  : !strcmp(optarg, "lfu") ? MOE_POLICY_LFU : MOE_POLICY_NEXT;
+			} else {
+				fprintf(stderr, "moe-server: --cache-policy %s: lru, lfu or next\n", optarg);
 				return 2;
 			}
-			mp.cache_policy = strcmp(optarg, "lru") ? MOE_POLICY_LFU : MOE_POLICY_LRU;
 			break;
 		case O_PREFETCH: bad = number("--prefetch-depth", optarg, 0, 8, &v); mp.prefetch_depth = (unsigned)v; break;
 		case O_IO: bad = number("--io-depth", optarg, 1, 256, &v); mp.io_depth = (unsigned)v; break;
@@ -958,6 +962,7 @@ int main(int argc, char **argv)
 			break;
 		case O_MLOCK: mp.mlock = 1; break;
 		case O_NOOFF: mp.offload = 0; break;
+		case O_EPT: bad = number("--experts-per-token", optarg, 1, 256, &v); mp.experts_per_token = (unsigned)v; break;
 		case 'h': usage(stdout); return 0;
 		case 'V': printf("moe-server (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION); return 0;
 		default: usage(stderr); return 2;
