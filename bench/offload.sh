@@ -8,11 +8,13 @@
 #   bound tok/s = 1 / max(memory time, disk time)
 #   memory time = weight bytes a token reads / moe-bench membw (2 threads)
 #   disk time   = expert bytes missed per token / moe-bench diskbw (depth 8)
-# Needs root (cgroup, drop_caches). Run from a built tree.
-# Usage: bench/offload.sh PACK [DECODE_TOKENS] [RUNS]
+# POLICIES (default lru) lists the --cache-policy values to run at each budget, PCTS
+# (default "100 50 25") the budgets. Needs root (cgroup, drop_caches). Run from a
+# built tree.
+# Usage: [POLICIES="lru next"] [PCTS="50 25"] bench/offload.sh PACK [DECODE_TOKENS] [RUNS]
 set -eu
 cd "$(dirname "$0")/.."
-PACK=$1 N=${2:-33} RUNS=${3:-3}
+PACK=$1 N=${2:-33} RUNS=${3:-3} POLICIES=${POLICIES:-lru} PCTS=${PCTS:-100 50 25}
 CG=/sys/fs/cgroup/memory/moebench
 mkdir -p "$CG"
 W=$(mktemp -d)
@@ -41,22 +43,24 @@ LK=$(./moe-pack --info "$PACK" | awk '/n_layers/ {l = $2} /n_experts_used/ {k = 
 TOKEN_BYTES=$((DENSE_TOKEN + LK * BLOB))
 echo "pack $PACK: experts $((EXPERTS / 1048576)) MiB (blob $((BLOB / 1048576)) MiB); dense + KV($CTX) + scratch $((BASE / 1048576)) MiB; a token reads $((TOKEN_BYTES / 1048576)) MiB of weights"
 
-for pct in 100 50 25; do
+for pct in $PCTS; do
 	budget=$((BASE + EXPERTS / 100 * pct))
 	limit=$((budget + 64 * 1048576))
 	echo "$limit" >"$CG/memory.limit_in_bytes"
 	# the bounds, in this run
 	mbw=$(./moe-bench membw --memory 1G --reps 5 | awk '/threads 2:/ {print $3}')
 	dbw=$(for i in 1 2 3; do ./moe-bench diskbw --file "$PACK" --depth 8 --gib 1 | awk '/depth/ {print $3}'; done | median)
+	for policy in $POLICIES; do
 	for r in $(seq "$RUNS"); do
 		drop
 		sh -c 'echo $$ >'"$CG"'/tasks; exec "$@"' sh timeout 900 ./moe-run -m "$PACK" --tokens "$PROMPT" -n "$N" \
-			-c $CTX --ignore-eos --ram-budget "$budget" --stats-json "$W/r$r.json" >/dev/null 2>"$W/err" || cat "$W/err"
+			-c $CTX --ignore-eos --ram-budget "$budget" --cache-policy "$policy" --stats-json "$W/r$r.json" \
+			>/dev/null 2>"$W/err" || cat "$W/err"
 		cat "$CG/memory.max_usage_in_bytes" >"$W/peak$r"
 	done
-	/usr/bin/python3 - "$W" "$RUNS" "$pct" "$budget" "$limit" "$mbw" "$dbw" "$TOKEN_BYTES" <<'PY'
+	/usr/bin/python3 - "$W" "$RUNS" "$pct" "$budget" "$limit" "$mbw" "$dbw" "$TOKEN_BYTES" "$policy" <<'PY'
 import json, statistics, sys
-w, runs, pct, budget, limit, mbw, dbw, token_bytes = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
+w, runs, pct, budget, limit, mbw, dbw, token_bytes, policy = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
 budget, limit, mbw, dbw, token_bytes = int(budget), int(limit), float(mbw), float(dbw), int(token_bytes)
 rows = []
 for r in range(1, runs + 1):
@@ -72,14 +76,15 @@ tps = statistics.median(r[0] for r in rows)
 read = statistics.median(r[1] for r in rows)
 mem_t, disk_t = token_bytes / (mbw * 1e9), read / (dbw * 1e9)
 bound = 1 / max(mem_t, disk_t)
-print("budget %3s%% of experts (%d MiB, cgroup %d MiB): decode %s tok/s (median %.2f); read %.0f MiB/token; "
-      "hit rate %.2f; prefetch precision %.2f recall %.2f; peak %d MiB" % (
-          pct, budget >> 20, limit >> 20, ", ".join("%.2f" % r[0] for r in rows), tps, read / 2**20,
+print("budget %3s%% of experts (%d MiB, cgroup %d MiB), --cache-policy %s: decode %s tok/s (median %.2f); "
+      "read %.0f MiB/token; hit rate %.2f; prefetch precision %.2f recall %.2f; peak %d MiB" % (
+          pct, budget >> 20, limit >> 20, policy, ", ".join("%.2f" % r[0] for r in rows), tps, read / 2**20,
           statistics.median(r[2] for r in rows), statistics.median(r[3] for r in rows),
           statistics.median(r[4] for r in rows), max(r[5] for r in rows) >> 20))
 print("  bound: memory %.1f ms (%.1f GB/s), disk %.1f ms (%.2f GB/s) -> %.2f tok/s; measured = %.0f %% of the bound" % (
     mem_t * 1e3, mbw, disk_t * 1e3, dbw, bound, 100 * tps / bound))
 PY
+	done
 	# the baseline in the same limit: experts through mmap and the page cache
 	drop
 	sh -c 'echo $$ >'"$CG"'/tasks; exec "$@"' sh timeout 600 ./moe-run -m "$PACK" --tokens "$PROMPT" -n "$N" \
