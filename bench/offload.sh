@@ -11,10 +11,12 @@
 # POLICIES (default lru) lists the --cache-policy values to run at each budget, PCTS
 # (default "100 50 25") the budgets. Needs root (cgroup, drop_caches). Run from a
 # built tree.
-# Usage: [POLICIES="lru next"] [PCTS="50 25"] bench/offload.sh PACK [DECODE_TOKENS] [RUNS]
+# RUN_ARGS adds moe-run options to every run (e.g. "--routes-from TRACE"); MMAP=0
+# skips the --no-offload runs.
+# Usage: [POLICIES="lru next"] [PCTS="50 25"] [RUN_ARGS=...] [MMAP=0] bench/offload.sh PACK [DECODE_TOKENS] [RUNS]
 set -eu
 cd "$(dirname "$0")/.."
-PACK=$1 N=${2:-33} RUNS=${3:-3} POLICIES=${POLICIES:-lru} PCTS=${PCTS:-100 50 25}
+PACK=$1 N=${2:-33} RUNS=${3:-3} POLICIES=${POLICIES:-lru} PCTS=${PCTS:-100 50 25} RUN_ARGS=${RUN_ARGS:-} MMAP=${MMAP:-1}
 CG=/sys/fs/cgroup/memory/moebench
 mkdir -p "$CG"
 W=$(mktemp -d)
@@ -54,7 +56,7 @@ for pct in $PCTS; do
 	for r in $(seq "$RUNS"); do
 		drop
 		sh -c 'echo $$ >'"$CG"'/tasks; exec "$@"' sh timeout 900 ./moe-run -m "$PACK" --tokens "$PROMPT" -n "$N" \
-			-c $CTX --ignore-eos --ram-budget "$budget" --cache-policy "$policy" --stats-json "$W/r$r.json" \
+			-c $CTX --ignore-eos --ram-budget "$budget" --cache-policy "$policy" $RUN_ARGS --stats-json "$W/r$r.json" \
 			>/dev/null 2>"$W/err" || cat "$W/err"
 		cat "$CG/memory.max_usage_in_bytes" >"$W/peak$r"
 	done
@@ -86,9 +88,10 @@ print("  bound: memory %.1f ms (%.1f GB/s), disk %.1f ms (%.2f GB/s) -> %.2f tok
 PY
 	done
 	# the baseline in the same limit: experts through mmap and the page cache
+	[ "$MMAP" = 1 ] || continue
 	drop
 	sh -c 'echo $$ >'"$CG"'/tasks; exec "$@"' sh timeout 600 ./moe-run -m "$PACK" --tokens "$PROMPT" -n "$N" \
-		-c $CTX --ignore-eos --no-offload --stats-json "$W/m.json" >/dev/null 2>"$W/err" && st=ok || st="exit $?"
+		-c $CTX --ignore-eos --no-offload $RUN_ARGS --stats-json "$W/m.json" >/dev/null 2>"$W/err" && st=ok || st="exit $?"
 	/usr/bin/python3 -c '
 import json, sys
 try:

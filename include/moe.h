@@ -347,6 +347,12 @@ MOE_API void moe_session_cancel(moe_session *s);
 /* With fp: one JSON line per token and MoE layer (its experts and router scores),
  * the trace moe-bench sim replays. NULL stops. */
 MOE_API void moe_session_trace(moe_session *s, FILE *fp);
+/* Route every token by the routes recorded in a trace file (moe_session_trace's
+ * format, e.g. of a trained model's run), mapped onto this model's layers and
+ * experts, and compute everything else for real: cache, prefetch and disk figures
+ * of a large synthetic model then see real routing's locality. The output is not
+ * the model's. NULL stops. MOE_EIO/MOE_EFORMAT for an unreadable trace. */
+MOE_API int moe_session_routes_from(moe_session *s, const char *path);
 
 /* ---- text --------------------------------------------------------------------- */
 

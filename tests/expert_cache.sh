@@ -4,7 +4,8 @@
 # mmap path goes far over; logits and generated ids are bit-identical to the
 # mapped run whatever the budget, policy, prefetch depth, I/O engine (io_uring,
 # forced pread) or codec (zstd); the trace replay (moe-bench sim) evicts exactly
-# as the cache does; a corrupt blob is an error naming its layer and expert.
+# as the cache does; a corrupt blob is an error naming its layer and expert;
+# --routes-from replays a trace's routes.
 . "$TESTS_DIR/lib.sh"
 : "${MOE_RUN:?run through make check}" "${MOE_BENCH:?run through make check}"
 cd "$WORK"
@@ -97,6 +98,44 @@ got = {r[1]: (int(r[2]), int(r[3])) for r in rows}
 assert got[sys.argv[3]] == (x["hits"], x["misses"]), (got, x)
 assert got["belady"][0] >= got[sys.argv[3]][0], got' t.json sim.txt $policy
 done
+
+# --routes-from: a model routed by a trace of its own run (-b 1) takes the same routes;
+# a deeper model (the 4 layers replayed onto 9) takes the trace's experts, mapped, at
+# every layer; the cache then streams them under a budget
+run --no-offload -b 1 --trace-out own.jsonl >/dev/null 2>err
+run --no-offload -b 1 --routes-from own.jsonl --trace-out again.jsonl >/dev/null 2>err
+check "replayed routes = the recorded ones" py -c '
+import json, sys
+a, b = ([json.loads(l)["experts"] for l in open(f)][1:] for f in sys.argv[1:])
+assert a == b, next(i for i in range(len(a)) if a[i] != b[i])' own.jsonl again.jsonl
+check "synth 9 layers" "$MOE_PACK" synth --hidden 512 --expert-ff 4096 --layers 9 --vocab 512 m9.moe
+"$MOE_RUN" -m m9.moe --tokens $P -n 24 -c 256 -b 1 --ram-budget "$budget" --routes-from own.jsonl \
+	--trace-out deep.jsonl --stats-json deep.json >/dev/null 2>err
+check "9 layers: every layer's experts come from the trace's, as moe_replay_route maps them" py -c '
+import json, sys
+own = [json.loads(l) for l in open(sys.argv[1])][1:]
+deep = [json.loads(l) for l in open(sys.argv[2])][1:]
+by_layer = {}
+for r in own:
+    by_layer.setdefault(r["layer"], []).append(r["experts"])
+T, E = 4, 8
+count = {}
+for r in deep:
+    l = r["layer"]; k = count.get(l, 0); count[l] = k + 1
+    g, uses = l // T, by_layer[l % T]
+    want, out = uses[(k + 7919 * g) % len(uses)], []
+    for e in want:
+        e = (e + g) % E
+        while e in out:
+            e = (e + 1) % E
+        out.append(e)
+    assert r["experts"] == out, (l, k, r["experts"], out)
+assert len(count) == 9 and all(c == 35 for c in count.values()), count  # 12 prompt + 23 decoded' own.jsonl deep.jsonl
+check "9 layers: streamed under the budget" py -c '
+import json, sys; x = json.load(open(sys.argv[1]))["experts"]; assert x["misses"] > x["slots"], x' deep.json
+echo '{"trace": "x", "layers": 4, "experts": 8}' >bad.jsonl
+echo '{"token": 0, "layer": 9, "experts": [1]}' >>bad.jsonl
+expect_error "a bad trace" "bad.jsonl:2: not a moe-run --trace-out line" run --routes-from bad.jsonl
 
 # refused
 expect_error "budget below the minimum" "below the minimum" run --ram-budget 1M

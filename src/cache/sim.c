@@ -19,7 +19,8 @@ void moe_trace_free(struct moe_trace *t)
 	memset(t, 0, sizeof *t);
 }
 
-int moe_trace_load(const char *path, struct moe_trace *t)
+/* scores: if not NULL, the router probability of each entry (1 where the line has none) */
+static int trace_load(const char *path, struct moe_trace *t, float **scores)
 {
 	memset(t, 0, sizeof *t);
 	FILE *fp = fopen(path, "r");
@@ -29,14 +30,15 @@ int moe_trace_load(const char *path, struct moe_trace *t)
 	t->layer = malloc(cap * sizeof *t->layer);
 	t->start = malloc((cap + 1) * sizeof *t->start);
 	t->experts = malloc(ecap * sizeof *t->experts);
+	float *sc = scores ? malloc(ecap * sizeof *sc) : NULL;
 	char *line = NULL;
 	size_t lcap = 0;
 	int rc = 0, header = 0;
-	while (!rc && t->layer && t->start && t->experts && getline(&line, &lcap, fp) > 0) {
+	while (!rc && t->layer && t->start && t->experts && (!scores || sc) && getline(&line, &lcap, fp) > 0) {
 		line_no++;
 		json_error_t jerr;
 		json_t *o = json_loads(line, 0, &jerr);
-		json_t *ex = json_object_get(o, "experts"), *ly = json_object_get(o, "layer");
+		json_t *ex = json_object_get(o, "experts"), *ly = json_object_get(o, "layer"), *ss = json_object_get(o, "scores");
 		if (o && json_is_integer(json_object_get(o, "layers")) && !header) {
 			t->n_layers = (uint32_t)json_integer_value(json_object_get(o, "layers"));
 			t->n_experts = (uint32_t)json_integer_value(json_object_get(o, "experts"));
@@ -71,11 +73,20 @@ int moe_trace_load(const char *path, struct moe_trace *t)
 				}
 				if (n_exp == ecap) {
 					uint32_t *ne = realloc(t->experts, (ecap *= 2) * sizeof *ne);
-					if (!ne) {
+					float *ns = ne && sc ? realloc(sc, ecap * sizeof *ns) : NULL;
+					if (ne)
+						t->experts = ne;
+					if (ns)
+						sc = ns;
+					if (!ne || (sc && !ns)) {
 						rc = moe_fail(MOE_ENOMEM, "out of memory");
 						break;
 					}
-					t->experts = ne;
+				}
+				if (sc) {
+					const json_t *p = json_array_get(ss, i);
+					sc[n_exp] = json_is_number(p) && json_number_value(p) >= 0 && json_number_value(p) <= 1
+						? (float)json_number_value(p) : 1.0f;
 				}
 				t->experts[n_exp++] = (uint32_t)v;
 			}
@@ -90,9 +101,89 @@ int moe_trace_load(const char *path, struct moe_trace *t)
 		rc = moe_fail(MOE_ENOMEM, "out of memory");
 	if (!rc && !t->n_steps)
 		rc = moe_fail(MOE_EFORMAT, "%s: no routes in the trace", path);
-	if (rc)
+	if (!rc && scores && !sc)
+		rc = moe_fail(MOE_ENOMEM, "out of memory");
+	if (rc) {
 		moe_trace_free(t);
+		free(sc);
+		sc = NULL;
+	}
+	if (scores)
+		*scores = sc;
 	return rc;
+}
+
+int moe_trace_load(const char *path, struct moe_trace *t) { return trace_load(path, t, NULL); }
+
+void moe_replay_free(struct moe_replay *r)
+{
+	if (!r)
+		return;
+	moe_trace_free(&r->t);
+	free(r->scores);
+	free(r->steps);
+	free(r->first);
+	free(r);
+}
+
+int moe_replay_open(const char *path, struct moe_replay **out)
+{
+	*out = NULL;
+	struct moe_replay *r = calloc(1, sizeof *r);
+	if (!r)
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	int rc = trace_load(path, &r->t, &r->scores);
+	if (rc) {
+		free(r);
+		return rc;
+	}
+	const struct moe_trace *t = &r->t;
+	r->first = calloc(t->n_layers + 1, sizeof *r->first);
+	r->steps = malloc(t->n_steps * sizeof *r->steps);
+	if (!r->first || !r->steps) {
+		moe_replay_free(r);
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	}
+	for (size_t i = 0; i < t->n_steps; i++) /* counting sort of the steps by layer, in order */
+		r->first[t->layer[i] + 1]++;
+	for (uint32_t l = 0; l < t->n_layers; l++)
+		r->first[l + 1] += r->first[l];
+	size_t *fill = calloc(t->n_layers + 1, sizeof *fill);
+	if (!fill) {
+		moe_replay_free(r);
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	}
+	for (size_t i = 0; i < t->n_steps; i++)
+		r->steps[r->first[t->layer[i]] + fill[t->layer[i]]++] = i;
+	free(fill);
+	*out = r;
+	return 0;
+}
+
+size_t moe_replay_route(const struct moe_replay *r, uint64_t pos, uint32_t layer, uint32_t n_experts, size_t k,
+			int *experts, float *scores)
+{
+	const struct moe_trace *t = &r->t;
+	const uint32_t tl = layer % t->n_layers, g = layer / t->n_layers;
+	const size_t uses = r->first[tl + 1] - r->first[tl];
+	if (!uses)
+		return 0;
+	const size_t step = r->steps[r->first[tl] + (size_t)((pos + 7919ull * g) % uses)];
+	const uint32_t stride = n_experts > t->n_experts ? n_experts / t->n_experts : 1;
+	size_t n = 0;
+	for (size_t i = t->start[step]; i < t->start[step + 1] && n < k && n < n_experts; i++) {
+		uint32_t e = (uint32_t)(((uint64_t)t->experts[i] * stride + g) % n_experts);
+		for (int taken = 1; taken;) { /* distinct ids: the next free one on a collision */
+			taken = 0;
+			for (size_t j = 0; j < n; j++)
+				taken |= experts[j] == (int)e;
+			if (taken)
+				e = (e + 1) % n_experts;
+		}
+		experts[n] = (int)e;
+		scores[n++] = r->scores[i];
+	}
+	return n;
 }
 
 int moe_cache_sim(const struct moe_trace *t, size_t slots, int policy, struct moe_sim_result *out)

@@ -22,6 +22,27 @@ struct moe_trace {
 	uint32_t *experts;
 };
 
+/*
+ * Routes recorded from one model replayed on another (moe-run --routes-from): the
+ * k-th token's experts at pack layer l are those of the trace's layer l mod T (T
+ * the trace's layers) at its (k + 7919 g)-th use of that layer, g = l div T, so
+ * that pack layers sharing a trace layer do not repeat each other; expert e maps
+ * to (e * max(1, E / E') + g) mod E (E the pack's experts, E' the trace's), the
+ * next free id on a collision. Scores are the trace's router probabilities.
+ */
+struct moe_replay {
+	struct moe_trace t;
+	float *scores;  /* [experts entries]: the router probability of each */
+	size_t *steps;  /* the trace's steps grouped by layer: those of layer l are */
+	size_t *first;  /* steps[first[l] .. first[l + 1]) */
+};
+int moe_replay_open(const char *path, struct moe_replay **out);
+void moe_replay_free(struct moe_replay *r);
+/* The replayed experts of token `pos` at pack layer `layer` of n_layers (n_experts
+ * each) into experts/scores, at most k; returns how many (the trace's per token). */
+size_t moe_replay_route(const struct moe_replay *r, uint64_t pos, uint32_t layer, uint32_t n_experts, size_t k,
+			int *experts, float *scores);
+
 struct moe_sim_result {
 	uint64_t hits, misses;
 };

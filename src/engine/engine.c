@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache/sim.h"
 #include "common/error.h"
 #include "engine/engine.h"
 #include "engine/internal.h"
@@ -295,6 +296,9 @@ void moe_session_free(struct moe_session *s)
 		free(bufs[i]);
 	free(s->topk);
 	free(s->shared_out);
+	moe_replay_free(s->replay);
+	free(s->replay_ids);
+	free(s->replay_sc);
 	moe_mla_free(s);
 	moe_kscratch_free(&s->ks);
 	free(s);
@@ -532,6 +536,36 @@ static void route(struct moe_session *s, size_t n)
 	}
 }
 
+/* Each token's experts replaced by the recorded ones (sim.h says which), the
+ * model's own choices after them if the trace has fewer per token, and the
+ * weights scaled to the sum the model's had (1 where it renormalizes). */
+static void replay_routes(struct moe_session *s, size_t l, size_t n)
+{
+	const size_t K = s->m->hp.n_experts_used;
+	for (size_t t = 0; t < n; t++) {
+		int *idx = s->topk + t * K;
+		float *wt = s->topw + t * K, *pr = s->topp + t * K, sum = 0, got = 0;
+		size_t m = moe_replay_route(s->replay, s->replay_pos + t, (uint32_t)l, (uint32_t)s->m->hp.n_experts, K,
+					    s->replay_ids, s->replay_sc);
+		for (size_t k = 0; k < K; k++)
+			sum += wt[k];
+		for (size_t k = 0; k < K && m < K; k++) { /* the model's own, if not replayed */
+			int dup = 0;
+			for (size_t j = 0; j < m; j++)
+				dup |= s->replay_ids[j] == idx[k];
+			if (!dup)
+				s->replay_ids[m] = idx[k], s->replay_sc[m++] = pr[k];
+		}
+		for (size_t k = 0; k < K; k++)
+			got += s->replay_sc[k];
+		for (size_t k = 0; k < K; k++) {
+			idx[k] = s->replay_ids[k];
+			pr[k] = s->replay_sc[k];
+			wt[k] = got > 0 ? s->replay_sc[k] * sum / got : sum / (float)K;
+		}
+	}
+}
+
 /* Guesses for the layers after l, while l's experts compute: each upcoming
  * layer's router applied to the current hidden state (the residual stream moves
  * slowly from layer to layer), likeliest first, then what the last token used
@@ -745,6 +779,8 @@ static int forward(struct moe_session *s, struct moe_session *const *rows, const
 				moe_deepseek_route(s, l, n);
 			else
 				route(s, n);
+			if (s->replay)
+				replay_routes(s, l, n);
 			if ((rc = experts(s, l, n)))
 				break;
 			if (w->has_shared) { /* always on, resident */
@@ -774,6 +810,7 @@ static int forward(struct moe_session *s, struct moe_session *const *rows, const
 		return rc;
 	if (!rows)
 		s->n_past += n;
+	s->replay_pos += n;
 	for (size_t t = 0; rows && t < n; t++)
 		rows[t]->n_past++;
 	return 0;

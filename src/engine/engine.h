@@ -115,6 +115,10 @@ struct moe_session {
 	uint32_t *look_list;
 	uint32_t *prev_experts;      /* [layer][n_experts_used]: the last token's choices */
 	FILE *trace;                 /* if set: one JSON line per token and MoE layer */
+	struct moe_replay *replay;   /* if set: routes replayed from a trace (moe_session_routes_from) */
+	uint64_t replay_pos;         /* tokens replayed so far */
+	int *replay_ids;             /* [n_experts_used]: scratch */
+	float *replay_sc;
 	struct moe_mla *mla;         /* DeepSeek-V3's attention scratch and YaRN tables */
 	float *shared_out;           /* [batch][hidden]: the shared experts' output */
 	volatile sig_atomic_t cancel; /* moe_session_cancel: moe_forward stops between layers */

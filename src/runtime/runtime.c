@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "cache/cache.h"
+#include "cache/sim.h"
 #include "common/error.h"
 #include "engine/engine.h"
 #include "text/template.h"
@@ -359,6 +360,20 @@ void moe_session_rewind(moe_session *s, size_t pos)
 
 void moe_session_cancel(moe_session *s) { s->cancel = 1; }
 void moe_session_trace(moe_session *s, FILE *fp) { s->trace = fp; }
+
+int moe_session_routes_from(moe_session *s, const char *path)
+{
+	moe_replay_free(s->replay);
+	s->replay = NULL;
+	s->replay_pos = 0;
+	if (!path)
+		return 0;
+	const size_t K = s->m->hp.n_experts_used;
+	if (!s->replay_ids && (!(s->replay_ids = malloc(K * sizeof *s->replay_ids)) ||
+			       !(s->replay_sc = malloc(K * sizeof *s->replay_sc))))
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	return moe_replay_open(path, &s->replay);
+}
 
 /* ---- text ---- */
 

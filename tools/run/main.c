@@ -72,6 +72,9 @@ static void usage(FILE *fp)
 	      "      --mlock              lock the expert cache in RAM\n"
 	      "      --no-offload         no cache: experts through the page cache (mmap), as llama.cpp does\n"
 	      "      --trace-out FILE     the experts and router scores of every token and layer (moe-bench sim)\n"
+	      "      --routes-from FILE   route every token as a --trace-out file did (e.g. of a trained model),\n"
+	      "                           to measure the cache at scale with real routing; the output is not\n"
+	      "                           the model's\n"
 	      "      --experts-per-token K  route each token to its K likeliest experts, fewer than the model's\n"
 	      "                           (less to read per token, at a cost in quality: moe-tuning(7))\n"
 	      "quality:\n"
@@ -874,7 +877,7 @@ int main(int argc, char **argv)
 	       O_TRUNC, O_SJSON, O_TOKENIZE, O_DETOKENIZE, O_TOKENIZER, O_ADD_SPECIAL, O_NO_ADD_SPECIAL,
 	       O_SKIP_SPECIAL, O_CHAT, O_SYSTEM, O_MESSAGES, O_CHAT_TEMPLATE, O_CHAT_KWARGS, O_PRINT_PROMPT, O_STOP,
 	       O_IGNORE_EOS, O_MLOCK, O_IO_DEPTH, O_NO_VERIFY, O_POLICY, O_PREFETCH, O_TRACE, O_NO_OFFLOAD, O_PPL,
-	       O_KL_BASE, O_EXPERT_TIMEOUT, O_SHIFT, O_KEEP, O_INTERACTIVE, O_EXPERTS_PER_TOKEN };
+	       O_KL_BASE, O_EXPERT_TIMEOUT, O_SHIFT, O_KEEP, O_INTERACTIVE, O_EXPERTS_PER_TOKEN, O_ROUTES_FROM };
 	int tokenize = 0, detokenize = 0, skip_special = 0;
 	char *ppl_text = NULL;
 	const char *tokenizer_path = NULL;
@@ -882,7 +885,7 @@ int main(int argc, char **argv)
 	const char *stops[16];
 	size_t n_stops = 0;
 	uint64_t budget = 0;
-	const char *budget_s = getenv("MOE_RAM_BUDGET"), *trace_out = NULL;
+	const char *budget_s = getenv("MOE_RAM_BUDGET"), *trace_out = NULL, *routes_from = NULL;
 	long io_depth = 8, prefetch_depth = 1, experts_per_token = 0;
 	int no_offload = 0;
 	const char *ppl_file = NULL, *kl_base = NULL;
@@ -914,6 +917,7 @@ int main(int argc, char **argv)
 		{"trace-out", required_argument, NULL, O_TRACE}, {"no-offload", no_argument, NULL, O_NO_OFFLOAD},
 		{"perplexity", required_argument, NULL, O_PPL}, {"kl-base", required_argument, NULL, O_KL_BASE},
 		{"experts-per-token", required_argument, NULL, O_EXPERTS_PER_TOKEN},
+		{"routes-from", required_argument, NULL, O_ROUTES_FROM},
 		{"interactive", no_argument, NULL, 'i'}, {"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0},
 	};
@@ -984,6 +988,7 @@ int main(int argc, char **argv)
 			break;
 		case O_PREFETCH: prefetch_depth = strtol(optarg, &end, 10); break;
 		case O_TRACE: trace_out = optarg; break;
+		case O_ROUTES_FROM: routes_from = optarg; break;
 		case O_NO_OFFLOAD: no_offload = 1; break;
 		case O_EXPERTS_PER_TOKEN:
 			experts_per_token = strtol(optarg, &end, 10);
@@ -1154,6 +1159,10 @@ int main(int argc, char **argv)
 			(unsigned long long)info.n_layers, (unsigned long long)info.n_experts,
 			(unsigned long long)info.n_experts_used);
 		moe_session_trace(s, trace_fp);
+	}
+	if (routes_from && moe_session_routes_from(s, routes_from)) {
+		fail();
+		goto out;
 	}
 	if (isatty(STDERR_FILENO))
 		load_banner(m);
