@@ -583,7 +583,7 @@ static int lookahead(struct moe_session *s, size_t l, size_t n)
 			continue;
 		for (size_t e = 0; e < E; e++)
 			s->look_score[e] = -1;
-		if (l + d < L) {
+		if (l + d < L && !s->replay) { /* replayed routes owe nothing to this model's routers */
 			for (size_t t = 0; t < n; t++)
 				moe_rmsnorm(s->x + t * H, w->ffn_norm, H, hp->rms_eps, s->look_xn + t * H);
 			int rc = moe_session_matmul(s, &w->router, s->look_xn, n, s->look_router);
