@@ -636,10 +636,12 @@ static void hint(struct moe_experts *base, uint32_t layer, uint32_t *experts, si
 			if (c->policy == MOE_POLICY_NEXT && c->slots[v].state != SLOT_FREE) {
 				/* a guess takes a slot only from an expert expected to be needed
 				 * later than itself: its router probability, or its own record
-				 * (the last token's choices come with none) */
+				 * (the last token's choices come with none), times the share of
+				 * guesses that have come true so far */
 				float p = moe_policy_p(&c->use[e]);
 				if (prob && prob[experts[i]] > p)
 					p = prob[experts[i]];
+				p *= (float)(c->st.prefetch_hits + 1) / (float)(c->st.prefetch_issued + 2);
 				if (slot_next_use(c, &c->slots[v]) <= moe_policy_next_use(layer, c->cur_layer, c->n_layers, p))
 					continue;
 			}
