@@ -123,12 +123,10 @@ static int start_experts(struct moe_model *m)
 					sessions / 1048576.0);
 		/* the whole file when it fits, as llama.cpp's mapping does; else let faults pick */
 		const uint64_t size = moe_pack_file_size(pack);
-		if (size + sessions <= limit) {
-			const void *base;
-			moe_tensor t;
-			if (moe_pack_tensor_at(pack, 0, &t) == 0 && (base = (const uint8_t *)t.data - t.offset))
-				prefault(base, size);
-		} else
+		moe_tensor t;
+		if (size + sessions <= limit && moe_pack_tensor_at(pack, 0, &t) == 0)
+			prefault((const uint8_t *)t.data - t.offset, size); /* the mapping's start */
+		else
 			prefault_dense(pack);
 		return 0;
 	}
