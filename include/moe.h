@@ -238,6 +238,10 @@ enum moe_kv_type { MOE_KV_F16 = 0, MOE_KV_F32 = 1 };
  * next needed when layer l comes round again, and then with the probability its
  * past use gives (moe-tuning(7)). */
 enum moe_cache_policy { MOE_POLICY_LRU = 0, MOE_POLICY_LFU = 1, MOE_POLICY_NEXT = 2 };
+/* "lru", "lfu", "next" -> enum moe_cache_policy; -1 if unknown. */
+MOE_API int moe_cache_policy_parse(const char *name);
+/* The name of a policy ("lru" for an unknown one). */
+MOE_API const char *moe_cache_policy_name(int policy);
 
 typedef struct moe_model_params {
 	int threads;             /* compute threads; default 0: every online CPU */

@@ -58,10 +58,6 @@ uint64_t moe_cache_staging_bytes(const moe_pack *pack, uint64_t chunk_bytes);
 
 int moe_experts_cache(const moe_pack *pack, const struct moe_cache_options *o, struct moe_experts **out);
 
-/* "lru", "lfu", "next" -> enum moe_cache_policy; -1 if unknown */
-int moe_cache_policy_parse(const char *name);
-const char *moe_cache_policy_name(int policy);
-
 /* What a policy knows of a candidate for eviction. */
 struct moe_policy_cand {
 	uint64_t last_use; /* clock at its last use */

@@ -942,10 +942,7 @@ int main(int argc, char **argv)
 			break;
 		case O_BUDGET: budget_s = optarg; break;
 		case O_POLICY:
-			if (!strcmp(optarg, "lru") || !strcmp(optarg, "lfu") || !strcmp(optarg, "next")) {
-				mp.cache_policy = !strcmp(optarg, "lru") ? MOE_POLICY_LRU
-						  : !strcmp(optarg, "lfu") ? MOE_POLICY_LFU : MOE_POLICY_NEXT;
-			} else {
+			if ((mp.cache_policy = moe_cache_policy_parse(optarg)) < 0) {
 				fprintf(stderr, "moe-server: --cache-policy %s: lru, lfu or next\n", optarg);
 				return 2;
 			}
