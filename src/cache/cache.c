@@ -216,7 +216,8 @@ static int64_t victim(struct cache *c, int demand)
 	for (size_t i = 0; i < c->n_slots && found < 0; i++) {
 		const struct slot *s = &c->slots[i];
 		if (evictable(c, s) && s->guess_seq <= c->seq) {
-			c->pick[n] = (struct moe_policy_cand){s->last_use, c->freq[s->expert], slot_next_use(c, s)};
+			c->pick[n] = (struct moe_policy_cand){s->last_use, c->freq[s->expert],
+							      c->policy == MOE_POLICY_NEXT ? slot_next_use(c, s) : 0};
 			ix[n++] = (int64_t)i;
 		}
 	}
@@ -582,11 +583,13 @@ static void hint(struct moe_experts *base, uint32_t layer, uint32_t *experts, si
 		c->seq = token * c->n_layers + layer;
 		c->cur_layer = layer;
 		c->started = 1;
-		for (size_t i = 0; i < n; i++)
-			c->in_step[experts[i]] = 1;
-		for (uint32_t e = 0; e < c->n_experts; e++) {
-			moe_policy_visit(&c->use[(size_t)layer * c->n_experts + e], c->in_step[e]);
-			c->in_step[e] = 0;
+		if (c->policy == MOE_POLICY_NEXT) { /* what each expert of the layer did at this visit */
+			for (size_t i = 0; i < n; i++)
+				c->in_step[experts[i]] = 1;
+			for (uint32_t e = 0; e < c->n_experts; e++) {
+				moe_policy_visit(&c->use[(size_t)layer * c->n_experts + e], c->in_step[e]);
+				c->in_step[e] = 0;
+			}
 		}
 		for (size_t i = 0; i < n; i++) { /* what is here stays: protect it before evicting */
 			const int64_t e = (int64_t)layer * c->n_experts + experts[i];
