@@ -310,7 +310,11 @@ typedef struct moe_stats {
 	double wait_seconds;      /* computing threads waiting for experts */
 	uint64_t slots, slots_used;
 	const char *io;           /* "io_uring", "pread", "mmap" */
-	const char *policy;       /* "lru", "lfu" */
+	const char *policy;       /* "lru", "lfu", "next" */
+	/* bytes of guesses that left the cache without being used (counted as their
+	 * slots are taken; a guess still resident is not counted yet), and of those the
+	 * ones evicted before the layer step they were guessed for had come */
+	uint64_t prefetch_unused_bytes, prefetch_evicted_bytes;
 } moe_stats;
 MOE_API void moe_model_stats(const moe_model *m, moe_stats *out);
 

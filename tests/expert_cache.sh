@@ -83,6 +83,24 @@ assert x["slots"] >= 2 and x["slots_used"] <= x["slots"] and x["bytes_read"] > 0
 assert x["io"].startswith("io_uring") or x["io"].startswith("pread"), x
 assert len(s["per_token"]) == s["generated_tokens"] - 1, s["per_token"]
 assert sum(t["misses"] for t in s["per_token"]) <= x["misses"]' s.json
+# every guess never used is either still in a slot at the end or was counted as it
+# left; every expert of this raw pack is read as the same number of bytes
+check "prefetch waste adds up" py -c '
+import json, sys
+sys.path.insert(0, sys.argv[2])
+from moepack_ref import Pack
+x = json.load(open(sys.argv[1]))["experts"]
+read = (Pack("m.moe").layout["raw_size"] + 4095) // 4096 * 4096
+unused, evicted = x["prefetch_unused_bytes"], x["prefetch_evicted_bytes"]
+assert unused % read == 0 and evicted % read == 0 and evicted <= unused, x
+never = x["prefetch_issued"] - x["prefetch_hits"]
+assert never - x["slots"] <= unused // read <= never, (never, unused // read, x)
+assert unused > 0, x' s.json "$TESTS_DIR"
+run --ram-budget 1G --prefetch-depth 2 --stats-json all.json >/dev/null 2>err
+check "nothing wasted when every expert fits" py -c '
+import json, sys
+x = json.load(open(sys.argv[1]))["experts"]
+assert x["prefetch_unused_bytes"] == 0 and x["prefetch_evicted_bytes"] == 0, x' all.json
 
 # trace replay: one token per step, no prefetch: the simulator evicts as the cache does
 for policy in lru lfu next; do

@@ -256,6 +256,11 @@ static int64_t any_unpinned(const struct cache *c)
 static void queue_read(struct cache *c, int64_t slot, int64_t expert, uint64_t prio)
 {
 	struct slot *s = &c->slots[slot];
+	if (s->expert >= 0 && s->prefetched) { /* a guess leaves unused: its read was wasted */
+		c->st.prefetch_unused_bytes += s->read_len;
+		if (s->guess_seq > c->seq) /* and its step has not come: the guess may have been right */
+			c->st.prefetch_evicted_bytes += s->read_len;
+	}
 	if (s->expert >= 0)
 		c->where[s->expert] = -1;
 	s->expert = expert;

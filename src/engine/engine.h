@@ -30,6 +30,8 @@ struct moe_expert_stats {
 	uint64_t prefetch_hits;   /* uses of an expert a prefetch brought in (or was bringing in) */
 	uint64_t misses;          /* uses that had to read the expert on demand */
 	uint64_t prefetch_issued; /* reads queued by prefetch hints */
+	uint64_t prefetch_unused_bytes;  /* bytes of guesses that left the cache unused */
+	uint64_t prefetch_evicted_bytes; /* of those, evicted before the step they were for */
 	uint64_t bytes_read;
 	uint64_t rereads;         /* blobs read again after a checksum mismatch */
 	double io_seconds;        /* wall time with reads in flight */

@@ -241,7 +241,9 @@ void moe_model_stats(const moe_model *m, moe_stats *out)
 			   .misses = x.misses, .prefetch_issued = x.prefetch_issued, .bytes_read = x.bytes_read,
 			   .rereads = x.rereads, .read_seconds = x.io_seconds, .wait_seconds = x.wait_seconds,
 			   .slots = x.slots, .slots_used = x.slots_used, .io = x.io_mode,
-			   .policy = moe_cache_policy_name(m->params.cache_policy)};
+			   .policy = moe_cache_policy_name(m->params.cache_policy),
+			   .prefetch_unused_bytes = x.prefetch_unused_bytes,
+			   .prefetch_evicted_bytes = x.prefetch_evicted_bytes};
 }
 
 /* ---- sessions ---- */

@@ -536,22 +536,25 @@ static void expert_report_json(FILE *fp, const struct expert_report *r)
 	fprintf(fp, " \"experts\": {\"io\": \"%s\", \"policy\": \"%s\", \"prefetch_depth\": %ld, "
 		"\"cache_bytes\": %llu, \"slots\": %llu, \"slots_used\": %llu, \"uses\": %llu, \"hits\": %llu, "
 		"\"prefetch_hits\": %llu, \"misses\": %llu, \"prefetch_issued\": %llu, \"prefetch_precision\": %.4f, "
-		"\"prefetch_recall\": %.4f, \"bytes_read\": %llu, \"rereads\": %llu, \"read_seconds\": %.6f, "
+		"\"prefetch_recall\": %.4f, \"prefetch_unused_bytes\": %llu, \"prefetch_evicted_bytes\": %llu, "
+		"\"bytes_read\": %llu, \"rereads\": %llu, \"read_seconds\": %.6f, "
 		"\"read_gb_per_second\": %.3f, \"wait_seconds\": %.6f}",
 		x->io, x->policy, r->prefetch_depth, (unsigned long long)r->cache_bytes, (unsigned long long)x->slots,
 		(unsigned long long)x->slots_used, (unsigned long long)x->uses, (unsigned long long)x->hits,
 		(unsigned long long)x->prefetch_hits, (unsigned long long)x->misses, (unsigned long long)x->prefetch_issued,
-		r->precision, r->recall, (unsigned long long)x->bytes_read, (unsigned long long)x->rereads, x->read_seconds,
+		r->precision, r->recall, (unsigned long long)x->prefetch_unused_bytes,
+		(unsigned long long)x->prefetch_evicted_bytes, (unsigned long long)x->bytes_read, (unsigned long long)x->rereads, x->read_seconds,
 		x->read_seconds > 0 ? x->bytes_read / x->read_seconds / 1e9 : 0.0, x->wait_seconds);
 }
 
 static void expert_report_line(const struct expert_report *r)
 {
 	const moe_stats *x = &r->xs;
-	fprintf(stderr, "moe-run: experts: %llu uses, %llu hits + %llu prefetched + %llu misses; prefetch precision %.2f recall %.2f; "
-		"read %.2f GB at %.2f GB/s (%s); waited %.3f s; cache %llu/%llu slots (%.1f MB, %s)\n",
+	fprintf(stderr, "moe-run: experts: %llu uses, %llu hits + %llu prefetched + %llu misses; prefetch precision %.2f recall %.2f, "
+		"%.1f MB unused (%.1f MB evicted first); read %.2f GB at %.2f GB/s (%s); waited %.3f s; cache %llu/%llu slots (%.1f MB, %s)\n",
 		(unsigned long long)x->uses, (unsigned long long)x->hits, (unsigned long long)x->prefetch_hits,
-		(unsigned long long)x->misses, r->precision, r->recall, x->bytes_read / 1e9,
+		(unsigned long long)x->misses, r->precision, r->recall, x->prefetch_unused_bytes / 1e6,
+		x->prefetch_evicted_bytes / 1e6, x->bytes_read / 1e9,
 		x->read_seconds > 0 ? x->bytes_read / x->read_seconds / 1e9 : 0.0, x->io, x->wait_seconds,
 		(unsigned long long)x->slots_used, (unsigned long long)x->slots, r->cache_bytes / 1048576.0, x->policy);
 }

@@ -792,12 +792,15 @@ static enum MHD_Result metrics(struct MHD_Connection *c)
 		 "# HELP moe_expert_hits_total Uses of an expert already in the cache.\n# TYPE moe_expert_hits_total counter\nmoe_expert_hits_total %llu\n"
 		 "# HELP moe_expert_prefetch_hits_total Uses of an expert a prefetch brought in.\n# TYPE moe_expert_prefetch_hits_total counter\nmoe_expert_prefetch_hits_total %llu\n"
 		 "# HELP moe_expert_misses_total Uses that read the expert on demand.\n# TYPE moe_expert_misses_total counter\nmoe_expert_misses_total %llu\n"
-		 "# HELP moe_expert_bytes_read_total Expert bytes read from disk.\n# TYPE moe_expert_bytes_read_total counter\nmoe_expert_bytes_read_total %llu\n",
+		 "# HELP moe_expert_bytes_read_total Expert bytes read from disk.\n# TYPE moe_expert_bytes_read_total counter\nmoe_expert_bytes_read_total %llu\n"
+		 "# HELP moe_expert_prefetch_unused_bytes_total Bytes of prefetched experts that left the cache unused.\n# TYPE moe_expert_prefetch_unused_bytes_total counter\nmoe_expert_prefetch_unused_bytes_total %llu\n"
+		 "# HELP moe_expert_prefetch_evicted_bytes_total Of those, evicted before the step they were prefetched for.\n# TYPE moe_expert_prefetch_evicted_bytes_total counter\nmoe_expert_prefetch_evicted_bytes_total %llu\n",
 		 (unsigned long long)srv.requests, (unsigned long long)srv.errors, (unsigned long long)srv.rejected,
 		 (unsigned long long)srv.canceled, (unsigned long long)srv.prompt_tokens, (unsigned long long)srv.reused_tokens,
 		 (unsigned long long)srv.generated, (unsigned long long)srv.batches, (unsigned long long)srv.batch_rows,
 		 srv.queued, busy, srv.n_slots, (unsigned long long)x->uses, (unsigned long long)x->hits,
-		 (unsigned long long)x->prefetch_hits, (unsigned long long)x->misses, (unsigned long long)x->bytes_read);
+		 (unsigned long long)x->prefetch_hits, (unsigned long long)x->misses, (unsigned long long)x->bytes_read,
+		 (unsigned long long)x->prefetch_unused_bytes, (unsigned long long)x->prefetch_evicted_bytes);
 	pthread_mutex_unlock(&srv.lock);
 	return send_text(c, 200, "text/plain; version=0.0.4", buf);
 }
