@@ -372,6 +372,19 @@ static void check_drivers(const struct moe_kernel_impl *k, int type)
 		}
 		CHECK(err <= 1e-5 * norm, "%s %s: fused expert differs from the unfused path by %g (of %g), %d threads",
 		      k->name, tname(type), err, norm, threads);
+		/* four matrices (quarters of gate) each times its own row of x in one pass:
+		 * the same bits as four separate products */
+		struct moe_wmat part[4];
+		const size_t pr = ff / 4;
+		for (int g4 = 0; g4 < 4; g4++)
+			part[g4] = moe_wmat_rows(&g.w, (size_t)g4 * pr, pr);
+		CHECK(moe_matmul_each(k, pool, part, 4, x, y2, &s) == 0, "matmul_each");
+		for (int g4 = 0; g4 < 4; g4++) {
+			CHECK(moe_matmul(k, pool, &part[g4], x + (size_t)g4 * hidden, 1, y1, &s) == 0, "matmul");
+			CHECK(memcmp(y1, y2 + (size_t)g4 * pr, pr * sizeof(float)) == 0,
+			      "%s %s: matmul_each's matrix %d differs from its own matmul, %d threads", k->name, tname(type),
+			      g4, threads);
+		}
 		/* many small calls: the pool hands out work without losing any (whatever the type) */
 		for (int rep = 0; rep < (type <= T_Q4 ? 2000 : 0); rep++)
 			moe_matmul(k, pool, &g.w, x, 1, hg, &s);

@@ -8,7 +8,11 @@
  * split into W_UK (qk_nope rows) and W_UV (v_head_dim rows):
  *   score_j = (W_UK^T q_nope) . c_j + q_pe . k_pe_j, scaled;  out = W_UV (sum_j p_j c_j)
  * which equals decompressing k_nope and v for every position (the naive form the
- * numpy reference computes), at the cost of one kv_lora_rank-wide dot per position. */
+ * numpy reference computes), at the cost of one kv_lora_rank-wide dot per position.
+ * Everything per head runs split by heads over the kernel pool: W_UK is applied to
+ * every token's query row by row as it is dequantized (a float copy of it would be
+ * 32 MB per layer to write and read again), each token's scores and latent sums
+ * take one pass, and the heads' W_UV products another. */
 #include "config.h"
 
 #include <math.h>
@@ -24,9 +28,11 @@ struct moe_mla {
 	float *q;     /* [batch][n_heads][nope + rope] */
 	float *qa;    /* [batch][q_lora_rank] */
 	float *kv;    /* [batch][kv_lora_rank + rope]: c_kv | k_pe of the new tokens */
-	float *wuk;   /* [n_heads][nope][kv_lora]: this layer's W_UK, dequantized */
-	float *qabs;  /* [n_heads][kv_lora] */
+	float *qabs;  /* [batch][n_heads][kv_lora] */
 	float *ctx;   /* [n_heads][kv_lora] */
+	float *rows32; /* [ctx][kv_lora + rope]: an f16 cache's rows of one layer as floats */
+	float *uk_row; /* [threads][kv_lora]: one dequantized row of W_UK per thread */
+	struct moe_wmat *uv; /* [n_heads]: each head's W_UV rows of kv_b */
 	float *inv_freq; /* [rope / 2] YaRN frequencies */
 	float cs_scale;  /* YaRN's magnitude factor on cos and sin */
 	float scale;     /* softmax scale: 1/sqrt(nope + rope), times mscale^2 under YaRN */
@@ -40,31 +46,39 @@ static double yarn_dim(double rotations, double dim, double base, double max_pos
 	return dim * log(max_pos / (rotations * 2 * M_PI)) / (2 * log(base));
 }
 
-size_t moe_mla_bytes(const struct moe_model *m, size_t B)
+/* threads of the kernel pool (each needs a row of W_UK) */
+static size_t pool_threads(const struct moe_session *s) { return (size_t)moe_pool_threads(s->m->pool); }
+
+size_t moe_mla_bytes(const struct moe_session *s)
 {
-	const struct moe_hparams *hp = &m->hp;
-	const size_t nh = hp->n_heads, qk = hp->qk_nope_dim + hp->qk_rope_dim, kvl = hp->kv_lora_rank;
-	return (B * (nh * qk + hp->q_lora_rank + kvl + hp->qk_rope_dim) + nh * hp->qk_nope_dim * kvl + 2 * nh * kvl +
-		hp->qk_rope_dim) * sizeof(float);
+	const struct moe_hparams *hp = &s->m->hp;
+	const size_t B = s->max_batch, nh = hp->n_heads, qk = hp->qk_nope_dim + hp->qk_rope_dim;
+	const size_t kvl = hp->kv_lora_rank, row = kvl + hp->qk_rope_dim;
+	const size_t rows32 = s->kv_type == MOE_KV_F32 ? 0 : s->ctx * row;
+	return (B * (nh * qk + hp->q_lora_rank + row + nh * kvl) + nh * kvl + rows32 + pool_threads(s) * kvl +
+		hp->qk_rope_dim) * sizeof(float) + nh * sizeof(struct moe_wmat);
 }
 
 int moe_mla_init(struct moe_session *s)
 {
 	const struct moe_hparams *hp = &s->m->hp;
 	const size_t B = s->max_batch, nh = hp->n_heads, nope = hp->qk_nope_dim, rope = hp->qk_rope_dim;
-	const size_t kvl = hp->kv_lora_rank;
+	const size_t kvl = hp->kv_lora_rank, row = kvl + rope;
 	struct moe_mla *a = calloc(1, sizeof *a);
 	if (!a)
 		return moe_fail(MOE_ENOMEM, "out of memory");
 	s->mla = a;
 	a->q = malloc(B * nh * (nope + rope) * sizeof(float));
 	a->qa = malloc((B * hp->q_lora_rank + 1) * sizeof(float));
-	a->kv = malloc(B * (kvl + rope) * sizeof(float));
-	a->wuk = malloc(nh * nope * kvl * sizeof(float));
-	a->qabs = malloc(nh * kvl * sizeof(float));
+	a->kv = malloc(B * row * sizeof(float));
+	a->qabs = malloc(B * nh * kvl * sizeof(float));
 	a->ctx = malloc(nh * kvl * sizeof(float));
+	a->rows32 = s->kv_type == MOE_KV_F32 ? NULL : malloc(s->ctx * row * sizeof(float));
+	a->uk_row = malloc(pool_threads(s) * kvl * sizeof(float));
+	a->uv = malloc(nh * sizeof *a->uv);
 	a->inv_freq = malloc((rope / 2 + 1) * sizeof(float));
-	if (!a->q || !a->qa || !a->kv || !a->wuk || !a->qabs || !a->ctx || !a->inv_freq)
+	if (!a->q || !a->qa || !a->kv || !a->qabs || !a->ctx || (s->kv_type != MOE_KV_F32 && !a->rows32) || !a->uk_row ||
+	    !a->uv || !a->inv_freq)
 		return moe_fail(MOE_ENOMEM, "out of memory for MLA scratch");
 	const double factor = hp->rope_factor, theta = hp->rope_theta;
 	double low = 0, high = 0;
@@ -102,7 +116,8 @@ void moe_mla_free(struct moe_session *s)
 	struct moe_mla *a = s->mla;
 	if (!a)
 		return;
-	free(a->q), free(a->qa), free(a->kv), free(a->wuk), free(a->qabs), free(a->ctx), free(a->inv_freq);
+	free(a->q), free(a->qa), free(a->kv), free(a->qabs), free(a->ctx), free(a->rows32), free(a->uk_row);
+	free(a->uv), free(a->inv_freq);
 	free(a);
 	s->mla = NULL;
 }
@@ -124,49 +139,99 @@ static void rope_pairs(const struct moe_mla *a, float *x, size_t rope, size_t po
 	memcpy(x, tmp, rope * sizeof *x);
 }
 
-struct absorb {
-	struct moe_session *s;
-	const struct moe_layer_weights *w;
-	size_t t, pos;
-};
-
-static void head_range(const struct moe_hparams *hp, int i, int n, size_t *h0, size_t *h1)
+/* sum of a[i] * b[i] in 8 interleaved partial sums, which the compiler keeps in
+ * vector registers */
+static float dot(const float *restrict a, const float *restrict b, size_t n)
 {
-	*h0 = hp->n_heads * (size_t)i / (size_t)n;
-	*h1 = hp->n_heads * (size_t)(i + 1) / (size_t)n;
+	float acc[8] = {0};
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8)
+#pragma GCC unroll 8
+		for (int k = 0; k < 8; k++)
+			acc[k] += a[i + k] * b[i + k];
+	for (; i < n; i++)
+		acc[0] += a[i] * b[i];
+	return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
-static void dequant_uk(void *arg, int i, int n)
+/* y += s * x, 8 at a time */
+static void axpy(float *restrict y, float s, const float *restrict x, size_t n)
 {
-	const struct absorb *j = arg;
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8)
+#pragma GCC unroll 8
+		for (int k = 0; k < 8; k++)
+			y[i + k] += s * x[i + k];
+	for (; i < n; i++)
+		y[i] += s * x[i];
+}
+
+struct mla_job {
+	struct moe_session *s;
+	const struct moe_layer_weights *w;
+	size_t n;            /* tokens of the call */
+	size_t t;            /* the token whose attention runs (attend_heads) */
+	const float *rows;   /* this layer's cached rows c_j | k_pe_j as floats */
+};
+
+static void head_range(const struct mla_job *j, int i, int n, size_t *h0, size_t *h1)
+{
+	const size_t nh = j->s->m->hp.n_heads;
+	*h0 = nh * (size_t)i / (size_t)n;
+	*h1 = nh * (size_t)(i + 1) / (size_t)n;
+}
+
+/* every token's queries, for this thread's heads: RoPE on q_pe, and
+ * q_abs = W_UK^T q_nope, each row of W_UK dequantized once into this thread's
+ * buffer and added to every token's q_abs, scaled by its q_nope element */
+static void absorb_queries(void *arg, int i, int n)
+{
+	const struct mla_job *j = arg;
 	const struct moe_hparams *hp = &j->s->m->hp;
-	const size_t nope = hp->qk_nope_dim, kvl = hp->kv_lora_rank, vd = hp->v_head_dim;
+	struct moe_mla *a = j->s->mla;
+	const size_t nh = hp->n_heads, nope = hp->qk_nope_dim, rope = hp->qk_rope_dim, kvl = hp->kv_lora_rank;
+	const size_t qk = nope + rope, vd = hp->v_head_dim;
+	float *row = a->uk_row + (size_t)i * kvl;
 	size_t h0, h1;
-	head_range(hp, i, n, &h0, &h1);
+	head_range(j, i, n, &h0, &h1);
 	for (size_t h = h0; h < h1; h++) {
+		for (size_t t = 0; t < j->n; t++) {
+			rope_pairs(a, a->q + (t * nh + h) * qk + nope, rope, j->s->n_past + t);
+			memset(a->qabs + (t * nh + h) * kvl, 0, kvl * sizeof(float));
+		}
 		const struct moe_wmat uk = moe_wmat_rows(&j->w->wkv_b, h * (nope + vd), nope);
-		moe_dequantize_rows(uk.type, uk.codes, uk.scales, nope, kvl, j->s->mla->wuk + h * nope * kvl);
+		const size_t row_bytes = moe_type_row_bytes(uk.type, kvl);
+		for (size_t d = 0; d < nope; d++) {
+			moe_dequantize_rows(uk.type, (const uint8_t *)uk.codes + d * row_bytes,
+					    uk.scales ? uk.scales + d * (kvl / 32) : NULL, 1, kvl, row);
+			for (size_t t = 0; t < j->n; t++)
+				axpy(a->qabs + (t * nh + h) * kvl, a->q[(t * nh + h) * qk + d], row, kvl);
+		}
 	}
 }
 
-/* token t's queries: RoPE on q_pe, q_abs = W_UK^T q_nope */
-static void absorb_queries(void *arg, int i, int n)
+/* token t's attention, for this thread's heads: scores against every position it
+ * sees, softmax, and the probability-weighted sum of the latents */
+static void attend_heads(void *arg, int i, int n)
 {
-	const struct absorb *j = arg;
+	const struct mla_job *j = arg;
 	const struct moe_hparams *hp = &j->s->m->hp;
 	struct moe_mla *a = j->s->mla;
-	const size_t nope = hp->qk_nope_dim, rope = hp->qk_rope_dim, kvl = hp->kv_lora_rank, qk = nope + rope;
+	const size_t nh = hp->n_heads, nope = hp->qk_nope_dim, rope = hp->qk_rope_dim, kvl = hp->kv_lora_rank;
+	const size_t qk = nope + rope, row = kvl + rope, len = j->s->n_past + j->t + 1;
 	size_t h0, h1;
-	head_range(hp, i, n, &h0, &h1);
+	head_range(j, i, n, &h0, &h1);
 	for (size_t h = h0; h < h1; h++) {
-		float *qh = a->q + (j->t * hp->n_heads + h) * qk, *qabs = a->qabs + h * kvl;
-		rope_pairs(a, qh + nope, rope, j->pos);
-		memset(qabs, 0, kvl * sizeof *qabs);
-		for (size_t d = 0; d < nope; d++) {
-			const float qi = qh[d], *wr = a->wuk + (h * nope + d) * kvl;
-			for (size_t c = 0; c < kvl; c++)
-				qabs[c] += qi * wr[c];
+		const float *qabs = a->qabs + (j->t * nh + h) * kvl, *qpe = a->q + (j->t * nh + h) * qk + nope;
+		float *sc = j->s->scores + h * len, *ch = a->ctx + h * kvl;
+		for (size_t p = 0; p < len; p++) {
+			const float *cp = j->rows + p * row;
+			sc[p] = (dot(qabs, cp, kvl) + dot(qpe, cp + kvl, rope)) * a->scale;
 		}
+		moe_softmax_rows(sc, 1, len);
+		memset(ch, 0, kvl * sizeof *ch);
+		for (size_t p = 0; p < len; p++)
+			axpy(ch, sc[p], j->rows + p * row, kvl);
 	}
 }
 
@@ -177,7 +242,7 @@ int moe_mla_attention(struct moe_session *s, size_t l, size_t n)
 	const struct moe_layer_weights *w = &m->layers[l];
 	struct moe_mla *a = s->mla;
 	const size_t nh = hp->n_heads, nope = hp->qk_nope_dim, rope = hp->qk_rope_dim, vd = hp->v_head_dim;
-	const size_t kvl = hp->kv_lora_rank, qk = nope + rope, row = kvl + rope;
+	const size_t kvl = hp->kv_lora_rank, row = kvl + rope;
 	if (rope > 512)
 		return moe_fail(MOE_EUNSUPPORTED, "qk_rope_head_dim %zu: at most 512", rope);
 	int rc;
@@ -201,46 +266,25 @@ int moe_mla_attention(struct moe_session *s, size_t l, size_t n)
 		rope_pairs(a, kv + kvl, rope, s->n_past + t);
 		moe_kv_store(s, s->k_cache, l, s->n_past + t, kv);
 	}
-	/* W_UK of every head, once per call; then each token's queries absorbed through it.
-	 * Both split by heads over the pool's threads (each head's arithmetic is the same
-	 * whatever the split, so are the results). */
-	struct absorb job = {s, w, 0, 0};
-	moe_pool_run(m->pool, dequant_uk, &job);
+	/* this layer's cached rows as floats: an f32 cache in place, an f16 one converted once */
+	const size_t total = s->n_past + n;
+	struct mla_job job = {s, w, n, 0, (const float *)s->k_cache + l * s->ctx * row};
+	if (s->kv_type != MOE_KV_F32) {
+		const uint16_t *h16 = (const uint16_t *)s->k_cache + l * s->ctx * row;
+		for (size_t i = 0; i < total * row; i++)
+			a->rows32[i] = moe_f16_to_f32(h16[i]);
+		job.rows = a->rows32;
+	}
+	/* each head's arithmetic is the same whatever the split, so are the results */
+	moe_pool_run(m->pool, absorb_queries, &job);
+	for (size_t h = 0; h < nh; h++)
+		a->uv[h] = moe_wmat_rows(&w->wkv_b, h * (nope + vd) + nope, vd);
 	for (size_t t = 0; t < n; t++) {
-		const size_t pos = s->n_past + t, len = pos + 1;
-		float *q = a->q + t * nh * qk, *sc = s->scores; /* [head][position] */
-		job.t = t, job.pos = pos;
-		moe_pool_run(m->pool, absorb_queries, &job);
-		/* each cached row is read (and converted) once for all heads */
-		for (size_t j = 0; j < len; j++) {
-			const float *cj = moe_kv_row(s, s->k_cache, l, j, s->kv_row), *pe = cj + kvl;
-			for (size_t h = 0; h < nh; h++) {
-				const float *qabs = a->qabs + h * kvl, *qpe = q + h * qk + nope;
-				float d = 0, dp = 0;
-				for (size_t c = 0; c < kvl; c++)
-					d += qabs[c] * cj[c];
-				for (size_t c = 0; c < rope; c++)
-					dp += qpe[c] * pe[c];
-				sc[h * len + j] = (d + dp) * a->scale;
-			}
-		}
-		moe_softmax_rows(sc, nh, len);
-		memset(a->ctx, 0, nh * kvl * sizeof(float));
-		for (size_t j = 0; j < len; j++) {
-			const float *cj = moe_kv_row(s, s->k_cache, l, j, s->kv_row);
-			for (size_t h = 0; h < nh; h++) {
-				const float p = sc[h * len + j];
-				float *ch = a->ctx + h * kvl;
-				for (size_t c = 0; c < kvl; c++)
-					ch[c] += p * cj[c];
-			}
-		}
+		job.t = t;
+		moe_pool_run(m->pool, attend_heads, &job);
 		/* out_h = W_UV_h ctx_h, straight from the (quantized) kv_b rows */
-		for (size_t h = 0; h < nh; h++) {
-			const struct moe_wmat uv = moe_wmat_rows(&w->wkv_b, h * (nope + vd) + nope, vd);
-			if ((rc = moe_session_matmul(s, &uv, a->ctx + h * kvl, 1, s->att + (t * nh + h) * vd)))
-				return rc;
-		}
+		if (moe_matmul_each(m->kernels, m->pool, a->uv, nh, a->ctx, s->att + t * nh * vd, &s->ks))
+			return moe_fail(MOE_ENOMEM, "out of memory in the kernels' scratch");
 	}
 	return 0;
 }

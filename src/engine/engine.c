@@ -313,7 +313,7 @@ size_t moe_session_bytes(const struct moe_session *s)
 	const size_t scores = s->ctx * (hp->n_heads > B ? hp->n_heads : B), kv_f32 = ds || B == 1 ? 0 : 2 * s->ctx * kvd;
 	const size_t scratch = (B * (8 * H + 2 * qd + 2 * kvd + 2 * hp->n_experts) + scores + kv_f32 + kvd +
 				2 * hp->n_experts + hp->n_layers * hp->n_experts_used + B * hp->n_experts_used * H) * sizeof(float);
-	return (ds ? 1 : 2) * hp->n_layers * s->ctx * kvd * kv_elt + scratch + (ds ? moe_mla_bytes(s->m, B) : 0);
+	return (ds ? 1 : 2) * hp->n_layers * s->ctx * kvd * kv_elt + scratch + (ds ? moe_mla_bytes(s) : 0);
 }
 
 /* ---- the pieces ---- */

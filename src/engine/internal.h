@@ -16,7 +16,7 @@ void moe_kv_store(struct moe_session *s, void *cache, size_t l, size_t pos, cons
 /* DeepSeek-V3 (deepseek.c) */
 int moe_mla_init(struct moe_session *s);
 void moe_mla_free(struct moe_session *s);
-size_t moe_mla_bytes(const struct moe_model *m, size_t max_batch);
+size_t moe_mla_bytes(const struct moe_session *s);
 /* attention of n tokens from s->xn (normed) into s->att [n][n_heads * v_head_dim] */
 int moe_mla_attention(struct moe_session *s, size_t l, size_t n);
 /* sigmoid scores, bias for choosing only, group-limited top-k, weights normalized and

@@ -199,6 +199,53 @@ int moe_matmul(const struct moe_kernel_impl *k, struct moe_pool *pool, const str
 	return 0;
 }
 
+/* tokens t0 .. t0 + bt - 1 of a quantized batch, as a batch of their own */
+static struct moe_qact qact_tokens(const struct moe_qact *a, size_t t0, size_t bt)
+{
+	const size_t cols = a->cols, nb = cols / 32;
+	return (struct moe_qact){.cols = cols, .batch = bt, .group = a->group, .q = a->q + t0 * cols,
+				 .d = a->d + t0 * nb, .ds = a->ds + t0 * nb, .ds16 = a->ds16 + 2 * t0 * nb,
+				 .s16 = a->s16 + 2 * t0 * nb, .nsum8 = a->nsum8 + t0 * nb,
+				 .nsum128 = a->nsum128 + t0 * nb};
+}
+
+struct each_job {
+	const struct moe_kernel_impl *k;
+	const struct moe_wmat *w;
+	size_t n;
+	const struct moe_qact *a;
+	const float *x;
+	float *y;
+};
+
+static void each_part(void *arg, int i, int n)
+{
+	const struct each_job *j = arg;
+	const size_t g0 = j->n * (size_t)i / (size_t)n, g1 = j->n * (size_t)(i + 1) / (size_t)n;
+	for (size_t g = g0; g < g1; g++) {
+		const struct moe_wmat *w = &j->w[g];
+		struct moe_qact one = j->a ? qact_tokens(j->a, g, 1) : (struct moe_qact){0};
+		struct mm_job row = {j->k, w, j->a ? &one : NULL, j->x + g * w->cols, 1, j->y + g * w->rows};
+		run_rows(&row, 0, w->rows);
+	}
+}
+
+int moe_matmul_each(const struct moe_kernel_impl *k, struct moe_pool *pool, const struct moe_wmat *w, size_t n,
+		    const float *x, float *y, struct moe_kscratch *s)
+{
+	if (n == 0)
+		return 0;
+	struct each_job j = {k, w, n, NULL, x, y};
+	if (is_quant(w->type)) {
+		if (moe_qact_alloc(&s->act, n, w->cols))
+			return -1;
+		moe_qact_quantize(&s->act, x, n, moe_qact_group(w->type, w->cols));
+		j.a = &s->act;
+	}
+	moe_pool_run(pool, each_part, &j);
+	return 0;
+}
+
 /* ---- fused expert ---- */
 
 struct ffn_job {
@@ -223,16 +270,9 @@ static void ffn_part(void *arg, int i, int n)
 		const size_t e = r + FFN_TILE < r1 ? r + FFN_TILE : r1, m = e - r;
 		for (size_t t0 = 0; t0 < j->batch; t0 += 64) {
 			const size_t bt = j->batch - t0 < 64 ? j->batch - t0 : 64;
-			struct moe_qact sub = {0}; /* tokens t0 .. t0 + bt - 1, quantized and as floats */
+			/* tokens t0 .. t0 + bt - 1, quantized and as floats */
+			const struct moe_qact sub = j->a ? qact_tokens(j->a, t0, bt) : (struct moe_qact){0};
 			const float *xs = j->x + t0 * j->gate->cols;
-			if (j->a) {
-				const size_t cols = j->a->cols, nb = cols / 32;
-				sub = (struct moe_qact){.cols = cols, .batch = bt, .q = j->a->q + t0 * cols,
-							.d = j->a->d + t0 * nb, .ds = j->a->ds + t0 * nb,
-							.ds16 = j->a->ds16 + 2 * t0 * nb, .s16 = j->a->s16 + 2 * t0 * nb,
-							.group = j->a->group,
-							.nsum8 = j->a->nsum8 + t0 * nb, .nsum128 = j->a->nsum128 + t0 * nb};
-			}
 			for (int which = 0; which < 2; which++) {
 				/* a view of rows [r, e) so the kernel writes rows 0..m-1 of the tile */
 				const struct moe_wmat v = moe_wmat_rows(which ? j->up : j->gate, r, m);

@@ -141,6 +141,15 @@ int moe_matmul(const struct moe_kernel_impl *k, struct moe_pool *pool, const str
 	       size_t batch, float *y, struct moe_kscratch *s);
 
 /*
+ * y[g][w[g].rows] = W_g x[g] for g < n: n matrices of one type and shape (views into
+ * one tensor, say), each times its own activation row, in one pass over the pool
+ * (whole matrices per thread), as the per-head products of an attention need.
+ * Returns 0, or -1 if scratch cannot grow.
+ */
+int moe_matmul_each(const struct moe_kernel_impl *k, struct moe_pool *pool, const struct moe_wmat *w, size_t n,
+		    const float *x, float *y, struct moe_kscratch *s);
+
+/*
  * A SwiGLU expert: y = down(silu(gate x) * (up x)) for batch tokens. gate and up are
  * [ff, hidden], down [hidden, ff]. The intermediate is written once.
  */
