@@ -1,9 +1,10 @@
 #!/bin/sh
 # bench/gguf_vs_llamacpp.sh - one GGUF, in RAM, moemap against llama.cpp in the same
 # run: the GGUF is packed (its blocks kept), then ROUNDS alternating runs of
-# llama-bench (-p P -n N, one repetition) and moe-run (the same P prompt tokens in
-# batches of up to 64, then N decoded), same threads. Prints each round, the medians, and moemap's
-# ratio to llama.cpp. llama.cpp is the peer, not a dependency: give its llama-bench.
+# llama-bench (-p P, then -n N -d P, one repetition each) and moe-run (the same P
+# prompt tokens in batches of up to 64, then N decoded), same threads. Prints each
+# round, the medians, and moemap's ratio to llama.cpp. llama.cpp is the peer, not a
+# dependency: give its llama-bench.
 # Both run from a mapped file already in RAM: llama-bench maps the GGUF and times
 # runs after a warm-up; moe-run gets --no-offload, which maps the pack and faults it
 # in at open, before the clock starts. (With the expert cache instead, moe-run's first
@@ -24,7 +25,10 @@ trap 'rm -rf "$W"' EXIT
 ./moe-pack --info "$W/m.moe" | sed -n '/^expert blob/,$p'
 TOK=$(/usr/bin/python3 -c "print(','.join(str((i * 7919) % 30000 + 10) for i in range($P)))")
 for r in $(seq "$ROUNDS"); do
-	"$LLAMA_BENCH" -m "$GGUF" -t "$T" -p "$P" -n "$N" -r 1 -o json 2>/dev/null >"$W/l$r.json"
+	# prefill of P tokens, then N tokens decoded after them (-d P: at the depth where
+	# moe-run decodes, not from an empty context)
+	"$LLAMA_BENCH" -m "$GGUF" -t "$T" -p "$P" -n 0 -r 1 -o json 2>/dev/null >"$W/l$r.json"
+	"$LLAMA_BENCH" -m "$GGUF" -t "$T" -p 0 -n "$N" -d "$P" -r 1 -o json 2>/dev/null >"$W/ld$r.json"
 	./moe-run -m "$W/m.moe" --tokens "$TOK" -n "$N" -b "$B" -t "$T" --ignore-eos --stats-json "$W/m$r.json" \
 		$RUN_ARGS >/dev/null 2>&1
 done
@@ -33,8 +37,8 @@ import json, statistics, sys
 w, rounds, p, n, t = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
 lp, lt, mp, mt = [], [], [], []
 for r in range(1, rounds + 1):
-    for row in json.load(open("%s/l%d.json" % (w, r))):
-        (lp if row["n_prompt"] > 0 else lt).append(row["avg_ts"])
+    lp += [row["avg_ts"] for row in json.load(open("%s/l%d.json" % (w, r)))]
+    lt += [row["avg_ts"] for row in json.load(open("%s/ld%d.json" % (w, r)))]
     s = json.load(open("%s/m%d.json" % (w, r)))
     mp.append(s["prefill_tokens_per_second"])
     mt.append(s["decode_tokens_per_second"])

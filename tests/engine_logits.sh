@@ -52,6 +52,15 @@ for preset in mixtral-tiny qwen3-tiny deepseek-tiny; do
 	check "$preset f16 KV cache" "$MOE_RUN" -m "$preset.f32.moe" --tokens "$T" -n 0 --logits-out "$preset.f16kv.bin"
 	check "$preset f16 KV logits" py cmp.py "$preset.f16kv.bin" "$preset.ref.npy" f16kv
 	cat "$WORK/out"
+	# one token per forward pass: every position through the decode attention
+	for kv in f32 f16; do
+		check "$preset -b 1, $kv KV run" "$MOE_RUN" -m "$preset.f32.moe" --tokens "$T" -n 0 -b 1 --kv-type $kv \
+			--logits-out "$preset.b1$kv.bin"
+		tol=f32
+		[ $kv = f16 ] && tol=f16kv
+		check "$preset -b 1, $kv KV logits" py cmp.py "$preset.b1$kv.bin" "$preset.ref.npy" $tol
+		cat "$WORK/out"
+	done
 	# greedy: 32 generated tokens equal the reference's argmax at every step
 	check "$preset greedy" sh -c "'$MOE_RUN' -m $preset.f32.moe --tokens 5,6,7,8 -n 32 --kv-type f32 --stats > gen.txt"
 	if grep -q "prefill 4 tokens in .* decode 32 tokens in" "$WORK/err"; then ok; else not_ok "--stats line"; fi

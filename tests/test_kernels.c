@@ -395,6 +395,27 @@ static void check_drivers(const struct moe_kernel_impl *k, int type)
 	unmake(&g), unmake(&u), unmake(&d);
 }
 
+/* every half there is, converted as a whole array and as a short unaligned tail */
+static void check_halves(const struct moe_kernel_impl *k)
+{
+	uint16_t *h = malloc(65536 * sizeof *h);
+	float *out = malloc(65536 * sizeof *out);
+	for (size_t i = 0; i < 65536; i++)
+		h[i] = (uint16_t)i;
+	k->halves(h, 65536, out);
+	size_t bad = 0;
+	for (size_t i = 0; i < 65536; i++) {
+		const int top = ((h[i] >> 10) & 31) == 31; /* infinities and NaNs, which f16d leaves out */
+		const double want = !top ? f16d(h[i]) : h[i] & 1023 ? NAN : h[i] >> 15 ? -INFINITY : INFINITY;
+		bad += isnan(want) ? !isnan(out[i]) : (double)out[i] != want;
+	}
+	k->halves(h + 1001, 13, out + 1);
+	for (size_t i = 0; i < 13; i++)
+		bad += (double)out[1 + i] != f16d(h[1001 + i]);
+	CHECK(bad == 0, "%s: %zu halves converted wrong", k->name, bad);
+	free(h), free(out);
+}
+
 int main(void)
 {
 	static const size_t qshapes[][2] = {{1, 32}, {7, 64}, {33, 96}, {9, 224}, {3, 288}, {2, 480}, {64, 4096}, {5, 14336}};
@@ -433,6 +454,7 @@ int main(void)
 		for (int t = 0; t < MOE_TYPE_COUNT; t++)
 			if (t != 2)
 				check_drivers(k, t);
+		check_halves(k);
 		printf("%s: tested\n", k->name);
 	}
 	CHECK(tested >= 2 || !moe_kernel_impls[1], "only %d implementations ran", tested);

@@ -139,33 +139,6 @@ static void rope_pairs(const struct moe_mla *a, float *x, size_t rope, size_t po
 	memcpy(x, tmp, rope * sizeof *x);
 }
 
-/* sum of a[i] * b[i] in 8 interleaved partial sums, which the compiler keeps in
- * vector registers */
-static float dot(const float *restrict a, const float *restrict b, size_t n)
-{
-	float acc[8] = {0};
-	size_t i = 0;
-	for (; i + 8 <= n; i += 8)
-#pragma GCC unroll 8
-		for (int k = 0; k < 8; k++)
-			acc[k] += a[i + k] * b[i + k];
-	for (; i < n; i++)
-		acc[0] += a[i] * b[i];
-	return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
-
-/* y += s * x, 8 at a time */
-static void axpy(float *restrict y, float s, const float *restrict x, size_t n)
-{
-	size_t i = 0;
-	for (; i + 8 <= n; i += 8)
-#pragma GCC unroll 8
-		for (int k = 0; k < 8; k++)
-			y[i + k] += s * x[i + k];
-	for (; i < n; i++)
-		y[i] += s * x[i];
-}
-
 struct mla_job {
 	struct moe_session *s;
 	const struct moe_layer_weights *w;
@@ -205,7 +178,7 @@ static void absorb_queries(void *arg, int i, int n)
 			moe_dequantize_rows(uk.type, (const uint8_t *)uk.codes + d * row_bytes,
 					    uk.scales ? uk.scales + d * (kvl / 32) : NULL, 1, kvl, row);
 			for (size_t t = 0; t < j->n; t++)
-				axpy(a->qabs + (t * nh + h) * kvl, a->q[(t * nh + h) * qk + d], row, kvl);
+				moe_axpy(a->qabs + (t * nh + h) * kvl, a->q[(t * nh + h) * qk + d], row, kvl);
 		}
 	}
 }
@@ -226,12 +199,12 @@ static void attend_heads(void *arg, int i, int n)
 		float *sc = j->s->scores + h * len, *ch = a->ctx + h * kvl;
 		for (size_t p = 0; p < len; p++) {
 			const float *cp = j->rows + p * row;
-			sc[p] = (dot(qabs, cp, kvl) + dot(qpe, cp + kvl, rope)) * a->scale;
+			sc[p] = (moe_dot(qabs, cp, kvl) + moe_dot(qpe, cp + kvl, rope)) * a->scale;
 		}
 		moe_softmax_rows(sc, 1, len);
 		memset(ch, 0, kvl * sizeof *ch);
 		for (size_t p = 0; p < len; p++)
-			axpy(ch, sc[p], j->rows + p * row, kvl);
+			moe_axpy(ch, sc[p], j->rows + p * row, kvl);
 	}
 }
 
@@ -270,9 +243,7 @@ int moe_mla_attention(struct moe_session *s, size_t l, size_t n)
 	const size_t total = s->n_past + n;
 	struct mla_job job = {s, w, n, 0, (const float *)s->k_cache + l * s->ctx * row};
 	if (s->kv_type != MOE_KV_F32) {
-		const uint16_t *h16 = (const uint16_t *)s->k_cache + l * s->ctx * row;
-		for (size_t i = 0; i < total * row; i++)
-			a->rows32[i] = moe_f16_to_f32(h16[i]);
+		m->kernels->halves((const uint16_t *)s->k_cache + l * s->ctx * row, total * row, a->rows32);
 		job.rows = a->rows32;
 	}
 	/* each head's arithmetic is the same whatever the split, so are the results */

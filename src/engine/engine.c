@@ -362,18 +362,7 @@ void moe_softmax_rows(float *p, size_t rows, size_t len)
 	}
 }
 
-/* row j of layer l's cache as floats (a pointer into the cache when it is f32) */
-const float *moe_kv_row(const struct moe_session *s, const void *cache, size_t l, size_t j, float *buf)
-{
-	const size_t kvd = s->kv_dim, at = (l * s->ctx + j) * kvd;
-	if (s->kv_type == MOE_KV_F32)
-		return (const float *)cache + at;
-	const uint16_t *h = (const uint16_t *)cache + at;
-	for (size_t i = 0; i < kvd; i++)
-		buf[i] = moe_f16_to_f32(h[i]);
-	return buf;
-}
-
+/* row pos of layer l's cache, rounded to f16 for an f16 cache */
 void moe_kv_store(struct moe_session *s, void *cache, size_t l, size_t pos, const float *row)
 {
 	const size_t kvd = s->kv_dim, at = (l * s->ctx + pos) * kvd;
@@ -400,11 +389,8 @@ static void attention_batch(struct moe_session *s, size_t l, size_t n)
 		vf = (const float *)s->v_cache + l * s->ctx * kvd;
 	} else {
 		float *k32 = s->kv_f32, *v32 = s->kv_f32 + s->ctx * kvd;
-		for (size_t j = 0; j < len * kvd; j++) {
-			const size_t at = l * s->ctx * kvd + j;
-			k32[j] = moe_f16_to_f32(((const uint16_t *)s->k_cache)[at]);
-			v32[j] = moe_f16_to_f32(((const uint16_t *)s->v_cache)[at]);
-		}
+		s->m->kernels->halves((const uint16_t *)s->k_cache + l * s->ctx * kvd, len * kvd, k32);
+		s->m->kernels->halves((const uint16_t *)s->v_cache + l * s->ctx * kvd, len * kvd, v32);
 		kf = k32, vf = v32;
 	}
 	for (size_t h = 0; h < nh; h++) {
@@ -423,43 +409,55 @@ static void attention_batch(struct moe_session *s, size_t l, size_t n)
 	}
 }
 
+/* One token's attention, split by KV heads over the kernel pool: each thread reads
+ * (and for an f16 cache converts) its heads' slices of every cached K and V row
+ * once, for all the query heads that share them. */
+struct decode_job {
+	struct moe_session *s;
+	size_t l;
+};
+
+static void attend_kv_heads(void *arg, int i, int n)
+{
+	const struct decode_job *j = arg;
+	struct moe_session *s = j->s;
+	const struct moe_hparams *hp = &s->m->hp;
+	const size_t hd = hp->head_dim, nh = hp->n_heads, nkv = hp->n_kv_heads, group = nh / nkv, kvd = s->kv_dim;
+	const size_t len = s->n_past + 1, g0 = nkv * (size_t)i / (size_t)n, g1 = nkv * (size_t)(i + 1) / (size_t)n;
+	const float scale = 1.0f / sqrtf((float)hd);
+	for (size_t g = g0; g < g1; g++) {
+		float *buf = s->kv_row + g * hd; /* this head's slice of the row buffer: no other thread's */
+		for (int pass = 0; pass < 2; pass++) { /* scores against K, then the sums of V */
+			const void *cache = pass ? s->v_cache : s->k_cache;
+			if (pass)
+				for (size_t h = g * group; h < (g + 1) * group; h++) {
+					moe_softmax_rows(s->scores + h * len, 1, len);
+					memset(s->att + h * hd, 0, hd * sizeof(float));
+				}
+			for (size_t p = 0; p < len; p++) {
+				const size_t at = (j->l * s->ctx + p) * kvd + g * hd;
+				const float *row = (const float *)cache + at;
+				if (s->kv_type != MOE_KV_F32)
+					s->m->kernels->halves((const uint16_t *)cache + at, hd, buf), row = buf;
+				for (size_t h = g * group; h < (g + 1) * group; h++) {
+					if (pass)
+						moe_axpy(s->att + h * hd, s->scores[h * len + p], row, hd);
+					else
+						s->scores[h * len + p] = moe_dot(s->q + h * hd, row, hd) * scale;
+				}
+			}
+		}
+	}
+}
+
 static void attention(struct moe_session *s, size_t l, size_t n)
 {
-	const struct moe_hparams *hp = &s->m->hp;
-	const size_t hd = hp->head_dim, nh = hp->n_heads, nkv = hp->n_kv_heads, group = nh / nkv;
-	const float scale = 1.0f / sqrtf((float)hd);
 	if (n > 1) {
 		attention_batch(s, l, n);
 		return;
 	}
-	memset(s->att, 0, n * nh * hd * sizeof(float));
-	for (size_t t = 0; t < n; t++) {
-		const size_t pos = s->n_past + t, len = pos + 1;
-		const float *q = s->q + t * nh * hd;
-		float *sc = s->scores; /* [head][position] */
-		/* each cached K row is read (and converted) once for all heads */
-		for (size_t j = 0; j < len; j++) {
-			const float *kj = moe_kv_row(s, s->k_cache, l, j, s->kv_row);
-			for (size_t h = 0; h < nh; h++) {
-				const float *qh = q + h * hd, *kh = kj + (h / group) * hd;
-				float d = 0;
-				for (size_t i = 0; i < hd; i++)
-					d += qh[i] * kh[i];
-				sc[h * len + j] = d * scale;
-			}
-		}
-		moe_softmax_rows(sc, nh, len);
-		float *out = s->att + t * nh * hd;
-		for (size_t j = 0; j < len; j++) {
-			const float *vj = moe_kv_row(s, s->v_cache, l, j, s->kv_row);
-			for (size_t h = 0; h < nh; h++) {
-				const float p = sc[h * len + j], *vh = vj + (h / group) * hd;
-				float *oh = out + h * hd;
-				for (size_t i = 0; i < hd; i++)
-					oh[i] += p * vh[i];
-			}
-		}
-	}
+	struct decode_job j = {s, l};
+	moe_pool_run(s->m->pool, attend_kv_heads, &j);
 }
 
 /* softmax over E logits (in place), then the K most probable: ids and

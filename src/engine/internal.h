@@ -5,12 +5,38 @@
 #include "engine/engine.h"
 
 void moe_rmsnorm(const float *x, const float *w, size_t n, double eps, float *out);
+
+/* sum of a[i] * b[i] in 8 interleaved partial sums, which the compiler keeps in
+ * vector registers (a plain float sum must stay in order, so it stays scalar) */
+static inline float moe_dot(const float *restrict a, const float *restrict b, size_t n)
+{
+	float acc[8] = {0};
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8)
+#pragma GCC unroll 8
+		for (int k = 0; k < 8; k++)
+			acc[k] += a[i + k] * b[i + k];
+	for (; i < n; i++)
+		acc[0] += a[i] * b[i];
+	return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+/* y += s * x, 8 at a time */
+static inline void moe_axpy(float *restrict y, float s, const float *restrict x, size_t n)
+{
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8)
+#pragma GCC unroll 8
+		for (int k = 0; k < 8; k++)
+			y[i + k] += s * x[i + k];
+	for (; i < n; i++)
+		y[i] += s * x[i];
+}
 /* each of rows rows of len attention scores -> probabilities, in place */
 void moe_softmax_rows(float *p, size_t rows, size_t len);
 /* y[n][rows] = W x[n][cols] on the session's kernels and pool */
 int moe_session_matmul(struct moe_session *s, const struct moe_wmat *w, const float *x, size_t n, float *y);
-/* row j of layer l's cache as floats (buf unless the cache is f32); store row at pos */
-const float *moe_kv_row(const struct moe_session *s, const void *cache, size_t l, size_t j, float *buf);
+/* store a row of layer l's cache at pos */
 void moe_kv_store(struct moe_session *s, void *cache, size_t l, size_t pos, const float *row);
 
 /* DeepSeek-V3 (deepseek.c) */

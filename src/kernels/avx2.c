@@ -208,8 +208,17 @@ static void f32(const struct moe_wmat *w, size_t r0, size_t r1, const float *x, 
 	fl(w, 0, r0, r1, x, batch, y, ystride);
 }
 
+static void halves(const uint16_t *h, size_t n, float *out)
+{
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+	for (; i < n; i++)
+		out[i] = _cvtsh_ss(h[i]);
+}
+
 #if defined(__clang__)
 #pragma clang attribute pop
 #endif
-const struct moe_kernel_impl moe_kernels_avx2 = {"avx2", available, q8, q4, x86_blocks, f16, f32};
+const struct moe_kernel_impl moe_kernels_avx2 = {"avx2", available, q8, q4, x86_blocks, f16, f32, halves};
 #endif

@@ -240,8 +240,17 @@ static void f32(const struct moe_wmat *w, size_t r0, size_t r1, const float *x, 
 	fl(w, 0, r0, r1, x, batch, y, ystride);
 }
 
+static void halves(const uint16_t *h, size_t n, float *out)
+{
+	size_t i = 0;
+	for (; i + 16 <= n; i += 16)
+		_mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
+	for (; i < n; i++)
+		out[i] = _cvtsh_ss(h[i]);
+}
+
 #if defined(__clang__)
 #pragma clang attribute pop
 #endif
-const struct moe_kernel_impl moe_kernels_avx512 = {"avx512", available, q8, q4, x86_blocks, f16, f32};
+const struct moe_kernel_impl moe_kernels_avx512 = {"avx512", available, q8, q4, x86_blocks, f16, f32, halves};
 #endif

@@ -89,6 +89,8 @@ struct moe_kernel_impl {
 		    size_t ystride);
 	void (*f32)(const struct moe_wmat *w, size_t r0, size_t r1, const float *x, size_t batch, float *y,
 		    size_t ystride);
+	/* n IEEE halves to floats (an f16 KV cache's rows) */
+	void (*halves)(const uint16_t *h, size_t n, float *out);
 };
 
 /*

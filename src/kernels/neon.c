@@ -150,5 +150,14 @@ static void blocks(const struct moe_wmat *w, size_t r0, size_t r1, const struct 
 	moe_blocks_rows(block_dot, NULL, w, r0, r1, a, y, ystride);
 }
 
-const struct moe_kernel_impl moe_kernels_neon = {"neon", available, q8, q4, blocks, f16, f32};
+static void halves(const uint16_t *h, size_t n, float *out)
+{
+	size_t i = 0;
+	for (; i + 4 <= n; i += 4)
+		vst1q_f32(out + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h + i))));
+	for (; i < n; i++)
+		out[i] = moe_kernel_f16(h[i]);
+}
+
+const struct moe_kernel_impl moe_kernels_neon = {"neon", available, q8, q4, blocks, f16, f32, halves};
 #endif

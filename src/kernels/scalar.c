@@ -102,4 +102,10 @@ static void f32(const struct moe_wmat *w, size_t r0, size_t r1, const float *x, 
 	fl(w, 0, r0, r1, x, batch, y, ystride);
 }
 
-const struct moe_kernel_impl moe_kernels_scalar = {"scalar", always, q8, q4, blocks, f16, f32};
+static void halves(const uint16_t *h, size_t n, float *out)
+{
+	for (size_t i = 0; i < n; i++)
+		out[i] = moe_kernel_f16(h[i]);
+}
+
+const struct moe_kernel_impl moe_kernels_scalar = {"scalar", always, q8, q4, blocks, f16, f32, halves};
