@@ -256,11 +256,18 @@ typedef struct moe_model_params {
 	unsigned prefetch_depth; /* layers whose experts are guessed ahead, 0..8 (default 1) */
 	unsigned io_depth;       /* expert reads in flight, 1..256 (default 8) */
 	int verify;              /* check the XXH3 of every expert read (default 1) */
-	int mlock;               /* lock the expert cache in RAM (default 0) */
+	int mlock;               /* lock the dense weights and the expert cache in RAM (default 0) */
 	double expert_timeout;   /* seconds an expert may take to arrive before it is an error (default 30) */
 	unsigned experts_per_token; /* route each token to this many experts, fewer than the model's
 				       (weights renormalized over them where the model renormalizes
 				       its top k); default 0: the model's own number */
+	/* Called from moe_model_open while the weights are read in (the dense ones; the
+	 * whole pack with offload off when it fits), with the bytes done of total: once
+	 * at 0, as the reads go on (at least every 64 MiB), and at total. A nonzero
+	 * return stops the open with
+	 * MOE_ECANCELED. Default NULL: none. */
+	int (*progress)(uint64_t done, uint64_t total, void *user);
+	void *progress_user;
 } moe_model_params;
 
 /* The defaults above. */
@@ -271,7 +278,9 @@ MOE_API void moe_model_params_init(moe_model_params *p);
  * chat template if it has them. p NULL: the defaults. Errors: those of
  * moe_pack_open; MOE_EINVAL for a parameter out of range or a budget below the
  * dense weights + the sessions + two experts (the message gives the figures);
- * MOE_EUNSUPPORTED for an architecture or weight type this build does not run.
+ * MOE_EUNSUPPORTED for an architecture or weight type this build does not run;
+ * MOE_ENOMEM when mlock is refused (RLIMIT_MEMLOCK); MOE_ECANCELED when the
+ * progress callback says stop.
  */
 MOE_API int moe_model_open(const char *path, const moe_model_params *p, moe_model **out);
 /* Frees the model; its sessions must be closed first. NULL is fine. */

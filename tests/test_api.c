@@ -36,12 +36,56 @@ static int32_t argmax(const float *l, size_t n)
 	return (int32_t)b;
 }
 
+/* the loading callback: every call recorded; stop_at > 0 stops the open there */
+struct load_log {
+	size_t calls;
+	uint64_t first, last, total;
+	int monotonic, stop_at;
+};
+
+static int on_load(uint64_t done, uint64_t total, void *user)
+{
+	struct load_log *g = user;
+	if (g->calls == 0)
+		g->first = done, g->total = total, g->monotonic = 1;
+	else
+		g->monotonic &= done >= g->last && total == g->total;
+	g->last = done;
+	return ++g->calls == (size_t)g->stop_at;
+}
+
+/* moe_model_open reports its reading of the dense weights from 0 to their size, and
+ * stops when the callback says so; mlock holds them */
+static void check_loading(const char *pack, uint64_t budget)
+{
+	moe_model_params mp;
+	moe_model_params_init(&mp);
+	mp.n_ctx = 64, mp.ram_budget = budget;
+	struct load_log g = {0};
+	mp.progress = on_load, mp.progress_user = &g;
+	mp.mlock = 1;
+	moe_model *m;
+	CHECK(moe_model_open(pack, &mp, &m) == 0, "open with progress and mlock: %s", moe_last_error());
+	moe_model_info info;
+	moe_model_get_info(m, &info);
+	CHECK(g.calls >= 2 && g.first == 0 && g.last == g.total && g.monotonic, "progress: %zu calls, %llu .. %llu of %llu",
+	      g.calls, (unsigned long long)g.first, (unsigned long long)g.last, (unsigned long long)g.total);
+	CHECK(g.total == info.dense_bytes, "progress total %llu = dense bytes %llu", (unsigned long long)g.total,
+	      (unsigned long long)info.dense_bytes);
+	moe_model_close(m);
+	struct load_log stop = {.stop_at = 2};
+	mp.progress_user = &stop, mp.mlock = 0;
+	CHECK(moe_model_open(pack, &mp, &m) == MOE_ECANCELED && m == NULL && stop.calls == 2,
+	      "a callback that says stop: %s", moe_last_error());
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 2 && argc != 3) {
 		fputs("usage: test_api PACK [RAM_BUDGET]\n", stderr);
 		return 2;
 	}
+	check_loading(argv[1], argc == 3 ? moe_parse_size(argv[2]) : 0);
 	moe_model_params mp;
 	moe_model_params_init(&mp);
 	mp.n_ctx = 64;

@@ -56,3 +56,14 @@ void moe_progress_end(struct moe_progress *p)
 	if (p->enabled)
 		draw(p, 1);
 }
+
+int moe_progress_load(uint64_t done, uint64_t total, void *user)
+{
+	struct moe_progress *p = user;
+	if (!p->label)
+		moe_progress_start(p, p->enabled, "loading", "MB", total / 1000000);
+	moe_progress_update(p, done / 1000000, done);
+	if (done == total && p->last_draw > 0) /* no line for a load too quick to draw */
+		moe_progress_end(p);
+	return 0;
+}

@@ -19,4 +19,10 @@ void moe_progress_update(struct moe_progress *p, uint64_t done, uint64_t bytes);
 /* the line as of the last update, with the time taken, ended by a newline */
 void moe_progress_end(struct moe_progress *p);
 
+/* A moe_model_params.progress callback: user is a struct moe_progress whose
+ * `enabled` the tool has set (a terminal); the bar starts at the first call and
+ * ends at the last, labelled "loading", counting megabytes; a load over before the
+ * first redraw (0.1 s) leaves no line. */
+int moe_progress_load(uint64_t done, uint64_t total, void *user);
+
 #endif

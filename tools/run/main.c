@@ -69,7 +69,7 @@ static void usage(FILE *fp)
 	      "      --io-depth N         expert reads in flight, 1..256 (default 8)\n"
 	      "      --no-verify          skip the XXH3 check of each expert read\n"
 	      "      --expert-timeout S   fail if an expert has not arrived after S seconds (default 30)\n"
-	      "      --mlock              lock the expert cache in RAM\n"
+	      "      --mlock              lock the dense weights and the expert cache in RAM\n"
 	      "      --no-offload         no cache: experts through the page cache (mmap), as llama.cpp does\n"
 	      "      --trace-out FILE     the experts and router scores of every token and layer (moe-bench sim)\n"
 	      "      --routes-from FILE   route every token as a --trace-out file did (e.g. of a trained model),\n"
@@ -1063,6 +1063,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	mp.threads = threads, mp.n_ctx = (size_t)ctx, mp.n_batch = (size_t)batch, mp.ram_budget = budget;
+	struct moe_progress load_bar = {.enabled = isatty(STDERR_FILENO)};
+	mp.progress = moe_progress_load, mp.progress_user = &load_bar;
 	mp.kv_type = strcmp(kv_s, "f16") ? MOE_KV_F32 : MOE_KV_F16, mp.offload = !no_offload;
 	mp.prefetch_depth = (unsigned)prefetch_depth, mp.io_depth = (unsigned)io_depth;
 	mp.experts_per_token = (unsigned)experts_per_token;

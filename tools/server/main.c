@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli/progress.h"
 #include "moe.h"
 
 #define MAX_STOPS 16
@@ -54,7 +55,7 @@ static void usage(FILE *fp)
 	      "      --io-depth N         1..256 (default 8)\n"
 	      "      --no-verify          skip the XXH3 check of each expert read\n"
 	      "      --expert-timeout S   seconds (default 30)\n"
-	      "      --mlock              lock the expert cache in RAM\n"
+	      "      --mlock              lock the dense weights and the expert cache in RAM\n"
 	      "      --no-offload         experts through the page cache (mmap)\n"
 	      "      --experts-per-token K  fewer experts per token than the model's (moe-tuning(7))\n"
 	      "  -h, --help               this text\n"
@@ -1001,6 +1002,8 @@ int main(int argc, char **argv)
 	struct MHD_Daemon *d = NULL;
 	pthread_t worker_thread;
 	int have_worker = 0;
+	struct moe_progress load_bar = {.enabled = isatty(STDERR_FILENO)};
+	mp.progress = moe_progress_load, mp.progress_user = &load_bar;
 	if (moe_model_open(model, &mp, &srv.model)) {
 		fprintf(stderr, "moe-server: %s\n", moe_last_error());
 		goto out;
