@@ -24,6 +24,8 @@ trap 'rm -rf "$W"' EXIT
 ./moe-pack --no-progress "$GGUF" "$W/m.moe" >/dev/null
 ./moe-pack --info "$W/m.moe" | sed -n '/^expert blob/,$p'
 TOK=$(/usr/bin/python3 -c "print(','.join(str((i * 7919) % 30000 + 10) for i in range($P)))")
+# one untimed run first, as llama-bench warms up: the pack was just written
+./moe-run -m "$W/m.moe" --tokens "$TOK" -n 1 -b "$B" -t "$T" $RUN_ARGS >/dev/null 2>&1
 for r in $(seq "$ROUNDS"); do
 	# prefill of P tokens, then N tokens decoded after them (-d P: at the depth where
 	# moe-run decodes, not from an empty context)

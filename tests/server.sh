@@ -164,6 +164,23 @@ bad "busy: 503" 503 /v1/completions '{"prompt": "a"}'
 wait "$slow"
 check "the first request still finishes" grep -q text_completion slow.json
 stop_server
+# a long prompt is prefilled a batch at a time, a decode step between batches: a
+# stream already running goes on while it is prefilled. With -b 1 each of the long
+# prompt's ~400 tokens lets the stream take a step, so its 200 tokens are all out
+# before the long request's answer; prefilled in one go, the stream would stall
+# with most of them still to come (an order, not a time)
+long=$(py -c 'print(" ".join(["And the earth was without form, and void."] * 36))')
+check "a server with 2 slots, -b 1" start_server srv2.log --parallel 2 -b 1 -c 512
+curl -sN -d '{"prompt": "And God said", "max_tokens": 200, "temperature": 0, "stream": true}' \
+	"http://127.0.0.1:$PORT/v1/completions" >run.sse &
+streamer=$!
+for _ in $(seq 100); do grep -q '^data: ' run.sse && break; sleep 0.05; done
+curl -s -d "{\"prompt\": \"$long\", \"max_tokens\": 1}" "http://127.0.0.1:$PORT/v1/completions" -o long.json
+n_long=$(field long.json usage prompt_tokens)
+check "a $n_long-token prompt was prefilled while a stream ran to its end" \
+	sh -c "[ '$n_long' -ge 300 ] && grep -q '^data: \[DONE\]' run.sse"
+wait "$streamer"
+stop_server
 expect_error "a pack that is not there" "no.moe" "$MOE_SERVER" -m no.moe --port 0
 expect_error "a bad option" "--parallel" "$MOE_SERVER" -m kjv.moe --parallel 0
 finish

@@ -4,8 +4,10 @@
  * One worker thread owns the model and --parallel session slots. A request is
  * parsed by its connection thread and queued (503 when the queue is full); the
  * worker gives it the free slot whose context shares the longest prefix with its
- * prompt, prefills what is not shared, then decodes every busy slot's next token
- * in one batch, so each expert read serves every sequence routed to it. Text
+ * prompt and prefills what is not shared one batch (-b) at a time, a decode step
+ * between two batches: a long prompt does not stall the other slots' streams. A
+ * decode step runs every generating slot's next token in one batch, so each
+ * expert read serves every sequence routed to it. Text
  * goes back through the job under the server's lock: a connection thread waits
  * for it and writes it out, as server-sent events when streaming. A client that
  * goes away cancels its job, which frees its slot before the next token. */
@@ -67,7 +69,7 @@ static void usage(FILE *fp)
 
 /* ---- jobs ---- */
 
-enum job_state { JOB_QUEUED, JOB_RUNNING, JOB_DONE };
+enum job_state { JOB_QUEUED, JOB_PREFILL, JOB_RUNNING, JOB_DONE };
 
 struct job {
 	/* the request, read-only once queued */
@@ -100,6 +102,8 @@ struct slot {
 	moe_detokenizer *detok;
 	moe_stopper *stopper;
 	long limit;                   /* tokens it may still generate */
+	int32_t *prompt;              /* while prefilling: the prompt, run up to prompt_at */
+	size_t prompt_n, prompt_at;
 };
 
 static struct {
@@ -111,7 +115,7 @@ static struct {
 	moe_model *model;
 	const moe_tokenizer *tok;
 	char *tmpl;
-	size_t n_sampled, ctx;
+	size_t n_sampled, ctx, n_batch;
 	struct slot *slots;
 	unsigned n_slots;
 	const char *model_id, *api_key;
@@ -179,7 +183,8 @@ static void slot_free(struct slot *sl) /* under srv.lock */
 	moe_sampler_free(sl->sampler);
 	moe_detokenizer_free(sl->detok);
 	moe_stopper_free(sl->stopper);
-	sl->sampler = NULL, sl->detok = NULL, sl->stopper = NULL;
+	free(sl->prompt);
+	sl->sampler = NULL, sl->detok = NULL, sl->stopper = NULL, sl->prompt = NULL;
 	if (sl->job)
 		job_release(sl->job);
 	sl->job = NULL;
@@ -205,8 +210,9 @@ static int prompt_ids(const struct job *j, int32_t **ids, size_t *n)
 	return rc;
 }
 
-/* Give j a free slot (the one whose context shares most of its prompt) and prefill
- * the rest. Called with the lock held; drops it while computing. */
+/* Give j a free slot (the one whose context shares most of its prompt), to be
+ * prefilled from where they differ. Called with the lock held; drops it while
+ * tokenizing. */
 static void admit(struct job *j)
 {
 	int32_t *ids = NULL;
@@ -238,17 +244,41 @@ static void admit(struct job *j)
 	sl->job = j;
 	j->prompt_tokens = n, j->reused_tokens = best;
 	srv.prompt_tokens += n, srv.reused_tokens += best;
+	moe_session_rewind(sl->s, best);
+	sl->prompt = ids, sl->prompt_n = n, sl->prompt_at = best;
+	j->state = JOB_PREFILL;
+}
+
+/* One batch of one prefilling slot's prompt (each in turn); its last batch makes
+ * it generate. Called with the lock held; drops it while computing. */
+static void prefill_step(void)
+{
+	static unsigned turn;
+	struct slot *sl = NULL;
+	for (unsigned k = 0; k < srv.n_slots && !sl; k++) {
+		struct slot *c = &srv.slots[(turn + k) % srv.n_slots];
+		if (c->job && c->job->state == JOB_PREFILL)
+			sl = c, turn = (turn + k + 1) % srv.n_slots;
+	}
+	if (!sl)
+		return;
+	struct job *j = sl->job;
+	if (j->canceled) {
+		srv.canceled++, j->state = JOB_DONE, pthread_cond_broadcast(&j->changed);
+		slot_free(sl);
+		return;
+	}
+	const size_t at = sl->prompt_at, k = sl->prompt_n - at < srv.n_batch ? sl->prompt_n - at : srv.n_batch;
+	const int last = at + k == sl->prompt_n;
 	moe_sampler_params sp = j->sp;
 	pthread_mutex_unlock(&srv.lock);
-	moe_session_rewind(sl->s, best);
-	rc = moe_session_eval(sl->s, ids + best, n - best, NULL);
-	if (!rc)
+	int rc = moe_session_eval(sl->s, sl->prompt + at, k, NULL);
+	if (!rc && last)
 		rc = moe_sampler_new(&sp, &sl->sampler);
-	if (!rc)
+	if (!rc && last)
 		rc = moe_detokenizer_new(srv.tok, 1, &sl->detok);
-	if (!rc)
+	if (!rc && last)
 		rc = moe_stopper_new((const char *const *)j->stops, j->n_stops, &sl->stopper);
-	free(ids);
 	pthread_mutex_lock(&srv.lock);
 	if (rc) {
 		if (rc == MOE_ECANCELED || j->canceled)
@@ -259,7 +289,12 @@ static void admit(struct job *j)
 		slot_free(sl);
 		return;
 	}
-	const long room = (long)(srv.ctx - n);
+	sl->prompt_at += k;
+	if (!last)
+		return;
+	free(sl->prompt);
+	sl->prompt = NULL;
+	const long room = (long)(srv.ctx - sl->prompt_n);
 	sl->limit = j->max_tokens >= 0 && j->max_tokens < room ? j->max_tokens : room;
 	j->state = JOB_RUNNING;
 	pthread_cond_broadcast(&j->changed);
@@ -380,6 +415,7 @@ static void *worker(void *arg)
 			pthread_cond_wait(&srv.work, &srv.lock);
 			continue;
 		}
+		prefill_step();
 		decode_step();
 	}
 	pthread_mutex_unlock(&srv.lock);
@@ -729,7 +765,7 @@ static enum MHD_Result completion(struct MHD_Connection *c, const struct request
 	srv.queued++;
 	pthread_cond_signal(&srv.work);
 	/* a stream starts once the prompt is accepted; a whole answer waits for the end */
-	while (j->stream ? j->state == JOB_QUEUED : j->state != JOB_DONE)
+	while (j->stream ? j->state == JOB_QUEUED || j->state == JOB_PREFILL : j->state != JOB_DONE)
 		pthread_cond_wait(&j->changed, &srv.lock);
 	if (j->error) {
 		const int status = j->status;
@@ -1027,7 +1063,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	srv.n_sampled = moe_tokenizer_vocab(srv.tok) < info.n_vocab ? moe_tokenizer_vocab(srv.tok) : info.n_vocab;
-	srv.ctx = info.n_ctx;
+	srv.ctx = info.n_ctx, srv.n_batch = info.n_batch;
 	if (!srv.model_id) {
 		const char *base = strrchr(model, '/');
 		srv.model_id = base ? base + 1 : model;
