@@ -268,6 +268,10 @@ typedef struct moe_model_params {
 	 * MOE_ECANCELED. Default NULL: none. */
 	int (*progress)(uint64_t done, uint64_t total, void *user);
 	void *progress_user;
+	/* A pin list (moe-bench profile writes one): its experts are read at open into
+	 * cache slots of their own and never evicted, as many as leave two slots to
+	 * the policy, the list's first ones. Default NULL: none. Needs offload. */
+	const char *pin_file;
 } moe_model_params;
 
 /* The defaults above. */
@@ -324,6 +328,7 @@ typedef struct moe_stats {
 	 * slots are taken; a guess still resident is not counted yet), and of those the
 	 * ones evicted before the layer step they were guessed for had come */
 	uint64_t prefetch_unused_bytes, prefetch_evicted_bytes;
+	uint64_t slots_pinned;    /* slots holding the pin list's experts */
 } moe_stats;
 MOE_API void moe_model_stats(const moe_model *m, moe_stats *out);
 

@@ -112,10 +112,51 @@ for policy in lru lfu next; do
 import json, sys
 x = json.load(open(sys.argv[1]))["experts"]
 rows = [l.split() for l in open(sys.argv[2]) if l.split() and l.split()[0].isdigit()]
-got = {r[1]: (int(r[2]), int(r[3])) for r in rows}
+got = {r[1]: (int(r[3]), int(r[4])) for r in rows}
 assert got[sys.argv[3]] == (x["hits"], x["misses"]), (got, x)
 assert got["belady"][0] >= got[sys.argv[3]][0], got' t.json sim.txt $policy
 done
+
+# pin lists: moe-bench profile counts a trace's uses (checked against a count of
+# the trace here) and lists the most used; the cache holds them for good, as many
+# as leave two slots to the policy, and the simulator pinning the same list gives
+# the cache's hits and misses exactly
+check "profile" "$MOE_BENCH" profile --trace t.jsonl --experts 50% -o pins.txt
+check "profile = the trace's counts, most used first" py -c '
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+E = rows[0]["experts"]
+uses = {}
+for r in rows[1:]:
+    for e in r["experts"]:
+        uses[(r["layer"], e)] = uses.get((r["layer"], e), 0) + 1
+want = sorted(((-u, l * E + e) for (l, e), u in uses.items()))
+got = [tuple(map(int, l.split())) for l in open(sys.argv[2]) if not l.startswith("#")]
+assert len(got) == rows[0]["layers"] * E // 2, len(got)
+assert [(l, e, u) for l, e, u in got[:len(want)]] == [(i // E, i % E, -u) for u, i in want][:len(got)], got[:5]' \
+	t.jsonl pins.txt
+run --no-offload -b 1 --logits-out refb1.f32 >/dev/null 2>err
+for policy in lru next; do
+	run --ram-budget "$budget" -b 1 --prefetch-depth 0 --cache-policy $policy --pin pins.txt --trace-out tp.jsonl \
+		--stats-json tp.json --logits-out got.f32 >got.ids 2>err
+	check "pinned, $policy: the mapped run's logits" cmp refb1.f32 got.f32
+	slots=$(py -c 'import json, sys; print(json.load(open(sys.argv[1]))["experts"]["slots"])' tp.json)
+	"$MOE_BENCH" sim --trace tp.jsonl --cache-experts "$slots" --policy $policy --pin pins.txt >sim.txt 2>err
+	check "sim $policy with the pin list = the cache's hits, misses and pinned slots" py -c '
+import json, sys
+x = json.load(open(sys.argv[1]))["experts"]
+row = [l.split() for l in open(sys.argv[2]) if l.split() and l.split()[0].isdigit()][0]
+listed = sum(1 for l in open(sys.argv[3]) if not l.startswith("#"))
+assert x["slots_pinned"] == min(listed, x["slots"] - 2) == int(row[2]) > 0, (x, row)
+assert (int(row[3]), int(row[4])) == (x["hits"], x["misses"]), (row, x)' tp.json sim.txt pins.txt
+done
+printf '0 1\n9 0\n' >badpin.txt
+expect_error "a pin list naming a layer the model lacks" "badpin.txt:2" run --ram-budget "$budget" --pin badpin.txt
+printf '0 1\n0 one\n' >badpin.txt
+expect_error "a malformed pin list line" "badpin.txt:2" run --ram-budget "$budget" --pin badpin.txt
+printf '# top\n0 1 5\n0 1 4\n' >badpin.txt
+expect_error "an expert pinned twice" "badpin.txt:3" run --ram-budget "$budget" --pin badpin.txt
+expect_error "a pin list without the cache" "--no-offload" run --no-offload --pin pins.txt
 
 # --routes-from: a model routed by a trace of its own run (-b 1) takes the same routes;
 # a deeper model (the 4 layers replayed onto 9) takes the trace's experts, mapped, at

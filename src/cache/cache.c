@@ -21,6 +21,7 @@
 #include <zstd.h>
 
 #include "cache/cache.h"
+#include "cache/sim.h"
 #include "common/error.h"
 #include "common/util.h"
 #include "io/io.h"
@@ -44,6 +45,7 @@ struct slot {
 	uint64_t want;       /* the layer step that needs it and has not used it yet, + 1; 0: none */
 	uint64_t guess_seq;  /* the latest layer step a prefetch guessed it for */
 	int prefetched;      /* brought in by a guess and not used since */
+	int fixed;           /* holds an expert of the pin list for good */
 	uint64_t prio;       /* while queued or reading */
 	/* while reading: bytes issued and completed of read_len (the stored size rounded up) */
 	uint64_t issued, done, read_len;
@@ -197,7 +199,7 @@ float moe_policy_p(const struct moe_policy_use *u) { return u->slow > u->fast ? 
  * -1 if none. */
 static int evictable(const struct cache *c, const struct slot *s)
 {
-	return s->state == SLOT_READY && !s->pins && s->want != c->seq + 1;
+	return s->state == SLOT_READY && !s->pins && !s->fixed && s->want != c->seq + 1;
 }
 
 static double slot_next_use(const struct cache *c, const struct slot *s)
@@ -247,7 +249,7 @@ static int64_t any_unpinned(const struct cache *c)
 	int64_t found = -1;
 	for (size_t i = 0; i < c->n_slots; i++) {
 		const struct slot *s = &c->slots[i];
-		if (s->state == SLOT_READY && !s->pins && (found < 0 || s->last_use < c->slots[found].last_use))
+		if (s->state == SLOT_READY && !s->pins && !s->fixed && (found < 0 || s->last_use < c->slots[found].last_use))
 			found = (int64_t)i;
 	}
 	return found;
@@ -707,7 +709,7 @@ static int acquire(struct moe_experts *base, uint32_t layer, uint32_t expert, st
 			if (s->err) { /* report once, then the slot is free for another try */
 				rc = moe_fail(s->err, "%s", s->msg);
 				c->where[e] = -1;
-				s->expert = -1, s->state = SLOT_FREE, s->err = 0;
+				s->expert = -1, s->state = SLOT_FREE, s->err = 0, s->fixed = 0;
 				break;
 			}
 			s->pins++;
@@ -772,9 +774,11 @@ static void stats(struct moe_experts *base, struct moe_expert_stats *out)
 	if (c->io_since)
 		out->io_seconds += moe_now() - c->io_since;
 	out->slots = c->n_slots;
-	out->slots_used = 0;
-	for (size_t i = 0; i < c->n_slots; i++)
+	out->slots_used = out->slots_pinned = 0;
+	for (size_t i = 0; i < c->n_slots; i++) {
 		out->slots_used += c->slots[i].state != SLOT_FREE;
+		out->slots_pinned += c->slots[i].fixed;
+	}
 	out->io_mode = moe_io_mode(c->io);
 	pthread_mutex_unlock(&c->mu);
 }
@@ -945,6 +949,16 @@ int moe_experts_cache(const moe_pack *pack, const struct moe_cache_options *o, s
 		goto out;
 	}
 	c->thread_started = 1;
+	/* the pin list's experts, read first (after demands) into slots never evicted */
+	pthread_mutex_lock(&c->mu);
+	for (size_t k = 0, slot = 0; k < o->n_pin && slot < moe_pins_kept(o->n_pin, c->n_slots); k++) {
+		const uint32_t id = o->pin[k];
+		if (id >= n_ids || !c->info[id].stored_size || c->where[id] >= 0)
+			continue;
+		queue_read(c, (int64_t)slot, id, PRIO_AHEAD + k);
+		c->slots[slot++].fixed = 1;
+	}
+	pthread_mutex_unlock(&c->mu);
 out:
 	if (rc) {
 		destroy(&c->base);

@@ -5,6 +5,9 @@
  * expert provider (engine.h): acquire pins a ready expert, waiting for its read if
  * needed; hints from the engine's prefetcher queue reads ahead of need.
  *
+ * Experts of a pin list (moe-run --pin) hold slots of their own for good; the
+ * policy runs the rest.
+ *
  * Eviction never touches a pinned or loading slot, or an expert the layer being
  * computed needs; a prefetch evicts only slots that no request or prediction still
  * covers, so a wrong guess costs bandwidth, never correctness. Policies: LRU, or
@@ -47,6 +50,10 @@ struct moe_cache_options {
 	int mlock;             /* lock the arena in RAM */
 	double stall_seconds;  /* longest wait for one expert before acquire fails (default 30) */
 	uint64_t chunk_bytes;  /* bytes per read, a multiple of 4096 (default 4 MiB; tests use less) */
+	/* experts (layer * n_experts + expert) held for good in slots of their own, read
+	 * at start: the first moe_pins_kept(n_pin, slots) of the list (sim.h) */
+	const uint32_t *pin;
+	size_t n_pin;
 };
 
 /* Bytes of one slot, and the least the cache runs with (two slots and staging). */

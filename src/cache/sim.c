@@ -186,7 +186,52 @@ size_t moe_replay_route(const struct moe_replay *r, uint64_t pos, uint32_t layer
 	return n;
 }
 
-int moe_cache_sim(const struct moe_trace *t, size_t slots, int policy, struct moe_sim_result *out)
+int moe_pin_load(const char *path, uint32_t n_layers, uint32_t n_experts, uint32_t **ids, size_t *n)
+{
+	*ids = NULL, *n = 0;
+	FILE *fp = fopen(path, "r");
+	if (!fp)
+		return moe_fail(MOE_EIO, "%s: %s", path, strerror(errno));
+	const size_t n_ids = (size_t)n_layers * n_experts;
+	uint8_t *listed = calloc(n_ids ? n_ids : 1, 1);
+	uint32_t *out = malloc((n_ids ? n_ids : 1) * sizeof *out);
+	char *line = NULL;
+	size_t cap = 0, line_no = 0, count = 0;
+	int rc = listed && out ? 0 : moe_fail(MOE_ENOMEM, "out of memory");
+	while (!rc && getline(&line, &cap, fp) > 0) {
+		line_no++;
+		char *hash = strchr(line, '#');
+		if (hash)
+			*hash = 0;
+		unsigned long l, e;
+		char first;
+		if (sscanf(line, " %c", &first) != 1)
+			continue; /* blank or a comment */
+		if (sscanf(line, " %lu %lu", &l, &e) != 2 || strspn(line, " \t\r\n0123456789") < strlen(line))
+			rc = moe_fail(MOE_EFORMAT, "%s:%zu: not \"LAYER EXPERT [USES]\"", path, line_no);
+		else if (l >= n_layers || e >= n_experts)
+			rc = moe_fail(MOE_EFORMAT, "%s:%zu: layer %lu expert %lu: the model has %u layers of %u experts", path,
+				      line_no, l, e, n_layers, n_experts);
+		else if (listed[l * n_experts + e]++)
+			rc = moe_fail(MOE_EFORMAT, "%s:%zu: layer %lu expert %lu listed twice", path, line_no, l, e);
+		else
+			out[count++] = (uint32_t)(l * n_experts + e);
+	}
+	if (!rc && ferror(fp))
+		rc = moe_fail(MOE_EIO, "%s: %s", path, strerror(errno));
+	free(line);
+	free(listed);
+	fclose(fp);
+	if (rc) {
+		free(out);
+		return rc;
+	}
+	*ids = out, *n = count;
+	return 0;
+}
+
+int moe_cache_sim(const struct moe_trace *t, size_t slots, int policy, const uint32_t *pinned, size_t n_pinned,
+		  struct moe_sim_result *out)
 {
 	const size_t n_ids = (size_t)t->n_layers * t->n_experts, n_acc = t->start[t->n_steps];
 	int64_t *where = malloc(n_ids * sizeof *where), *held = malloc(slots * sizeof *held);
@@ -196,11 +241,16 @@ int moe_cache_sim(const struct moe_trace *t, size_t slots, int policy, struct mo
 	uint64_t *last = calloc(slots, sizeof *last), clock = 0, uses = 0;
 	size_t *cand = malloc(slots * sizeof *cand), *next_use = malloc((n_acc + 1) * sizeof *next_use);
 	size_t *seen = malloc(n_ids * sizeof *seen), *step_of = malloc((n_acc + 1) * sizeof *step_of);
-	uint8_t *needed = calloc(n_ids, 1);
+	uint8_t *needed = calloc(n_ids, 1), *fixed = calloc(slots ? slots : 1, 1);
 	int rc = 0;
+	if (!slots || n_pinned >= slots) {
+		rc = moe_fail(MOE_EINVAL, "a cache of %zu experts with %zu pinned leaves none for the policy", slots,
+			      n_pinned);
+		goto out;
+	}
 	if (!where || !held || !freq || !use || !pc || !last || !cand || !next_use || !seen || !step_of ||
-	    !needed || !slots) {
-		rc = moe_fail(slots ? MOE_ENOMEM : MOE_EINVAL, slots ? "out of memory" : "a cache of 0 experts");
+	    !needed || !fixed) {
+		rc = moe_fail(MOE_ENOMEM, "out of memory");
 		goto out;
 	}
 	/* Belady: the step at which each access's expert is next needed */
@@ -218,6 +268,10 @@ int moe_cache_sim(const struct moe_trace *t, size_t slots, int policy, struct mo
 		where[i] = -1, seen[i] = SIZE_MAX; /* seen: next use of what is held, for Belady */
 	size_t used = 0;
 	memset(out, 0, sizeof *out);
+	for (size_t k = 0; k < n_pinned; k++) /* held from the start, never a candidate */
+		if (pinned[k] < n_ids && where[pinned[k]] < 0) {
+			held[used] = pinned[k], where[pinned[k]] = (int64_t)used, fixed[used++] = 1;
+		}
 	for (size_t s = 0; s < t->n_steps; s++) {
 		const size_t base = (size_t)t->layer[s] * t->n_experts;
 		for (size_t i = t->start[s]; i < t->start[s + 1]; i++)
@@ -243,7 +297,7 @@ int moe_cache_sim(const struct moe_trace *t, size_t slots, int policy, struct mo
 			} else {
 				size_t n = 0;
 				for (size_t k = 0; k < slots; k++)
-					if (!needed[held[k]]) {
+					if (!needed[held[k]] && !fixed[k]) {
 						const uint32_t l = (uint32_t)(held[k] / t->n_experts);
 						cand[n] = k;
 						pc[n++] = (struct moe_policy_cand){last[k], freq[held[k]],
@@ -278,6 +332,6 @@ int moe_cache_sim(const struct moe_trace *t, size_t slots, int policy, struct mo
 	}
 out:
 	free(where), free(held), free(freq), free(use), free(pc), free(last), free(cand), free(next_use);
-	free(seen), free(step_of), free(needed);
+	free(seen), free(step_of), free(needed), free(fixed);
 	return rc;
 }

@@ -50,6 +50,25 @@ struct moe_sim_result {
 /* Read a trace file (JSON lines: a header, then {"token", "layer", "experts", ...}). */
 int moe_trace_load(const char *path, struct moe_trace *t);
 void moe_trace_free(struct moe_trace *t);
-int moe_cache_sim(const struct moe_trace *t, size_t slots, int policy, struct moe_sim_result *out);
+/* pinned: NULL, or n_pinned expert ids (layer * n_experts + expert) held in slots of
+ * their own from the start and never evicted (at most slots - 1 of them); the
+ * policy runs the other slots. */
+int moe_cache_sim(const struct moe_trace *t, size_t slots, int policy, const uint32_t *pinned, size_t n_pinned,
+		  struct moe_sim_result *out);
+
+/*
+ * Pin lists (moe-bench profile writes them, moe-run --pin reads them): text, one
+ * expert per line as "LAYER EXPERT" (a third column, its uses, is ignored), '#'
+ * starts a comment; the likeliest first. Loaded as ids layer * n_experts + expert,
+ * in the file's order; a line out of range, malformed or repeated is an error
+ * naming the file and line.
+ */
+int moe_pin_load(const char *path, uint32_t n_layers, uint32_t n_experts, uint32_t **ids, size_t *n);
+/* How many of a list's first experts a cache of `slots` pins: all, but always two
+ * slots left to the policy (the engine holds one expert while the next is read). */
+static inline size_t moe_pins_kept(size_t listed, size_t slots)
+{
+	return slots < 3 ? 0 : listed < slots - 2 ? listed : slots - 2;
+}
 
 #endif

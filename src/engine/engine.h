@@ -36,7 +36,7 @@ struct moe_expert_stats {
 	uint64_t rereads;         /* blobs read again after a checksum mismatch */
 	double io_seconds;        /* wall time with reads in flight */
 	double wait_seconds;      /* compute waiting for experts */
-	uint64_t slots, slots_used;
+	uint64_t slots, slots_used, slots_pinned;
 	const char *io_mode;      /* "mmap", "io_uring", "pread" */
 };
 

@@ -172,6 +172,8 @@ static int start_experts(struct moe_model *m)
 	struct loader ld = {p, 0, m->dense_bytes, 1};
 	int rc;
 	if (!p->offload) {
+		if (p->pin_file)
+			return moe_fail(MOE_EINVAL, "a pin list needs the expert cache (not --no-offload)");
 		if (p->ram_budget && m->dense_bytes + sessions > p->ram_budget)
 			return moe_fail(MOE_EINVAL, "--ram-budget %.1f MB is less than the dense weights (%.1f MB) and KV "
 					"cache and scratch (%.1f MB)", p->ram_budget / 1048576.0, m->dense_bytes / 1048576.0,
@@ -201,8 +203,14 @@ static int start_experts(struct moe_model *m)
 				       .stall_seconds = p->expert_timeout};
 	if (co.bytes > all)
 		co.bytes = all;
+	uint32_t *pins = NULL;
+	if (p->pin_file && (rc = moe_pin_load(p->pin_file, (uint32_t)m->hp.n_layers, (uint32_t)m->hp.n_experts, &pins,
+					     &co.n_pin)))
+		return rc;
+	co.pin = pins;
 	struct moe_experts *cache;
 	rc = moe_experts_cache(pack, &co, &cache);
+	free(pins);
 	if (rc)
 		return rc;
 	moe_model_use_experts(m, cache);
@@ -302,7 +310,7 @@ void moe_model_stats(const moe_model *m, moe_stats *out)
 			   .slots = x.slots, .slots_used = x.slots_used, .io = x.io_mode,
 			   .policy = moe_cache_policy_name(m->params.cache_policy),
 			   .prefetch_unused_bytes = x.prefetch_unused_bytes,
-			   .prefetch_evicted_bytes = x.prefetch_evicted_bytes};
+			   .prefetch_evicted_bytes = x.prefetch_evicted_bytes, .slots_pinned = x.slots_pinned};
 }
 
 /* ---- sessions ---- */

@@ -2,6 +2,7 @@
  * weight bandwidth against it. */
 #include "config.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -463,10 +464,11 @@ static int bench_diskbw(int argc, char **argv)
 
 static int bench_sim(int argc, char **argv)
 {
-	const char *trace = NULL, *sizes = "25%,50%,75%", *policies = "lru,lfu,next,belady";
+	const char *trace = NULL, *sizes = "25%,50%,75%", *policies = "lru,lfu,next,belady", *pin = NULL;
 	static const struct option opts[] = {
 		{"trace", required_argument, NULL, 't'}, {"cache-experts", required_argument, NULL, 'n'},
-		{"policy", required_argument, NULL, 'p'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
+		{"policy", required_argument, NULL, 'p'}, {"pin", required_argument, NULL, 'P'},
+		{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
 	};
 	int c;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -474,6 +476,7 @@ static int bench_sim(int argc, char **argv)
 		case 't': trace = optarg; break;
 		case 'n': sizes = optarg; break;
 		case 'p': policies = optarg; break;
+		case 'P': pin = optarg; break;
 		default: return 2;
 		}
 	}
@@ -487,6 +490,13 @@ static int bench_sim(int argc, char **argv)
 		return 1;
 	}
 	const size_t n_ids = (size_t)t.n_layers * t.n_experts;
+	uint32_t *pins = NULL;
+	size_t n_pins = 0;
+	if (pin && moe_pin_load(pin, t.n_layers, t.n_experts, &pins, &n_pins)) {
+		fprintf(stderr, "moe-bench: %s\n", moe_last_error());
+		moe_trace_free(&t);
+		return 1;
+	}
 	size_t distinct = 0;
 	uint8_t *used = calloc(n_ids, 1);
 	for (size_t s = 0; used && s < t.n_steps; s++)
@@ -498,7 +508,7 @@ static int bench_sim(int argc, char **argv)
 	free(used);
 	printf("trace %s: %zu layer steps, %zu expert uses, %zu of %zu experts used (%u layers x %u)\n", trace,
 	       t.n_steps, t.start[t.n_steps], distinct, n_ids, t.n_layers, t.n_experts);
-	printf("%-10s %-8s %10s %10s %9s\n", "experts", "policy", "hits", "misses", "hit rate");
+	printf("%-10s %-8s %6s %10s %10s %9s\n", "experts", "policy", "pinned", "hits", "misses", "hit rate");
 	int rc = 0;
 	char *list = strdup(sizes);
 	for (char *tok = strtok(list, ","); tok && !rc; tok = strtok(NULL, ",")) {
@@ -517,19 +527,112 @@ static int bench_sim(int argc, char **argv)
 			if (pol < 0) {
 				fprintf(stderr, "moe-bench sim: --policy %s: lru, lfu, next or belady\n", p);
 				rc = 2;
-			} else if (moe_cache_sim(&t, n, pol, &r)) {
+			} else if (moe_cache_sim(&t, n, pol, pins, moe_pins_kept(n_pins, n), &r)) {
 				fprintf(stderr, "moe-bench: %s\n", moe_last_error());
 				rc = 1;
 			} else {
-				char label[32];
-				snprintf(label, sizeof label, "%zu%s", n, *end == '%' ? "" : "");
-				printf("%-10s %-8s %10llu %10llu %8.1f%%\n", label, p, (unsigned long long)r.hits,
-				       (unsigned long long)r.misses, 100.0 * (double)r.hits / (double)(r.hits + r.misses));
+				printf("%-10zu %-8s %6zu %10llu %10llu %8.1f%%\n", n, p, moe_pins_kept(n_pins, n),
+				       (unsigned long long)r.hits, (unsigned long long)r.misses,
+				       100.0 * (double)r.hits / (double)(r.hits + r.misses));
 			}
 		}
 		free(pl);
 	}
 	free(list);
+	free(pins);
+	moe_trace_free(&t);
+	return rc;
+}
+
+/* ---- profile: a pin list of the most used experts of a trace ---- */
+
+struct use_count {
+	uint32_t id;
+	uint64_t uses;
+};
+
+static int by_uses(const void *a, const void *b)
+{
+	const struct use_count *x = a, *y = b;
+	return x->uses != y->uses ? (x->uses < y->uses ? 1 : -1) : (x->id > y->id) - (x->id < y->id);
+}
+
+static int bench_profile(int argc, char **argv)
+{
+	const char *trace = NULL, *top = NULL, *out = NULL;
+	static const struct option opts[] = {
+		{"trace", required_argument, NULL, 't'}, {"experts", required_argument, NULL, 'n'},
+		{"output", required_argument, NULL, 'o'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
+	};
+	int c;
+	while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 't': trace = optarg; break;
+		case 'n': top = optarg; break;
+		case 'o': out = optarg; break;
+		default: return 2;
+		}
+	}
+	if (!trace) {
+		fputs("moe-bench profile: --trace FILE is required (moe-run --trace-out makes one)\n", stderr);
+		return 2;
+	}
+	struct moe_trace t;
+	if (moe_trace_load(trace, &t)) {
+		fprintf(stderr, "moe-bench: %s\n", moe_last_error());
+		return 1;
+	}
+	const size_t n_ids = (size_t)t.n_layers * t.n_experts;
+	size_t n = n_ids;
+	if (top) {
+		char *end;
+		const double v = strtod(top, &end);
+		n = *end == '%' ? (size_t)(v / 100.0 * (double)n_ids + 0.5) : (size_t)v;
+		if (end == top || (*end && strcmp(end, "%")) || v < 0 || n > n_ids) {
+			fprintf(stderr, "moe-bench profile: --experts %s: a count or a percentage of the %zu experts\n", top,
+				n_ids);
+			moe_trace_free(&t);
+			return 2;
+		}
+	}
+	struct use_count *u = calloc(n_ids, sizeof *u);
+	if (!u) {
+		fputs("moe-bench: out of memory\n", stderr);
+		moe_trace_free(&t);
+		return 1;
+	}
+	for (size_t i = 0; i < n_ids; i++)
+		u[i].id = (uint32_t)i;
+	for (size_t s = 0; s < t.n_steps; s++)
+		for (size_t i = t.start[s]; i < t.start[s + 1]; i++)
+			u[(size_t)t.layer[s] * t.n_experts + t.experts[i]].uses++;
+	qsort(u, n_ids, sizeof *u, by_uses);
+	/* a file appears whole or not at all (moe_out_create) */
+	char *tmp = NULL;
+	int fd = -1;
+	FILE *fp = stdout;
+	if (out && (moe_out_create(out, &tmp, &fd) || !(fp = fdopen(fd, "w")))) {
+		fprintf(stderr, "moe-bench: %s\n", fd < 0 ? moe_last_error() : strerror(errno));
+		if (tmp)
+			unlink(tmp);
+		free(tmp), free(u), moe_trace_free(&t);
+		return 1;
+	}
+	fprintf(fp, "# moe-bench profile: %zu experts most used in %s (%zu layer steps, %u layers x %u experts)\n"
+		"# layer expert uses\n", n, trace, t.n_steps, t.n_layers, t.n_experts);
+	for (size_t i = 0; i < n; i++)
+		fprintf(fp, "%u %u %llu\n", u[i].id / t.n_experts, u[i].id % t.n_experts, (unsigned long long)u[i].uses);
+	int rc = 0;
+	if (out) {
+		if (fflush(fp) != 0 || ferror(fp) || moe_out_commit(fd, tmp, out, 1)) {
+			fprintf(stderr, "moe-bench: %s: %s\n", out, ferror(fp) ? strerror(errno) : moe_last_error());
+			unlink(tmp);
+			rc = 1;
+		}
+		fclose(fp); /* closes fd */
+		free(tmp);
+	}
+	free(u);
 	moe_trace_free(&t);
 	return rc;
 }
@@ -545,11 +648,13 @@ int main(int argc, char **argv)
 		puts("usage: moe-bench membw [--memory SIZE] [--reps N]\n"
 		     "       moe-bench kernels [--impl LIST] [--format LIST] [--threads LIST] [--batch LIST]\n"
 		     "                         [--shape LIST] [--seconds S] [--memory SIZE] [--reps N]\n"
-		     "       moe-bench sim --trace FILE [--cache-experts LIST] [--policy LIST]\n"
+		     "       moe-bench sim --trace FILE [--cache-experts LIST] [--policy LIST] [--pin FILE]\n"
+		     "       moe-bench profile --trace FILE [--experts N|P%] [-o FILE]\n"
 		     "       moe-bench diskbw --file FILE [--depth LIST] [--gib G]\n"
 		     "  membw     memory read bandwidth with 1..all threads\n"
 		     "  kernels   weight GB/s of each kernel implementation against that bandwidth\n"
 		     "  sim       replay a moe-run --trace-out file through cache policies: hit rates\n"
+		     "  profile   the experts a trace uses most, as a pin list for moe-run --pin\n"
 		     "  diskbw    O_DIRECT read bandwidth with 1..N reads in flight (the bound for expert streaming)\n"
 		     "  --impl        scalar,avx2,avx512,neon (default: all this CPU runs)\n"
 		     "  --format      q8,q4,f16,f32, GGUF block types q4_1,q5_0,q5_1,q2_k..q6_k,iq4_nl,iq4_xs (default q8,q4)\n"
@@ -562,6 +667,9 @@ int main(int argc, char **argv)
 		     "  --trace          sim: the route trace\n"
 		     "  --cache-experts  sim: cache sizes, in experts or % of all (default 25%,50%,75%)\n"
 		     "  --policy         sim: lru,lfu,next,belady (default all four; belady is the bound)\n"
+		     "  --pin            sim: a pin list (moe-bench profile): its experts held for good, as moe-run --pin\n"
+		     "  --experts        profile: how many to list, a count or % of all (default all, most used first)\n"
+		     "  -o, --output     profile: the file to write (default standard output)\n"
 		     "  --file           diskbw: the file to read (O_DIRECT bypasses the page cache)\n"
 		     "  --depth          diskbw: reads in flight (default 1,8,32)\n"
 		     "  --gib            diskbw: GiB read per measurement (default 2)\n"
@@ -574,8 +682,10 @@ int main(int argc, char **argv)
 		return bench_kernels(argc - 1, argv + 1);
 	if (strcmp(argv[1], "sim") == 0)
 		return bench_sim(argc - 1, argv + 1);
+	if (strcmp(argv[1], "profile") == 0)
+		return bench_profile(argc - 1, argv + 1);
 	if (strcmp(argv[1], "diskbw") == 0)
 		return bench_diskbw(argc - 1, argv + 1);
-	fprintf(stderr, "moe-bench: unknown command '%s' (membw, kernels, sim, diskbw)\n", argv[1]);
+	fprintf(stderr, "moe-bench: unknown command '%s' (membw, kernels, sim, profile, diskbw)\n", argv[1]);
 	return 2;
 }

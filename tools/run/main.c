@@ -70,6 +70,7 @@ static void usage(FILE *fp)
 	      "      --no-verify          skip the XXH3 check of each expert read\n"
 	      "      --expert-timeout S   fail if an expert has not arrived after S seconds (default 30)\n"
 	      "      --mlock              lock the dense weights and the expert cache in RAM\n"
+	      "      --pin FILE           hold the experts of a pin list (moe-bench profile) in the cache for good\n"
 	      "      --no-offload         no cache: experts through the page cache (mmap), as llama.cpp does\n"
 	      "      --trace-out FILE     the experts and router scores of every token and layer (moe-bench sim)\n"
 	      "      --routes-from FILE   route every token as a --trace-out file did (e.g. of a trained model),\n"
@@ -534,15 +535,15 @@ static void expert_report_json(FILE *fp, const struct expert_report *r)
 {
 	const moe_stats *x = &r->xs;
 	fprintf(fp, " \"experts\": {\"io\": \"%s\", \"policy\": \"%s\", \"prefetch_depth\": %ld, "
-		"\"cache_bytes\": %llu, \"slots\": %llu, \"slots_used\": %llu, \"uses\": %llu, \"hits\": %llu, "
+		"\"cache_bytes\": %llu, \"slots\": %llu, \"slots_used\": %llu, \"slots_pinned\": %llu, \"uses\": %llu, \"hits\": %llu, "
 		"\"prefetch_hits\": %llu, \"misses\": %llu, \"prefetch_issued\": %llu, \"prefetch_precision\": %.4f, "
 		"\"prefetch_recall\": %.4f, \"prefetch_unused_bytes\": %llu, \"prefetch_evicted_bytes\": %llu, "
 		"\"bytes_read\": %llu, \"rereads\": %llu, \"read_seconds\": %.6f, "
 		"\"read_gb_per_second\": %.3f, \"wait_seconds\": %.6f}",
 		x->io, x->policy, r->prefetch_depth, (unsigned long long)r->cache_bytes, (unsigned long long)x->slots,
-		(unsigned long long)x->slots_used, (unsigned long long)x->uses, (unsigned long long)x->hits,
-		(unsigned long long)x->prefetch_hits, (unsigned long long)x->misses, (unsigned long long)x->prefetch_issued,
-		r->precision, r->recall, (unsigned long long)x->prefetch_unused_bytes,
+		(unsigned long long)x->slots_used, (unsigned long long)x->slots_pinned, (unsigned long long)x->uses,
+		(unsigned long long)x->hits, (unsigned long long)x->prefetch_hits, (unsigned long long)x->misses,
+		(unsigned long long)x->prefetch_issued, r->precision, r->recall, (unsigned long long)x->prefetch_unused_bytes,
 		(unsigned long long)x->prefetch_evicted_bytes, (unsigned long long)x->bytes_read, (unsigned long long)x->rereads, x->read_seconds,
 		x->read_seconds > 0 ? x->bytes_read / x->read_seconds / 1e9 : 0.0, x->wait_seconds);
 }
@@ -551,12 +552,14 @@ static void expert_report_line(const struct expert_report *r)
 {
 	const moe_stats *x = &r->xs;
 	fprintf(stderr, "moe-run: experts: %llu uses, %llu hits + %llu prefetched + %llu misses; prefetch precision %.2f recall %.2f, "
-		"%.1f MB unused (%.1f MB evicted first); read %.2f GB at %.2f GB/s (%s); waited %.3f s; cache %llu/%llu slots (%.1f MB, %s)\n",
+		"%.1f MB unused (%.1f MB evicted first); read %.2f GB at %.2f GB/s (%s); waited %.3f s; cache %llu/%llu slots, "
+		"%llu pinned (%.1f MB, %s)\n",
 		(unsigned long long)x->uses, (unsigned long long)x->hits, (unsigned long long)x->prefetch_hits,
 		(unsigned long long)x->misses, r->precision, r->recall, x->prefetch_unused_bytes / 1e6,
 		x->prefetch_evicted_bytes / 1e6, x->bytes_read / 1e9,
 		x->read_seconds > 0 ? x->bytes_read / x->read_seconds / 1e9 : 0.0, x->io, x->wait_seconds,
-		(unsigned long long)x->slots_used, (unsigned long long)x->slots, r->cache_bytes / 1048576.0, x->policy);
+		(unsigned long long)x->slots_used, (unsigned long long)x->slots, (unsigned long long)x->slots_pinned,
+		r->cache_bytes / 1048576.0, x->policy);
 }
 
 /* On a terminal, one line once loaded: what runs, and where the memory goes. */
@@ -880,7 +883,7 @@ int main(int argc, char **argv)
 	       O_TRUNC, O_SJSON, O_TOKENIZE, O_DETOKENIZE, O_TOKENIZER, O_ADD_SPECIAL, O_NO_ADD_SPECIAL,
 	       O_SKIP_SPECIAL, O_CHAT, O_SYSTEM, O_MESSAGES, O_CHAT_TEMPLATE, O_CHAT_KWARGS, O_PRINT_PROMPT, O_STOP,
 	       O_IGNORE_EOS, O_MLOCK, O_IO_DEPTH, O_NO_VERIFY, O_POLICY, O_PREFETCH, O_TRACE, O_NO_OFFLOAD, O_PPL,
-	       O_KL_BASE, O_EXPERT_TIMEOUT, O_SHIFT, O_KEEP, O_INTERACTIVE, O_EXPERTS_PER_TOKEN, O_ROUTES_FROM };
+	       O_KL_BASE, O_EXPERT_TIMEOUT, O_SHIFT, O_KEEP, O_INTERACTIVE, O_EXPERTS_PER_TOKEN, O_ROUTES_FROM, O_PIN };
 	int tokenize = 0, detokenize = 0, skip_special = 0;
 	char *ppl_text = NULL;
 	const char *tokenizer_path = NULL;
@@ -920,7 +923,7 @@ int main(int argc, char **argv)
 		{"trace-out", required_argument, NULL, O_TRACE}, {"no-offload", no_argument, NULL, O_NO_OFFLOAD},
 		{"perplexity", required_argument, NULL, O_PPL}, {"kl-base", required_argument, NULL, O_KL_BASE},
 		{"experts-per-token", required_argument, NULL, O_EXPERTS_PER_TOKEN},
-		{"routes-from", required_argument, NULL, O_ROUTES_FROM},
+		{"routes-from", required_argument, NULL, O_ROUTES_FROM}, {"pin", required_argument, NULL, O_PIN},
 		{"interactive", no_argument, NULL, 'i'}, {"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0},
 	};
@@ -971,6 +974,7 @@ int main(int argc, char **argv)
 			break;
 		case O_IGNORE_EOS: ignore_eos = 1; break;
 		case O_MLOCK: mp.mlock = 1; break;
+		case O_PIN: mp.pin_file = optarg; break;
 		case O_IO_DEPTH: io_depth = strtol(optarg, &end, 10); break;
 		case O_NO_VERIFY: mp.verify = 0; break;
 		case O_EXPERT_TIMEOUT:

@@ -58,6 +58,7 @@ static void usage(FILE *fp)
 	      "      --no-verify          skip the XXH3 check of each expert read\n"
 	      "      --expert-timeout S   seconds (default 30)\n"
 	      "      --mlock              lock the dense weights and the expert cache in RAM\n"
+	      "      --pin FILE           hold the experts of a pin list (moe-bench profile) in the cache for good\n"
 	      "      --no-offload         experts through the page cache (mmap)\n"
 	      "      --experts-per-token K  fewer experts per token than the model's (moe-tuning(7))\n"
 	      "  -h, --help               this text\n"
@@ -936,7 +937,7 @@ int main(int argc, char **argv)
 	srv.api_key = getenv("MOE_API_KEY");
 	srv.model_id = NULL;
 	enum { O_HOST = 256, O_PORT, O_ALIAS, O_KEY, O_PARALLEL, O_QUEUE, O_BODY, O_TMPL, O_KV, O_BUDGET, O_POLICY,
-	       O_PREFETCH, O_IO, O_NOVERIFY, O_TIMEOUT, O_MLOCK, O_NOOFF, O_EPT };
+	       O_PREFETCH, O_IO, O_NOVERIFY, O_TIMEOUT, O_MLOCK, O_NOOFF, O_EPT, O_PIN };
 	static const struct option opts[] = {
 		{"model", required_argument, NULL, 'm'}, {"host", required_argument, NULL, O_HOST},
 		{"port", required_argument, NULL, O_PORT}, {"alias", required_argument, NULL, O_ALIAS},
@@ -949,6 +950,7 @@ int main(int argc, char **argv)
 		{"io-depth", required_argument, NULL, O_IO}, {"no-verify", no_argument, NULL, O_NOVERIFY},
 		{"expert-timeout", required_argument, NULL, O_TIMEOUT}, {"mlock", no_argument, NULL, O_MLOCK},
 		{"no-offload", no_argument, NULL, O_NOOFF}, {"experts-per-token", required_argument, NULL, O_EPT},
+		{"pin", required_argument, NULL, O_PIN},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0},
 	};
@@ -998,6 +1000,7 @@ int main(int argc, char **argv)
 			}
 			break;
 		case O_MLOCK: mp.mlock = 1; break;
+		case O_PIN: mp.pin_file = optarg; break;
 		case O_NOOFF: mp.offload = 0; break;
 		case O_EPT: bad = number("--experts-per-token", optarg, 1, 256, &v); mp.experts_per_token = (unsigned)v; break;
 		case 'h': usage(stdout); return 0;
