@@ -460,7 +460,33 @@ static int bench_diskbw(int argc, char **argv)
 	return rc;
 }
 
-/* ---- sim: replay a route trace through cache policies ---- */
+/* ---- sim and profile: route traces ---- */
+
+/* the trace a command was given (--trace, required), loaded; 0, or its exit status */
+static int trace_arg(const char *cmd, const char *path, struct moe_trace *t)
+{
+	if (!path) {
+		fprintf(stderr, "moe-bench %s: --trace FILE is required (moe-run --trace-out makes one)\n", cmd);
+		return 2;
+	}
+	if (moe_trace_load(path, t)) {
+		fprintf(stderr, "moe-bench: %s\n", moe_last_error());
+		return 1;
+	}
+	return 0;
+}
+
+/* "N" experts or "P%" of all n_ids, at most all; -1 if neither */
+static int experts_arg(const char *s, size_t n_ids, size_t *n)
+{
+	char *end;
+	const double v = strtod(s, &end);
+	const int pct = *end == '%';
+	if (end == s || (*end && strcmp(end, "%")) || !(v >= 0 && v <= (pct ? 100.0 : (double)n_ids)))
+		return -1;
+	*n = pct ? (size_t)(v / 100.0 * (double)n_ids + 0.5) : (size_t)v;
+	return 0;
+}
 
 static int bench_sim(int argc, char **argv)
 {
@@ -480,15 +506,10 @@ static int bench_sim(int argc, char **argv)
 		default: return 2;
 		}
 	}
-	if (!trace) {
-		fputs("moe-bench sim: --trace FILE is required (moe-run --trace-out makes one)\n", stderr);
-		return 2;
-	}
 	struct moe_trace t;
-	if (moe_trace_load(trace, &t)) {
-		fprintf(stderr, "moe-bench: %s\n", moe_last_error());
-		return 1;
-	}
+	int rc = trace_arg("sim", trace, &t);
+	if (rc)
+		return rc;
 	const size_t n_ids = (size_t)t.n_layers * t.n_experts;
 	uint32_t *pins = NULL;
 	size_t n_pins = 0;
@@ -509,13 +530,10 @@ static int bench_sim(int argc, char **argv)
 	printf("trace %s: %zu layer steps, %zu expert uses, %zu of %zu experts used (%u layers x %u)\n", trace,
 	       t.n_steps, t.start[t.n_steps], distinct, n_ids, t.n_layers, t.n_experts);
 	printf("%-10s %-8s %6s %10s %10s %9s\n", "experts", "policy", "pinned", "hits", "misses", "hit rate");
-	int rc = 0;
 	char *list = strdup(sizes);
 	for (char *tok = strtok(list, ","); tok && !rc; tok = strtok(NULL, ",")) {
-		char *end;
-		double v = strtod(tok, &end);
-		const size_t n = *end == '%' ? (size_t)(v / 100.0 * (double)n_ids + 0.5) : (size_t)v;
-		if (end == tok || (*end && strcmp(end, "%")) || n < 1) {
+		size_t n;
+		if (experts_arg(tok, n_ids, &n) || n < 1) {
 			fprintf(stderr, "moe-bench sim: --cache-experts %s: counts or percentages of all experts\n", tok);
 			rc = 2;
 			break;
@@ -573,27 +591,16 @@ static int bench_profile(int argc, char **argv)
 		default: return 2;
 		}
 	}
-	if (!trace) {
-		fputs("moe-bench profile: --trace FILE is required (moe-run --trace-out makes one)\n", stderr);
-		return 2;
-	}
 	struct moe_trace t;
-	if (moe_trace_load(trace, &t)) {
-		fprintf(stderr, "moe-bench: %s\n", moe_last_error());
-		return 1;
-	}
+	int rc = trace_arg("profile", trace, &t);
+	if (rc)
+		return rc;
 	const size_t n_ids = (size_t)t.n_layers * t.n_experts;
 	size_t n = n_ids;
-	if (top) {
-		char *end;
-		const double v = strtod(top, &end);
-		n = *end == '%' ? (size_t)(v / 100.0 * (double)n_ids + 0.5) : (size_t)v;
-		if (end == top || (*end && strcmp(end, "%")) || v < 0 || n > n_ids) {
-			fprintf(stderr, "moe-bench profile: --experts %s: a count or a percentage of the %zu experts\n", top,
-				n_ids);
-			moe_trace_free(&t);
-			return 2;
-		}
+	if (top && experts_arg(top, n_ids, &n)) {
+		fprintf(stderr, "moe-bench profile: --experts %s: a count or a percentage of the %zu experts\n", top, n_ids);
+		moe_trace_free(&t);
+		return 2;
 	}
 	struct use_count *u = calloc(n_ids, sizeof *u);
 	if (!u) {
@@ -622,7 +629,6 @@ static int bench_profile(int argc, char **argv)
 		"# layer expert uses\n", n, trace, t.n_steps, t.n_layers, t.n_experts);
 	for (size_t i = 0; i < n; i++)
 		fprintf(fp, "%u %u %llu\n", u[i].id / t.n_experts, u[i].id % t.n_experts, (unsigned long long)u[i].uses);
-	int rc = 0;
 	if (out) {
 		if (fflush(fp) != 0 || ferror(fp) || moe_out_commit(fd, tmp, out, 1)) {
 			fprintf(stderr, "moe-bench: %s: %s\n", out, ferror(fp) ? strerror(errno) : moe_last_error());
