@@ -195,6 +195,8 @@ import json, sys; x = json.load(open(sys.argv[1]))["experts"]; assert x["misses"
 echo '{"trace": "x", "layers": 4, "experts": 8}' >bad.jsonl
 echo '{"token": 0, "layer": 9, "experts": [1]}' >>bad.jsonl
 expect_error "a bad trace" "bad.jsonl:2: not a moe-run --trace-out line" run --routes-from bad.jsonl
+printf '{"layers": 4000000000, "experts": 8}\n{"token": 0, "layer": 0, "experts": [1]}\n' >huge.jsonl
+expect_error "a trace header of absurd size" "huge.jsonl:1: a trace of 4000000000 layers" "$MOE_BENCH" sim --trace huge.jsonl
 
 # refused
 expect_error "budget below the minimum" "below the minimum" run --ram-budget 1M

@@ -40,8 +40,14 @@ static int trace_load(const char *path, struct moe_trace *t, float **scores)
 		json_t *o = json_loads(line, 0, &jerr);
 		json_t *ex = json_object_get(o, "experts"), *ly = json_object_get(o, "layer"), *ss = json_object_get(o, "scores");
 		if (o && json_is_integer(json_object_get(o, "layers")) && !header) {
-			t->n_layers = (uint32_t)json_integer_value(json_object_get(o, "layers"));
-			t->n_experts = (uint32_t)json_integer_value(json_object_get(o, "experts"));
+			/* bounded so that the tables of every (layer, expert) stay small:
+			 * DeepSeek-V3 has 61 layers of 256 experts */
+			const json_int_t nl = json_integer_value(json_object_get(o, "layers"));
+			const json_int_t ne = json_integer_value(json_object_get(o, "experts"));
+			if (nl < 1 || nl > MOE_TRACE_MAX_LAYERS || ne < 1 || ne > MOE_TRACE_MAX_EXPERTS)
+				rc = moe_fail(MOE_EFORMAT, "%s:%zu: a trace of %lld layers x %lld experts (1..%d x 1..%d)", path,
+					      line_no, (long long)nl, (long long)ne, MOE_TRACE_MAX_LAYERS, MOE_TRACE_MAX_EXPERTS);
+			t->n_layers = (uint32_t)nl, t->n_experts = (uint32_t)ne;
 			header = 1;
 		} else if (!json_is_array(ex) || !json_is_integer(ly) || !header ||
 			   json_integer_value(ly) < 0 || json_integer_value(ly) >= t->n_layers) {

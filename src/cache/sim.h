@@ -14,6 +14,9 @@
 
 #define MOE_POLICY_BELADY 3 /* after the cache's own (moe.h) */
 
+#define MOE_TRACE_MAX_LAYERS 1024
+#define MOE_TRACE_MAX_EXPERTS 4096
+
 struct moe_trace {
 	uint32_t n_layers, n_experts;
 	size_t n_steps;

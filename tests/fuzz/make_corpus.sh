@@ -7,7 +7,8 @@ C=tests/fuzz/corpus
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 rm -rf "$C"
-mkdir -p "$C/pack" "$C/forward" "$C/gguf" "$C/safetensors" "$C/config" "$C/tokenizer_json" "$C/tokenizer_bin" "$C/template"
+mkdir -p "$C/pack" "$C/forward" "$C/gguf" "$C/safetensors" "$C/config" "$C/tokenizer_json" "$C/tokenizer_bin" "$C/template" \
+	"$C/routes"
 PY=/usr/bin/python3
 # a small sentencepiece-style tokenizer and a byte-level one, each with a chat template beside it
 $PY - "$T" <<'PY'
@@ -100,4 +101,9 @@ exec(src[start:end], ns)
 for i, (k, v) in enumerate(ns["features"].items()):
     open(os.path.join(out, "feature-%02d" % i), "w").write(v)
 PY
+# routes: a trace of the tiny Mixtral's tokens (trimmed), with and without a pin list
+./moe-run -m "$T/mixtral.moe" --tokens 1,2,3,4,5,6 -n 2 -b 1 --no-offload --trace-out "$T/t.jsonl" >/dev/null
+./moe-bench profile --trace "$T/t.jsonl" -o "$T/pins.txt"
+cp "$T/t.jsonl" "$C/routes/trace"
+{ cat "$T/t.jsonl"; printf '\0'; cat "$T/pins.txt"; } >"$C/routes/trace-pins"
 du -sh "$C"/*
