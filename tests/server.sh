@@ -151,6 +151,25 @@ sleep 1
 curl -s "http://127.0.0.1:$PORT/metrics" >metrics.txt
 check "a client leaving mid-stream cancels its request" [ "$(metric moe_requests_canceled_total)" = 1 ]
 check "... and frees its slot" [ "$(metric moe_slots_busy)" = 0 ]
+# and one that leaves while a whole (not streamed) answer is generated: the white
+# space sent for each token finds it gone
+py - "$PORT" <<'PY' >leave2.txt
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+body = b'{"prompt": "And God said", "max_tokens": 400}'
+s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekrit\r\nContent-Type: application/json\r\n"
+          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+got = b""
+while b"\r\n\r\n" not in got:
+    got += s.recv(4096)
+s.close()
+print(got.split(b"\r\n")[0].decode())
+PY
+sleep 1
+curl -s "http://127.0.0.1:$PORT/metrics" >metrics.txt
+check "a client leaving before its whole answer cancels it ($(cat leave2.txt))" \
+	[ "$(metric moe_requests_canceled_total)" = 2 ]
+check "... and frees its slot" [ "$(metric moe_slots_busy)" = 0 ]
 hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$PID/status")
 check "peak RSS $hwm kB is within --ram-budget 12M + 64 MiB" [ "$hwm" -le $(( (12 + 64) * 1024 )) ]
 check "SIGTERM stops it" stop_server

@@ -513,22 +513,26 @@ struct stream {
 	int started, ended;
 };
 
+static int stream_append(struct stream *st, const char *s, size_t n)
+{
+	char *nb = realloc(st->buf, st->len + n);
+	if (!nb)
+		return -1;
+	memcpy(nb + st->len, s, n);
+	st->buf = nb, st->len += n;
+	return 0;
+}
+
+/* v as one server-sent event (NULL: the final [DONE]); takes v */
 static int stream_event(struct stream *st, json_t *v)
 {
 	char *s = v ? json_dumps(v, JSON_COMPACT) : strdup("[DONE]");
 	json_decref(v);
 	if (!s)
 		return -1;
-	const size_t n = strlen(s) + 8;
-	char *nb = realloc(st->buf, st->len + n + 1);
-	if (!nb) {
-		free(s);
-		return -1;
-	}
-	st->buf = nb;
-	st->len += (size_t)snprintf(st->buf + st->len, n + 1, "data: %s\n\n", s);
+	const int rc = stream_append(st, "data: ", 6) || stream_append(st, s, strlen(s)) || stream_append(st, "\n\n", 2);
 	free(s);
-	return 0;
+	return rc ? -1 : 0;
 }
 
 static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max)
@@ -563,6 +567,51 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max)
 			}
 			if (!rc)
 				rc = stream_event(st, NULL);
+			st->ended = 1;
+		}
+		pthread_mutex_unlock(&srv.lock);
+		if (rc)
+			return MHD_CONTENT_READER_END_WITH_ERROR;
+	}
+	const size_t n = st->len - st->off < max ? st->len - st->off : max;
+	memcpy(out, st->buf + st->off, n);
+	st->off += n;
+	return (ssize_t)n;
+}
+
+/*
+ * A whole (not streamed) answer, sent once generation has started: a space for
+ * each step that adds text (JSON may begin with white space), so that a client
+ * that has gone away is found at the next write and its job canceled within a
+ * token, as a stream's is; then the JSON. The status is 200 by then: a failure
+ * after the start comes as the body's "error" object.
+ */
+static ssize_t whole_read(void *cls, uint64_t pos, char *out, size_t max)
+{
+	(void)pos;
+	struct stream *st = cls;
+	struct job *j = st->j;
+	if (st->off == st->len) {
+		st->off = st->len = 0;
+		if (st->ended)
+			return MHD_CONTENT_READER_END_OF_STREAM;
+		pthread_mutex_lock(&srv.lock);
+		while (j->out_len == st->sent && j->state != JOB_DONE)
+			pthread_cond_wait(&j->changed, &srv.lock);
+		int rc;
+		if (j->state != JOB_DONE) {
+			st->sent = j->out_len;
+			rc = stream_append(st, " ", 1);
+		} else {
+			json_t *v = j->error ? json_pack("{s:{s:s, s:s, s:n, s:n}}", "error", "message", j->error, "type",
+							 j->error_type, "param", "code")
+					     : envelope(j, choice_json(j, j->out ? j->out : "", j->out_len, j->finish, 0), 0);
+			if (!j->error)
+				json_object_set_new(v, "usage", usage_json(j));
+			char *s = json_dumps(v, JSON_COMPACT);
+			json_decref(v);
+			rc = !s || stream_append(st, s, strlen(s));
+			free(s);
 			st->ended = 1;
 		}
 		pthread_mutex_unlock(&srv.lock);
@@ -765,8 +814,9 @@ static enum MHD_Result completion(struct MHD_Connection *c, const struct request
 	srv.tail = j;
 	srv.queued++;
 	pthread_cond_signal(&srv.work);
-	/* a stream starts once the prompt is accepted; a whole answer waits for the end */
-	while (j->stream ? j->state == JOB_QUEUED || j->state == JOB_PREFILL : j->state != JOB_DONE)
+	/* the answer starts once the prompt is accepted and prefilled (its errors are
+	 * known then): a stream's events, or a whole answer's white space (whole_read) */
+	while (j->state == JOB_QUEUED || j->state == JOB_PREFILL)
 		pthread_cond_wait(&j->changed, &srv.lock);
 	if (j->error) {
 		const int status = j->status;
@@ -778,7 +828,7 @@ static enum MHD_Result completion(struct MHD_Connection *c, const struct request
 		pthread_mutex_unlock(&srv.lock);
 		return send_error(c, (unsigned)status, type, NULL, "%s", err);
 	}
-	if (!j->stream) {
+	if (!j->stream && j->state == JOB_DONE) {
 		json_t *v = envelope(j, choice_json(j, j->out ? j->out : "", j->out_len, j->finish, 0), 0);
 		json_object_set_new(v, "usage", usage_json(j));
 		job_release(j);
@@ -787,7 +837,8 @@ static enum MHD_Result completion(struct MHD_Connection *c, const struct request
 	}
 	pthread_mutex_unlock(&srv.lock);
 	struct stream *st = calloc(1, sizeof *st);
-	struct MHD_Response *r = st ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, st, stream_free)
+	struct MHD_Response *r = st ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096,
+									j->stream ? stream_read : whole_read, st, stream_free)
 				    : NULL;
 	if (!r) {
 		free(st);
@@ -798,7 +849,7 @@ static enum MHD_Result completion(struct MHD_Connection *c, const struct request
 		return MHD_NO;
 	}
 	st->j = j;
-	MHD_add_response_header(r, "Content-Type", "text/event-stream");
+	MHD_add_response_header(r, "Content-Type", j->stream ? "text/event-stream" : "application/json");
 	MHD_add_response_header(r, "Cache-Control", "no-cache");
 	enum MHD_Result ok = MHD_queue_response(c, 200, r);
 	MHD_destroy_response(r);
