@@ -535,48 +535,34 @@ static int stream_event(struct stream *st, json_t *v)
 	return rc ? -1 : 0;
 }
 
-static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max)
+/* A stream's next events: the role first (chat), the text since the last ones,
+ * and at the end the finish (or the error), the usage if asked, [DONE]. */
+static int stream_fill(struct stream *st)
 {
-	(void)pos;
-	struct stream *st = cls;
 	struct job *j = st->j;
-	if (st->off == st->len) {
-		st->off = st->len = 0;
-		if (st->ended)
-			return MHD_CONTENT_READER_END_OF_STREAM;
-		pthread_mutex_lock(&srv.lock);
-		while (j->out_len == st->sent && j->state != JOB_DONE)
-			pthread_cond_wait(&j->changed, &srv.lock);
-		int rc = 0;
-		if (!st->started && j->chat) /* the role first, as OpenAI's streams begin */
-			rc = stream_event(st, envelope(j, choice_json(j, "", 0, NULL, 1), 1));
-		st->started = 1;
-		if (!rc && j->out_len > st->sent)
-			rc = stream_event(st, envelope(j, choice_json(j, j->out + st->sent, j->out_len - st->sent, NULL, 1), 1));
-		st->sent = j->out_len;
-		if (!rc && j->state == JOB_DONE) {
-			if (j->error)
-				rc = stream_event(st, json_pack("{s:{s:s, s:s}}", "error", "message", j->error, "type", j->error_type));
-			else
-				rc = stream_event(st, envelope(j, choice_json(j, NULL, 0, j->finish, 1), 1));
-			if (!rc && !j->error && j->include_usage) {
-				json_t *u = envelope(j, choice_json(j, NULL, 0, NULL, 1), 1);
-				json_array_clear(json_object_get(u, "choices"));
-				json_object_set_new(u, "usage", usage_json(j));
-				rc = stream_event(st, u);
-			}
-			if (!rc)
-				rc = stream_event(st, NULL);
-			st->ended = 1;
+	int rc = 0;
+	if (!st->started && j->chat) /* the role first, as OpenAI's streams begin */
+		rc = stream_event(st, envelope(j, choice_json(j, "", 0, NULL, 1), 1));
+	st->started = 1;
+	if (!rc && j->out_len > st->sent)
+		rc = stream_event(st, envelope(j, choice_json(j, j->out + st->sent, j->out_len - st->sent, NULL, 1), 1));
+	st->sent = j->out_len;
+	if (!rc && j->state == JOB_DONE) {
+		if (j->error)
+			rc = stream_event(st, json_pack("{s:{s:s, s:s}}", "error", "message", j->error, "type", j->error_type));
+		else
+			rc = stream_event(st, envelope(j, choice_json(j, NULL, 0, j->finish, 1), 1));
+		if (!rc && !j->error && j->include_usage) {
+			json_t *u = envelope(j, choice_json(j, NULL, 0, NULL, 1), 1);
+			json_array_clear(json_object_get(u, "choices"));
+			json_object_set_new(u, "usage", usage_json(j));
+			rc = stream_event(st, u);
 		}
-		pthread_mutex_unlock(&srv.lock);
-		if (rc)
-			return MHD_CONTENT_READER_END_WITH_ERROR;
+		if (!rc)
+			rc = stream_event(st, NULL);
+		st->ended = 1;
 	}
-	const size_t n = st->len - st->off < max ? st->len - st->off : max;
-	memcpy(out, st->buf + st->off, n);
-	st->off += n;
-	return (ssize_t)n;
+	return rc;
 }
 
 /*
@@ -586,7 +572,29 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max)
  * token, as a stream's is; then the JSON. The status is 200 by then: a failure
  * after the start comes as the body's "error" object.
  */
-static ssize_t whole_read(void *cls, uint64_t pos, char *out, size_t max)
+static int whole_fill(struct stream *st)
+{
+	struct job *j = st->j;
+	if (j->state != JOB_DONE) {
+		st->sent = j->out_len;
+		return stream_append(st, " ", 1);
+	}
+	json_t *v = j->error ? json_pack("{s:{s:s, s:s, s:n, s:n}}", "error", "message", j->error, "type", j->error_type,
+					 "param", "code")
+			     : envelope(j, choice_json(j, j->out ? j->out : "", j->out_len, j->finish, 0), 0);
+	if (!j->error)
+		json_object_set_new(v, "usage", usage_json(j));
+	char *s = json_dumps(v, JSON_COMPACT);
+	json_decref(v);
+	const int rc = !s || stream_append(st, s, strlen(s));
+	free(s);
+	st->ended = 1;
+	return rc;
+}
+
+/* The response's bytes: when the last ones are out, wait for the job to move on and
+ * make the next (stream_fill or whole_fill). */
+static ssize_t answer_read(void *cls, uint64_t pos, char *out, size_t max)
 {
 	(void)pos;
 	struct stream *st = cls;
@@ -598,22 +606,7 @@ static ssize_t whole_read(void *cls, uint64_t pos, char *out, size_t max)
 		pthread_mutex_lock(&srv.lock);
 		while (j->out_len == st->sent && j->state != JOB_DONE)
 			pthread_cond_wait(&j->changed, &srv.lock);
-		int rc;
-		if (j->state != JOB_DONE) {
-			st->sent = j->out_len;
-			rc = stream_append(st, " ", 1);
-		} else {
-			json_t *v = j->error ? json_pack("{s:{s:s, s:s, s:n, s:n}}", "error", "message", j->error, "type",
-							 j->error_type, "param", "code")
-					     : envelope(j, choice_json(j, j->out ? j->out : "", j->out_len, j->finish, 0), 0);
-			if (!j->error)
-				json_object_set_new(v, "usage", usage_json(j));
-			char *s = json_dumps(v, JSON_COMPACT);
-			json_decref(v);
-			rc = !s || stream_append(st, s, strlen(s));
-			free(s);
-			st->ended = 1;
-		}
+		const int rc = j->stream ? stream_fill(st) : whole_fill(st);
 		pthread_mutex_unlock(&srv.lock);
 		if (rc)
 			return MHD_CONTENT_READER_END_WITH_ERROR;
@@ -815,7 +808,7 @@ static enum MHD_Result completion(struct MHD_Connection *c, const struct request
 	srv.queued++;
 	pthread_cond_signal(&srv.work);
 	/* the answer starts once the prompt is accepted and prefilled (its errors are
-	 * known then): a stream's events, or a whole answer's white space (whole_read) */
+	 * known then): a stream's events, or a whole answer's white space (whole_fill) */
 	while (j->state == JOB_QUEUED || j->state == JOB_PREFILL)
 		pthread_cond_wait(&j->changed, &srv.lock);
 	if (j->error) {
@@ -837,8 +830,7 @@ static enum MHD_Result completion(struct MHD_Connection *c, const struct request
 	}
 	pthread_mutex_unlock(&srv.lock);
 	struct stream *st = calloc(1, sizeof *st);
-	struct MHD_Response *r = st ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096,
-									j->stream ? stream_read : whole_read, st, stream_free)
+	struct MHD_Response *r = st ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, answer_read, st, stream_free)
 				    : NULL;
 	if (!r) {
 		free(st);
