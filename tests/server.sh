@@ -134,37 +134,36 @@ bad "a wrong API key" 401 /v1/models '' -H "Authorization: Bearer nope"
 bad "no such endpoint" 404 /v1/embeddings '{"input": "a"}' -H "$AUTH"
 check "still serving after all that" sh -c "curl -sf -H '$AUTH' -d '{\"prompt\": \"And\", \"max_tokens\": 3}' http://127.0.0.1:$PORT/v1/completions | grep -q text_completion"
 
-# a client that leaves mid-stream: its generation stops and its slot is free
-py - "$PORT" <<'PY' >leave.txt
+# leave BODY WHEN: a raw client that posts BODY to /v1/completions and hangs up once
+# it has the first event (WHEN=event) or the headers (WHEN=headers); prints the
+# status line
+leave() {
+	py - "$PORT" "$1" "$2" <<'PY'
 import socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-body = b'{"prompt": "And God said", "max_tokens": 200, "stream": true}'
+body, until = sys.argv[2].encode(), b"data: " if sys.argv[3] == "event" else b"\r\n\r\n"
 s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekrit\r\nContent-Type: application/json\r\n"
           b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
 got = b""
-while b"data: " not in got:
-    got += s.recv(4096)
+while until not in got:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    got += chunk
 s.close()
-print("left after the first event")
+print(got.split(b"\r\n")[0].decode())
 PY
+}
+
+# a client that leaves mid-stream: its generation stops and its slot is free
+leave '{"prompt": "And God said", "max_tokens": 200, "stream": true}' event >leave.txt
 sleep 1
 curl -s "http://127.0.0.1:$PORT/metrics" >metrics.txt
 check "a client leaving mid-stream cancels its request" [ "$(metric moe_requests_canceled_total)" = 1 ]
 check "... and frees its slot" [ "$(metric moe_slots_busy)" = 0 ]
 # and one that leaves while a whole (not streamed) answer is generated: the white
 # space sent for each token finds it gone
-py - "$PORT" <<'PY' >leave2.txt
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-body = b'{"prompt": "And God said", "max_tokens": 400}'
-s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekrit\r\nContent-Type: application/json\r\n"
-          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-got = b""
-while b"\r\n\r\n" not in got:
-    got += s.recv(4096)
-s.close()
-print(got.split(b"\r\n")[0].decode())
-PY
+leave '{"prompt": "And God said", "max_tokens": 400}' headers >leave2.txt
 sleep 1
 curl -s "http://127.0.0.1:$PORT/metrics" >metrics.txt
 check "a client leaving before its whole answer cancels it ($(cat leave2.txt))" \

@@ -452,6 +452,12 @@ static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, json
 }
 
 /* OpenAI's error shape: {"error": {"message", "type", "param", "code"}} */
+/* OpenAI's error object; code may be NULL */
+static json_t *error_json(const char *msg, const char *type, const char *code)
+{
+	return json_pack("{s:{s:s, s:s, s:n, s:s?}}", "error", "message", msg, "type", type, "param", "code", code);
+}
+
 static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *type, const char *code,
 				  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *type, const char *code,
@@ -467,8 +473,7 @@ static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, con
 		srv.errors++;
 		pthread_mutex_unlock(&srv.lock);
 	}
-	return send_json(c, status, json_pack("{s:{s:s, s:s, s:n, s:s?}}", "error", "message", msg, "type", type, "param",
-					      "code", code));
+	return send_json(c, status, error_json(msg, type, code));
 }
 
 static json_t *usage_json(const struct job *j)
@@ -579,8 +584,7 @@ static int whole_fill(struct stream *st)
 		st->sent = j->out_len;
 		return stream_append(st, " ", 1);
 	}
-	json_t *v = j->error ? json_pack("{s:{s:s, s:s, s:n, s:n}}", "error", "message", j->error, "type", j->error_type,
-					 "param", "code")
+	json_t *v = j->error ? error_json(j->error, j->error_type, NULL)
 			     : envelope(j, choice_json(j, j->out ? j->out : "", j->out_len, j->finish, 0), 0);
 	if (!j->error)
 		json_object_set_new(v, "usage", usage_json(j));
