@@ -1,5 +1,5 @@
-"""A float64 numpy forward pass of Mixtral, Qwen3-MoE and DeepSeek-V3 (the semantics
-of Hugging Face transformers' modeling code), reading a safetensors folder. It is the reference moe-run's
+"""A float64 numpy forward pass of Mixtral, Qwen3-MoE, DeepSeek-V3 and GLM-4.5 (the
+semantics of Hugging Face transformers' modeling code), reading a safetensors folder. It is the reference moe-run's
 logits are checked against. DeepSeek-V3's attention is computed naively (k_nope and
 v decompressed for every position, as modeling_deepseek.py does); --absorbed
 computes it in the absorbed form moe-run uses, to check the two are the same math.
@@ -46,9 +46,12 @@ def rmsnorm(x, w, eps):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
 
-def rope(x, pos, theta):
-    """x [..., hd] at positions pos [n]; rotate-half pairing"""
-    hd = x.shape[-1]
+def rope(x, pos, theta, rot=None):
+    """x [..., hd] at positions pos [n]; rotate-half pairing on the first rot values
+    (modeling_glm4_moe.py's apply_rotary_pos_emb: the rest pass through)"""
+    hd = rot or x.shape[-1]
+    if hd < x.shape[-1]:
+        return np.concatenate([rope(x[..., :hd], pos, theta), x[..., hd:]], axis=-1)
     half = hd // 2
     inv = theta ** (-2.0 * np.arange(half) / hd)
     ang = pos[:, None] * inv[None, :]  # [n, half]
@@ -190,9 +193,14 @@ def forward(cfg, W, tokens, absorbed=False):
     nh, nkv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
     hd = cfg.get("head_dim") or H // nh
     eps, theta = cfg["rms_norm_eps"], cfg.get("rope_theta", 10000.0)
+    glm = arch == "glm4_moe"
+    rot = int(hd * cfg.get("partial_rotary_factor", 0.5)) if glm else hd
     K = cfg["num_experts_per_tok"]
-    E = cfg["num_local_experts"] if arch == "mixtral" else cfg["num_experts"]
+    E = {"mixtral": "num_local_experts", "glm4_moe": "n_routed_experts"}.get(arch, "num_experts")
+    E = cfg[E]
     norm_topk = True if arch == "mixtral" else cfg.get("norm_topk_prob", False)
+    silu = lambda g: g / (1 + np.exp(-g))
+    bias = lambda name: W.get(name, 0) if glm and cfg.get("attention_bias") else 0
     n = len(tokens)
     pos = np.arange(n, dtype=np.float64)
     x = W["model.embed_tokens.weight"][tokens]
@@ -200,13 +208,14 @@ def forward(cfg, W, tokens, absorbed=False):
     for l in range(L):
         p = "model.layers.%d." % l
         h = rmsnorm(x, W[p + "input_layernorm.weight"], eps)
-        q = (h @ W[p + "self_attn.q_proj.weight"].T).reshape(n, nh, hd)
-        k = (h @ W[p + "self_attn.k_proj.weight"].T).reshape(n, nkv, hd)
-        v = (h @ W[p + "self_attn.v_proj.weight"].T).reshape(n, nkv, hd)
-        if arch == "qwen3_moe":
-            q = rmsnorm(q, W[p + "self_attn.q_norm.weight"], eps)
-            k = rmsnorm(k, W[p + "self_attn.k_norm.weight"], eps)
-        q, k = rope(q, pos, theta), rope(k, pos, theta)
+        a = p + "self_attn."
+        q = (h @ W[a + "q_proj.weight"].T + bias(a + "q_proj.bias")).reshape(n, nh, hd)
+        k = (h @ W[a + "k_proj.weight"].T + bias(a + "k_proj.bias")).reshape(n, nkv, hd)
+        v = (h @ W[a + "v_proj.weight"].T + bias(a + "v_proj.bias")).reshape(n, nkv, hd)
+        if arch == "qwen3_moe" or (glm and cfg.get("use_qk_norm")):
+            q = rmsnorm(q, W[a + "q_norm.weight"], eps)
+            k = rmsnorm(k, W[a + "k_norm.weight"], eps)
+        q, k = rope(q, pos, theta, rot), rope(k, pos, theta, rot)
         k = np.repeat(k, nh // nkv, axis=1)
         v = np.repeat(v, nh // nkv, axis=1)
         s = np.einsum("ihd,jhd->hij", q, k) / np.sqrt(hd) + mask
@@ -216,7 +225,8 @@ def forward(cfg, W, tokens, absorbed=False):
         x = x + att @ W[p + "self_attn.o_proj.weight"].T
         h = rmsnorm(x, W[p + "post_attention_layernorm.weight"], eps)
         step = cfg.get("decoder_sparse_step", 1) or 1
-        if arch == "qwen3_moe" and (l in cfg.get("mlp_only_layers", []) or (l + 1) % step != 0):
+        if (arch == "qwen3_moe" and (l in cfg.get("mlp_only_layers", []) or (l + 1) % step != 0)) or \
+                (glm and l < cfg.get("first_k_dense_replace", 0)):
             g = h @ W[p + "mlp.gate_proj.weight"].T
             x = x + (g / (1 + np.exp(-g)) * (h @ W[p + "mlp.up_proj.weight"].T)) @ W[p + "mlp.down_proj.weight"].T
             continue
@@ -230,6 +240,8 @@ def forward(cfg, W, tokens, absorbed=False):
             wt = pr[t, top]
             if norm_topk:
                 wt = wt / wt.sum()
+            if glm:  # DeepSeek-V3's router (Glm4MoeMoE.route_tokens_to_experts)
+                top, wt = route_deepseek(cfg, lg[t], W.get(p + "mlp.gate.e_score_correction_bias"))
             for e, w in zip(top, wt):
                 if arch == "mixtral":
                     q_ = p + "block_sparse_moe.experts.%d." % e
@@ -239,6 +251,10 @@ def forward(cfg, W, tokens, absorbed=False):
                     w1, w3, w2 = W[q_ + "gate_proj.weight"], W[q_ + "up_proj.weight"], W[q_ + "down_proj.weight"]
                 g = w1 @ h[t]
                 out[t] += w * (w2 @ (g / (1 + np.exp(-g)) * (w3 @ h[t])))
+        if glm and cfg.get("n_shared_experts"):
+            q_ = p + "mlp.shared_experts."
+            g = h @ W[q_ + "gate_proj.weight"].T
+            out += (silu(g) * (h @ W[q_ + "up_proj.weight"].T)) @ W[q_ + "down_proj.weight"].T
         x = x + out
     x = rmsnorm(x, W["model.norm.weight"], eps)
     head = W.get("lm_head.weight", W["model.embed_tokens.weight"])
@@ -264,6 +280,9 @@ def dequantized(folder, pack_path):
     for name in p.tensors:
         if name in canon:
             hf = canon[name]
+        elif name.endswith(".bias"):  # blk.L.attn_q.bias -> model.layers.L.self_attn.q_proj.bias
+            _, l, what, _ = name.split(".")
+            hf = "model.layers.%s.%s.bias" % (l, per[what])
         else:
             _, l, what = name.split(".", 2)
             hf = ("model.layers.%s.mlp.gate.e_score_correction_bias" % l if what == "exp_probs_b"

@@ -4,8 +4,9 @@ a GGUF v3 file (llama arch with llama.cpp's q/k row permutation, stacked experts
 F32/F16/BF16/Q8_0/Q4_0 and GGUF's other block types). Weights come from a seeded numpy generator and are
 also saved as float64 .npy-free dict via load_weights() so tests compare against them.
 
-usage: write_model.py safetensors DIR [--shards N] [--fp8] [--arch mixtral|mixtral256|qwen3_moe|deepseek_v3]
-       write_model.py gguf FILE [--types SPEC] [--arch mixtral|mixtral256|qwen3_moe|deepseek_v3] [--tokenizer none|gpt2]
+usage: write_model.py safetensors DIR [--shards N] [--fp8] [--arch ARCH]
+       write_model.py gguf FILE [--types SPEC] [--arch ARCH] [--tokenizer none|gpt2]
+  ARCH: mixtral, mixtral256, qwen3_moe, deepseek_v3, kimi_k2, glm4_moe, glm4_moe_air
   SPEC: kind=TYPE,... for kinds attn, experts, embed, output and GGUF types F32, F16, BF16, Q8_0,
   Q4_0, Q4_1, Q5_0, Q5_1, Q2_K .. Q6_K, IQ4_NL, IQ4_XS (gguf_blocks.py); --down1=TYPE: layer 1's
   ffn_down experts in another type, as llama.cpp's _M mixes do; --split=N: N files
@@ -50,6 +51,17 @@ CONFIGS = {
 CONFIGS["kimi_k2"] = dict(CONFIGS["deepseek_v3"], hidden_size=128, q_lora_rank=64, kv_lora_rank=64, qk_nope_head_dim=32,
                           qk_rope_head_dim=32, v_head_dim=32, n_routed_experts=384, num_experts_per_tok=8, n_group=1,
                           topk_group=1, moe_intermediate_size=32, intermediate_size=128, routed_scaling_factor=2.827)
+# GLM-4.5: GQA with q/k/v biases, q/k norms and RoPE on half of each head; DeepSeek-V3's
+# sigmoid routing with a shared expert; a dense first layer; the MTP layer after the last
+CONFIGS["glm4_moe"] = dict(model_type="glm4_moe", num_hidden_layers=2, hidden_size=128, num_attention_heads=4,
+                           num_key_value_heads=2, head_dim=32, partial_rotary_factor=0.5, vocab_size=96,
+                           n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1,
+                           n_group=1, topk_group=1, moe_intermediate_size=64, intermediate_size=192,
+                           routed_scaling_factor=2.5, norm_topk_prob=True, attention_bias=True, use_qk_norm=True,
+                           rope_theta=1e6, rms_norm_eps=1e-5, max_position_embeddings=4096,
+                           num_nextn_predict_layers=1, tie_word_embeddings=False)
+# GLM-4.5-Air's variant: no q/k norms, no routed scaling
+CONFIGS["glm4_moe_air"] = dict(CONFIGS["glm4_moe"], use_qk_norm=False, routed_scaling_factor=1.0)
 # Mixtral with every matrix 256 columns wide, for GGUF's 256-weight K blocks
 CONFIGS["mixtral256"] = dict(CONFIGS["mixtral"], hidden_size=256, head_dim=64, vocab_size=256, intermediate_size=256)
 
@@ -69,7 +81,8 @@ def weights(arch, seed=7, vocab=None):
         w[name] = (1 + 0.1 * rng.standard_normal(n)).astype(np.float32)
 
     w["model.embed_tokens.weight"] = rng.standard_normal((V, H)).astype(np.float32)
-    n_layers_written = L + (1 if arch == "deepseek_v3" else 0)  # DeepSeek: + the MTP layer to skip
+    n_layers_written = L + c.get("num_nextn_predict_layers", 0)  # DeepSeek, GLM: + the MTP layer to skip
+    glm = arch == "glm4_moe"
     for l in range(n_layers_written):
         p = "model.layers.%d." % l
         norm(p + "input_layernorm.weight", H)
@@ -88,11 +101,15 @@ def weights(arch, seed=7, vocab=None):
             lin(p + "self_attn.k_proj.weight", c["num_key_value_heads"] * hd, H)
             lin(p + "self_attn.v_proj.weight", c["num_key_value_heads"] * hd, H)
             lin(p + "self_attn.o_proj.weight", H, c["num_attention_heads"] * hd)
-            if arch == "qwen3_moe":
+            if glm and c["attention_bias"]:
+                for m, heads in (("q", c["num_attention_heads"]), ("k", c["num_key_value_heads"]),
+                                 ("v", c["num_key_value_heads"])):
+                    w[p + "self_attn.%s_proj.bias" % m] = (0.5 * rng.standard_normal(heads * hd)).astype(np.float32)
+            if arch == "qwen3_moe" or (glm and c["use_qk_norm"]):
                 norm(p + "self_attn.q_norm.weight", hd)
                 norm(p + "self_attn.k_norm.weight", hd)
         norm(p + "post_attention_layernorm.weight", H)
-        if arch == "deepseek_v3" and l < c["first_k_dense_replace"]:
+        if arch in ("deepseek_v3", "glm4_moe") and l < c["first_k_dense_replace"]:
             I = c["intermediate_size"]
             lin(p + "mlp.gate_proj.weight", I, H)
             lin(p + "mlp.up_proj.weight", I, H)
@@ -110,7 +127,7 @@ def weights(arch, seed=7, vocab=None):
             E = c.get("num_experts", c.get("n_routed_experts"))
             I = c["moe_intermediate_size"]
             lin(p + "mlp.gate.weight", E, H)
-            if arch == "deepseek_v3":
+            if arch in ("deepseek_v3", "glm4_moe"):
                 w[p + "mlp.gate.e_score_correction_bias"] = (0.01 * rng.standard_normal(E)).astype(np.float32)
                 S = c["n_shared_experts"] * I
                 lin(p + "mlp.shared_experts.gate_proj.weight", S, H)
@@ -257,7 +274,7 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
         w = weights(arch, vocab=c["vocab_size"])
     arch = c["model_type"]
     tmap = dict(kv.split("=") for kv in types.split(","))
-    ga = {"mixtral": "llama", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2"}[arch]
+    ga = {"mixtral": "llama", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2", "glm4_moe": "glm4moe"}[arch]
     L, H = c["num_hidden_layers"], c["hidden_size"]
     kvs = [("general.architecture", 8, "grok" if bad == "arch" else ga), ("general.alignment", 4, 32),
            (ga + ".block_count", 4, L + nextn), (ga + ".embedding_length", 4, H),
@@ -296,6 +313,17 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
                     (ga + ".attention.value_length", 4, c["kv_lora_rank"]),
                     (ga + ".attention.key_length_mla", 4, c["qk_nope_head_dim"] + c["qk_rope_head_dim"]),
                     (ga + ".attention.value_length_mla", 4, c["v_head_dim"])]
+    elif arch == "glm4_moe":  # convert_hf_to_gguf.py's Glm4MoeModel
+        kvs += [(ga + ".expert_count", 4, c["n_routed_experts"]), (ga + ".expert_used_count", 4, c["num_experts_per_tok"]),
+                (ga + ".feed_forward_length", 4, c["intermediate_size"]),
+                (ga + ".expert_feed_forward_length", 4, c["moe_intermediate_size"]),
+                (ga + ".leading_dense_block_count", 4, c["first_k_dense_replace"]),
+                (ga + ".expert_shared_count", 4, c["n_shared_experts"]),
+                (ga + ".expert_group_count", 4, c["n_group"]), (ga + ".expert_group_used_count", 4, c["topk_group"]),
+                (ga + ".attention.key_length", 4, c["head_dim"]), (ga + ".attention.value_length", 4, c["head_dim"]),
+                (ga + ".rope.dimension_count", 4, int(c["head_dim"] * c["partial_rotary_factor"])),
+                (ga + ".expert_weights_scale", 6, c["routed_scaling_factor"]),
+                (ga + ".expert_weights_norm", 4, 1), (ga + ".expert_gating_func", 4, 2)]
     elif arch == "mixtral":
         kvs += [(ga + ".expert_count", 4, c["num_local_experts"]), (ga + ".expert_used_count", 4, 2),
                 (ga + ".feed_forward_length", 4, c["intermediate_size"]),
@@ -354,6 +382,31 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
             ex = p + "mlp.experts.%d."
             names = ("gate_proj", "up_proj", "down_proj")
             for gname, hname in zip(("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"), names):
+                tensors.append((b + gname + ".weight", np.stack([w[ex % e + hname + ".weight"] for e in range(E)])))
+            continue
+        if arch == "glm4_moe":  # rotate-half already (NEOX): no permutation; biases; post_attention_norm
+            a = p + "self_attn."
+            tensors += [(b + "attn_q.weight", w[a + "q_proj.weight"]), (b + "attn_q.bias", w[a + "q_proj.bias"]),
+                        (b + "attn_k.weight", w[a + "k_proj.weight"]), (b + "attn_k.bias", w[a + "k_proj.bias"]),
+                        (b + "attn_v.weight", w[a + "v_proj.weight"]), (b + "attn_v.bias", w[a + "v_proj.bias"]),
+                        (b + "attn_output.weight", w[a + "o_proj.weight"])]
+            if c["use_qk_norm"]:
+                tensors += [(b + "attn_q_norm.weight", w[a + "q_norm.weight"]),
+                            (b + "attn_k_norm.weight", w[a + "k_norm.weight"])]
+            tensors.append((b + "post_attention_norm.weight", w[p + "post_attention_layernorm.weight"]))
+            if l < c["first_k_dense_replace"]:
+                tensors += [(b + "ffn_gate.weight", w[p + "mlp.gate_proj.weight"]),
+                            (b + "ffn_up.weight", w[p + "mlp.up_proj.weight"]),
+                            (b + "ffn_down.weight", w[p + "mlp.down_proj.weight"])]
+                continue
+            E = c["n_routed_experts"]
+            tensors += [(b + "ffn_gate_inp.weight", w[p + "mlp.gate.weight"]),
+                        (b + "exp_probs_b.bias", w[p + "mlp.gate.e_score_correction_bias"]),
+                        (b + "ffn_gate_shexp.weight", w[p + "mlp.shared_experts.gate_proj.weight"]),
+                        (b + "ffn_up_shexp.weight", w[p + "mlp.shared_experts.up_proj.weight"]),
+                        (b + "ffn_down_shexp.weight", w[p + "mlp.shared_experts.down_proj.weight"])]
+            ex = p + "mlp.experts.%d."
+            for gname, hname in zip(("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"), ("gate_proj", "up_proj", "down_proj")):
                 tensors.append((b + gname + ".weight", np.stack([w[ex % e + hname + ".weight"] for e in range(E)])))
             continue
         q, k = w[p + "self_attn.q_proj.weight"], w[p + "self_attn.k_proj.weight"]

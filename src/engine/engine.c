@@ -1,9 +1,10 @@
 /*
- * engine.c - Mixtral and Qwen3-MoE forward pass (the semantics of Hugging Face
- * transformers' modeling_mixtral.py / modeling_qwen3_moe.py): RMSNorm, GQA attention
- * with rotate-half RoPE (Qwen3: per-head q/k RMSNorm first), softmax top-k routing,
- * SwiGLU experts batched per expert. DeepSeek-V3's attention and routing are in
- * deepseek.c, sharing the session, norms and expert path.
+ * engine.c - Mixtral, Qwen3-MoE and GLM-4.5 forward pass (the semantics of Hugging
+ * Face transformers' modeling_mixtral.py / modeling_qwen3_moe.py / modeling_glm4_moe.py):
+ * RMSNorm, GQA attention with rotate-half RoPE (Qwen3 and GLM-4.5: per-head q/k RMSNorm
+ * first; GLM-4.5: q/k/v biases, RoPE on part of each head), softmax top-k routing,
+ * SwiGLU experts batched per expert. DeepSeek-V3's attention and the sigmoid routing
+ * it shares with GLM-4.5 are in deepseek.c, sharing the session, norms and expert path.
  */
 #include "config.h"
 
@@ -129,6 +130,11 @@ int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out)
 			if (!rc) rc = matrix(m, LAYER("attn_k"), kv, H, &w->wk);
 			if (!rc) rc = matrix(m, LAYER("attn_v"), kv, H, &w->wv);
 			if (!rc) rc = matrix(m, LAYER("attn_output"), H, q, &w->wo);
+			if (!rc && hp->attn_bias) {
+				rc = vector(m, LAYER("attn_q.bias"), q, &w->q_bias);
+				if (!rc) rc = vector(m, LAYER("attn_k.bias"), kv, &w->k_bias);
+				if (!rc) rc = vector(m, LAYER("attn_v.bias"), kv, &w->v_bias);
+			}
 		}
 		w->dense = !moe_layer_is_moe(hp, l);
 		if (!rc && w->dense) {
@@ -137,7 +143,7 @@ int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out)
 			if (!rc) rc = matrix(m, LAYER("ffn_down"), H, hp->dense_ff, &w->ffn_down);
 		} else if (!rc) {
 			rc = matrix(m, LAYER("ffn_gate_inp"), hp->n_experts, H, &w->router);
-			if (!rc && ds) {
+			if (!rc && moe_arch_sigmoid_routing(hp)) {
 				const moe_tensor *b;
 				rc = find(m, LAYER("exp_probs_b"), 1, &b);
 				if (!rc && b)
@@ -151,7 +157,7 @@ int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out)
 				}
 			}
 		}
-		if (!rc && hp->arch == MOE_ARCH_QWEN3_MOE) {
+		if (!rc && (hp->arch == MOE_ARCH_QWEN3_MOE || hp->qk_norm)) {
 			rc = vector(m, LAYER("attn_q_norm"), hd, &w->q_norm);
 			if (!rc) rc = vector(m, LAYER("attn_k_norm"), hd, &w->k_norm);
 		}
@@ -328,12 +334,13 @@ void moe_rmsnorm(const float *x, const float *w, size_t n, double eps, float *ou
 		out[i] = x[i] * r * w[i];
 }
 
-/* HF rotate-half: element i pairs with i + hd/2 */
-static void rope(float *v, size_t hd, size_t pos, double theta)
+/* HF rotate-half on the first rot values of a head (all of it but in GLM-4.5):
+ * element i pairs with i + rot/2, at the frequencies of a rot-wide head */
+static void rope(float *v, size_t rot, size_t pos, double theta)
 {
-	const size_t half = hd / 2;
+	const size_t half = rot / 2;
 	for (size_t i = 0; i < half; i++) {
-		const double inv = pow(theta, -2.0 * (double)i / (double)hd);
+		const double inv = pow(theta, -2.0 * (double)i / (double)rot);
 		const double a = (double)pos * inv;
 		const float c = (float)cos(a), sn = (float)sin(a);
 		const float x0 = v[i], x1 = v[i + half];
@@ -485,30 +492,35 @@ static void softmax_topk(float *p, size_t E, size_t K, int *idx, float *prob)
 	}
 }
 
-/* Mixtral / Qwen3 attention of n tokens from s->xn into s->att: q, k, v projections,
- * Qwen3's q/k norms, RoPE, the KV cache, grouped-query attention */
+/* Mixtral / Qwen3 / GLM-4.5 attention of n tokens from s->xn into s->att: q, k, v
+ * projections and their biases, q/k norms, RoPE, the KV cache, grouped-query attention */
 static int gqa_attention(struct moe_session *s, size_t l, size_t n)
 {
 	const struct moe_hparams *hp = &s->m->hp;
 	const struct moe_layer_weights *w = &s->m->layers[l];
-	const size_t hd = hp->head_dim, nh = hp->n_heads, nkv = hp->n_kv_heads, kvd = nkv * hd;
+	const size_t hd = hp->head_dim, nh = hp->n_heads, nkv = hp->n_kv_heads, kvd = nkv * hd, rot = moe_rope_dims(hp);
 	int rc;
 	if ((rc = moe_session_matmul(s, &w->wq, s->xn, n, s->q)) || (rc = moe_session_matmul(s, &w->wk, s->xn, n, s->k)) ||
 	    (rc = moe_session_matmul(s, &w->wv, s->xn, n, s->v)))
 		return rc;
+	for (size_t t = 0; t < n && w->q_bias; t++) {
+		moe_axpy(s->q + t * nh * hd, 1.0f, w->q_bias, nh * hd);
+		moe_axpy(s->k + t * kvd, 1.0f, w->k_bias, kvd);
+		moe_axpy(s->v + t * kvd, 1.0f, w->v_bias, kvd);
+	}
 	for (size_t t = 0; t < n; t++) {
 		const size_t pos = s->n_past + t;
 		for (size_t h = 0; h < nh; h++) {
 			float *qh = s->q + t * nh * hd + h * hd;
 			if (w->q_norm)
 				moe_rmsnorm(qh, w->q_norm, hd, hp->rms_eps, qh);
-			rope(qh, hd, pos, hp->rope_theta);
+			rope(qh, rot, pos, hp->rope_theta);
 		}
 		for (size_t h = 0; h < nkv; h++) {
 			float *kh = s->k + t * kvd + h * hd;
 			if (w->k_norm)
 				moe_rmsnorm(kh, w->k_norm, hd, hp->rms_eps, kh);
-			rope(kh, hd, pos, hp->rope_theta);
+			rope(kh, rot, pos, hp->rope_theta);
 		}
 		moe_kv_store(s, s->k_cache, l, pos, s->k + t * kvd);
 		moe_kv_store(s, s->v_cache, l, pos, s->v + t * kvd);
@@ -773,7 +785,7 @@ static int forward(struct moe_session *s, struct moe_session *const *rows, const
 		} else {
 			if ((rc = moe_session_matmul(s, &w->router, s->xn, n, s->router)))
 				break;
-			if (hp->arch == MOE_ARCH_DEEPSEEK_V3)
+			if (moe_arch_sigmoid_routing(hp))
 				moe_deepseek_route(s, l, n);
 			else
 				route(s, n);

@@ -58,12 +58,14 @@ struct moe_experts {
 int moe_experts_mapped(const moe_pack *pack, struct moe_experts **out);
 
 struct moe_layer_weights {
-	const float *attn_norm, *ffn_norm, *q_norm, *k_norm; /* q_norm/k_norm: Qwen3 only */
+	const float *attn_norm, *ffn_norm, *q_norm, *k_norm; /* q_norm/k_norm: Qwen3, GLM-4.5 */
+	const float *q_bias, *k_bias, *v_bias;               /* GLM-4.5's attention, or NULL */
 	struct moe_wmat wq, wk, wv, wo, router;
 	int dense;                           /* a dense MLP layer (Qwen3 mlp_only_layers, DeepSeek's first) */
 	struct moe_wmat ffn_gate, ffn_up, ffn_down;
 	/* DeepSeek-V3 (deepseek.c): MLA projections (wq_b is the whole q projection when
-	 * q_lora_rank is 0), the routing bias, the always-on shared experts */
+	 * q_lora_rank is 0); DeepSeek-V3 and GLM-4.5: the routing bias, the always-on
+	 * shared experts */
 	struct moe_wmat wq_a, wq_b, wkv_a, wkv_b;
 	const float *q_a_norm, *kv_a_norm, *exp_bias;
 	int has_shared;

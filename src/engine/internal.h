@@ -45,8 +45,9 @@ void moe_mla_free(struct moe_session *s);
 size_t moe_mla_bytes(const struct moe_session *s);
 /* attention of n tokens from s->xn (normed) into s->att [n][n_heads * v_head_dim] */
 int moe_mla_attention(struct moe_session *s, size_t l, size_t n);
-/* sigmoid scores, bias for choosing only, group-limited top-k, weights normalized and
- * scaled: from s->router [n][n_experts] into s->topk, s->topw (and s->topp, the scores) */
+/* DeepSeek-V3's and GLM-4.5's routing: sigmoid scores, bias for choosing only,
+ * group-limited top-k, weights normalized and scaled: from s->router [n][n_experts]
+ * into s->topk, s->topw (and s->topp, the scores) */
 void moe_deepseek_route(struct moe_session *s, size_t l, size_t n);
 
 #endif

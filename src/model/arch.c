@@ -18,7 +18,7 @@ const char *const moe_kind_names[MOE_KIND_COUNT] = {
 	[MOE_KIND_ROUTER] = "router",
 };
 
-static const char *const arch_names[MOE_ARCH_COUNT] = {"mixtral", "qwen3_moe", "deepseek_v3"};
+static const char *const arch_names[MOE_ARCH_COUNT] = {"mixtral", "qwen3_moe", "deepseek_v3", "glm4_moe"};
 
 const char *moe_arch_name(int arch) { return (arch >= 0 && arch < MOE_ARCH_COUNT) ? arch_names[arch] : "?"; }
 
@@ -36,10 +36,21 @@ int moe_layer_is_moe(const struct moe_hparams *hp, uint64_t l)
 	case MOE_ARCH_QWEN3_MOE:
 		return l < MOE_MAX_LAYERS && !hp->mlp_only[l] && hp->sparse_step && (l + 1) % hp->sparse_step == 0;
 	case MOE_ARCH_DEEPSEEK_V3:
+	case MOE_ARCH_GLM4_MOE:
 		return l >= hp->first_dense;
 	default:
 		return 1;
 	}
+}
+
+int moe_arch_sigmoid_routing(const struct moe_hparams *hp)
+{
+	return hp->arch == MOE_ARCH_DEEPSEEK_V3 || hp->arch == MOE_ARCH_GLM4_MOE;
+}
+
+uint64_t moe_rope_dims(const struct moe_hparams *hp)
+{
+	return hp->rope_dims ? hp->rope_dims : hp->head_dim;
 }
 
 /* ---- hyperparameters as metadata: one table drives writing, reading and checks ---- */
@@ -55,13 +66,14 @@ struct hp_field {
 #define MX (1u << MOE_ARCH_MIXTRAL)
 #define QW (1u << MOE_ARCH_QWEN3_MOE)
 #define DS (1u << MOE_ARCH_DEEPSEEK_V3)
+#define GL (1u << MOE_ARCH_GLM4_MOE)
 #define F(k, t, m, a) {k, t, offsetof(struct moe_hparams, m), a}
 static const struct hp_field hp_fields[] = {
 	F("n_layers", HP_U64, n_layers, ALL),
 	F("hidden_size", HP_U64, hidden, ALL),
 	F("n_heads", HP_U64, n_heads, ALL),
-	F("n_kv_heads", HP_U64, n_kv_heads, MX | QW),
-	F("head_dim", HP_U64, head_dim, MX | QW),
+	F("n_kv_heads", HP_U64, n_kv_heads, MX | QW | GL),
+	F("head_dim", HP_U64, head_dim, MX | QW | GL),
 	F("vocab_size", HP_U64, vocab, ALL),
 	F("n_experts", HP_U64, n_experts, ALL),
 	F("n_experts_used", HP_U64, n_experts_used, ALL),
@@ -75,14 +87,14 @@ static const struct hp_field hp_fields[] = {
 	F("sparse_step", HP_U64, sparse_step, QW),
 	F("first_dense", HP_U64, first_dense, 0),
 	F("n_shared_experts", HP_U64, n_shared, 0),
-	F("n_group", HP_U64, n_group, DS),
-	F("topk_group", HP_U64, topk_group, DS),
+	F("n_group", HP_U64, n_group, DS | GL),
+	F("topk_group", HP_U64, topk_group, DS | GL),
 	F("q_lora_rank", HP_U64, q_lora_rank, 0),
 	F("kv_lora_rank", HP_U64, kv_lora_rank, DS),
 	F("qk_nope_head_dim", HP_U64, qk_nope_dim, DS),
 	F("qk_rope_head_dim", HP_U64, qk_rope_dim, DS),
 	F("v_head_dim", HP_U64, v_head_dim, DS),
-	F("routed_scaling_factor", HP_F64, routed_scale, 0),
+	F("routed_scaling_factor", HP_F64, routed_scale, GL),
 	F("scoring_sigmoid", HP_U64, scoring_sigmoid, 0),
 	F("rope_scaling.factor", HP_F64, rope_factor, 0),
 	F("rope_scaling.original_max_position", HP_F64, rope_orig_max, 0),
@@ -90,6 +102,9 @@ static const struct hp_field hp_fields[] = {
 	F("rope_scaling.beta_slow", HP_F64, rope_beta_slow, 0),
 	F("rope_scaling.mscale", HP_F64, rope_mscale, 0),
 	F("rope_scaling.mscale_all_dim", HP_F64, rope_mscale_all, 0),
+	F("rope_dims", HP_U64, rope_dims, 0),
+	F("attn_bias", HP_U64, attn_bias, 0),
+	F("qk_norm", HP_U64, qk_norm, 0),
 };
 #undef F
 
@@ -137,6 +152,9 @@ int moe_hparams_check(const struct moe_hparams *hp)
 		{"qk_nope_head_dim", hp->qk_nope_dim, 0, 1u << 12},
 		{"qk_rope_head_dim", hp->qk_rope_dim, 0, 1u << 12},
 		{"v_head_dim", hp->v_head_dim, 0, 1u << 12},
+		{"rope_dims", hp->rope_dims, 0, hp->head_dim},
+		{"attn_bias", hp->attn_bias, 0, 1},
+		{"qk_norm", hp->qk_norm, 0, 1},
 	};
 	for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++)
 		if (lim[i].v < lim[i].lo || lim[i].v > lim[i].hi)
@@ -144,10 +162,11 @@ int moe_hparams_check(const struct moe_hparams *hp)
 					moe_arch_name(hp->arch), lim[i].name, (unsigned long long)lim[i].v,
 					(unsigned long long)lim[i].lo, (unsigned long long)lim[i].hi);
 	/* rotary embeddings rotate pairs: an even number of dimensions */
-	const uint64_t rope_dims = hp->arch == MOE_ARCH_DEEPSEEK_V3 ? hp->qk_rope_dim : hp->head_dim;
+	const uint64_t rope_dims = hp->arch == MOE_ARCH_DEEPSEEK_V3 ? hp->qk_rope_dim : moe_rope_dims(hp);
 	if (rope_dims % 2)
 		return moe_fail(MOE_EFORMAT, "%s: hyperparameter %s = %llu: rotary embeddings need an even number",
-				moe_arch_name(hp->arch), hp->arch == MOE_ARCH_DEEPSEEK_V3 ? "qk_rope_head_dim" : "head_dim",
+				moe_arch_name(hp->arch),
+				hp->arch == MOE_ARCH_DEEPSEEK_V3 ? "qk_rope_head_dim" : hp->rope_dims ? "rope_dims" : "head_dim",
 				(unsigned long long)rope_dims);
 	const struct { const char *name; double v, lo, hi; } flim[] = {
 		{"rope_theta", hp->rope_theta, 0, 1e12},
@@ -167,7 +186,7 @@ int moe_hparams_check(const struct moe_hparams *hp)
 	if (hp->arch != MOE_ARCH_DEEPSEEK_V3 && hp->n_heads % hp->n_kv_heads)
 		return moe_fail(MOE_EFORMAT, "attention heads (%llu) not a multiple of kv heads (%llu)",
 				(unsigned long long)hp->n_heads, (unsigned long long)hp->n_kv_heads);
-	if (hp->arch == MOE_ARCH_DEEPSEEK_V3) {
+	if (moe_arch_sigmoid_routing(hp) && hp->n_group) {
 		if (E % hp->n_group)
 			return moe_fail(MOE_EFORMAT, "experts (%llu) not divisible into %llu groups",
 					(unsigned long long)E, (unsigned long long)hp->n_group);
@@ -287,6 +306,8 @@ int moe_hparams_from_pack(const moe_pack *pack, struct moe_hparams *hp)
 		snprintf(key, sizeof key, "hparams.%s", f->key);
 		rc = f->type == HP_U64 ? moe_pack_meta_u64(pack, key, (uint64_t *)p)
 				       : moe_pack_meta_f64(pack, key, (double *)p);
+		if (rc == MOE_ENOTFOUND && !(f->archs & (1u << hp->arch)))
+			rc = 0; /* a pack need not store what its architecture does not use (0) */
 		if (rc)
 			return rc;
 	}
@@ -331,8 +352,7 @@ static void add(struct spec_list *sl, int kind, int optional, uint64_t rows, uin
 	sl->n++;
 }
 
-/* A per-layer tensor: canonical blk.L.<name>, HF model.layers.L.<hf>.weight (or the
- * exact hf when it does not end in "weight"/"bias": the routing bias). */
+/* A per-layer tensor: canonical blk.L.<name>, HF model.layers.L.<hf> */
 static void add_layer(struct spec_list *sl, uint64_t l, int kind, uint64_t rows, uint64_t cols,
 		      const char *name, const char *hf)
 {
@@ -370,7 +390,12 @@ size_t moe_arch_dense_tensors(const struct moe_hparams *hp, struct moe_tensor_sp
 			add_layer(&sl, l, MOE_KIND_ATTN, kv, H, "attn_k", "self_attn.k_proj.weight");
 			add_layer(&sl, l, MOE_KIND_ATTN, kv, H, "attn_v", "self_attn.v_proj.weight");
 			add_layer(&sl, l, MOE_KIND_ATTN, H, q, "attn_output", "self_attn.o_proj.weight");
-			if (hp->arch == MOE_ARCH_QWEN3_MOE) {
+			if (hp->attn_bias) { /* vectors, so kept f32 */
+				add_layer(&sl, l, MOE_KIND_ATTN, q, 0, "attn_q.bias", "self_attn.q_proj.bias");
+				add_layer(&sl, l, MOE_KIND_ATTN, kv, 0, "attn_k.bias", "self_attn.k_proj.bias");
+				add_layer(&sl, l, MOE_KIND_ATTN, kv, 0, "attn_v.bias", "self_attn.v_proj.bias");
+			}
+			if (hp->arch == MOE_ARCH_QWEN3_MOE || hp->qk_norm) {
 				add_layer(&sl, l, MOE_KIND_NORM, hp->head_dim, 0, "attn_q_norm", "self_attn.q_norm.weight");
 				add_layer(&sl, l, MOE_KIND_NORM, hp->head_dim, 0, "attn_k_norm", "self_attn.k_norm.weight");
 			}
@@ -384,7 +409,7 @@ size_t moe_arch_dense_tensors(const struct moe_hparams *hp, struct moe_tensor_sp
 		}
 		const char *router = hp->arch == MOE_ARCH_MIXTRAL ? "block_sparse_moe.gate.weight" : "mlp.gate.weight";
 		add_layer(&sl, l, MOE_KIND_ROUTER, hp->n_experts, H, "ffn_gate_inp", router);
-		if (hp->arch == MOE_ARCH_DEEPSEEK_V3) {
+		if (moe_arch_sigmoid_routing(hp)) {
 			add_layer(&sl, l, MOE_KIND_ROUTER, hp->n_experts, 0, "exp_probs_b", "mlp.gate.e_score_correction_bias");
 			if (hp->n_shared) {
 				const uint64_t sf = hp->n_shared * hp->expert_ff;

@@ -16,6 +16,7 @@ enum moe_arch {
 	MOE_ARCH_MIXTRAL = 0,
 	MOE_ARCH_QWEN3_MOE = 1,
 	MOE_ARCH_DEEPSEEK_V3 = 2,
+	MOE_ARCH_GLM4_MOE = 3, /* GLM-4.5: GQA with partial RoPE, DeepSeek-V3's routing and shared experts */
 	MOE_ARCH_COUNT
 };
 
@@ -36,6 +37,9 @@ struct moe_hparams {
 	double routed_scale;
 	uint64_t scoring_sigmoid;
 	double rope_factor, rope_orig_max, rope_beta_fast, rope_beta_slow, rope_mscale, rope_mscale_all;
+	/* GLM-4.5: RoPE on the first rope_dims of each head only (0: all of head_dim);
+	 * q/k/v projection biases; per-head q/k RMSNorm */
+	uint64_t rope_dims, attn_bias, qk_norm;
 };
 
 /* What a tensor is for; the quant recipe maps kinds to types. */
@@ -60,9 +64,13 @@ struct moe_tensor_spec {
 	int optional;       /* absent is fine (output when embeddings are tied) */
 };
 
-const char *moe_arch_name(int arch);   /* "mixtral", "qwen3_moe", "deepseek_v3" */
+const char *moe_arch_name(int arch);   /* "mixtral", "qwen3_moe", "deepseek_v3", "glm4_moe" */
 int moe_arch_from_name(const char *name);
 int moe_layer_is_moe(const struct moe_hparams *hp, uint64_t layer);
+/* DeepSeek-V3 and GLM-4.5: sigmoid scores with a choice bias, groups, scaling, shared experts */
+int moe_arch_sigmoid_routing(const struct moe_hparams *hp);
+/* dimensions of each attention head that RoPE rotates (GQA archs) */
+uint64_t moe_rope_dims(const struct moe_hparams *hp);
 /* Check that the hyperparameters are complete and consistent; message names the field. */
 int moe_hparams_check(const struct moe_hparams *hp);
 

@@ -219,8 +219,11 @@ static int map_hparams(struct moe_source *src, struct gguf_kvs *k)
 		hp->arch = MOE_ARCH_QWEN3_MOE;
 	else if (strcmp(k->arch, "deepseek2") == 0)
 		hp->arch = MOE_ARCH_DEEPSEEK_V3;
+	else if (strcmp(k->arch, "glm4moe") == 0)
+		hp->arch = MOE_ARCH_GLM4_MOE;
 	else
-		return moe_fail(MOE_EUNSUPPORTED, "%s: architecture \"%s\" is not supported (llama/Mixtral, qwen3moe, deepseek2 are)",
+		return moe_fail(MOE_EUNSUPPORTED,
+				"%s: architecture \"%s\" is not supported (llama/Mixtral, qwen3moe, deepseek2, glm4moe are)",
 				src->path, k->arch);
 	uint64_t ff = 0, key_len = 0, val_len = 0, rope_dim = 0, gating = 0;
 	hp->rope_theta = 10000.0;
@@ -297,6 +300,26 @@ static int map_hparams(struct moe_source *src, struct gguf_kvs *k)
 			hp->rope_mscale_all = ylm > 0 ? ylm / 0.1 : 1.0;
 		}
 		break;
+	case MOE_ARCH_GLM4_MOE: /* llama.cpp's converter: Glm4MoeModel */
+		hp->dense_ff = ff;
+		hp->head_dim = key_len;
+		hp->rope_dims = rope_dim; /* head_dim x partial_rotary_factor */
+		if (!hp->n_kv_heads)
+			hp->n_kv_heads = hp->n_heads;
+		arch_u64(k, "leading_dense_block_count", &hp->first_dense);
+		arch_u64(k, "expert_shared_count", &hp->n_shared);
+		arch_u64(k, "expert_group_count", &hp->n_group);
+		arch_u64(k, "expert_group_used_count", &hp->topk_group);
+		arch_u64(k, "expert_weights_norm", &hp->norm_topk_prob);
+		hp->routed_scale = 1.0;
+		arch_f64(k, "expert_weights_scale", &hp->routed_scale);
+		hp->scoring_sigmoid = 1;
+		if (!hp->n_group) {
+			hp->n_group = 1;
+			hp->topk_group = 1;
+		}
+		/* attn_bias and qk_norm: from the tensors (glm4_tensor_flags) */
+		break;
 	}
 	/* multi-token-prediction blocks, when kept, are the last ones: not part of the model we run */
 	uint64_t nextn = 0;
@@ -305,6 +328,14 @@ static int map_hparams(struct moe_source *src, struct gguf_kvs *k)
 		hp->n_layers -= nextn;
 	if (k->bad)
 		return moe_fail(MOE_EFORMAT, "%s: %s = %g is not a count", src->path, k->bad->key, k->bad->num);
+	return 0;
+}
+
+static int has_entry(const struct moe_source *src, const char *name)
+{
+	for (size_t i = 0; i < src->n_entries; i++)
+		if (strcmp(src->entries[i].name, name) == 0)
+			return 1;
 	return 0;
 }
 
@@ -347,12 +378,13 @@ static int join_mla_kv_b(struct moe_source *src)
 	return 0;
 }
 
-/* "blk.3.attn_q.weight" -> "blk.3.attn_q"; routing bias "exp_probs_b.bias" -> "exp_probs_b" */
+/* "blk.3.attn_q.weight" -> "blk.3.attn_q", the routing bias "exp_probs_b.bias" ->
+ * "exp_probs_b"; other biases keep their suffix ("blk.3.attn_q.bias") */
 static void canonical_name(const char *s, size_t len, char *out, size_t cap)
 {
 	if (len >= 7 && memcmp(s + len - 7, ".weight", 7) == 0)
 		len -= 7;
-	else if (len >= 5 && memcmp(s + len - 5, ".bias", 5) == 0)
+	else if (len >= 17 && memcmp(s + len - 17, ".exp_probs_b.bias", 17) == 0)
 		len -= 5;
 	if (len >= cap)
 		len = cap - 1;
@@ -412,6 +444,10 @@ static int add_tensor(struct moe_source *src, int file, const char *name, uint32
 				src->path, name, (unsigned long long)abs_off, (unsigned long long)(mats * mat_bytes));
 	char base[256];
 	canonical_name(name, strlen(name), base, sizeof base);
+	/* glm4moe names the norm before the MLP after its place, the other archs after its use */
+	const size_t pl = strlen(".post_attention_norm"), nl = strlen(base);
+	if (strcmp(src->gguf_arch, "glm4moe") == 0 && nl > pl && strcmp(base + nl - pl, ".post_attention_norm") == 0)
+		snprintf(base + nl - pl, sizeof base - (nl - pl), ".ffn_norm");
 	/* stacked experts "blk.L.ffn_gate_exps" become "blk.L.ffn_gate.E", one entry per expert */
 	const size_t bl = strlen(base);
 	if (nd == 3 && bl > 9 && (strcmp(base + bl - 9, ".attn_k_b") == 0 || strcmp(base + bl - 9, ".attn_v_b") == 0)) {
@@ -796,6 +832,10 @@ int src_open_gguf(const char *path, struct moe_source *src)
 		src->hp.vocab = first.n_tokens;
 	if (!rc)
 		rc = join_mla_kv_b(src);
+	if (!rc && src->hp.arch == MOE_ARCH_GLM4_MOE) { /* GLM-4.5 has q/k norms, GLM-4.5-Air not: as the tensors say */
+		src->hp.attn_bias = has_entry(src, "blk.0.attn_q.bias");
+		src->hp.qk_norm = has_entry(src, "blk.0.attn_q_norm");
+	}
 	if (!rc && (rc = moe_hparams_check(&src->hp)))
 		rc = moe_fail(rc, "%s: %s", path, moe_last_error());
 	return rc;

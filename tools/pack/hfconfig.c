@@ -53,7 +53,7 @@ int hf_config_parse(const char *text, size_t len, const char *what, struct moe_h
 	const char *type = json_string_value(mt);
 	hp->arch = moe_arch_from_name(type);
 	if (hp->arch < 0) {
-		rc = moe_fail(MOE_EUNSUPPORTED, "%s: model_type \"%s\" is not supported (mixtral, qwen3_moe, deepseek_v3 are)",
+		rc = moe_fail(MOE_EUNSUPPORTED, "%s: model_type \"%s\" is not supported (mixtral, qwen3_moe, deepseek_v3, glm4_moe are)",
 			      what, type);
 		goto out;
 	}
@@ -125,6 +125,37 @@ int hf_config_parse(const char *text, size_t len, const char *what, struct moe_h
 			if (!rc) rc = get_f64(rs, what, "mscale", &hp->rope_mscale);
 			if (!rc) rc = get_f64(rs, what, "mscale_all_dim", &hp->rope_mscale_all);
 		}
+		hp->expert_ff = moe_ff;
+		hp->dense_ff = ff;
+		break;
+	}
+	case MOE_ARCH_GLM4_MOE: { /* transformers' Glm4MoeConfig, its defaults where a field is absent */
+		U("n_routed_experts", &n_exp);
+		U("n_shared_experts", &hp->n_shared);
+		U("first_k_dense_replace", &hp->first_dense);
+		hp->n_group = hp->topk_group = 1;
+		U("n_group", &hp->n_group);
+		U("topk_group", &hp->topk_group);
+		U("attention_bias", &hp->attn_bias);
+		U("use_qk_norm", &hp->qk_norm);
+		hp->routed_scale = 1.0;
+		D("routed_scaling_factor", &hp->routed_scale);
+		hp->norm_topk_prob = 1;
+		U("norm_topk_prob", &hp->norm_topk_prob);
+		hp->scoring_sigmoid = 1;
+		/* newer releases keep the RoPE fields in rope_parameters */
+		double partial = 0.5;
+		D("partial_rotary_factor", &partial);
+		json_t *rp = json_object_get(root, "rope_parameters");
+		if (json_is_object(rp)) {
+			if (!rc) rc = get_f64(rp, what, "partial_rotary_factor", &partial);
+			if (!rc) rc = get_f64(rp, what, "rope_theta", &hp->rope_theta);
+		}
+		if (!rc && !(partial > 0 && partial <= 1))
+			rc = moe_fail(MOE_EFORMAT, "%s: \"partial_rotary_factor\" %g is not in (0, 1]", what, partial);
+		if (!hp->head_dim && hp->n_heads)
+			hp->head_dim = hp->hidden / hp->n_heads;
+		hp->rope_dims = (uint64_t)((double)hp->head_dim * partial);
 		hp->expert_ff = moe_ff;
 		hp->dense_ff = ff;
 		break;
@@ -216,6 +247,23 @@ char *hf_config_write(const struct moe_hparams *hp)
 		}
 		break;
 	}
+	case MOE_ARCH_GLM4_MOE:
+		SETU("num_key_value_heads", hp->n_kv_heads);
+		SETU("head_dim", hp->head_dim);
+		SETF("partial_rotary_factor", (double)moe_rope_dims(hp) / (double)hp->head_dim);
+		json_object_set_new(o, "attention_bias", json_boolean(hp->attn_bias));
+		json_object_set_new(o, "use_qk_norm", json_boolean(hp->qk_norm));
+		SETU("n_routed_experts", hp->n_experts);
+		SETU("n_shared_experts", hp->n_shared);
+		SETU("moe_intermediate_size", hp->expert_ff);
+		SETU("intermediate_size", hp->dense_ff);
+		SETU("first_k_dense_replace", hp->first_dense);
+		SETU("n_group", hp->n_group);
+		SETU("topk_group", hp->topk_group);
+		SETF("routed_scaling_factor", hp->routed_scale);
+		json_object_set_new(o, "norm_topk_prob", json_boolean(hp->norm_topk_prob));
+		SETU("num_nextn_predict_layers", 0);
+		break;
 	}
 #undef SETU
 #undef SETF

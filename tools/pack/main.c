@@ -250,8 +250,10 @@ int main(int argc, char **argv)
 				p = *end ? end + 1 : end;
 			}
 		}
-		if (hp.arch == MOE_ARCH_DEEPSEEK_V3 && hp.first_dense >= hp.n_layers)
+		if (moe_arch_sigmoid_routing(&hp) && hp.first_dense >= hp.n_layers)
 			hp.first_dense = hp.n_layers > 1 ? 1 : 0;
+		if (hp.arch == MOE_ARCH_GLM4_MOE) /* GLM-4.5 rotates half of each head, whatever its size */
+			hp.rope_dims = hp.head_dim / 2;
 		if (strcmp(format, "plan") == 0)
 			return pack_plan(&hp, &o) ? fail(MOE_EINVAL) : 0;
 		struct moe_source *src;

@@ -32,6 +32,13 @@ struct preset {
 	 .scoring_sigmoid = 1, .rope_factor = 40, .rope_orig_max = 4096, .rope_beta_fast = 32, .rope_beta_slow = 1,      \
 	 .rope_mscale = 1, .rope_mscale_all = 1}
 
+#define GLM4(L, FD, H, NH, KV, HD, V, E, K, SH, EFF, FF, SCALE, QKN)                                          \
+	{.arch = MOE_ARCH_GLM4_MOE, .n_layers = L, .first_dense = FD, .hidden = H, .n_heads = NH, .n_kv_heads = KV,  \
+	 .head_dim = HD, .rope_dims = (HD) / 2, .vocab = V, .n_experts = E, .n_experts_used = K, .n_shared = SH,      \
+	 .n_group = 1, .topk_group = 1, .expert_ff = EFF, .dense_ff = FF, .max_pos = 131072, .rope_theta = 1e6,      \
+	 .rms_eps = 1e-5, .norm_topk_prob = 1, .routed_scale = SCALE, .scoring_sigmoid = 1, .attn_bias = 1,          \
+	 .qk_norm = QKN}
+
 static const struct preset presets[] = {
 	{"mixtral-tiny", "Mixtral layout, 2 layers, hidden 256, 8 experts top-2 (default)",
 	 MIXTRAL(2, 256, 8, 2, 512, 8, 2, 512)},
@@ -45,6 +52,12 @@ static const struct preset presets[] = {
 	 DEEPSEEK(3, 1, 256, 4, 64, 64, 32, 16, 32, 512, 16, 4, 1, 4, 2, 128, 512)},
 	{"deepseek-v3", "DeepSeek-V3/R1 shapes (671B parameters)",
 	 DEEPSEEK(61, 3, 7168, 128, 1536, 512, 128, 64, 128, 129280, 256, 8, 1, 8, 4, 2048, 18432)},
+	{"glm-tiny", "GLM-4.5 layout (partial RoPE, q/k/v biases, q/k norms, shared expert), 3 layers, hidden 256",
+	 GLM4(3, 1, 256, 4, 2, 64, 512, 16, 4, 1, 128, 512, 2.5, 1)},
+	{"glm-4.5-air", "GLM-4.5-Air shapes (106B parameters)",
+	 GLM4(46, 1, 4096, 96, 8, 128, 151552, 128, 8, 1, 1408, 10944, 1.0, 0)},
+	{"glm-4.5", "GLM-4.5 shapes (355B parameters)",
+	 GLM4(92, 3, 5120, 96, 8, 128, 151552, 160, 8, 1, 1536, 12288, 2.5, 1)},
 };
 
 int synth_preset(const char *name, struct moe_hparams *hp)
@@ -76,8 +89,8 @@ static void value_shape(const struct moe_tensor_spec *s, float *mean, float *std
 		*std = 1.0f;
 		return;
 	default:
-		if (s->n_dims == 1) { /* routing bias */
-			*std = 0.01f;
+		if (s->n_dims == 1) { /* attention biases as large as a trained model's; the routing bias small */
+			*std = strstr(s->name, ".bias") ? 0.5f : 0.01f;
 			return;
 		}
 		*std = 1.0f / sqrtf((float)s->dims[1]);
