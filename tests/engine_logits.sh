@@ -1,8 +1,8 @@
 #!/bin/sh
 # moe-run's logits against the float64 numpy forward pass (tests/reference.py) on
-# synthetic Mixtral, Qwen3-MoE and DeepSeek-V3 models; greedy generation token for
-# token; the same weights from GGUF and from safetensors give the same logits;
-# DeepSeek-V3 from bf16 and FP8 checkpoints, and its absorbed MLA = the naive one.
+# synthetic Mixtral, Qwen3-MoE, DeepSeek-V3 and GLM-4.5 models; greedy generation
+# token for token; the same weights from GGUF and from safetensors give the same
+# logits; DeepSeek-V3 from bf16 and FP8 checkpoints, and its absorbed MLA = the naive one.
 . "$TESTS_DIR/lib.sh"
 cd "$WORK"
 : "${MOE_RUN:?run through make check}"
@@ -33,7 +33,7 @@ else:
     ok = kl <= 1e-2 and top1 >= 0.75
 sys.exit(0 if ok else 1)
 PY
-for preset in mixtral-tiny qwen3-tiny deepseek-tiny; do
+for preset in mixtral-tiny qwen3-tiny deepseek-tiny glm-tiny; do
 	check "$preset folder" "$MOE_PACK" synth --preset "$preset" --format safetensors --dtype f32 --no-progress "$preset"
 	check "$preset reference" py "$REF" "$preset" "$T" "$preset.ref.npy"
 	for q in f32 q8 q4; do
@@ -82,8 +82,8 @@ done
 
 # --experts-per-token: the model routed to fewer experts = the reference with its
 # config's num_experts_per_tok lowered (mixtral-tiny 2 -> 1, qwen3-tiny 4 -> 2,
-# deepseek-tiny 4 -> 3); more than the model's is refused
-for pk in mixtral-tiny:1 qwen3-tiny:2 deepseek-tiny:3; do
+# deepseek-tiny 4 -> 3, glm-tiny 4 -> 2); more than the model's is refused
+for pk in mixtral-tiny:1 qwen3-tiny:2 deepseek-tiny:3 glm-tiny:2; do
 	preset=${pk%:*} k=${pk#*:}
 	check "$preset $k experts reference" py "$REF" "$preset" "$T" "$preset.k$k.npy" --experts-per-token "$k"
 	check "$preset --experts-per-token $k" "$MOE_RUN" -m "$preset.f32.moe" --tokens "$T" -n 0 --kv-type f32 \
@@ -203,6 +203,31 @@ check "kimi-k2 reference" py "$REF" kimi $TT kimi.npy --dequant kimi.moe
 check "kimi-k2 run" "$MOE_RUN" -m kimi.moe --tokens $TT -n 0 --kv-type f32 --logits-out kimi.bin
 check "kimi-k2 logits" py cmp.py kimi.bin kimi.npy q8
 cat "$WORK/out"
+
+# GLM-4.5 through llama.cpp's glm4moe GGUF layout (post_attention_norm, attention biases,
+# the multi-token-prediction block kept at the end) and through its Hugging Face folder;
+# GLM-4.5-Air's variant has no q/k norms, which the GGUF says only by their absence
+for a in glm4_moe glm4_moe_air; do
+	check "$a gguf f32" py "$W" gguf $a.gguf --arch=$a --types=attn=F32,experts=F32,embed=F32,output=F32 --nextn=1
+	check "$a gguf q8/q4" py "$W" gguf ${a}q.gguf --arch=$a --types=attn=Q8_0,experts=Q4_0,embed=F32,output=Q8_0
+	check "$a folder (with its MTP layer)" py "$W" safetensors $a --arch=$a
+	check "$a pack gguf" "$MOE_PACK" --no-progress -q f32 --zstd-min-saving 100 $a.gguf $a.g.moe
+	if grep -q "skipped .* tensors of layers past the model's (multi-token prediction)" "$WORK/err"; then ok
+	else not_ok "$a: no note for the skipped nextn block"; cat "$WORK/err" >&2; fi
+	check "$a pack gguf q8/q4" "$MOE_PACK" --no-progress --zstd-min-saving 100 ${a}q.gguf $a.q.moe
+	check "$a pack folder" "$MOE_PACK" --no-progress -q f32 --zstd-min-saving 100 $a $a.f.moe
+	check "$a run gguf" "$MOE_RUN" -m $a.g.moe --tokens $TT -n 0 --kv-type f32 --logits-out $a.g.bin
+	check "$a run folder" "$MOE_RUN" -m $a.f.moe --tokens $TT -n 0 --kv-type f32 --logits-out $a.f.bin
+	check "$a gguf logits = safetensors logits" cmp $a.g.bin $a.f.bin
+	check "$a reference" py "$REF" $a $TT $a.npy
+	check "$a gguf logits = reference" py cmp.py $a.g.bin $a.npy f32
+	cat "$WORK/out"
+	check "$a run gguf q8/q4" "$MOE_RUN" -m $a.q.moe --tokens $TT -n 0 --kv-type f32 --logits-out $a.q.bin
+	check "$a gguf q8/q4 reference" py "$REF" $a $TT $a.q.npy --dequant $a.q.moe
+	check "$a gguf q8/q4 logits" py cmp.py $a.q.bin $a.q.npy q4
+	cat "$WORK/out"
+done
+check "glm4_moe_air: no q/k norms" sh -c "'$MOE_PACK' --info --json glm4_moe_air.g.moe | grep -q '\"hparams.qk_norm\": 0'"
 
 # sampling: the same seed gives the same tokens; top-k 1 is greedy; penalties apply
 R="'$MOE_RUN' -m mixtral-tiny.f32.moe --tokens 5,6,7,8 -n 24"

@@ -70,6 +70,13 @@ check "deepseek pack" "$MOE_PACK" synth --preset deepseek-tiny ds.moe
 check "deepseek under 2.4 MB: same logits" cmp dsref.f32 dsgot.f32
 check "deepseek: same ids" cmp dsref.ids dsgot.ids
 check "deepseek: experts were streamed" py -c 'import json, sys; x = json.load(open(sys.argv[1]))["experts"]; assert x["slots"] < 32 and x["misses"] > x["slots"], x' ds.json
+# GLM-4.5 (biases, partial RoPE, shared expert resident) likewise: 3 slots for 32 experts
+check "glm pack" "$MOE_PACK" synth --preset glm-tiny glm.moe
+"$MOE_RUN" -m glm.moe --tokens $P -n 24 -c 256 --no-offload --logits-out glmref.f32 >glmref.ids 2>err
+"$MOE_RUN" -m glm.moe --tokens $P -n 24 -c 256 --ram-budget 3M --stats-json glm.json --logits-out glmgot.f32 >glmgot.ids 2>err
+check "glm under 3 MB: same logits" cmp glmref.f32 glmgot.f32
+check "glm: same ids" cmp glmref.ids glmgot.ids
+check "glm: experts were streamed" py -c 'import json, sys; x = json.load(open(sys.argv[1]))["experts"]; assert x["slots"] < 32 and x["misses"] > x["slots"], x' glm.json
 
 # stats: what a prefetch run reports adds up
 run --ram-budget "$budget" --prefetch-depth 2 --stats-json s.json >/dev/null 2>err
