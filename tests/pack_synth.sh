@@ -72,8 +72,29 @@ for other in ("st.moe", "st2.moe", "gguf.moe"):
     for k in d.experts:
         assert o.expert_raw(*k) == d.expert_raw(*k), (other, k)
 PY
+# GLM-4.5 likewise through its Hugging Face folder and llama.cpp's glm4moe GGUF
+# (attention biases, post_attention_norm, leading dense layer)
+check "glm synth safetensors" "$MOE_PACK" synth --preset glm-tiny --format safetensors --dtype f32 --no-progress glmst
+check "glm synth gguf" "$MOE_PACK" synth --preset glm-tiny --format gguf --dtype f32 --no-progress glm.gguf
+check "glm pack safetensors" "$MOE_PACK" --no-progress --zstd-min-saving 100 glmst glmst.moe
+check "glm pack gguf" "$MOE_PACK" --no-progress --zstd-min-saving 100 glm.gguf glmgguf.moe
+check "glm direct" "$MOE_PACK" synth --preset glm-tiny --no-progress --zstd-min-saving 100 glmdirect.moe
+check "glm: same bytes via every route" py - <<PY
+import sys; sys.path.insert(0, "$TESTS_DIR")
+import moepack_ref as r
+d = r.Pack("glmdirect.moe")
+assert "blk.0.attn_q.bias" in d.tensors and "blk.1.exp_probs_b" in d.tensors and "blk.1.ffn_gate_shexp" in d.tensors
+for other in ("glmst.moe", "glmgguf.moe"):
+    o = r.Pack(other)
+    assert set(o.tensors) == set(d.tensors), (other, set(o.tensors) ^ set(d.tensors))
+    for n in d.tensors:
+        assert o.tensor_bytes(n) == d.tensor_bytes(n), (other, n)
+    assert set(o.experts) == set(d.experts)
+    for k in d.experts:
+        assert o.expert_raw(*k) == d.expert_raw(*k), (other, k)
+PY
 # --format plan: the sizes without writing equal those of the pack written
-for spec in deepseek-tiny:q8 deepseek-tiny:q8,experts=q4 mixtral-tiny:q4 qwen3-tiny:f16 mixtral-tiny:q4_k_m; do
+for spec in deepseek-tiny:q8 deepseek-tiny:q8,experts=q4 mixtral-tiny:q4 qwen3-tiny:f16 mixtral-tiny:q4_k_m glm-tiny:q8,experts=q4; do
 	preset=${spec%%:*} q=${spec#*:}
 	check "plan $spec" sh -c "'$MOE_PACK' synth --preset $preset -q $q --format plan - > plan.txt"
 	check "pack $spec" "$MOE_PACK" synth --no-progress --preset "$preset" -q "$q" --force plan.moe

@@ -304,7 +304,7 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
                 (ga + ".attention.value_length", 4, c["v_head_dim"]),
                 (ga + ".rope.dimension_count", 4, c["qk_rope_head_dim"]),
                 (ga + ".expert_weights_scale", 6, c["routed_scaling_factor"]),
-                (ga + ".expert_weights_norm", 4, 1), (ga + ".expert_gating_func", 4, 2)]
+                (ga + ".expert_weights_norm", 7, True), (ga + ".expert_gating_func", 4, 2)]
         if mla == "split":  # MLA stored as MQA: the latent's lengths, the heads' own in the *_mla keys
             kvs = [kv for kv in kvs if kv[0] not in (ga + ".attention.key_length", ga + ".attention.value_length",
                                                       ga + ".attention.head_count_kv")]
@@ -323,7 +323,7 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
                 (ga + ".attention.key_length", 4, c["head_dim"]), (ga + ".attention.value_length", 4, c["head_dim"]),
                 (ga + ".rope.dimension_count", 4, int(c["head_dim"] * c["partial_rotary_factor"])),
                 (ga + ".expert_weights_scale", 6, c["routed_scaling_factor"]),
-                (ga + ".expert_weights_norm", 4, 1), (ga + ".expert_gating_func", 4, 2)]
+                (ga + ".expert_weights_norm", 7, True), (ga + ".expert_gating_func", 4, 2)]
     elif arch == "mixtral":
         kvs += [(ga + ".expert_count", 4, c["num_local_experts"]), (ga + ".expert_used_count", 4, 2),
                 (ga + ".feed_forward_length", 4, c["intermediate_size"]),

@@ -876,6 +876,14 @@ static void kv_f32(struct gw *g, const char *k, float v)
 	w_u32(g, GV_F32);
 	w_bytes(g, &v, 4);
 }
+static void kv_bool(struct gw *g, const char *k, int v)
+{
+	const uint8_t b = v != 0;
+	g->n_kv++;
+	w_str(g, k);
+	w_u32(g, GV_BOOL);
+	w_bytes(g, &b, 1);
+}
 static void kv_str(struct gw *g, const char *k, const char *v)
 {
 	g->n_kv++;
@@ -932,11 +940,13 @@ int gguf_write_model(struct moe_source *src, const char *path, const char *type_
 	else if (strcmp(type_name, "q8_0") == 0) wtype = GT_Q8_0;
 	else if (strcmp(type_name, "q4_0") == 0) wtype = GT_Q4_0;
 	else return moe_fail(MOE_EINVAL, "--dtype %s: GGUF output takes f32, f16, bf16, q8_0 or q4_0", type_name);
-	const char *arch = hp->arch == MOE_ARCH_MIXTRAL ? "llama" : hp->arch == MOE_ARCH_QWEN3_MOE ? "qwen3moe" : NULL;
+	const int glm = hp->arch == MOE_ARCH_GLM4_MOE;
+	const char *arch = hp->arch == MOE_ARCH_MIXTRAL ? "llama" : hp->arch == MOE_ARCH_QWEN3_MOE ? "qwen3moe"
+			 : glm ? "glm4moe" : NULL;
 	if (!arch)
-		return moe_fail(MOE_EUNSUPPORTED, "GGUF output of %s is not implemented (mixtral and qwen3_moe are)",
+		return moe_fail(MOE_EUNSUPPORTED, "GGUF output of %s is not implemented (mixtral, qwen3_moe and glm4_moe are)",
 				moe_arch_name(hp->arch));
-	for (uint64_t l = 0; l < hp->n_layers; l++)
+	for (uint64_t l = 0; l < hp->n_layers && !glm; l++) /* glm4moe's leading dense layers are in its keys */
 		if (!moe_layer_is_moe(hp, l))
 			return moe_fail(MOE_EUNSUPPORTED, "GGUF cannot express qwen3moe dense layers (layer %llu)",
 					(unsigned long long)l);
@@ -962,8 +972,14 @@ int gguf_write_model(struct moe_source *src, const char *path, const char *type_
 			continue;
 		struct gtensor *g = &t[n++];
 		g->spec[0] = dense[i];
-		snprintf(g->name, sizeof g->name, "%s.%s", dense[i].name,
-			 ends_with(dense[i].name, ".exp_probs_b") ? "bias" : "weight");
+		const size_t len = strlen(dense[i].name);
+		if (ends_with(dense[i].name, ".bias")) /* attention biases are named so already */
+			snprintf(g->name, sizeof g->name, "%s", dense[i].name);
+		else if (glm && ends_with(dense[i].name, ".ffn_norm")) /* glm4moe names it after its place */
+			snprintf(g->name, sizeof g->name, "%.*s.post_attention_norm.weight", (int)(len - 9), dense[i].name);
+		else
+			snprintf(g->name, sizeof g->name, "%s.%s", dense[i].name,
+				 ends_with(dense[i].name, ".exp_probs_b") ? "bias" : "weight");
 		const int small = dense[i].n_dims == 1 || dense[i].kind == MOE_KIND_ROUTER || dense[i].kind == MOE_KIND_NORM;
 		g->type = small || dense[i].dims[1] % 32 ? GT_F32 : wtype;
 		g->permute = hp->arch == MOE_ARCH_MIXTRAL &&
@@ -1027,6 +1043,17 @@ int gguf_write_model(struct moe_source *src, const char *path, const char *type_
 		kv_u32(&g, AK("feed_forward_length"), (uint32_t)hp->dense_ff);
 		kv_u32(&g, AK("expert_feed_forward_length"), (uint32_t)hp->expert_ff);
 		kv_u32(&g, AK("attention.key_length"), (uint32_t)hp->head_dim);
+	}
+	if (glm) { /* as llama.cpp's converter writes GLM-4.5 (Glm4MoeModel) */
+		kv_u32(&g, AK("attention.value_length"), (uint32_t)hp->head_dim);
+		kv_u32(&g, AK("rope.dimension_count"), (uint32_t)moe_rope_dims(hp));
+		kv_u32(&g, AK("leading_dense_block_count"), (uint32_t)hp->first_dense);
+		kv_u32(&g, AK("expert_shared_count"), (uint32_t)hp->n_shared);
+		kv_u32(&g, AK("expert_group_count"), (uint32_t)hp->n_group);
+		kv_u32(&g, AK("expert_group_used_count"), (uint32_t)hp->topk_group);
+		kv_f32(&g, AK("expert_weights_scale"), (float)hp->routed_scale);
+		kv_bool(&g, AK("expert_weights_norm"), (int)hp->norm_topk_prob);
+		kv_u32(&g, AK("expert_gating_func"), 2); /* sigmoid */
 	}
 #undef AK
 	kv_str(&g, "tokenizer.ggml.model", "none");
