@@ -60,6 +60,7 @@ static const struct pre_tokenizer pre_tokenizers[] = {
 	{"llama-bpe", TOK_IGNORE_MERGES, 1, {RE_LLAMA3}},
 	{"llama3", TOK_IGNORE_MERGES, 1, {RE_LLAMA3}},
 	{"llama-v3", TOK_IGNORE_MERGES, 1, {RE_LLAMA3}},
+	{"glm4", 0, 0, {RE_LLAMA3}}, /* GLM-4.5: Llama 3's split, merges applied, no BOS (as llama.cpp reads it) */
 	{"deepseek-v3", 0, 0,
 	 {"\\p{N}{1,3}", "[\xe4\xb8\x80-\xe9\xbe\xa5\xe3\x81\x80-\xe3\x82\x9f\xe3\x82\xa0-\xe3\x83\xbf]+",
 	  "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+|"
@@ -262,7 +263,7 @@ static int spec_from_gguf(const struct moe_gguf_vocab *v, const char *what, stru
 				what, v->model);
 	if (!spm && !(pre = find_pre(v->pre ? v->pre : "")))
 		return moe_fail(MOE_EUNSUPPORTED,
-				"%s: tokenizer.ggml.pre \"%s\" is not supported (qwen2, qwen35, deepseek-v3, llama-bpe, gpt-2)",
+				"%s: tokenizer.ggml.pre \"%s\" is not supported (qwen2, qwen35, deepseek-v3, llama-bpe, glm4, gpt-2)",
 				what, v->pre ? v->pre : "(absent)");
 	if (!v->n_tokens || v->n_tokens > MOE_MAX_VOCAB)
 		return moe_fail(MOE_EFORMAT, "%s: %u tokens (1..%u supported)", what, v->n_tokens, MOE_MAX_VOCAB);
