@@ -90,10 +90,11 @@ enum moe_type {
 	MOE_TYPE_Q6_K = 12,  /* GGUF Q6_K: 8-bit scales per 16 */
 	MOE_TYPE_IQ4_NL = 13, /* GGUF IQ4_NL: 32 weights, 16 non-uniform levels */
 	MOE_TYPE_IQ4_XS = 14, /* GGUF IQ4_XS: 256 weights, IQ4_NL levels, 6-bit scales per 32 */
+	MOE_TYPE_MXFP4 = 15,  /* GGUF MXFP4 (gpt-oss): 32 FP4 E2M1 values, a power-of-two (E8M0) scale */
 	MOE_TYPE_COUNT
 };
 
-/* "f32", "f16", "bf16", "q8", "q4", "q4_1", ... "q6_k", "iq4_nl", "iq4_xs"; NULL for an unknown id. */
+/* "f32", "f16", "bf16", "q8", "q4", "q4_1", ... "q6_k", "iq4_nl", "iq4_xs", "mxfp4"; NULL for an unknown id. */
 MOE_API const char *moe_type_name(int type);
 /* Parse a name above; returns the id or MOE_EINVAL. */
 MOE_API int moe_type_from_name(const char *name);

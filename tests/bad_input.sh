@@ -82,7 +82,7 @@ expect_error "GGUF truncated in the header" "truncated header" pack hdr.gguf out
 py -c "import os, shutil; shutil.copy('good.gguf', 'data.gguf'); os.truncate('data.gguf', os.path.getsize('data.gguf') - 64)"
 expect_error "GGUF truncated in the data" "runs past the end of the file" pack data.gguf out.moe
 py "$W" gguf iq2.gguf --bad=iq2
-expect_error "GGUF IQ2_XXS tensor" "blk.0.attn_v.weight has type IQ2_XXS (16); supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS" pack iq2.gguf out.moe
+expect_error "GGUF IQ2_XXS tensor" "blk.0.attn_v.weight has type IQ2_XXS (16); supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4" pack iq2.gguf out.moe
 py "$W" gguf arch.gguf --bad=arch
 expect_error "GGUF unknown architecture" 'architecture "grok" is not supported' pack arch.gguf out.moe
 # patch_gguf FILE.gguf OUT.gguf 'python on bytearray b, with kv(key) -> offset of its type'

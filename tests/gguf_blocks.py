@@ -10,8 +10,12 @@ import numpy as np
 # name: (weights per block, bytes per block, GGUF type id)
 FORMATS = {"q4_1": (32, 20, 3), "q5_0": (32, 22, 6), "q5_1": (32, 24, 7), "q2_k": (256, 84, 10),
            "q3_k": (256, 110, 11), "q4_k": (256, 144, 12), "q5_k": (256, 176, 13), "q6_k": (256, 210, 14),
-           "iq4_nl": (32, 18, 20), "iq4_xs": (256, 136, 23)}
+           "iq4_nl": (32, 18, 20), "iq4_xs": (256, 136, 23), "mxfp4": (32, 17, 39)}
 IQ4 = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float64)
+# MXFP4: FP4 E2M1 (sign, 2 exponent bits, 1 mantissa bit) decoded from its bits, not copied
+# from a table: 0 0.5 1 1.5 2 3 4 6, code 8 and up negative (the OCP MX specification)
+E2M1 = np.array([(-1.0 if c & 8 else 1.0) * ((c & 1) * 0.5 if (c >> 1) & 3 == 0 else
+                                             2.0 ** (((c >> 1) & 3) - 1) * (1 + (c & 1) * 0.5)) for c in range(16)])
 
 I = np.arange(256)
 CRUMB_BYTE = 32 * (I // 128) + I % 32     # Q2_K/Q3_K: byte of qs holding weight i
@@ -39,6 +43,9 @@ def _k4_scales(sc):
 def decode(name, raw, n):
     w, nbytes, _ = FORMATS[name]
     b = np.frombuffer(raw, np.uint8, n // w * nbytes).reshape(-1, nbytes).astype(np.int64)
+    if name == "mxfp4":  # {e: E8M0, qs[16]}: w = 2^(e-127) * E2M1[nibble]
+        q = np.concatenate([b[:, 1:] & 15, b[:, 1:] >> 4], axis=1)
+        return (np.ldexp(1.0, b[:, 0] - 127)[:, None] * E2M1[q]).reshape(-1)
     if w == 32:
         has_m = name in ("q4_1", "q5_1")
         d = _h(b, 0)
@@ -121,6 +128,13 @@ def encode(name, x):
     x = np.asarray(x, np.float64).reshape(-1, w)
     nb = len(x)
     out = np.zeros((nb, nbytes), np.uint8)
+    if name == "mxfp4":  # the exponent that puts the block's largest value near 4..6, codes by nearest value
+        amax = np.abs(x).max(1)
+        e = np.where(amax > 0, np.floor(np.log2(np.where(amax > 0, amax, 1))) - 2 + 127, 0).clip(0, 254)
+        out[:, 0] = e.astype(np.uint8)
+        q = np.abs(x[:, :, None] - np.ldexp(1.0, e.astype(np.int64) - 127)[:, None, None] * E2M1[None, None, :]).argmin(2)
+        out[:, 1:] = _nibbles(q)
+        return out.tobytes()
     if name in ("q4_1", "q5_1"):
         bits = 4 if name == "q4_1" else 5
         mn, mx = x.min(1), x.max(1)

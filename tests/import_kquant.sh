@@ -1,6 +1,6 @@
 #!/bin/sh
 # GGUF's block types as people download them (Q4_1, Q5_0, Q5_1, Q2_K .. Q6_K, IQ4_NL,
-# IQ4_XS), written by numpy (tests/gguf_blocks.py, whose decoders agree with
+# IQ4_XS, MXFP4), written by numpy (tests/gguf_blocks.py, whose decoders agree with
 # ggml-quants.c). moe-pack keeps them by default, bit for bit; moe-run's logits on
 # them match the float64 forward pass (tests/reference.py) on the same dequantized
 # weights. An _M-style mix (one layer's ffn_down in more bits) keeps both types, as
@@ -47,7 +47,7 @@ print("%s: max|d|/max|logit| %.2e, top-1 %.2f, mean KL %.2e" % (sys.argv[1], rel
 # what is left is the int8 rounding of the activations, as for q8/q4 (engine_logits.sh)
 sys.exit(0 if kl <= 1e-2 and top1 >= 0.75 else 1)
 PY
-for t in q4_1 q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k iq4_nl iq4_xs; do
+for t in q4_1 q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k iq4_nl iq4_xs mxfp4; do
 	T_UP=$(echo $t | tr a-z A-Z)
 	check "$t gguf" py "$W" gguf $t.gguf --arch=mixtral256 --types=attn=$T_UP,experts=$T_UP,embed=$T_UP,output=$T_UP
 	check "$t pack" "$MOE_PACK" --no-progress --zstd-min-saving 100 $t.gguf $t.moe
@@ -57,9 +57,10 @@ for t in q4_1 q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k iq4_nl iq4_xs; do
 	check "$t logits" py cmp.py $t.bin $t.npy
 	cat "$WORK/out"
 done
-# every kernel implementation on one K type and one IQ4 type (the default one ran above)
+# every kernel implementation on one K type and the two tables of levels, IQ4 and MXFP4
+# (the default one ran above)
 for k in scalar avx2 avx512; do
-	for t in q3_k iq4_xs; do
+	for t in q3_k iq4_xs mxfp4; do
 		if MOE_KERNEL=$k "$MOE_RUN" -m $t.moe --tokens "$T" -n 0 -b 7 --kv-type f32 --logits-out $t.$k.bin \
 			>/dev/null 2>"$WORK/err"; then
 			check "$t logits $k" py cmp.py $t.$k.bin $t.npy

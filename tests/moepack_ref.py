@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gguf_blocks  # noqa: E402
 
 TYPES = {0: "f32", 1: "f16", 2: "bf16", 3: "q8", 4: "q4", 5: "q4_1", 6: "q5_0", 7: "q5_1", 8: "q2_k", 9: "q3_k",
-         10: "q4_k", 11: "q5_k", 12: "q6_k", 13: "iq4_nl", 14: "iq4_xs"}
+         10: "q4_k", 11: "q5_k", 12: "q6_k", 13: "iq4_nl", 14: "iq4_xs", 15: "mxfp4"}
 
 
 def _bf16_to_f64(u16):

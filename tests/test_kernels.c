@@ -134,6 +134,16 @@ static void ref_block(int type, const uint8_t *b, double *val, double *mag)
 		}
 		break;
 	}
+	case MOE_TYPE_MXFP4: { /* {e, qs[16]}: 2^(e-127) times an FP4 E2M1 value, from its bits */
+		const double d = ldexp(1.0, b[0] - 127);
+		for (int j = 0; j < 32; j++) {
+			const int c = j < 16 ? b[1 + j] & 15 : b[1 + j - 16] >> 4, ex = (c >> 1) & 3, m = c & 1;
+			const double v = (c & 8 ? -1 : 1) * (ex ? ldexp(1.0 + 0.5 * m, ex - 1) : 0.5 * m);
+			val[j] = d * v;
+			mag[j] = fabs(val[j]);
+		}
+		break;
+	}
 	case MOE_TYPE_IQ4_XS: {
 		const double d = h(b);
 		const int sh = b[2] | b[3] << 8;
@@ -155,8 +165,10 @@ static void fix_halves(int type, uint8_t *b)
 	static const int at[MOE_TYPE_COUNT][2] = {
 		[MOE_TYPE_Q4_1] = {0, 2}, [MOE_TYPE_Q5_0] = {0, -1}, [MOE_TYPE_Q5_1] = {0, 2}, [MOE_TYPE_Q2_K] = {80, 82},
 		[MOE_TYPE_Q3_K] = {108, -1}, [MOE_TYPE_Q4_K] = {0, 2}, [MOE_TYPE_Q5_K] = {0, 2}, [MOE_TYPE_Q6_K] = {208, -1},
-		[MOE_TYPE_IQ4_NL] = {0, -1}, [MOE_TYPE_IQ4_XS] = {0, -1},
+		[MOE_TYPE_IQ4_NL] = {0, -1}, [MOE_TYPE_IQ4_XS] = {0, -1}, [MOE_TYPE_MXFP4] = {-1, -1},
 	};
+	if (type == MOE_TYPE_MXFP4) /* its E8M0 scale: 2^-17 .. 2^-8, as the fp16 ones below */
+		b[0] = (uint8_t)(110 + next() % 10);
 	for (int i = 0; i < 2; i++)
 		if (at[type][i] >= 0) {
 			/* 2^-14 .. 2^-6, either sign: the sub-scales multiply them by up to 63 (128 for Q6_K) */

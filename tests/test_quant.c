@@ -193,7 +193,8 @@ static void test_sizes(void)
 		    {"q5_1", MOE_TYPE_Q5_1, 32, 24},    {"q2_k", MOE_TYPE_Q2_K, 256, 84},
 		    {"q3_k", MOE_TYPE_Q3_K, 256, 110},  {"q4_k", MOE_TYPE_Q4_K, 256, 144},
 		    {"q5_k", MOE_TYPE_Q5_K, 256, 176},  {"q6_k", MOE_TYPE_Q6_K, 256, 210},
-		    {"iq4_nl", MOE_TYPE_IQ4_NL, 32, 18}, {"iq4_xs", MOE_TYPE_IQ4_XS, 256, 136}};
+		    {"iq4_nl", MOE_TYPE_IQ4_NL, 32, 18}, {"iq4_xs", MOE_TYPE_IQ4_XS, 256, 136},
+		    {"mxfp4", MOE_TYPE_MXFP4, 32, 17}};
 	for (size_t i = 0; i < sizeof gguf / sizeof gguf[0]; i++) {
 		const int t = gguf[i].type;
 		CHECK(moe_type_from_name(gguf[i].name) == t && strcmp(moe_type_name(t), gguf[i].name) == 0, "%s name",

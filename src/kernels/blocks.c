@@ -7,6 +7,7 @@
 #include "kernels/kernels.h"
 
 const int8_t moe_iq4_levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+const int8_t moe_mxfp4_levels[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 
 /* an fp16 scale: normal numbers inline (the common case), the rest by the full conversion */
 static inline float h16(const uint8_t *p)
@@ -70,6 +71,22 @@ static void codes_iq4_nl(const uint8_t *b, uint8_t *c)
 		c[j] = (uint8_t)moe_iq4_levels[c[j]];
 }
 static void scales_iq4_nl(const uint8_t *b, float *s, float *z) { pair(s, z, 0, h16(b), 0); }
+
+/* MXFP4 {e, qs[16]}: w = 2^(e-128) * level[nibble] (the E8M0 scale 2^(e-127), halved
+ * for the doubled levels); the scale is a power of two, exact in float32 down to e = 0 */
+static void codes_mxfp4(const uint8_t *b, uint8_t *c)
+{
+	nibbles32(b + 1, c);
+	for (int j = 0; j < 32; j++)
+		c[j] = (uint8_t)moe_mxfp4_levels[c[j]];
+}
+static void scales_mxfp4(const uint8_t *b, float *s, float *z)
+{
+	const uint32_t u = b[0] < 2 ? 0x00200000u << b[0] : (uint32_t)(b[0] - 1) << 23;
+	float d;
+	memcpy(&d, &u, 4);
+	pair(s, z, 0, d, 0);
+}
 
 /*
  * The 2- and 3-bit K formats share one weight order: weight i of the 256 is
@@ -197,6 +214,7 @@ static const struct moe_block_format formats[MOE_TYPE_COUNT] = {
 	[MOE_TYPE_Q6_K] = FORMAT(q6_k, 256, 210, 0, 208, -1),
 	[MOE_TYPE_IQ4_NL] = FORMAT(iq4_nl, 32, 18, 1, 0, -1),
 	[MOE_TYPE_IQ4_XS] = FORMAT(iq4_xs, 256, 136, 1, 0, -1),
+	[MOE_TYPE_MXFP4] = FORMAT(mxfp4, 32, 17, 1, -1, -1),
 };
 
 const struct moe_block_format *moe_block_format(int type)

@@ -1,5 +1,5 @@
 /*
- * blocks.h - GGUF's block formats that packs keep bit for bit (q4_1 ... iq4_xs),
+ * blocks.h - GGUF's block formats that packs keep bit for bit (q4_1 ... iq4_xs, mxfp4),
  * and the one form every kernel computes with.
  *
  * ggml-quants.c defines each format by its dequantization; blocks.c restates
@@ -47,5 +47,8 @@ void moe_block_dequantize(const struct moe_block_format *f, const void *blocks, 
 
 /* IQ4_NL's 16 levels (shared by IQ4_XS). */
 extern const int8_t moe_iq4_levels[16];
+/* MXFP4's: the FP4 E2M1 values doubled (0, 0.5, 1, 1.5, 2, 3, 4, 6 and their negatives),
+ * so that they are integers; the block's scale is halved to match, as ggml does. */
+extern const int8_t moe_mxfp4_levels[16];
 
 #endif

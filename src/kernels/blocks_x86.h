@@ -52,12 +52,18 @@ static void x86_codes_q5_1(const uint8_t *b, uint8_t *c)
 	x86_store(c, _mm256_or_si256(x86_nibbles32(b + 8), x86_bits32(b + 4)));
 }
 
-static inline __m256i x86_iq4(__m256i nib)
+/* 4-bit indices -> one of 16 levels, by table lookup in each 128-bit lane */
+static inline __m256i x86_levels(const int8_t *levels, __m256i nib)
 {
-	const __m128i t = _mm_loadu_si128((const __m128i *)moe_iq4_levels);
+	const __m128i t = _mm_loadu_si128((const __m128i *)levels);
 	return _mm256_shuffle_epi8(_mm256_set_m128i(t, t), nib);
 }
+static inline __m256i x86_iq4(__m256i nib) { return x86_levels(moe_iq4_levels, nib); }
 static void x86_codes_iq4_nl(const uint8_t *b, uint8_t *c) { x86_store(c, x86_iq4(x86_nibbles32(b + 2))); }
+static void x86_codes_mxfp4(const uint8_t *b, uint8_t *c)
+{
+	x86_store(c, x86_levels(moe_mxfp4_levels, x86_nibbles32(b + 1)));
+}
 static void x86_codes_iq4_xs(const uint8_t *b, uint8_t *c)
 {
 	for (int j = 0; j < 8; j++)
@@ -127,7 +133,7 @@ static moe_block_codes_fn *const x86_codes[MOE_TYPE_COUNT] = {
 	[MOE_TYPE_Q4_1] = x86_codes_q4_1,     [MOE_TYPE_Q5_0] = x86_codes_q5_0, [MOE_TYPE_Q5_1] = x86_codes_q5_1,
 	[MOE_TYPE_Q2_K] = x86_codes_q2_k,     [MOE_TYPE_Q3_K] = x86_codes_q3_k, [MOE_TYPE_Q4_K] = x86_codes_q4_k,
 	[MOE_TYPE_Q5_K] = x86_codes_q5_k,     [MOE_TYPE_Q6_K] = x86_codes_q6_k, [MOE_TYPE_IQ4_NL] = x86_codes_iq4_nl,
-	[MOE_TYPE_IQ4_XS] = x86_codes_iq4_xs,
+	[MOE_TYPE_IQ4_XS] = x86_codes_iq4_xs, [MOE_TYPE_MXFP4] = x86_codes_mxfp4,
 };
 
 /*

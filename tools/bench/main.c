@@ -663,7 +663,7 @@ int main(int argc, char **argv)
 		     "  profile   the experts a trace uses most, as a pin list for moe-run --pin\n"
 		     "  diskbw    O_DIRECT read bandwidth with 1..N reads in flight (the bound for expert streaming)\n"
 		     "  --impl        scalar,avx2,avx512,neon (default: all this CPU runs)\n"
-		     "  --format      q8,q4,f16,f32, GGUF block types q4_1,q5_0,q5_1,q2_k..q6_k,iq4_nl,iq4_xs (default q8,q4)\n"
+		     "  --format      q8,q4,f16,f32, GGUF block types q4_1,q5_0,q5_1,q2_k..q6_k,iq4_nl,iq4_xs,mxfp4 (default q8,q4)\n"
 		     "  --threads     thread counts (default 1 and all CPUs)\n"
 		     "  --batch       tokens per call, 1..64 (default 1,32)\n"
 		     "  --shape       mixtral,qwen3,deepseek expert shapes (default all)\n"

@@ -399,9 +399,10 @@ static const struct {
 } kept_blocks[] = {
 	{3, MOE_TYPE_Q4_1}, {6, MOE_TYPE_Q5_0}, {7, MOE_TYPE_Q5_1}, {10, MOE_TYPE_Q2_K}, {11, MOE_TYPE_Q3_K},
 	{12, MOE_TYPE_Q4_K}, {13, MOE_TYPE_Q5_K}, {14, MOE_TYPE_Q6_K}, {20, MOE_TYPE_IQ4_NL}, {23, MOE_TYPE_IQ4_XS},
+	{39, MOE_TYPE_MXFP4},
 };
 
-#define SUPPORTED_TYPES "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS"
+#define SUPPORTED_TYPES "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4"
 
 static int add_tensor(struct moe_source *src, int file, const char *name, uint32_t type, uint32_t nd,
 		      const uint64_t ne[4], uint64_t abs_off, uint64_t file_size, uint64_t head_dim)

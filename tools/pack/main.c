@@ -25,7 +25,7 @@ static void usage(FILE *fp)
 	      "  -q, --quant RECIPE       types per tensor kind: auto (default: quantized GGUF tensors keep\n"
 	      "                           their types, others become q8), q8, q4, f16, bf16, f32, keep,\n"
 	      "                           q2_k, q3_k, q4_k, q5_k, q6_k (from any source), a GGUF block\n"
-	      "                           type kept as it is (q4_1, q5_0, q5_1, iq4_nl, iq4_xs), a list\n"
+	      "                           type kept as it is (q4_1, q5_0, q5_1, iq4_nl, iq4_xs, mxfp4), a list\n"
 	      "                           like experts=q4_k,attn=q8,embed=f16 (norms, routers: f32), or\n"
 	      "                           llama.cpp's mix q2_k_m, q3_k_m, q4_k_m or q5_k_m\n"
 	      "      --align 4K|2M        alignment of expert blobs (default 4K)\n"

@@ -146,7 +146,7 @@ int pack_parse_quant(const char *spec, struct pack_options *o)
 		if (type == MOE_EINVAL)
 			return moe_fail(MOE_EINVAL, "--quant %s: unknown type '%.*s' (auto, keep, f32, f16, bf16, q8, q4, "
 					"q2_k, q3_k, q4_k, q5_k, q6_k, a GGUF block type kept as it is: q4_1, q5_0, q5_1, iq4_nl, "
-					"iq4_xs; or a mix alone: q2_k_m, q3_k_m, q4_k_m, q5_k_m)", spec, (int)tlen, tname);
+					"iq4_xs, mxfp4; or a mix alone: q2_k_m, q3_k_m, q4_k_m, q5_k_m)", spec, (int)tlen, tname);
 		if ((kind == MOE_KIND_NORM || kind == MOE_KIND_ROUTER) && type != MOE_TYPE_F32)
 			return moe_fail(MOE_EINVAL, "--quant %s: %s tensors are always f32", spec, moe_kind_names[kind]);
 		for (int k = 0; k < MOE_KIND_COUNT; k++)
