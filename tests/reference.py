@@ -1,4 +1,4 @@
-"""A float64 numpy forward pass of Mixtral, Qwen3-MoE, DeepSeek-V3 and GLM-4.5 (the
+"""A float64 numpy forward pass of Mixtral, Qwen3-MoE, DeepSeek-V3, GLM-4.5 and gpt-oss (the
 semantics of Hugging Face transformers' modeling code), reading a safetensors folder. It is the reference moe-run's
 logits are checked against. DeepSeek-V3's attention is computed naively (k_nope and
 v decompressed for every position, as modeling_deepseek.py does); --absorbed
@@ -185,10 +185,80 @@ def forward_deepseek(cfg, W, tokens, absorbed=False):
     return x @ head.T
 
 
+def yarn_hf(cfg, dim):
+    """transformers' _compute_yarn_parameters: inverse frequencies and the cos/sin factor"""
+    import math
+    rs, base = cfg["rope_scaling"], cfg.get("rope_theta", 10000.0)
+    factor = rs["factor"]
+    orig = rs.get("original_max_position_embeddings") or cfg["max_position_embeddings"]
+    fast, slow = rs.get("beta_fast") or 32, rs.get("beta_slow") or 1
+    cdim = lambda rot: dim * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(base))
+    low, high = cdim(fast), cdim(slow)
+    if rs.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(dim // 2) - low) / (high - low), 0, 1)
+    extra = 1.0 / base ** (np.arange(0, dim, 2) / dim)
+    inv = extra / factor * ramp + extra * (1 - ramp)
+    return inv, 0.1 * math.log(factor) + 1.0
+
+
+def forward_gpt_oss(cfg, W, tokens):
+    """modeling_gpt_oss.py: attention with biases, sinks and sliding windows on the layers
+    layer_types says; YaRN rotate-half RoPE; router top-k of logits then softmax; experts
+    fused ([E, H, 2I], gate even and up odd columns) with biases and the clamped SwiGLU"""
+    H, L, nh, nkv = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd, eps, K, lim = cfg["head_dim"], cfg["rms_norm_eps"], cfg["num_experts_per_tok"], cfg.get("swiglu_limit", 7.0)
+    n = len(tokens)
+    pos = np.arange(n, dtype=np.float64)
+    inv, msc = yarn_hf(cfg, hd)
+    ang = pos[:, None] * inv[None, :]
+    c, sn = (np.cos(ang) * msc)[:, None, :], (np.sin(ang) * msc)[:, None, :]
+    rot = lambda x: np.concatenate([x[..., :hd // 2] * c - x[..., hd // 2:] * sn,
+                                    x[..., hd // 2:] * c + x[..., :hd // 2] * sn], axis=-1)
+    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    x = W["model.embed_tokens.weight"][tokens]
+    for l in range(L):
+        p, a = "model.layers.%d." % l, "model.layers.%d.self_attn." % l
+        h = rmsnorm(x, W[p + "input_layernorm.weight"], eps)
+        proj = lambda m, heads: (h @ W[a + m + "_proj.weight"].T + W[a + m + "_proj.bias"]).reshape(n, heads, hd)
+        q, k, v = rot(proj("q", nh)), rot(proj("k", nkv)), proj("v", nkv)
+        k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v, nh // nkv, axis=1)
+        seen = j <= i
+        if cfg["layer_types"][l] == "sliding_attention":
+            seen &= j > i - cfg["sliding_window"]
+        s = np.einsum("ihd,jhd->hij", q, k) / np.sqrt(hd) + np.where(seen, 0, -np.inf)
+        s = np.concatenate([s, np.broadcast_to(W[a + "sinks"][:, None, None], (nh, n, 1))], axis=-1)
+        s = np.exp(s - s.max(axis=-1, keepdims=True))
+        s = (s / s.sum(axis=-1, keepdims=True))[..., :-1]  # the sink's share dropped
+        att = np.einsum("hij,jhd->ihd", s, v).reshape(n, nh * hd)
+        x = x + att @ W[a + "o_proj.weight"].T + W[a + "o_proj.bias"]
+        h = rmsnorm(x, W[p + "post_attention_layernorm.weight"], eps)
+        lg = h @ W[p + "mlp.router.weight"].T + W[p + "mlp.router.bias"]
+        e_ = p + "mlp.experts."
+        out = np.zeros_like(x)
+        for t in range(n):
+            top = np.argsort(-lg[t], kind="stable")[:K]
+            wt = np.exp(lg[t, top] - lg[t, top].max())
+            wt /= wt.sum()
+            for e, w in zip(top, wt):
+                gu = h[t] @ W[e_ + "gate_up_proj"][e] + W[e_ + "gate_up_proj_bias"][e]
+                g, u = np.minimum(gu[::2], lim), np.clip(gu[1::2], -lim, lim)
+                act = g / (1 + np.exp(-1.702 * g)) * (u + 1)
+                out[t] += w * (act @ W[e_ + "down_proj"][e] + W[e_ + "down_proj_bias"][e])
+        x = x + out
+    x = rmsnorm(x, W["model.norm.weight"], eps)
+    return x @ W["lm_head.weight"].T
+
+
 def forward(cfg, W, tokens, absorbed=False):
     arch = cfg["model_type"]
     if arch == "deepseek_v3":
         return forward_deepseek(cfg, W, tokens, absorbed)
+    if arch == "gpt_oss":
+        return forward_gpt_oss(cfg, W, tokens)
     H, L = cfg["hidden_size"], cfg["num_hidden_layers"]
     nh, nkv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
     hd = cfg.get("head_dim") or H // nh

@@ -372,7 +372,7 @@ static void check_drivers(const struct moe_kernel_impl *k, int type)
 		for (size_t i = 0; i < batch * ff; i++)
 			hg[i] = hg[i] / (1.0f + expf(-hg[i])) * hu[i];
 		CHECK(moe_matmul(k, pool, &d.w, hg, batch, y1, &s) == 0, "matmul");
-		CHECK(moe_expert_ffn(k, pool, &g.w, &u.w, &d.w, x, batch, y2, &s) == 0, "ffn");
+		CHECK(moe_expert_ffn(k, pool, &g.w, &u.w, &d.w, x, batch, y2, NULL, &s) == 0, "ffn");
 		double err = 0, norm = 0;
 		for (size_t i = 0; i < batch * hidden; i++) {
 			/* plain comparisons: aarch64 gcc 12 crashes vectorizing two fmax reductions here */

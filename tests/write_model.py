@@ -62,6 +62,18 @@ CONFIGS["glm4_moe"] = dict(model_type="glm4_moe", num_hidden_layers=2, hidden_si
                            num_nextn_predict_layers=1, tie_word_embeddings=False)
 # GLM-4.5-Air's variant: no q/k norms, no routed scaling
 CONFIGS["glm4_moe_air"] = dict(CONFIGS["glm4_moe"], use_qk_norm=False, routed_scaling_factor=1.0)
+# gpt-oss: q/k/v/o biases, a sink per head, a 4-token sliding window on the even layers,
+# YaRN without rounding, a biased router (top k, then softmax), experts fused as in the
+# Hugging Face release (gate_up_proj [E, H, 2I], gate and up interleaved; down_proj [E, I, H])
+# with biases and the clamped SwiGLU
+CONFIGS["gpt_oss"] = dict(model_type="gpt_oss", num_hidden_layers=4, hidden_size=128, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=32, vocab_size=96, num_local_experts=8,
+                          num_experts_per_tok=2, experts_per_token=2, intermediate_size=64, sliding_window=4,
+                          layer_types=["sliding_attention", "full_attention"] * 2, rope_theta=150000.0,
+                          rope_scaling=dict(rope_type="yarn", factor=32.0, beta_fast=32.0, beta_slow=1.0,
+                                            original_max_position_embeddings=128, truncate=False),
+                          swiglu_limit=7.0, rms_norm_eps=1e-5, max_position_embeddings=4096, attention_bias=True,
+                          tie_word_embeddings=False)
 # Mixtral with every matrix 256 columns wide, for GGUF's 256-weight K blocks
 CONFIGS["mixtral256"] = dict(CONFIGS["mixtral"], hidden_size=256, head_dim=64, vocab_size=256, intermediate_size=256)
 
@@ -83,6 +95,8 @@ def weights(arch, seed=7, vocab=None):
     w["model.embed_tokens.weight"] = rng.standard_normal((V, H)).astype(np.float32)
     n_layers_written = L + c.get("num_nextn_predict_layers", 0)  # DeepSeek, GLM: + the MTP layer to skip
     glm = arch == "glm4_moe"
+    if arch == "gpt_oss":
+        return gpt_oss_weights(c, rng, w, lin, norm)
     for l in range(n_layers_written):
         p = "model.layers.%d." % l
         norm(p + "input_layernorm.weight", H)
@@ -138,6 +152,36 @@ def weights(arch, seed=7, vocab=None):
                 lin(q + "gate_proj.weight", I, H)
                 lin(q + "up_proj.weight", I, H)
                 lin(q + "down_proj.weight", H, I)
+    norm("model.norm.weight", H)
+    lin("lm_head.weight", V, H)
+    return w
+
+
+def gpt_oss_weights(c, rng, w, lin, norm):
+    """gpt-oss as its Hugging Face checkpoint names and shapes it (the dequantized form of its
+    MXFP4 experts); the experts' gate/up scaled so that the clamp at swiglu_limit is reached"""
+    H, V, L, E, I = c["hidden_size"], c["vocab_size"], c["num_hidden_layers"], c["num_local_experts"], c["intermediate_size"]
+    nh, nkv, hd = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
+    vec = lambda name, shape, std: w.__setitem__(name, (std * rng.standard_normal(shape)).astype(np.float32))
+    w["model.embed_tokens.weight"] = rng.standard_normal((V, H)).astype(np.float32)
+    for l in range(L):
+        p = "model.layers.%d." % l
+        a = p + "self_attn."
+        norm(p + "input_layernorm.weight", H)
+        for m, rows in (("q", nh * hd), ("k", nkv * hd), ("v", nkv * hd)):
+            lin(a + "%s_proj.weight" % m, rows, H)
+            vec(a + "%s_proj.bias" % m, rows, 0.5)
+        lin(a + "o_proj.weight", H, nh * hd)
+        vec(a + "o_proj.bias", H, 0.5)
+        vec(a + "sinks", nh, 1.0)
+        norm(p + "post_attention_layernorm.weight", H)
+        lin(p + "mlp.router.weight", E, H)
+        vec(p + "mlp.router.bias", E, 0.5)
+        x = p + "mlp.experts."
+        vec(x + "gate_up_proj", (E, H, 2 * I), 4 / np.sqrt(H))
+        vec(x + "gate_up_proj_bias", (E, 2 * I), 0.5)
+        vec(x + "down_proj", (E, I, H), 1 / np.sqrt(I))
+        vec(x + "down_proj_bias", (E, H), 0.5)
     norm("model.norm.weight", H)
     lin("lm_head.weight", V, H)
     return w
@@ -274,7 +318,8 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
         w = weights(arch, vocab=c["vocab_size"])
     arch = c["model_type"]
     tmap = dict(kv.split("=") for kv in types.split(","))
-    ga = {"mixtral": "llama", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2", "glm4_moe": "glm4moe"}[arch]
+    ga = {"mixtral": "llama", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2", "glm4_moe": "glm4moe",
+          "gpt_oss": "gpt-oss"}[arch]
     L, H = c["num_hidden_layers"], c["hidden_size"]
     kvs = [("general.architecture", 8, "grok" if bad == "arch" else ga), ("general.alignment", 4, 32),
            (ga + ".block_count", 4, L + nextn), (ga + ".embedding_length", 4, H),
@@ -313,6 +358,15 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
                     (ga + ".attention.value_length", 4, c["kv_lora_rank"]),
                     (ga + ".attention.key_length_mla", 4, c["qk_nope_head_dim"] + c["qk_rope_head_dim"]),
                     (ga + ".attention.value_length_mla", 4, c["v_head_dim"])]
+    elif arch == "gpt_oss":  # convert_hf_to_gguf.py's GptOssModel
+        rs = c["rope_scaling"]
+        kvs += [(ga + ".expert_count", 4, c["num_local_experts"]), (ga + ".expert_used_count", 4, c["num_experts_per_tok"]),
+                (ga + ".feed_forward_length", 4, c["intermediate_size"]),
+                (ga + ".expert_feed_forward_length", 4, c["intermediate_size"]),
+                (ga + ".attention.key_length", 4, c["head_dim"]), (ga + ".attention.value_length", 4, c["head_dim"]),
+                (ga + ".attention.sliding_window", 4, c["sliding_window"]),
+                (ga + ".rope.scaling.type", 8, "yarn"), (ga + ".rope.scaling.factor", 6, rs["factor"]),
+                (ga + ".rope.scaling.original_context_length", 4, rs["original_max_position_embeddings"])]
     elif arch == "glm4_moe":  # convert_hf_to_gguf.py's Glm4MoeModel
         kvs += [(ga + ".expert_count", 4, c["n_routed_experts"]), (ga + ".expert_used_count", 4, c["num_experts_per_tok"]),
                 (ga + ".feed_forward_length", 4, c["intermediate_size"]),
@@ -384,6 +438,22 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
             for gname, hname in zip(("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"), names):
                 tensors.append((b + gname + ".weight", np.stack([w[ex % e + hname + ".weight"] for e in range(E)])))
             continue
+        if arch == "gpt_oss":  # the fused experts split, gate and up de-interleaved, [E, out, in]; biases apart
+            a, x = p + "self_attn.", p + "mlp.experts."
+            tensors += [(b + "attn_%s.%s" % (g, t), w[a + "%s_proj.%s" % (m, t)])
+                        for g, m in (("q", "q"), ("k", "k"), ("v", "v"), ("output", "o")) for t in ("weight", "bias")]
+            gu, gub = w[x + "gate_up_proj"].transpose(0, 2, 1), w[x + "gate_up_proj_bias"]
+            tensors += [(b + "attn_sinks.weight", w[a + "sinks"]),
+                        (b + "post_attention_norm.weight", w[p + "post_attention_layernorm.weight"]),
+                        (b + "ffn_gate_inp.weight", w[p + "mlp.router.weight"]),
+                        (b + "ffn_gate_inp.bias", w[p + "mlp.router.bias"]),
+                        (b + "ffn_gate_exps.weight", np.ascontiguousarray(gu[:, ::2])),
+                        (b + "ffn_up_exps.weight", np.ascontiguousarray(gu[:, 1::2])),
+                        (b + "ffn_down_exps.weight", np.ascontiguousarray(w[x + "down_proj"].transpose(0, 2, 1))),
+                        (b + "ffn_gate_exps.bias", np.ascontiguousarray(gub[:, ::2])),
+                        (b + "ffn_up_exps.bias", np.ascontiguousarray(gub[:, 1::2])),
+                        (b + "ffn_down_exps.bias", w[x + "down_proj_bias"])]
+            continue
         if arch == "glm4_moe":  # rotate-half already (NEOX): no permutation; biases; post_attention_norm
             a = p + "self_attn."
             tensors += [(b + "attn_q.weight", w[a + "q_proj.weight"]), (b + "attn_q.bias", w[a + "q_proj.bias"]),
@@ -441,7 +511,7 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
 
     typed = []
     for name, a in tensors:
-        t = tmap.get(kind(name), "F32") if a.ndim >= 2 else "F32"
+        t = tmap.get(kind(name), "F32") if a.ndim >= 2 and not name.endswith(".bias") else "F32"
         if bad == "iq2" and name == "blk.0.attn_v.weight":
             t = "IQ2_XXS"
         if down1 and name == "blk.1.ffn_down_exps.weight":  # as Q4_K_M gives some layers' ffn_down more bits

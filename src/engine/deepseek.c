@@ -201,7 +201,7 @@ static void attend_heads(void *arg, int i, int n)
 			const float *cp = j->rows + p * row;
 			sc[p] = (moe_dot(qabs, cp, kvl) + moe_dot(qpe, cp + kvl, rope)) * a->scale;
 		}
-		moe_softmax_rows(sc, 1, len);
+		moe_softmax_sink(sc, len, -INFINITY);
 		memset(ch, 0, kvl * sizeof *ch);
 		for (size_t p = 0; p < len; p++)
 			moe_axpy(ch, sc[p], j->rows + p * row, kvl);

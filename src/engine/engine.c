@@ -70,6 +70,55 @@ static int matrix(struct moe_model *m, const char *name, uint64_t rows, uint64_t
 	return rc;
 }
 
+/* an f32 matrix read as floats (gpt-oss's expert biases) */
+static int matrix_f32(struct moe_model *m, const char *name, uint64_t rows, uint64_t cols, const float **out)
+{
+	const moe_tensor *t;
+	int rc = find(m, name, 0, &t);
+	if (rc)
+		return rc;
+	if (t->type != MOE_TYPE_F32 || t->n_dims != 2 || t->dims[0] != rows || t->dims[1] != cols)
+		return moe_fail(MOE_EFORMAT, "tensor %s: expected f32 [%llu, %llu]", name, (unsigned long long)rows,
+				(unsigned long long)cols);
+	*out = t->data;
+	return 0;
+}
+
+/* RoPE's inverse frequencies for the rot rotated dimensions of a head: theta^(-2i/rot),
+ * or with YaRN (gpt-oss; transformers' _compute_yarn_parameters) blended between those
+ * and the interpolated ones theta^(-2i/rot) / factor over the correction range, with
+ * cos and sin scaled by 0.1 ln(factor) + 1 */
+static int rope_table(struct moe_model *m)
+{
+	const struct moe_hparams *hp = &m->hp;
+	const size_t rot = moe_rope_dims(hp), half = rot / 2;
+	m->rope_inv = malloc((half ? half : 1) * sizeof *m->rope_inv);
+	if (!m->rope_inv)
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	m->rope_scale = 1.0;
+	for (size_t i = 0; i < half; i++)
+		m->rope_inv[i] = pow(hp->rope_theta, -2.0 * (double)i / (double)rot);
+	if (hp->arch != MOE_ARCH_GPT_OSS || !(hp->rope_factor > 1))
+		return 0;
+	const double f = hp->rope_factor, d = (double)rot, base = hp->rope_theta;
+	const double orig = hp->rope_orig_max > 0 ? hp->rope_orig_max : (double)hp->max_pos;
+	const double fast = hp->rope_beta_fast > 0 ? hp->rope_beta_fast : 32, slow = hp->rope_beta_slow > 0 ? hp->rope_beta_slow : 1;
+#define CORRECTION_DIM(rots) (d * log(orig / ((rots) * 2 * M_PI)) / (2 * log(base)))
+	double lo = CORRECTION_DIM(fast), hi = CORRECTION_DIM(slow);
+#undef CORRECTION_DIM
+	if (hp->rope_truncate)
+		lo = floor(lo), hi = ceil(hi);
+	lo = fmax(lo, 0), hi = fmin(hi, d - 1);
+	if (lo == hi)
+		hi += 0.001;
+	for (size_t i = 0; i < half; i++) {
+		const double ramp = fmin(fmax(((double)i - lo) / (hi - lo), 0), 1); /* 1: fully interpolated */
+		m->rope_inv[i] = m->rope_inv[i] / f * ramp + m->rope_inv[i] * (1 - ramp);
+	}
+	m->rope_scale = 0.1 * log(f) + 1.0;
+	return 0;
+}
+
 int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out)
 {
 	*out = NULL;
@@ -135,6 +184,10 @@ int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out)
 				if (!rc) rc = vector(m, LAYER("attn_k.bias"), kv, &w->k_bias);
 				if (!rc) rc = vector(m, LAYER("attn_v.bias"), kv, &w->v_bias);
 			}
+			if (!rc && hp->arch == MOE_ARCH_GPT_OSS) {
+				rc = vector(m, LAYER("attn_output.bias"), H, &w->o_bias);
+				if (!rc) rc = vector(m, LAYER("attn_sinks"), hp->n_heads, &w->sinks);
+			}
 		}
 		w->dense = !moe_layer_is_moe(hp, l);
 		if (!rc && w->dense) {
@@ -143,6 +196,13 @@ int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out)
 			if (!rc) rc = matrix(m, LAYER("ffn_down"), H, hp->dense_ff, &w->ffn_down);
 		} else if (!rc) {
 			rc = matrix(m, LAYER("ffn_gate_inp"), hp->n_experts, H, &w->router);
+			if (!rc && hp->arch == MOE_ARCH_GPT_OSS) {
+				const uint64_t E = hp->n_experts, ff = hp->expert_ff;
+				rc = vector(m, LAYER("ffn_gate_inp.bias"), E, &w->router_bias);
+				if (!rc) rc = matrix_f32(m, LAYER("ffn_gate_exps.bias"), E, ff, &w->exp_gate_bias);
+				if (!rc) rc = matrix_f32(m, LAYER("ffn_up_exps.bias"), E, ff, &w->exp_up_bias);
+				if (!rc) rc = matrix_f32(m, LAYER("ffn_down_exps.bias"), E, H, &w->exp_down_bias);
+			}
 			if (!rc && moe_arch_sigmoid_routing(hp)) {
 				const moe_tensor *b;
 				rc = find(m, LAYER("exp_probs_b"), 1, &b);
@@ -174,6 +234,8 @@ int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out)
 				goto fail;
 			}
 	}
+	if (!ds && (rc = rope_table(m)))
+		goto fail;
 	if ((rc = moe_experts_mapped(pack, &m->experts)))
 		goto fail;
 	m->kernels = moe_kernels_select();
@@ -208,6 +270,7 @@ void moe_model_free(struct moe_model *m)
 	if (m->experts)
 		m->experts->destroy(m->experts);
 	moe_pool_destroy(m->pool);
+	free(m->rope_inv);
 	free(m->layers);
 	free(m->tensors);
 	free(m);
@@ -335,14 +398,13 @@ void moe_rmsnorm(const float *x, const float *w, size_t n, double eps, float *ou
 }
 
 /* HF rotate-half on the first rot values of a head (all of it but in GLM-4.5):
- * element i pairs with i + rot/2, at the frequencies of a rot-wide head */
-static void rope(float *v, size_t rot, size_t pos, double theta)
+ * element i pairs with i + rot/2, at the model's frequencies (rope_table) */
+static void rope(const struct moe_model *m, float *v, size_t rot, size_t pos)
 {
 	const size_t half = rot / 2;
 	for (size_t i = 0; i < half; i++) {
-		const double inv = pow(theta, -2.0 * (double)i / (double)rot);
-		const double a = (double)pos * inv;
-		const float c = (float)cos(a), sn = (float)sin(a);
+		const double a = (double)pos * m->rope_inv[i];
+		const float c = (float)(cos(a) * m->rope_scale), sn = (float)(sin(a) * m->rope_scale);
 		const float x0 = v[i], x1 = v[i + half];
 		v[i] = x0 * c - x1 * sn;
 		v[i + half] = x1 * c + x0 * sn;
@@ -356,17 +418,24 @@ int moe_session_matmul(struct moe_session *s, const struct moe_wmat *w, const fl
 	return 0;
 }
 
-void moe_softmax_rows(float *p, size_t rows, size_t len)
+void moe_softmax_sink(float *p, size_t len, float sink)
 {
-	for (size_t h = 0; h < rows; h++, p += len) {
-		float mx = -INFINITY, sum = 0;
-		for (size_t j = 0; j < len; j++)
-			mx = fmaxf(mx, p[j]);
-		for (size_t j = 0; j < len; j++)
-			sum += (p[j] = expf(p[j] - mx));
-		for (size_t j = 0; j < len; j++)
-			p[j] /= sum;
-	}
+	float mx = sink, sum = 0;
+	for (size_t j = 0; j < len; j++)
+		mx = fmaxf(mx, p[j]);
+	for (size_t j = 0; j < len; j++)
+		sum += (p[j] = expf(p[j] - mx));
+	sum += expf(sink - mx); /* 0 without a sink */
+	for (size_t j = 0; j < len; j++)
+		p[j] /= sum;
+}
+
+/* The first position a token at pos sees in layer l: all of them, or the last
+ * sliding_window in gpt-oss's sliding layers (transformers: kv > q - window) */
+static size_t first_seen(const struct moe_hparams *hp, size_t l, size_t pos)
+{
+	const size_t w = hp->sliding[l] ? hp->sliding_window : 0;
+	return w && pos + 1 > w ? pos + 1 - w : 0;
 }
 
 /* row pos of layer l's cache, rounded to f16 for an f16 cache */
@@ -405,9 +474,11 @@ static void attention_batch(struct moe_session *s, size_t l, size_t n)
 		/* sc = scale * Q_h K_h^T */
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)len, (int)hd, 1.0f / sqrtf((float)hd), qh,
 			    (int)(nh * hd), kh, (int)kvd, 0.0f, sc, (int)len);
-		for (size_t t = 0; t < n; t++) { /* token t sees positions 0 .. n_past + t */
-			const size_t seen = s->n_past + t + 1;
-			moe_softmax_rows(sc + t * len, 1, seen);
+		const float *sinks = s->m->layers[l].sinks, sink = sinks ? sinks[h] : -INFINITY;
+		for (size_t t = 0; t < n; t++) { /* token t sees positions from .. n_past + t */
+			const size_t seen = s->n_past + t + 1, from = first_seen(hp, l, seen - 1);
+			memset(sc + t * len, 0, from * sizeof(float));
+			moe_softmax_sink(sc + t * len + from, seen - from, sink);
 			memset(sc + t * len + seen, 0, (len - seen) * sizeof(float));
 		}
 		/* att_h = P V_h */
@@ -431,17 +502,18 @@ static void attend_kv_heads(void *arg, int i, int n)
 	const struct moe_hparams *hp = &s->m->hp;
 	const size_t hd = hp->head_dim, nh = hp->n_heads, nkv = hp->n_kv_heads, group = nh / nkv, kvd = s->kv_dim;
 	const size_t len = s->n_past + 1, g0 = nkv * (size_t)i / (size_t)n, g1 = nkv * (size_t)(i + 1) / (size_t)n;
-	const float scale = 1.0f / sqrtf((float)hd);
+	const size_t from = first_seen(hp, j->l, s->n_past); /* positions from .. len - 1 */
+	const float scale = 1.0f / sqrtf((float)hd), *sinks = s->m->layers[j->l].sinks;
 	for (size_t g = g0; g < g1; g++) {
 		float *buf = s->kv_row + g * hd; /* this head's slice of the row buffer: no other thread's */
 		for (int pass = 0; pass < 2; pass++) { /* scores against K, then the sums of V */
 			const void *cache = pass ? s->v_cache : s->k_cache;
 			if (pass)
 				for (size_t h = g * group; h < (g + 1) * group; h++) {
-					moe_softmax_rows(s->scores + h * len, 1, len);
+					moe_softmax_sink(s->scores + h * len + from, len - from, sinks ? sinks[h] : -INFINITY);
 					memset(s->att + h * hd, 0, hd * sizeof(float));
 				}
-			for (size_t p = 0; p < len; p++) {
+			for (size_t p = from; p < len; p++) {
 				const size_t at = (j->l * s->ctx + p) * kvd + g * hd;
 				const float *row = (const float *)cache + at;
 				if (s->kv_type != MOE_KV_F32)
@@ -492,6 +564,24 @@ static void softmax_topk(float *p, size_t E, size_t K, int *idx, float *prob)
 	}
 }
 
+/* the K largest of E logits: ids and values, largest first (the lowest id wins a tie),
+ * K distinct experts whatever the values, as softmax_topk picks them */
+static void top_logits(const float *lg, size_t E, size_t K, int *idx, float *val)
+{
+	for (size_t k = 0; k < K; k++) {
+		size_t best = SIZE_MAX;
+		for (size_t e = 0; e < E; e++) {
+			int taken = 0;
+			for (size_t j = 0; j < k; j++)
+				taken |= idx[j] == (int)e;
+			if (!taken && (best == SIZE_MAX || lg[e] > lg[best]))
+				best = e;
+		}
+		idx[k] = (int)best;
+		val[k] = lg[best];
+	}
+}
+
 /* Mixtral / Qwen3 / GLM-4.5 attention of n tokens from s->xn into s->att: q, k, v
  * projections and their biases, q/k norms, RoPE, the KV cache, grouped-query attention */
 static int gqa_attention(struct moe_session *s, size_t l, size_t n)
@@ -514,13 +604,13 @@ static int gqa_attention(struct moe_session *s, size_t l, size_t n)
 			float *qh = s->q + t * nh * hd + h * hd;
 			if (w->q_norm)
 				moe_rmsnorm(qh, w->q_norm, hd, hp->rms_eps, qh);
-			rope(qh, rot, pos, hp->rope_theta);
+			rope(s->m, qh, rot, pos);
 		}
 		for (size_t h = 0; h < nkv; h++) {
 			float *kh = s->k + t * kvd + h * hd;
 			if (w->k_norm)
 				moe_rmsnorm(kh, w->k_norm, hd, hp->rms_eps, kh);
-			rope(kh, rot, pos, hp->rope_theta);
+			rope(s->m, kh, rot, pos);
 		}
 		moe_kv_store(s, s->k_cache, l, pos, s->k + t * kvd);
 		moe_kv_store(s, s->v_cache, l, pos, s->v + t * kvd);
@@ -529,13 +619,23 @@ static int gqa_attention(struct moe_session *s, size_t l, size_t n)
 	return 0;
 }
 
-/* each token's top k experts, renormalized over them if the model says so */
-static void route(struct moe_session *s, size_t n)
+/* each token's top k experts, renormalized over them if the model says so; gpt-oss:
+ * the router's bias added, the top k logits chosen, then softmaxed over the k */
+static void route(struct moe_session *s, size_t l, size_t n)
 {
 	const struct moe_hparams *hp = &s->m->hp;
 	const size_t E = hp->n_experts, K = hp->n_experts_used;
+	const float *bias = s->m->layers[l].router_bias;
 	for (size_t t = 0; t < n; t++) {
 		float *wt = s->topw + t * K, tot = 0;
+		if (bias) {
+			float *lg = s->router + t * E;
+			moe_axpy(lg, 1.0f, bias, E);
+			top_logits(lg, E, K, s->topk + t * K, wt);
+			moe_softmax_sink(wt, K, -INFINITY);
+			memcpy(s->topp + t * K, wt, K * sizeof *wt);
+			continue;
+		}
 		softmax_topk(s->router + t * E, E, K, s->topk + t * K, wt);
 		memcpy(s->topp + t * K, wt, K * sizeof *wt);
 		for (size_t k = 0; k < K; k++)
@@ -599,6 +699,8 @@ static int lookahead(struct moe_session *s, size_t l, size_t n)
 			int rc = moe_session_matmul(s, &w->router, s->look_xn, n, s->look_router);
 			if (rc)
 				return rc;
+			for (size_t t = 0; t < n && w->router_bias; t++)
+				moe_axpy(s->look_router + t * E, 1.0f, w->router_bias, E);
 			for (size_t t = 0; t < n; t++) { /* each token's top K, scored by its probability */
 				softmax_topk(s->look_router + t * E, E, K, s->look_topk, s->look_topp);
 				for (size_t k = 0; k < K; k++)
@@ -683,7 +785,12 @@ static int experts(struct moe_session *s, size_t l, size_t n)
 		struct moe_expert_weights w;
 		if ((rc = x->acquire(x, (uint32_t)l, e, &w)))
 			break;
-		rc = moe_expert_ffn(s->m->kernels, s->m->pool, &w.gate, &w.up, &w.down, s->gather, m, s->expert_out, &s->ks);
+		const struct moe_layer_weights *lw = &s->m->layers[l];
+		const size_t ff = hp->expert_ff;
+		const struct moe_ffn_oai oai = {lw->exp_gate_bias + e * ff, lw->exp_up_bias + e * ff,
+						lw->exp_down_bias + e * H, (float)hp->swiglu_limit};
+		rc = moe_expert_ffn(s->m->kernels, s->m->pool, &w.gate, &w.up, &w.down, s->gather, m, s->expert_out,
+				    lw->exp_gate_bias ? &oai : NULL, &s->ks);
 		x->release(x, &w);
 		if (rc) {
 			rc = moe_fail(MOE_ENOMEM, "out of memory in the kernels' scratch");
@@ -772,13 +879,15 @@ static int forward(struct moe_session *s, struct moe_session *const *rows, const
 			break;
 		if ((rc = moe_session_matmul(s, &w->wo, s->att, n, s->tmp)))
 			break;
+		for (size_t t = 0; t < n && w->o_bias; t++)
+			moe_axpy(s->tmp + t * H, 1.0f, w->o_bias, H);
 		for (size_t i = 0; i < n * H; i++)
 			s->x[i] += s->tmp[i];
 		for (size_t t = 0; t < n; t++)
 			moe_rmsnorm(s->x + t * H, w->ffn_norm, H, hp->rms_eps, s->xn + t * H);
 		if (w->dense) {
 			if (moe_expert_ffn(m->kernels, m->pool, &w->ffn_gate, &w->ffn_up, &w->ffn_down, s->xn, n, s->moe_out,
-					   &s->ks)) {
+					   NULL, &s->ks)) {
 				rc = moe_fail(MOE_ENOMEM, "out of memory in the kernels' scratch");
 				break;
 			}
@@ -788,14 +897,14 @@ static int forward(struct moe_session *s, struct moe_session *const *rows, const
 			if (moe_arch_sigmoid_routing(hp))
 				moe_deepseek_route(s, l, n);
 			else
-				route(s, n);
+				route(s, l, n);
 			if (s->replay)
 				replay_routes(s, l, n);
 			if ((rc = experts(s, l, n)))
 				break;
 			if (w->has_shared) { /* always on, resident */
 				if (moe_expert_ffn(m->kernels, m->pool, &w->sh_gate, &w->sh_up, &w->sh_down, s->xn, n,
-						   s->shared_out, &s->ks)) {
+						   s->shared_out, NULL, &s->ks)) {
 					rc = moe_fail(MOE_ENOMEM, "out of memory in the kernels' scratch");
 					break;
 				}

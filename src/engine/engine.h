@@ -59,7 +59,10 @@ int moe_experts_mapped(const moe_pack *pack, struct moe_experts **out);
 
 struct moe_layer_weights {
 	const float *attn_norm, *ffn_norm, *q_norm, *k_norm; /* q_norm/k_norm: Qwen3, GLM-4.5 */
-	const float *q_bias, *k_bias, *v_bias;               /* GLM-4.5's attention, or NULL */
+	const float *q_bias, *k_bias, *v_bias;               /* GLM-4.5's and gpt-oss's attention, or NULL */
+	/* gpt-oss: o_proj's bias, a sink logit per head, the router's bias, each expert's
+	 * biases ([n_experts][ff], [n_experts][ff], [n_experts][hidden]) */
+	const float *o_bias, *sinks, *router_bias, *exp_gate_bias, *exp_up_bias, *exp_down_bias;
 	struct moe_wmat wq, wk, wv, wo, router;
 	int dense;                           /* a dense MLP layer (Qwen3 mlp_only_layers, DeepSeek's first) */
 	struct moe_wmat ffn_gate, ffn_up, ffn_down;
@@ -79,6 +82,8 @@ struct moe_model {
 	const float *output_norm;
 	struct moe_wmat output;      /* lm head (token_embd when tied) */
 	struct moe_layer_weights *layers;
+	double *rope_inv;            /* GQA archs: RoPE's inverse frequencies, [rotated dims / 2] */
+	double rope_scale;           /* and the factor on cos and sin (YaRN's attention scaling; else 1) */
 	struct moe_experts *experts;
 	const struct moe_kernel_impl *kernels;
 	struct moe_pool *pool;

@@ -32,8 +32,9 @@ static inline void moe_axpy(float *restrict y, float s, const float *restrict x,
 	for (; i < n; i++)
 		y[i] += s * x[i];
 }
-/* each of rows rows of len attention scores -> probabilities, in place */
-void moe_softmax_rows(float *p, size_t rows, size_t len);
+/* len attention scores -> probabilities, with a sink logit that takes its share of the
+ * denominator and is dropped (gpt-oss); -INFINITY: none, the plain softmax */
+void moe_softmax_sink(float *p, size_t len, float sink);
 /* y[n][rows] = W x[n][cols] on the session's kernels and pool */
 int moe_session_matmul(struct moe_session *s, const struct moe_wmat *w, const float *x, size_t n, float *y);
 /* store a row of layer l's cache at pos */

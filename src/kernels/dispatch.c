@@ -255,6 +255,7 @@ struct ffn_job {
 	const float *x;
 	size_t batch;
 	float *h; /* [batch][ff] */
+	const struct moe_ffn_oai *oai;
 };
 
 #define FFN_TILE 16 /* gate and up rows computed together, then combined in registers/L1 */
@@ -285,10 +286,17 @@ static void ffn_part(void *arg, int i, int n)
 				default: j->k->blocks(&v, 0, m, &sub, out, m); break;
 				}
 			}
+			const struct moe_ffn_oai *o = j->oai;
 			for (size_t t = 0; t < bt; t++)
 				for (size_t q = 0; q < m; q++) {
-					const float gv = g[t * m + q];
-					j->h[(t0 + t) * ff + r + q] = gv / (1.0f + expf(-gv)) * u[t * m + q];
+					float gv = g[t * m + q], uv = u[t * m + q];
+					if (!o) {
+						j->h[(t0 + t) * ff + r + q] = gv / (1.0f + expf(-gv)) * uv;
+						continue;
+					}
+					gv = fminf(gv + o->gate_bias[r + q], o->limit);
+					uv = fminf(fmaxf(uv + o->up_bias[r + q], -o->limit), o->limit);
+					j->h[(t0 + t) * ff + r + q] = gv / (1.0f + expf(-1.702f * gv)) * (uv + 1.0f);
 				}
 		}
 	}
@@ -296,7 +304,7 @@ static void ffn_part(void *arg, int i, int n)
 
 int moe_expert_ffn(const struct moe_kernel_impl *k, struct moe_pool *pool, const struct moe_wmat *gate,
 		   const struct moe_wmat *up, const struct moe_wmat *down, const float *x, size_t batch, float *y,
-		   struct moe_kscratch *s)
+		   const struct moe_ffn_oai *oai, struct moe_kscratch *s)
 {
 	const size_t ff = gate->rows;
 	if (s->h_cap < batch * ff) {
@@ -306,7 +314,7 @@ int moe_expert_ffn(const struct moe_kernel_impl *k, struct moe_pool *pool, const
 		if (!s->h)
 			return -1;
 	}
-	struct ffn_job j = {k, gate, up, NULL, x, batch, s->h};
+	struct ffn_job j = {k, gate, up, NULL, x, batch, s->h, oai};
 	if (is_quant(gate->type) || is_quant(up->type)) { /* GGUF files may mix types */
 		if (moe_qact_alloc(&s->act, batch, gate->cols))
 			return -1;
@@ -323,5 +331,8 @@ int moe_expert_ffn(const struct moe_kernel_impl *k, struct moe_pool *pool, const
 		d.a = &s->act2;
 	}
 	moe_pool_run(pool, mm_part, &d);
+	for (size_t t = 0; oai && t < batch; t++)
+		for (size_t c = 0; c < down->rows; c++)
+			y[t * down->rows + c] += oai->down_bias[c];
 	return 0;
 }

@@ -151,13 +151,21 @@ int moe_matmul(const struct moe_kernel_impl *k, struct moe_pool *pool, const str
 int moe_matmul_each(const struct moe_kernel_impl *k, struct moe_pool *pool, const struct moe_wmat *w, size_t n,
 		    const float *x, float *y, struct moe_kscratch *s);
 
+/* gpt-oss's expert: a bias on each projection and a clamped SwiGLU, gate g = min(g, limit),
+ * up u = clamp(u, -limit, limit), h = g * sigmoid(1.702 g) * (u + 1) */
+struct moe_ffn_oai {
+	const float *gate_bias, *up_bias, *down_bias; /* [ff], [ff], [hidden] */
+	float limit;
+};
+
 /*
- * A SwiGLU expert: y = down(silu(gate x) * (up x)) for batch tokens. gate and up are
- * [ff, hidden], down [hidden, ff]. The intermediate is written once.
+ * A SwiGLU expert: y = down(silu(gate x) * (up x)) for batch tokens, or gpt-oss's when
+ * oai is not NULL. gate and up are [ff, hidden], down [hidden, ff]. The intermediate
+ * is written once.
  */
 int moe_expert_ffn(const struct moe_kernel_impl *k, struct moe_pool *pool, const struct moe_wmat *gate,
 		   const struct moe_wmat *up, const struct moe_wmat *down, const float *x, size_t batch, float *y,
-		   struct moe_kscratch *s);
+		   const struct moe_ffn_oai *oai, struct moe_kscratch *s);
 
 /* fp16 -> f32 for the kernels (no dependency on src/quant). */
 float moe_kernel_f16(uint16_t h);

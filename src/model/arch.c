@@ -18,7 +18,8 @@ const char *const moe_kind_names[MOE_KIND_COUNT] = {
 	[MOE_KIND_ROUTER] = "router",
 };
 
-static const char *const arch_names[MOE_ARCH_COUNT] = {"mixtral", "qwen3_moe", "deepseek_v3", "glm4_moe"};
+static const char *const arch_names[MOE_ARCH_COUNT] = {"mixtral", "qwen3_moe", "deepseek_v3", "glm4_moe",
+									"gpt_oss"};
 
 const char *moe_arch_name(int arch) { return (arch >= 0 && arch < MOE_ARCH_COUNT) ? arch_names[arch] : "?"; }
 
@@ -67,13 +68,14 @@ struct hp_field {
 #define QW (1u << MOE_ARCH_QWEN3_MOE)
 #define DS (1u << MOE_ARCH_DEEPSEEK_V3)
 #define GL (1u << MOE_ARCH_GLM4_MOE)
+#define GO (1u << MOE_ARCH_GPT_OSS)
 #define F(k, t, m, a) {k, t, offsetof(struct moe_hparams, m), a}
 static const struct hp_field hp_fields[] = {
 	F("n_layers", HP_U64, n_layers, ALL),
 	F("hidden_size", HP_U64, hidden, ALL),
 	F("n_heads", HP_U64, n_heads, ALL),
-	F("n_kv_heads", HP_U64, n_kv_heads, MX | QW | GL),
-	F("head_dim", HP_U64, head_dim, MX | QW | GL),
+	F("n_kv_heads", HP_U64, n_kv_heads, MX | QW | GL | GO),
+	F("head_dim", HP_U64, head_dim, MX | QW | GL | GO),
 	F("vocab_size", HP_U64, vocab, ALL),
 	F("n_experts", HP_U64, n_experts, ALL),
 	F("n_experts_used", HP_U64, n_experts_used, ALL),
@@ -105,6 +107,9 @@ static const struct hp_field hp_fields[] = {
 	F("rope_dims", HP_U64, rope_dims, 0),
 	F("attn_bias", HP_U64, attn_bias, 0),
 	F("qk_norm", HP_U64, qk_norm, 0),
+	F("sliding_window", HP_U64, sliding_window, GO),
+	F("rope_scaling.truncate", HP_U64, rope_truncate, 0),
+	F("swiglu_limit", HP_F64, swiglu_limit, GO),
 };
 #undef F
 
@@ -155,6 +160,8 @@ int moe_hparams_check(const struct moe_hparams *hp)
 		{"rope_dims", hp->rope_dims, 0, hp->head_dim},
 		{"attn_bias", hp->attn_bias, 0, 1},
 		{"qk_norm", hp->qk_norm, 0, 1},
+		{"sliding_window", hp->sliding_window, 0, 1u << 24},
+		{"rope_scaling.truncate", hp->rope_truncate, 0, 1},
 	};
 	for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++)
 		if (lim[i].v < lim[i].lo || lim[i].v > lim[i].hi)
@@ -178,6 +185,7 @@ int moe_hparams_check(const struct moe_hparams *hp)
 		{"rope_scaling.beta_slow", hp->rope_beta_slow, 0, 1e6},
 		{"rope_scaling.mscale", hp->rope_mscale, 0, 1e6},
 		{"rope_scaling.mscale_all_dim", hp->rope_mscale_all, 0, 1e6},
+		{"swiglu_limit", hp->swiglu_limit, 0, 1e6},
 	};
 	for (size_t i = 0; i < sizeof flim / sizeof flim[0]; i++)
 		if (!(flim[i].v >= flim[i].lo && flim[i].v <= flim[i].hi)) /* NaN fails too */
@@ -222,6 +230,11 @@ int moe_hparams_to_meta(const struct moe_hparams *hp, struct moe_meta_writer *w)
 		if (hp->mlp_only[l])
 			dense[n++] = (int64_t)l;
 	meta_put_i64_array(w, "hparams.mlp_only_layers", dense, n);
+	n = 0;
+	for (uint64_t l = 0; l < hp->n_layers && l < MOE_MAX_LAYERS; l++)
+		if (hp->sliding[l])
+			dense[n++] = (int64_t)l;
+	meta_put_i64_array(w, "hparams.sliding_layers", dense, n);
 	return w->err;
 }
 
@@ -249,9 +262,10 @@ static int check_shapes(const moe_pack *pack, const struct moe_hparams *hp)
 			rc = moe_fail(MOE_EFORMAT, "%s: tensor %s is [%llu, %llu]; the hyperparameters imply [%llu, %llu]", path,
 				      sp->name, (unsigned long long)t.dims[0], (unsigned long long)(t.n_dims == 2 ? t.dims[1] : 1),
 				      (unsigned long long)sp->dims[0], (unsigned long long)(is_2d ? sp->dims[1] : 1));
-		else if ((sp->kind == MOE_KIND_NORM || sp->kind == MOE_KIND_ROUTER || !is_2d) && t.type != MOE_TYPE_F32)
-			rc = moe_fail(MOE_EFORMAT, "%s: tensor %s is %s; norms, routers and vectors are f32", path, sp->name,
-				      moe_type_name(t.type));
+		else if ((sp->kind == MOE_KIND_NORM || sp->kind == MOE_KIND_ROUTER || !is_2d || moe_tensor_is_bias(sp->name)) &&
+			 t.type != MOE_TYPE_F32)
+			rc = moe_fail(MOE_EFORMAT, "%s: tensor %s is %s; norms, routers, biases and vectors are f32", path,
+				      sp->name, moe_type_name(t.type));
 	}
 	free(spec);
 	if (rc)
@@ -311,17 +325,25 @@ int moe_hparams_from_pack(const moe_pack *pack, struct moe_hparams *hp)
 		if (rc)
 			return rc;
 	}
-	const int64_t *dense;
-	uint64_t n;
-	rc = moe_pack_meta_i64_array(pack, "hparams.mlp_only_layers", &dense, &n);
-	if (rc)
-		return rc;
-	for (uint64_t i = 0; i < n; i++) {
-		int64_t l;
-		memcpy(&l, &dense[i], 8); /* may be unaligned in the mapping */
-		if (l < 0 || l >= MOE_MAX_LAYERS)
-			return moe_fail(MOE_EFORMAT, "hparams.mlp_only_layers: layer %lld out of range", (long long)l);
-		hp->mlp_only[l] = 1;
+	static const struct { const char *key; size_t off; } lists[] = {
+		{"hparams.mlp_only_layers", offsetof(struct moe_hparams, mlp_only)},
+		{"hparams.sliding_layers", offsetof(struct moe_hparams, sliding)},
+	};
+	for (size_t k = 0; k < sizeof lists / sizeof lists[0]; k++) {
+		const int64_t *ls;
+		uint64_t n;
+		rc = moe_pack_meta_i64_array(pack, lists[k].key, &ls, &n);
+		if (rc == MOE_ENOTFOUND && k > 0)
+			continue; /* written since sliding windows came: absent in older packs */
+		if (rc)
+			return rc;
+		for (uint64_t i = 0; i < n; i++) {
+			int64_t l;
+			memcpy(&l, &ls[i], 8); /* may be unaligned in the mapping */
+			if (l < 0 || l >= MOE_MAX_LAYERS)
+				return moe_fail(MOE_EFORMAT, "%s: layer %lld out of range", lists[k].key, (long long)l);
+			((uint8_t *)hp + lists[k].off)[l] = 1;
+		}
 	}
 	if ((rc = moe_hparams_check(hp)))
 		return rc;
@@ -395,6 +417,10 @@ size_t moe_arch_dense_tensors(const struct moe_hparams *hp, struct moe_tensor_sp
 				add_layer(&sl, l, MOE_KIND_ATTN, kv, 0, "attn_k.bias", "self_attn.k_proj.bias");
 				add_layer(&sl, l, MOE_KIND_ATTN, kv, 0, "attn_v.bias", "self_attn.v_proj.bias");
 			}
+			if (hp->arch == MOE_ARCH_GPT_OSS) { /* o_proj's bias; a sink logit per head */
+				add_layer(&sl, l, MOE_KIND_ATTN, H, 0, "attn_output.bias", "self_attn.o_proj.bias");
+				add_layer(&sl, l, MOE_KIND_ATTN, hp->n_heads, 0, "attn_sinks", "self_attn.sinks");
+			}
 			if (hp->arch == MOE_ARCH_QWEN3_MOE || hp->qk_norm) {
 				add_layer(&sl, l, MOE_KIND_NORM, hp->head_dim, 0, "attn_q_norm", "self_attn.q_norm.weight");
 				add_layer(&sl, l, MOE_KIND_NORM, hp->head_dim, 0, "attn_k_norm", "self_attn.k_norm.weight");
@@ -407,8 +433,16 @@ size_t moe_arch_dense_tensors(const struct moe_hparams *hp, struct moe_tensor_sp
 			add_layer(&sl, l, MOE_KIND_FFN, H, hp->dense_ff, "ffn_down", "mlp.down_proj.weight");
 			continue;
 		}
-		const char *router = hp->arch == MOE_ARCH_MIXTRAL ? "block_sparse_moe.gate.weight" : "mlp.gate.weight";
+		const char *router = hp->arch == MOE_ARCH_MIXTRAL ? "block_sparse_moe.gate.weight"
+				   : hp->arch == MOE_ARCH_GPT_OSS ? "mlp.router.weight" : "mlp.gate.weight";
 		add_layer(&sl, l, MOE_KIND_ROUTER, hp->n_experts, H, "ffn_gate_inp", router);
+		if (hp->arch == MOE_ARCH_GPT_OSS) { /* the router's bias; each expert's biases, resident */
+			const uint64_t E = hp->n_experts, ff = hp->expert_ff;
+			add_layer(&sl, l, MOE_KIND_ROUTER, E, 0, "ffn_gate_inp.bias", "mlp.router.bias");
+			add_layer(&sl, l, MOE_KIND_FFN, E, ff, "ffn_gate_exps.bias", "mlp.experts.gate_proj_bias");
+			add_layer(&sl, l, MOE_KIND_FFN, E, ff, "ffn_up_exps.bias", "mlp.experts.up_proj_bias");
+			add_layer(&sl, l, MOE_KIND_FFN, E, H, "ffn_down_exps.bias", "mlp.experts.down_proj_bias");
+		}
 		if (moe_arch_sigmoid_routing(hp)) {
 			add_layer(&sl, l, MOE_KIND_ROUTER, hp->n_experts, 0, "exp_probs_b", "mlp.gate.e_score_correction_bias");
 			if (hp->n_shared) {
@@ -444,6 +478,12 @@ void moe_arch_expert_tensors(const struct moe_hparams *hp, uint64_t l, uint64_t 
 		s->dims[0] = m == 2 ? hp->hidden : hp->expert_ff;
 		s->dims[1] = m == 2 ? hp->expert_ff : hp->hidden;
 	}
+}
+
+int moe_tensor_is_bias(const char *name)
+{
+	const size_t n = strlen(name);
+	return n > 5 && strcmp(name + n - 5, ".bias") == 0;
 }
 
 int moe_tensor_kind(const char *name)

@@ -17,6 +17,7 @@ enum moe_arch {
 	MOE_ARCH_QWEN3_MOE = 1,
 	MOE_ARCH_DEEPSEEK_V3 = 2,
 	MOE_ARCH_GLM4_MOE = 3, /* GLM-4.5: GQA with partial RoPE, DeepSeek-V3's routing and shared experts */
+	MOE_ARCH_GPT_OSS = 4,  /* gpt-oss: sinks, sliding windows, biases everywhere, clamped SwiGLU */
 	MOE_ARCH_COUNT
 };
 
@@ -40,6 +41,12 @@ struct moe_hparams {
 	/* GLM-4.5: RoPE on the first rope_dims of each head only (0: all of head_dim);
 	 * q/k/v projection biases; per-head q/k RMSNorm */
 	uint64_t rope_dims, attn_bias, qk_norm;
+	/* gpt-oss: layers with sliding[l] attend to the last sliding_window positions only;
+	 * YaRN without rounding the correction range when rope_truncate is 0; the SwiGLU's
+	 * gate and up clamped to swiglu_limit */
+	uint64_t sliding_window, rope_truncate;
+	uint8_t sliding[MOE_MAX_LAYERS];
+	double swiglu_limit;
 };
 
 /* What a tensor is for; the quant recipe maps kinds to types. */
@@ -64,7 +71,7 @@ struct moe_tensor_spec {
 	int optional;       /* absent is fine (output when embeddings are tied) */
 };
 
-const char *moe_arch_name(int arch);   /* "mixtral", "qwen3_moe", "deepseek_v3", "glm4_moe" */
+const char *moe_arch_name(int arch);   /* "mixtral", "qwen3_moe", "deepseek_v3", "glm4_moe", "gpt_oss" */
 int moe_arch_from_name(const char *name);
 int moe_layer_is_moe(const struct moe_hparams *hp, uint64_t layer);
 /* DeepSeek-V3 and GLM-4.5: sigmoid scores with a choice bias, groups, scaling, shared experts */
@@ -81,6 +88,8 @@ void moe_arch_expert_tensors(const struct moe_hparams *hp, uint64_t layer, uint6
 
 /* Kind of a dense tensor from its canonical name ("blk.3.attn_q" -> MOE_KIND_ATTN). */
 int moe_tensor_kind(const char *name);
+/* A bias ("blk.3.attn_q.bias", gpt-oss's per-expert "blk.3.ffn_up_exps.bias"): kept f32 as the norms. */
+int moe_tensor_is_bias(const char *name);
 
 /* ---- metadata <-> hparams ---- */
 struct moe_meta_writer;

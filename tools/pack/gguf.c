@@ -221,9 +221,11 @@ static int map_hparams(struct moe_source *src, struct gguf_kvs *k)
 		hp->arch = MOE_ARCH_DEEPSEEK_V3;
 	else if (strcmp(k->arch, "glm4moe") == 0)
 		hp->arch = MOE_ARCH_GLM4_MOE;
+	else if (strcmp(k->arch, "gpt-oss") == 0)
+		hp->arch = MOE_ARCH_GPT_OSS;
 	else
 		return moe_fail(MOE_EUNSUPPORTED,
-				"%s: architecture \"%s\" is not supported (llama/Mixtral, qwen3moe, deepseek2, glm4moe are)",
+				"%s: architecture \"%s\" is not supported (llama/Mixtral, qwen3moe, deepseek2, glm4moe, gpt-oss are)",
 				src->path, k->arch);
 	uint64_t ff = 0, key_len = 0, val_len = 0, rope_dim = 0, gating = 0;
 	hp->rope_theta = 10000.0;
@@ -319,6 +321,23 @@ static int map_hparams(struct moe_source *src, struct gguf_kvs *k)
 			hp->topk_group = 1;
 		}
 		/* attn_bias and qk_norm: from the tensors (glm4_tensor_flags) */
+		break;
+	case MOE_ARCH_GPT_OSS: /* llama.cpp's converter: GptOssModel */
+		hp->head_dim = key_len;
+		hp->attn_bias = 1;
+		if (!hp->expert_ff)
+			hp->expert_ff = ff;
+		arch_u64(k, "attention.sliding_window", &hp->sliding_window);
+		for (uint64_t l = 0; l < MOE_MAX_LAYERS; l += 2) /* llama.cpp's pattern 2: the even layers slide */
+			hp->sliding[l] = 1;
+		arch_f64(k, "rope.scaling.factor", &hp->rope_factor);
+		arch_f64(k, "rope.scaling.original_context_length", &hp->rope_orig_max);
+		hp->rope_beta_fast = 32;
+		hp->rope_beta_slow = 1;
+		arch_f64(k, "rope.scaling.yarn_beta_fast", &hp->rope_beta_fast);
+		arch_f64(k, "rope.scaling.yarn_beta_slow", &hp->rope_beta_slow);
+		hp->rope_truncate = 0; /* the model's config.json says "truncate": false */
+		hp->swiglu_limit = 7.0; /* gpt-oss's, which the GGUF does not record */
 		break;
 	}
 	/* multi-token-prediction blocks, when kept, are the last ones: not part of the model we run */
@@ -445,9 +464,10 @@ static int add_tensor(struct moe_source *src, int file, const char *name, uint32
 				src->path, name, (unsigned long long)abs_off, (unsigned long long)(mats * mat_bytes));
 	char base[256];
 	canonical_name(name, strlen(name), base, sizeof base);
-	/* glm4moe names the norm before the MLP after its place, the other archs after its use */
+	/* glm4moe and gpt-oss name the norm before the MLP after its place, the other archs after its use */
 	const size_t pl = strlen(".post_attention_norm"), nl = strlen(base);
-	if (strcmp(src->gguf_arch, "glm4moe") == 0 && nl > pl && strcmp(base + nl - pl, ".post_attention_norm") == 0)
+	if ((strcmp(src->gguf_arch, "glm4moe") == 0 || strcmp(src->gguf_arch, "gpt-oss") == 0) && nl > pl &&
+	    strcmp(base + nl - pl, ".post_attention_norm") == 0)
 		snprintf(base + nl - pl, sizeof base - (nl - pl), ".ffn_norm");
 	/* stacked experts "blk.L.ffn_gate_exps" become "blk.L.ffn_gate.E", one entry per expert */
 	const size_t bl = strlen(base);

@@ -53,7 +53,7 @@ int hf_config_parse(const char *text, size_t len, const char *what, struct moe_h
 	const char *type = json_string_value(mt);
 	hp->arch = moe_arch_from_name(type);
 	if (hp->arch < 0) {
-		rc = moe_fail(MOE_EUNSUPPORTED, "%s: model_type \"%s\" is not supported (mixtral, qwen3_moe, deepseek_v3, glm4_moe are)",
+		rc = moe_fail(MOE_EUNSUPPORTED, "%s: model_type \"%s\" is not supported (mixtral, qwen3_moe, deepseek_v3, glm4_moe, gpt_oss are)",
 			      what, type);
 		goto out;
 	}
@@ -160,6 +160,41 @@ int hf_config_parse(const char *text, size_t len, const char *what, struct moe_h
 		hp->dense_ff = ff;
 		break;
 	}
+	case MOE_ARCH_GPT_OSS: { /* transformers' GptOssConfig */
+		U("num_local_experts", &n_exp);
+		U("experts_per_token", &hp->n_experts_used);
+		U("num_experts_per_tok", &hp->n_experts_used);
+		U("sliding_window", &hp->sliding_window);
+		hp->attn_bias = 1;
+		hp->expert_ff = ff;
+		hp->swiglu_limit = 7.0;
+		D("swiglu_limit", &hp->swiglu_limit);
+		json_t *types = json_object_get(root, "layer_types");
+		size_t i;
+		json_t *v;
+		if (json_is_array(types)) {
+			json_array_foreach(types, i, v) {
+				if (!json_is_string(v) || i >= MOE_MAX_LAYERS) {
+					rc = moe_fail(MOE_EFORMAT, "%s: layer_types[%zu] is not an attention type", what, i);
+					break;
+				}
+				hp->sliding[i] = strcmp(json_string_value(v), "sliding_attention") == 0;
+			}
+		} else {
+			for (i = 0; i < MOE_MAX_LAYERS; i += 2) /* the default: even layers slide */
+				hp->sliding[i] = 1;
+		}
+		json_t *rs = json_object_get(root, "rope_scaling");
+		hp->rope_truncate = 1;
+		if (json_is_object(rs)) {
+			if (!rc) rc = get_f64(rs, what, "factor", &hp->rope_factor);
+			if (!rc) rc = get_f64(rs, what, "original_max_position_embeddings", &hp->rope_orig_max);
+			if (!rc) rc = get_f64(rs, what, "beta_fast", &hp->rope_beta_fast);
+			if (!rc) rc = get_f64(rs, what, "beta_slow", &hp->rope_beta_slow);
+			if (!rc) rc = get_u64(rs, what, "truncate", &hp->rope_truncate);
+		}
+		break;
+	}
 	}
 #undef U
 #undef D
@@ -264,6 +299,30 @@ char *hf_config_write(const struct moe_hparams *hp)
 		json_object_set_new(o, "norm_topk_prob", json_boolean(hp->norm_topk_prob));
 		SETU("num_nextn_predict_layers", 0);
 		break;
+	case MOE_ARCH_GPT_OSS: {
+		SETU("num_key_value_heads", hp->n_kv_heads);
+		SETU("head_dim", hp->head_dim);
+		SETU("num_local_experts", hp->n_experts);
+		SETU("intermediate_size", hp->expert_ff);
+		SETU("sliding_window", hp->sliding_window);
+		SETF("swiglu_limit", hp->swiglu_limit);
+		json_object_set_new(o, "attention_bias", json_true());
+		json_t *types = json_array();
+		for (uint64_t l = 0; l < hp->n_layers; l++)
+			json_array_append_new(types, json_string(hp->sliding[l] ? "sliding_attention" : "full_attention"));
+		json_object_set_new(o, "layer_types", types);
+		if (hp->rope_factor > 0) {
+			json_t *rs = json_object();
+			json_object_set_new(rs, "rope_type", json_string("yarn"));
+			json_object_set_new(rs, "factor", json_real(hp->rope_factor));
+			json_object_set_new(rs, "original_max_position_embeddings", json_integer((json_int_t)hp->rope_orig_max));
+			json_object_set_new(rs, "beta_fast", json_real(hp->rope_beta_fast));
+			json_object_set_new(rs, "beta_slow", json_real(hp->rope_beta_slow));
+			json_object_set_new(rs, "truncate", json_boolean(hp->rope_truncate));
+			json_object_set_new(o, "rope_scaling", rs);
+		}
+		break;
+	}
 	}
 #undef SETU
 #undef SETF

@@ -170,7 +170,7 @@ int pack_interrupt_check(void) { return pack_interrupted ? moe_fail(MOE_EINVAL, 
 static int choose_type(const struct pack_options *o, const struct moe_hparams *hp, const char *name, int kind, int n_dims,
 		       uint64_t cols, const struct src_entry *e)
 {
-	if (kind == MOE_KIND_NORM || kind == MOE_KIND_ROUTER || n_dims == 1)
+	if (kind == MOE_KIND_NORM || kind == MOE_KIND_ROUTER || n_dims == 1 || moe_tensor_is_bias(name))
 		return MOE_TYPE_F32;
 	const int kept = e ? src_pack_type(e) : -1; /* the type that holds the source as it is */
 	const int quantized_source = kept >= 0 && (moe_type_is_split(kept) || moe_type_is_blocks(kept));

@@ -233,6 +233,9 @@ int src_open_safetensors(const char *dir, struct moe_source *src)
 	free(p);
 	if (rc)
 		return rc;
+	if (src->hp.arch == MOE_ARCH_GPT_OSS) /* its experts are fused 3-D tensors, gate and up interleaved */
+		return moe_fail(MOE_EUNSUPPORTED, "%s: gpt-oss from its Hugging Face folder is not supported yet; pack "
+				"its GGUF (llama.cpp's convert_hf_to_gguf.py writes one)", dir);
 	if ((rc = read_optional(dir, "tokenizer.json", &src->tokenizer_json, &src->tokenizer_json_len)) ||
 	    (rc = read_optional(dir, "tokenizer_config.json", &src->tokenizer_config, &src->tokenizer_config_len)) ||
 	    (rc = read_optional(dir, "generation_config.json", &src->generation_config, &src->generation_config_len)))
@@ -342,6 +345,8 @@ int st_write_folder(struct moe_source *src, const char *dir, const char *dtype_n
 	else if (strcmp(dtype_name, "bf16") == 0) wdtype = SRC_BF16;
 	else if (strcmp(dtype_name, "f8") == 0) wdtype = SRC_F8_E4M3;
 	else return moe_fail(MOE_EINVAL, "--dtype %s: safetensors output takes f32, f16, bf16 or f8", dtype_name);
+	if (hp->arch == MOE_ARCH_GPT_OSS)
+		return moe_fail(MOE_EUNSUPPORTED, "safetensors output of gpt_oss is not implemented (its fused expert layout)");
 	int rc = src_check_output(src, NULL, dir, 1, force);
 	if (rc)
 		return rc;

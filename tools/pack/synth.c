@@ -39,6 +39,12 @@ struct preset {
 	 .rms_eps = 1e-5, .norm_topk_prob = 1, .routed_scale = SCALE, .scoring_sigmoid = 1, .attn_bias = 1,          \
 	 .qk_norm = QKN}
 
+#define GPT_OSS(L, E)                                                                                            \
+	{.arch = MOE_ARCH_GPT_OSS, .n_layers = L, .hidden = 2880, .n_heads = 64, .n_kv_heads = 8, .head_dim = 64,    \
+	 .vocab = 201088, .n_experts = E, .n_experts_used = 4, .expert_ff = 2880, .max_pos = 131072,                \
+	 .rope_theta = 150000, .rms_eps = 1e-5, .attn_bias = 1, .sliding_window = 128, .swiglu_limit = 7.0,         \
+	 .rope_factor = 32, .rope_orig_max = 4096, .rope_beta_fast = 32, .rope_beta_slow = 1}
+
 static const struct preset presets[] = {
 	{"mixtral-tiny", "Mixtral layout, 2 layers, hidden 256, 8 experts top-2 (default)",
 	 MIXTRAL(2, 256, 8, 2, 512, 8, 2, 512)},
@@ -58,6 +64,13 @@ static const struct preset presets[] = {
 	 GLM4(46, 1, 4096, 96, 8, 128, 151552, 128, 8, 1, 1408, 10944, 1.0, 0)},
 	{"glm-4.5", "GLM-4.5 shapes (355B parameters)",
 	 GLM4(92, 3, 5120, 96, 8, 128, 151552, 160, 8, 1, 1536, 12288, 2.5, 1)},
+	{"gpt-oss-tiny", "gpt-oss layout (sinks, sliding windows, biases, clamped SwiGLU, YaRN), 4 layers, hidden 256",
+	 {.arch = MOE_ARCH_GPT_OSS, .n_layers = 4, .hidden = 256, .n_heads = 8, .n_kv_heads = 2, .head_dim = 32,
+	  .vocab = 512, .n_experts = 16, .n_experts_used = 4, .expert_ff = 128, .max_pos = 4096, .rope_theta = 150000,
+	  .rms_eps = 1e-5, .attn_bias = 1, .sliding_window = 4, .swiglu_limit = 7.0, .rope_factor = 32,
+	  .rope_orig_max = 128, .rope_beta_fast = 32, .rope_beta_slow = 1}},
+	{"gpt-oss-20b", "gpt-oss-20b shapes (21B parameters)", GPT_OSS(24, 32)},
+	{"gpt-oss-120b", "gpt-oss-120b shapes (117B parameters)", GPT_OSS(36, 128)},
 };
 
 int synth_preset(const char *name, struct moe_hparams *hp)
@@ -65,6 +78,8 @@ int synth_preset(const char *name, struct moe_hparams *hp)
 	for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
 		if (strcmp(name, presets[i].name) == 0) {
 			*hp = presets[i].hp;
+			for (int l = 0; hp->arch == MOE_ARCH_GPT_OSS && l < MOE_MAX_LAYERS; l += 2)
+				hp->sliding[l] = 1; /* gpt-oss: the even layers slide */
 			return 0;
 		}
 	return moe_fail(MOE_EINVAL, "unknown preset '%s' (moe-pack synth --list-presets)", name);
