@@ -229,6 +229,43 @@ for a in glm4_moe glm4_moe_air; do
 done
 check "glm4_moe_air: no q/k norms" sh -c "'$MOE_PACK' --info --json glm4_moe_air.g.moe | grep -q '\"hparams.qk_norm\": 0'"
 
+# gpt-oss through llama.cpp's gpt-oss GGUF (experts split from the fused Hugging Face
+# tensors, biases apart, sinks) against the reference on its Hugging Face folder: prompt
+# batches and one token at a time (the decode attention's sinks and 4-token window),
+# greedy generation, and MXFP4 experts (its release format) on their dequantized weights
+check "gpt-oss folder" py "$W" safetensors go --arch=gpt_oss
+check "gpt-oss gguf f32" py "$W" gguf go.gguf --arch=gpt_oss --types=attn=F32,experts=F32,embed=F32,output=F32
+check "gpt-oss gguf mxfp4" py "$W" gguf goq.gguf --arch=gpt_oss --types=attn=Q8_0,experts=MXFP4,embed=F32,output=Q8_0
+check "gpt-oss pack" "$MOE_PACK" --no-progress -q f32 --zstd-min-saving 100 go.gguf go.moe
+check "gpt-oss pack mxfp4" "$MOE_PACK" --no-progress --zstd-min-saving 100 goq.gguf goq.moe
+check "gpt-oss experts kept as mxfp4" sh -c "'$MOE_PACK' --info goq.moe | grep -q 'gate mxfp4 \[64, 128\]'"
+check "gpt-oss reference" py "$REF" go $TT go.npy
+for b in 7 1; do
+	check "gpt-oss -b $b run" "$MOE_RUN" -m go.moe --tokens $TT -n 0 -b $b --kv-type f32 --logits-out go$b.bin
+	check "gpt-oss -b $b logits" py cmp.py go$b.bin go.npy f32
+	cat "$WORK/out"
+done
+check "gpt-oss -b 1, f16 KV run" "$MOE_RUN" -m go.moe --tokens $TT -n 0 -b 1 --logits-out go16.bin
+check "gpt-oss -b 1, f16 KV logits" py cmp.py go16.bin go.npy f16kv
+check "gpt-oss mxfp4 run" "$MOE_RUN" -m goq.moe --tokens $TT -n 0 --kv-type f32 --logits-out goq.bin
+check "gpt-oss mxfp4 reference" py "$REF" go $TT goq.npy --dequant goq.moe
+check "gpt-oss mxfp4 logits" py cmp.py goq.bin goq.npy q4
+cat "$WORK/out"
+check "gpt-oss greedy" sh -c "'$MOE_RUN' -m go.moe --tokens 5,6,7,8 -n 32 --kv-type f32 > gen.txt"
+check "gpt-oss greedy = reference" py - "$REF" go <<'PY'
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1].rsplit("/", 1)[0])
+import reference as R
+gen = [int(t) for t in open("gen.txt").read().split()]
+assert len(gen) == 32, gen
+cfg = json.load(open(sys.argv[2] + "/config.json"))
+logits = R.forward(cfg, R.load_safetensors(sys.argv[2]), np.array([5, 6, 7, 8] + gen))
+want = logits[3:-1].argmax(-1).tolist()
+assert want == gen, "first difference at step %d" % next(i for i in range(32) if want[i] != gen[i])
+PY
+expect_error "gpt-oss from a Hugging Face folder" "pack its GGUF" "$MOE_PACK" --no-progress go go.st.moe
+
 # sampling: the same seed gives the same tokens; top-k 1 is greedy; penalties apply
 R="'$MOE_RUN' -m mixtral-tiny.f32.moe --tokens 5,6,7,8 -n 24"
 check "sample seed 7" sh -c "$R --temp 1.5 --seed 7 > s7a.txt && $R --temp 1.5 --seed 7 > s7b.txt && $R --temp 1.5 --seed 8 > s8.txt"

@@ -77,6 +77,13 @@ check "glm pack" "$MOE_PACK" synth --preset glm-tiny glm.moe
 check "glm under 3 MB: same logits" cmp glmref.f32 glmgot.f32
 check "glm: same ids" cmp glmref.ids glmgot.ids
 check "glm: experts were streamed" py -c 'import json, sys; x = json.load(open(sys.argv[1]))["experts"]; assert x["slots"] < 32 and x["misses"] > x["slots"], x' glm.json
+# gpt-oss (expert biases resident, sinks, sliding windows) likewise
+check "gpt-oss pack" "$MOE_PACK" synth --preset gpt-oss-tiny gpt.moe
+"$MOE_RUN" -m gpt.moe --tokens $P -n 24 -c 256 --no-offload --logits-out gptref.f32 >gptref.ids 2>err
+"$MOE_RUN" -m gpt.moe --tokens $P -n 24 -c 256 --ram-budget 3M --stats-json gpt.json --logits-out gptgot.f32 >gptgot.ids 2>err
+check "gpt-oss under 3 MB: same logits" cmp gptref.f32 gptgot.f32
+check "gpt-oss: same ids" cmp gptref.ids gptgot.ids
+check "gpt-oss: experts were streamed" py -c 'import json, sys; x = json.load(open(sys.argv[1]))["experts"]; assert x["slots"] < 64 and x["misses"] > x["slots"], x' gpt.json
 
 # stats: what a prefetch run reports adds up
 run --ram-budget "$budget" --prefetch-depth 2 --stats-json s.json >/dev/null 2>err

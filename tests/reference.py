@@ -331,11 +331,49 @@ def forward(cfg, W, tokens, absorbed=False):
     return x @ head.T
 
 
+def dequantized_gpt_oss(W, p):
+    """gpt-oss's fused Hugging Face tensors made of the pack's (attention and norms keep
+    their names; router, sinks, expert matrices and biases are refolded)"""
+    attn = {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj", "attn_output": "o_proj"}
+    for name in p.tensors:
+        if name in ("token_embd", "output", "output_norm"):
+            W[{"token_embd": "model.embed_tokens.weight", "output": "lm_head.weight",
+               "output_norm": "model.norm.weight"}[name]] = p.tensor(name)
+            continue
+        _, l, what = name.split(".", 2)
+        q = "model.layers.%s." % l
+        base, _, suffix = what.partition(".")
+        t = p.tensor(name)
+        if base in attn:
+            W[q + "self_attn.%s.%s" % (attn[base], suffix or "weight")] = t
+        elif base in ("attn_norm", "ffn_norm"):
+            W[q + ("input_layernorm" if base == "attn_norm" else "post_attention_layernorm") + ".weight"] = t
+        elif base == "attn_sinks":
+            W[q + "self_attn.sinks"] = t
+        elif base == "ffn_gate_inp":
+            W[q + "mlp.router." + (suffix or "weight")] = t
+        elif base in ("ffn_gate_exps", "ffn_up_exps"):
+            first = 0 if base == "ffn_gate_exps" else 1  # gate even, up odd
+            W[q + "mlp.experts.gate_up_proj_bias"][:, first::2] = t
+        elif base == "ffn_down_exps":
+            W[q + "mlp.experts.down_proj_bias"] = t
+        else:
+            raise ValueError(name)
+    for (l, e) in p.experts:
+        x = "model.layers.%d.mlp.experts." % l
+        W[x + "gate_up_proj"][e][:, 0::2] = p.expert(l, e, 0).T
+        W[x + "gate_up_proj"][e][:, 1::2] = p.expert(l, e, 1).T
+        W[x + "down_proj"][e] = p.expert(l, e, 2).T
+    return W
+
+
 def dequantized(folder, pack_path):
     """The folder's weights replaced by the pack's dequantized ones (same names)."""
     W = load_safetensors(folder)
     cfg = json.load(open(os.path.join(folder, "config.json")))
     p = moepack_ref.Pack(pack_path)
+    if cfg["model_type"] == "gpt_oss":
+        return cfg, dequantized_gpt_oss(W, p)
     mix = cfg["model_type"] == "mixtral"
     canon = {"token_embd": "model.embed_tokens.weight", "output": "lm_head.weight", "output_norm": "model.norm.weight"}
     per = {"ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",

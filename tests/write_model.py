@@ -159,7 +159,7 @@ def weights(arch, seed=7, vocab=None):
 
 def gpt_oss_weights(c, rng, w, lin, norm):
     """gpt-oss as its Hugging Face checkpoint names and shapes it (the dequantized form of its
-    MXFP4 experts); the experts' gate/up scaled so that the clamp at swiglu_limit is reached"""
+    MXFP4 experts); the experts' gate/up biases large enough that the clamp at swiglu_limit is reached"""
     H, V, L, E, I = c["hidden_size"], c["vocab_size"], c["num_hidden_layers"], c["num_local_experts"], c["intermediate_size"]
     nh, nkv, hd = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
     vec = lambda name, shape, std: w.__setitem__(name, (std * rng.standard_normal(shape)).astype(np.float32))
@@ -178,8 +178,8 @@ def gpt_oss_weights(c, rng, w, lin, norm):
         lin(p + "mlp.router.weight", E, H)
         vec(p + "mlp.router.bias", E, 0.5)
         x = p + "mlp.experts."
-        vec(x + "gate_up_proj", (E, H, 2 * I), 4 / np.sqrt(H))
-        vec(x + "gate_up_proj_bias", (E, 2 * I), 0.5)
+        vec(x + "gate_up_proj", (E, H, 2 * I), 1 / np.sqrt(H))
+        vec(x + "gate_up_proj_bias", (E, 2 * I), 4.0)  # beyond the limit for a few units
         vec(x + "down_proj", (E, I, H), 1 / np.sqrt(I))
         vec(x + "down_proj_bias", (E, H), 0.5)
     norm("model.norm.weight", H)
