@@ -359,10 +359,14 @@ MOE_API size_t moe_session_pos(const moe_session *s);
 MOE_API size_t moe_session_ctx(const moe_session *s);
 /* The moe_session_pos tokens in the context, valid until the next call on s. */
 MOE_API const int32_t *moe_session_tokens(const moe_session *s);
-/* How many of tokens[0..n) the context already starts with (prompt reuse). */
+/* How many of tokens[0..n) the context already starts with and can keep (prompt
+ * reuse): on a model with sliding-window layers (gpt-oss), whose caches are rings of
+ * the window plus a batch, going back further than that keeps nothing (0). */
 MOE_API size_t moe_session_common_prefix(const moe_session *s, const int32_t *tokens, size_t n);
 /* Keep only the first pos tokens (pos <= moe_session_pos); the next eval goes on
- * from there. moe_session_logits is NULL until then. */
+ * from there. moe_session_logits is NULL until then. A pos that the rings of a
+ * sliding-window model no longer cover (one moe_session_common_prefix did not give,
+ * nor one less) keeps nothing: moe_session_pos says where the session is. */
 MOE_API void moe_session_rewind(moe_session *s, size_t pos);
 /* Ask the eval running on s (or the next one) to stop between two layers with
  * MOE_ECANCELED. Async-signal-safe; any thread. */

@@ -265,6 +265,11 @@ want = logits[3:-1].argmax(-1).tolist()
 assert want == gen, "first difference at step %d" % next(i for i in range(32) if want[i] != gen[i])
 PY
 expect_error "gpt-oss from a Hugging Face folder" "pack its GGUF" "$MOE_PACK" --no-progress go go.st.moe
+# the sliding layers' KV caches are rings: prefix reuse where they still hold enough,
+# none where they do not, and no growth with the context (tests/test_rings.c)
+check "gpt-oss-tiny pack" "$MOE_PACK" synth --preset gpt-oss-tiny --no-progress -q f32 gt.moe
+check "sliding-window rings" "${MOE_BUILDDIR:?run through make check}/tests/test_rings" gt.moe
+cat "$WORK/out"
 
 # sampling: the same seed gives the same tokens; top-k 1 is greedy; penalties apply
 R="'$MOE_RUN' -m mixtral-tiny.f32.moe --tokens 5,6,7,8 -n 24"

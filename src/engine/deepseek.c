@@ -241,9 +241,9 @@ int moe_mla_attention(struct moe_session *s, size_t l, size_t n)
 	}
 	/* this layer's cached rows as floats: an f32 cache in place, an f16 one converted once */
 	const size_t total = s->n_past + n;
-	struct mla_job job = {s, w, n, 0, (const float *)s->k_cache + l * s->ctx * row};
+	struct mla_job job = {s, w, n, 0, (const float *)s->k_cache + moe_kv_at(s, l, 0)};
 	if (s->kv_type != MOE_KV_F32) {
-		m->kernels->halves((const uint16_t *)s->k_cache + l * s->ctx * row, total * row, a->rows32);
+		m->kernels->halves((const uint16_t *)s->k_cache + moe_kv_at(s, l, 0), total * row, a->rows32);
 		job.rows = a->rows32;
 	}
 	/* each head's arithmetic is the same whatever the split, so are the results */

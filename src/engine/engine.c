@@ -299,8 +299,18 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 	const size_t E = hp->n_experts, B = max_batch;
 	const size_t kv_elt = kv_type == MOE_KV_F16 ? 2 : 4;
 	s->kv_dim = kv;
-	s->k_cache = calloc(hp->n_layers * ctx * kv, kv_elt);
-	s->v_cache = ds ? NULL : calloc(hp->n_layers * ctx * kv, kv_elt);
+	s->kv_cap = malloc(hp->n_layers * sizeof *s->kv_cap);
+	s->kv_off = malloc(hp->n_layers * sizeof *s->kv_off);
+	size_t rows = 0;
+	for (size_t l = 0; s->kv_cap && s->kv_off && l < hp->n_layers; l++) {
+		/* a window's ring holds what the first token of a batch still sees, and the batch */
+		const size_t ring = hp->sliding[l] && hp->sliding_window ? hp->sliding_window + B - 1 : ctx;
+		s->kv_cap[l] = ring < ctx ? ring : ctx;
+		s->kv_off[l] = rows;
+		rows += s->kv_cap[l];
+	}
+	s->k_cache = calloc(rows * kv, kv_elt);
+	s->v_cache = ds ? NULL : calloc(rows * kv, kv_elt);
 	s->kv_row = malloc(kv * sizeof(float));
 	s->shared_out = malloc(B * H * sizeof(float));
 	if (ds && moe_mla_init(s)) {
@@ -336,7 +346,7 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 	if (s->prev_experts)
 		for (size_t i = 0; i < hp->n_layers * hp->n_experts_used; i++)
 			s->prev_experts[i] = UINT32_MAX; /* nothing yet */
-	if (!s->shared_out || (!ds && !s->v_cache) || !s->topp || !s->pair_out || !s->look_topk || !s->look_topp ||
+	if (!s->kv_cap || !s->kv_off || !s->shared_out || (!ds && !s->v_cache) || !s->topp || !s->pair_out || !s->look_topk || !s->look_topp ||
 	    !s->look_xn || !s->look_router || !s->look_score || !s->look_list || !s->prev_experts || !s->k_cache || !s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->tmp ||
 	    !s->router || !s->moe_out || !s->gather || !s->expert_out || !s->scores || !s->topk || !s->topw ||
 	    !s->kv_row || (!ds && B > 1 && !s->kv_f32)) {
@@ -364,6 +374,8 @@ void moe_session_free(struct moe_session *s)
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
 		free(bufs[i]);
 	free(s->topk);
+	free(s->kv_cap);
+	free(s->kv_off);
 	free(s->shared_out);
 	moe_replay_free(s->replay);
 	free(s->replay_ids);
@@ -371,6 +383,18 @@ void moe_session_free(struct moe_session *s)
 	moe_mla_free(s);
 	moe_kscratch_free(&s->ks);
 	free(s);
+}
+
+int moe_session_can_rewind(const struct moe_session *s, size_t pos)
+{
+	const struct moe_hparams *hp = &s->m->hp;
+	for (size_t l = 0; l < hp->n_layers; l++) {
+		const size_t cap = s->kv_cap[l], w = hp->sliding[l] ? hp->sliding_window : 0;
+		/* rows of positions below n_past - cap are gone; pos needs pos - w + 1 on */
+		if (cap < s->ctx && s->n_past > cap && pos + 1 < w + s->n_past - cap)
+			return 0;
+	}
+	return 1;
 }
 
 size_t moe_session_bytes(const struct moe_session *s)
@@ -382,7 +406,10 @@ size_t moe_session_bytes(const struct moe_session *s)
 	const size_t scores = s->ctx * (hp->n_heads > B ? hp->n_heads : B), kv_f32 = ds || B == 1 ? 0 : 2 * s->ctx * kvd;
 	const size_t scratch = (B * (8 * H + 2 * qd + 2 * kvd + 2 * hp->n_experts) + scores + kv_f32 + kvd +
 				2 * hp->n_experts + hp->n_layers * hp->n_experts_used + B * hp->n_experts_used * H) * sizeof(float);
-	return (ds ? 1 : 2) * hp->n_layers * s->ctx * kvd * kv_elt + scratch + (ds ? moe_mla_bytes(s) : 0);
+	size_t rows = 0;
+	for (size_t l = 0; l < hp->n_layers; l++)
+		rows += s->kv_cap[l];
+	return (ds ? 1 : 2) * rows * kvd * kv_elt + scratch + (ds ? moe_mla_bytes(s) : 0);
 }
 
 /* ---- the pieces ---- */
@@ -441,7 +468,7 @@ static size_t first_seen(const struct moe_hparams *hp, size_t l, size_t pos)
 /* row pos of layer l's cache, rounded to f16 for an f16 cache */
 void moe_kv_store(struct moe_session *s, void *cache, size_t l, size_t pos, const float *row)
 {
-	const size_t kvd = s->kv_dim, at = (l * s->ctx + pos) * kvd;
+	const size_t kvd = s->kv_dim, at = moe_kv_at(s, l, pos);
 	if (s->kv_type == MOE_KV_F32)
 		memcpy((float *)cache + at, row, kvd * sizeof(float));
 	else
@@ -457,16 +484,29 @@ static void attention_batch(struct moe_session *s, size_t l, size_t n)
 {
 	const struct moe_hparams *hp = &s->m->hp;
 	const size_t hd = hp->head_dim, nh = hp->n_heads, group = nh / hp->n_kv_heads, kvd = s->kv_dim;
-	const size_t len = s->n_past + n; /* positions the last token sees */
+	/* positions base .. end - 1: all the batch sees (a window's ring holds no more) */
+	const size_t base = first_seen(hp, l, s->n_past), end = s->n_past + n, len = end - base;
 	float *sc = s->scores; /* [n][len] */
-	const float *kf, *vf;   /* this layer's rows [len][kvd]: an f32 cache is used in place */
-	if (s->kv_type == MOE_KV_F32) {
-		kf = (const float *)s->k_cache + l * s->ctx * kvd;
-		vf = (const float *)s->v_cache + l * s->ctx * kvd;
-	} else {
+	const float *kf, *vf;   /* this layer's rows [len][kvd]: an f32 cache's are used in place */
+	const int ring = s->kv_cap[l] < s->ctx;
+	if (s->kv_type == MOE_KV_F32 && !ring) {
+		kf = (const float *)s->k_cache + moe_kv_at(s, l, base);
+		vf = (const float *)s->v_cache + moe_kv_at(s, l, base);
+	} else { /* gathered in position order as f32 */
 		float *k32 = s->kv_f32, *v32 = s->kv_f32 + s->ctx * kvd;
-		s->m->kernels->halves((const uint16_t *)s->k_cache + l * s->ctx * kvd, len * kvd, k32);
-		s->m->kernels->halves((const uint16_t *)s->v_cache + l * s->ctx * kvd, len * kvd, v32);
+		for (size_t p = base; p < end;) {
+			/* rows p .. up to the ring's end are contiguous */
+			const size_t at = moe_kv_at(s, l, p), left = s->kv_cap[l] - p % s->kv_cap[l];
+			const size_t run = left < end - p ? left : end - p;
+			if (s->kv_type == MOE_KV_F32) {
+				memcpy(k32 + (p - base) * kvd, (const float *)s->k_cache + at, run * kvd * sizeof(float));
+				memcpy(v32 + (p - base) * kvd, (const float *)s->v_cache + at, run * kvd * sizeof(float));
+			} else {
+				s->m->kernels->halves((const uint16_t *)s->k_cache + at, run * kvd, k32 + (p - base) * kvd);
+				s->m->kernels->halves((const uint16_t *)s->v_cache + at, run * kvd, v32 + (p - base) * kvd);
+			}
+			p += run;
+		}
 		kf = k32, vf = v32;
 	}
 	for (size_t h = 0; h < nh; h++) {
@@ -475,11 +515,12 @@ static void attention_batch(struct moe_session *s, size_t l, size_t n)
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)len, (int)hd, 1.0f / sqrtf((float)hd), qh,
 			    (int)(nh * hd), kh, (int)kvd, 0.0f, sc, (int)len);
 		const float *sinks = s->m->layers[l].sinks, sink = sinks ? sinks[h] : -INFINITY;
-		for (size_t t = 0; t < n; t++) { /* token t sees positions from .. n_past + t */
+		for (size_t t = 0; t < n; t++) { /* token t sees positions from .. n_past + t: columns - base */
 			const size_t seen = s->n_past + t + 1, from = first_seen(hp, l, seen - 1);
-			memset(sc + t * len, 0, from * sizeof(float));
-			moe_softmax_sink(sc + t * len + from, seen - from, sink);
-			memset(sc + t * len + seen, 0, (len - seen) * sizeof(float));
+			float *row = sc + t * len - base;
+			memset(row + base, 0, (from - base) * sizeof(float));
+			moe_softmax_sink(row + from, seen - from, sink);
+			memset(row + seen, 0, (end - seen) * sizeof(float));
 		}
 		/* att_h = P V_h */
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)hd, (int)len, 1.0f, sc, (int)len, vh,
@@ -500,7 +541,7 @@ static void attend_kv_heads(void *arg, int i, int n)
 	const struct decode_job *j = arg;
 	struct moe_session *s = j->s;
 	const struct moe_hparams *hp = &s->m->hp;
-	const size_t hd = hp->head_dim, nh = hp->n_heads, nkv = hp->n_kv_heads, group = nh / nkv, kvd = s->kv_dim;
+	const size_t hd = hp->head_dim, nh = hp->n_heads, nkv = hp->n_kv_heads, group = nh / nkv;
 	const size_t len = s->n_past + 1, g0 = nkv * (size_t)i / (size_t)n, g1 = nkv * (size_t)(i + 1) / (size_t)n;
 	const size_t from = first_seen(hp, j->l, s->n_past); /* positions from .. len - 1 */
 	const float scale = 1.0f / sqrtf((float)hd), *sinks = s->m->layers[j->l].sinks;
@@ -514,7 +555,7 @@ static void attend_kv_heads(void *arg, int i, int n)
 					memset(s->att + h * hd, 0, hd * sizeof(float));
 				}
 			for (size_t p = from; p < len; p++) {
-				const size_t at = (j->l * s->ctx + p) * kvd + g * hd;
+				const size_t at = moe_kv_at(s, j->l, p) + g * hd;
 				const float *row = (const float *)cache + at;
 				if (s->kv_type != MOE_KV_F32)
 					s->m->kernels->halves((const uint16_t *)cache + at, hd, buf), row = buf;

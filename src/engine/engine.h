@@ -106,8 +106,11 @@ struct moe_session {
 	size_t ctx, n_past;
 	int kv_type;
 	size_t kv_dim;               /* values per layer and position in each cache */
-	void *k_cache, *v_cache;     /* [layer][ctx][kv_dim], f16 or f32; MLA: k_cache holds
+	void *k_cache, *v_cache;     /* [layer][kv_cap[layer]][kv_dim], f16 or f32; MLA: k_cache holds
 				      * c_kv | k_pe (kv_lora_rank + qk_rope_head_dim), no v_cache */
+	size_t *kv_cap, *kv_off;     /* rows of each layer's cache and where they start: ctx rows, or
+				      * for a sliding-window layer a ring of window + max_batch - 1
+				      * (position p in row p mod cap; moe_kv_at) */
 	/* scratch, sized for max_batch tokens */
 	size_t max_batch;
 	float *x, *xn, *q, *k, *v, *att, *tmp, *router, *moe_out, *gather, *expert_out, *scores, *kv_row;
@@ -141,6 +144,10 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 /* Replace the model's expert provider (the mapped one by default); m owns x after. */
 void moe_model_use_experts(struct moe_model *m, struct moe_experts *x);
 void moe_session_free(struct moe_session *s);
+/* Whether going back to pos (<= n_past) leaves every cached position the next tokens
+ * see: a sliding window's ring has overwritten the oldest ones, so a rewind by more
+ * than its spare rows (max_batch - 1) cannot be continued from. */
+int moe_session_can_rewind(const struct moe_session *s, size_t pos);
 /* Bytes the session holds (KV cache and scratch), for --ram-budget accounting. */
 size_t moe_session_bytes(const struct moe_session *s);
 

@@ -37,6 +37,11 @@ static inline void moe_axpy(float *restrict y, float s, const float *restrict x,
 void moe_softmax_sink(float *p, size_t len, float sink);
 /* y[n][rows] = W x[n][cols] on the session's kernels and pool */
 int moe_session_matmul(struct moe_session *s, const struct moe_wmat *w, const float *x, size_t n, float *y);
+/* where position pos of layer l starts in a cache (in values): rings wrap */
+static inline size_t moe_kv_at(const struct moe_session *s, size_t l, size_t pos)
+{
+	return (s->kv_off[l] + pos % s->kv_cap[l]) * s->kv_dim;
+}
 /* store a row of layer l's cache at pos */
 void moe_kv_store(struct moe_session *s, void *cache, size_t l, size_t pos, const float *row);
 

@@ -414,13 +414,14 @@ size_t moe_session_common_prefix(const moe_session *s, const int32_t *tokens, si
 	size_t i = 0;
 	while (i < n && i < s->n_past && s->tokens[i] == tokens[i])
 		i++;
-	return i;
+	/* with a position to spare: callers go back one more to have the last token's logits */
+	return i == s->n_past || (i > 0 && moe_session_can_rewind(s, i - 1)) ? i : 0;
 }
 
 void moe_session_rewind(moe_session *s, size_t pos)
 {
 	if (pos < s->n_past) { /* later positions are overwritten as the context grows again */
-		s->n_past = pos;
+		s->n_past = moe_session_can_rewind(s, pos) ? pos : 0;
 		s->has_logits = 0;
 	}
 }
