@@ -292,7 +292,7 @@ MOE_API int moe_model_open(const char *path, const moe_model_params *p, moe_mode
 MOE_API void moe_model_close(moe_model *m);
 
 typedef struct moe_model_info {
-	const char *arch;          /* "mixtral", "qwen3_moe", "deepseek_v3" */
+	const char *arch;          /* "mixtral", "qwen3_moe", "deepseek_v3", "glm4_moe", "gpt_oss" */
 	uint64_t n_layers, n_experts, n_experts_used, n_vocab;
 	uint64_t n_ctx_train;      /* the model's longest context (0: not recorded) */
 	size_t n_ctx, n_batch;     /* as opened */
