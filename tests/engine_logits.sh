@@ -229,10 +229,11 @@ for a in glm4_moe glm4_moe_air; do
 done
 check "glm4_moe_air: no q/k norms" sh -c "'$MOE_PACK' --info --json glm4_moe_air.g.moe | grep -q '\"hparams.qk_norm\": 0'"
 
-# gpt-oss through llama.cpp's gpt-oss GGUF (experts split from the fused Hugging Face
-# tensors, biases apart, sinks) against the reference on its Hugging Face folder: prompt
-# batches and one token at a time (the decode attention's sinks and 4-token window),
-# greedy generation, and MXFP4 experts (its release format) on their dequantized weights
+# gpt-oss from its Hugging Face folder as released (experts fused into MXFP4 blocks and
+# scales, gate and up interleaved) and through llama.cpp's gpt-oss GGUF (split, biases
+# apart), against the reference on the folder (written from transformers' unpacking):
+# prompt batches and one token at a time (the sinks and the 4-token window), greedy
+# generation; the release's MXFP4 blocks kept, the same bytes as GGUF's MXFP4
 check "gpt-oss folder" py "$W" safetensors go --arch=gpt_oss
 check "gpt-oss gguf f32" py "$W" gguf go.gguf --arch=gpt_oss --types=attn=F32,experts=F32,embed=F32,output=F32
 check "gpt-oss gguf mxfp4" py "$W" gguf goq.gguf --arch=gpt_oss --types=attn=Q8_0,experts=MXFP4,embed=F32,output=Q8_0
@@ -264,7 +265,29 @@ logits = R.forward(cfg, R.load_safetensors(sys.argv[2]), np.array([5, 6, 7, 8] +
 want = logits[3:-1].argmax(-1).tolist()
 assert want == gen, "first difference at step %d" % next(i for i in range(32) if want[i] != gen[i])
 PY
-expect_error "gpt-oss from a Hugging Face folder" "pack its GGUF" "$MOE_PACK" --no-progress go go.st.moe
+check "gpt-oss folder pack" "$MOE_PACK" --no-progress -q f32 --zstd-min-saving 100 go go.st.moe
+check "gpt-oss folder run" "$MOE_RUN" -m go.st.moe --tokens $TT -n 0 -b 7 --kv-type f32 --logits-out gost.bin
+check "gpt-oss folder logits = gguf logits" cmp gost.bin go7.bin
+check "gpt-oss folder, experts kept" "$MOE_PACK" --no-progress --zstd-min-saving 100 go goq.st.moe
+check "gpt-oss: the release's MXFP4 blocks = GGUF's, byte for byte" py - <<PY
+import sys; sys.path.insert(0, "$TESTS_DIR")
+import moepack_ref as r
+a, b = r.Pack("goq.st.moe"), r.Pack("goq.moe")
+assert [m["type"] for m in a.layout["matrices"]] == ["mxfp4"] * 3, a.layout
+assert set(a.experts) == set(b.experts)
+for k in a.experts:
+    assert a.expert_raw(*k) == b.expert_raw(*k), k
+PY
+mkdir -p gof && cp go/config.json gof/ && py - go gof <<'PY'
+import json, struct, sys
+# the experts as a float layout (a conversion, not the release): refused by name
+raw = open(sys.argv[1] + "/model.safetensors", "rb").read()
+h = json.loads(raw[8:8 + struct.unpack_from("<Q", raw)[0]])
+hdr = {"model.layers.0.mlp.experts.gate_up_proj": {"dtype": "F32", "shape": [8, 128, 128], "data_offsets": [0, 8 * 128 * 128 * 4]}}
+j = json.dumps(hdr).encode()
+open(sys.argv[2] + "/model.safetensors", "wb").write(struct.pack("<Q", len(j)) + j + bytes(8 * 128 * 128 * 4))
+PY
+expect_error "gpt-oss experts as floats" "read in the release's MXFP4 form" "$MOE_PACK" --no-progress gof gof.moe
 # the sliding layers' KV caches are rings: prefix reuse where they still hold enough,
 # none where they do not, and no growth with the context (tests/test_rings.c)
 check "gpt-oss-tiny pack" "$MOE_PACK" synth --preset gpt-oss-tiny --no-progress -q f32 gt.moe

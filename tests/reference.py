@@ -36,10 +36,27 @@ def load_safetensors(folder):
                 a = np.frombuffer(data, np.float16).astype(np.float64)
             elif t["dtype"] == "BF16":
                 a = (np.frombuffer(data, np.uint16).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+            elif t["dtype"] == "U8":
+                a = np.frombuffer(data, np.uint8)
             else:
                 raise ValueError(t["dtype"])
             out[name] = a.reshape(t["shape"])
+    for name in [n for n in out if n.endswith("_blocks")]:  # gpt-oss's MXFP4 experts
+        out[name[:-7]] = mxfp4_unpack(out.pop(name), out.pop(name[:-7] + "_scales"))
     return out
+
+
+# transformers' integrations/mxfp4.py: the FP4 E2M1 values by code
+FP4 = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6])
+
+
+def mxfp4_unpack(blocks, scales):
+    """convert_moe_packed_tensors: byte j of a block holds weights 2j (low nibble) and
+    2j + 1, scaled by 2^(scale - 127); [E, out, in/32, 16] -> [E, in, out]"""
+    v = np.empty(blocks.shape[:-1] + (32,))
+    v[..., 0::2], v[..., 1::2] = FP4[blocks & 15], FP4[blocks >> 4]
+    v = np.ldexp(v, scales.astype(np.int64)[..., None] - 127)
+    return v.reshape(blocks.shape[0], blocks.shape[1], -1).transpose(0, 2, 1)
 
 
 def rmsnorm(x, w, eps):

@@ -182,6 +182,10 @@ def gpt_oss_weights(c, rng, w, lin, norm):
         vec(x + "gate_up_proj_bias", (E, 2 * I), 4.0)  # beyond the limit for a few units
         vec(x + "down_proj", (E, I, H), 1 / np.sqrt(I))
         vec(x + "down_proj_bias", (E, H), 0.5)
+        for m in ("gate_up_proj", "down_proj"):  # values MXFP4 holds exactly, as the release's are
+            t = w[x + m].transpose(0, 2, 1)  # [E, out, in]: blocks of 32 inputs
+            t = ref.gguf_blocks.decode("mxfp4", ref.gguf_blocks.encode("mxfp4", t.reshape(-1, t.shape[-1])), t.size)
+            w[x + m] = np.ascontiguousarray(t.reshape(E, -1, w[x + m].shape[1]).transpose(0, 2, 1)).astype(np.float32)
     norm("model.norm.weight", H)
     lin("lm_head.weight", V, H)
     return w
@@ -208,16 +212,27 @@ def fp8_blocks(x):
     return codes, scale, deq
 
 
+def mxfp4_release(t):
+    """[E, in, out] floats (MXFP4-exact) -> the release's (blocks [E, out, in/32, 16], scales [E, out, in/32]):
+    ggml's blocks with the nibbles of weights 2j, 2j+1 in byte j, low first"""
+    E, n_in, n_out = t.shape
+    raw = np.frombuffer(ref.gguf_blocks.encode("mxfp4", t.transpose(0, 2, 1).reshape(-1, n_in)), np.uint8).reshape(-1, 17)
+    v = np.concatenate([raw[:, 1:] & 15, raw[:, 1:] >> 4], axis=1)  # ggml: j low, j + 16 high
+    blocks = (v[:, 0::2] | (v[:, 1::2] << 4)).astype(np.uint8)
+    return blocks.reshape(E, n_out, n_in // 32, 16), raw[:, 0].copy().reshape(E, n_out, n_in // 32)
+
+
 def st_dtype(a):
     return {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.uint8): "F8_E4M3",
             np.dtype(np.uint16): "BF16"}[a.dtype]
 
 
-def write_safetensors_file(path, tensors):
+def write_safetensors_file(path, tensors, dtypes=None):
     header, blobs, off = {"__metadata__": {"format": "pt"}}, [], 0
     for name, a in tensors.items():
         b = np.ascontiguousarray(a).tobytes()
-        header[name] = {"dtype": st_dtype(a), "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        dt = (dtypes or {}).get(name) or st_dtype(a)
+        header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
         blobs.append(b)
         off += len(b)
     h = json.dumps(header).encode()
@@ -241,7 +256,12 @@ def safetensors(out, arch="mixtral", shards=1, fp8=False, dtype="f32"):
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(c, f, indent=2)
     w = weights(arch)
-    stored = {}
+    stored, dtypes = {}, {}
+    if c["model_type"] == "gpt_oss":  # the experts as released: MXFP4 blocks and scales, U8
+        for name in [n for n in w if n.endswith(("gate_up_proj", "down_proj"))]:
+            blocks, scales = mxfp4_release(w.pop(name))
+            stored[name + "_blocks"], stored[name + "_scales"] = blocks, scales
+            dtypes[name + "_blocks"] = dtypes[name + "_scales"] = "U8"
     for name, a in w.items():
         is_linear = a.ndim == 2 and ("proj" in name or ".w1." in name or ".w2." in name or ".w3." in name)
         if fp8 and is_linear:
@@ -256,7 +276,7 @@ def safetensors(out, arch="mixtral", shards=1, fp8=False, dtype="f32"):
             stored[name] = a
     names = list(stored)
     if shards == 1:
-        write_safetensors_file(os.path.join(out, "model.safetensors"), stored)
+        write_safetensors_file(os.path.join(out, "model.safetensors"), stored, dtypes)
         return
     per = (len(names) + shards - 1) // shards
     wmap = {}
@@ -264,7 +284,7 @@ def safetensors(out, arch="mixtral", shards=1, fp8=False, dtype="f32"):
         part = names[s * per:(s + 1) * per]
         # keep a weight and its scale in one shard, as DeepSeek does
         fname = "model-%05d-of-%05d.safetensors" % (s + 1, shards)
-        write_safetensors_file(os.path.join(out, fname), {n: stored[n] for n in part})
+        write_safetensors_file(os.path.join(out, fname), {n: stored[n] for n in part}, dtypes)
         wmap.update({n: fname for n in part})
     with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": 0}, "weight_map": wmap}, f)

@@ -26,7 +26,7 @@ static int dtype_from_name(const char *s, uint64_t *size)
 {
 	static const struct { const char *name; int dtype; uint64_t size; } map[] = {
 		{"F32", SRC_F32, 4}, {"F16", SRC_F16, 2}, {"BF16", SRC_BF16, 2},
-		{"F64", SRC_F64, 8}, {"F8_E4M3", SRC_F8_E4M3, 1},
+		{"F64", SRC_F64, 8}, {"F8_E4M3", SRC_F8_E4M3, 1}, {"U8", SRC_U8, 1},
 	};
 	for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
 		if (strcmp(s, map[i].name) == 0) {
@@ -84,13 +84,14 @@ static int parse_file(struct moe_source *src, const char *path)
 		uint64_t esize;
 		int dtype = dtype_from_name(json_string_value(jd), &esize);
 		if (dtype < 0) {
-			rc = moe_fail(MOE_EUNSUPPORTED, "%s: tensor %s: dtype %s is not supported (F32, F16, BF16, F64, F8_E4M3 are)",
+			rc = moe_fail(MOE_EUNSUPPORTED, "%s: tensor %s: dtype %s is not supported (F32, F16, BF16, F64, F8_E4M3, U8 are)",
 				      path, name, json_string_value(jd));
 			break;
 		}
+		/* up to 4 dimensions (gpt-oss's stacked experts): the leading ones make the rows */
 		size_t nd = json_array_size(js);
-		if (nd < 1 || nd > 2) {
-			rc = moe_fail(MOE_EUNSUPPORTED, "%s: tensor %s: %zu dimensions (1 or 2 expected)", path, name, nd);
+		if (nd < 1 || nd > 4) {
+			rc = moe_fail(MOE_EUNSUPPORTED, "%s: tensor %s: %zu dimensions (1 to 4 expected)", path, name, nd);
 			break;
 		}
 		uint64_t dims[2] = {1, 1};
@@ -98,8 +99,10 @@ static int parse_file(struct moe_source *src, const char *path)
 			json_t *v = json_array_get(js, d);
 			if (!json_is_integer(v) || json_integer_value(v) <= 0 || json_integer_value(v) > (1ll << 40))
 				rc = moe_fail(MOE_EFORMAT, "%s: tensor %s: bad shape", path, name);
-			else
-				dims[d] = (uint64_t)json_integer_value(v);
+			else if (d + 1 == nd && nd > 1)
+				dims[1] = (uint64_t)json_integer_value(v);
+			else if (__builtin_mul_overflow(dims[0], (uint64_t)json_integer_value(v), &dims[0]))
+				rc = moe_fail(MOE_EFORMAT, "%s: tensor %s: bad shape", path, name);
 		}
 		if (rc)
 			break;
@@ -125,7 +128,7 @@ static int parse_file(struct moe_source *src, const char *path)
 			break;
 		}
 		se->dtype = dtype;
-		se->n_dims = (int)nd;
+		se->n_dims = (int)nd; /* more than 2: used only through views (gpt_oss_views) */
 		se->rows = dims[0];
 		se->cols = dims[1];
 		se->file = fi;
@@ -219,7 +222,70 @@ out:
 	return rc;
 }
 
+static int open_folder(const char *dir, struct moe_source *src);
+
+/*
+ * gpt-oss as released: each layer's experts are fused, mlp.experts.gate_up_proj_blocks
+ * [E, 2I, H/32, 16] and _scales [E, 2I, H/32] (MXFP4, gate rows even and up rows odd),
+ * down_proj_blocks/_scales [E, H, I/32 ...], biases gate_up_proj_bias [E, 2I] and
+ * down_proj_bias [E, H]. Each expert's gate, up and down become entries of the names
+ * the other families have, reading their rows of the pair; the biases are split the
+ * same way. Nothing is copied.
+ */
+static int gpt_oss_views(struct moe_source *src)
+{
+	const struct moe_hparams *hp = &src->hp;
+	const uint64_t E = hp->n_experts, ff = hp->expert_ff, H = hp->hidden;
+	char name[192], base[192], scale[192];
+	for (uint64_t l = 0; l < hp->n_layers; l++) {
+		snprintf(name, sizeof name, "model.layers.%llu.mlp.experts.gate_up_proj", (unsigned long long)l);
+		if (src_find(src, name))
+			return moe_fail(MOE_EUNSUPPORTED, "%s: %s is a float tensor: gpt-oss's experts are read in the "
+					"release's MXFP4 form (_blocks, _scales)", src->path, name);
+		for (uint64_t e = 0; e < E; e++)
+			for (int m = 0; m < 3; m++) {
+				struct moe_tensor_spec ex[3];
+				moe_arch_expert_tensors(hp, l, e, ex);
+				const char *which = m == 2 ? "down" : "gate_up";
+				snprintf(base, sizeof base, "model.layers.%llu.mlp.experts.%s_proj_blocks", (unsigned long long)l, which);
+				snprintf(scale, sizeof scale, "model.layers.%llu.mlp.experts.%s_proj_scales", (unsigned long long)l, which);
+				struct src_entry *v = src_add(src, ex[m].hf_name);
+				if (!v || !(v->base_name = strdup(base)) || !(v->scale_name = strdup(scale)))
+					return moe_fail(MOE_ENOMEM, "out of memory");
+				v->dtype = SRC_MXFP4_HF;
+				v->n_dims = 2;
+				v->rows = ex[m].dims[0];
+				v->cols = ex[m].dims[1];
+				v->base_row0 = m == 2 ? e * H : e * 2 * ff + (uint64_t)m; /* gate even, up odd */
+				v->row_step = m == 2 ? 1 : 2;
+			}
+		for (int m = 0; m < 2; m++) {
+			snprintf(name, sizeof name, "model.layers.%llu.mlp.experts.%s_proj_bias", (unsigned long long)l,
+				 m ? "up" : "gate");
+			snprintf(base, sizeof base, "model.layers.%llu.mlp.experts.gate_up_proj_bias", (unsigned long long)l);
+			struct src_entry *v = src_add(src, name);
+			if (!v || !(v->base_name = strdup(base)))
+				return moe_fail(MOE_ENOMEM, "out of memory");
+			v->dtype = SRC_VIEW;
+			v->n_dims = 2;
+			v->rows = E;
+			v->cols = ff;
+			v->col_off = (uint64_t)m;
+			v->col_step = 2;
+		}
+	}
+	return 0;
+}
+
 int src_open_safetensors(const char *dir, struct moe_source *src)
+{
+	int rc = open_folder(dir, src);
+	if (!rc && src->hp.arch == MOE_ARCH_GPT_OSS)
+		rc = gpt_oss_views(src);
+	return rc;
+}
+
+static int open_folder(const char *dir, struct moe_source *src)
 {
 	src->kind = "safetensors";
 	char *p = join(dir, "config.json");
@@ -233,9 +299,6 @@ int src_open_safetensors(const char *dir, struct moe_source *src)
 	free(p);
 	if (rc)
 		return rc;
-	if (src->hp.arch == MOE_ARCH_GPT_OSS) /* its experts are fused 3-D tensors, gate and up interleaved */
-		return moe_fail(MOE_EUNSUPPORTED, "%s: gpt-oss from its Hugging Face folder is not supported yet; pack "
-				"its GGUF (llama.cpp's convert_hf_to_gguf.py writes one)", dir);
 	if ((rc = read_optional(dir, "tokenizer.json", &src->tokenizer_json, &src->tokenizer_json_len)) ||
 	    (rc = read_optional(dir, "tokenizer_config.json", &src->tokenizer_config, &src->tokenizer_config_len)) ||
 	    (rc = read_optional(dir, "generation_config.json", &src->generation_config, &src->generation_config_len)))

@@ -17,7 +17,8 @@
 #include "quant/quant.h"
 #include "source.h"
 
-const char *const src_dtype_names[] = {"F32", "F16", "BF16", "F64", "F8_E4M3", "Q8_0", "Q4_0", "GGUF blocks", "attn_k_b + attn_v_b", "synthetic"};
+const char *const src_dtype_names[] = {"F32", "F16", "BF16", "F64", "F8_E4M3", "Q8_0", "Q4_0", "GGUF blocks", "attn_k_b + attn_v_b",
+				       "synthetic", "U8", "MXFP4 blocks + scales", "strided view"};
 
 int src_open(const char *path, struct moe_source **out)
 {
@@ -53,6 +54,7 @@ void src_close(struct moe_source *src)
 		free(src->entries[i].name);
 		free(src->entries[i].scale_name);
 		free(src->entries[i].kb_name);
+		free(src->entries[i].base_name);
 		free(src->entries[i].vb_name);
 	}
 	free(src->entries);
@@ -204,6 +206,8 @@ void src_index(struct moe_source *src)
 			e->kb = src_find(src, e->kb_name);
 			e->vb = src_find(src, e->vb_name);
 		}
+		if (e->base_name)
+			e->base = src_find(src, e->base_name);
 	}
 }
 
@@ -225,6 +229,27 @@ static int check_mla_kv_b(const struct moe_source *src, const struct src_entry *
 	    vb->rows % h || e->rows != h * (kb->cols + vb->rows / h))
 		return moe_fail(MOE_EFORMAT, "%s: %s and %s do not make %s [%llu, %llu]", src->path, e->kb_name, e->vb_name,
 				e->name, (unsigned long long)e->rows, (unsigned long long)e->cols);
+	return 0;
+}
+
+/* A view's rows and columns fall inside what it reads: an MXFP4 pair's blocks are
+ * [rows, cols / 32 * 16] bytes and its scales [rows, cols / 32], as the release has them. */
+static int check_view(const struct moe_source *src, const struct src_entry *e)
+{
+	const struct src_entry *b = e->base, *s = e->scale;
+	if (e->dtype == SRC_VIEW) {
+		if (!b || b->n_dims > 2 || b->dtype == SRC_U8 || e->rows != b->rows || !e->col_step ||
+		    e->col_off + (e->cols - 1) * e->col_step >= b->cols)
+			return moe_fail(MOE_EFORMAT, "%s: %s does not hold %s [%llu, %llu]", src->path, e->base_name, e->name,
+					(unsigned long long)e->rows, (unsigned long long)e->cols);
+		return 0;
+	}
+	const uint64_t groups = e->cols / 32, last = e->base_row0 + (e->rows - 1) * e->row_step;
+	if (!b || !s || b->dtype != SRC_U8 || s->dtype != SRC_U8 || e->cols % 32 || b->cols != 16 || s->cols != groups ||
+	    b->rows != s->rows * groups || last >= s->rows)
+		return moe_fail(MOE_EFORMAT, "%s: %s and %s do not hold %s [%llu, %llu] as MXFP4 blocks and scales",
+				src->path, e->base_name, e->scale_name, e->name, (unsigned long long)e->rows,
+				(unsigned long long)e->cols);
 	return 0;
 }
 
@@ -256,6 +281,12 @@ int src_lookup(struct moe_source *src, const struct moe_tensor_spec *spec, struc
 		if (rc)
 			return rc;
 		e->kb->used = e->vb->used = 1;
+	}
+	if (e->dtype == SRC_MXFP4_HF || e->dtype == SRC_VIEW) {
+		int rc = check_view(src, e);
+		if (rc)
+			return rc;
+		e->base->used = 1;
 	}
 	e->used = 1;
 	if (e->scale)
@@ -301,8 +332,57 @@ int src_pack_type(const struct src_entry *e)
 	case SRC_BF16: return MOE_TYPE_BF16;
 	case SRC_Q8_0: return MOE_TYPE_Q8;
 	case SRC_Q4_0: return MOE_TYPE_Q4;
+	case SRC_MXFP4_HF: return MOE_TYPE_MXFP4;
 	}
 	return -1;
+}
+
+/* nrows rows of an MXFP4 pair as GGUF MXFP4 blocks {e, qs[16]}: the release packs
+ * weights 2j and 2j+1 of a block into byte j (low nibble first), ggml weights j and
+ * j + 16; the E8M0 scale is the same byte. */
+static int mxfp4_rows(struct moe_source *src, const struct src_entry *e, uint64_t row0, uint64_t nrows, uint8_t *out)
+{
+	int rc = check_view(src, e);
+	const struct src_entry *b = e->base, *s = e->scale;
+	const uint64_t groups = e->cols / 32;
+	uint8_t *q = malloc(groups * 17);
+	if (!rc && !q)
+		rc = moe_fail(MOE_ENOMEM, "out of memory reading %s", e->name);
+	for (uint64_t r = 0; r < nrows && !rc; r++) {
+		const uint64_t hf = e->base_row0 + (row0 + r) * e->row_step;
+		rc = moe_pread_full(src->files[s->file].fd, q, groups, s->offset + hf * groups, src->files[s->file].path);
+		if (!rc)
+			rc = moe_pread_full(src->files[b->file].fd, q + groups, groups * 16, b->offset + hf * groups * 16,
+					    src->files[b->file].path);
+		for (uint64_t g = 0; g < groups && !rc; g++) {
+			uint8_t *blk = out + (r * groups + g) * 17, v[32];
+			const uint8_t *in = q + groups + g * 16;
+			for (int j = 0; j < 16; j++)
+				v[2 * j] = in[j] & 15, v[2 * j + 1] = in[j] >> 4;
+			blk[0] = q[g];
+			for (int j = 0; j < 16; j++)
+				blk[1 + j] = (uint8_t)(v[j] | v[j + 16] << 4);
+		}
+	}
+	free(q);
+	return rc;
+}
+
+/* rows of a strided view: base's rows, every col_step-th column from col_off */
+static int read_view(struct moe_source *src, const struct src_entry *e, uint64_t row0, uint64_t nrows, float *out)
+{
+	int rc = check_view(src, e);
+	const uint64_t bc = e->base ? e->base->cols : 0;
+	float *row = rc ? NULL : malloc(bc * sizeof(float));
+	if (!rc && !row)
+		rc = moe_fail(MOE_ENOMEM, "out of memory reading %s", e->name);
+	for (uint64_t r = 0; r < nrows && !rc; r++) {
+		rc = src_read_rows(src, e->base, row0 + r, 1, row);
+		for (uint64_t c = 0; c < e->cols && !rc; c++)
+			out[r * e->cols + c] = row[e->col_off + c * e->col_step];
+	}
+	free(row);
+	return rc;
 }
 
 /* bytes of one stored row */
@@ -355,6 +435,16 @@ int src_read_rows(struct moe_source *src, const struct src_entry *e, uint64_t ro
 	const uint64_t cols = e->cols;
 	if (e->dtype == SRC_MLA_KV_B)
 		return read_mla_kv_b(src, e, row0, nrows, out);
+	if (e->dtype == SRC_VIEW)
+		return read_view(src, e, row0, nrows, out);
+	if (e->dtype == SRC_MXFP4_HF) {
+		uint8_t *blk = malloc(nrows * (cols / 32) * 17 + 1);
+		int rc = blk ? mxfp4_rows(src, e, row0, nrows, blk) : moe_fail(MOE_ENOMEM, "out of memory reading %s", e->name);
+		if (!rc)
+			moe_dequantize_rows(MOE_TYPE_MXFP4, blk, NULL, nrows, cols, out);
+		free(blk);
+		return rc;
+	}
 	if (e->dtype == SRC_SYNTH) {
 		for (uint64_t r = 0; r < nrows; r++)
 			for (uint64_t c = 0; c < cols; c++)
@@ -453,6 +543,8 @@ out:
 int src_read_blocks(struct moe_source *src, const struct src_entry *e, uint64_t row0, uint64_t nrows,
 		    void *codes, uint16_t *scales)
 {
+	if (e->dtype == SRC_MXFP4_HF)
+		return mxfp4_rows(src, e, row0, nrows, codes);
 	const struct src_file *f = &src->files[e->file];
 	const uint64_t rb = row_bytes(e, e->cols), nb_row = e->cols / 32;
 	uint8_t *buf = malloc(rb);

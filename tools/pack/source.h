@@ -19,6 +19,9 @@ enum src_dtype {
 	SRC_BLOCKS,         /* GGUF blocks of the pack type block_type, kept as they are */
 	SRC_MLA_KV_B,       /* DeepSeek's kv_b put back together from llama.cpp's attn_k_b and attn_v_b */
 	SRC_SYNTH,          /* generated: N(mean, std) from a counter-based RNG */
+	SRC_U8,             /* raw bytes (gpt-oss's MXFP4 blocks and scales): read only through the two below */
+	SRC_MXFP4_HF,       /* rows of a Hugging Face MXFP4 pair (base: *_blocks, scale: *_scales), as GGUF MXFP4 */
+	SRC_VIEW,           /* every col_step-th column of base's rows from col_off (gpt-oss's interleaved biases) */
 };
 extern const char *const src_dtype_names[];
 
@@ -36,6 +39,10 @@ struct src_entry {
 	char *kb_name, *vb_name;     /* SRC_MLA_KV_B: its two parts ... */
 	struct src_entry *kb, *vb;   /* ... resolved by src_index() */
 	uint32_t heads;              /* attn_k_b / attn_v_b: heads stacked in the rows */
+	char *base_name;             /* SRC_MXFP4_HF, SRC_VIEW: what it reads ... */
+	struct src_entry *base;      /* ... resolved by src_index() */
+	uint64_t base_row0, row_step; /* SRC_MXFP4_HF: row r is the pair's row base_row0 + r * row_step */
+	uint64_t col_off, col_step;   /* SRC_VIEW: column c is base's column col_off + c * col_step */
 	uint64_t seed;       /* SRC_SYNTH */
 	float mean, std;
 	int used;
