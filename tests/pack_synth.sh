@@ -93,6 +93,21 @@ for other in ("glmst.moe", "glmgguf.moe"):
     for k in d.experts:
         assert o.expert_raw(*k) == d.expert_raw(*k), (other, k)
 PY
+# gpt-oss likewise through llama.cpp's gpt-oss GGUF (sinks, biases of every expert)
+check "gpt-oss synth gguf" "$MOE_PACK" synth --preset gpt-oss-tiny --format gguf --dtype f32 --no-progress oss.gguf
+check "gpt-oss pack gguf" "$MOE_PACK" --no-progress --zstd-min-saving 100 oss.gguf ossgguf.moe
+check "gpt-oss direct" "$MOE_PACK" synth --preset gpt-oss-tiny --no-progress --zstd-min-saving 100 ossdirect.moe
+check "gpt-oss: same bytes via GGUF" py - <<PY
+import sys; sys.path.insert(0, "$TESTS_DIR")
+import moepack_ref as r
+d, o = r.Pack("ossdirect.moe"), r.Pack("ossgguf.moe")
+assert "blk.0.attn_sinks" in d.tensors and "blk.3.ffn_down_exps.bias" in d.tensors
+assert set(o.tensors) == set(d.tensors), set(o.tensors) ^ set(d.tensors)
+for n in d.tensors:
+    assert o.tensor_bytes(n) == d.tensor_bytes(n), n
+for k in d.experts:
+    assert o.expert_raw(*k) == d.expert_raw(*k), k
+PY
 # --format plan: the sizes without writing equal those of the pack written
 for spec in deepseek-tiny:q8 deepseek-tiny:q8,experts=q4 mixtral-tiny:q4 qwen3-tiny:f16 mixtral-tiny:q4_k_m glm-tiny:q8,experts=q4; do
 	preset=${spec%%:*} q=${spec#*:}

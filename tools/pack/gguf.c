@@ -961,11 +961,12 @@ int gguf_write_model(struct moe_source *src, const char *path, const char *type_
 	else if (strcmp(type_name, "q8_0") == 0) wtype = GT_Q8_0;
 	else if (strcmp(type_name, "q4_0") == 0) wtype = GT_Q4_0;
 	else return moe_fail(MOE_EINVAL, "--dtype %s: GGUF output takes f32, f16, bf16, q8_0 or q4_0", type_name);
-	const int glm = hp->arch == MOE_ARCH_GLM4_MOE;
+	const int glm = hp->arch == MOE_ARCH_GLM4_MOE, oss = hp->arch == MOE_ARCH_GPT_OSS;
 	const char *arch = hp->arch == MOE_ARCH_MIXTRAL ? "llama" : hp->arch == MOE_ARCH_QWEN3_MOE ? "qwen3moe"
-			 : glm ? "glm4moe" : NULL;
+			 : glm ? "glm4moe" : oss ? "gpt-oss" : NULL;
 	if (!arch)
-		return moe_fail(MOE_EUNSUPPORTED, "GGUF output of %s is not implemented (mixtral, qwen3_moe and glm4_moe are)",
+		return moe_fail(MOE_EUNSUPPORTED,
+				"GGUF output of %s is not implemented (mixtral, qwen3_moe, glm4_moe and gpt_oss are)",
 				moe_arch_name(hp->arch));
 	for (uint64_t l = 0; l < hp->n_layers && !glm; l++) /* glm4moe's leading dense layers are in its keys */
 		if (!moe_layer_is_moe(hp, l))
@@ -994,19 +995,20 @@ int gguf_write_model(struct moe_source *src, const char *path, const char *type_
 		struct gtensor *g = &t[n++];
 		g->spec[0] = dense[i];
 		const size_t len = strlen(dense[i].name);
-		if (ends_with(dense[i].name, ".bias")) /* attention biases are named so already */
+		if (ends_with(dense[i].name, ".bias")) /* biases are named so already */
 			snprintf(g->name, sizeof g->name, "%s", dense[i].name);
-		else if (glm && ends_with(dense[i].name, ".ffn_norm")) /* glm4moe names it after its place */
+		else if ((glm || oss) && ends_with(dense[i].name, ".ffn_norm")) /* named after its place there */
 			snprintf(g->name, sizeof g->name, "%.*s.post_attention_norm.weight", (int)(len - 9), dense[i].name);
 		else
 			snprintf(g->name, sizeof g->name, "%s.%s", dense[i].name,
 				 ends_with(dense[i].name, ".exp_probs_b") ? "bias" : "weight");
-		const int small = dense[i].n_dims == 1 || dense[i].kind == MOE_KIND_ROUTER || dense[i].kind == MOE_KIND_NORM;
+		const int small = dense[i].n_dims == 1 || dense[i].kind == MOE_KIND_ROUTER || dense[i].kind == MOE_KIND_NORM ||
+				  moe_tensor_is_bias(dense[i].name);
 		g->type = small || dense[i].dims[1] % 32 ? GT_F32 : wtype;
 		g->permute = hp->arch == MOE_ARCH_MIXTRAL &&
 			     (ends_with(dense[i].name, ".attn_q") || ends_with(dense[i].name, ".attn_k"));
 		/* stacked experts follow the router of their layer */
-		if (dense[i].kind == MOE_KIND_ROUTER && strstr(dense[i].name, "ffn_gate_inp")) {
+		if (ends_with(dense[i].name, ".ffn_gate_inp")) {
 			uint64_t l = strtoull(dense[i].name + 4, NULL, 10);
 			static const char *const mname[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
 			struct moe_tensor_spec ex[3];
@@ -1061,9 +1063,16 @@ int gguf_write_model(struct moe_source *src, const char *path, const char *type_
 		kv_u32(&g, AK("feed_forward_length"), (uint32_t)hp->expert_ff);
 		kv_u32(&g, AK("rope.dimension_count"), (uint32_t)hp->head_dim);
 	} else {
-		kv_u32(&g, AK("feed_forward_length"), (uint32_t)hp->dense_ff);
+		kv_u32(&g, AK("feed_forward_length"), (uint32_t)(oss ? hp->expert_ff : hp->dense_ff));
 		kv_u32(&g, AK("expert_feed_forward_length"), (uint32_t)hp->expert_ff);
 		kv_u32(&g, AK("attention.key_length"), (uint32_t)hp->head_dim);
+	}
+	if (oss) { /* as llama.cpp's converter writes gpt-oss (GptOssModel) */
+		kv_u32(&g, AK("attention.value_length"), (uint32_t)hp->head_dim);
+		kv_u32(&g, AK("attention.sliding_window"), (uint32_t)hp->sliding_window);
+		kv_str(&g, AK("rope.scaling.type"), "yarn");
+		kv_f32(&g, AK("rope.scaling.factor"), (float)hp->rope_factor);
+		kv_u32(&g, AK("rope.scaling.original_context_length"), (uint32_t)hp->rope_orig_max);
 	}
 	if (glm) { /* as llama.cpp's converter writes GLM-4.5 (Glm4MoeModel) */
 		kv_u32(&g, AK("attention.value_length"), (uint32_t)hp->head_dim);
