@@ -1,10 +1,12 @@
 /*
- * engine.c - Mixtral, Qwen3-MoE and GLM-4.5 forward pass (the semantics of Hugging
- * Face transformers' modeling_mixtral.py / modeling_qwen3_moe.py / modeling_glm4_moe.py):
- * RMSNorm, GQA attention with rotate-half RoPE (Qwen3 and GLM-4.5: per-head q/k RMSNorm
- * first; GLM-4.5: q/k/v biases, RoPE on part of each head), softmax top-k routing,
- * SwiGLU experts batched per expert. DeepSeek-V3's attention and the sigmoid routing
- * it shares with GLM-4.5 are in deepseek.c, sharing the session, norms and expert path.
+ * engine.c - Mixtral, Qwen3-MoE, GLM-4.5 and gpt-oss forward pass (the semantics of
+ * Hugging Face transformers' modeling_{mixtral,qwen3_moe,glm4_moe,gpt_oss}.py): RMSNorm,
+ * GQA attention with rotate-half RoPE (Qwen3 and GLM-4.5: per-head q/k RMSNorm first;
+ * GLM-4.5: q/k/v biases, RoPE on part of each head; gpt-oss: biases, sinks, YaRN,
+ * sliding windows kept in ring caches), softmax top-k routing, SwiGLU experts batched
+ * per expert (gpt-oss's with biases, clamped). DeepSeek-V3's attention and the sigmoid
+ * routing it shares with GLM-4.5 are in deepseek.c, sharing the session, norms and
+ * expert path.
  */
 #include "config.h"
 
@@ -515,12 +517,12 @@ static void attention_batch(struct moe_session *s, size_t l, size_t n)
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)len, (int)hd, 1.0f / sqrtf((float)hd), qh,
 			    (int)(nh * hd), kh, (int)kvd, 0.0f, sc, (int)len);
 		const float *sinks = s->m->layers[l].sinks, sink = sinks ? sinks[h] : -INFINITY;
-		for (size_t t = 0; t < n; t++) { /* token t sees positions from .. n_past + t: columns - base */
+		for (size_t t = 0; t < n; t++) { /* token t sees positions from .. n_past + t, column p - base */
 			const size_t seen = s->n_past + t + 1, from = first_seen(hp, l, seen - 1);
-			float *row = sc + t * len - base;
-			memset(row + base, 0, (from - base) * sizeof(float));
-			moe_softmax_sink(row + from, seen - from, sink);
-			memset(row + seen, 0, (end - seen) * sizeof(float));
+			float *row = sc + t * len;
+			memset(row, 0, (from - base) * sizeof(float));
+			moe_softmax_sink(row + (from - base), seen - from, sink);
+			memset(row + (seen - base), 0, (end - seen) * sizeof(float));
 		}
 		/* att_h = P V_h */
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)hd, (int)len, 1.0f, sc, (int)len, vh,
@@ -623,8 +625,9 @@ static void top_logits(const float *lg, size_t E, size_t K, int *idx, float *val
 	}
 }
 
-/* Mixtral / Qwen3 / GLM-4.5 attention of n tokens from s->xn into s->att: q, k, v
- * projections and their biases, q/k norms, RoPE, the KV cache, grouped-query attention */
+/* Mixtral / Qwen3 / GLM-4.5 / gpt-oss attention of n tokens from s->xn into s->att: q,
+ * k, v projections and their biases, q/k norms, RoPE, the KV cache, grouped-query
+ * attention (with gpt-oss's sinks and windows) */
 static int gqa_attention(struct moe_session *s, size_t l, size_t n)
 {
 	const struct moe_hparams *hp = &s->m->hp;
