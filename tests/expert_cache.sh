@@ -63,27 +63,20 @@ check "forced pread: said in the stats" py -c 'import json, sys; assert json.loa
 check "zstd blobs through the cache: same bits as raw" cmp zref.f32 zgot.f32
 check "zstd: same ids" cmp zref.ids zgot.ids
 
-# DeepSeek-V3 (shared experts resident, routed ones cached) under a tight budget: same bits
-check "deepseek pack" "$MOE_PACK" synth --preset deepseek-tiny ds.moe
-"$MOE_RUN" -m ds.moe --tokens $P -n 24 -c 256 --no-offload --logits-out dsref.f32 >dsref.ids 2>err
-"$MOE_RUN" -m ds.moe --tokens $P -n 24 -c 256 --ram-budget 2400K --stats-json ds.json --logits-out dsgot.f32 >dsgot.ids 2>err
-check "deepseek under 2.4 MB: same logits" cmp dsref.f32 dsgot.f32
-check "deepseek: same ids" cmp dsref.ids dsgot.ids
-check "deepseek: experts were streamed" py -c 'import json, sys; x = json.load(open(sys.argv[1]))["experts"]; assert x["slots"] < 32 and x["misses"] > x["slots"], x' ds.json
-# GLM-4.5 (biases, partial RoPE, shared expert resident) likewise: 3 slots for 32 experts
-check "glm pack" "$MOE_PACK" synth --preset glm-tiny glm.moe
-"$MOE_RUN" -m glm.moe --tokens $P -n 24 -c 256 --no-offload --logits-out glmref.f32 >glmref.ids 2>err
-"$MOE_RUN" -m glm.moe --tokens $P -n 24 -c 256 --ram-budget 3M --stats-json glm.json --logits-out glmgot.f32 >glmgot.ids 2>err
-check "glm under 3 MB: same logits" cmp glmref.f32 glmgot.f32
-check "glm: same ids" cmp glmref.ids glmgot.ids
-check "glm: experts were streamed" py -c 'import json, sys; x = json.load(open(sys.argv[1]))["experts"]; assert x["slots"] < 32 and x["misses"] > x["slots"], x' glm.json
-# gpt-oss (expert biases resident, sinks, sliding windows) likewise
-check "gpt-oss pack" "$MOE_PACK" synth --preset gpt-oss-tiny gpt.moe
-"$MOE_RUN" -m gpt.moe --tokens $P -n 24 -c 256 --no-offload --logits-out gptref.f32 >gptref.ids 2>err
-"$MOE_RUN" -m gpt.moe --tokens $P -n 24 -c 256 --ram-budget 3M --stats-json gpt.json --logits-out gptgot.f32 >gptgot.ids 2>err
-check "gpt-oss under 3 MB: same logits" cmp gptref.f32 gptgot.f32
-check "gpt-oss: same ids" cmp gptref.ids gptgot.ids
-check "gpt-oss: experts were streamed" py -c 'import json, sys; x = json.load(open(sys.argv[1]))["experts"]; assert x["slots"] < 64 and x["misses"] > x["slots"], x' gpt.json
+# The other families under a tight budget: same bits. DeepSeek-V3 and GLM-4.5 (shared
+# experts resident, routed ones cached; GLM's biases and partial RoPE), gpt-oss (expert
+# biases resident, sinks, sliding windows): each streams more experts than it has slots
+for spec in deepseek-tiny:2400K:32 glm-tiny:3M:32 gpt-oss-tiny:3M:64; do
+	preset=${spec%%:*} rest=${spec#*:}
+	budget_f=${rest%:*} n_experts=${rest#*:}
+	check "$preset pack" "$MOE_PACK" synth --preset "$preset" "$preset.moe"
+	"$MOE_RUN" -m "$preset.moe" --tokens $P -n 24 -c 256 --no-offload --logits-out "$preset.ref.f32" >"$preset.ref.ids" 2>err
+	"$MOE_RUN" -m "$preset.moe" --tokens $P -n 24 -c 256 --ram-budget "$budget_f" --stats-json "$preset.json" \
+		--logits-out "$preset.got.f32" >"$preset.got.ids" 2>err
+	check "$preset under $budget_f: same logits" cmp "$preset.ref.f32" "$preset.got.f32"
+	check "$preset: same ids" cmp "$preset.ref.ids" "$preset.got.ids"
+	check "$preset: experts were streamed" py -c 'import json, sys; x = json.load(open(sys.argv[1]))["experts"]; assert x["slots"] < int(sys.argv[2]) and x["misses"] > x["slots"], x' "$preset.json" "$n_experts"
+done
 
 # stats: what a prefetch run reports adds up
 run --ram-budget "$budget" --prefetch-depth 2 --stats-json s.json >/dev/null 2>err

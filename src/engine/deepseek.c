@@ -299,20 +299,10 @@ void moe_deepseek_route(struct moe_session *s, size_t l, size_t n)
 		}
 		int *idx = s->topk + t * K;
 		float *wt = s->topw + t * K, tot = 0;
+		moe_top_k(choice, E, K, idx);
 		for (size_t k = 0; k < K; k++) {
-			/* K distinct experts, even when NaN makes every comparison false */
-			size_t best = SIZE_MAX;
-			for (size_t e = 0; e < E; e++) {
-				int taken = 0;
-				for (size_t j = 0; j < k; j++)
-					taken |= idx[j] == (int)e;
-				if (!taken && (best == SIZE_MAX || choice[e] > choice[best]))
-					best = e;
-			}
-			idx[k] = (int)best;
-			wt[k] = s->topp[t * K + k] = sc[best]; /* the weight is the unbiased score */
+			wt[k] = s->topp[t * K + k] = sc[idx[k]]; /* the weight is the unbiased score */
 			tot += wt[k];
-			choice[best] = -INFINITY;
 		}
 		for (size_t k = 0; k < K; k++)
 			wt[k] = (hp->norm_topk_prob ? wt[k] / (tot + 1e-20f) : wt[k]) * (float)hp->routed_scale;

@@ -607,9 +607,7 @@ static void softmax_topk(float *p, size_t E, size_t K, int *idx, float *prob)
 	}
 }
 
-/* the K largest of E logits: ids and values, largest first (the lowest id wins a tie),
- * K distinct experts whatever the values, as softmax_topk picks them */
-static void top_logits(const float *lg, size_t E, size_t K, int *idx, float *val)
+void moe_top_k(const float *v, size_t E, size_t K, int *idx)
 {
 	for (size_t k = 0; k < K; k++) {
 		size_t best = SIZE_MAX;
@@ -617,11 +615,10 @@ static void top_logits(const float *lg, size_t E, size_t K, int *idx, float *val
 			int taken = 0;
 			for (size_t j = 0; j < k; j++)
 				taken |= idx[j] == (int)e;
-			if (!taken && (best == SIZE_MAX || lg[e] > lg[best]))
+			if (!taken && (best == SIZE_MAX || v[e] > v[best]))
 				best = e;
 		}
 		idx[k] = (int)best;
-		val[k] = lg[best];
 	}
 }
 
@@ -675,7 +672,9 @@ static void route(struct moe_session *s, size_t l, size_t n)
 		if (bias) {
 			float *lg = s->router + t * E;
 			moe_axpy(lg, 1.0f, bias, E);
-			top_logits(lg, E, K, s->topk + t * K, wt);
+			moe_top_k(lg, E, K, s->topk + t * K);
+			for (size_t k = 0; k < K; k++)
+				wt[k] = lg[s->topk[t * K + k]];
 			moe_softmax_sink(wt, K, -INFINITY);
 			memcpy(s->topp + t * K, wt, K * sizeof *wt);
 			continue;

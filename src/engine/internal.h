@@ -45,6 +45,10 @@ static inline size_t moe_kv_at(const struct moe_session *s, size_t l, size_t pos
 /* store a row of layer l's cache at pos */
 void moe_kv_store(struct moe_session *s, void *cache, size_t l, size_t pos, const float *row);
 
+/* the ids of the K largest of E values, largest first (the lowest id wins a tie): K
+ * distinct ids whatever the values, NaN included (every comparison false) */
+void moe_top_k(const float *v, size_t E, size_t K, int *idx);
+
 /* DeepSeek-V3 (deepseek.c) */
 int moe_mla_init(struct moe_session *s);
 void moe_mla_free(struct moe_session *s);

@@ -215,6 +215,18 @@ out:
 	return rc;
 }
 
+/* rope_scaling's YaRN fields, as DeepSeek-V3 and gpt-oss write them */
+static json_t *yarn_json(const struct moe_hparams *hp)
+{
+	json_t *rs = json_object();
+	json_object_set_new(rs, "rope_type", json_string("yarn"));
+	json_object_set_new(rs, "factor", json_real(hp->rope_factor));
+	json_object_set_new(rs, "original_max_position_embeddings", json_integer((json_int_t)hp->rope_orig_max));
+	json_object_set_new(rs, "beta_fast", json_real(hp->rope_beta_fast));
+	json_object_set_new(rs, "beta_slow", json_real(hp->rope_beta_slow));
+	return rs;
+}
+
 char *hf_config_write(const struct moe_hparams *hp)
 {
 	json_t *o = json_object();
@@ -270,12 +282,7 @@ char *hf_config_write(const struct moe_hparams *hp)
 		json_object_set_new(o, "norm_topk_prob", json_boolean(hp->norm_topk_prob));
 		json_object_set_new(o, "scoring_func", json_string(hp->scoring_sigmoid ? "sigmoid" : "softmax"));
 		if (hp->rope_factor > 0) {
-			json_t *rs = json_object();
-			json_object_set_new(rs, "type", json_string("yarn"));
-			json_object_set_new(rs, "factor", json_real(hp->rope_factor));
-			json_object_set_new(rs, "original_max_position_embeddings", json_integer((json_int_t)hp->rope_orig_max));
-			json_object_set_new(rs, "beta_fast", json_real(hp->rope_beta_fast));
-			json_object_set_new(rs, "beta_slow", json_real(hp->rope_beta_slow));
+			json_t *rs = yarn_json(hp);
 			json_object_set_new(rs, "mscale", json_real(hp->rope_mscale));
 			json_object_set_new(rs, "mscale_all_dim", json_real(hp->rope_mscale_all));
 			json_object_set_new(o, "rope_scaling", rs);
@@ -312,12 +319,7 @@ char *hf_config_write(const struct moe_hparams *hp)
 			json_array_append_new(types, json_string(hp->sliding[l] ? "sliding_attention" : "full_attention"));
 		json_object_set_new(o, "layer_types", types);
 		if (hp->rope_factor > 0) {
-			json_t *rs = json_object();
-			json_object_set_new(rs, "rope_type", json_string("yarn"));
-			json_object_set_new(rs, "factor", json_real(hp->rope_factor));
-			json_object_set_new(rs, "original_max_position_embeddings", json_integer((json_int_t)hp->rope_orig_max));
-			json_object_set_new(rs, "beta_fast", json_real(hp->rope_beta_fast));
-			json_object_set_new(rs, "beta_slow", json_real(hp->rope_beta_slow));
+			json_t *rs = yarn_json(hp);
 			json_object_set_new(rs, "truncate", json_boolean(hp->rope_truncate));
 			json_object_set_new(o, "rope_scaling", rs);
 		}
