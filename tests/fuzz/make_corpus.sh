@@ -53,6 +53,13 @@ TINY="--layers 1 --hidden 32 --heads 2 --kv-heads 1 --head-dim 16 --experts 2 --
 ./moe-pack synth --preset qwen3-tiny $TINY --tokenizer "$T/bl/tokenizer.json" -q q4 "$T/qwen3.moe" >/dev/null
 ./moe-pack synth --preset deepseek-tiny --layers 2 --hidden 32 --heads 2 --experts 4 --top-k 2 --expert-ff 32 \
 	--dense-ff 32 --vocab 320 --zstd-min-saving 0 "$T/deepseek.moe" >/dev/null
+# GLM-4.5 (biases, partial RoPE, shared expert) and gpt-oss (sinks, windows in rings, expert biases)
+./moe-pack synth --preset glm-tiny $TINY --dense-ff 32 --vocab 320 "$T/glm.moe" >/dev/null
+./moe-pack synth --preset gpt-oss-tiny $TINY "$T/gpt-oss.moe" >/dev/null
+for m in glm gpt-oss; do
+	{ printf '\000'; cat "$T/$m.moe"; } >"$C/pack/$m"
+	cp "$T/$m.moe" "$C/forward/$m"
+done
 for m in mixtral qwen3 deepseek; do
 	{ printf '\001'; cat "$T/$m.moe"; } >"$C/pack/$m-resealed"
 	{ printf '\000'; cat "$T/$m.moe"; } >"$C/pack/$m"
@@ -61,11 +68,11 @@ for m in mixtral qwen3 deepseek; do
 p = moepack_ref.Pack(sys.argv[1]); b = p.meta.get("tokenizer.bin")
 b is not None and open(sys.argv[2], "wb").write(b)' "$T/$m.moe" "$C/tokenizer_bin/$m"
 done
-for p in mixtral-tiny qwen3-tiny; do # moe-pack writes no DeepSeek GGUF
+for p in mixtral-tiny qwen3-tiny glm-tiny gpt-oss-tiny; do # moe-pack writes no DeepSeek GGUF
 	./moe-pack synth --preset "$p" $TINY --format gguf --dtype q8_0 "$T/$p.gguf" >/dev/null
 	cp "$T/$p.gguf" "$C/gguf/$p-q8_0"
 done
-for p in mixtral-tiny qwen3-tiny deepseek-tiny; do
+for p in mixtral-tiny qwen3-tiny deepseek-tiny glm-tiny; do
 	./moe-pack synth --preset "$p" --layers 2 --hidden 32 --heads 2 --experts 4 --top-k 2 --expert-ff 32 --dense-ff 32 \
 		--vocab 320 --format safetensors --dtype f16 "$T/$p-st" >/dev/null
 	cp "$T/$p-st/config.json" "$C/config/$p.json"
@@ -81,6 +88,18 @@ import gguf_vocab as g
 g.with_keys(sys.argv[1], sys.argv[2] + "/mixtral-tiny-tokenizer-gpt2", g.small())
 g.with_keys(sys.argv[1], sys.argv[2] + "/mixtral-tiny-tokenizer-llama", g.small_spm())
 PY
+# gpt-oss as released: experts fused into MXFP4 blocks and scales (U8, 4-D), small
+$PY - "$T/oss-st" <<'PY'
+import sys
+sys.path.insert(0, "tests")
+import write_model as w
+w.CONFIGS["tiny"] = dict(w.CONFIGS["gpt_oss"], num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=16, vocab_size=64, num_local_experts=2, num_experts_per_tok=1,
+                         experts_per_token=1, intermediate_size=32, layer_types=["sliding_attention", "full_attention"])
+w.safetensors(sys.argv[1], arch="tiny")
+PY
+cp "$T/oss-st/config.json" "$C/config/gpt-oss.json"
+{ cat "$T/oss-st/config.json"; printf '\0'; cat "$T/oss-st/model.safetensors"; } >"$C/safetensors/gpt-oss"
 cp models/kjv-moe/config.json "$C/config/kjv-moe.json"
 # templates: the real ones the suite checks against Jinja2, and the feature ones
 $PY - "$C/template" <<'PY'
