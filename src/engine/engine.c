@@ -829,9 +829,10 @@ static int experts(struct moe_session *s, size_t l, size_t n)
 		if ((rc = x->acquire(x, (uint32_t)l, e, &w)))
 			break;
 		const struct moe_layer_weights *lw = &s->m->layers[l];
-		const size_t ff = hp->expert_ff;
-		const struct moe_ffn_oai oai = {lw->exp_gate_bias + e * ff, lw->exp_up_bias + e * ff,
-						lw->exp_down_bias + e * H, (float)hp->swiglu_limit};
+		struct moe_ffn_oai oai = {0}; /* gpt-oss: expert e's biases */
+		if (lw->exp_gate_bias)
+			oai = (struct moe_ffn_oai){lw->exp_gate_bias + e * hp->expert_ff, lw->exp_up_bias + e * hp->expert_ff,
+						   lw->exp_down_bias + e * H, (float)hp->swiglu_limit};
 		rc = moe_expert_ffn(s->m->kernels, s->m->pool, &w.gate, &w.up, &w.down, s->gather, m, s->expert_out,
 				    lw->exp_gate_bias ? &oai : NULL, &s->ks);
 		x->release(x, &w);
