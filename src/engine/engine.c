@@ -305,8 +305,9 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 	s->kv_off = malloc(hp->n_layers * sizeof *s->kv_off);
 	size_t rows = 0;
 	for (size_t l = 0; s->kv_cap && s->kv_off && l < hp->n_layers; l++) {
-		/* a window's ring holds what the first token of a batch still sees, and the batch */
-		const size_t ring = hp->sliding[l] && hp->sliding_window ? hp->sliding_window + B - 1 : ctx;
+		/* a window's ring holds what the first token of a batch still sees, and the batch
+		 * (MLA has no windows: its cache is read whole, whatever a pack says) */
+		const size_t ring = !ds && hp->sliding[l] && hp->sliding_window ? hp->sliding_window + B - 1 : ctx;
 		s->kv_cap[l] = ring < ctx ? ring : ctx;
 		s->kv_off[l] = rows;
 		rows += s->kv_cap[l];
