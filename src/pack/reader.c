@@ -242,8 +242,8 @@ static int parse_tensors(moe_pack *p)
 	return 0;
 }
 
-/* A layout's matrices: known types, sizes as their shapes imply, inside the raw blob,
- * and (for layouts past the first) the first's shapes. */
+/* A layout's matrices: known types, sizes as their shapes imply, inside the raw blob at
+ * offsets the writer aligns, and (for layouts past the first) the first's shapes. */
 static int check_layout(const moe_pack *p, const struct pack_expert_layout *l, uint32_t i)
 {
 	for (int m = 0; m < 3; m++) {
@@ -251,6 +251,7 @@ static int check_layout(const moe_pack *p, const struct pack_expert_layout *l, u
 		uint64_t bytes = x->type < MOE_TYPE_COUNT && x->rows && x->cols <= UINT64_MAX / x->rows
 					 ? moe_type_matrix_bytes((int)x->type, x->rows, x->cols) : 0;
 		if (bytes == 0 || bytes != x->size || !inside(x->offset, x->size, 0, l->raw_size) ||
+		    x->offset % PACK_TENSOR_ALIGN || /* the kernels load scales and codes aligned */
 		    (i && (x->rows != p->layouts[0].matrix[m].rows || x->cols != p->layouts[0].matrix[m].cols)))
 			return moe_fail(MOE_EFORMAT, "%s: expert table: layout %u matrix %d inconsistent", p->path, i, m);
 	}

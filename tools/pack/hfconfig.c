@@ -155,7 +155,8 @@ int hf_config_parse(const char *text, size_t len, const char *what, struct moe_h
 			rc = moe_fail(MOE_EFORMAT, "%s: \"partial_rotary_factor\" %g is not in (0, 1]", what, partial);
 		if (!hp->head_dim && hp->n_heads)
 			hp->head_dim = hp->hidden / hp->n_heads;
-		hp->rope_dims = (uint64_t)((double)hp->head_dim * partial);
+		if (!rc) /* partial in (0, 1]: no larger than head_dim */
+			hp->rope_dims = (uint64_t)((double)hp->head_dim * partial);
 		hp->expert_ff = moe_ff;
 		hp->dense_ff = ff;
 		break;
