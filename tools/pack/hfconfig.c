@@ -37,6 +37,29 @@ static int get_f64(json_t *o, const char *what, const char *key, double *out)
 	return 0;
 }
 
+/* DeepSeek-V3's and GLM-4.5's routed and shared experts (the routing is sigmoid) */
+static int sigmoid_moe_fields(json_t *root, const char *what, struct moe_hparams *hp, uint64_t *n_exp)
+{
+	int rc = get_u64(root, what, "n_routed_experts", n_exp);
+	if (!rc) rc = get_u64(root, what, "n_shared_experts", &hp->n_shared);
+	if (!rc) rc = get_u64(root, what, "first_k_dense_replace", &hp->first_dense);
+	if (!rc) rc = get_u64(root, what, "n_group", &hp->n_group);
+	if (!rc) rc = get_u64(root, what, "topk_group", &hp->topk_group);
+	hp->routed_scale = 1.0;
+	if (!rc) rc = get_f64(root, what, "routed_scaling_factor", &hp->routed_scale);
+	return rc;
+}
+
+/* rope_scaling's YaRN fields, as DeepSeek-V3 and gpt-oss have them */
+static int yarn_fields(json_t *rs, const char *what, struct moe_hparams *hp)
+{
+	int rc = get_f64(rs, what, "factor", &hp->rope_factor);
+	if (!rc) rc = get_f64(rs, what, "original_max_position_embeddings", &hp->rope_orig_max);
+	if (!rc) rc = get_f64(rs, what, "beta_fast", &hp->rope_beta_fast);
+	if (!rc) rc = get_f64(rs, what, "beta_slow", &hp->rope_beta_slow);
+	return rc;
+}
+
 int hf_config_parse(const char *text, size_t len, const char *what, struct moe_hparams *hp)
 {
 	json_error_t jerr;
@@ -102,26 +125,17 @@ int hf_config_parse(const char *text, size_t len, const char *what, struct moe_h
 		break;
 	}
 	case MOE_ARCH_DEEPSEEK_V3: {
-		U("n_routed_experts", &n_exp);
-		U("n_shared_experts", &hp->n_shared);
-		U("first_k_dense_replace", &hp->first_dense);
-		U("n_group", &hp->n_group);
-		U("topk_group", &hp->topk_group);
+		if (!rc) rc = sigmoid_moe_fields(root, what, hp, &n_exp);
 		U("q_lora_rank", &hp->q_lora_rank);
 		U("kv_lora_rank", &hp->kv_lora_rank);
 		U("qk_nope_head_dim", &hp->qk_nope_dim);
 		U("qk_rope_head_dim", &hp->qk_rope_dim);
 		U("v_head_dim", &hp->v_head_dim);
-		hp->routed_scale = 1.0;
-		D("routed_scaling_factor", &hp->routed_scale);
 		json_t *sf = json_object_get(root, "scoring_func");
 		hp->scoring_sigmoid = json_is_string(sf) && strcmp(json_string_value(sf), "sigmoid") == 0;
 		json_t *rs = json_object_get(root, "rope_scaling");
 		if (json_is_object(rs)) {
-			if (!rc) rc = get_f64(rs, what, "factor", &hp->rope_factor);
-			if (!rc) rc = get_f64(rs, what, "original_max_position_embeddings", &hp->rope_orig_max);
-			if (!rc) rc = get_f64(rs, what, "beta_fast", &hp->rope_beta_fast);
-			if (!rc) rc = get_f64(rs, what, "beta_slow", &hp->rope_beta_slow);
+			if (!rc) rc = yarn_fields(rs, what, hp);
 			if (!rc) rc = get_f64(rs, what, "mscale", &hp->rope_mscale);
 			if (!rc) rc = get_f64(rs, what, "mscale_all_dim", &hp->rope_mscale_all);
 		}
@@ -130,16 +144,10 @@ int hf_config_parse(const char *text, size_t len, const char *what, struct moe_h
 		break;
 	}
 	case MOE_ARCH_GLM4_MOE: { /* transformers' Glm4MoeConfig, its defaults where a field is absent */
-		U("n_routed_experts", &n_exp);
-		U("n_shared_experts", &hp->n_shared);
-		U("first_k_dense_replace", &hp->first_dense);
 		hp->n_group = hp->topk_group = 1;
-		U("n_group", &hp->n_group);
-		U("topk_group", &hp->topk_group);
+		if (!rc) rc = sigmoid_moe_fields(root, what, hp, &n_exp);
 		U("attention_bias", &hp->attn_bias);
 		U("use_qk_norm", &hp->qk_norm);
-		hp->routed_scale = 1.0;
-		D("routed_scaling_factor", &hp->routed_scale);
 		hp->norm_topk_prob = 1;
 		U("norm_topk_prob", &hp->norm_topk_prob);
 		hp->scoring_sigmoid = 1;
@@ -188,10 +196,7 @@ int hf_config_parse(const char *text, size_t len, const char *what, struct moe_h
 		json_t *rs = json_object_get(root, "rope_scaling");
 		hp->rope_truncate = 1;
 		if (json_is_object(rs)) {
-			if (!rc) rc = get_f64(rs, what, "factor", &hp->rope_factor);
-			if (!rc) rc = get_f64(rs, what, "original_max_position_embeddings", &hp->rope_orig_max);
-			if (!rc) rc = get_f64(rs, what, "beta_fast", &hp->rope_beta_fast);
-			if (!rc) rc = get_f64(rs, what, "beta_slow", &hp->rope_beta_slow);
+			if (!rc) rc = yarn_fields(rs, what, hp);
 			if (!rc) rc = get_u64(rs, what, "truncate", &hp->rope_truncate);
 		}
 		break;
@@ -214,6 +219,21 @@ int hf_config_parse(const char *text, size_t len, const char *what, struct moe_h
 out:
 	json_decref(root);
 	return rc;
+}
+
+/* DeepSeek-V3's and GLM-4.5's routed and shared experts */
+static void sigmoid_moe_json(json_t *o, const struct moe_hparams *hp)
+{
+	json_object_set_new(o, "n_routed_experts", json_integer((json_int_t)hp->n_experts));
+	json_object_set_new(o, "n_shared_experts", json_integer((json_int_t)hp->n_shared));
+	json_object_set_new(o, "moe_intermediate_size", json_integer((json_int_t)hp->expert_ff));
+	json_object_set_new(o, "intermediate_size", json_integer((json_int_t)hp->dense_ff));
+	json_object_set_new(o, "first_k_dense_replace", json_integer((json_int_t)hp->first_dense));
+	json_object_set_new(o, "n_group", json_integer((json_int_t)hp->n_group));
+	json_object_set_new(o, "topk_group", json_integer((json_int_t)hp->topk_group));
+	json_object_set_new(o, "routed_scaling_factor", json_real(hp->routed_scale));
+	json_object_set_new(o, "norm_topk_prob", json_boolean(hp->norm_topk_prob));
+	json_object_set_new(o, "num_nextn_predict_layers", json_integer(0)); /* not imported */
 }
 
 /* rope_scaling's YaRN fields, as DeepSeek-V3 and gpt-oss write them */
@@ -266,21 +286,12 @@ char *hf_config_write(const struct moe_hparams *hp)
 		break;
 	}
 	case MOE_ARCH_DEEPSEEK_V3: {
-		SETU("n_routed_experts", hp->n_experts);
-		SETU("n_shared_experts", hp->n_shared);
-		SETU("moe_intermediate_size", hp->expert_ff);
-		SETU("intermediate_size", hp->dense_ff);
-		SETU("first_k_dense_replace", hp->first_dense);
-		SETU("n_group", hp->n_group);
-		SETU("topk_group", hp->topk_group);
+		sigmoid_moe_json(o, hp);
 		SETU("q_lora_rank", hp->q_lora_rank);
 		SETU("kv_lora_rank", hp->kv_lora_rank);
 		SETU("qk_nope_head_dim", hp->qk_nope_dim);
 		SETU("qk_rope_head_dim", hp->qk_rope_dim);
 		SETU("v_head_dim", hp->v_head_dim);
-		SETU("num_nextn_predict_layers", 0);
-		SETF("routed_scaling_factor", hp->routed_scale);
-		json_object_set_new(o, "norm_topk_prob", json_boolean(hp->norm_topk_prob));
 		json_object_set_new(o, "scoring_func", json_string(hp->scoring_sigmoid ? "sigmoid" : "softmax"));
 		if (hp->rope_factor > 0) {
 			json_t *rs = yarn_json(hp);
@@ -296,16 +307,7 @@ char *hf_config_write(const struct moe_hparams *hp)
 		SETF("partial_rotary_factor", (double)moe_rope_dims(hp) / (double)hp->head_dim);
 		json_object_set_new(o, "attention_bias", json_boolean(hp->attn_bias));
 		json_object_set_new(o, "use_qk_norm", json_boolean(hp->qk_norm));
-		SETU("n_routed_experts", hp->n_experts);
-		SETU("n_shared_experts", hp->n_shared);
-		SETU("moe_intermediate_size", hp->expert_ff);
-		SETU("intermediate_size", hp->dense_ff);
-		SETU("first_k_dense_replace", hp->first_dense);
-		SETU("n_group", hp->n_group);
-		SETU("topk_group", hp->topk_group);
-		SETF("routed_scaling_factor", hp->routed_scale);
-		json_object_set_new(o, "norm_topk_prob", json_boolean(hp->norm_topk_prob));
-		SETU("num_nextn_predict_layers", 0);
+		sigmoid_moe_json(o, hp);
 		break;
 	case MOE_ARCH_GPT_OSS: {
 		SETU("num_key_value_heads", hp->n_kv_heads);
