@@ -1,4 +1,4 @@
-"""A float64 numpy forward pass of Mixtral, Qwen3-MoE, DeepSeek-V3, GLM-4.5 and gpt-oss (the
+"""A float64 numpy forward pass of Mixtral, Qwen3-MoE, DeepSeek-V3, GLM-4.5, gpt-oss and Qwen3-Next (the
 semantics of Hugging Face transformers' modeling code), reading a safetensors folder. It is the reference moe-run's
 logits are checked against. DeepSeek-V3's attention is computed naively (k_nope and
 v decompressed for every position, as modeling_deepseek.py does); --absorbed
@@ -270,8 +270,152 @@ def forward_gpt_oss(cfg, W, tokens):
     return x @ W["lm_head.weight"].T
 
 
+def forward_qwen3_next(cfg, W, tokens):
+    """modeling_qwen3_next.py (and Qwen3.5-MoE's, the same model): zero-centered RMSNorms (1 + w);
+    Gated DeltaNet layers step by step (torch_recurrent_gated_delta_rule): in_proj_qkvz per key
+    head [q, k, its value heads' v and z], a causal depthwise conv with SiLU over q|k|v, q and k
+    L2-normed and repeated over each key head's value heads, the state decayed by
+    exp(-exp(A_log) softplus(a + dt_bias)) and corrected by beta = sigmoid(b) of the delta,
+    read with q / sqrt(dk), RMS-normed and gated by SiLU(z); attention layers with the output
+    gate (q_proj per head [query, gate]), q/k norms, partial rotate-half RoPE; softmax top-k
+    experts renormalized, plus the shared expert times sigmoid(shared_expert_gate)"""
+    H, L, nh, nkv, hd = (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"],
+                         cfg["num_key_value_heads"], cfg["head_dim"])
+    eps, theta, K = cfg["rms_norm_eps"], cfg.get("rope_theta", 1e7), cfg["num_experts_per_tok"]
+    rot = int(hd * cfg.get("partial_rotary_factor", 0.25))
+    nk, nv, dk, dv = (cfg["linear_num_key_heads"], cfg["linear_num_value_heads"], cfg["linear_key_head_dim"],
+                      cfg["linear_value_head_dim"])
+    r, taps = nv // nk, cfg["linear_conv_kernel_dim"]
+    silu = lambda g: g / (1 + np.exp(-g))
+    sigmoid = lambda g: 1 / (1 + np.exp(-g))
+    l2 = lambda v: v / np.sqrt((v * v).sum(axis=-1, keepdims=True) + 1e-6)
+    n = len(tokens)
+    pos = np.arange(n, dtype=np.float64)
+    mask = np.triu(np.full((n, n), -np.inf), 1)
+    x = W["model.embed_tokens.weight"][tokens]
+    for l in range(L):
+        p = "model.layers.%d." % l
+        h = rmsnorm(x, 1 + W[p + "input_layernorm.weight"], eps)
+        if cfg["layer_types"][l] == "linear_attention":
+            a = p + "linear_attn."
+            qkvz = (h @ W[a + "in_proj_qkvz.weight"].T).reshape(n, nk, -1)
+            q, k = qkvz[..., :dk], qkvz[..., dk:2 * dk]
+            v, z = qkvz[..., 2 * dk:2 * dk + r * dv], qkvz[..., 2 * dk + r * dv:].reshape(n, nv, dv)
+            ba = (h @ W[a + "in_proj_ba.weight"].T).reshape(n, nk, 2 * r)
+            b, a_ = ba[..., :r].reshape(n, nv), ba[..., r:].reshape(n, nv)
+            mixed = np.concatenate([q.reshape(n, -1), k.reshape(n, -1), v.reshape(n, -1)], axis=-1)
+            wc = W[a + "conv1d.weight"][:, 0, :]  # [channels, taps]; the last tap on the token itself
+            padded = np.concatenate([np.zeros((taps - 1, mixed.shape[1])), mixed])
+            conv = silu(sum(wc[:, j] * padded[j:j + n] for j in range(taps)))
+            q = conv[:, :nk * dk].reshape(n, nk, dk)
+            k = conv[:, nk * dk:2 * nk * dk].reshape(n, nk, dk)
+            v = conv[:, 2 * nk * dk:].reshape(n, nv, dv)
+            q, k = np.repeat(l2(q), r, axis=1) / np.sqrt(dk), np.repeat(l2(k), r, axis=1)
+            beta = sigmoid(b)
+            sp = np.log1p(np.exp(a_ + W[a + "dt_bias"]))
+            decay = np.exp(-np.exp(W[a + "A_log"]) * sp)  # [n, nv]
+            S = np.zeros((nv, dk, dv))
+            o = np.zeros((n, nv, dv))
+            for t in range(n):
+                S = S * decay[t][:, None, None]
+                recall = np.einsum("hkv,hk->hv", S, k[t])
+                S = S + np.einsum("hk,hv->hkv", k[t], (v[t] - recall) * beta[t][:, None])
+                o[t] = np.einsum("hkv,hk->hv", S, q[t])
+            o = rmsnorm(o, W[a + "norm.weight"], eps) * silu(z)
+            x = x + o.reshape(n, nv * dv) @ W[a + "out_proj.weight"].T
+        else:
+            a = p + "self_attn."
+            qg = (h @ W[a + "q_proj.weight"].T).reshape(n, nh, 2 * hd)
+            q, gate = qg[..., :hd], qg[..., hd:].reshape(n, nh * hd)
+            q = rope(rmsnorm(q, 1 + W[a + "q_norm.weight"], eps), pos, theta, rot)
+            k = rope(rmsnorm((h @ W[a + "k_proj.weight"].T).reshape(n, nkv, hd), 1 + W[a + "k_norm.weight"], eps),
+                     pos, theta, rot)
+            v = (h @ W[a + "v_proj.weight"].T).reshape(n, nkv, hd)
+            k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v, nh // nkv, axis=1)
+            s = np.einsum("ihd,jhd->hij", q, k) / np.sqrt(hd) + mask
+            s = np.exp(s - s.max(axis=-1, keepdims=True))
+            s /= s.sum(axis=-1, keepdims=True)
+            att = np.einsum("hij,jhd->ihd", s, v).reshape(n, nh * hd) * sigmoid(gate)
+            x = x + att @ W[a + "o_proj.weight"].T
+        h = rmsnorm(x, 1 + W[p + "post_attention_layernorm.weight"], eps)
+        lg = h @ W[p + "mlp.gate.weight"].T
+        pr = np.exp(lg - lg.max(axis=-1, keepdims=True))
+        pr /= pr.sum(axis=-1, keepdims=True)
+        out = np.zeros_like(x)
+        for t in range(n):
+            top = np.argsort(-pr[t], kind="stable")[:K]
+            wt = pr[t, top] / pr[t, top].sum() if cfg.get("norm_topk_prob", True) else pr[t, top]
+            for e, w in zip(top, wt):
+                q_ = p + "mlp.experts.%d." % e
+                g = W[q_ + "gate_proj.weight"] @ h[t]
+                out[t] += w * (W[q_ + "down_proj.weight"] @ (silu(g) * (W[q_ + "up_proj.weight"] @ h[t])))
+        sh = p + "mlp.shared_expert."
+        g = h @ W[sh + "gate_proj.weight"].T
+        shared = (silu(g) * (h @ W[sh + "up_proj.weight"].T)) @ W[sh + "down_proj.weight"].T
+        x = x + out + sigmoid(h @ W[p + "mlp.shared_expert_gate.weight"].T) * shared
+    x = rmsnorm(x, 1 + W["model.norm.weight"], eps)
+    return x @ W["lm_head.weight"].T
+
+
+def dequantized_qwen3_next(cfg, W, p):
+    """Qwen3-Next's Hugging Face tensors made of the pack's: norms back to zero-centered, A to
+    A_log, q|k|v, z, beta and alpha folded back into in_proj_qkvz and in_proj_ba"""
+    nk, nv, dk, dv = (cfg["linear_num_key_heads"], cfg["linear_num_value_heads"], cfg["linear_key_head_dim"],
+                      cfg["linear_value_head_dim"])
+    r = nv // nk
+    attn = {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj", "attn_output": "o_proj"}
+    lin = {}
+    for name in p.tensors:
+        t = p.tensor(name)
+        if name in ("token_embd", "output", "output_norm"):
+            W[{"token_embd": "model.embed_tokens.weight", "output": "lm_head.weight",
+               "output_norm": "model.norm.weight"}[name]] = t - (name == "output_norm")
+            continue
+        _, l, what = name.split(".", 2)
+        q = "model.layers.%s." % l
+        if what in attn:
+            W[q + "self_attn.%s.weight" % attn[what]] = t
+        elif what in ("attn_q_norm", "attn_k_norm"):
+            W[q + "self_attn.%s.weight" % what[5:]] = t - 1
+        elif what in ("attn_norm", "ffn_norm"):
+            W[q + ("input_layernorm" if what == "attn_norm" else "post_attention_layernorm") + ".weight"] = t - 1
+        elif what == "ffn_gate_inp":
+            W[q + "mlp.gate.weight"] = t
+        elif what == "ffn_gate_inp_shexp":
+            W[q + "mlp.shared_expert_gate.weight"] = t[None, :]
+        elif what.endswith("_shexp"):
+            W[q + "mlp.shared_expert.%s_proj.weight" % what[4:-6]] = t
+        elif what == "ssm_a":
+            W[q + "linear_attn.A_log"] = np.log(-t)
+        elif what == "ssm_dt.bias":
+            W[q + "linear_attn.dt_bias"] = t
+        elif what == "ssm_conv1d":
+            W[q + "linear_attn.conv1d.weight"] = t[:, None, :]
+        elif what == "ssm_norm":
+            W[q + "linear_attn.norm.weight"] = t
+        elif what == "ssm_out":
+            W[q + "linear_attn.out_proj.weight"] = t
+        else:  # attn_qkv, attn_gate, ssm_beta, ssm_alpha: refolded below
+            lin[(int(l), what)] = t
+    for l in sorted({l for l, _ in lin}):
+        qkv, z = lin[(l, "attn_qkv")], lin[(l, "attn_gate")].reshape(nk, r * dv, -1)
+        q, k, v = (qkv[:nk * dk].reshape(nk, dk, -1), qkv[nk * dk:2 * nk * dk].reshape(nk, dk, -1),
+                   qkv[2 * nk * dk:].reshape(nk, r * dv, -1))
+        a = "model.layers.%d.linear_attn." % l
+        W[a + "in_proj_qkvz.weight"] = np.concatenate([q, k, v, z], axis=1).reshape(-1, qkv.shape[1])
+        W[a + "in_proj_ba.weight"] = np.concatenate([lin[(l, "ssm_beta")].reshape(nk, r, -1),
+                                                     lin[(l, "ssm_alpha")].reshape(nk, r, -1)], axis=1).reshape(2 * nv, -1)
+    for (l, e) in p.experts:
+        base = "model.layers.%d.mlp.experts.%d." % (l, e)
+        for m, nm in enumerate(("gate_proj", "up_proj", "down_proj")):
+            W[base + nm + ".weight"] = p.expert(l, e, m)
+    return W
+
+
 def forward(cfg, W, tokens, absorbed=False):
     arch = cfg["model_type"]
+    if arch == "qwen3_next":
+        return forward_qwen3_next(cfg, W, tokens)
     if arch == "deepseek_v3":
         return forward_deepseek(cfg, W, tokens, absorbed)
     if arch == "gpt_oss":
@@ -391,6 +535,8 @@ def dequantized(folder, pack_path):
     p = moepack_ref.Pack(pack_path)
     if cfg["model_type"] == "gpt_oss":
         return cfg, dequantized_gpt_oss(W, p)
+    if cfg["model_type"] == "qwen3_next":
+        return cfg, dequantized_qwen3_next(cfg, W, p)
     mix = cfg["model_type"] == "mixtral"
     canon = {"token_embd": "model.embed_tokens.weight", "output": "lm_head.weight", "output_norm": "model.norm.weight"}
     per = {"ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",

@@ -74,6 +74,21 @@ CONFIGS["gpt_oss"] = dict(model_type="gpt_oss", num_hidden_layers=4, hidden_size
                                             original_max_position_embeddings=128, truncate=False),
                           swiglu_limit=7.0, rms_norm_eps=1e-5, max_position_embeddings=4096, attention_bias=True,
                           tie_word_embeddings=False)
+# Qwen3-Next: three Gated DeltaNet layers (2 key heads, 4 value heads: each key head serves
+# two) then a gated attention layer (q_proj doubled: query and output gate per head, q/k
+# norms, RoPE on a quarter of each head); zero-centered norms; routed experts and a shared
+# expert behind a sigmoid gate. "qwen3_5_moe" writes the same weights as Qwen3.5-MoE is
+# released (the text model under model.language_model., config in text_config, q/k/v, z, b
+# and a apart, experts fused)
+CONFIGS["qwen3_next"] = dict(model_type="qwen3_next", num_hidden_layers=4, hidden_size=128, num_attention_heads=4,
+                             num_key_value_heads=2, head_dim=64, partial_rotary_factor=0.25, vocab_size=96,
+                             num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64,
+                             shared_expert_intermediate_size=96, intermediate_size=192, decoder_sparse_step=1,
+                             mlp_only_layers=[], norm_topk_prob=True, linear_num_key_heads=2, linear_num_value_heads=4,
+                             linear_key_head_dim=32, linear_value_head_dim=32, linear_conv_kernel_dim=4,
+                             layer_types=["linear_attention"] * 3 + ["full_attention"], full_attention_interval=4,
+                             rope_theta=1e7, rms_norm_eps=1e-6, max_position_embeddings=4096, tie_word_embeddings=False)
+CONFIGS["qwen3_5_moe"] = CONFIGS["qwen3_next"]
 # Mixtral with every matrix 256 columns wide, for GGUF's 256-weight K blocks
 CONFIGS["mixtral256"] = dict(CONFIGS["mixtral"], hidden_size=256, head_dim=64, vocab_size=256, intermediate_size=256)
 
@@ -97,6 +112,8 @@ def weights(arch, seed=7, vocab=None):
     glm = arch == "glm4_moe"
     if arch == "gpt_oss":
         return gpt_oss_weights(c, rng, w, lin, norm)
+    if arch == "qwen3_next":
+        return qwen3_next_weights(c, rng, w, lin)
     for l in range(n_layers_written):
         p = "model.layers.%d." % l
         norm(p + "input_layernorm.weight", H)
@@ -155,6 +172,90 @@ def weights(arch, seed=7, vocab=None):
     norm("model.norm.weight", H)
     lin("lm_head.weight", V, H)
     return w
+
+
+def qwen3_next_weights(c, rng, w, lin):
+    """modeling_qwen3_next.py's parameters, as the Qwen3-Next release names them"""
+    H, L, E, I = c["hidden_size"], c["num_hidden_layers"], c["num_experts"], c["moe_intermediate_size"]
+    nh, nkv, hd = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
+    nk, nv, dk, dv = (c["linear_num_key_heads"], c["linear_num_value_heads"], c["linear_key_head_dim"],
+                      c["linear_value_head_dim"])
+    C = 2 * nk * dk + nv * dv
+
+    def zc(name, n):  # zero-centered RMSNorm weights, used as 1 + w
+        w[name] = (0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    for l in range(L):
+        p = "model.layers.%d." % l
+        zc(p + "input_layernorm.weight", H)
+        if c["layer_types"][l] == "linear_attention":
+            a = p + "linear_attn."
+            lin(a + "in_proj_qkvz.weight", 2 * nk * dk + 2 * nv * dv, H)
+            lin(a + "in_proj_ba.weight", 2 * nv, H)
+            w[a + "conv1d.weight"] = (0.3 * rng.standard_normal((C, 1, c["linear_conv_kernel_dim"]))).astype(np.float32)
+            w[a + "dt_bias"] = (1 + 0.1 * rng.standard_normal(nv)).astype(np.float32)
+            w[a + "A_log"] = np.log(rng.uniform(1, 16, nv)).astype(np.float32)
+            w[a + "norm.weight"] = (1 + 0.1 * rng.standard_normal(dv)).astype(np.float32)
+            lin(a + "out_proj.weight", H, nv * dv)
+        else:
+            a = p + "self_attn."
+            lin(a + "q_proj.weight", nh * hd * 2, H)
+            lin(a + "k_proj.weight", nkv * hd, H)
+            lin(a + "v_proj.weight", nkv * hd, H)
+            lin(a + "o_proj.weight", H, nh * hd)
+            zc(a + "q_norm.weight", hd)
+            zc(a + "k_norm.weight", hd)
+        zc(p + "post_attention_layernorm.weight", H)
+        lin(p + "mlp.gate.weight", E, H)
+        for e in range(E):
+            q = p + "mlp.experts.%d." % e
+            lin(q + "gate_proj.weight", I, H)
+            lin(q + "up_proj.weight", I, H)
+            lin(q + "down_proj.weight", H, I)
+        S = c["shared_expert_intermediate_size"]
+        lin(p + "mlp.shared_expert.gate_proj.weight", S, H)
+        lin(p + "mlp.shared_expert.up_proj.weight", S, H)
+        lin(p + "mlp.shared_expert.down_proj.weight", H, S)
+        lin(p + "mlp.shared_expert_gate.weight", 1, H)
+    zc("model.norm.weight", H)
+    lin("lm_head.weight", c["vocab_size"], H)
+    return w
+
+
+def qwen3_next_split(c, w, l):
+    """a Gated DeltaNet layer's fused projections apart: q, k, v of the conv channels (each
+    of all heads), z, b, a (Qwen3.5's in_proj_qkv, _z, _b, _a)"""
+    nk, nv, dk, dv = (c["linear_num_key_heads"], c["linear_num_value_heads"], c["linear_key_head_dim"],
+                      c["linear_value_head_dim"])
+    r, a = nv // nk, "model.layers.%d.linear_attn." % l
+    g = w[a + "in_proj_qkvz.weight"].reshape(nk, 2 * dk + 2 * r * dv, -1)
+    parts = np.split(g, [dk, 2 * dk, 2 * dk + r * dv], axis=1)
+    q, k, v, z = (x.reshape(-1, g.shape[-1]) for x in parts)
+    ba = w[a + "in_proj_ba.weight"].reshape(nk, 2 * r, -1)
+    return np.concatenate([q, k, v]), z, ba[:, :r].reshape(nv, -1), ba[:, r:].reshape(nv, -1)
+
+
+def qwen3_5_release(c, w):
+    """Qwen3-Next's weights named and shaped as Qwen3.5-MoE's release"""
+    out = {}
+    for l in range(c["num_hidden_layers"]):
+        if c["layer_types"][l] == "linear_attention":
+            a = "model.layers.%d.linear_attn." % l
+            qkv, z, b, a_ = qwen3_next_split(c, w, l)
+            del w[a + "in_proj_qkvz.weight"], w[a + "in_proj_ba.weight"]
+            w[a + "in_proj_qkv.weight"], w[a + "in_proj_z.weight"] = qkv, z
+            w[a + "in_proj_b.weight"], w[a + "in_proj_a.weight"] = b, a_
+        x = "model.layers.%d.mlp.experts." % l
+        E = c["num_experts"]
+        gate = [w.pop(x + "%d.gate_proj.weight" % e) for e in range(E)]
+        up = [w.pop(x + "%d.up_proj.weight" % e) for e in range(E)]
+        down = [w.pop(x + "%d.down_proj.weight" % e) for e in range(E)]
+        w[x + "gate_up_proj"] = np.stack([np.concatenate([g, u]) for g, u in zip(gate, up)])
+        w[x + "down_proj"] = np.stack(down)
+    for name, t in w.items():
+        out[name if name.startswith("lm_head") else "model.language_model." + name[len("model."):]] = t
+    out["model.visual.patch_embed.proj.weight"] = np.zeros((8, 4), np.float32)  # the vision tower: not imported
+    return out
 
 
 def gpt_oss_weights(c, rng, w, lin, norm):
@@ -253,9 +354,17 @@ def to_bf16(x):
 def safetensors(out, arch="mixtral", shards=1, fp8=False, dtype="f32"):
     os.makedirs(out, exist_ok=True)
     c = dict(CONFIGS[arch])
+    w = weights(arch)
+    if arch == "qwen3_5_moe":  # the multimodal release's nesting, with the same weights
+        w = qwen3_5_release(c, w)
+        text = {k: v for k, v in c.items() if k not in ("decoder_sparse_step", "mlp_only_layers", "norm_topk_prob",
+                                                         "tie_word_embeddings", "partial_rotary_factor", "rope_theta")}
+        text.update(model_type="qwen3_5_moe_text", rope_parameters=dict(rope_type="default", rope_theta=c["rope_theta"],
+                    partial_rotary_factor=c["partial_rotary_factor"], mrope_section=[11, 11, 10]))
+        c = dict(model_type="qwen3_5_moe", tie_word_embeddings=False, text_config=text,
+                 vision_config=dict(depth=1, hidden_size=8))
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(c, f, indent=2)
-    w = weights(arch)
     stored, dtypes = {}, {}
     if c["model_type"] == "gpt_oss":  # the experts as released: MXFP4 blocks and scales, U8
         for name in [n for n in w if n.endswith(("gate_up_proj", "down_proj"))]:
@@ -321,6 +430,54 @@ def gguf_encode(a, t):
     raise ValueError(t)
 
 
+def qwen3_next_gguf_layer(c, w, l, tiled):
+    """one layer as llama.cpp's converter writes it: zero-centered norms + 1, A as -exp(A_log),
+    in_proj_qkvz as attn_qkv and attn_gate, in_proj_ba kept (qwen3next) or beta and alpha
+    apart with every value-head quantity in tiled order (qwen35moe)"""
+    p, b = "model.layers.%d." % l, "blk.%d." % l
+    nk, nv, dk, dv = (c["linear_num_key_heads"], c["linear_num_value_heads"], c["linear_key_head_dim"],
+                      c["linear_value_head_dim"])
+    r = nv // nk
+
+    def tile(x, per, axis=0):  # value heads grouped by key head -> tiled (_reorder_v_heads)
+        x = np.moveaxis(x, axis, 0)
+        x = x.reshape(nk, r, per, *x.shape[1:]).swapaxes(0, 1).reshape(x.shape)
+        return np.ascontiguousarray(np.moveaxis(x, 0, axis))
+
+    t = [(b + "attn_norm.weight", w[p + "input_layernorm.weight"] + 1)]
+    if c["layer_types"][l] == "linear_attention":
+        a = p + "linear_attn."
+        qkv, z, beta, alpha = qwen3_next_split(c, w, l)
+        conv, A, dt = w[a + "conv1d.weight"][:, 0, :], -np.exp(w[a + "A_log"]), w[a + "dt_bias"]
+        out = w[a + "out_proj.weight"]
+        if tiled:
+            kd = 2 * nk * dk
+            qkv = np.concatenate([qkv[:kd], tile(qkv[kd:], dv)])
+            conv = np.concatenate([conv[:kd], tile(conv[kd:], dv)])
+            z, beta, alpha, A, dt = tile(z, dv), tile(beta, 1), tile(alpha, 1), tile(A, 1), tile(dt, 1)
+            out = tile(out, dv, axis=1)
+        t += [(b + "attn_qkv.weight", qkv), (b + "attn_gate.weight", z)]
+        t += ([(b + "ssm_beta.weight", beta), (b + "ssm_alpha.weight", alpha)] if tiled
+              else [(b + "ssm_ba.weight", w[a + "in_proj_ba.weight"])])
+        t += [(b + "ssm_conv1d.weight", np.ascontiguousarray(conv)), (b + "ssm_dt.bias", dt), (b + "ssm_a", A),
+              (b + "ssm_norm.weight", w[a + "norm.weight"]), (b + "ssm_out.weight", out)]
+    else:
+        a = p + "self_attn."
+        t += [(b + "attn_q.weight", w[a + "q_proj.weight"]), (b + "attn_k.weight", w[a + "k_proj.weight"]),
+              (b + "attn_v.weight", w[a + "v_proj.weight"]), (b + "attn_output.weight", w[a + "o_proj.weight"]),
+              (b + "attn_q_norm.weight", w[a + "q_norm.weight"] + 1), (b + "attn_k_norm.weight", w[a + "k_norm.weight"] + 1)]
+    t += [(b + "post_attention_norm.weight", w[p + "post_attention_layernorm.weight"] + 1),
+          (b + "ffn_gate_inp.weight", w[p + "mlp.gate.weight"]),
+          (b + "ffn_gate_shexp.weight", w[p + "mlp.shared_expert.gate_proj.weight"]),
+          (b + "ffn_up_shexp.weight", w[p + "mlp.shared_expert.up_proj.weight"]),
+          (b + "ffn_down_shexp.weight", w[p + "mlp.shared_expert.down_proj.weight"]),
+          (b + "ffn_gate_inp_shexp.weight", w[p + "mlp.shared_expert_gate.weight"][0])]
+    ex = p + "mlp.experts.%d."
+    for gname, hname in zip(("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"), ("gate_proj", "up_proj", "down_proj")):
+        t.append((b + gname + ".weight", np.stack([w[ex % e + hname + ".weight"] for e in range(c["num_experts"])])))
+    return t
+
+
 def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0", tokenizer="none",
          version=3, bad=None, down1=None, split=1, mla="kv_b", nextn=0, folder=None, vocab=None, pre=None):
     if folder:  # a Hugging Face folder's weights and config instead of a generated model
@@ -336,10 +493,11 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
         tok_keys = gguf_vocab.read_tokenizer_keys(vocab) if vocab.endswith(".gguf") else gguf_vocab.from_hf(vocab, pre)
         c = dict(c, vocab_size=max(c["vocab_size"], gguf_vocab.n_tokens(tok_keys)))
         w = weights(arch, vocab=c["vocab_size"])
+    tiled = arch == "qwen3_5_moe"  # llama.cpp's qwen35moe: value heads reordered, tiled over the key heads
     arch = c["model_type"]
     tmap = dict(kv.split("=") for kv in types.split(","))
     ga = {"mixtral": "llama", "qwen3_moe": "qwen3moe", "deepseek_v3": "deepseek2", "glm4_moe": "glm4moe",
-          "gpt_oss": "gpt-oss"}[arch]
+          "gpt_oss": "gpt-oss", "qwen3_next": "qwen35moe" if tiled else "qwen3next"}[arch]
     L, H = c["num_hidden_layers"], c["hidden_size"]
     kvs = [("general.architecture", 8, "grok" if bad == "arch" else ga), ("general.alignment", 4, 32),
            (ga + ".block_count", 4, L + nextn), (ga + ".embedding_length", 4, H),
@@ -398,6 +556,21 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
                 (ga + ".rope.dimension_count", 4, int(c["head_dim"] * c["partial_rotary_factor"])),
                 (ga + ".expert_weights_scale", 6, c["routed_scaling_factor"]),
                 (ga + ".expert_weights_norm", 7, True), (ga + ".expert_gating_func", 4, 2)]
+    elif arch == "qwen3_next":  # convert_hf_to_gguf.py's Qwen3NextModel (qwen35moe: Qwen3_5MoeTextModel)
+        nv = c["linear_num_value_heads"]
+        kvs += [(ga + ".expert_count", 4, c["num_experts"]), (ga + ".expert_used_count", 4, c["num_experts_per_tok"]),
+                (ga + ".feed_forward_length", 4, c["intermediate_size"]),
+                (ga + ".expert_feed_forward_length", 4, c["moe_intermediate_size"]),
+                (ga + ".expert_shared_feed_forward_length", 4, c["shared_expert_intermediate_size"]),
+                (ga + ".attention.key_length", 4, c["head_dim"]), (ga + ".attention.value_length", 4, c["head_dim"]),
+                (ga + ".rope.dimension_count", 4, int(c["head_dim"] * c["partial_rotary_factor"])),
+                (ga + ".ssm.conv_kernel", 4, c["linear_conv_kernel_dim"]),
+                (ga + ".ssm.state_size", 4, c["linear_key_head_dim"]),
+                (ga + ".ssm.group_count", 4, c["linear_num_key_heads"]), (ga + ".ssm.time_step_rank", 4, nv),
+                (ga + ".ssm.inner_size", 4, nv * c["linear_value_head_dim"]),
+                (ga + ".full_attention_interval", 4, c["full_attention_interval"])]
+        if tiled:  # the per-layer flags instead of the interval
+            kvs += [(ga + ".attention.recurrent_layers", 9, (7, [t == "linear_attention" for t in c["layer_types"]]))]
     elif arch == "mixtral":
         kvs += [(ga + ".expert_count", 4, c["num_local_experts"]), (ga + ".expert_used_count", 4, 2),
                 (ga + ".feed_forward_length", 4, c["intermediate_size"]),
@@ -474,6 +647,9 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
                         (b + "ffn_up_exps.bias", np.ascontiguousarray(gub[:, 1::2])),
                         (b + "ffn_down_exps.bias", w[x + "down_proj_bias"])]
             continue
+        if arch == "qwen3_next":
+            tensors += qwen3_next_gguf_layer(c, w, l, tiled)
+            continue
         if arch == "glm4_moe":  # rotate-half already (NEOX): no permutation; biases; post_attention_norm
             a = p + "self_attn."
             tensors += [(b + "attn_q.weight", w[a + "q_proj.weight"]), (b + "attn_q.bias", w[a + "q_proj.bias"]),
@@ -522,7 +698,8 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
             names = ("gate_proj", "up_proj", "down_proj")
         for gname, hname in zip(("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"), names):
             tensors.append((b + gname + ".weight", np.stack([w[ex % e + hname + ".weight"] for e in range(E)])))
-    tensors += [("output_norm.weight", w["model.norm.weight"]), ("output.weight", w["lm_head.weight"])]
+    tensors += [("output_norm.weight", w["model.norm.weight"] + (arch == "qwen3_next")),
+                ("output.weight", w["lm_head.weight"])]
 
     def wstr(s):
         return gguf_vocab.encode_value(8, s)

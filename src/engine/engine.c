@@ -176,8 +176,21 @@ int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out)
 			if (!rc) rc = vector(m, LAYER("attn_kv_a_norm"), kvl, &w->kv_a_norm);
 			if (!rc) rc = matrix(m, LAYER("attn_kv_b"), nh * (hp->qk_nope_dim + hp->v_head_dim), kvl, &w->wkv_b);
 			if (!rc) rc = matrix(m, LAYER("attn_output"), H, nh * hp->v_head_dim, &w->wo);
+		} else if (!rc && hp->linear[l]) { /* Gated DeltaNet */
+			const uint64_t nv = hp->lin_v_heads, vd = nv * hp->lin_v_dim, cd = moe_lin_conv_dim(hp);
+			w->linear = 1;
+			rc = matrix(m, LAYER("attn_qkv"), cd, H, &w->w_qkv);
+			if (!rc) rc = matrix(m, LAYER("attn_gate"), vd, H, &w->w_z);
+			if (!rc) rc = matrix(m, LAYER("ssm_beta"), nv, H, &w->w_beta);
+			if (!rc) rc = matrix(m, LAYER("ssm_alpha"), nv, H, &w->w_alpha);
+			if (!rc) rc = matrix_f32(m, LAYER("ssm_conv1d"), cd, hp->lin_conv, &w->conv);
+			if (!rc) rc = vector(m, LAYER("ssm_dt.bias"), nv, &w->dt_bias);
+			if (!rc) rc = vector(m, LAYER("ssm_a"), nv, &w->ssm_a);
+			if (!rc) rc = vector(m, LAYER("ssm_norm"), hp->lin_v_dim, &w->ssm_norm);
+			if (!rc) rc = matrix(m, LAYER("ssm_out"), H, vd, &w->wo);
 		} else if (!rc) {
-			rc = matrix(m, LAYER("attn_q"), q, H, &w->wq);
+			const int gated = hp->arch == MOE_ARCH_QWEN3_NEXT; /* each head's query, then its output gate */
+			rc = matrix(m, LAYER("attn_q"), gated ? 2 * q : q, H, &w->wq);
 			if (!rc) rc = matrix(m, LAYER("attn_k"), kv, H, &w->wk);
 			if (!rc) rc = matrix(m, LAYER("attn_v"), kv, H, &w->wv);
 			if (!rc) rc = matrix(m, LAYER("attn_output"), H, q, &w->wo);
@@ -205,6 +218,14 @@ int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out)
 				if (!rc) rc = matrix_f32(m, LAYER("ffn_up_exps.bias"), E, ff, &w->exp_up_bias);
 				if (!rc) rc = matrix_f32(m, LAYER("ffn_down_exps.bias"), E, H, &w->exp_down_bias);
 			}
+			if (!rc && hp->arch == MOE_ARCH_QWEN3_NEXT) {
+				const uint64_t sf = hp->shared_ff;
+				w->has_shared = 1;
+				rc = matrix(m, LAYER("ffn_gate_shexp"), sf, H, &w->sh_gate);
+				if (!rc) rc = matrix(m, LAYER("ffn_up_shexp"), sf, H, &w->sh_up);
+				if (!rc) rc = matrix(m, LAYER("ffn_down_shexp"), H, sf, &w->sh_down);
+				if (!rc) rc = vector(m, LAYER("ffn_gate_inp_shexp"), H, &w->shared_gate);
+			}
 			if (!rc && moe_arch_sigmoid_routing(hp)) {
 				const moe_tensor *b;
 				rc = find(m, LAYER("exp_probs_b"), 1, &b);
@@ -219,7 +240,7 @@ int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out)
 				}
 			}
 		}
-		if (!rc && (hp->arch == MOE_ARCH_QWEN3_MOE || hp->qk_norm)) {
+		if (!rc && !w->linear && (hp->arch == MOE_ARCH_QWEN3_MOE || hp->arch == MOE_ARCH_QWEN3_NEXT || hp->qk_norm)) {
 			rc = vector(m, LAYER("attn_q_norm"), hd, &w->q_norm);
 			if (!rc) rc = vector(m, LAYER("attn_k_norm"), hd, &w->k_norm);
 		}
@@ -280,6 +301,63 @@ void moe_model_free(struct moe_model *m)
 
 /* ---- session ---- */
 
+static size_t lin_value_dim(const struct moe_hparams *hp) { return hp->lin_v_heads * hp->lin_v_dim; }
+
+/* one linear layer's state: its conv's last inputs, then the delta rule's matrices */
+static size_t lin_state_floats(const struct moe_hparams *hp)
+{
+	return hp->lin_v_heads * hp->lin_k_dim * hp->lin_v_dim;
+}
+
+static size_t lin_conv_floats(const struct moe_hparams *hp)
+{
+	return (hp->lin_conv - 1) * moe_lin_conv_dim(hp);
+}
+
+/* Qwen3-Next: the state of each linear layer and the batch's scratch; nothing else */
+static int lin_init(struct moe_session *s)
+{
+	const struct moe_hparams *hp = &s->m->hp;
+	const size_t B = s->max_batch;
+	if (hp->arch != MOE_ARCH_QWEN3_NEXT)
+		return 0;
+	s->lin_slot = malloc(hp->n_layers * sizeof *s->lin_slot);
+	if (!s->lin_slot)
+		return -1;
+	for (size_t l = 0; l < hp->n_layers; l++)
+		s->lin_slot[l] = hp->linear[l] ? s->lin_layers++ : SIZE_MAX;
+	const size_t q = hp->n_heads * hp->head_dim;
+	s->lin_conv_state = calloc(s->lin_layers * lin_conv_floats(hp) + 1, sizeof(float));
+	s->lin_state = calloc(s->lin_layers * lin_state_floats(hp) + 1, sizeof(float));
+	s->lin_qkv = malloc(B * moe_lin_conv_dim(hp) * sizeof(float));
+	s->lin_last = malloc((lin_conv_floats(hp) + 1) * sizeof(float));
+	s->lin_z = malloc(B * lin_value_dim(hp) * sizeof(float));
+	s->lin_b = malloc(B * hp->lin_v_heads * sizeof(float));
+	s->lin_a = malloc(B * hp->lin_v_heads * sizeof(float));
+	s->q_gated = malloc(B * 2 * q * sizeof(float));
+	s->gate = malloc(B * q * sizeof(float));
+	return s->lin_conv_state && s->lin_state && s->lin_qkv && s->lin_last && s->lin_z && s->lin_b && s->lin_a && s->q_gated &&
+		       s->gate ? 0 : -1;
+}
+
+static void lin_free(struct moe_session *s)
+{
+	void *bufs[] = {s->lin_slot, s->lin_conv_state, s->lin_state, s->lin_qkv, s->lin_last, s->lin_z, s->lin_b, s->lin_a,
+			s->q_gated, s->gate};
+	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+		free(bufs[i]);
+}
+
+static size_t lin_bytes(const struct moe_session *s)
+{
+	const struct moe_hparams *hp = &s->m->hp;
+	if (hp->arch != MOE_ARCH_QWEN3_NEXT)
+		return 0;
+	const size_t B = s->max_batch, q = hp->n_heads * hp->head_dim;
+	return (s->lin_layers * (lin_conv_floats(hp) + lin_state_floats(hp)) + lin_conv_floats(hp) +
+		B * (moe_lin_conv_dim(hp) + 2 * lin_value_dim(hp) + 2 * hp->lin_v_heads + 3 * q)) * sizeof(float);
+}
+
 int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, int kv_type, struct moe_session **out)
 {
 	*out = NULL;
@@ -308,7 +386,7 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 		/* a window's ring holds what the first token of a batch still sees, and the batch
 		 * (MLA has no windows: its cache is read whole, whatever a pack says) */
 		const size_t ring = !ds && hp->sliding[l] && hp->sliding_window ? hp->sliding_window + B - 1 : ctx;
-		s->kv_cap[l] = ring < ctx ? ring : ctx;
+		s->kv_cap[l] = hp->linear[l] ? 0 : ring < ctx ? ring : ctx; /* a linear layer keeps a state instead */
 		s->kv_off[l] = rows;
 		rows += s->kv_cap[l];
 	}
@@ -320,12 +398,16 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 		moe_session_free(s);
 		return moe_fail(MOE_ENOMEM, "out of memory for MLA scratch");
 	}
+	if (lin_init(s)) {
+		moe_session_free(s);
+		return moe_fail(MOE_ENOMEM, "out of memory for the linear attention layers' state");
+	}
 	s->x = malloc(B * H * sizeof(float));
 	s->xn = malloc(B * H * sizeof(float));
 	s->q = malloc(B * q * sizeof(float));
 	s->k = malloc(B * kv * sizeof(float));
 	s->v = malloc(B * kv * sizeof(float));
-	s->att = malloc(B * q * sizeof(float));
+	s->att = malloc(B * (q > lin_value_dim(hp) ? q : lin_value_dim(hp)) * sizeof(float));
 	s->tmp = malloc(B * H * sizeof(float));
 	s->router = malloc(B * E * sizeof(float));
 	s->moe_out = malloc(B * H * sizeof(float));
@@ -380,6 +462,7 @@ void moe_session_free(struct moe_session *s)
 	free(s->kv_cap);
 	free(s->kv_off);
 	free(s->shared_out);
+	lin_free(s);
 	moe_replay_free(s->replay);
 	free(s->replay_ids);
 	free(s->replay_sc);
@@ -391,6 +474,8 @@ void moe_session_free(struct moe_session *s)
 int moe_session_can_rewind(const struct moe_session *s, size_t pos)
 {
 	const struct moe_hparams *hp = &s->m->hp;
+	if (s->lin_layers && pos != s->n_past && pos != 0)
+		return 0; /* a recurrent state is for n_past alone (0: a fresh one) */
 	for (size_t l = 0; l < hp->n_layers; l++) {
 		const size_t cap = s->kv_cap[l], w = hp->sliding[l] ? hp->sliding_window : 0;
 		/* rows of positions below n_past - cap are gone; pos needs pos - w + 1 on */
@@ -412,7 +497,7 @@ size_t moe_session_bytes(const struct moe_session *s)
 	size_t rows = 0;
 	for (size_t l = 0; l < hp->n_layers; l++)
 		rows += s->kv_cap[l];
-	return (ds ? 1 : 2) * rows * kvd * kv_elt + scratch + (ds ? moe_mla_bytes(s) : 0);
+	return (ds ? 1 : 2) * rows * kvd * kv_elt + scratch + (ds ? moe_mla_bytes(s) : 0) + lin_bytes(s);
 }
 
 /* ---- the pieces ---- */
@@ -631,10 +716,16 @@ static int gqa_attention(struct moe_session *s, size_t l, size_t n)
 	const struct moe_hparams *hp = &s->m->hp;
 	const struct moe_layer_weights *w = &s->m->layers[l];
 	const size_t hd = hp->head_dim, nh = hp->n_heads, nkv = hp->n_kv_heads, kvd = nkv * hd, rot = moe_rope_dims(hp);
+	const int gated = hp->arch == MOE_ARCH_QWEN3_NEXT;
 	int rc;
-	if ((rc = moe_session_matmul(s, &w->wq, s->xn, n, s->q)) || (rc = moe_session_matmul(s, &w->wk, s->xn, n, s->k)) ||
-	    (rc = moe_session_matmul(s, &w->wv, s->xn, n, s->v)))
+	if ((rc = moe_session_matmul(s, &w->wq, s->xn, n, gated ? s->q_gated : s->q)) ||
+	    (rc = moe_session_matmul(s, &w->wk, s->xn, n, s->k)) || (rc = moe_session_matmul(s, &w->wv, s->xn, n, s->v)))
 		return rc;
+	for (size_t t = 0; t < n && gated; t++) /* [head][query | gate] -> the queries, the gates */
+		for (size_t h = 0; h < nh; h++) {
+			memcpy(s->q + (t * nh + h) * hd, s->q_gated + (t * nh + h) * 2 * hd, hd * sizeof(float));
+			memcpy(s->gate + (t * nh + h) * hd, s->q_gated + (t * nh + h) * 2 * hd + hd, hd * sizeof(float));
+		}
 	for (size_t t = 0; t < n && w->q_bias; t++) {
 		moe_axpy(s->q + t * nh * hd, 1.0f, w->q_bias, nh * hd);
 		moe_axpy(s->k + t * kvd, 1.0f, w->k_bias, kvd);
@@ -658,7 +749,134 @@ static int gqa_attention(struct moe_session *s, size_t l, size_t n)
 		moe_kv_store(s, s->v_cache, l, pos, s->v + t * kvd);
 	}
 	attention(s, l, n);
+	for (size_t i = 0; i < n * nh * hd && gated; i++) /* Qwen3-Next: the output gated */
+		s->att[i] *= 1.0f / (1.0f + expf(-s->gate[i]));
 	return 0;
+}
+
+/* ---- Qwen3-Next's Gated DeltaNet (modeling_qwen3_next.py: Qwen3NextGatedDeltaNet) ---- */
+
+static float silu(float x) { return x / (1.0f + expf(-x)); }
+
+/* x / sqrt(sum x^2 + 1e-6), as the FLA kernels' l2norm */
+static void l2norm(float *x, size_t n)
+{
+	const float r = 1.0f / sqrtf(moe_dot(x, x, n) + 1e-6f);
+	for (size_t i = 0; i < n; i++)
+		x[i] *= r;
+}
+
+/* The causal depthwise conv of n tokens' channels in place (tap lin_conv - 1 on the token
+ * itself, the earlier taps on the ones before, from the state across batches), then SiLU;
+ * the state keeps the last lin_conv - 1 inputs. */
+static void lin_conv(struct moe_session *s, size_t l, size_t n)
+{
+	const struct moe_hparams *hp = &s->m->hp;
+	const size_t C = moe_lin_conv_dim(hp), K = hp->lin_conv, keep = K - 1;
+	const float *w = s->m->layers[l].conv;
+	float *state = s->lin_conv_state + s->lin_slot[l] * lin_conv_floats(hp), *x = s->lin_qkv;
+	/* input t - j of token t: x's row when t >= j, else the state's row keep - (j - t) */
+#define INPUT(t, j) ((t) >= (j) ? x + ((t) - (j)) * C : state + (keep - ((j) - (t))) * C)
+	float *last = s->lin_last; /* the state to be: the last keep inputs */
+	for (size_t r = 0; r < keep; r++) /* row r: input n - keep + r */
+		memcpy(last + r * C, n + r >= keep ? x + (n + r - keep) * C : state + (n + r) * C, C * sizeof(float));
+	for (size_t t = n; t-- > 0;) /* from the last token back: each reads inputs at or before it */
+		for (size_t c = 0; c < C; c++) {
+			float acc = 0;
+			for (size_t j = 0; j < K; j++)
+				acc += w[c * K + (K - 1 - j)] * INPUT(t, j)[c];
+			x[t * C + c] = silu(acc);
+		}
+#undef INPUT
+	memcpy(state, last, keep * C * sizeof(float));
+}
+
+struct delta_job {
+	struct moe_session *s;
+	size_t l, n;
+};
+
+/* value heads i/n of them: for each token, the state decays by exp(g), takes beta of the
+ * difference between v and what it recalls for k, and is read with q; the output is
+ * RMS-normed and gated by SiLU(z) */
+static void delta_heads(void *arg, int i, int n)
+{
+	const struct delta_job *j = arg;
+	struct moe_session *s = j->s;
+	const struct moe_hparams *hp = &s->m->hp;
+	const struct moe_layer_weights *w = &s->m->layers[j->l];
+	const size_t nk = hp->lin_k_heads, nv = hp->lin_v_heads, dk = hp->lin_k_dim, dv = hp->lin_v_dim;
+	const size_t C = moe_lin_conv_dim(hp), kd = nk * dk, h0 = nv * (size_t)i / (size_t)n, h1 = nv * (size_t)(i + 1) / (size_t)n;
+	float *states = s->lin_state + s->lin_slot[j->l] * lin_state_floats(hp);
+	float recall[1024], delta[1024];
+	for (size_t h = h0; h < h1; h++) {
+		const size_t g = hp->lin_v_tiled ? h % nk : h / (nv / nk);
+		float *S = states + h * dk * dv;
+		for (size_t t = 0; t < j->n; t++) {
+			const float *row = s->lin_qkv + t * C, *q = row + g * dk, *k = row + kd + g * dk, *v = row + 2 * kd + h * dv;
+			const float a = s->lin_a[t * nv + h] + w->dt_bias[h];
+			const float softplus = a > 20 ? a : log1pf(expf(a)); /* torch's threshold */
+			const float decay = expf(w->ssm_a[h] * softplus), beta = 1.0f / (1.0f + expf(-s->lin_b[t * nv + h]));
+			memset(recall, 0, dv * sizeof(float));
+			for (size_t r = 0; r < dk; r++) {
+				float *Sr = S + r * dv;
+				for (size_t c = 0; c < dv; c++)
+					Sr[c] *= decay;
+				moe_axpy(recall, k[r], Sr, dv);
+			}
+			for (size_t c = 0; c < dv; c++)
+				delta[c] = (v[c] - recall[c]) * beta;
+			float *o = s->att + t * nv * dv + h * dv;
+			memset(o, 0, dv * sizeof(float));
+			for (size_t r = 0; r < dk; r++) {
+				float *Sr = S + r * dv;
+				moe_axpy(Sr, k[r], delta, dv);
+				moe_axpy(o, q[r], Sr, dv); /* q carries the 1/sqrt(dk) */
+			}
+			moe_rmsnorm(o, w->ssm_norm, dv, hp->rms_eps, o);
+			const float *z = s->lin_z + t * nv * dv + h * dv;
+			for (size_t c = 0; c < dv; c++)
+				o[c] *= silu(z[c]);
+		}
+	}
+}
+
+/* A Gated DeltaNet layer on n tokens from s->xn into s->att [n][value heads x dim] (ssm_out,
+ * the layer's wo, follows), advancing its state token by token: prefill and decode are
+ * the same steps. */
+static int linear_attention(struct moe_session *s, size_t l, size_t n)
+{
+	const struct moe_hparams *hp = &s->m->hp;
+	const struct moe_layer_weights *w = &s->m->layers[l];
+	const size_t C = moe_lin_conv_dim(hp), nk = hp->lin_k_heads, dk = hp->lin_k_dim;
+	int rc;
+	if ((rc = moe_session_matmul(s, &w->w_qkv, s->xn, n, s->lin_qkv)) ||
+	    (rc = moe_session_matmul(s, &w->w_z, s->xn, n, s->lin_z)) ||
+	    (rc = moe_session_matmul(s, &w->w_beta, s->xn, n, s->lin_b)) ||
+	    (rc = moe_session_matmul(s, &w->w_alpha, s->xn, n, s->lin_a)))
+		return rc;
+	lin_conv(s, l, n);
+	const float scale = 1.0f / sqrtf((float)dk);
+	for (size_t t = 0; t < n; t++) /* q and k of each key head to unit length; q scaled */
+		for (size_t g = 0; g < 2 * nk; g++) {
+			float *v = s->lin_qkv + t * C + g * dk;
+			l2norm(v, dk);
+			for (size_t i = 0; g < nk && i < dk; i++)
+				v[i] *= scale;
+		}
+	struct delta_job j = {s, l, n};
+	moe_pool_run(s->m->pool, delta_heads, &j);
+	return 0;
+}
+
+/* a sequence starting at position 0 starts every linear layer's state from zero */
+static void lin_fresh(struct moe_session *s)
+{
+	const struct moe_hparams *hp = &s->m->hp;
+	if (s->lin_layers && s->n_past == 0) {
+		memset(s->lin_conv_state, 0, s->lin_layers * lin_conv_floats(hp) * sizeof(float));
+		memset(s->lin_state, 0, s->lin_layers * lin_state_floats(hp) * sizeof(float));
+	}
 }
 
 /* each token's top k experts, renormalized over them if the model says so; gpt-oss:
@@ -862,14 +1080,15 @@ static int experts(struct moe_session *s, size_t l, size_t n)
 static int attend(struct moe_session *s, struct moe_session *const *rows, size_t l, size_t n)
 {
 	const struct moe_hparams *hp = &s->m->hp;
+	const int lin = s->m->layers[l].linear;
 	if (!rows)
-		return hp->arch == MOE_ARCH_DEEPSEEK_V3 ? moe_mla_attention(s, l, n) : gqa_attention(s, l, n);
+		return lin ? linear_attention(s, l, n) : hp->arch == MOE_ARCH_DEEPSEEK_V3 ? moe_mla_attention(s, l, n) : gqa_attention(s, l, n);
 	const size_t H = hp->hidden, A = s->m->layers[l].wo.cols;
 	for (size_t t = 0; t < n; t++) {
 		struct moe_session *r = rows[t];
 		if (r != s || t != 0) /* s as row 0 has its row in place */
 			memcpy(r->xn, s->xn + t * H, H * sizeof(float));
-		int rc = hp->arch == MOE_ARCH_DEEPSEEK_V3 ? moe_mla_attention(r, l, 1) : gqa_attention(r, l, 1);
+		int rc = lin ? linear_attention(r, l, 1) : hp->arch == MOE_ARCH_DEEPSEEK_V3 ? moe_mla_attention(r, l, 1) : gqa_attention(r, l, 1);
 		if (rc)
 			return rc;
 		if (r != s || t != 0)
@@ -911,6 +1130,10 @@ static int forward(struct moe_session *s, struct moe_session *const *rows, const
 			: NULL;
 		moe_dequantize_rows(em->type, codes, scales, 1, H, s->x + t * H);
 	}
+	if (!rows)
+		lin_fresh(s);
+	for (size_t t = 0; rows && t < n; t++)
+		lin_fresh(rows[t]);
 	int rc = 0;
 	for (size_t l = 0; l < hp->n_layers && !rc; l++) {
 		const struct moe_layer_weights *w = &m->layers[l];
@@ -953,8 +1176,11 @@ static int forward(struct moe_session *s, struct moe_session *const *rows, const
 					rc = moe_fail(MOE_ENOMEM, "out of memory in the kernels' scratch");
 					break;
 				}
-				for (size_t i = 0; i < n * H; i++)
-					s->moe_out[i] += s->shared_out[i];
+				for (size_t t = 0; t < n; t++) { /* Qwen3-Next: behind a sigmoid gate */
+					const float gw = w->shared_gate
+						? 1.0f / (1.0f + expf(-moe_dot(s->xn + t * H, w->shared_gate, H))) : 1.0f;
+					moe_axpy(s->moe_out + t * H, gw, s->shared_out + t * H, H);
+				}
 			}
 		}
 		for (size_t i = 0; i < n * H; i++)

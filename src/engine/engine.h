@@ -73,6 +73,13 @@ struct moe_layer_weights {
 	const float *q_a_norm, *kv_a_norm, *exp_bias;
 	int has_shared;
 	struct moe_wmat sh_gate, sh_up, sh_down;
+	/* Qwen3-Next: a Gated DeltaNet layer (linear; wo is its out_proj): the conv channels'
+	 * projection (q, k, v of every head), the output gate z, beta and alpha per value head;
+	 * conv taps [conv channels][lin_conv], dt bias, A (-exp(A_log)), the gated norm's
+	 * weights. In every MoE layer the shared expert's gate, [hidden]. */
+	int linear;
+	struct moe_wmat w_qkv, w_z, w_beta, w_alpha;
+	const float *conv, *dt_bias, *ssm_a, *ssm_norm, *shared_gate;
 };
 
 struct moe_model {
@@ -133,6 +140,13 @@ struct moe_session {
 	float *replay_sc;
 	struct moe_mla *mla;         /* DeepSeek-V3's attention scratch and YaRN tables */
 	float *shared_out;           /* [batch][hidden]: the shared experts' output */
+	/* Qwen3-Next: each linear layer's state, [lin_slot[l]]: the last lin_conv - 1 inputs
+	 * of its conv (oldest first) and the delta rule's [v heads][k dim][v dim] matrices,
+	 * for the position n_past (a new sequence, n_past 0, starts them from zero); a batch's
+	 * conv channels, output gates, beta and alpha; gated attention's q|gate rows and gates */
+	size_t *lin_slot, lin_layers;
+	float *lin_conv_state, *lin_state;
+	float *lin_qkv, *lin_last, *lin_z, *lin_b, *lin_a, *q_gated, *gate;
 	volatile sig_atomic_t cancel; /* moe_session_cancel: moe_forward stops between layers */
 	/* the public API's (src/runtime): the tokens in the context, the last logits */
 	int32_t *tokens;

@@ -19,7 +19,7 @@ const char *const moe_kind_names[MOE_KIND_COUNT] = {
 };
 
 static const char *const arch_names[MOE_ARCH_COUNT] = {"mixtral", "qwen3_moe", "deepseek_v3", "glm4_moe",
-									"gpt_oss"};
+									"gpt_oss", "qwen3_next"};
 
 const char *moe_arch_name(int arch) { return (arch >= 0 && arch < MOE_ARCH_COUNT) ? arch_names[arch] : "?"; }
 
@@ -35,6 +35,7 @@ int moe_layer_is_moe(const struct moe_hparams *hp, uint64_t l)
 {
 	switch (hp->arch) {
 	case MOE_ARCH_QWEN3_MOE:
+	case MOE_ARCH_QWEN3_NEXT:
 		return l < MOE_MAX_LAYERS && !hp->mlp_only[l] && hp->sparse_step && (l + 1) % hp->sparse_step == 0;
 	case MOE_ARCH_DEEPSEEK_V3:
 	case MOE_ARCH_GLM4_MOE:
@@ -47,6 +48,11 @@ int moe_layer_is_moe(const struct moe_hparams *hp, uint64_t l)
 int moe_arch_sigmoid_routing(const struct moe_hparams *hp)
 {
 	return hp->arch == MOE_ARCH_DEEPSEEK_V3 || hp->arch == MOE_ARCH_GLM4_MOE;
+}
+
+uint64_t moe_lin_conv_dim(const struct moe_hparams *hp)
+{
+	return 2 * hp->lin_k_heads * hp->lin_k_dim + hp->lin_v_heads * hp->lin_v_dim;
 }
 
 uint64_t moe_rope_dims(const struct moe_hparams *hp)
@@ -69,13 +75,14 @@ struct hp_field {
 #define DS (1u << MOE_ARCH_DEEPSEEK_V3)
 #define GL (1u << MOE_ARCH_GLM4_MOE)
 #define GO (1u << MOE_ARCH_GPT_OSS)
+#define QN (1u << MOE_ARCH_QWEN3_NEXT)
 #define F(k, t, m, a) {k, t, offsetof(struct moe_hparams, m), a}
 static const struct hp_field hp_fields[] = {
 	F("n_layers", HP_U64, n_layers, ALL),
 	F("hidden_size", HP_U64, hidden, ALL),
 	F("n_heads", HP_U64, n_heads, ALL),
-	F("n_kv_heads", HP_U64, n_kv_heads, MX | QW | GL | GO),
-	F("head_dim", HP_U64, head_dim, MX | QW | GL | GO),
+	F("n_kv_heads", HP_U64, n_kv_heads, MX | QW | GL | GO | QN),
+	F("head_dim", HP_U64, head_dim, MX | QW | GL | GO | QN),
 	F("vocab_size", HP_U64, vocab, ALL),
 	F("n_experts", HP_U64, n_experts, ALL),
 	F("n_experts_used", HP_U64, n_experts_used, ALL),
@@ -86,7 +93,7 @@ static const struct hp_field hp_fields[] = {
 	F("rms_eps", HP_F64, rms_eps, ALL),
 	F("norm_topk_prob", HP_U64, norm_topk_prob, 0),
 	F("tie_embeddings", HP_U64, tie_embeddings, 0),
-	F("sparse_step", HP_U64, sparse_step, QW),
+	F("sparse_step", HP_U64, sparse_step, QW | QN),
 	F("first_dense", HP_U64, first_dense, 0),
 	F("n_shared_experts", HP_U64, n_shared, 0),
 	F("n_group", HP_U64, n_group, DS | GL),
@@ -110,6 +117,13 @@ static const struct hp_field hp_fields[] = {
 	F("sliding_window", HP_U64, sliding_window, GO),
 	F("rope_scaling.truncate", HP_U64, rope_truncate, 0),
 	F("swiglu_limit", HP_F64, swiglu_limit, GO),
+	F("linear_key_heads", HP_U64, lin_k_heads, QN),
+	F("linear_value_heads", HP_U64, lin_v_heads, QN),
+	F("linear_key_head_dim", HP_U64, lin_k_dim, QN),
+	F("linear_value_head_dim", HP_U64, lin_v_dim, QN),
+	F("linear_conv_kernel", HP_U64, lin_conv, QN),
+	F("linear_value_tiled", HP_U64, lin_v_tiled, 0),
+	F("shared_expert_ff", HP_U64, shared_ff, QN),
 };
 #undef F
 
@@ -162,6 +176,14 @@ int moe_hparams_check(const struct moe_hparams *hp)
 		{"qk_norm", hp->qk_norm, 0, 1},
 		{"sliding_window", hp->sliding_window, 0, 1u << 24},
 		{"rope_scaling.truncate", hp->rope_truncate, 0, 1},
+		/* a Gated DeltaNet state is heads x key dim x value dim floats per session */
+		{"linear_key_heads", hp->lin_k_heads, 0, 256},
+		{"linear_value_heads", hp->lin_v_heads, 0, 256},
+		{"linear_key_head_dim", hp->lin_k_dim, 0, 1024},
+		{"linear_value_head_dim", hp->lin_v_dim, 0, 1024},
+		{"linear_conv_kernel", hp->lin_conv, 0, 64},
+		{"linear_value_tiled", hp->lin_v_tiled, 0, 1},
+		{"shared_expert_ff", hp->shared_ff, 0, 1u << 18},
 	};
 	for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++)
 		if (lim[i].v < lim[i].lo || lim[i].v > lim[i].hi)
@@ -204,6 +226,13 @@ int moe_hparams_check(const struct moe_hparams *hp)
 					(unsigned long long)(hp->topk_group * (E / hp->n_group)),
 					(unsigned long long)hp->topk_group);
 	}
+	if (hp->arch == MOE_ARCH_QWEN3_NEXT && hp->lin_v_heads % hp->lin_k_heads)
+		return moe_fail(MOE_EFORMAT, "linear attention: value heads (%llu) not a multiple of key heads (%llu)",
+				(unsigned long long)hp->lin_v_heads, (unsigned long long)hp->lin_k_heads);
+	for (uint64_t l = 0; l < hp->n_layers; l++)
+		if (hp->linear[l] && hp->arch != MOE_ARCH_QWEN3_NEXT)
+			return moe_fail(MOE_EFORMAT, "%s: layer %llu is marked linear attention, which only qwen3_next has",
+					moe_arch_name(hp->arch), (unsigned long long)l);
 	for (uint64_t l = 0; l < hp->n_layers; l++)
 		if (!moe_layer_is_moe(hp, l) && hp->dense_ff == 0)
 			return moe_fail(MOE_EFORMAT, "layer %llu is a dense MLP but intermediate_size is missing",
@@ -235,6 +264,11 @@ int moe_hparams_to_meta(const struct moe_hparams *hp, struct moe_meta_writer *w)
 		if (hp->sliding[l])
 			dense[n++] = (int64_t)l;
 	meta_put_i64_array(w, "hparams.sliding_layers", dense, n);
+	n = 0;
+	for (uint64_t l = 0; l < hp->n_layers && l < MOE_MAX_LAYERS; l++)
+		if (hp->linear[l])
+			dense[n++] = (int64_t)l;
+	meta_put_i64_array(w, "hparams.linear_layers", dense, n);
 	return w->err;
 }
 
@@ -328,13 +362,14 @@ int moe_hparams_from_pack(const moe_pack *pack, struct moe_hparams *hp)
 	static const struct { const char *key; size_t off; } lists[] = {
 		{"hparams.mlp_only_layers", offsetof(struct moe_hparams, mlp_only)},
 		{"hparams.sliding_layers", offsetof(struct moe_hparams, sliding)},
+		{"hparams.linear_layers", offsetof(struct moe_hparams, linear)},
 	};
 	for (size_t k = 0; k < sizeof lists / sizeof lists[0]; k++) {
 		const int64_t *ls;
 		uint64_t n;
 		rc = moe_pack_meta_i64_array(pack, lists[k].key, &ls, &n);
 		if (rc == MOE_ENOTFOUND && k > 0)
-			continue; /* written since sliding windows came: absent in older packs */
+			continue; /* written since sliding windows (linear layers) came: absent in older packs */
 		if (rc)
 			return rc;
 		for (uint64_t i = 0; i < n; i++) {
@@ -406,9 +441,23 @@ size_t moe_arch_dense_tensors(const struct moe_hparams *hp, struct moe_tensor_sp
 			add_layer(&sl, l, MOE_KIND_ATTN, nh * (hp->qk_nope_dim + hp->v_head_dim), hp->kv_lora_rank,
 				  "attn_kv_b", "self_attn.kv_b_proj.weight");
 			add_layer(&sl, l, MOE_KIND_ATTN, H, nh * hp->v_head_dim, "attn_output", "self_attn.o_proj.weight");
+		} else if (hp->linear[l]) { /* Gated DeltaNet: Qwen3.5's names (Qwen3-Next's fused ones are views) */
+			const uint64_t nv = hp->lin_v_heads, vd = nv * hp->lin_v_dim;
+			add_layer(&sl, l, MOE_KIND_ATTN, moe_lin_conv_dim(hp), H, "attn_qkv", "linear_attn.in_proj_qkv.weight");
+			add_layer(&sl, l, MOE_KIND_ATTN, vd, H, "attn_gate", "linear_attn.in_proj_z.weight");
+			add_layer(&sl, l, MOE_KIND_ATTN, nv, H, "ssm_beta", "linear_attn.in_proj_b.weight");
+			add_layer(&sl, l, MOE_KIND_ATTN, nv, H, "ssm_alpha", "linear_attn.in_proj_a.weight");
+			/* small and exact: f32 as the norms (ssm_a is -exp(A_log), as llama.cpp stores it) */
+			add_layer(&sl, l, MOE_KIND_NORM, moe_lin_conv_dim(hp), hp->lin_conv, "ssm_conv1d",
+				  "linear_attn.conv1d.weight");
+			add_layer(&sl, l, MOE_KIND_NORM, nv, 0, "ssm_dt.bias", "linear_attn.dt_bias");
+			add_layer(&sl, l, MOE_KIND_NORM, nv, 0, "ssm_a", "linear_attn.A_log");
+			add_layer(&sl, l, MOE_KIND_NORM, hp->lin_v_dim, 0, "ssm_norm", "linear_attn.norm.weight");
+			add_layer(&sl, l, MOE_KIND_ATTN, H, vd, "ssm_out", "linear_attn.out_proj.weight");
 		} else {
+			const int gated = hp->arch == MOE_ARCH_QWEN3_NEXT; /* q_proj: each head's query, then its gate */
 			const uint64_t q = hp->n_heads * hp->head_dim, kv = hp->n_kv_heads * hp->head_dim;
-			add_layer(&sl, l, MOE_KIND_ATTN, q, H, "attn_q", "self_attn.q_proj.weight");
+			add_layer(&sl, l, MOE_KIND_ATTN, gated ? 2 * q : q, H, "attn_q", "self_attn.q_proj.weight");
 			add_layer(&sl, l, MOE_KIND_ATTN, kv, H, "attn_k", "self_attn.k_proj.weight");
 			add_layer(&sl, l, MOE_KIND_ATTN, kv, H, "attn_v", "self_attn.v_proj.weight");
 			add_layer(&sl, l, MOE_KIND_ATTN, H, q, "attn_output", "self_attn.o_proj.weight");
@@ -421,7 +470,7 @@ size_t moe_arch_dense_tensors(const struct moe_hparams *hp, struct moe_tensor_sp
 				add_layer(&sl, l, MOE_KIND_ATTN, H, 0, "attn_output.bias", "self_attn.o_proj.bias");
 				add_layer(&sl, l, MOE_KIND_ATTN, hp->n_heads, 0, "attn_sinks", "self_attn.sinks");
 			}
-			if (hp->arch == MOE_ARCH_QWEN3_MOE || hp->qk_norm) {
+			if (hp->arch == MOE_ARCH_QWEN3_MOE || hp->arch == MOE_ARCH_QWEN3_NEXT || hp->qk_norm) {
 				add_layer(&sl, l, MOE_KIND_NORM, hp->head_dim, 0, "attn_q_norm", "self_attn.q_norm.weight");
 				add_layer(&sl, l, MOE_KIND_NORM, hp->head_dim, 0, "attn_k_norm", "self_attn.k_norm.weight");
 			}
@@ -442,6 +491,13 @@ size_t moe_arch_dense_tensors(const struct moe_hparams *hp, struct moe_tensor_sp
 			add_layer(&sl, l, MOE_KIND_FFN, E, ff, "ffn_gate_exps.bias", "mlp.experts.gate_proj_bias");
 			add_layer(&sl, l, MOE_KIND_FFN, E, ff, "ffn_up_exps.bias", "mlp.experts.up_proj_bias");
 			add_layer(&sl, l, MOE_KIND_FFN, E, H, "ffn_down_exps.bias", "mlp.experts.down_proj_bias");
+		}
+		if (hp->arch == MOE_ARCH_QWEN3_NEXT) { /* the shared expert and its gate's weights */
+			const uint64_t sf = hp->shared_ff;
+			add_layer(&sl, l, MOE_KIND_FFN, sf, H, "ffn_gate_shexp", "mlp.shared_expert.gate_proj.weight");
+			add_layer(&sl, l, MOE_KIND_FFN, sf, H, "ffn_up_shexp", "mlp.shared_expert.up_proj.weight");
+			add_layer(&sl, l, MOE_KIND_FFN, H, sf, "ffn_down_shexp", "mlp.shared_expert.down_proj.weight");
+			add_layer(&sl, l, MOE_KIND_ROUTER, H, 0, "ffn_gate_inp_shexp", "mlp.shared_expert_gate.weight");
 		}
 		if (moe_arch_sigmoid_routing(hp)) {
 			add_layer(&sl, l, MOE_KIND_ROUTER, hp->n_experts, 0, "exp_probs_b", "mlp.gate.e_score_correction_bias");
@@ -500,8 +556,12 @@ int moe_tensor_kind(const char *name)
 		return MOE_KIND_OUTPUT;
 	if (n >= 5 && strcmp(base + n - 5, "_norm") == 0)
 		return MOE_KIND_NORM;
-	if (strcmp(base, "ffn_gate_inp") == 0 || strcmp(base, "exp_probs_b") == 0)
+	if (strcmp(base, "ffn_gate_inp") == 0 || strcmp(base, "exp_probs_b") == 0 || strcmp(base, "ffn_gate_inp_shexp") == 0)
 		return MOE_KIND_ROUTER;
+	if (strcmp(base, "ssm_conv1d") == 0 || strcmp(base, "ssm_a") == 0 || strcmp(base, "ssm_dt.bias") == 0)
+		return MOE_KIND_NORM;
+	if (strncmp(base, "ssm_", 4) == 0)
+		return MOE_KIND_ATTN;
 	if (strncmp(base, "attn_", 5) == 0)
 		return MOE_KIND_ATTN;
 	return MOE_KIND_FFN;

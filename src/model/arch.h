@@ -18,6 +18,7 @@ enum moe_arch {
 	MOE_ARCH_DEEPSEEK_V3 = 2,
 	MOE_ARCH_GLM4_MOE = 3, /* GLM-4.5: GQA with partial RoPE, DeepSeek-V3's routing and shared experts */
 	MOE_ARCH_GPT_OSS = 4,  /* gpt-oss: sinks, sliding windows, biases everywhere, clamped SwiGLU */
+	MOE_ARCH_QWEN3_NEXT = 5, /* Qwen3-Next, Qwen3.5-MoE: Gated DeltaNet layers between gated attention */
 	MOE_ARCH_COUNT
 };
 
@@ -47,6 +48,14 @@ struct moe_hparams {
 	uint64_t sliding_window, rope_truncate;
 	uint8_t sliding[MOE_MAX_LAYERS];
 	double swiglu_limit;
+	/* Qwen3-Next / Qwen3.5: layers with linear[l] are Gated DeltaNet (a recurrent state
+	 * per value head, lin_k_dim x lin_v_dim, after a causal conv of lin_conv taps), the
+	 * others gated full attention (q_proj doubled: each head's query, then its output
+	 * gate). Value head h reads key head h / (lin_v_heads / lin_k_heads) (grouped, as
+	 * Hugging Face stores them), or h % lin_k_heads when lin_v_tiled (llama.cpp's
+	 * qwen35moe reorders them so). One shared expert of shared_ff behind a sigmoid gate. */
+	uint64_t lin_k_heads, lin_v_heads, lin_k_dim, lin_v_dim, lin_conv, lin_v_tiled, shared_ff;
+	uint8_t linear[MOE_MAX_LAYERS];
 };
 
 /* What a tensor is for; the quant recipe maps kinds to types. */
@@ -71,11 +80,13 @@ struct moe_tensor_spec {
 	int optional;       /* absent is fine (output when embeddings are tied) */
 };
 
-const char *moe_arch_name(int arch);   /* "mixtral", "qwen3_moe", "deepseek_v3", "glm4_moe", "gpt_oss" */
+const char *moe_arch_name(int arch);   /* "mixtral", "qwen3_moe", "deepseek_v3", "glm4_moe", "gpt_oss", "qwen3_next" */
 int moe_arch_from_name(const char *name);
 int moe_layer_is_moe(const struct moe_hparams *hp, uint64_t layer);
 /* DeepSeek-V3 and GLM-4.5: sigmoid scores with a choice bias, groups, scaling, shared experts */
 int moe_arch_sigmoid_routing(const struct moe_hparams *hp);
+/* Qwen3-Next's Gated DeltaNet: channels of the causal conv (q, k and v of all heads) */
+uint64_t moe_lin_conv_dim(const struct moe_hparams *hp);
 /* dimensions of each attention head that RoPE rotates (GQA archs) */
 uint64_t moe_rope_dims(const struct moe_hparams *hp);
 /* Check that the hyperparameters are complete and consistent; message names the field. */

@@ -223,10 +223,12 @@ static int map_hparams(struct moe_source *src, struct gguf_kvs *k)
 		hp->arch = MOE_ARCH_GLM4_MOE;
 	else if (strcmp(k->arch, "gpt-oss") == 0)
 		hp->arch = MOE_ARCH_GPT_OSS;
+	else if (strcmp(k->arch, "qwen3next") == 0 || strcmp(k->arch, "qwen35moe") == 0)
+		hp->arch = MOE_ARCH_QWEN3_NEXT;
 	else
 		return moe_fail(MOE_EUNSUPPORTED,
-				"%s: architecture \"%s\" is not supported (llama/Mixtral, qwen3moe, deepseek2, glm4moe, gpt-oss are)",
-				src->path, k->arch);
+				"%s: architecture \"%s\" is not supported (llama/Mixtral, qwen3moe, deepseek2, glm4moe, gpt-oss, "
+				"qwen3next, qwen35moe are)", src->path, k->arch);
 	uint64_t ff = 0, key_len = 0, val_len = 0, rope_dim = 0, gating = 0;
 	hp->rope_theta = 10000.0;
 	hp->max_pos = 4096;
@@ -322,6 +324,31 @@ static int map_hparams(struct moe_source *src, struct gguf_kvs *k)
 		}
 		/* attn_bias and qk_norm: from the tensors (glm4_tensor_flags) */
 		break;
+	case MOE_ARCH_QWEN3_NEXT: { /* llama.cpp's converter: Qwen3NextModel, Qwen3_5MoeTextModel */
+		uint64_t inner = 0, every = 4;
+		hp->head_dim = key_len;
+		hp->rope_dims = rope_dim; /* head_dim x partial_rotary_factor */
+		if (!hp->n_kv_heads)
+			hp->n_kv_heads = hp->n_heads;
+		hp->sparse_step = 1;
+		hp->dense_ff = ff;
+		hp->norm_topk_prob = 1;
+		hp->qk_norm = 1;
+		arch_u64(k, "expert_shared_feed_forward_length", &hp->shared_ff);
+		arch_u64(k, "ssm.conv_kernel", &hp->lin_conv);
+		arch_u64(k, "ssm.state_size", &hp->lin_k_dim);
+		arch_u64(k, "ssm.group_count", &hp->lin_k_heads);
+		arch_u64(k, "ssm.time_step_rank", &hp->lin_v_heads);
+		arch_u64(k, "ssm.inner_size", &inner);
+		hp->lin_v_dim = hp->lin_v_heads ? inner / hp->lin_v_heads : 0;
+		/* qwen35moe's converter puts the value heads in tiled order (ggml_repeat's broadcast) */
+		hp->lin_v_tiled = strcmp(k->arch, "qwen35moe") == 0;
+		/* which layers are linear: attention.recurrent_layers (read by the caller), else the interval */
+		arch_u64(k, "full_attention_interval", &every);
+		for (uint64_t l = 0; every && l < MOE_MAX_LAYERS; l++)
+			hp->linear[l] = (l + 1) % every != 0;
+		break;
+	}
 	case MOE_ARCH_GPT_OSS: /* llama.cpp's converter: GptOssModel */
 		hp->head_dim = key_len;
 		hp->attn_bias = 1;
@@ -464,10 +491,11 @@ static int add_tensor(struct moe_source *src, int file, const char *name, uint32
 				src->path, name, (unsigned long long)abs_off, (unsigned long long)(mats * mat_bytes));
 	char base[256];
 	canonical_name(name, strlen(name), base, sizeof base);
-	/* glm4moe and gpt-oss name the norm before the MLP after its place, the other archs after its use */
+	/* glm4moe, gpt-oss and the Qwen3-Next family name the norm before the MLP after its place,
+	 * the other archs after its use */
 	const size_t pl = strlen(".post_attention_norm"), nl = strlen(base);
-	if ((strcmp(src->gguf_arch, "glm4moe") == 0 || strcmp(src->gguf_arch, "gpt-oss") == 0) && nl > pl &&
-	    strcmp(base + nl - pl, ".post_attention_norm") == 0)
+	if (src->hp.arch != MOE_ARCH_MIXTRAL && src->hp.arch != MOE_ARCH_QWEN3_MOE && src->hp.arch != MOE_ARCH_DEEPSEEK_V3 &&
+	    nl > pl && strcmp(base + nl - pl, ".post_attention_norm") == 0)
 		snprintf(base + nl - pl, sizeof base - (nl - pl), ".ffn_norm");
 	/* stacked experts "blk.L.ffn_gate_exps" become "blk.L.ffn_gate.E", one entry per expert */
 	const size_t bl = strlen(base);
@@ -743,6 +771,12 @@ static int open_part(struct moe_source *src, const char *path, int first, struct
 		snprintf(kvs.arch, sizeof kvs.arch, "%.*s", (int)(a->str_len < 31 ? a->str_len : 31), a->str);
 		if ((rc = map_hparams(src, &kvs)))
 			goto out;
+		char key[160];
+		snprintf(key, sizeof key, "%s.attention.recurrent_layers", kvs.arch);
+		const struct kv *rl = find_kv(&kvs, key); /* Qwen3-Next: a bool per layer */
+		if (rl && rl->type == GV_ARRAY && rl->arr_type == GV_BOOL && src->hp.arch == MOE_ARCH_QWEN3_NEXT)
+			for (uint64_t l = 0; l < MOE_MAX_LAYERS; l++)
+				src->hp.linear[l] = l < rl->arr_len && ((const uint8_t *)map)[rl->arr_pos + l] != 0;
 		if ((rc = import_tokenizer(src, &kvs, &c)))
 			goto out;
 		const struct kv *vt = find_kv(&kvs, "tokenizer.ggml.tokens");
@@ -797,6 +831,44 @@ out:
 	free(kvs.v);
 	munmap(map, f->size);
 	return rc;
+}
+
+/* llama.cpp's qwen3next keeps beta and alpha in one ssm_ba (per key head: its value
+ * heads' b, then their a) and older files q, k, v and z in one ssm_in (per key head: q,
+ * k, then its value heads' v and z): read as the separate tensors of qwen35moe */
+static int qwen3next_views(struct moe_source *src)
+{
+	const struct moe_hparams *hp = &src->hp;
+	const uint64_t nk = hp->lin_k_heads, nv = hp->lin_v_heads, dk = hp->lin_k_dim, dv = hp->lin_v_dim;
+	const uint64_t r = nk ? nv / nk : 0, group = 2 * dk + 2 * r * dv, H = hp->hidden;
+	char name[64], base[64];
+	for (uint64_t l = 0; l < hp->n_layers && r; l++) {
+		snprintf(base, sizeof base, "blk.%llu.ssm_ba", (unsigned long long)l);
+		snprintf(name, sizeof name, "blk.%llu.ssm_beta", (unsigned long long)l);
+		for (int m = 0; m < 2 && has_entry(src, base) && !has_entry(src, name); m++) {
+			snprintf(name, sizeof name, "blk.%llu.%s", (unsigned long long)l, m ? "ssm_alpha" : "ssm_beta");
+			struct src_entry *v = src_add_rows(src, name, base, H);
+			if (!v)
+				return moe_fail(MOE_ENOMEM, "out of memory");
+			src_rows_segment(v, nv, m ? r : 0, r, 2 * r);
+			snprintf(name, sizeof name, "blk.%llu.ssm_beta", (unsigned long long)l);
+		}
+		snprintf(base, sizeof base, "blk.%llu.ssm_in", (unsigned long long)l);
+		snprintf(name, sizeof name, "blk.%llu.attn_qkv", (unsigned long long)l);
+		if (!has_entry(src, base) || has_entry(src, name))
+			continue;
+		struct src_entry *v = src_add_rows(src, name, base, H);
+		if (!v)
+			return moe_fail(MOE_ENOMEM, "out of memory");
+		src_rows_segment(v, nk * dk, 0, dk, group);
+		src_rows_segment(v, nk * dk, dk, dk, group);
+		src_rows_segment(v, nv * dv, 2 * dk, r * dv, group);
+		snprintf(name, sizeof name, "blk.%llu.attn_gate", (unsigned long long)l);
+		if (!(v = src_add_rows(src, name, base, H)))
+			return moe_fail(MOE_ENOMEM, "out of memory");
+		src_rows_segment(v, nv * dv, 2 * dk + r * dv, r * dv, group);
+	}
+	return 0;
 }
 
 /* "NAME-00001-of-00004.gguf": the stem NAME, or -1 if path is not named as a split */
@@ -857,6 +929,8 @@ int src_open_gguf(const char *path, struct moe_source *src)
 		src->hp.attn_bias = has_entry(src, "blk.0.attn_q.bias");
 		src->hp.qk_norm = has_entry(src, "blk.0.attn_q_norm");
 	}
+	if (!rc && src->hp.arch == MOE_ARCH_QWEN3_NEXT)
+		rc = qwen3next_views(src);
 	if (!rc && (rc = moe_hparams_check(&src->hp)))
 		rc = moe_fail(rc, "%s: %s", path, moe_last_error());
 	return rc;

@@ -60,6 +60,48 @@ static int yarn_fields(json_t *rs, const char *what, struct moe_hparams *hp)
 	return rc;
 }
 
+/* RoPE on the first partial_rotary_factor of each head (GLM-4.5, Qwen3-Next); newer
+ * releases keep it and rope_theta in rope_parameters */
+static int partial_rope(json_t *root, const char *what, double partial, struct moe_hparams *hp)
+{
+	int rc = get_f64(root, what, "partial_rotary_factor", &partial);
+	json_t *rp = json_object_get(root, "rope_parameters");
+	if (!rc && json_is_object(rp)) {
+		rc = get_f64(rp, what, "partial_rotary_factor", &partial);
+		if (!rc) rc = get_f64(rp, what, "rope_theta", &hp->rope_theta);
+	}
+	if (!rc && !(partial > 0 && partial <= 1))
+		rc = moe_fail(MOE_EFORMAT, "%s: \"partial_rotary_factor\" %g is not in (0, 1]", what, partial);
+	if (!hp->head_dim && hp->n_heads)
+		hp->head_dim = hp->hidden / hp->n_heads;
+	if (!rc) /* partial in (0, 1]: no larger than head_dim */
+		hp->rope_dims = (uint64_t)((double)hp->head_dim * partial);
+	return rc;
+}
+
+/* Qwen3-Next's layer_types ("linear_attention" / "full_attention"), or without them
+ * every full_attention_interval-th layer full (4 by default) */
+static int linear_layers(json_t *root, const char *what, struct moe_hparams *hp)
+{
+	json_t *types = json_object_get(root, "layer_types"), *v;
+	size_t i;
+	if (json_is_array(types)) {
+		json_array_foreach(types, i, v) {
+			if (!json_is_string(v) || i >= MOE_MAX_LAYERS)
+				return moe_fail(MOE_EFORMAT, "%s: layer_types[%zu] is not an attention type", what, i);
+			hp->linear[i] = strcmp(json_string_value(v), "linear_attention") == 0;
+		}
+		return 0;
+	}
+	uint64_t every = 4;
+	int rc = get_u64(root, what, "full_attention_interval", &every);
+	if (!rc && !every)
+		rc = moe_fail(MOE_EFORMAT, "%s: \"full_attention_interval\" is 0", what);
+	for (i = 0; !rc && i < MOE_MAX_LAYERS; i++)
+		hp->linear[i] = (i + 1) % every != 0;
+	return rc;
+}
+
 int hf_config_parse(const char *text, size_t len, const char *what, struct moe_hparams *hp)
 {
 	json_error_t jerr;
@@ -74,10 +116,19 @@ int hf_config_parse(const char *text, size_t len, const char *what, struct moe_h
 		goto out;
 	}
 	const char *type = json_string_value(mt);
+	json_t *top = root; /* the whole config: tie_word_embeddings may sit there */
+	if (strcmp(type, "qwen3_5_moe") == 0 || strcmp(type, "qwen3_5_moe_text") == 0) {
+		/* Qwen3.5-MoE: Qwen3-Next's architecture; the released config nests the text
+		 * model's fields in text_config (the vision tower is not imported) */
+		json_t *tc = json_object_get(root, "text_config");
+		if (json_is_object(tc))
+			root = tc;
+		type = "qwen3_next";
+	}
 	hp->arch = moe_arch_from_name(type);
 	if (hp->arch < 0) {
-		rc = moe_fail(MOE_EUNSUPPORTED, "%s: model_type \"%s\" is not supported (mixtral, qwen3_moe, deepseek_v3, glm4_moe, gpt_oss are)",
-			      what, type);
+		rc = moe_fail(MOE_EUNSUPPORTED, "%s: model_type \"%s\" is not supported (mixtral, qwen3_moe, deepseek_v3, "
+			      "glm4_moe, gpt_oss, qwen3_next, qwen3_5_moe are)", what, type);
 		goto out;
 	}
 	uint64_t ff = 0, moe_ff = 0, n_exp = 0;
@@ -96,6 +147,7 @@ int hf_config_parse(const char *text, size_t len, const char *what, struct moe_h
 	U("intermediate_size", &ff);
 	U("moe_intermediate_size", &moe_ff);
 	U("max_position_embeddings", &hp->max_pos);
+	if (!rc) rc = get_u64(top, what, "tie_word_embeddings", &hp->tie_embeddings);
 	U("tie_word_embeddings", &hp->tie_embeddings);
 	U("norm_topk_prob", &hp->norm_topk_prob);
 	D("rope_theta", &hp->rope_theta);
@@ -106,6 +158,20 @@ int hf_config_parse(const char *text, size_t len, const char *what, struct moe_h
 		hp->expert_ff = ff;
 		hp->norm_topk_prob = 1; /* Mixtral renormalizes its top-k */
 		break;
+	case MOE_ARCH_QWEN3_NEXT: /* transformers' Qwen3NextConfig and Qwen3_5MoeTextConfig */
+		U("linear_num_key_heads", &hp->lin_k_heads);
+		U("linear_num_value_heads", &hp->lin_v_heads);
+		U("linear_key_head_dim", &hp->lin_k_dim);
+		U("linear_value_head_dim", &hp->lin_v_dim);
+		hp->lin_conv = 4;
+		U("linear_conv_kernel_dim", &hp->lin_conv);
+		U("shared_expert_intermediate_size", &hp->shared_ff);
+		hp->norm_topk_prob = 1; /* Qwen3.5's router always renormalizes; Qwen3-Next's says so */
+		U("norm_topk_prob", &hp->norm_topk_prob);
+		hp->qk_norm = 1;
+		if (!rc) rc = linear_layers(root, what, hp);
+		if (!rc) rc = partial_rope(root, what, 0.25, hp);
+		__attribute__((fallthrough)); /* experts and MLP layers as Qwen3-MoE's */
 	case MOE_ARCH_QWEN3_MOE: {
 		U("num_experts", &n_exp);
 		hp->sparse_step = 1;
@@ -151,20 +217,7 @@ int hf_config_parse(const char *text, size_t len, const char *what, struct moe_h
 		hp->norm_topk_prob = 1;
 		U("norm_topk_prob", &hp->norm_topk_prob);
 		hp->scoring_sigmoid = 1;
-		/* newer releases keep the RoPE fields in rope_parameters */
-		double partial = 0.5;
-		D("partial_rotary_factor", &partial);
-		json_t *rp = json_object_get(root, "rope_parameters");
-		if (json_is_object(rp)) {
-			if (!rc) rc = get_f64(rp, what, "partial_rotary_factor", &partial);
-			if (!rc) rc = get_f64(rp, what, "rope_theta", &hp->rope_theta);
-		}
-		if (!rc && !(partial > 0 && partial <= 1))
-			rc = moe_fail(MOE_EFORMAT, "%s: \"partial_rotary_factor\" %g is not in (0, 1]", what, partial);
-		if (!hp->head_dim && hp->n_heads)
-			hp->head_dim = hp->hidden / hp->n_heads;
-		if (!rc) /* partial in (0, 1]: no larger than head_dim */
-			hp->rope_dims = (uint64_t)((double)hp->head_dim * partial);
+		if (!rc) rc = partial_rope(root, what, 0.5, hp);
 		hp->expert_ff = moe_ff;
 		hp->dense_ff = ff;
 		break;
@@ -299,6 +352,27 @@ char *hf_config_write(const struct moe_hparams *hp)
 			json_object_set_new(rs, "mscale_all_dim", json_real(hp->rope_mscale_all));
 			json_object_set_new(o, "rope_scaling", rs);
 		}
+		break;
+	}
+	case MOE_ARCH_QWEN3_NEXT: {
+		SETU("num_key_value_heads", hp->n_kv_heads);
+		SETU("head_dim", hp->head_dim);
+		SETF("partial_rotary_factor", (double)moe_rope_dims(hp) / (double)hp->head_dim);
+		SETU("num_experts", hp->n_experts);
+		SETU("moe_intermediate_size", hp->expert_ff);
+		SETU("shared_expert_intermediate_size", hp->shared_ff);
+		SETU("intermediate_size", hp->dense_ff);
+		SETU("decoder_sparse_step", hp->sparse_step);
+		json_object_set_new(o, "norm_topk_prob", json_boolean(hp->norm_topk_prob));
+		SETU("linear_num_key_heads", hp->lin_k_heads);
+		SETU("linear_num_value_heads", hp->lin_v_heads);
+		SETU("linear_key_head_dim", hp->lin_k_dim);
+		SETU("linear_value_head_dim", hp->lin_v_dim);
+		SETU("linear_conv_kernel_dim", hp->lin_conv);
+		json_t *types = json_array();
+		for (uint64_t l = 0; l < hp->n_layers; l++)
+			json_array_append_new(types, json_string(hp->linear[l] ? "linear_attention" : "full_attention"));
+		json_object_set_new(o, "layer_types", types);
 		break;
 	}
 	case MOE_ARCH_GLM4_MOE:

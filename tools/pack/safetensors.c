@@ -277,11 +277,114 @@ static int gpt_oss_views(struct moe_source *src)
 	return 0;
 }
 
+/* the entry named fmt % layer, or NULL */
+static struct src_entry *layer_entry(struct moe_source *src, uint64_t l, const char *what)
+{
+	char name[192];
+	snprintf(name, sizeof name, "model.layers.%llu.%s", (unsigned long long)l, what);
+	return src_find(src, name);
+}
+
+static void mark(struct moe_source *src, uint64_t l, const char *what, int xform)
+{
+	struct src_entry *e = l == UINT64_MAX ? src_find(src, what) : layer_entry(src, l, what);
+	if (e)
+		e->xform = xform;
+}
+
+/*
+ * Qwen3-Next and Qwen3.5-MoE as released, into the names and values the pack keeps:
+ * Qwen3.5's text model under model.language_model. moved to model.; Qwen3-Next's fused
+ * linear-attention projections read as Qwen3.5's (in_proj_qkvz holds, per key head, its
+ * q, k, then the v and z of its value heads; in_proj_ba, its heads' b then a); fused
+ * experts (gate_up_proj [E, 2I, H], down_proj [E, H, I]) read per expert; the
+ * zero-centered norms as 1 + w and A_log as A = -exp(A_log), as llama.cpp stores them;
+ * shared_expert_gate [1, H] as the vector it is.
+ */
+static int qwen3_next_views(struct moe_source *src)
+{
+	static const char vlm[] = "model.language_model.";
+	for (size_t i = 0; i < src->n_entries; i++) {
+		struct src_entry *e = &src->entries[i];
+		if (strncmp(e->name, vlm, sizeof vlm - 1))
+			continue;
+		char *moved = malloc(strlen(e->name));
+		if (!moved)
+			return moe_fail(MOE_ENOMEM, "out of memory");
+		sprintf(moved, "model.%s", e->name + sizeof vlm - 1);
+		free(e->name);
+		e->name = moved;
+	}
+	src_index(src);
+	const struct moe_hparams *hp = &src->hp;
+	const uint64_t nk = hp->lin_k_heads, nv = hp->lin_v_heads, dk = hp->lin_k_dim, dv = hp->lin_v_dim, r = nv / nk;
+	const uint64_t H = hp->hidden, E = hp->n_experts, ff = hp->expert_ff;
+	const uint64_t group = 2 * dk + 2 * r * dv; /* in_proj_qkvz's rows per key head */
+	char name[192], base[192];
+	mark(src, UINT64_MAX, "model.norm.weight", SRC_X_PLUS_ONE);
+	/* first what is found (src_find searches the sorted table: nothing added yet) */
+	uint8_t fused[MOE_MAX_LAYERS][3] = {{0}};
+	for (uint64_t l = 0; l < hp->n_layers; l++) {
+		mark(src, l, "input_layernorm.weight", SRC_X_PLUS_ONE);
+		mark(src, l, "post_attention_layernorm.weight", SRC_X_PLUS_ONE);
+		mark(src, l, "self_attn.q_norm.weight", SRC_X_PLUS_ONE);
+		mark(src, l, "self_attn.k_norm.weight", SRC_X_PLUS_ONE);
+		mark(src, l, "linear_attn.A_log", SRC_X_NEG_EXP);
+		struct src_entry *g = layer_entry(src, l, "mlp.shared_expert_gate.weight");
+		if (g && g->n_dims == 2 && g->rows == 1)
+			g->n_dims = 1, g->rows = g->cols, g->cols = 1;
+		struct src_entry *conv = layer_entry(src, l, "linear_attn.conv1d.weight");
+		if (conv && conv->n_dims == 3) /* [channels, 1, taps]: rows are the channels already */
+			conv->n_dims = 2;
+		fused[l][0] = hp->linear[l] && layer_entry(src, l, "linear_attn.in_proj_qkvz.weight");
+		fused[l][1] = hp->linear[l] && layer_entry(src, l, "linear_attn.in_proj_ba.weight");
+		fused[l][2] = layer_entry(src, l, "mlp.experts.gate_up_proj") != NULL;
+	}
+	for (uint64_t l = 0; l < hp->n_layers; l++) { /* then the views */
+		struct src_entry *v;
+#define VIEW(what, from, cols) (snprintf(name, sizeof name, "model.layers.%llu.%s", (unsigned long long)l, what), \
+		snprintf(base, sizeof base, "model.layers.%llu.%s", (unsigned long long)l, from),            \
+		(v = src_add_rows(src, name, base, cols)) ? 0 : moe_fail(MOE_ENOMEM, "out of memory"))
+		if (fused[l][0]) {
+			const char *qkvz = "linear_attn.in_proj_qkvz.weight";
+			if (VIEW("linear_attn.in_proj_qkv.weight", qkvz, H))
+				return MOE_ENOMEM;
+			src_rows_segment(v, nk * dk, 0, dk, group);
+			src_rows_segment(v, nk * dk, dk, dk, group);
+			src_rows_segment(v, nv * dv, 2 * dk, r * dv, group);
+			if (VIEW("linear_attn.in_proj_z.weight", qkvz, H))
+				return MOE_ENOMEM;
+			src_rows_segment(v, nv * dv, 2 * dk + r * dv, r * dv, group);
+		}
+		for (int m = 0; m < 2 && fused[l][1]; m++) {
+			if (VIEW(m ? "linear_attn.in_proj_a.weight" : "linear_attn.in_proj_b.weight",
+				 "linear_attn.in_proj_ba.weight", H))
+				return MOE_ENOMEM;
+			src_rows_segment(v, nv, m ? r : 0, r, 2 * r);
+		}
+		for (uint64_t e = 0; fused[l][2] && e < E; e++)
+			for (int m = 0; m < 3; m++) {
+				struct moe_tensor_spec ex[3];
+				moe_arch_expert_tensors(hp, l, e, ex);
+				snprintf(base, sizeof base, "model.layers.%llu.mlp.experts.%s", (unsigned long long)l,
+					 m == 2 ? "down_proj" : "gate_up_proj");
+				if (!(v = src_add_rows(src, ex[m].hf_name, base, ex[m].dims[1])))
+					return moe_fail(MOE_ENOMEM, "out of memory");
+				const uint64_t rows = ex[m].dims[0]; /* gate_up: gate's rows, then up's */
+				src_rows_segment(v, rows, m == 2 ? e * H : e * 2 * ff + (m ? ff : 0), rows, rows);
+			}
+#undef VIEW
+	}
+	return 0;
+}
+
 int src_open_safetensors(const char *dir, struct moe_source *src)
 {
 	int rc = open_folder(dir, src);
 	if (!rc && src->hp.arch == MOE_ARCH_GPT_OSS)
 		rc = gpt_oss_views(src);
+	if (!rc && src->hp.arch == MOE_ARCH_QWEN3_NEXT)
+		rc = qwen3_next_views(src);
 	return rc;
 }
 

@@ -18,7 +18,7 @@
 #include "source.h"
 
 const char *const src_dtype_names[] = {"F32", "F16", "BF16", "F64", "F8_E4M3", "Q8_0", "Q4_0", "GGUF blocks", "attn_k_b + attn_v_b",
-				       "synthetic", "U8", "MXFP4 blocks + scales", "strided view"};
+				       "synthetic", "U8", "MXFP4 blocks + scales", "strided view", "rows view"};
 
 int src_open(const char *path, struct moe_source **out)
 {
@@ -253,6 +253,56 @@ static int check_view(const struct moe_source *src, const struct src_entry *e)
 	return 0;
 }
 
+struct src_entry *src_add_rows(struct moe_source *src, const char *name, const char *base, uint64_t cols)
+{
+	struct src_entry *v = src_add(src, name);
+	if (!v || !(v->base_name = strdup(base)))
+		return NULL;
+	v->dtype = SRC_ROWS;
+	v->n_dims = 2;
+	v->cols = cols;
+	return v;
+}
+
+void src_rows_segment(struct src_entry *v, uint64_t rows, uint64_t row0, uint64_t run, uint64_t stride)
+{
+	int k = 0;
+	while (k < 2 && v->seg_rows[k])
+		k++;
+	v->seg_rows[k] = rows, v->seg_row0[k] = row0, v->seg_run[k] = run, v->seg_stride[k] = stride;
+	v->rows += rows;
+}
+
+/* base's row for row r of a SRC_ROWS view (checked by check_rows) */
+static uint64_t view_row(const struct src_entry *e, uint64_t r)
+{
+	int k = 0;
+	while (k < 2 && r >= e->seg_rows[k])
+		r -= e->seg_rows[k++];
+	return e->seg_row0[k] + (r / e->seg_run[k]) * e->seg_stride[k] + r % e->seg_run[k];
+}
+
+/* A rows view's segments add up to its rows, and every row they name is one of base's. */
+static int check_rows(const struct moe_source *src, const struct src_entry *e)
+{
+	const struct src_entry *b = e->base;
+	uint64_t total = 0;
+	int ok = b && b->dtype != SRC_U8 && b->dtype != SRC_ROWS && b->cols == e->cols;
+	for (int k = 0; k < 3 && ok; k++) {
+		const uint64_t n = e->seg_rows[k], run = e->seg_run[k];
+		if (!n)
+			continue;
+		uint64_t last;
+		ok = run && !__builtin_mul_overflow((n - 1) / run, e->seg_stride[k], &last) &&
+		     !__builtin_add_overflow(last, e->seg_row0[k] + (n - 1) % run, &last) && last < b->rows;
+		total += n;
+	}
+	if (!ok || total != e->rows || !e->rows)
+		return moe_fail(MOE_EFORMAT, "%s: %s does not hold %s [%llu, %llu]", src->path, e->base_name, e->name,
+				(unsigned long long)e->rows, (unsigned long long)e->cols);
+	return 0;
+}
+
 int src_lookup(struct moe_source *src, const struct moe_tensor_spec *spec, struct src_entry **out)
 {
 	struct src_entry *e = src_find(src, spec->name);
@@ -281,6 +331,12 @@ int src_lookup(struct moe_source *src, const struct moe_tensor_spec *spec, struc
 		if (rc)
 			return rc;
 		e->kb->used = e->vb->used = 1;
+	}
+	if (e->dtype == SRC_ROWS) {
+		int rc = check_rows(src, e);
+		if (rc)
+			return rc;
+		e->base->used = 1;
 	}
 	if (e->dtype == SRC_MXFP4_HF || e->dtype == SRC_VIEW) {
 		int rc = check_view(src, e);
@@ -333,6 +389,7 @@ int src_pack_type(const struct src_entry *e)
 	case SRC_Q8_0: return MOE_TYPE_Q8;
 	case SRC_Q4_0: return MOE_TYPE_Q4;
 	case SRC_MXFP4_HF: return MOE_TYPE_MXFP4;
+	case SRC_ROWS: return e->base ? src_pack_type(e->base) : -1;
 	}
 	return -1;
 }
@@ -437,6 +494,18 @@ int src_read_rows(struct moe_source *src, const struct src_entry *e, uint64_t ro
 		return read_mla_kv_b(src, e, row0, nrows, out);
 	if (e->dtype == SRC_VIEW)
 		return read_view(src, e, row0, nrows, out);
+	if (e->dtype == SRC_ROWS) {
+		int rc = check_rows(src, e); /* also here: a reader may come without src_lookup */
+		for (uint64_t r = 0; r < nrows && !rc;) {
+			uint64_t run = 1; /* rows that follow each other in base too: one read */
+			const uint64_t br = view_row(e, row0 + r);
+			while (r + run < nrows && view_row(e, row0 + r + run) == br + run)
+				run++;
+			rc = src_read_rows(src, e->base, br, run, out + r * cols);
+			r += run;
+		}
+		return rc;
+	}
 	if (e->dtype == SRC_MXFP4_HF) {
 		uint8_t *blk = malloc(nrows * (cols / 32) * 17 + 1);
 		int rc = blk ? mxfp4_rows(src, e, row0, nrows, blk) : moe_fail(MOE_ENOMEM, "out of memory reading %s", e->name);
@@ -534,6 +603,8 @@ int src_read_rows(struct moe_source *src, const struct src_entry *e, uint64_t ro
 	default:
 		rc = moe_fail(MOE_EUNSUPPORTED, "%s: unsupported dtype", e->name);
 	}
+	for (uint64_t i = 0; !rc && e->xform && i < n; i++)
+		out[i] = e->xform == SRC_X_PLUS_ONE ? 1.0f + out[i] : -expf(out[i]);
 out:
 	free(scale_row);
 	free(buf);
@@ -545,6 +616,16 @@ int src_read_blocks(struct moe_source *src, const struct src_entry *e, uint64_t 
 {
 	if (e->dtype == SRC_MXFP4_HF)
 		return mxfp4_rows(src, e, row0, nrows, codes);
+	if (e->dtype == SRC_ROWS) { /* row by row into the pack type's layout */
+		const int type = src_pack_type(e);
+		const int split = moe_type_is_split(type);
+		const uint64_t code_bytes = moe_type_row_bytes(type, e->cols);
+		int rc = check_rows(src, e);
+		for (uint64_t r = 0; r < nrows && !rc; r++)
+			rc = src_read_blocks(src, e->base, view_row(e, row0 + r), 1, (uint8_t *)codes + r * code_bytes,
+					     split ? scales + r * (e->cols / 32) : NULL);
+		return rc;
+	}
 	const struct src_file *f = &src->files[e->file];
 	const uint64_t rb = row_bytes(e, e->cols), nb_row = e->cols / 32;
 	uint8_t *buf = malloc(rb);

@@ -22,6 +22,13 @@ enum src_dtype {
 	SRC_U8,             /* raw bytes (gpt-oss's MXFP4 blocks and scales): read only through the two below */
 	SRC_MXFP4_HF,       /* rows of a Hugging Face MXFP4 pair (base: *_blocks, scale: *_scales), as GGUF MXFP4 */
 	SRC_VIEW,           /* every col_step-th column of base's rows from col_off (gpt-oss's interleaved biases) */
+	SRC_ROWS,           /* rows of base, segment after segment (Qwen3-Next's fused projections, fused experts) */
+};
+/* what is done to the values read (Hugging Face checkpoints store some as the model uses them) */
+enum src_xform {
+	SRC_X_NONE,
+	SRC_X_PLUS_ONE, /* a zero-centered RMSNorm's weights w, used as 1 + w */
+	SRC_X_NEG_EXP,  /* Gated DeltaNet's A_log, used as A = -exp(A_log) */
 };
 extern const char *const src_dtype_names[];
 
@@ -43,6 +50,10 @@ struct src_entry {
 	struct src_entry *base;      /* ... resolved by src_index() */
 	uint64_t base_row0, row_step; /* SRC_MXFP4_HF: row r is the pair's row base_row0 + r * row_step */
 	uint64_t col_off, col_step;   /* SRC_VIEW: column c is base's column col_off + c * col_step */
+	/* SRC_ROWS: row i of segment k (seg_rows[k] rows, one after another) is base's row
+	 * seg_row0[k] + (i / seg_run[k]) * seg_stride[k] + i % seg_run[k]: runs at a stride */
+	uint64_t seg_rows[3], seg_row0[3], seg_run[3], seg_stride[3];
+	int xform;                    /* enum src_xform, on what src_read_rows returns */
 	uint64_t seed;       /* SRC_SYNTH */
 	float mean, std;
 	int used;
@@ -105,6 +116,10 @@ int src_read_blocks(struct moe_source *src, const struct src_entry *e, uint64_t 
 /* The pack type that keeps this tensor losslessly (-1 if none); a source dtype of
  * SRC_BLOCKS needs the entry, for its block_type. */
 int src_pack_type(const struct src_entry *e);
+
+/* A view made of rows of base (SRC_ROWS), with one segment; src_rows_segment adds more. */
+struct src_entry *src_add_rows(struct moe_source *src, const char *name, const char *base, uint64_t cols);
+void src_rows_segment(struct src_entry *v, uint64_t rows, uint64_t row0, uint64_t run, uint64_t stride);
 
 /* Synthetic values: element i of a tensor with this seed. */
 float synth_value(const struct src_entry *e, uint64_t i);
