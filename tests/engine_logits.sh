@@ -1,6 +1,6 @@
 #!/bin/sh
 # moe-run's logits against the float64 numpy forward pass (tests/reference.py) on
-# synthetic Mixtral, Qwen3-MoE, DeepSeek-V3 and GLM-4.5 models; greedy generation
+# synthetic Mixtral, Qwen3-MoE, DeepSeek-V3, GLM-4.5, gpt-oss and Qwen3-Next models; greedy generation
 # token for token; the same weights from GGUF and from safetensors give the same
 # logits; DeepSeek-V3 from bf16 and FP8 checkpoints, and its absorbed MLA = the naive one.
 . "$TESTS_DIR/lib.sh"
@@ -293,6 +293,53 @@ expect_error "gpt-oss experts as floats" "read in the release's MXFP4 form" "$MO
 check "gpt-oss-tiny pack" "$MOE_PACK" synth --preset gpt-oss-tiny --no-progress -q f32 gt.moe
 check "sliding-window rings" "${MOE_BUILDDIR:?run through make check}/tests/test_rings" gt.moe
 cat "$WORK/out"
+
+# Qwen3-Next from its Hugging Face folder as released (in_proj_qkvz and in_proj_ba fused per
+# key head, zero-centered norms, A_log), the same weights as Qwen3.5-MoE releases them
+# (nested config, separate projections, fused experts, vision tower beside) and through
+# llama.cpp's qwen3next and qwen35moe GGUFs (norms + 1, A; qwen35moe's value heads tiled),
+# against the reference written from modeling_qwen3_next.py: prompt batches and token by
+# token (the Gated DeltaNet state carried across calls), greedy generation
+check "qwen3-next folder" py "$W" safetensors qn --arch=qwen3_next
+check "qwen3.5 folder" py "$W" safetensors q35 --arch=qwen3_5_moe
+check "qwen3-next reference" py "$REF" qn $TT qn.npy
+check "qwen3-next pack" "$MOE_PACK" --no-progress -q f32 --zstd-min-saving 100 qn qn.moe
+for b in 7 1; do
+	check "qwen3-next -b $b run" "$MOE_RUN" -m qn.moe --tokens $TT -n 0 -b $b --kv-type f32 --logits-out qn$b.bin
+	check "qwen3-next -b $b logits" py cmp.py qn$b.bin qn.npy f32
+	cat "$WORK/out"
+done
+check "qwen3-next f16 KV run" "$MOE_RUN" -m qn.moe --tokens $TT -n 0 -b 3 --logits-out qn16.bin
+check "qwen3-next f16 KV logits" py cmp.py qn16.bin qn.npy f16kv
+check "qwen3.5 pack" "$MOE_PACK" --no-progress -q f32 --zstd-min-saving 100 q35 q35.moe
+check "qwen3.5 run" "$MOE_RUN" -m q35.moe --tokens $TT -n 0 -b 7 --kv-type f32 --logits-out q35.bin
+check "qwen3.5 folder logits = qwen3-next folder logits" cmp q35.bin qn7.bin
+for a in qwen3_next qwen3_5_moe; do
+	check "$a gguf f32" py "$W" gguf $a.gguf --arch=$a --types=attn=F32,experts=F32,embed=F32,output=F32
+	check "$a gguf pack" "$MOE_PACK" --no-progress -q f32 --zstd-min-saving 100 $a.gguf $a.g.moe
+	check "$a gguf run" "$MOE_RUN" -m $a.g.moe --tokens $TT -n 0 -b 7 --kv-type f32 --logits-out $a.g.bin
+	check "$a gguf logits" py cmp.py $a.g.bin qn.npy f32
+	check "$a gguf q8/q4" py "$W" gguf ${a}q.gguf --arch=$a --types=attn=Q8_0,experts=Q4_0,embed=F32,output=Q8_0
+	check "$a gguf q8/q4 pack" "$MOE_PACK" --no-progress --zstd-min-saving 100 ${a}q.gguf ${a}q.moe
+	check "$a gguf q8/q4 run" "$MOE_RUN" -m ${a}q.moe --tokens $TT -n 0 --kv-type f32 --logits-out ${a}q.bin
+	check "$a q8/q4 reference" py "$REF" qn $TT ${a}q.npy --dequant ${a}q.moe
+	check "$a q8/q4 logits" py cmp.py ${a}q.bin ${a}q.npy q4
+	cat "$WORK/out"
+done
+check "qwen35moe gguf: value heads tiled" sh -c "'$MOE_PACK' --info --json qwen3_5_moe.g.moe | grep -q '\"hparams.linear_value_tiled\": 1'"
+check "qwen3-next greedy" sh -c "'$MOE_RUN' -m qn.moe --tokens 5,6,7,8 -n 32 --kv-type f32 > gen.txt"
+check "qwen3-next greedy = reference" py - "$REF" qn <<'PY'
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1].rsplit("/", 1)[0])
+import reference as R
+gen = [int(t) for t in open("gen.txt").read().split()]
+assert len(gen) == 32, gen
+cfg = json.load(open(sys.argv[2] + "/config.json"))
+logits = R.forward(cfg, R.load_safetensors(sys.argv[2]), np.array([5, 6, 7, 8] + gen))
+want = logits[3:-1].argmax(-1).tolist()
+assert want == gen, "first difference at step %d" % next(i for i in range(32) if want[i] != gen[i])
+PY
 
 # sampling: the same seed gives the same tokens; top-k 1 is greedy; penalties apply
 R="'$MOE_RUN' -m mixtral-tiny.f32.moe --tokens 5,6,7,8 -n 24"

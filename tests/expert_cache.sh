@@ -65,8 +65,9 @@ check "zstd: same ids" cmp zref.ids zgot.ids
 
 # The other families under a tight budget: same bits. DeepSeek-V3 and GLM-4.5 (shared
 # experts resident, routed ones cached; GLM's biases and partial RoPE), gpt-oss (expert
-# biases resident, sinks, sliding windows): each streams more experts than it has slots
-for spec in deepseek-tiny:2400K:32 glm-tiny:3M:32 gpt-oss-tiny:3M:64; do
+# biases resident, sinks, sliding windows), Qwen3-Next (linear layers' state, shared expert
+# gate): each streams more experts than it has slots
+for spec in deepseek-tiny:2400K:32 glm-tiny:3M:32 gpt-oss-tiny:3M:64 qwen3-next-tiny:4M:32; do
 	preset=${spec%%:*} rest=${spec#*:}
 	budget_f=${rest%:*} n_experts=${rest#*:}
 	check "$preset pack" "$MOE_PACK" synth --preset "$preset" "$preset.moe"

@@ -363,10 +363,26 @@ def dequantized_qwen3_next(cfg, W, p):
     nk, nv, dk, dv = (cfg["linear_num_key_heads"], cfg["linear_num_value_heads"], cfg["linear_key_head_dim"],
                       cfg["linear_value_head_dim"])
     r = nv // nk
+    tiled = p.meta.get("hparams.linear_value_tiled", 0)
+
+    def grouped(x, per, axis=0):  # llama.cpp's qwen35moe value-head order back to Hugging Face's
+        if not tiled:
+            return x
+        x = np.moveaxis(x, axis, 0)
+        x = x.reshape(r, nk, per, *x.shape[1:]).swapaxes(0, 1).reshape(x.shape)
+        return np.moveaxis(x, 0, axis)
+
     attn = {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj", "attn_output": "o_proj"}
     lin = {}
     for name in p.tensors:
         t = p.tensor(name)
+        if name.endswith(("attn_gate", "ssm_conv1d", "attn_qkv")) and tiled:  # the value part of each
+            kd = 0 if name.endswith("attn_gate") else 2 * nk * dk
+            t = np.concatenate([t[:kd], grouped(t[kd:], dv)])
+        elif name.endswith(("ssm_beta", "ssm_alpha", "ssm_a", "ssm_dt.bias")):
+            t = grouped(t, 1)
+        elif name.endswith("ssm_out"):
+            t = grouped(t, dv, axis=1)
         if name in ("token_embd", "output", "output_norm"):
             W[{"token_embd": "model.embed_tokens.weight", "output": "lm_head.weight",
                "output_norm": "model.norm.weight"}[name]] = t - (name == "output_norm")

@@ -604,6 +604,9 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
     for l in range(L + nextn):
         p = "model.layers.%d." % l
         b = "blk.%d." % l
+        if arch == "qwen3_next":
+            tensors += qwen3_next_gguf_layer(c, w, l, tiled)
+            continue
         tensors.append((b + "attn_norm.weight", w[p + "input_layernorm.weight"]))
         if arch == "deepseek_v3":  # MLA, no permutation: llama.cpp ropes deepseek2 on consecutive pairs
             a = p + "self_attn."
@@ -646,9 +649,6 @@ def gguf(out, arch="mixtral", types="attn=F32,experts=Q8_0,embed=F16,output=Q4_0
                         (b + "ffn_gate_exps.bias", np.ascontiguousarray(gub[:, ::2])),
                         (b + "ffn_up_exps.bias", np.ascontiguousarray(gub[:, 1::2])),
                         (b + "ffn_down_exps.bias", w[x + "down_proj_bias"])]
-            continue
-        if arch == "qwen3_next":
-            tensors += qwen3_next_gguf_layer(c, w, l, tiled)
             continue
         if arch == "glm4_moe":  # rotate-half already (NEOX): no permutation; biases; post_attention_norm
             a = p + "self_attn."

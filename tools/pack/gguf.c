@@ -845,13 +845,13 @@ static int qwen3next_views(struct moe_source *src)
 	for (uint64_t l = 0; l < hp->n_layers && r; l++) {
 		snprintf(base, sizeof base, "blk.%llu.ssm_ba", (unsigned long long)l);
 		snprintf(name, sizeof name, "blk.%llu.ssm_beta", (unsigned long long)l);
-		for (int m = 0; m < 2 && has_entry(src, base) && !has_entry(src, name); m++) {
+		const int split_ba = has_entry(src, base) && !has_entry(src, name);
+		for (int m = 0; m < 2 && split_ba; m++) {
 			snprintf(name, sizeof name, "blk.%llu.%s", (unsigned long long)l, m ? "ssm_alpha" : "ssm_beta");
 			struct src_entry *v = src_add_rows(src, name, base, H);
 			if (!v)
 				return moe_fail(MOE_ENOMEM, "out of memory");
 			src_rows_segment(v, nv, m ? r : 0, r, 2 * r);
-			snprintf(name, sizeof name, "blk.%llu.ssm_beta", (unsigned long long)l);
 		}
 		snprintf(base, sizeof base, "blk.%llu.ssm_in", (unsigned long long)l);
 		snprintf(name, sizeof name, "blk.%llu.attn_qkv", (unsigned long long)l);
@@ -1035,6 +1035,8 @@ int gguf_write_model(struct moe_source *src, const char *path, const char *type_
 	else if (strcmp(type_name, "q8_0") == 0) wtype = GT_Q8_0;
 	else if (strcmp(type_name, "q4_0") == 0) wtype = GT_Q4_0;
 	else return moe_fail(MOE_EINVAL, "--dtype %s: GGUF output takes f32, f16, bf16, q8_0 or q4_0", type_name);
+	if (hp->arch == MOE_ARCH_QWEN3_NEXT)
+		return moe_fail(MOE_EUNSUPPORTED, "GGUF output of qwen3_next is not implemented (pack the model directly)");
 	const int glm = hp->arch == MOE_ARCH_GLM4_MOE, oss = hp->arch == MOE_ARCH_GPT_OSS;
 	const char *arch = hp->arch == MOE_ARCH_MIXTRAL ? "llama" : hp->arch == MOE_ARCH_QWEN3_MOE ? "qwen3moe"
 			 : glm ? "glm4moe" : oss ? "gpt-oss" : NULL;

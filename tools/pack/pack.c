@@ -852,10 +852,17 @@ int pack_plan(const struct moe_hparams *hp, const struct pack_options *o)
 		experts += hp->n_experts * b;
 		blob = b > blob ? b : blob;
 	}
-	/* f16 KV cache: MLA keeps the latent and the rotary key; the others K and V per kv head */
+	/* f16 KV cache: MLA keeps the latent and the rotary key; the others K and V per kv head,
+	 * in the attention layers (Qwen3-Next's linear layers keep a fixed f32 state instead) */
+	uint64_t attn_layers = 0, linear_state = 0;
+	for (uint64_t l = 0; l < hp->n_layers; l++)
+		if (hp->linear[l])
+			linear_state += (hp->lin_v_heads * hp->lin_k_dim * hp->lin_v_dim + (hp->lin_conv - 1) * moe_lin_conv_dim(hp)) * 4;
+		else
+			attn_layers++;
 	const uint64_t kv_token = hp->arch == MOE_ARCH_DEEPSEEK_V3
 		? hp->n_layers * (hp->kv_lora_rank + hp->qk_rope_dim) * 2
-		: hp->n_layers * 2 * hp->n_kv_heads * hp->head_dim * 2;
+		: attn_layers * 2 * hp->n_kv_heads * hp->head_dim * 2;
 	const double GB = 1e9;
 	printf("plan: %s, %llu layers, -q %s (nothing written)\n", moe_arch_name(hp->arch),
 	       (unsigned long long)hp->n_layers, o->quant_desc);
@@ -864,7 +871,9 @@ int pack_plan(const struct moe_hparams *hp, const struct pack_options *o)
 	printf("  routed experts               %9.2f GB  (%llu bytes: %llu experts, at most %llu bytes each)\n",
 	       (double)experts / GB, (unsigned long long)experts, (unsigned long long)n_experts, (unsigned long long)blob);
 	printf("  KV cache (f16) per 1K tokens %9.3f GB\n", kv_token * 1024 / GB);
-	printf("  least --ram-budget at 4K context: resident + KV + two experts = %.2f GB (+ scratch)\n",
-	       (dense + kv_token * 4096 + 2 * blob) / GB);
+	if (linear_state)
+		printf("  linear attention state       %9.3f GB  (per session, whatever the context)\n", linear_state / GB);
+	printf("  least --ram-budget at 4K context: resident + KV%s + two experts = %.2f GB (+ scratch)\n",
+	       linear_state ? " + state" : "", (dense + kv_token * 4096 + linear_state + 2 * blob) / GB);
 	return 0;
 }

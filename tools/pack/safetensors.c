@@ -513,6 +513,8 @@ int st_write_folder(struct moe_source *src, const char *dir, const char *dtype_n
 	else return moe_fail(MOE_EINVAL, "--dtype %s: safetensors output takes f32, f16, bf16 or f8", dtype_name);
 	if (hp->arch == MOE_ARCH_GPT_OSS)
 		return moe_fail(MOE_EUNSUPPORTED, "safetensors output of gpt_oss is not implemented (its fused expert layout)");
+	if (hp->arch == MOE_ARCH_QWEN3_NEXT) /* its norms and A are stored as the model uses them, not as released */
+		return moe_fail(MOE_EUNSUPPORTED, "safetensors output of qwen3_next is not implemented (pack the model directly)");
 	int rc = src_check_output(src, NULL, dir, 1, force);
 	if (rc)
 		return rc;

@@ -45,6 +45,14 @@ struct preset {
 	 .rope_theta = 150000, .rms_eps = 1e-5, .attn_bias = 1, .sliding_window = 128, .swiglu_limit = 7.0,         \
 	 .rope_factor = 32, .rope_orig_max = 4096, .rope_beta_fast = 32, .rope_beta_slow = 1}
 
+/* Qwen3-Next / Qwen3.5-MoE: every fourth layer gated attention (head_dim 256, RoPE on a
+ * quarter), the others Gated DeltaNet (key heads NK, value heads NV, 128 dims each) */
+#define QWEN3_NEXT(L, H, NH, KV, V, E, K, EFF, SFF, NK, NV)                                                     \
+	{.arch = MOE_ARCH_QWEN3_NEXT, .n_layers = L, .hidden = H, .n_heads = NH, .n_kv_heads = KV, .head_dim = 256,  \
+	 .rope_dims = 64, .vocab = V, .n_experts = E, .n_experts_used = K, .expert_ff = EFF, .shared_ff = SFF,      \
+	 .max_pos = 262144, .rope_theta = 1e7, .rms_eps = 1e-6, .norm_topk_prob = 1, .sparse_step = 1, .qk_norm = 1, \
+	 .lin_k_heads = NK, .lin_v_heads = NV, .lin_k_dim = 128, .lin_v_dim = 128, .lin_conv = 4}
+
 static const struct preset presets[] = {
 	{"mixtral-tiny", "Mixtral layout, 2 layers, hidden 256, 8 experts top-2 (default)",
 	 MIXTRAL(2, 256, 8, 2, 512, 8, 2, 512)},
@@ -71,6 +79,15 @@ static const struct preset presets[] = {
 	  .rope_orig_max = 128, .rope_beta_fast = 32, .rope_beta_slow = 1}},
 	{"gpt-oss-20b", "gpt-oss-20b shapes (21B parameters)", GPT_OSS(24, 32)},
 	{"gpt-oss-120b", "gpt-oss-120b shapes (117B parameters)", GPT_OSS(36, 128)},
+	{"qwen3-next-tiny", "Qwen3-Next layout (Gated DeltaNet, gated attention, shared expert), 4 layers, hidden 256",
+	 {.arch = MOE_ARCH_QWEN3_NEXT, .n_layers = 4, .hidden = 256, .n_heads = 4, .n_kv_heads = 2, .head_dim = 64,
+	  .rope_dims = 16, .vocab = 512, .n_experts = 16, .n_experts_used = 4, .expert_ff = 128, .shared_ff = 128,
+	  .max_pos = 4096, .rope_theta = 1e7, .rms_eps = 1e-6, .norm_topk_prob = 1, .sparse_step = 1, .qk_norm = 1,
+	  .lin_k_heads = 2, .lin_v_heads = 4, .lin_k_dim = 64, .lin_v_dim = 64, .lin_conv = 4}},
+	{"qwen3-next-80b", "Qwen3-Next-80B-A3B shapes", QWEN3_NEXT(48, 2048, 16, 2, 151936, 512, 10, 512, 512, 16, 32)},
+	{"qwen3.5-35b-a3b", "Qwen3.5-35B-A3B-class shapes", QWEN3_NEXT(40, 2048, 16, 2, 248320, 256, 8, 512, 512, 16, 32)},
+	{"qwen3.5-397b-a17b", "Qwen3.5-397B-A17B-class shapes",
+	 QWEN3_NEXT(60, 4096, 32, 2, 248320, 512, 10, 1024, 1024, 16, 64)},
 };
 
 int synth_preset(const char *name, struct moe_hparams *hp)
@@ -80,6 +97,8 @@ int synth_preset(const char *name, struct moe_hparams *hp)
 			*hp = presets[i].hp;
 			for (int l = 0; hp->arch == MOE_ARCH_GPT_OSS && l < MOE_MAX_LAYERS; l += 2)
 				hp->sliding[l] = 1; /* gpt-oss: the even layers slide */
+			for (int l = 0; hp->arch == MOE_ARCH_QWEN3_NEXT && l < MOE_MAX_LAYERS; l++)
+				hp->linear[l] = (l + 1) % 4 != 0; /* Qwen3-Next: three linear layers, then attention */
 			return 0;
 		}
 	return moe_fail(MOE_EINVAL, "unknown preset '%s' (moe-pack synth --list-presets)", name);
@@ -97,6 +116,12 @@ static void value_shape(const struct moe_tensor_spec *s, float *mean, float *std
 	*mean = 0.0f;
 	switch (s->kind) {
 	case MOE_KIND_NORM:
+		if (strstr(s->name, ".ssm_a") || strstr(s->name, ".ssm_conv1d")) {
+			/* Gated DeltaNet: A = -exp(A_log) in about -7 .. -1 (a decay below 1); conv taps around 0 */
+			*mean = strstr(s->name, ".ssm_a") ? -4.0f : 0.0f;
+			*std = strstr(s->name, ".ssm_a") ? 0.8f : 0.5f;
+			return;
+		}
 		*mean = 1.0f;
 		*std = 0.1f;
 		return;
