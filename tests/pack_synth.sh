@@ -108,6 +108,17 @@ for n in d.tensors:
 for k in d.experts:
     assert o.expert_raw(*k) == d.expert_raw(*k), k
 PY
+# Qwen3.5 as llama.cpp's qwen35moe GGUF (value heads tiled, recurrent_layers, ssm_a without
+# a suffix), q8_0 kept as blocks: the same logits as packing the preset directly;
+# Qwen3-Next's grouped value heads have no qwen35moe form and are refused
+S="--preset qwen3.5-35b-a3b --layers 4 --hidden 128 --heads 2 --kv-heads 1 --vocab 256"
+check "qwen3.5 synth gguf" "$MOE_PACK" synth $S --format gguf --dtype q8_0 --no-progress q35.gguf
+check "qwen3.5 pack gguf" "$MOE_PACK" --no-progress q35.gguf q35gguf.moe
+check "qwen3.5 direct" "$MOE_PACK" synth $S -q q8 --no-progress q35direct.moe
+check "qwen3.5 gguf run" "$MOE_RUN" -m q35gguf.moe --tokens 1,2,3,4,5,6 -n 0 -b 3 --logits-out q35g.bin
+check "qwen3.5 direct run" "$MOE_RUN" -m q35direct.moe --tokens 1,2,3,4,5,6 -n 0 -b 3 --logits-out q35d.bin
+check "qwen3.5: same logits via GGUF" cmp q35g.bin q35d.bin
+expect_error "qwen3-next as gguf" "value heads are tiled" "$MOE_PACK" synth --preset qwen3-next-tiny --format gguf --no-progress qn.gguf
 # --format plan: the sizes without writing equal those of the pack written
 for spec in deepseek-tiny:q8 deepseek-tiny:q8,experts=q4 mixtral-tiny:q4 qwen3-tiny:f16 mixtral-tiny:q4_k_m glm-tiny:q8,experts=q4; do
 	preset=${spec%%:*} q=${spec#*:}

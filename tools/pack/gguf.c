@@ -979,6 +979,16 @@ static void kv_bool(struct gw *g, const char *k, int v)
 	w_u32(g, GV_BOOL);
 	w_bytes(g, &b, 1);
 }
+/* an array of n values of type et (GV_BOOL: bytes; GV_I32: int32), from v */
+static void kv_array(struct gw *g, const char *k, uint32_t et, const void *v, uint64_t n)
+{
+	g->n_kv++;
+	w_str(g, k);
+	w_u32(g, GV_ARRAY);
+	w_u32(g, et);
+	w_u64(g, n);
+	w_bytes(g, v, n * (et == GV_BOOL ? 1 : 4));
+}
 static void kv_str(struct gw *g, const char *k, const char *v)
 {
 	g->n_kv++;
@@ -1035,14 +1045,16 @@ int gguf_write_model(struct moe_source *src, const char *path, const char *type_
 	else if (strcmp(type_name, "q8_0") == 0) wtype = GT_Q8_0;
 	else if (strcmp(type_name, "q4_0") == 0) wtype = GT_Q4_0;
 	else return moe_fail(MOE_EINVAL, "--dtype %s: GGUF output takes f32, f16, bf16, q8_0 or q4_0", type_name);
-	if (hp->arch == MOE_ARCH_QWEN3_NEXT)
-		return moe_fail(MOE_EUNSUPPORTED, "GGUF output of qwen3_next is not implemented (pack the model directly)");
 	const int glm = hp->arch == MOE_ARCH_GLM4_MOE, oss = hp->arch == MOE_ARCH_GPT_OSS;
+	const int q35 = hp->arch == MOE_ARCH_QWEN3_NEXT;
+	if (q35 && !hp->lin_v_tiled) /* qwen3next would need beta and alpha joined into ssm_ba */
+		return moe_fail(MOE_EUNSUPPORTED, "GGUF output of qwen3_next is written as llama.cpp's qwen35moe, whose "
+				"value heads are tiled: this model's are grouped (a qwen3.5 preset's are tiled)");
 	const char *arch = hp->arch == MOE_ARCH_MIXTRAL ? "llama" : hp->arch == MOE_ARCH_QWEN3_MOE ? "qwen3moe"
-			 : glm ? "glm4moe" : oss ? "gpt-oss" : NULL;
+			 : glm ? "glm4moe" : oss ? "gpt-oss" : q35 ? "qwen35moe" : NULL;
 	if (!arch)
 		return moe_fail(MOE_EUNSUPPORTED,
-				"GGUF output of %s is not implemented (mixtral, qwen3_moe, glm4_moe and gpt_oss are)",
+				"GGUF output of %s is not implemented (mixtral, qwen3_moe, glm4_moe, gpt_oss and qwen3_next are)",
 				moe_arch_name(hp->arch));
 	for (uint64_t l = 0; l < hp->n_layers && !glm; l++) /* glm4moe's leading dense layers are in its keys */
 		if (!moe_layer_is_moe(hp, l))
@@ -1071,9 +1083,9 @@ int gguf_write_model(struct moe_source *src, const char *path, const char *type_
 		struct gtensor *g = &t[n++];
 		g->spec[0] = dense[i];
 		const size_t len = strlen(dense[i].name);
-		if (ends_with(dense[i].name, ".bias")) /* biases are named so already */
+		if (ends_with(dense[i].name, ".bias") || ends_with(dense[i].name, ".ssm_a")) /* named so already */
 			snprintf(g->name, sizeof g->name, "%s", dense[i].name);
-		else if ((glm || oss) && ends_with(dense[i].name, ".ffn_norm")) /* named after its place there */
+		else if ((glm || oss || q35) && ends_with(dense[i].name, ".ffn_norm")) /* named after its place there */
 			snprintf(g->name, sizeof g->name, "%.*s.post_attention_norm.weight", (int)(len - 9), dense[i].name);
 		else
 			snprintf(g->name, sizeof g->name, "%s.%s", dense[i].name,
@@ -1149,6 +1161,19 @@ int gguf_write_model(struct moe_source *src, const char *path, const char *type_
 		kv_str(&g, AK("rope.scaling.type"), "yarn");
 		kv_f32(&g, AK("rope.scaling.factor"), (float)hp->rope_factor);
 		kv_u32(&g, AK("rope.scaling.original_context_length"), (uint32_t)hp->rope_orig_max);
+	}
+	if (q35) { /* as llama.cpp's converter writes Qwen3.5-MoE (Qwen3_5MoeTextModel) */
+		kv_u32(&g, AK("attention.value_length"), (uint32_t)hp->head_dim);
+		kv_u32(&g, AK("rope.dimension_count"), (uint32_t)moe_rope_dims(hp));
+		static const int32_t sections[4] = {11, 11, 10, 0}; /* interleaved M-RoPE: plain RoPE for text */
+		kv_array(&g, AK("rope.dimension_sections"), GV_I32, sections, 4);
+		kv_u32(&g, AK("expert_shared_feed_forward_length"), (uint32_t)hp->shared_ff);
+		kv_u32(&g, AK("ssm.conv_kernel"), (uint32_t)hp->lin_conv);
+		kv_u32(&g, AK("ssm.state_size"), (uint32_t)hp->lin_k_dim);
+		kv_u32(&g, AK("ssm.group_count"), (uint32_t)hp->lin_k_heads);
+		kv_u32(&g, AK("ssm.time_step_rank"), (uint32_t)hp->lin_v_heads);
+		kv_u32(&g, AK("ssm.inner_size"), (uint32_t)(hp->lin_v_heads * hp->lin_v_dim));
+		kv_array(&g, AK("attention.recurrent_layers"), GV_BOOL, hp->linear, hp->n_layers);
 	}
 	if (glm) { /* as llama.cpp's converter writes GLM-4.5 (Glm4MoeModel) */
 		kv_u32(&g, AK("attention.value_length"), (uint32_t)hp->head_dim);

@@ -85,8 +85,9 @@ static const struct preset presets[] = {
 	  .max_pos = 4096, .rope_theta = 1e7, .rms_eps = 1e-6, .norm_topk_prob = 1, .sparse_step = 1, .qk_norm = 1,
 	  .lin_k_heads = 2, .lin_v_heads = 4, .lin_k_dim = 64, .lin_v_dim = 64, .lin_conv = 4}},
 	{"qwen3-next-80b", "Qwen3-Next-80B-A3B shapes", QWEN3_NEXT(48, 2048, 16, 2, 151936, 512, 10, 512, 512, 16, 32)},
-	{"qwen3.5-35b-a3b", "Qwen3.5-35B-A3B-class shapes", QWEN3_NEXT(40, 2048, 16, 2, 248320, 256, 8, 512, 512, 16, 32)},
-	{"qwen3.5-397b-a17b", "Qwen3.5-397B-A17B-class shapes",
+	{"qwen3.5-35b-a3b", "Qwen3.5-35B-A3B-class shapes (value heads in llama.cpp's qwen35moe order)",
+	 QWEN3_NEXT(40, 2048, 16, 2, 248320, 256, 8, 512, 512, 16, 32)},
+	{"qwen3.5-397b-a17b", "Qwen3.5-397B-A17B-class shapes (value heads in llama.cpp's qwen35moe order)",
 	 QWEN3_NEXT(60, 4096, 32, 2, 248320, 512, 10, 1024, 1024, 16, 64)},
 };
 
@@ -99,6 +100,9 @@ int synth_preset(const char *name, struct moe_hparams *hp)
 				hp->sliding[l] = 1; /* gpt-oss: the even layers slide */
 			for (int l = 0; hp->arch == MOE_ARCH_QWEN3_NEXT && l < MOE_MAX_LAYERS; l++)
 				hp->linear[l] = (l + 1) % 4 != 0; /* Qwen3-Next: three linear layers, then attention */
+			/* synthetic weights have no order of their own: Qwen3.5's presets take the one
+			 * llama.cpp's qwen35moe GGUF uses, so that --format gguf writes that */
+			hp->lin_v_tiled = strncmp(name, "qwen3.5", 7) == 0;
 			return 0;
 		}
 	return moe_fail(MOE_EINVAL, "unknown preset '%s' (moe-pack synth --list-presets)", name);
