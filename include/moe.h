@@ -342,14 +342,17 @@ MOE_API void moe_session_close(moe_session *s);
  * all_logits, if not NULL, receives [n][n_vocab] floats: every position's.
  * Errors: MOE_EINVAL (an id out of range, or the context would overflow; nothing
  * is run), MOE_ECANCELED (moe_session_cancel: the batches run so far stay in the
- * context), or what reading an expert failed with (MOE_EIO, MOE_ECHECKSUM).
+ * context), or what reading an expert failed with (MOE_EIO, MOE_ECHECKSUM). A model
+ * with linear-attention layers (Qwen3-Next) keeps a state the stopped batch had
+ * already moved on: there the context is emptied instead (moe_session_pos 0).
  */
 MOE_API int moe_session_eval(moe_session *s, const int32_t *tokens, size_t n, float *all_logits);
 /*
  * One token for each of n different sessions of one model, run as a single
  * batch (n <= n_batch): every expert is read once for all the sessions routed to
  * it. Each session's logits are then its own next-token logits. Same errors as
- * moe_session_eval; on an error no session has advanced.
+ * moe_session_eval; on an error no session has advanced (with linear-attention
+ * layers each is emptied, as moe_session_eval says).
  */
 MOE_API int moe_session_eval_batch(moe_session *const *sessions, const int32_t *tokens, size_t n);
 /* n_vocab floats, valid until the next eval of s; NULL before any. */
@@ -361,12 +364,15 @@ MOE_API size_t moe_session_ctx(const moe_session *s);
 MOE_API const int32_t *moe_session_tokens(const moe_session *s);
 /* How many of tokens[0..n) the context already starts with and can keep (prompt
  * reuse): on a model with sliding-window layers (gpt-oss), whose caches are rings of
- * the window plus a batch, going back further than that keeps nothing (0). */
+ * the window plus a batch, going back further than that keeps nothing (0); a model
+ * with linear-attention layers (Qwen3-Next) has the state after its last token only,
+ * so all of the context or nothing. */
 MOE_API size_t moe_session_common_prefix(const moe_session *s, const int32_t *tokens, size_t n);
 /* Keep only the first pos tokens (pos <= moe_session_pos); the next eval goes on
  * from there. moe_session_logits is NULL until then. A pos that the rings of a
  * sliding-window model no longer cover (one moe_session_common_prefix did not give,
- * nor one less) keeps nothing: moe_session_pos says where the session is. */
+ * nor one less), or any pos short of the end on a linear-attention model, keeps
+ * nothing: moe_session_pos says where the session is. */
 MOE_API void moe_session_rewind(moe_session *s, size_t pos);
 /* Ask the eval running on s (or the next one) to stop between two layers with
  * MOE_ECANCELED. Async-signal-safe; any thread. */

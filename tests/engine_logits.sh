@@ -340,6 +340,11 @@ logits = R.forward(cfg, R.load_safetensors(sys.argv[2]), np.array([5, 6, 7, 8] +
 want = logits[3:-1].argmax(-1).tolist()
 assert want == gen, "first difference at step %d" % next(i for i in range(32) if want[i] != gen[i])
 PY
+# the linear layers' state: carried across evals, prompt reuse all or nothing, a cancel
+# starts over, no growth with the context (tests/test_linear.c)
+check "qwen3-next-tiny pack" "$MOE_PACK" synth --preset qwen3-next-tiny --no-progress -q f32 qt.moe
+check "linear attention state" "$MOE_BUILDDIR/tests/test_linear" qt.moe
+cat "$WORK/out"
 
 # sampling: the same seed gives the same tokens; top-k 1 is greedy; penalties apply
 R="'$MOE_RUN' -m mixtral-tiny.f32.moe --tokens 5,6,7,8 -n 24"

@@ -1186,8 +1186,14 @@ static int forward(struct moe_session *s, struct moe_session *const *rows, const
 		for (size_t i = 0; i < n * H; i++)
 			s->x[i] += s->moe_out[i];
 	}
-	if (rc)
+	if (rc) { /* the layers that ran moved their linear states past n_past: start over */
+		for (size_t t = 0; rows && t < n; t++)
+			if (rows[t]->lin_layers)
+				rows[t]->n_past = 0;
+		if (!rows && s->lin_layers)
+			s->n_past = 0;
 		return rc;
+	}
 	if (logits) {
 		for (size_t t = 0; t < n; t++)
 			moe_rmsnorm(s->x + t * H, m->output_norm, H, hp->rms_eps, s->xn + t * H);

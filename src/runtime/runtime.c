@@ -414,8 +414,11 @@ size_t moe_session_common_prefix(const moe_session *s, const int32_t *tokens, si
 	size_t i = 0;
 	while (i < n && i < s->n_past && s->tokens[i] == tokens[i])
 		i++;
-	/* with a position to spare: callers go back one more to have the last token's logits */
-	return i == s->n_past || (i > 0 && moe_session_can_rewind(s, i - 1)) ? i : 0;
+	if (i == s->n_past && i < n)
+		return i; /* the context goes on from its end */
+	/* with a position to spare: callers go back one more to have the last token's logits
+	 * (a linear-attention state is at the end only: nothing to go back to) */
+	return i > 0 && !s->lin_layers && moe_session_can_rewind(s, i - 1) ? i : 0;
 }
 
 void moe_session_rewind(moe_session *s, size_t pos)
