@@ -817,20 +817,18 @@ static void delta_heads(void *arg, int i, int n)
 			const float a = s->lin_a[t * nv + h] + w->dt_bias[h];
 			const float softplus = a > 20 ? a : log1pf(expf(a)); /* torch's threshold */
 			const float decay = expf(w->ssm_a[h] * softplus), beta = 1.0f / (1.0f + expf(-s->lin_b[t * nv + h]));
+			/* two passes over the state: what it recalls for k (decayed: decay x S^T k), then
+			 * S = decay S + k delta^T and its reading q^T S */
 			memset(recall, 0, dv * sizeof(float));
-			for (size_t r = 0; r < dk; r++) {
-				float *Sr = S + r * dv;
-				for (size_t c = 0; c < dv; c++)
-					Sr[c] *= decay;
-				moe_axpy(recall, k[r], Sr, dv);
-			}
+			for (size_t r = 0; r < dk; r++)
+				moe_axpy(recall, k[r], S + r * dv, dv);
 			for (size_t c = 0; c < dv; c++)
-				delta[c] = (v[c] - recall[c]) * beta;
+				delta[c] = (v[c] - decay * recall[c]) * beta;
 			float *o = s->att + t * nv * dv + h * dv;
 			memset(o, 0, dv * sizeof(float));
 			for (size_t r = 0; r < dk; r++) {
 				float *Sr = S + r * dv;
-				moe_axpy(Sr, k[r], delta, dv);
+				moe_scale_axpy(Sr, decay, k[r], delta, dv);
 				moe_axpy(o, q[r], Sr, dv); /* q carries the 1/sqrt(dk) */
 			}
 			moe_rmsnorm(o, w->ssm_norm, dv, hp->rms_eps, o);

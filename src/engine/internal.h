@@ -32,6 +32,17 @@ static inline void moe_axpy(float *restrict y, float s, const float *restrict x,
 	for (; i < n; i++)
 		y[i] += s * x[i];
 }
+/* y = a y + s x, 8 at a time (a delta rule's state row: decayed, then corrected) */
+static inline void moe_scale_axpy(float *restrict y, float a, float s, const float *restrict x, size_t n)
+{
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8)
+#pragma GCC unroll 8
+		for (int k = 0; k < 8; k++)
+			y[i + k] = a * y[i + k] + s * x[i + k];
+	for (; i < n; i++)
+		y[i] = a * y[i] + s * x[i];
+}
 /* len attention scores -> probabilities, with a sink logit that takes its share of the
  * denominator and is dropped (gpt-oss); -INFINITY: none, the plain softmax */
 void moe_softmax_sink(float *p, size_t len, float sink);
