@@ -1,12 +1,14 @@
 /*
- * engine.c - Mixtral, Qwen3-MoE, GLM-4.5 and gpt-oss forward pass (the semantics of
- * Hugging Face transformers' modeling_{mixtral,qwen3_moe,glm4_moe,gpt_oss}.py): RMSNorm,
- * GQA attention with rotate-half RoPE (Qwen3 and GLM-4.5: per-head q/k RMSNorm first;
- * GLM-4.5: q/k/v biases, RoPE on part of each head; gpt-oss: biases, sinks, YaRN,
- * sliding windows kept in ring caches), softmax top-k routing, SwiGLU experts batched
- * per expert (gpt-oss's with biases, clamped). DeepSeek-V3's attention and the sigmoid
- * routing it shares with GLM-4.5 are in deepseek.c, sharing the session, norms and
- * expert path.
+ * engine.c - Mixtral, Qwen3-MoE, GLM-4.5, gpt-oss and Qwen3-Next forward pass (the
+ * semantics of Hugging Face transformers' modeling_{mixtral,qwen3_moe,glm4_moe,gpt_oss,
+ * qwen3_next}.py): RMSNorm, GQA attention with rotate-half RoPE (Qwen3, GLM-4.5 and
+ * Qwen3-Next: per-head q/k RMSNorm first; GLM-4.5 and Qwen3-Next: RoPE on part of each
+ * head; GLM-4.5: q/k/v biases; gpt-oss: biases, sinks, YaRN, sliding windows kept in ring
+ * caches; Qwen3-Next: a sigmoid gate on each head's output), Qwen3-Next's Gated DeltaNet
+ * layers with their recurrent state, softmax top-k routing, SwiGLU experts batched per
+ * expert (gpt-oss's with biases, clamped; Qwen3-Next's shared expert gated). DeepSeek-V3's
+ * attention and the sigmoid routing it shares with GLM-4.5 are in deepseek.c, sharing
+ * the session, norms and expert path.
  */
 #include "config.h"
 

@@ -100,6 +100,34 @@ w.safetensors(sys.argv[1], arch="tiny")
 PY
 cp "$T/oss-st/config.json" "$C/config/gpt-oss.json"
 { cat "$T/oss-st/config.json"; printf '\0'; cat "$T/oss-st/model.safetensors"; } >"$C/safetensors/gpt-oss"
+# Qwen3-Next (Gated DeltaNet layer, gated attention layer, gated shared expert), small: its
+# release form (fused in_proj_qkvz/ba), Qwen3.5's (nested config, fused experts), llama.cpp's
+# qwen3next and qwen35moe GGUFs, and the pack
+$PY - "$T" <<'PY'
+import sys
+sys.path.insert(0, "tests")
+import write_model as w
+w.CONFIGS["qn"] = dict(w.CONFIGS["qwen3_next"], num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
+                       num_key_value_heads=1, head_dim=16, partial_rotary_factor=0.5, vocab_size=64, num_experts=2,
+                       num_experts_per_tok=1, moe_intermediate_size=32, shared_expert_intermediate_size=32,
+                       linear_num_key_heads=1, linear_num_value_heads=2, linear_key_head_dim=16,
+                       linear_value_head_dim=16, layer_types=["linear_attention", "full_attention"])
+w.safetensors(sys.argv[1] + "/qn-st", arch="qn")
+w.CONFIGS["qwen3_5_moe"] = w.CONFIGS["qn"]
+w.safetensors(sys.argv[1] + "/q35-st", arch="qwen3_5_moe")
+w.CONFIGS["qwen3_next"] = w.CONFIGS["qn"]
+for a, name in (("qwen3_next", "qwen3next"), ("qwen3_5_moe", "qwen35moe")):
+    w.gguf("%s/%s.gguf" % (sys.argv[1], name), arch=a, types="attn=Q8_0,experts=Q8_0,embed=F32,output=Q8_0")
+PY
+for m in qn q35; do
+	cp "$T/$m-st/config.json" "$C/config/$m.json"
+	{ cat "$T/$m-st/config.json"; printf '\0'; cat "$T/$m-st/model.safetensors"; } >"$C/safetensors/$m"
+done
+cp "$T/qwen3next.gguf" "$C/gguf/qwen3next-q8_0"
+cp "$T/qwen35moe.gguf" "$C/gguf/qwen35moe-q8_0"
+./moe-pack "$T/qn-st" "$T/qwen3-next.moe" >/dev/null 2>&1
+{ printf '\000'; cat "$T/qwen3-next.moe"; } >"$C/pack/qwen3-next"
+cp "$T/qwen3-next.moe" "$C/forward/qwen3-next"
 cp models/kjv-moe/config.json "$C/config/kjv-moe.json"
 # templates: the real ones the suite checks against Jinja2, and the feature ones
 $PY - "$C/template" <<'PY'

@@ -105,8 +105,8 @@ static int linear_layers(json_t *root, const char *what, struct moe_hparams *hp)
 int hf_config_parse(const char *text, size_t len, const char *what, struct moe_hparams *hp)
 {
 	json_error_t jerr;
-	json_t *root = json_loadb(text, len, 0, &jerr);
-	if (!root)
+	json_t *doc = json_loadb(text, len, 0, &jerr), *root = doc; /* root: where the model's fields are */
+	if (!doc)
 		return moe_fail(MOE_EFORMAT, "%s:%d:%d: malformed JSON: %s", what, jerr.line, jerr.column, jerr.text);
 	int rc = 0;
 	memset(hp, 0, sizeof *hp);
@@ -116,7 +116,7 @@ int hf_config_parse(const char *text, size_t len, const char *what, struct moe_h
 		goto out;
 	}
 	const char *type = json_string_value(mt);
-	json_t *top = root; /* the whole config: tie_word_embeddings may sit there */
+	json_t *top = doc; /* the whole config: tie_word_embeddings may sit there */
 	if (strcmp(type, "qwen3_5_moe") == 0 || strcmp(type, "qwen3_5_moe_text") == 0) {
 		/* Qwen3.5-MoE: Qwen3-Next's architecture; the released config nests the text
 		 * model's fields in text_config (the vision tower is not imported) */
@@ -270,7 +270,7 @@ int hf_config_parse(const char *text, size_t len, const char *what, struct moe_h
 	if (rc)
 		rc = moe_fail(rc, "%s: %s", what, moe_last_error());
 out:
-	json_decref(root);
+	json_decref(doc);
 	return rc;
 }
 
