@@ -342,6 +342,27 @@ static void check_one(const struct moe_kernel_impl *k, int type, size_t rows, si
 			      k->name, tname(type), rows, cols, batch, t, r, got, exact, with_q, acc_bound, ys[t * rows + r]);
 			bad += !ok;
 		}
+	/* each token of a batch exactly as alone: a batch of sessions (moe-server's decode
+	 * steps) gives each the bits it would get by itself */
+	float *y1 = malloc(rows * sizeof(float));
+	for (size_t t = 0; batch > 1 && t < batch && !bad; t++) {
+		struct moe_qact a1 = {0};
+		if (quant) {
+			moe_qact_alloc(&a1, 1, cols);
+			moe_qact_quantize(&a1, x + t * cols, 1, moe_qact_group(type, cols));
+			qf(&m.w, 0, rows, &a1, y1, rows);
+		} else {
+			ff(&m.w, 0, rows, x + t * cols, 1, y1, rows);
+		}
+		moe_qact_free(&a1);
+		size_t r = 0;
+		while (r < rows && !memcmp(&y1[r], &y[t * rows + r], sizeof(float)))
+			r++;
+		CHECK(r == rows, "%s %s [%zu x %zu] batch %zu: token %zu row %zu is %.9g, alone %.9g", k->name, tname(type),
+		      rows, cols, batch, t, r, y[t * rows + r], y1[r]);
+		bad += r != rows;
+	}
+	free(y1);
 	moe_qact_free(&a);
 	free(x);
 	free(y);

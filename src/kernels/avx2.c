@@ -11,6 +11,13 @@
 #pragma GCC target("avx2,fma,f16c")
 #endif
 #include <immintrin.h>
+/* no a * b + c fused unless written so: a token's sums then come out the same whichever
+ * tile of a batch computed them */
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#else
+#pragma GCC optimize("fp-contract=off")
+#endif
 
 #include "kernels/blocks_x86.h"
 
@@ -55,16 +62,18 @@ static inline __m256i block_dot(const int is_q4, const __m256i wv, const int8_t 
  * in registers). Per 8 blocks, the 8 weight scales are converted and multiplied by
  * each token's 8 activation scales at once and stored, and the loop broadcasts them
  * from memory (a load, not a shuffle): per block and token what is left is the
- * integer dot product, a convert and an FMA. With fewer than 4 tokens each token
- * gets 4/T accumulators, so 4 FMA chains are in flight whatever T is (one chain per
- * token ran batch 1 at 14-16 GB/s per thread: every block waited 4 cycles for the
- * previous block's FMA). q4's -8 * sum(x) is summed the same way, 8 blocks at a time.
+ * integer dot product, a convert and an FMA. Each token has 4 accumulators (block j
+ * into j mod 4), so 4 FMA chains are in flight even for one token (one chain ran
+ * batch 1 at 14-16 GB/s per thread: every block waited 4 cycles for the previous
+ * block's FMA), and a token's sum is made in the same order in any batch: a batch of
+ * sessions decodes bit for bit as each alone (with 4 tokens, some of the 16
+ * accumulators live in L1). q4's -8 * sum(x) is summed the same way, 8 blocks at a time.
  */
 static inline __attribute__((always_inline)) void q_row(const int is_q4, const uint8_t *wr, const uint16_t *sr,
 							size_t nb, const struct moe_qact *a, size_t t0, const int T,
 							float *out)
 {
-	const int C = T == 1 ? 4 : T == 2 ? 2 : 1;
+	const int C = 4;
 	const size_t cols = a->cols, wb = is_q4 ? 16 : 32; /* bytes per block */
 	__m256 acc[TILE][4], corr[TILE];
 	float sc[TILE][8], tail[TILE];

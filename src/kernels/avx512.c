@@ -13,6 +13,13 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")
 #endif
 #include <immintrin.h>
+/* no a * b + c fused unless written so: a token's sums then come out the same whichever
+ * tile of a batch computed them */
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#else
+#pragma GCC optimize("fp-contract=off")
+#endif
 
 #define X86_AVX512_VNNI 1 /* blocks_x86.h's VNNI kernels, for this file's target */
 #include "kernels/blocks_x86.h"
