@@ -61,7 +61,7 @@ int main(int argc, char **argv)
 	int32_t a[LEN + 8];
 	for (size_t j = 0; j < LEN + 8; j++)
 		a[j] = (int32_t)((j * 7919 + 13) % V);
-	moe_session *s, *fresh;
+	moe_session *s = NULL, *fresh = NULL;
 	CHECK(moe_session_open(m, &s) == 0 && moe_session_open(m, &fresh) == 0, "%s", moe_last_error());
 
 	/* going on from the end: the state carries across evals */
