@@ -94,6 +94,46 @@ static void run_cases(struct moe_tokenizer *t, const char *name, const char *how
 	printf("%s (%s): %zu of %zu strings exact\n", name, how, exact, json_array_size(cases));
 }
 
+/* one tokenizer.json (with its tokenizer_config.json beside it) against a fixture of
+ * {text, ids, ids_special}: from the file, then from the pack's binary form, whose every
+ * truncation is refused */
+static void check_tokenizer(const char *name, const char *path, const char *fpath)
+{
+	json_error_t jerr;
+	json_t *cases = json_load_file(fpath, 0, &jerr);
+	char *json = NULL, *config = NULL;
+	size_t len, config_len;
+	struct moe_tokenizer *t = NULL, *t2 = NULL;
+	CHECK(cases != NULL, "%s: %s", fpath, jerr.text);
+	CHECK(moe_tokenizer_read_files(path, &json, &len, &config, &config_len) == 0, "%s", moe_last_error());
+	CHECK(config != NULL, "%s: no tokenizer_config.json beside it", path);
+	if (!cases || !json || moe_tokenizer_from_json(json, len, config, config_len, path, &t)) {
+		CHECK(0, "%s: %s", path, moe_last_error());
+		json_decref(cases);
+		free(json);
+		free(config);
+		return;
+	}
+	run_cases(t, name, "tokenizer.json", cases);
+	void *bin;
+	size_t bin_len;
+	CHECK(moe_tokenizer_to_binary(t, &bin, &bin_len) == 0, "%s", moe_last_error());
+	CHECK(moe_tokenizer_from_binary(bin, bin_len, "bin", &t2) == 0, "%s", moe_last_error());
+	if (t2)
+		run_cases(t2, name, "binary form", cases);
+	for (size_t cut = 0; cut < bin_len; cut += cut < 256 ? 1 : bin_len / 97 + 1) {
+		struct moe_tokenizer *bad = NULL;
+		CHECK(moe_tokenizer_from_binary(bin, cut, "cut", &bad) != 0, "%s: binary cut at %zu accepted", name, cut);
+		moe_tokenizer_free(bad);
+	}
+	free(bin);
+	moe_tokenizer_free(t);
+	moe_tokenizer_free(t2);
+	free(json);
+	free(config);
+	json_decref(cases);
+}
+
 /* Hostile tokenizer files: ids that would ask for GBs are refused before any
  * allocation; every truncation of a small binary form (three ids: its sections need
  * padding) is refused without reading past the cut (the copy is exactly that long,
@@ -133,6 +173,10 @@ static void test_hostile(void)
 
 int main(int argc, char **argv)
 {
+	if (argc == 4) { /* test_text TOKENIZER.json FIXTURE.json NAME: that one alone (tokenizer_gptoss.sh) */
+		check_tokenizer(argv[3], argv[1], argv[2]);
+		return check_report("test_text");
+	}
 	test_hostile();
 	const char *data = getenv("TOKENIZER_DATA"), *fixtures = getenv("FIXTURES"), *demo = getenv("DEMO_MODEL");
 	if (!data || !fixtures || !demo) {
@@ -148,37 +192,7 @@ int main(int argc, char **argv)
 		else
 			snprintf(path, sizeof path, "%s/tokenizer.json", demo);
 		snprintf(fpath, sizeof fpath, "%s/tokenizer_%s.json", fixtures, names[k]);
-		json_error_t jerr;
-		json_t *cases = json_load_file(fpath, 0, &jerr);
-		char *json = NULL, *config = NULL;
-		size_t len, config_len;
-		struct moe_tokenizer *t = NULL, *t2 = NULL;
-		CHECK(cases != NULL, "%s: %s", fpath, jerr.text);
-		CHECK(moe_tokenizer_read_files(path, &json, &len, &config, &config_len) == 0, "%s", moe_last_error());
-		CHECK(config != NULL, "%s: no tokenizer_config.json beside it", path);
-		if (!cases || !json || moe_tokenizer_from_json(json, len, config, config_len, path, &t)) {
-			CHECK(0, "%s: %s", path, moe_last_error());
-			continue;
-		}
-		run_cases(t, names[k], "tokenizer.json", cases);
-		void *bin;
-		size_t bin_len;
-		CHECK(moe_tokenizer_to_binary(t, &bin, &bin_len) == 0, "%s", moe_last_error());
-		CHECK(moe_tokenizer_from_binary(bin, bin_len, "bin", &t2) == 0, "%s", moe_last_error());
-		if (t2)
-			run_cases(t2, names[k], "binary form", cases);
-		/* every truncation of the binary form is refused, none crashes */
-		for (size_t cut = 0; cut < bin_len; cut += cut < 256 ? 1 : bin_len / 97 + 1) {
-			struct moe_tokenizer *bad = NULL;
-			CHECK(moe_tokenizer_from_binary(bin, cut, "cut", &bad) != 0, "%s: binary cut at %zu accepted", names[k], cut);
-			moe_tokenizer_free(bad);
-		}
-		free(bin);
-		moe_tokenizer_free(t);
-		moe_tokenizer_free(t2);
-		free(json);
-		free(config);
-		json_decref(cases);
+		check_tokenizer(names[k], path, fpath);
 	}
 	return check_report("test_text");
 }
