@@ -43,6 +43,7 @@ check "the JavaScript port encodes the strings" node ids.mjs strings.json want.j
 # in process (the 28 MB file parsed once): every string from tokenizer.json and from
 # the pack's binary form, decoding, streamed decoding (tests/test_text.c)
 check "the tokenizer's ids and decoding are the JavaScript port's" "${MOE_BUILDDIR:?}/tests/test_text" "$TOK" want.json gpt-oss
+cat "$WORK/out"
 # and through the command line, for a few of them
 check "moe-run --tokenize and --detokenize agree" py - "$MOE_RUN" "$TOK" want.json <<'PY'
 import json, subprocess, sys
