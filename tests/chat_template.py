@@ -3,9 +3,10 @@ way transformers' apply_chat_template sets it up (trim_blocks, lstrip_blocks,
 raise_exception, strftime_now, a tojson that is json.dumps(ensure_ascii=False)).
 
 Usage: chat_template.py MOE_RUN TOKENIZER_DATA WORKDIR
-Checks the real templates of Qwen3 and DeepSeek-V3 (their tokenizer_config.json),
-the built-in Mixtral Instruct v0.1 template against the text published with that
-model, and small templates for each Jinja feature the interpreter claims."""
+Checks the real templates of Qwen3 and DeepSeek-V3 (their tokenizer_config.json), of
+gpt-oss (harmony), GLM-4.6 and Qwen3.5 (tests/templates: macros, tool schemas,
+reasoning), the built-in Mixtral Instruct v0.1 template against the text published
+with that model, and small templates for each Jinja feature the interpreter claims."""
 import json
 import os
 import subprocess
@@ -115,6 +116,26 @@ for family in ["qwen3", "deepseek-v3"]:
     else:
         compare("deepseek tool calls", ["--tokenizer", tok], tmpl, deepseek_tool_turns, bos, eos)
 
+# the newer families' templates, as their models publish them (tests/templates/README.md)
+templates = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+qwen_tok = ["--tokenizer", os.path.join(data, "qwen3", "tokenizer.json")]
+gpt_oss_turns = [{"role": "developer", "content": "Answer briefly."}, user,
+                 {"role": "assistant", "thinking": "The user adds.", "tool_calls": [
+                     {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 2}}}]},
+                 {"role": "tool", "content": "4"}, {"role": "assistant", "thinking": "Done.", "content": "4"},
+                 {"role": "user", "content": "Thanks"}]
+for name, extra in [("gpt-oss", [("reasoning high", gpt_oss_turns, {"reasoning_effort": "high", "tools": qwen_tools})]),
+                    ("glm-4.6", [("no thinking", [system, user], {"enable_thinking": False})]),
+                    ("qwen3.5", [("no thinking", [system, user], {"enable_thinking": False})])]:
+    path = os.path.join(templates, name + ".jinja")
+    tmpl = open(path).read()
+    args = qwen_tok + ["--chat-template", path]
+    for cname, msgs in conversations.items():
+        compare(name + " " + cname, args, tmpl, msgs, "<s>", "</s>")
+    compare(name + " tools", args, tmpl, qwen_tool_turns, "<s>", "</s>", {"tools": qwen_tools})
+    for cname, msgs, kwargs in extra:
+        compare(name + " " + cname, args, tmpl, msgs, "<s>", "</s>", kwargs)
+
 # Mistral v1 files carry no template: the built-in one must be Mixtral's own
 mistral = ["--tokenizer", os.path.join(data, "mistral-spm", "tokenizer.json")]
 for name, msgs in [("user", [user]), ("multi-turn", conversations["multi-turn"][1:]),
@@ -156,6 +177,10 @@ features = {
                             "{{ range(-5, 5, 3)|list }} {{ range(5, -5, -3)|list }} {{ 'abcdef'[::2] }} {{ 'abcdef'[::-2] }} "
                             "{{ [1, 2, 3][-1:] }} {{ 'ab' * 0 }} {{ 'ab' * -3 }}",
     "escapes": "{{ 'tab\\there' }} {{ \"dq 'sq'\" }} {{ 'it\\'s' }}",
+    "macros": "{% macro greet(name, punct='!') %}Hi {{ name }}{{ punct }}{% set local = 1 %}{% endmacro %}"
+              "{{ greet('a') }} {{ greet('b', punct='?') }} {{ greet(punct='.', name='c') }} {{ local is defined }} "
+              "{% macro down(n) %}{{ n }}{% if n > 0 %}{{ down(n - 1) }}{% endif %}{% endmacro %}{{ down(3) }} "
+              "{% macro sees(y) %}{{ x }}{{ y }}{{ z }}{% endmacro %}{{ sees(5) }}",
 }
 for name, tmpl in features.items():
     path = os.path.join(work, "feature.jinja")

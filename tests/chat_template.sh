@@ -1,7 +1,8 @@
 #!/bin/sh
 # Chat templates rendered by moe-run --chat --print-prompt against Jinja2 itself
-# (tests/chat_template.py: the real Qwen3 and DeepSeek-V3 templates, the built-in
-# Mixtral one, one small template per Jinja feature); broken templates refused.
+# (tests/chat_template.py: the real Qwen3, DeepSeek-V3, gpt-oss, GLM-4.6 and Qwen3.5
+# templates, the built-in Mixtral one, one small template per Jinja feature); broken
+# templates refused.
 . "$TESTS_DIR/lib.sh"
 : "${MOE_RUN:?run through make check}" "${TOKENIZER_DATA:?run through make check}"
 check "templates render as Jinja2 renders them" py "$TESTS_DIR/chat_template.py" "$MOE_RUN" "$TOKENIZER_DATA" "$WORK"
@@ -9,8 +10,14 @@ cat "$WORK/out"
 TOK="$TOKENIZER_DATA/mistral-spm/tokenizer.json"
 printf '{%% for m in messages %%}{{ m.content }}' >"$WORK/unclosed.jinja"
 expect_error "unclosed for" "line 1: 'for' without 'endfor'" "$MOE_RUN" --chat --print-prompt --tokenizer "$TOK" --chat-template "$WORK/unclosed.jinja" -p hi
-printf '{%% macro f() %%}x{%% endmacro %%}' >"$WORK/macro.jinja"
-expect_error "unsupported tag" "unsupported tag 'macro'" "$MOE_RUN" --chat --print-prompt --tokenizer "$TOK" --chat-template "$WORK/macro.jinja" -p hi
+printf '{%% call f() %%}x{%% endcall %%}' >"$WORK/call.jinja"
+expect_error "unsupported tag" "unsupported tag 'call'" "$MOE_RUN" --chat --print-prompt --tokenizer "$TOK" --chat-template "$WORK/call.jinja" -p hi
+printf '{%% macro one(a) %%}{{ a }}{%% endmacro %%}\n{{ one(1, 2) }}' >"$WORK/args.jinja"
+expect_error "macro: too many arguments" "line 2: macro one takes 1 arguments" "$MOE_RUN" --chat --print-prompt --tokenizer "$TOK" --chat-template "$WORK/args.jinja" -p hi
+printf '{%% macro one(a) %%}{{ a }}{%% endmacro %%}{{ one(b=2) }}' >"$WORK/kwarg.jinja"
+expect_error "macro: unknown argument" "macro one has no argument b" "$MOE_RUN" --chat --print-prompt --tokenizer "$TOK" --chat-template "$WORK/kwarg.jinja" -p hi
+printf '{%% macro f() %%}x' >"$WORK/unclosed-macro.jinja"
+expect_error "macro without endmacro" "'macro' without 'endmacro'" "$MOE_RUN" --chat --print-prompt --tokenizer "$TOK" --chat-template "$WORK/unclosed-macro.jinja" -p hi
 printf 'a\n{{ messages[0].content + 1 }}' >"$WORK/type.jinja"
 expect_error "type error" "line 2: unsupported operand" "$MOE_RUN" --chat --print-prompt --tokenizer "$TOK" --chat-template "$WORK/type.jinja" -p hi
 printf '{{ "unterminated }}' >"$WORK/str.jinja"
@@ -30,6 +37,7 @@ hostile plus-chain "line 1: nested more than 200 deep" "'{{ 1' + ' + 1' * 100000
 hostile not-chain "nested more than 200 deep" "'{{ ' + 'not ' * 100000 + '1 }}'"
 hostile if-blocks "nested more than 200 deep" "'{% if true %}' * 100000"
 hostile lists "nested more than 200 deep" "'{{ ' + '[' * 100000 + ']' * 100000 + ' }}'"
+hostile recursion "nested more than 200 deep" "'{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}'"
 hostile deep-value "nested more than 200 deep" "'{% set ns = namespace(x=1) %}{% for i in range(1000) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x }}'"
 hostile floordiv "line 1: -9223372036854775808 // -1 does not fit in 64 bits" "'{{ (-9223372036854775807 - 1) // -1 }}'"
 hostile overflow "9223372036854775807 + 1 does not fit in 64 bits" "'{{ 9223372036854775807 + 1 }}'"

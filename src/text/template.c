@@ -76,6 +76,8 @@ struct func {
 	const char *name; /* a global function, or a method of self */
 	struct value self;
 	int method;
+	struct stmt *macro;  /* a {% macro %}: its definition, */
+	struct scope *scope; /* and the scope it was defined in (what its body sees besides its arguments) */
 };
 
 /* ---- tokens ---- */
@@ -113,7 +115,7 @@ struct expr {
 	size_t nargs;
 };
 
-enum skind { S_TEXT, S_OUT, S_IF, S_FOR, S_SET };
+enum skind { S_TEXT, S_OUT, S_IF, S_FOR, S_SET, S_MACRO };
 
 struct stmt {
 	enum skind k;
@@ -124,9 +126,12 @@ struct stmt {
 	struct expr *e;            /* S_OUT value, S_IF condition, S_FOR iterable, S_SET value */
 	struct expr *filter;       /* S_FOR ... if filter */
 	struct stmt *body, *orelse; /* S_IF then/else (elif is a nested S_IF), S_FOR body/else */
-	const char *targets[4];    /* S_FOR loop variables, S_SET name */
+	const char *targets[4];    /* S_FOR loop variables, S_SET and S_MACRO name */
 	size_t n_targets;
 	const char *attr;          /* S_SET ns.attr */
+	const char **params;       /* S_MACRO parameters, */
+	struct expr **defaults;    /* their defaults (NULL: none) */
+	size_t n_params;
 };
 
 /* ---- the render ---- */
@@ -1059,6 +1064,47 @@ static struct stmt *parse_for(struct ctx *c, int line)
 	return s;
 }
 
+/* {% macro name(a, b=default, ...) %}body{% endmacro %} */
+static struct stmt *parse_macro(struct ctx *c, int line)
+{
+	static const char *const ends[] = {"endmacro", NULL};
+	struct stmt *s = alloc(c, sizeof *s);
+	const char *params[32];
+	struct expr *defaults[32];
+	size_t n = 0;
+	s->k = S_MACRO, s->line = line;
+	s->targets[0] = expect_name(c);
+	s->n_targets = 1;
+	expect_op(c, "(");
+	while (!is_op(peek(c), ")")) {
+		if (n == 32)
+			fail(c, line, "too many macro arguments");
+		params[n] = expect_name(c);
+		defaults[n] = NULL;
+		if (is_op(peek(c), "=")) {
+			next(c);
+			defaults[n] = parse_expr(c);
+		}
+		n++;
+		if (!is_op(peek(c), ","))
+			break;
+		next(c);
+	}
+	expect_op(c, ")");
+	expect_block_end(c);
+	s->params = alloc(c, (n + 1) * sizeof *s->params);
+	s->defaults = alloc(c, (n + 1) * sizeof *s->defaults);
+	memcpy(s->params, params, n * sizeof *params);
+	memcpy(s->defaults, defaults, n * sizeof *defaults);
+	s->n_params = n;
+	const char *stop;
+	s->body = parse_body(c, ends, &stop);
+	if (!stop)
+		fail(c, line, "'macro' without 'endmacro'");
+	expect_block_end(c);
+	return s;
+}
+
 static struct stmt *parse_body(struct ctx *c, const char *const *ends, const char **stop)
 {
 	struct stmt head = {0}, *tail = &head;
@@ -1088,6 +1134,8 @@ static struct stmt *parse_body(struct ctx *c, const char *const *ends, const cha
 				s = parse_if(c, kw->line);
 			} else if (is_name(kw, "for")) {
 				s = parse_for(c, kw->line);
+			} else if (is_name(kw, "macro")) {
+				s = parse_macro(c, kw->line);
 			} else if (is_name(kw, "set")) {
 				s = alloc(c, sizeof *s);
 				s->k = S_SET, s->line = kw->line;
@@ -1369,6 +1417,40 @@ static struct value call_method(struct ctx *c, struct func *f, struct value *a, 
 	fail(c, line, "%s has no method %s", type_name(s), m);
 }
 
+static void run(struct ctx *c, struct scope *sc, struct stmt *s, struct sbuf *out);
+
+/* A macro's body rendered with its arguments, as Jinja2 binds them: positional ones in
+ * order, then by name; the rest take their defaults (evaluated now) or are undefined */
+static struct value call_macro(struct ctx *c, struct func *f, struct value *a, const char **kw, size_t n, int line)
+{
+	const struct stmt *m = f->macro;
+	struct scope inner = {alloc(c, sizeof(struct dict)), f->scope};
+	size_t pos = 0;
+	for (size_t i = 0; i < n; i++) {
+		size_t j = pos;
+		if (kw[i])
+			for (j = 0; j < m->n_params && strcmp(m->params[j], kw[i]); j++)
+				;
+		else
+			pos++;
+		if (j >= m->n_params && kw[i])
+			fail(c, line, "macro %s has no argument %s", m->targets[0], kw[i]);
+		if (j >= m->n_params)
+			fail(c, line, "macro %s takes %zu arguments", m->targets[0], m->n_params);
+		dict_set(c, inner.vars, m->params[j], strlen(m->params[j]), a[i]);
+	}
+	for (size_t j = 0; j < m->n_params; j++)
+		if (!dict_find(inner.vars, m->params[j], strlen(m->params[j])))
+			dict_set(c, inner.vars, m->params[j], strlen(m->params[j]),
+				 m->defaults[j] ? eval(c, &inner, m->defaults[j]) : v_undef());
+	struct sbuf b = {c, NULL, 0, 0};
+	sb_put(&b, "", 0);
+	enter(c, line); /* a macro that calls itself ends at the depth limit */
+	run(c, &inner, m->body, &b);
+	leave(c);
+	return v_str(b.p, b.n);
+}
+
 static struct value call(struct ctx *c, struct value fv, struct value *a, const char **kw, size_t n, int line)
 {
 	if (fv.t != V_FUNC)
@@ -1376,6 +1458,8 @@ static struct value call(struct ctx *c, struct value fv, struct value *a, const 
 	struct func *f = fv.fn;
 	if (f->method)
 		return call_method(c, f, a, n, line);
+	if (f->macro)
+		return call_macro(c, f, a, kw, n, line);
 	if (!strcmp(f->name, "raise_exception")) {
 		struct value m = str_val(c, n ? a[0] : v_str("", 0), line);
 		fail(c, line, "the template raised: %.*s", (int)m.str.n, m.str.s);
@@ -1451,11 +1535,11 @@ static struct value apply_filter(struct ctx *c, struct expr *e, struct value v, 
 	if (!strcmp(f, "trim"))
 		return strip(str_val(c, v, line), n ? a[0] : v_undef(), 1, 1);
 	if (!strcmp(f, "upper") || !strcmp(f, "lower") || !strcmp(f, "title") || !strcmp(f, "capitalize")) {
-		struct func m = {f, str_val(c, v, line), 1};
+		struct func m = {.name = f, .self = str_val(c, v, line), .method = 1};
 		return call_method(c, &m, a, n, line);
 	}
 	if (!strcmp(f, "replace")) {
-		struct func m = {"replace", str_val(c, v, line), 1};
+		struct func m = {.name = "replace", .self = str_val(c, v, line), .method = 1};
 		return call_method(c, &m, a, n, line);
 	}
 	if (!strcmp(f, "default") || !strcmp(f, "d")) {
@@ -1467,7 +1551,7 @@ static struct value apply_filter(struct ctx *c, struct expr *e, struct value v, 
 		return l->n ? l->v[f[0] == 'f' ? 0 : l->n - 1] : v_undef();
 	}
 	if (!strcmp(f, "join")) {
-		struct func m = {"join", n ? str_val(c, a[0], line) : v_str("", 0), 1};
+		struct func m = {.name = "join", .self = n ? str_val(c, a[0], line) : v_str("", 0), .method = 1};
 		return call_method(c, &m, &v, 1, line);
 	}
 	if (!strcmp(f, "list"))
@@ -1485,7 +1569,7 @@ static struct value apply_filter(struct ctx *c, struct expr *e, struct value v, 
 		return (struct value){.t = V_LIST, .l = l};
 	}
 	if (!strcmp(f, "items")) {
-		struct func m = {"items", v, 1};
+		struct func m = {.name = "items", .self = v, .method = 1};
 		return v.t == V_DICT ? call_method(c, &m, a, 0, line) : (struct value){.t = V_LIST, .l = list_new(c)};
 	}
 	if (!strcmp(f, "int")) {
@@ -1803,8 +1887,6 @@ static struct value eval_node(struct ctx *c, struct scope *sc, struct expr *e)
 	return v_undef();
 }
 
-static void run(struct ctx *c, struct scope *sc, struct stmt *s, struct sbuf *out);
-
 static void run_for(struct ctx *c, struct scope *sc, struct stmt *s, struct sbuf *out)
 {
 	struct list *items = iter_items(c, eval(c, sc, s->e), s->line);
@@ -1872,6 +1954,12 @@ static void run(struct ctx *c, struct scope *sc, struct stmt *s, struct sbuf *ou
 			if (ns.t != V_DICT)
 				fail(c, s->line, "cannot set an attribute of %s", type_name(ns));
 			dict_set(c, ns.d, s->attr, strlen(s->attr), v);
+			break;
+		}
+		case S_MACRO: {
+			struct func *f = alloc(c, sizeof *f);
+			f->name = s->targets[0], f->macro = s, f->scope = sc;
+			dict_set(c, sc->vars, s->targets[0], strlen(s->targets[0]), (struct value){.t = V_FUNC, .fn = f});
 			break;
 		}
 		}

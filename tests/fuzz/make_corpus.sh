@@ -133,6 +133,8 @@ cp models/kjv-moe/config.json "$C/config/kjv-moe.json"
 $PY - "$C/template" <<'PY'
 import json, os, sys
 out = sys.argv[1]
+for name in ("gpt-oss", "glm-4.6", "qwen3.5"):  # the newer families' (tests/templates)
+    open(os.path.join(out, name), "w").write(open("tests/templates/%s.jinja" % name).read())
 for name in ("qwen3", "deepseek-v3", "mistral-spm"):
     cfg = json.load(open("tests/tokenizers/%s/tokenizer_config.json" % name))
     t = cfg.get("chat_template")
