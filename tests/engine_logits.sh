@@ -33,6 +33,23 @@ else:
     ok = kl <= 1e-2 and top1 >= 0.75
 sys.exit(0 if ok else 1)
 PY
+# greedy_is_reference NAME PACK FOLDER: 32 greedy tokens after 5,6,7,8 are the argmax of the
+# float64 reference fed the same tokens, step by step
+greedy_is_reference() {
+	check "$1 greedy" sh -c "'$MOE_RUN' -m $2 --tokens 5,6,7,8 -n 32 --kv-type f32 > gen.txt"
+	check "$1 greedy = reference" py - "$REF" "$3" <<'PY'
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1].rsplit("/", 1)[0])
+import reference as R
+gen = [int(t) for t in open("gen.txt").read().split()]
+assert len(gen) == 32, gen
+cfg = json.load(open(sys.argv[2] + "/config.json"))
+logits = R.forward(cfg, R.load_safetensors(sys.argv[2]), np.array([5, 6, 7, 8] + gen))
+want = logits[3:-1].argmax(-1).tolist()
+assert want == gen, "first difference at step %d" % next(i for i in range(32) if want[i] != gen[i])
+PY
+}
 for preset in mixtral-tiny qwen3-tiny deepseek-tiny glm-tiny; do
 	check "$preset folder" "$MOE_PACK" synth --preset "$preset" --format safetensors --dtype f32 --no-progress "$preset"
 	check "$preset reference" py "$REF" "$preset" "$T" "$preset.ref.npy"
@@ -252,19 +269,7 @@ check "gpt-oss mxfp4 run" "$MOE_RUN" -m goq.moe --tokens $TT -n 0 --kv-type f32 
 check "gpt-oss mxfp4 reference" py "$REF" go $TT goq.npy --dequant goq.moe
 check "gpt-oss mxfp4 logits" py cmp.py goq.bin goq.npy q4
 cat "$WORK/out"
-check "gpt-oss greedy" sh -c "'$MOE_RUN' -m go.moe --tokens 5,6,7,8 -n 32 --kv-type f32 > gen.txt"
-check "gpt-oss greedy = reference" py - "$REF" go <<'PY'
-import json, sys
-import numpy as np
-sys.path.insert(0, sys.argv[1].rsplit("/", 1)[0])
-import reference as R
-gen = [int(t) for t in open("gen.txt").read().split()]
-assert len(gen) == 32, gen
-cfg = json.load(open(sys.argv[2] + "/config.json"))
-logits = R.forward(cfg, R.load_safetensors(sys.argv[2]), np.array([5, 6, 7, 8] + gen))
-want = logits[3:-1].argmax(-1).tolist()
-assert want == gen, "first difference at step %d" % next(i for i in range(32) if want[i] != gen[i])
-PY
+greedy_is_reference gpt-oss go.moe go
 check "gpt-oss folder pack" "$MOE_PACK" --no-progress -q f32 --zstd-min-saving 100 go go.st.moe
 check "gpt-oss folder run" "$MOE_RUN" -m go.st.moe --tokens $TT -n 0 -b 7 --kv-type f32 --logits-out gost.bin
 check "gpt-oss folder logits = gguf logits" cmp gost.bin go7.bin
@@ -327,19 +332,7 @@ for a in qwen3_next qwen3_5_moe; do
 	cat "$WORK/out"
 done
 check "qwen35moe gguf: value heads tiled" sh -c "'$MOE_PACK' --info --json qwen3_5_moe.g.moe | grep -q '\"hparams.linear_value_tiled\": 1'"
-check "qwen3-next greedy" sh -c "'$MOE_RUN' -m qn.moe --tokens 5,6,7,8 -n 32 --kv-type f32 > gen.txt"
-check "qwen3-next greedy = reference" py - "$REF" qn <<'PY'
-import json, sys
-import numpy as np
-sys.path.insert(0, sys.argv[1].rsplit("/", 1)[0])
-import reference as R
-gen = [int(t) for t in open("gen.txt").read().split()]
-assert len(gen) == 32, gen
-cfg = json.load(open(sys.argv[2] + "/config.json"))
-logits = R.forward(cfg, R.load_safetensors(sys.argv[2]), np.array([5, 6, 7, 8] + gen))
-want = logits[3:-1].argmax(-1).tolist()
-assert want == gen, "first difference at step %d" % next(i for i in range(32) if want[i] != gen[i])
-PY
+greedy_is_reference qwen3-next qn.moe qn
 # the linear layers' state: carried across evals, prompt reuse all or nothing, a cancel
 # starts over, no growth with the context (tests/test_linear.c)
 check "qwen3-next-tiny pack" "$MOE_PACK" synth --preset qwen3-next-tiny --no-progress -q f32 qt.moe
