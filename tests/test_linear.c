@@ -8,6 +8,8 @@
  *    evaluating from 0 again gives the fresh session's logits (the state starts over);
  *  - a canceled eval empties the context (the state had moved on), and the session
  *    then works as a fresh one;
+ *  - sessions decoding together as one batch each keep their own state: the same
+ *    logits as alone, bit for bit;
  *  - the session's memory grows with the context by the attention layers' K and V only. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,6 +98,33 @@ int main(int argc, char **argv)
 	printf("linear state: carried across evals; reuse all or nothing; a cancel starts over\n");
 	moe_session_close(s);
 	moe_session_close(fresh);
+
+	/* three sessions decoding in lockstep as one batch (moe-server's steps): each with
+	 * its own state, the same logits as alone, bit for bit */
+	enum { N = 3, STEPS = 6 };
+	moe_session *alone[N] = {NULL}, *many[N] = {NULL};
+	for (int i = 0; i < N; i++) {
+		CHECK(moe_session_open(m, &alone[i]) == 0 && moe_session_open(m, &many[i]) == 0, "%s", moe_last_error());
+		feed(alone[i], a + 5 * i, 7 + (size_t)i); /* different prompts, different lengths */
+		feed(many[i], a + 5 * i, 7 + (size_t)i);
+	}
+	int same = 1;
+	for (int t = 0; t < STEPS; t++) {
+		int32_t next[N];
+		for (int i = 0; i < N; i++) {
+			next[i] = (int32_t)((t * 31 + i * 17 + 3) % (int)V);
+			CHECK(moe_session_eval(alone[i], &next[i], 1, NULL) == 0, "%s", moe_last_error());
+		}
+		CHECK(moe_session_eval_batch(many, next, N) == 0, "%s", moe_last_error());
+		for (int i = 0; i < N; i++)
+			same &= same_logits(alone[i], many[i], V);
+	}
+	CHECK(same, "a batch of sessions: not each session's logits alone");
+	printf("batched decode of %d sessions x %d tokens: each as alone, bit for bit\n", N, STEPS);
+	for (int i = 0; i < N; i++) {
+		moe_session_close(alone[i]);
+		moe_session_close(many[i]);
+	}
 
 	/* memory: 16x the context grows the attention layers' K and V (one layer in four)
 	 * and what is per position anyway (a head's scores, a batch's K and V as f32, the
