@@ -136,6 +136,26 @@ for t in q2_k q3_k q4_k q5_k q6_k; do
 	check "$t from floats: error" py kq.py "$TESTS_DIR" k-$t.moe $t
 	cat "$WORK/out"
 done
+# MXFP4 from floats: the blocks of llama.cpp's reference quantizer (quantize_row_mxfp4_ref,
+# which gguf_blocks.py's encoder follows), byte for byte; logits on them match the reference
+check "mxfp4 from floats" "$MOE_PACK" --no-progress --zstd-min-saving 100 -q experts=mxfp4 m256 k-mxfp4.moe
+check "mxfp4 from floats: llama.cpp's blocks" py - "$TESTS_DIR" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1])
+import moepack_ref as r
+import gguf_blocks as gb
+import write_model as wm
+p, w = r.Pack("k-mxfp4.moe"), wm.weights("mixtral256")
+for (l, e) in sorted(p.experts):
+    for m, hn in enumerate(("w1", "w3", "w2")):
+        x = w["model.layers.%d.block_sparse_moe.experts.%d.%s.weight" % (l, e, hn)]
+        assert p.expert_layout(l, e)["matrices"][m]["type"] == "mxfp4"
+        assert p.expert_matrix_bytes(l, e, m) == gb.encode("mxfp4", x), (l, e, m)
+PY
+check "mxfp4 reference" py "$REF" m256 "$T" kmx.npy --dequant k-mxfp4.moe
+check "mxfp4 run" "$MOE_RUN" -m k-mxfp4.moe --tokens "$T" -n 0 -b 7 --kv-type f32 --logits-out kmx.bin
+check "mxfp4 logits" py cmp.py kmx.bin kmx.npy
+cat "$WORK/out"
 check "q2_k reference" py "$REF" m256 "$T" k2.npy --dequant k-q2_k.moe
 check "q2_k run" "$MOE_RUN" -m k-q2_k.moe --tokens "$T" -n 0 -b 7 --kv-type f32 --logits-out k2.bin
 check "q2_k logits" py cmp.py k2.bin k2.npy

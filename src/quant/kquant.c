@@ -1,7 +1,7 @@
 /*
- * kquant.c - floats into GGUF's K block types (Q2_K .. Q6_K), written as ggml lays
- * them out (blocks.c decodes them; ggml-quants.c's dequantize_row_* is the
- * specification).
+ * kquant.c - floats into GGUF's K block types (Q2_K .. Q6_K), and into MXFP4, written
+ * as ggml lays them out (blocks.c decodes them; ggml-quants.c's dequantize_row_* is
+ * the specification).
  *
  * Every format is two levels of scales: a group of 16 or 32 weights has its own
  * scale (and, for Q2_K/Q4_K/Q5_K, a min), stored in 4, 6 or 8 bits against the
@@ -262,19 +262,50 @@ static void block_q6_k(const float *x, uint8_t *b)
 			}
 }
 
+/* MXFP4 {e, qs[16]} as llama.cpp's reference quantizer makes it: the E8M0 exponent that
+ * puts the block's largest magnitude at level 4 or more of the doubled E2M1 levels
+ * (floor(log2 amax) - 2 + 127), then each weight the nearest level x 2^(e-128), the
+ * first of equals in code order; weights j and j + 16 share byte j. */
+static uint8_t mxfp4_code(float x, float d)
+{
+	int best = 0;
+	float err = fabsf(moe_mxfp4_levels[0] * d - x);
+	for (int i = 1; i < 16; i++) {
+		const float e = fabsf(moe_mxfp4_levels[i] * d - x);
+		if (e < err)
+			best = i, err = e;
+	}
+	return (uint8_t)best;
+}
+
+static void block_mxfp4(const float *x, uint8_t *b)
+{
+	float amax = 0;
+	for (int j = 0; j < 32; j++)
+		amax = fmaxf(amax, fabsf(x[j]));
+	/* 0 for a zero block, 254 (the largest finite scale) for infinities */
+	int e = !(amax > 0) ? 0 : amax < 0x1p127f ? (int)floorf(log2f(amax)) - 2 + 127 : 254;
+	e = e < 0 ? 0 : e > 254 ? 254 : e;
+	const float d = ldexpf(1.0f, e - 128);
+	b[0] = (uint8_t)e;
+	for (int j = 0; j < 16; j++)
+		b[1 + j] = (uint8_t)(mxfp4_code(x[j], d) | mxfp4_code(x[j + 16], d) << 4);
+}
+
 int moe_type_is_quantizable_block(int type)
 {
 	return type == MOE_TYPE_Q2_K || type == MOE_TYPE_Q3_K || type == MOE_TYPE_Q4_K || type == MOE_TYPE_Q5_K ||
-	       type == MOE_TYPE_Q6_K;
+	       type == MOE_TYPE_Q6_K || type == MOE_TYPE_MXFP4;
 }
 
 void moe_quantize_blocks(int type, const float *src, size_t n, void *dst)
 {
 	const struct moe_block_format *f = moe_block_format(type);
-	for (size_t i = 0; i < n / 256; i++) {
-		const float *x = src + 256 * i;
+	for (size_t i = 0; i < n / f->weights; i++) {
+		const float *x = src + f->weights * i;
 		uint8_t *b = (uint8_t *)dst + f->bytes * i;
 		switch (type) {
+		case MOE_TYPE_MXFP4: block_mxfp4(x, b); break;
 		case MOE_TYPE_Q2_K: block_q2_k(x, b); break;
 		case MOE_TYPE_Q3_K: block_q3_k(x, b); break;
 		case MOE_TYPE_Q4_K: block_k_min(x, b, 4); break;

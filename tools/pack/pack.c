@@ -186,12 +186,12 @@ static int choose_type(const struct pack_options *o, const struct moe_hparams *h
 		t = mix_type(o->mix, hp, name, t);
 	if (moe_type_is_blocks(t) && t != kept && !moe_type_is_quantizable_block(t))
 		return moe_fail(MOE_EUNSUPPORTED, "%s: %s is %s; moe-pack keeps GGUF's %s blocks but does not quantize into them "
-				"(q2_k .. q6_k, q8, q4, f16, bf16 and f32 are made from any source)", e ? e->name : "synthetic tensor",
+				"(q2_k .. q6_k, mxfp4, q8, q4, f16, bf16 and f32 are made from any source)", e ? e->name : "synthetic tensor",
 				moe_kind_names[kind], kept >= 0 ? moe_type_name(kept) : e ? src_dtype_names[e->dtype] : "float",
 				moe_type_name(t));
 	if (moe_type_is_split(t) && cols % MOE_QBLOCK)
 		t = MOE_TYPE_F16; /* blocks need whole 32-column groups */
-	if (t != kept && moe_type_is_quantizable_block(t) && cols % 256)
+	if (t != kept && moe_type_is_quantizable_block(t) && cols % moe_type_block(t))
 		t = cols % MOE_QBLOCK ? MOE_TYPE_F16 : MOE_TYPE_Q8; /* as llama.cpp falls back for odd rows */
 	return t;
 }
