@@ -331,6 +331,14 @@ for a in qwen3_next qwen3_5_moe; do
 	check "$a q8/q4 logits" py cmp.py ${a}q.bin ${a}q.npy q4
 	cat "$WORK/out"
 done
+# FP8 with 128x128 block scales (weight_scale_inv, as DeepSeek's and Qwen's -FP8 releases
+# describe theirs): the fused projections are read as row views of FP8 tensors
+check "qwen3-next fp8 folder" py "$W" safetensors qf8 --arch=qwen3_next --fp8
+check "qwen3-next fp8 pack" "$MOE_PACK" --no-progress -q f32 --zstd-min-saving 100 qf8 qf8.moe
+check "qwen3-next fp8 run" "$MOE_RUN" -m qf8.moe --tokens $TT -n 0 -b 7 --kv-type f32 --logits-out qf8.bin
+check "qwen3-next fp8 reference (its dequantized weights)" py "$REF" qn $TT qf8.npy --dequant qf8.moe
+check "qwen3-next fp8 logits" py cmp.py qf8.bin qf8.npy f32
+cat "$WORK/out"
 check "qwen35moe gguf: value heads tiled" sh -c "'$MOE_PACK' --info --json qwen3_5_moe.g.moe | grep -q '\"hparams.linear_value_tiled\": 1'"
 greedy_is_reference qwen3-next qn.moe qn
 # the linear layers' state: carried across evals, prompt reuse all or nothing, a cancel
