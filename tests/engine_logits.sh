@@ -339,6 +339,17 @@ check "qwen3-next fp8 run" "$MOE_RUN" -m qf8.moe --tokens $TT -n 0 -b 7 --kv-typ
 check "qwen3-next fp8 reference (its dequantized weights)" py "$REF" qn $TT qf8.npy --dequant qf8.moe
 check "qwen3-next fp8 logits" py cmp.py qf8.bin qf8.npy f32
 cat "$WORK/out"
+check "qwen3.5 fp8 folder" py - "$TESTS_DIR" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1])
+import write_model
+write_model.safetensors("q35f8", arch="qwen3_5_moe", fp8=True)  # the scales under model.language_model. too
+PY
+check "qwen3.5 fp8 pack" "$MOE_PACK" --no-progress -q f32 --zstd-min-saving 100 q35f8 q35f8.moe
+check "qwen3.5 fp8 run" "$MOE_RUN" -m q35f8.moe --tokens $TT -n 0 -b 7 --kv-type f32 --logits-out q35f8.bin
+check "qwen3.5 fp8 reference (its dequantized weights)" py "$REF" qn $TT q35f8.npy --dequant q35f8.moe
+check "qwen3.5 fp8 logits" py cmp.py q35f8.bin q35f8.npy f32
+cat "$WORK/out"
 check "qwen35moe gguf: value heads tiled" sh -c "'$MOE_PACK' --info --json qwen3_5_moe.g.moe | grep -q '\"hparams.linear_value_tiled\": 1'"
 greedy_is_reference qwen3-next qn.moe qn
 # the linear layers' state: carried across evals, prompt reuse all or nothing, a cancel

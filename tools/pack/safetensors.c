@@ -277,7 +277,7 @@ static int gpt_oss_views(struct moe_source *src)
 	return 0;
 }
 
-/* the entry named fmt % layer, or NULL */
+/* the entry model.layers.L.WHAT, or NULL */
 static struct src_entry *layer_entry(struct moe_source *src, uint64_t l, const char *what)
 {
 	char name[192];
@@ -304,16 +304,18 @@ static void mark(struct moe_source *src, uint64_t l, const char *what, int xform
 static int qwen3_next_views(struct moe_source *src)
 {
 	static const char vlm[] = "model.language_model.";
-	for (size_t i = 0; i < src->n_entries; i++) {
-		struct src_entry *e = &src->entries[i];
-		if (strncmp(e->name, vlm, sizeof vlm - 1))
-			continue;
-		char *moved = malloc(strlen(e->name));
-		if (!moved)
-			return moe_fail(MOE_ENOMEM, "out of memory");
-		sprintf(moved, "model.%s", e->name + sizeof vlm - 1);
-		free(e->name);
-		e->name = moved;
+	for (size_t i = 0; i < src->n_entries; i++) { /* a name, and the FP8 scale it names */
+		char **names[2] = {&src->entries[i].name, &src->entries[i].scale_name};
+		for (int k = 0; k < 2; k++) {
+			if (!*names[k] || strncmp(*names[k], vlm, sizeof vlm - 1))
+				continue;
+			char *moved = malloc(strlen(*names[k]));
+			if (!moved)
+				return moe_fail(MOE_ENOMEM, "out of memory");
+			sprintf(moved, "model.%s", *names[k] + sizeof vlm - 1);
+			free(*names[k]);
+			*names[k] = moved;
+		}
 	}
 	src_index(src);
 	const struct moe_hparams *hp = &src->hp;
