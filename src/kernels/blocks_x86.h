@@ -560,11 +560,79 @@ static void x86_block_dot(const uint8_t *c, const float *s, const float *z, int 
 	}
 }
 
-/* an implementation's `blocks`: the fused K kernels where they apply, else the generic path */
+/* MXFP4 {e, qs[16]} (gpt-oss's experts): the codes looked up (vpshufb) as their level
+ * + 12, 0..24, unsigned for vpmaddubsw against the int8 activations; 12 x sum(x) taken
+ * back per block from the activations' sums; per block and token one multiply-add by
+ * 2^(e-128) x the activation scale. Weight j of a block is the low nibble of qs[j],
+ * weight j + 16 its high nibble. */
+static inline float x86_e8m0_half(uint8_t e) /* 2^(e-128), ggml's E8M0_TO_FP32_HALF */
+{
+	const uint32_t bits = e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23;
+	float f;
+	memcpy(&f, &bits, 4);
+	return f;
+}
+
+static inline __attribute__((always_inline)) void x86_mxfp4_row(const uint8_t *row, size_t nblk,
+								   const struct moe_qact *a, size_t t0, const int T,
+								   float *out)
+{
+	const size_t cols = a->cols;
+	const __m256i table = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0, 12, 13, 14, 15, 16,
+					       18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
+	const __m128i m4 = _mm_set1_epi8(15);
+	const __m256i ones = _mm256_set1_epi16(1);
+	__m256 acc[4];
+	float corr[4];
+	for (int k = 0; k < T; k++)
+		acc[k] = _mm256_setzero_ps(), corr[k] = 0;
+	for (size_t b = 0; b < nblk; b++) {
+		const uint8_t *blk = row + b * 17;
+		const float scale = x86_e8m0_half(blk[0]);
+		const __m128i q = _mm_loadu_si128((const __m128i *)(blk + 1));
+		const __m256i codes = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+		const __m256i u = _mm256_shuffle_epi8(table, codes);
+		for (int k = 0; k < T; k++) {
+			const size_t t = t0 + (size_t)k;
+			const __m256i x = _mm256_loadu_si256((const __m256i *)(a->q + t * cols + b * 32));
+			const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones);
+			acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(scale * a->d[t * (cols / 32) + b]), _mm256_cvtepi32_ps(p), acc[k]);
+			corr[k] += scale * a->ds[t * (cols / 32) + b];
+		}
+	}
+	for (int k = 0; k < T; k++)
+		out[k] = x86_hsum_ps(acc[k]) - 12.0f * corr[k];
+}
+
+static void x86_mxfp4_rows(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y,
+			   size_t ystride)
+{
+	const size_t nblk = w->cols / 32;
+	for (size_t r = r0; r < r1; r++) {
+		const uint8_t *row = (const uint8_t *)w->codes + r * nblk * 17;
+		for (size_t t0 = 0; t0 < a->batch; t0 += 4) {
+			float out[4];
+			const size_t T = a->batch - t0 < 4 ? a->batch - t0 : 4;
+			switch (T) {
+			case 1: x86_mxfp4_row(row, nblk, a, t0, 1, out); break;
+			case 2: x86_mxfp4_row(row, nblk, a, t0, 2, out); break;
+			case 3: x86_mxfp4_row(row, nblk, a, t0, 3, out); break;
+			default: x86_mxfp4_row(row, nblk, a, t0, 4, out); break;
+			}
+			for (size_t k = 0; k < T; k++)
+				y[(t0 + k) * ystride + r] = out[k];
+		}
+	}
+}
+
+/* an implementation's `blocks`: the fused K and MXFP4 kernels where they apply, else the
+ * generic path */
 static void x86_blocks(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y,
 		       size_t ystride)
 {
-	if (!x86_kquant_rows(w, r0, r1, a, y, ystride))
+	if (w->type == MOE_TYPE_MXFP4 && a->group == 32)
+		x86_mxfp4_rows(w, r0, r1, a, y, ystride);
+	else if (!x86_kquant_rows(w, r0, r1, a, y, ystride))
 		moe_blocks_rows(x86_block_dot, x86_codes, w, r0, r1, a, y, ystride);
 }
 
