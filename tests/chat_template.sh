@@ -27,6 +27,10 @@ expect_error "message without a role" "no \"role\"" "$MOE_RUN" --chat --print-pr
 expect_error "no template" "no chat template" "$MOE_RUN" --chat --print-prompt --tokenizer "$TOK" -p hi
 expect_error "missing template file" "no-such.jinja" "$MOE_RUN" --chat --print-prompt --tokenizer "$TOK" --chat-template "$WORK/no-such.jinja" -p hi
 expect_error "bad kwargs" "not a JSON object" "$MOE_RUN" --chat --print-prompt --tokenizer "$TOK" --chat-template chatml --chat-template-kwargs '[1' -p hi
+# a macro that outlives the loop it was defined in (kept through a namespace) still
+# sees that loop's scope (its frame is gone: the scope is kept in the render's arena)
+printf '{%% set ns = namespace(f=none) %%}{%% for i in [1, 2] %%}{%% macro g() %%}<{{ i }}>{%% endmacro %%}{%% set ns.f = g %%}{%% endfor %%}{{ ns.f() }}' >"$WORK/escape.jinja"
+check "a macro called after its loop" sh -c "'$MOE_RUN' --chat --print-prompt --tokenizer '$TOK' --chat-template '$WORK/escape.jinja' -p hi | grep -qx '<2>'"
 # hostile templates: bounded depth, memory, time and integers, errors naming the line
 hostile() { # hostile NAME 'words' PYTHON-EXPRESSION-FOR-THE-TEMPLATE
 	py -c "import sys; open(sys.argv[1], 'w').write($3)" "$WORK/$1.jinja"

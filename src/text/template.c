@@ -1887,6 +1887,18 @@ static struct value eval_node(struct ctx *c, struct scope *sc, struct expr *e)
 	return v_undef();
 }
 
+/* a scope chain copied into the arena (its dicts are there already): a macro keeps the
+ * scopes it was defined in after the loop or call whose C frame held them has returned */
+static struct scope *scope_keep(struct ctx *c, const struct scope *sc)
+{
+	if (!sc)
+		return NULL;
+	struct scope *k = alloc(c, sizeof *k);
+	k->vars = sc->vars;
+	k->up = scope_keep(c, sc->up);
+	return k;
+}
+
 static void run_for(struct ctx *c, struct scope *sc, struct stmt *s, struct sbuf *out)
 {
 	struct list *items = iter_items(c, eval(c, sc, s->e), s->line);
@@ -1958,7 +1970,7 @@ static void run(struct ctx *c, struct scope *sc, struct stmt *s, struct sbuf *ou
 		}
 		case S_MACRO: {
 			struct func *f = alloc(c, sizeof *f);
-			f->name = s->targets[0], f->macro = s, f->scope = sc;
+			f->name = s->targets[0], f->macro = s, f->scope = scope_keep(c, sc);
 			dict_set(c, sc->vars, s->targets[0], strlen(s->targets[0]), (struct value){.t = V_FUNC, .fn = f});
 			break;
 		}
