@@ -82,10 +82,7 @@ static void codes_mxfp4(const uint8_t *b, uint8_t *c)
 }
 static void scales_mxfp4(const uint8_t *b, float *s, float *z)
 {
-	const uint32_t u = b[0] < 2 ? 0x00200000u << b[0] : (uint32_t)(b[0] - 1) << 23;
-	float d;
-	memcpy(&d, &u, 4);
-	pair(s, z, 0, d, 0);
+	pair(s, z, 0, moe_mxfp4_scale(b[0]), 0);
 }
 
 /*

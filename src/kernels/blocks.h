@@ -50,5 +50,14 @@ extern const int8_t moe_iq4_levels[16];
 /* MXFP4's: the FP4 E2M1 values doubled (0, 0.5, 1, 1.5, 2, 3, 4, 6 and their negatives),
  * so that they are integers; the block's scale is halved to match, as ggml does. */
 extern const int8_t moe_mxfp4_levels[16];
+/* An MXFP4 block's E8M0 exponent as that halved scale, 2^(e-128) (ggml's
+ * E8M0_TO_FP32_HALF): exact in float32, subnormal for e < 2. */
+static inline float moe_mxfp4_scale(uint8_t e)
+{
+	const uint32_t u = e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23;
+	float d;
+	__builtin_memcpy(&d, &u, 4);
+	return d;
+}
 
 #endif

@@ -565,14 +565,6 @@ static void x86_block_dot(const uint8_t *c, const float *s, const float *z, int 
  * back per block from the activations' sums; per block and token one multiply-add by
  * 2^(e-128) x the activation scale. Weight j of a block is the low nibble of qs[j],
  * weight j + 16 its high nibble. */
-static inline float x86_e8m0_half(uint8_t e) /* 2^(e-128), ggml's E8M0_TO_FP32_HALF */
-{
-	const uint32_t bits = e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23;
-	float f;
-	memcpy(&f, &bits, 4);
-	return f;
-}
-
 static inline __attribute__((always_inline)) void x86_mxfp4_row(const uint8_t *row, size_t nblk,
 								   const struct moe_qact *a, size_t t0, const int T,
 								   float *out)
@@ -588,7 +580,7 @@ static inline __attribute__((always_inline)) void x86_mxfp4_row(const uint8_t *r
 		acc[k] = _mm256_setzero_ps(), corr[k] = 0;
 	for (size_t b = 0; b < nblk; b++) {
 		const uint8_t *blk = row + b * 17;
-		const float scale = x86_e8m0_half(blk[0]);
+		const float scale = moe_mxfp4_scale(blk[0]);
 		const __m128i q = _mm_loadu_si128((const __m128i *)(blk + 1));
 		const __m256i codes = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
 		const __m256i u = _mm256_shuffle_epi8(table, codes);

@@ -286,7 +286,7 @@ static void block_mxfp4(const float *x, uint8_t *b)
 	/* 0 for a zero block, 254 (the largest finite scale) for infinities */
 	int e = !(amax > 0) ? 0 : amax < 0x1p127f ? (int)floorf(log2f(amax)) - 2 + 127 : 254;
 	e = e < 0 ? 0 : e > 254 ? 254 : e;
-	const float d = ldexpf(1.0f, e - 128);
+	const float d = moe_mxfp4_scale((uint8_t)e);
 	b[0] = (uint8_t)e;
 	for (int j = 0; j < 16; j++)
 		b[1 + j] = (uint8_t)(mxfp4_code(x[j], d) | mxfp4_code(x[j + 16], d) << 4);
