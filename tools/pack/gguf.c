@@ -838,37 +838,19 @@ out:
  * k, then its value heads' v and z): read as the separate tensors of qwen35moe */
 static int qwen3next_views(struct moe_source *src)
 {
-	const struct moe_hparams *hp = &src->hp;
-	const uint64_t nk = hp->lin_k_heads, nv = hp->lin_v_heads, dk = hp->lin_k_dim, dv = hp->lin_v_dim;
-	const uint64_t r = nk ? nv / nk : 0, group = 2 * dk + 2 * r * dv, H = hp->hidden;
-	char name[64], base[64];
-	for (uint64_t l = 0; l < hp->n_layers && r; l++) {
-		snprintf(base, sizeof base, "blk.%llu.ssm_ba", (unsigned long long)l);
-		snprintf(name, sizeof name, "blk.%llu.ssm_beta", (unsigned long long)l);
-		const int split_ba = has_entry(src, base) && !has_entry(src, name);
-		for (int m = 0; m < 2 && split_ba; m++) {
-			snprintf(name, sizeof name, "blk.%llu.%s", (unsigned long long)l, m ? "ssm_alpha" : "ssm_beta");
-			struct src_entry *v = src_add_rows(src, name, base, H);
-			if (!v)
-				return moe_fail(MOE_ENOMEM, "out of memory");
-			src_rows_segment(v, nv, m ? r : 0, r, 2 * r);
-		}
-		snprintf(base, sizeof base, "blk.%llu.ssm_in", (unsigned long long)l);
-		snprintf(name, sizeof name, "blk.%llu.attn_qkv", (unsigned long long)l);
-		if (!has_entry(src, base) || has_entry(src, name))
-			continue;
-		struct src_entry *v = src_add_rows(src, name, base, H);
-		if (!v)
-			return moe_fail(MOE_ENOMEM, "out of memory");
-		src_rows_segment(v, nk * dk, 0, dk, group);
-		src_rows_segment(v, nk * dk, dk, dk, group);
-		src_rows_segment(v, nv * dv, 2 * dk, r * dv, group);
-		snprintf(name, sizeof name, "blk.%llu.attn_gate", (unsigned long long)l);
-		if (!(v = src_add_rows(src, name, base, H)))
-			return moe_fail(MOE_ENOMEM, "out of memory");
-		src_rows_segment(v, nv * dv, 2 * dk + r * dv, r * dv, group);
+	int rc = 0;
+	for (uint64_t l = 0; l < src->hp.n_layers && src->hp.lin_k_heads && !rc; l++) {
+		char in[64], ba[64], out[4][64];
+		static const char *const names[4] = {"attn_qkv", "attn_gate", "ssm_beta", "ssm_alpha"};
+		for (int k = 0; k < 4; k++)
+			snprintf(out[k], sizeof out[k], "blk.%llu.%s", (unsigned long long)l, names[k]);
+		snprintf(in, sizeof in, "blk.%llu.ssm_in", (unsigned long long)l);
+		snprintf(ba, sizeof ba, "blk.%llu.ssm_ba", (unsigned long long)l);
+		const char *const outs[4] = {out[0], out[1], out[2], out[3]};
+		rc = src_add_qwen3_next_views(src, has_entry(src, in) && !has_entry(src, out[0]) ? in : NULL,
+					      has_entry(src, ba) && !has_entry(src, out[2]) ? ba : NULL, outs);
 	}
-	return 0;
+	return rc;
 }
 
 /* "NAME-00001-of-00004.gguf": the stem NAME, or -1 if path is not named as a split */

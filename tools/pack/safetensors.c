@@ -319,10 +319,8 @@ static int qwen3_next_views(struct moe_source *src)
 	}
 	src_index(src);
 	const struct moe_hparams *hp = &src->hp;
-	const uint64_t nk = hp->lin_k_heads, nv = hp->lin_v_heads, dk = hp->lin_k_dim, dv = hp->lin_v_dim, r = nv / nk;
 	const uint64_t H = hp->hidden, E = hp->n_experts, ff = hp->expert_ff;
-	const uint64_t group = 2 * dk + 2 * r * dv; /* in_proj_qkvz's rows per key head */
-	char name[192], base[192];
+	char base[192];
 	mark(src, UINT64_MAX, "model.norm.weight", SRC_X_PLUS_ONE);
 	/* first what is found (src_find searches the sorted table: nothing added yet) */
 	uint8_t fused[MOE_MAX_LAYERS][3] = {{0}};
@@ -344,26 +342,17 @@ static int qwen3_next_views(struct moe_source *src)
 	}
 	for (uint64_t l = 0; l < hp->n_layers; l++) { /* then the views */
 		struct src_entry *v;
-#define VIEW(what, from, cols) (snprintf(name, sizeof name, "model.layers.%llu.%s", (unsigned long long)l, what), \
-		snprintf(base, sizeof base, "model.layers.%llu.%s", (unsigned long long)l, from),            \
-		(v = src_add_rows(src, name, base, cols)) ? 0 : moe_fail(MOE_ENOMEM, "out of memory"))
-		if (fused[l][0]) {
-			const char *qkvz = "linear_attn.in_proj_qkvz.weight";
-			if (VIEW("linear_attn.in_proj_qkv.weight", qkvz, H))
-				return MOE_ENOMEM;
-			src_rows_segment(v, nk * dk, 0, dk, group);
-			src_rows_segment(v, nk * dk, dk, dk, group);
-			src_rows_segment(v, nv * dv, 2 * dk, r * dv, group);
-			if (VIEW("linear_attn.in_proj_z.weight", qkvz, H))
-				return MOE_ENOMEM;
-			src_rows_segment(v, nv * dv, 2 * dk + r * dv, r * dv, group);
-		}
-		for (int m = 0; m < 2 && fused[l][1]; m++) {
-			if (VIEW(m ? "linear_attn.in_proj_a.weight" : "linear_attn.in_proj_b.weight",
-				 "linear_attn.in_proj_ba.weight", H))
-				return MOE_ENOMEM;
-			src_rows_segment(v, nv, m ? r : 0, r, 2 * r);
-		}
+		char qkvz[192], ba[192], out[4][192];
+		static const char *const names[4] = {"in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a"};
+		for (int k = 0; k < 4; k++)
+			snprintf(out[k], sizeof out[k], "model.layers.%llu.linear_attn.%s.weight", (unsigned long long)l,
+				 names[k]);
+		snprintf(qkvz, sizeof qkvz, "model.layers.%llu.linear_attn.in_proj_qkvz.weight", (unsigned long long)l);
+		snprintf(ba, sizeof ba, "model.layers.%llu.linear_attn.in_proj_ba.weight", (unsigned long long)l);
+		const char *const outs[4] = {out[0], out[1], out[2], out[3]};
+		int rc = src_add_qwen3_next_views(src, fused[l][0] ? qkvz : NULL, fused[l][1] ? ba : NULL, outs);
+		if (rc)
+			return rc;
 		for (uint64_t e = 0; fused[l][2] && e < E; e++)
 			for (int m = 0; m < 3; m++) {
 				struct moe_tensor_spec ex[3];
@@ -375,7 +364,6 @@ static int qwen3_next_views(struct moe_source *src)
 				const uint64_t rows = ex[m].dims[0]; /* gate_up: gate's rows, then up's */
 				src_rows_segment(v, rows, m == 2 ? e * H : e * 2 * ff + (m ? ff : 0), rows, rows);
 			}
-#undef VIEW
 	}
 	return 0;
 }

@@ -273,6 +273,30 @@ void src_rows_segment(struct src_entry *v, uint64_t rows, uint64_t row0, uint64_
 	v->rows += rows;
 }
 
+int src_add_qwen3_next_views(struct moe_source *src, const char *qkvz, const char *ba, const char *const out[4])
+{
+	const struct moe_hparams *hp = &src->hp;
+	const uint64_t nk = hp->lin_k_heads, nv = hp->lin_v_heads, dk = hp->lin_k_dim, dv = hp->lin_v_dim;
+	const uint64_t r = nk ? nv / nk : 0, group = 2 * dk + 2 * r * dv, H = hp->hidden;
+	struct src_entry *v;
+	if (qkvz) {
+		if (!(v = src_add_rows(src, out[0], qkvz, H)))
+			return moe_fail(MOE_ENOMEM, "out of memory");
+		src_rows_segment(v, nk * dk, 0, dk, group);
+		src_rows_segment(v, nk * dk, dk, dk, group);
+		src_rows_segment(v, nv * dv, 2 * dk, r * dv, group);
+		if (!(v = src_add_rows(src, out[1], qkvz, H)))
+			return moe_fail(MOE_ENOMEM, "out of memory");
+		src_rows_segment(v, nv * dv, 2 * dk + r * dv, r * dv, group);
+	}
+	for (int m = 0; ba && m < 2; m++) {
+		if (!(v = src_add_rows(src, out[2 + m], ba, H)))
+			return moe_fail(MOE_ENOMEM, "out of memory");
+		src_rows_segment(v, nv, m ? r : 0, r, 2 * r);
+	}
+	return 0;
+}
+
 /* base's row for row r of a SRC_ROWS view (checked by check_rows) */
 static uint64_t view_row(const struct src_entry *e, uint64_t r)
 {

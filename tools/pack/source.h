@@ -121,6 +121,12 @@ int src_pack_type(const struct src_entry *e);
 struct src_entry *src_add_rows(struct moe_source *src, const char *name, const char *base, uint64_t cols);
 void src_rows_segment(struct src_entry *v, uint64_t rows, uint64_t row0, uint64_t run, uint64_t stride);
 
+/* Qwen3-Next's fused linear-attention projections read as the separate ones: qkvz (per
+ * key head: its q, its k, then its value heads' v and z) as the views out[0] (q|k|v of
+ * every head) and out[1] (z); ba (per key head: its value heads' b, then their a) as
+ * out[2] and out[3]. A NULL base adds nothing. */
+int src_add_qwen3_next_views(struct moe_source *src, const char *qkvz, const char *ba, const char *const out[4]);
+
 /* Synthetic values: element i of a tensor with this seed. */
 float synth_value(const struct src_entry *e, uint64_t i);
 
