@@ -273,6 +273,10 @@ int moe_model_load(const moe_pack *pack, int threads, struct moe_model **out)
 		rc = moe_fail(MOE_ENOMEM, "cannot start %d threads", threads);
 		goto fail;
 	}
+	/* the pool's threads call OpenBLAS, each for its own heads: OpenBLAS threading
+	 * inside them would only contend for the same cores (decode 2.5x slower at 512
+	 * positions on 2 cores). Process-wide, as OpenBLAS knows no other setting. */
+	openblas_set_num_threads(1);
 	*out = m;
 	return 0;
 fail:
@@ -360,6 +364,18 @@ static size_t lin_bytes(const struct moe_session *s)
 		B * (moe_lin_conv_dim(hp) + 2 * lin_value_dim(hp) + 2 * hp->lin_v_heads + 3 * q)) * sizeof(float);
 }
 
+/* Attention reads its rows as f32 in place from an f32 cache; an f16 cache or a
+ * window's ring is converted into kv_f32 first (one layer's K, then V rows). */
+static int kv_converted(const struct moe_session *s)
+{
+	if (s->m->hp.arch == MOE_ARCH_DEEPSEEK_V3)
+		return 0; /* MLA converts its latents itself */
+	int ring = 0;
+	for (size_t l = 0; l < s->m->hp.n_layers; l++)
+		ring |= s->kv_cap[l] && s->kv_cap[l] < s->ctx;
+	return s->kv_type != MOE_KV_F32 || ring;
+}
+
 int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, int kv_type, struct moe_session **out)
 {
 	*out = NULL;
@@ -394,7 +410,6 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 	}
 	s->k_cache = calloc(rows * kv, kv_elt);
 	s->v_cache = ds ? NULL : calloc(rows * kv, kv_elt);
-	s->kv_row = malloc(kv * sizeof(float));
 	s->shared_out = malloc(B * H * sizeof(float));
 	if (ds && moe_mla_init(s)) {
 		moe_session_free(s);
@@ -415,9 +430,9 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 	s->moe_out = malloc(B * H * sizeof(float));
 	s->gather = malloc(B * H * sizeof(float));
 	s->expert_out = malloc(B * H * sizeof(float));
-	/* decode: every head's scores of one token; a batch: one head's scores of every token */
-	s->scores = malloc((ctx * hp->n_heads > B * ctx ? ctx * hp->n_heads : B * ctx) * sizeof(float));
-	s->kv_f32 = ds || B == 1 ? NULL : malloc(2 * ctx * kv * sizeof(float));
+	/* one token's scores, every head's (decode) or one KV head's group (a batch) */
+	s->scores = malloc(ctx * hp->n_heads * sizeof(float));
+	s->kv_f32 = s->kv_cap && s->kv_off && kv_converted(s) ? malloc(2 * ctx * kv * sizeof(float)) : NULL;
 	s->topk = malloc(B * hp->n_experts_used * sizeof(int));
 	s->topw = malloc(B * hp->n_experts_used * sizeof(float));
 	s->topp = malloc(B * hp->n_experts_used * sizeof(float));
@@ -436,7 +451,7 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 	if (!s->kv_cap || !s->kv_off || !s->shared_out || (!ds && !s->v_cache) || !s->topp || !s->pair_out || !s->look_topk || !s->look_topp ||
 	    !s->look_xn || !s->look_router || !s->look_score || !s->look_list || !s->prev_experts || !s->k_cache || !s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->tmp ||
 	    !s->router || !s->moe_out || !s->gather || !s->expert_out || !s->scores || !s->topk || !s->topw ||
-	    !s->kv_row || (!ds && B > 1 && !s->kv_f32)) {
+	    (kv_converted(s) && !s->kv_f32)) {
 		moe_session_free(s);
 		return moe_fail(MOE_ENOMEM, "out of memory for a %zu-token context", ctx);
 	}
@@ -456,7 +471,7 @@ void moe_session_free(struct moe_session *s)
 	if (!s)
 		return;
 	void *bufs[] = {s->k_cache, s->v_cache, s->x, s->xn, s->q, s->k, s->v, s->att, s->tmp,
-			s->router, s->moe_out, s->gather, s->expert_out, s->scores, s->topw, s->kv_row, s->kv_f32,
+			s->router, s->moe_out, s->gather, s->expert_out, s->scores, s->topw, s->kv_f32,
 			s->topp, s->pair_out, s->look_topk, s->look_topp, s->look_xn, s->look_router, s->look_score, s->look_list, s->prev_experts};
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
 		free(bufs[i]);
@@ -493,8 +508,8 @@ size_t moe_session_bytes(const struct moe_session *s)
 	const int ds = hp->arch == MOE_ARCH_DEEPSEEK_V3;
 	const size_t kv_elt = s->kv_type == MOE_KV_F16 ? 2 : 4, H = hp->hidden, B = s->max_batch;
 	const size_t qd = ds ? hp->n_heads * hp->v_head_dim : hp->n_heads * hp->head_dim, kvd = s->kv_dim;
-	const size_t scores = s->ctx * (hp->n_heads > B ? hp->n_heads : B), kv_f32 = ds || B == 1 ? 0 : 2 * s->ctx * kvd;
-	const size_t scratch = (B * (8 * H + 2 * qd + 2 * kvd + 2 * hp->n_experts) + scores + kv_f32 + kvd +
+	const size_t scores = s->ctx * hp->n_heads, kv_f32 = kv_converted(s) ? 2 * s->ctx * kvd : 0;
+	const size_t scratch = (B * (8 * H + 2 * qd + 2 * kvd + 2 * hp->n_experts) + scores + kv_f32 +
 				2 * hp->n_experts + hp->n_layers * hp->n_experts_used + B * hp->n_experts_used * H) * sizeof(float);
 	size_t rows = 0;
 	for (size_t l = 0; l < hp->n_layers; l++)
@@ -566,107 +581,67 @@ void moe_kv_store(struct moe_session *s, void *cache, size_t l, size_t pos, cons
 			((uint16_t *)cache)[at + i] = moe_f32_to_f16(row[i]);
 }
 
-/* A prompt batch: per head, the scores of all n tokens against every cached
- * position are one matrix product (OpenBLAS sgemm), masked causally, softmaxed
- * row by row, then multiplied by V: two sgemm calls per head instead of n x len
- * dot products. The cache's rows are converted to f32 once per layer. */
-static void attention_batch(struct moe_session *s, size_t l, size_t n)
-{
-	const struct moe_hparams *hp = &s->m->hp;
-	const size_t hd = hp->head_dim, nh = hp->n_heads, group = nh / hp->n_kv_heads, kvd = s->kv_dim;
-	/* positions base .. end - 1: all the batch sees (a window's ring holds no more) */
-	const size_t base = first_seen(hp, l, s->n_past), end = s->n_past + n, len = end - base;
-	float *sc = s->scores; /* [n][len] */
-	const float *kf, *vf;   /* this layer's rows [len][kvd]: an f32 cache's are used in place */
-	const int ring = s->kv_cap[l] < s->ctx;
-	if (s->kv_type == MOE_KV_F32 && !ring) {
-		kf = (const float *)s->k_cache + moe_kv_at(s, l, base);
-		vf = (const float *)s->v_cache + moe_kv_at(s, l, base);
-	} else { /* gathered in position order as f32 */
-		float *k32 = s->kv_f32, *v32 = s->kv_f32 + s->ctx * kvd;
-		for (size_t p = base; p < end;) {
-			/* rows p .. up to the ring's end are contiguous */
-			const size_t at = moe_kv_at(s, l, p), left = s->kv_cap[l] - p % s->kv_cap[l];
-			const size_t run = left < end - p ? left : end - p;
-			if (s->kv_type == MOE_KV_F32) {
-				memcpy(k32 + (p - base) * kvd, (const float *)s->k_cache + at, run * kvd * sizeof(float));
-				memcpy(v32 + (p - base) * kvd, (const float *)s->v_cache + at, run * kvd * sizeof(float));
-			} else {
-				s->m->kernels->halves((const uint16_t *)s->k_cache + at, run * kvd, k32 + (p - base) * kvd);
-				s->m->kernels->halves((const uint16_t *)s->v_cache + at, run * kvd, v32 + (p - base) * kvd);
-			}
-			p += run;
-		}
-		kf = k32, vf = v32;
-	}
-	for (size_t h = 0; h < nh; h++) {
-		const float *qh = s->q + h * hd, *kh = kf + (h / group) * hd, *vh = vf + (h / group) * hd;
-		/* sc = scale * Q_h K_h^T */
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)len, (int)hd, 1.0f / sqrtf((float)hd), qh,
-			    (int)(nh * hd), kh, (int)kvd, 0.0f, sc, (int)len);
-		const float *sinks = s->m->layers[l].sinks, sink = sinks ? sinks[h] : -INFINITY;
-		for (size_t t = 0; t < n; t++) { /* token t sees positions from .. n_past + t, column p - base */
-			const size_t seen = s->n_past + t + 1, from = first_seen(hp, l, seen - 1);
-			float *row = sc + t * len;
-			memset(row, 0, (from - base) * sizeof(float));
-			moe_softmax_sink(row + (from - base), seen - from, sink);
-			memset(row + (seen - base), 0, (end - seen) * sizeof(float));
-		}
-		/* att_h = P V_h */
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)hd, (int)len, 1.0f, sc, (int)len, vh,
-			    (int)kvd, 0.0f, s->att + h * hd, (int)(nh * hd));
-	}
-}
-
-/* One token's attention, split by KV heads over the kernel pool: each thread reads
- * (and for an f16 cache converts) its heads' slices of every cached K and V row
- * once, for all the query heads that share them. */
-struct decode_job {
+/* Attention of n tokens (a prompt batch or one decoded token), token by token and
+ * KV head by KV head: the scores of the query heads that share a KV head against
+ * every position the token sees are one OpenBLAS sgemm, softmaxed row by row, then
+ * multiplied by V in a second. Each call's shape follows from the token's position
+ * alone, never from the batch it came in, so a token's attention has the same bits
+ * however the context was split into steps: a session that reuses a prefix other
+ * steps computed (moe-server's slots, moe_session_rewind) goes on exactly as one fed
+ * the whole text at once. The KV heads are split over the kernel pool. */
+struct attention_job {
 	struct moe_session *s;
-	size_t l;
+	size_t l, n, base;    /* the steps' tokens see positions from base on */
+	const float *kf, *vf; /* rows base .. of K and V as f32, kv_dim apart */
+	int gather;           /* an f16 cache or a window's ring: each thread converts its slices */
 };
 
-static void attend_kv_heads(void *arg, int i, int n)
+static void attend_kv_heads(void *arg, int i, int n_threads)
 {
-	const struct decode_job *j = arg;
+	const struct attention_job *j = arg;
 	struct moe_session *s = j->s;
 	const struct moe_hparams *hp = &s->m->hp;
-	const size_t hd = hp->head_dim, nh = hp->n_heads, nkv = hp->n_kv_heads, group = nh / nkv;
-	const size_t len = s->n_past + 1, g0 = nkv * (size_t)i / (size_t)n, g1 = nkv * (size_t)(i + 1) / (size_t)n;
-	const size_t from = first_seen(hp, j->l, s->n_past); /* positions from .. len - 1 */
+	const size_t hd = hp->head_dim, nh = hp->n_heads, nkv = hp->n_kv_heads, group = nh / nkv, kvd = s->kv_dim;
+	const size_t g0 = nkv * (size_t)i / (size_t)n_threads, g1 = nkv * (size_t)(i + 1) / (size_t)n_threads;
+	const size_t end = s->n_past + j->n;
 	const float scale = 1.0f / sqrtf((float)hd), *sinks = s->m->layers[j->l].sinks;
 	for (size_t g = g0; g < g1; g++) {
-		float *buf = s->kv_row + g * hd; /* this head's slice of the row buffer: no other thread's */
-		for (int pass = 0; pass < 2; pass++) { /* scores against K, then the sums of V */
-			const void *cache = pass ? s->v_cache : s->k_cache;
-			if (pass)
-				for (size_t h = g * group; h < (g + 1) * group; h++) {
-					moe_softmax_sink(s->scores + h * len + from, len - from, sinks ? sinks[h] : -INFINITY);
-					memset(s->att + h * hd, 0, hd * sizeof(float));
-				}
-			for (size_t p = from; p < len; p++) {
-				const size_t at = moe_kv_at(s, j->l, p) + g * hd;
-				const float *row = (const float *)cache + at;
-				if (s->kv_type != MOE_KV_F32)
-					s->m->kernels->halves((const uint16_t *)cache + at, hd, buf), row = buf;
-				for (size_t h = g * group; h < (g + 1) * group; h++) {
-					if (pass)
-						moe_axpy(s->att + h * hd, s->scores[h * len + p], row, hd);
-					else
-						s->scores[h * len + p] = moe_dot(s->q + h * hd, row, hd) * scale;
-				}
+		for (size_t p = j->base; j->gather && p < end; p++) { /* this head's slice of each row */
+			const size_t at = moe_kv_at(s, j->l, p) + g * hd;
+			float *k32 = (float *)j->kf + (p - j->base) * kvd + g * hd, *v32 = (float *)j->vf + (p - j->base) * kvd + g * hd;
+			if (s->kv_type == MOE_KV_F32) {
+				memcpy(k32, (const float *)s->k_cache + at, hd * sizeof(float));
+				memcpy(v32, (const float *)s->v_cache + at, hd * sizeof(float));
+			} else {
+				s->m->kernels->halves((const uint16_t *)s->k_cache + at, hd, k32);
+				s->m->kernels->halves((const uint16_t *)s->v_cache + at, hd, v32);
 			}
+		}
+		float *sc = s->scores + g * group * s->ctx; /* [group][seen]: this KV head's, no other thread's */
+		for (size_t t = 0; t < j->n; t++) {
+			const size_t pos = s->n_past + t, from = first_seen(hp, j->l, pos), seen = pos + 1 - from;
+			const float *qg = s->q + (t * nh + g * group) * hd;
+			const float *kg = j->kf + (from - j->base) * kvd + g * hd, *vg = j->vf + (from - j->base) * kvd + g * hd;
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)group, (int)seen, (int)hd, scale, qg,
+				    (int)hd, kg, (int)kvd, 0.0f, sc, (int)seen);
+			for (size_t h = 0; h < group; h++)
+				moe_softmax_sink(sc + h * seen, seen, sinks ? sinks[g * group + h] : -INFINITY);
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)group, (int)hd, (int)seen, 1.0f, sc,
+				    (int)seen, vg, (int)kvd, 0.0f, s->att + (t * nh + g * group) * hd, (int)hd);
 		}
 	}
 }
 
 static void attention(struct moe_session *s, size_t l, size_t n)
 {
-	if (n > 1) {
-		attention_batch(s, l, n);
-		return;
+	/* positions base .. n_past + n - 1: all the steps see (a window's ring holds no more) */
+	const size_t base = first_seen(&s->m->hp, l, s->n_past);
+	struct attention_job j = {s, l, n, base, s->kv_f32, s->kv_f32 + s->ctx * s->kv_dim, 1};
+	if (!s->kv_f32) { /* an f32 cache's rows, in place */
+		j.kf = (const float *)s->k_cache + moe_kv_at(s, l, base);
+		j.vf = (const float *)s->v_cache + moe_kv_at(s, l, base);
+		j.gather = 0;
 	}
-	struct decode_job j = {s, l};
 	moe_pool_run(s->m->pool, attend_kv_heads, &j);
 }
 

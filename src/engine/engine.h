@@ -120,8 +120,8 @@ struct moe_session {
 				      * (position p in row p mod cap; moe_kv_at) */
 	/* scratch, sized for max_batch tokens */
 	size_t max_batch;
-	float *x, *xn, *q, *k, *v, *att, *tmp, *router, *moe_out, *gather, *expert_out, *scores, *kv_row;
-	float *kv_f32;               /* a prompt batch's attention: this layer's K rows, then V rows, as f32 */
+	float *x, *xn, *q, *k, *v, *att, *tmp, *router, *moe_out, *gather, *expert_out, *scores;
+	float *kv_f32;               /* an f16 cache's or a ring's rows of one layer as f32: K, then V */
 	int *topk;
 	float *topw, *topp;          /* routing weights as used, and the router's probabilities */
 	float *pair_out;             /* [token][k][hidden]: each routed expert's output */
