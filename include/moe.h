@@ -285,14 +285,16 @@ MOE_API void moe_model_params_init(moe_model_params *p);
  * dense weights + the sessions + two experts (the message gives the figures);
  * MOE_EUNSUPPORTED for an architecture or weight type this build does not run;
  * MOE_ENOMEM when mlock is refused (RLIMIT_MEMLOCK); MOE_ECANCELED when the
- * progress callback says stop.
+ * progress callback says stop. The model's own threads split the work, so it
+ * sets OpenBLAS to one thread per call, for the whole process (OpenBLAS has no
+ * narrower setting).
  */
 MOE_API int moe_model_open(const char *path, const moe_model_params *p, moe_model **out);
 /* Frees the model; its sessions must be closed first. NULL is fine. */
 MOE_API void moe_model_close(moe_model *m);
 
 typedef struct moe_model_info {
-	const char *arch;          /* "mixtral", "qwen3_moe", "deepseek_v3", "glm4_moe", "gpt_oss" */
+	const char *arch;          /* "mixtral", "qwen3_moe", "deepseek_v3", "glm4_moe", "gpt_oss", "qwen3_next" */
 	uint64_t n_layers, n_experts, n_experts_used, n_vocab;
 	uint64_t n_ctx_train;      /* the model's longest context (0: not recorded) */
 	size_t n_ctx, n_batch;     /* as opened */
