@@ -37,11 +37,14 @@ experts = k["experts"]["raw_bytes"]
 blob = info["expert_layout"]["raw_blob_bytes"]
 # weights one decoded token reads: everything dense but the embedding table, plus its experts
 dense_per_token = sum(v["raw_bytes"] for n, v in k.items() if n not in ("experts", "embed"))
-print("EXPERTS=%d BLOB=%d BASE=%d DENSE_TOKEN=%d" % (experts, blob, sizes["resident_bytes"] + sizes["session_bytes"],
-                                                    dense_per_token))
+# the experts a token uses: top-k in each layer that has experts (DeepSeek's first
+# layers are dense)
+meta = info["metadata"]
+moe_layers = round(experts / (blob * int(meta["hparams.n_experts"])))
+print("EXPERTS=%d BLOB=%d BASE=%d DENSE_TOKEN=%d LK=%d" % (experts, blob, sizes["resident_bytes"] + sizes["session_bytes"],
+                                                         dense_per_token, moe_layers * int(meta["hparams.n_experts_used"])))
 PY
 )"
-LK=$(./moe-pack --info "$PACK" | awk '/n_layers/ {l = $2} /n_experts_used/ {k = $2} END {print l * k}')
 TOKEN_BYTES=$((DENSE_TOKEN + LK * BLOB))
 echo "pack $PACK: experts $((EXPERTS / 1048576)) MiB (blob $((BLOB / 1048576)) MiB); dense + KV($CTX) + scratch $((BASE / 1048576)) MiB; a token reads $((TOKEN_BYTES / 1048576)) MiB of weights"
 
