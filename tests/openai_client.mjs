@@ -35,6 +35,13 @@ for await (const chunk of stream) {
 }
 check(`streamed chat (${chunks} chunks): the same text`, text === env.WANT_CHAT && finish === 'length', JSON.stringify(text));
 
+const lp = await client.chat.completions.create({ ...chatReq, max_tokens: 8, logprobs: true, top_logprobs: 3 });
+const content = lp.choices[0].logprobs?.content ?? [];
+check('chat with logprobs: one entry per token, the likeliest first',
+	content.length === 8 && content.map((c) => c.token).join('') === lp.choices[0].message.content &&
+	content.every((c) => c.top_logprobs.length === 3 && c.top_logprobs[0].token === c.token && c.logprob <= 0),
+	JSON.stringify(lp.choices[0].logprobs));
+
 const cmpl = await client.completions.create({ model: env.MODEL, prompt: 'And God said', max_tokens: 40, temperature: 0 });
 check('completions.create: moe-run\'s text', cmpl.choices[0].text === env.WANT_COMPLETION, JSON.stringify(cmpl.choices[0].text));
 

@@ -80,6 +80,54 @@ field resp.json choices 0 text >stop.txt
 check "... the text ends before the stop string" grep -q 'If thou be the $' stop.txt
 check "... finish_reason stop" [ "$(field resp.json choices 0 finish_reason)" = stop ]
 
+# logprobs: the log-softmax of the model's logits, against moe-run's logits of the
+# same tokens (--logits-out: every position of the prompt + the greedy reply)
+check "completions with logprobs 3" [ "$(status /v1/completions '{"prompt": "And God said", "max_tokens": 6, "temperature": 0, "logprobs": 3}' -H "$AUTH")" = 200 ]
+cp resp.json lp.json
+ids=$("$MOE_RUN" -m kjv.moe --tokenize -p 'And God said' | tr -d '[] ')
+gen=$("$MOE_RUN" -m kjv.moe --tokens "$ids" -n 6 -c 256 2>/dev/null | tr ' ' ',')
+"$MOE_RUN" -m kjv.moe --tokens "$ids,$gen" -n 0 -c 256 --logits-out lp.bin >/dev/null 2>&1
+cat >lp_check.py <<'PY'
+import json, sys
+import numpy as np
+v = json.load(open(sys.argv[1]))["choices"][0]
+ids, gen = [int(x) for x in sys.argv[3].split(",")], [int(x) for x in sys.argv[4].split(",")]
+logits = np.fromfile(sys.argv[2], dtype=np.float32).astype(np.float64)
+logits = logits.reshape(len(ids) + len(gen), -1)
+lp = v["logprobs"]
+assert len(lp["tokens"]) == len(gen) == 6 and "".join(lp["tokens"]) == v["text"], lp["tokens"]
+offset = 0
+for i, g in enumerate(gen):
+    row = logits[len(ids) - 1 + i]
+    ref = row - (row.max() + np.log(np.exp(row - row.max()).sum()))
+    assert abs(lp["token_logprobs"][i] - ref[g]) < 1e-4, (i, lp["token_logprobs"][i], ref[g])
+    top = sorted(lp["top_logprobs"][i].values(), reverse=True)
+    want = np.sort(ref)[::-1][:3]
+    assert len(top) == 3 and np.allclose(top, want, atol=1e-4), (i, top, want)
+    assert lp["text_offset"][i] == offset
+    offset += len(lp["tokens"][i])
+print("6 tokens: logprobs and top 3 within 1e-4 of the reference")
+PY
+check "... the log-softmax of moe-run's logits for the same tokens (numpy)" py lp_check.py lp.json lp.bin "$ids" "$gen"
+check "chat with logprobs and top_logprobs 2" [ "$(status /v1/chat/completions '{"messages": [{"role": "user", "content": "Who made the heaven?"}], "max_tokens": 8, "temperature": 0, "logprobs": true, "top_logprobs": 2}' -H "$AUTH")" = 200 ]
+cp resp.json lpchat.json
+curl -sN -H "$AUTH" -d '{"messages": [{"role": "user", "content": "Who made the heaven?"}], "max_tokens": 8, "temperature": 0, "logprobs": true, "top_logprobs": 2, "stream": true}' \
+	"http://127.0.0.1:$PORT/v1/chat/completions" >lpsse.txt
+cat >lpchat_check.py <<'PY'
+import json, sys
+v = json.load(open(sys.argv[1]))["choices"][0]
+content = v["logprobs"]["content"]
+assert len(content) == 8 and "".join(c["token"] for c in content) == v["message"]["content"]
+for c in content: # greedy: the token is the likeliest, its bytes its UTF-8
+    assert c["top_logprobs"][0]["token"] == c["token"] and c["top_logprobs"][0]["logprob"] == c["logprob"]
+    assert c["top_logprobs"][1]["logprob"] <= c["logprob"] <= 0 and bytes(c["bytes"]) == c["token"].encode()
+events = [l[6:] for l in open(sys.argv[2]).read().split("\n") if l.startswith("data: ")][:-1]
+streamed = [c for e in events for ch in json.loads(e)["choices"] if ch["logprobs"] for c in ch["logprobs"]["content"]]
+assert streamed == content, (streamed, content)
+print("8 tokens, the same streamed")
+PY
+check "... one entry per token, the likeliest first, the same when streamed" py lpchat_check.py lpchat.json lpsse.txt
+
 # 4 clients at once, each with its own prompt: each answer is moe-run's, bit for bit.
 # The kernels give a token the same sums in any batch (test_kernels) and attention
 # the same in any split of the context into steps (test_api), so neither the decode
@@ -131,6 +179,8 @@ bad "messages of the wrong type" 400 /v1/chat/completions '{"messages": "hi"}' -
 bad "content of the wrong type" 400 /v1/chat/completions '{"messages": [{"role": "user", "content": 3}]}' -H "$AUTH"
 bad "temperature out of range" 400 /v1/completions '{"prompt": "a", "temperature": "hot"}' -H "$AUTH"
 bad "n > 1" 400 /v1/completions '{"prompt": "a", "n": 2}' -H "$AUTH"
+bad "top_logprobs without logprobs" 400 /v1/chat/completions '{"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2}' -H "$AUTH"
+bad "logprobs over 20" 400 /v1/completions '{"prompt": "a", "logprobs": 21}' -H "$AUTH"
 bad "unknown model" 404 /v1/completions '{"model": "gpt-4", "prompt": "a"}' -H "$AUTH"
 long=$(py -c 'print("And God said " * 200)')
 bad "prompt longer than the context" 400 /v1/completions "{\"prompt\": \"$long\"}" -H "$AUTH"

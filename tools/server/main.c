@@ -17,6 +17,7 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <limits.h>
+#include <math.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <pthread.h>
@@ -32,6 +33,8 @@
 #include "moe.h"
 
 #define MAX_STOPS 16
+#define MAX_TOP_LOGPROBS 20
+#define NO_LOGPROBS SIZE_MAX /* choice_json: "logprobs": null */
 
 static void usage(FILE *fp)
 {
@@ -70,6 +73,17 @@ static void usage(FILE *fp)
 
 /* ---- jobs ---- */
 
+/* A generated token's log-probability under the model (its logits' log-softmax,
+ * before temperature or penalties) and the likeliest alternatives. */
+struct token_logprob {
+	int32_t id, prev;             /* prev: the token before it, to spell alternatives */
+	char *text;                   /* what it added to the streamed text */
+	float logprob;
+	int n_top;
+	int32_t top_id[MAX_TOP_LOGPROBS];
+	float top_lp[MAX_TOP_LOGPROBS];
+};
+
 enum job_state { JOB_QUEUED, JOB_PREFILL, JOB_RUNNING, JOB_DONE };
 
 struct job {
@@ -80,6 +94,7 @@ struct job {
 	moe_sampler_params sp;
 	char *stops[MAX_STOPS];
 	size_t n_stops;
+	int logprobs, top_logprobs;   /* log-probabilities asked for, with this many alternatives */
 	char id[40];
 	long long created;
 	/* progress, under srv.lock */
@@ -90,6 +105,8 @@ struct job {
 	size_t out_len, out_cap;
 	const char *finish;           /* "stop", "length" */
 	size_t prompt_tokens, reused_tokens, completion_tokens;
+	struct token_logprob *lps;    /* one per generated token when logprobs */
+	size_t n_lps, cap_lps;
 	int canceled;
 	int refs;                     /* the connection's and the worker's */
 	pthread_cond_t changed;
@@ -135,6 +152,9 @@ static void job_release(struct job *j) /* under srv.lock */
 	for (size_t i = 0; i < j->n_stops; i++)
 		free(j->stops[i]);
 	free(j->out);
+	for (size_t i = 0; i < j->n_lps; i++)
+		free(j->lps[i].text);
+	free(j->lps);
 	free(j->error);
 	free(j->error_type);
 	pthread_cond_destroy(&j->changed);
@@ -174,6 +194,51 @@ static int job_append(struct job *j, const char *text, size_t len) /* under srv.
 	j->out[j->out_len] = '\0';
 	if (len)
 		pthread_cond_broadcast(&j->changed);
+	return 0;
+}
+
+/* Token id's entry, from the logits it was sampled from: its log-softmax and the
+ * top_logprobs likeliest (kept sorted by insertion). Under srv.lock. */
+static int job_logprob(struct job *j, const float *logits, size_t n, int32_t id, int32_t prev, const char *text,
+		       size_t len)
+{
+	if (j->n_lps == j->cap_lps) {
+		const size_t cap = j->cap_lps ? 2 * j->cap_lps : 64;
+		struct token_logprob *nb = realloc(j->lps, cap * sizeof *nb);
+		if (!nb)
+			return -1;
+		j->lps = nb, j->cap_lps = cap;
+	}
+	struct token_logprob *e = &j->lps[j->n_lps];
+	e->text = malloc(len + 1);
+	if (!e->text)
+		return -1;
+	memcpy(e->text, text, len);
+	e->text[len] = '\0';
+	float mx = -INFINITY;
+	for (size_t i = 0; i < n; i++)
+		mx = logits[i] > mx ? logits[i] : mx;
+	double sum = 0;
+	for (size_t i = 0; i < n; i++)
+		sum += exp((double)logits[i] - mx);
+	const double lse = mx + log(sum);
+	e->id = id, e->prev = prev, e->n_top = 0;
+	e->logprob = (float)(logits[id] - lse);
+	for (size_t i = 0; i < n && j->top_logprobs; i++) {
+		int k;
+		if (e->n_top < j->top_logprobs)
+			k = e->n_top++;
+		else if (logits[i] > logits[e->top_id[e->n_top - 1]])
+			k = e->n_top - 1; /* the last one makes room */
+		else
+			continue;
+		for (; k > 0 && logits[i] > logits[e->top_id[k - 1]]; k--) /* a tie keeps the lower id first */
+			e->top_id[k] = e->top_id[k - 1];
+		e->top_id[k] = (int32_t)i;
+	}
+	for (int k = 0; k < e->n_top; k++)
+		e->top_lp[k] = (float)(logits[e->top_id[k]] - lse);
+	j->n_lps++;
 	return 0;
 }
 
@@ -352,6 +417,9 @@ static void decode_step(void)
 		const char *text;
 		size_t len;
 		int r = id < 0 ? -1 : moe_detokenizer_push(sl->detok, id, &text, &len);
+		if (!r && j->logprobs)
+			r = job_logprob(j, moe_session_logits(s), srv.n_sampled, id, moe_session_tokens(s)[moe_session_pos(s) - 1],
+					text, len);
 		if (!r)
 			r = moe_stopper_push(sl->stopper, text, len, 0, &text, &len);
 		if (r < 0 || job_append(j, text, len)) {
@@ -483,8 +551,80 @@ static json_t *usage_json(const struct job *j)
 			 "prompt_tokens_details", "cached_tokens", (json_int_t)j->reused_tokens);
 }
 
-/* A choice: the whole message or text, or (stream) a delta. */
-static json_t *choice_json(const struct job *j, const char *text, size_t len, const char *finish, int stream)
+/* An alternative token's text where the chosen one stands: what it adds after
+ * the token before it (a lone token may lose its leading space in decoding). */
+static json_t *alternative_text(int32_t prev, int32_t id)
+{
+	const int32_t pair[2] = {prev, id};
+	char *one = NULL, *two = NULL;
+	size_t n1 = 0, n2 = 0;
+	json_t *v = NULL;
+	if (!moe_detokenize(srv.tok, pair, 1, 0, &one, &n1) && !moe_detokenize(srv.tok, pair, 2, 0, &two, &n2))
+		v = n2 >= n1 && !memcmp(one, two, n1) ? json_stringn(two + n1, n2 - n1) : json_stringn(two, n2);
+	free(one);
+	free(two);
+	return v ? v : json_string("");
+}
+
+/* a string's UTF-8 bytes as a JSON array of numbers (OpenAI's "bytes") */
+static json_t *bytes_json(const char *text)
+{
+	json_t *a = json_array();
+	for (const unsigned char *p = (const unsigned char *)text; *p; p++)
+		json_array_append_new(a, json_integer(*p));
+	return a;
+}
+
+/* Entries from .. to - 1 of the job's token log-probabilities, in the shape of its
+ * endpoint: chat's {"content": [{token, logprob, bytes, top_logprobs}]}, or the
+ * completions' {"tokens", "token_logprobs", "top_logprobs", "text_offset"}. */
+static json_t *logprobs_json(const struct job *j, size_t from, size_t to)
+{
+	json_t *content = json_array(), *tokens = json_array(), *lps = json_array(), *tops = json_array(),
+	       *offsets = json_array();
+	size_t offset = 0; /* in characters, as Python counts them */
+	for (size_t i = 0; i < to; i++) {
+		const struct token_logprob *e = &j->lps[i];
+		if (i >= from) {
+			json_t *alts = j->chat ? json_array() : json_object();
+			for (int k = 0; k < e->n_top; k++) {
+				json_t *t = alternative_text(e->prev, e->top_id[k]);
+				if (j->chat)
+					json_array_append_new(alts, json_pack("{s:O, s:f, s:o}", "token", t, "logprob",
+									      (double)e->top_lp[k], "bytes",
+									      bytes_json(json_string_value(t))));
+				else
+					json_object_set_new(alts, json_string_value(t), json_real(e->top_lp[k]));
+				json_decref(t);
+			}
+			if (j->chat) {
+				json_array_append_new(content, json_pack("{s:s, s:f, s:o, s:o}", "token", e->text, "logprob",
+									 (double)e->logprob, "bytes", bytes_json(e->text),
+									 "top_logprobs", alts));
+			} else {
+				json_array_append_new(tokens, json_string(e->text));
+				json_array_append_new(lps, json_real(e->logprob));
+				json_array_append_new(tops, alts);
+				json_array_append_new(offsets, json_integer((json_int_t)offset));
+			}
+		}
+		for (const unsigned char *p = (const unsigned char *)e->text; *p; p++)
+			offset += (*p & 0xc0) != 0x80;
+	}
+	if (j->chat) {
+		json_decref(tokens), json_decref(lps), json_decref(tops), json_decref(offsets);
+		return json_pack("{s:o, s:n}", "content", content, "refusal");
+	}
+	json_decref(content);
+	return json_pack("{s:o, s:o, s:o, s:o}", "tokens", tokens, "token_logprobs", lps, "top_logprobs", tops,
+			 "text_offset", offsets);
+}
+
+/* A choice: the whole message or text, or (stream) a delta, with the token
+ * log-probabilities lp_from .. lp_to - 1 if the job asked for them (lp_to
+ * NO_LOGPROBS: none in this one). */
+static json_t *choice_json(const struct job *j, const char *text, size_t len, const char *finish, int stream,
+			   size_t lp_from, size_t lp_to)
 {
 	json_t *ch = json_pack("{s:i}", "index", 0);
 	if (j->chat) {
@@ -496,8 +636,8 @@ static json_t *choice_json(const struct job *j, const char *text, size_t len, co
 		json_object_set_new(ch, stream ? "delta" : "message", m);
 	} else {
 		json_object_set_new(ch, "text", json_stringn(text ? text : "", text ? len : 0));
-		json_object_set_new(ch, "logprobs", json_null());
 	}
+	json_object_set_new(ch, "logprobs", j->logprobs && lp_to != NO_LOGPROBS ? logprobs_json(j, lp_from, lp_to) : json_null());
 	json_object_set_new(ch, "finish_reason", finish ? json_string(finish) : json_null());
 	return ch;
 }
@@ -515,6 +655,7 @@ struct stream {
 	char *buf;
 	size_t len, off;
 	size_t sent;         /* bytes of j->out already sent */
+	size_t lp_sent;      /* and token log-probabilities */
 	int started, ended;
 };
 
@@ -547,18 +688,22 @@ static int stream_fill(struct stream *st)
 	struct job *j = st->j;
 	int rc = 0;
 	if (!st->started && j->chat) /* the role first, as OpenAI's streams begin */
-		rc = stream_event(st, envelope(j, choice_json(j, "", 0, NULL, 1), 1));
+		rc = stream_event(st, envelope(j, choice_json(j, "", 0, NULL, 1, 0, NO_LOGPROBS), 1));
 	st->started = 1;
 	if (!rc && j->out_len > st->sent)
-		rc = stream_event(st, envelope(j, choice_json(j, j->out + st->sent, j->out_len - st->sent, NULL, 1), 1));
+		rc = stream_event(st, envelope(j, choice_json(j, j->out + st->sent, j->out_len - st->sent, NULL, 1,
+								st->lp_sent, j->n_lps), 1));
+	if (j->out_len > st->sent)
+		st->lp_sent = j->n_lps;
 	st->sent = j->out_len;
 	if (!rc && j->state == JOB_DONE) {
 		if (j->error)
 			rc = stream_event(st, json_pack("{s:{s:s, s:s}}", "error", "message", j->error, "type", j->error_type));
 		else
-			rc = stream_event(st, envelope(j, choice_json(j, NULL, 0, j->finish, 1), 1));
+			rc = stream_event(st, envelope(j, choice_json(j, NULL, 0, j->finish, 1, st->lp_sent,
+								      st->lp_sent < j->n_lps ? j->n_lps : NO_LOGPROBS), 1));
 		if (!rc && !j->error && j->include_usage) {
-			json_t *u = envelope(j, choice_json(j, NULL, 0, NULL, 1), 1);
+			json_t *u = envelope(j, choice_json(j, NULL, 0, NULL, 1, 0, NO_LOGPROBS), 1);
 			json_array_clear(json_object_get(u, "choices"));
 			json_object_set_new(u, "usage", usage_json(j));
 			rc = stream_event(st, u);
@@ -585,7 +730,7 @@ static int whole_fill(struct stream *st)
 		return stream_append(st, " ", 1);
 	}
 	json_t *v = j->error ? error_json(j->error, j->error_type, NULL)
-			     : envelope(j, choice_json(j, j->out ? j->out : "", j->out_len, j->finish, 0), 0);
+			     : envelope(j, choice_json(j, j->out ? j->out : "", j->out_len, j->finish, 0, 0, j->n_lps), 0);
 	if (!j->error)
 		json_object_set_new(v, "usage", usage_json(j));
 	char *s = json_dumps(v, JSON_COMPACT);
@@ -723,6 +868,35 @@ static struct job *parse_job(const char *body, size_t len, int chat, char *err, 
 		snprintf(err, errlen, "'n' must be 1");
 		goto bad;
 	}
+	/* chat: "logprobs": true with "top_logprobs": 0..20; completions: "logprobs": 0..20 */
+	v = json_object_get(req, "logprobs");
+	if (chat) {
+		if (v && !json_is_null(v) && !json_is_boolean(v)) {
+			snprintf(err, errlen, "'logprobs' must be true or false");
+			goto bad;
+		}
+		j->logprobs = json_is_true(v);
+		d = 0;
+		if (get_number(req, "top_logprobs", 0, MAX_TOP_LOGPROBS, &d, err, errlen))
+			goto bad;
+		if (d > 0 && !j->logprobs) {
+			snprintf(err, errlen, "'top_logprobs' needs 'logprobs': true");
+			goto bad;
+		}
+		j->top_logprobs = (int)d;
+	} else if (v && !json_is_null(v)) {
+		if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > MAX_TOP_LOGPROBS) {
+			snprintf(err, errlen, "'logprobs' must be an integer from 0 to %d", MAX_TOP_LOGPROBS);
+			goto bad;
+		}
+		j->logprobs = 1;
+		j->top_logprobs = (int)json_integer_value(v);
+	}
+	v = json_object_get(req, "echo");
+	if (v && !json_is_null(v) && !json_is_false(v)) {
+		snprintf(err, errlen, "'echo' is not supported: the prompt is not returned");
+		goto bad;
+	}
 	v = json_object_get(req, "stream");
 	if (v && !json_is_boolean(v)) {
 		snprintf(err, errlen, "'stream' must be true or false");
@@ -826,7 +1000,7 @@ static enum MHD_Result completion(struct MHD_Connection *c, const struct request
 		return send_error(c, (unsigned)status, type, NULL, "%s", err);
 	}
 	if (!j->stream && j->state == JOB_DONE) {
-		json_t *v = envelope(j, choice_json(j, j->out ? j->out : "", j->out_len, j->finish, 0), 0);
+		json_t *v = envelope(j, choice_json(j, j->out ? j->out : "", j->out_len, j->finish, 0, 0, j->n_lps), 0);
 		json_object_set_new(v, "usage", usage_json(j));
 		job_release(j);
 		pthread_mutex_unlock(&srv.lock);
