@@ -109,6 +109,31 @@ for i, g in enumerate(gen):
 print("6 tokens: logprobs and top 3 within 1e-4 of the reference")
 PY
 check "... the log-softmax of moe-run's logits for the same tokens (numpy)" py lp_check.py lp.json lp.bin "$ids" "$gen"
+# echo with max_tokens 0 (how evaluation harnesses score a text): the prompt's own
+# log-probabilities, every position but the first; the prompt as text or as ids
+check "echo, max_tokens 0, logprobs 2" [ "$(status /v1/completions '{"prompt": "And God said", "max_tokens": 0, "echo": true, "logprobs": 2, "temperature": 0}' -H "$AUTH")" = 200 ]
+cp resp.json echo.json
+check "... the same with the prompt as token ids" [ "$(status /v1/completions "{\"prompt\": [[${ids}]], \"max_tokens\": 0, \"echo\": true, \"logprobs\": 2}" -H "$AUTH")" = 200 ]
+cp resp.json echo_ids.json
+cat >echo_check.py <<'PY'
+import json, sys
+import numpy as np
+a, b = (json.load(open(f))["choices"][0] for f in sys.argv[1:3])
+ids = [int(x) for x in sys.argv[4].split(",")]
+logits = np.fromfile(sys.argv[3], dtype=np.float32).astype(np.float64)
+logits = logits.reshape(-1, logits.size // (len(ids) + 6))
+lp = a["logprobs"]
+assert a == b, (a, b)
+assert a["text"] == "And God said" and "".join(lp["tokens"]) == a["text"] and a["finish_reason"] == "length"
+assert len(lp["tokens"]) == len(ids) and lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+for t in range(1, len(ids)):
+    row = logits[t - 1]
+    ref = row - (row.max() + np.log(np.exp(row - row.max()).sum()))
+    assert abs(lp["token_logprobs"][t] - ref[ids[t]]) < 1e-4, (t, lp["token_logprobs"][t], ref[ids[t]])
+    assert np.allclose(sorted(lp["top_logprobs"][t].values(), reverse=True), np.sort(ref)[::-1][:2], atol=1e-4)
+print("%d prompt tokens within 1e-4 of the reference" % len(ids))
+PY
+check "... the prompt's log-softmax from moe-run's logits (numpy), the same for text and ids" py echo_check.py echo.json echo_ids.json lp.bin "$ids"
 check "chat with logprobs and top_logprobs 2" [ "$(status /v1/chat/completions '{"messages": [{"role": "user", "content": "Who made the heaven?"}], "max_tokens": 8, "temperature": 0, "logprobs": true, "top_logprobs": 2}' -H "$AUTH")" = 200 ]
 cp resp.json lpchat.json
 curl -sN -H "$AUTH" -d '{"messages": [{"role": "user", "content": "Who made the heaven?"}], "max_tokens": 8, "temperature": 0, "logprobs": true, "top_logprobs": 2, "stream": true}' \
@@ -181,6 +206,9 @@ bad "temperature out of range" 400 /v1/completions '{"prompt": "a", "temperature
 bad "n > 1" 400 /v1/completions '{"prompt": "a", "n": 2}' -H "$AUTH"
 bad "top_logprobs without logprobs" 400 /v1/chat/completions '{"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2}' -H "$AUTH"
 bad "logprobs over 20" 400 /v1/completions '{"prompt": "a", "logprobs": 21}' -H "$AUTH"
+bad "max_tokens 0 without echo" 400 /v1/completions '{"prompt": "a", "max_tokens": 0}' -H "$AUTH"
+bad "echo on chat" 400 /v1/chat/completions '{"messages": [{"role": "user", "content": "a"}], "echo": true}' -H "$AUTH"
+bad "a token id out of range" 400 /v1/completions '{"prompt": [1, 99999999]}' -H "$AUTH"
 bad "unknown model" 404 /v1/completions '{"model": "gpt-4", "prompt": "a"}' -H "$AUTH"
 long=$(py -c 'print("And God said " * 200)')
 bad "prompt longer than the context" 400 /v1/completions "{\"prompt\": \"$long\"}" -H "$AUTH"

@@ -78,6 +78,7 @@ static void usage(FILE *fp)
 struct token_logprob {
 	int32_t id, prev;             /* prev: the token before it, to spell alternatives */
 	char *text;                   /* what it added to the streamed text */
+	int has_logprob;              /* 0 for a prompt's first token (echo) */
 	float logprob;
 	int n_top;
 	int32_t top_id[MAX_TOP_LOGPROBS];
@@ -90,6 +91,9 @@ struct job {
 	/* the request, read-only once queued */
 	int chat, stream, include_usage;
 	char *input;                  /* chat: the messages as JSON; completion: the prompt */
+	int32_t *ids;                 /* a completion's prompt given as token ids, or NULL */
+	size_t n_ids;
+	int echo;                     /* the prompt returned before the reply, with its logprobs */
 	long max_tokens;              /* -1: until the context is full */
 	moe_sampler_params sp;
 	char *stops[MAX_STOPS];
@@ -122,6 +126,9 @@ struct slot {
 	long limit;                   /* tokens it may still generate */
 	int32_t *prompt;              /* while prefilling: the prompt, run up to prompt_at */
 	size_t prompt_n, prompt_at;
+	moe_detokenizer *echo_detok;  /* echo: the prompt's text, token by token */
+	float *echo_logits;           /* echo with logprobs: [1 + n_batch][n_vocab], row 0 the
+				       * last position of the batch before */
 };
 
 static struct {
@@ -133,7 +140,7 @@ static struct {
 	moe_model *model;
 	const moe_tokenizer *tok;
 	char *tmpl;
-	size_t n_sampled, ctx, n_batch;
+	size_t n_sampled, n_vocab, ctx, n_batch;
 	struct slot *slots;
 	unsigned n_slots;
 	const char *model_id, *api_key;
@@ -149,6 +156,7 @@ static void job_release(struct job *j) /* under srv.lock */
 	if (--j->refs)
 		return;
 	free(j->input);
+	free(j->ids);
 	for (size_t i = 0; i < j->n_stops; i++)
 		free(j->stops[i]);
 	free(j->out);
@@ -197,8 +205,9 @@ static int job_append(struct job *j, const char *text, size_t len) /* under srv.
 	return 0;
 }
 
-/* Token id's entry, from the logits it was sampled from: its log-softmax and the
- * top_logprobs likeliest (kept sorted by insertion). Under srv.lock. */
+/* Token id's entry, from the logits it was sampled from (NULL for a prompt's
+ * first token, which nothing predicts): its log-softmax and the top_logprobs
+ * likeliest (kept sorted by insertion). Under srv.lock. */
 static int job_logprob(struct job *j, const float *logits, size_t n, int32_t id, int32_t prev, const char *text,
 		       size_t len)
 {
@@ -215,6 +224,10 @@ static int job_logprob(struct job *j, const float *logits, size_t n, int32_t id,
 		return -1;
 	memcpy(e->text, text, len);
 	e->text[len] = '\0';
+	e->id = id, e->prev = prev, e->n_top = 0, e->has_logprob = logits != NULL, e->logprob = 0;
+	j->n_lps++;
+	if (!logits)
+		return 0;
 	float mx = -INFINITY;
 	for (size_t i = 0; i < n; i++)
 		mx = logits[i] > mx ? logits[i] : mx;
@@ -222,7 +235,6 @@ static int job_logprob(struct job *j, const float *logits, size_t n, int32_t id,
 	for (size_t i = 0; i < n; i++)
 		sum += exp((double)logits[i] - mx);
 	const double lse = mx + log(sum);
-	e->id = id, e->prev = prev, e->n_top = 0;
 	e->logprob = (float)(logits[id] - lse);
 	for (size_t i = 0; i < n && j->top_logprobs; i++) {
 		int k;
@@ -238,7 +250,6 @@ static int job_logprob(struct job *j, const float *logits, size_t n, int32_t id,
 	}
 	for (int k = 0; k < e->n_top; k++)
 		e->top_lp[k] = (float)(logits[e->top_id[k]] - lse);
-	j->n_lps++;
 	return 0;
 }
 
@@ -249,8 +260,11 @@ static void slot_free(struct slot *sl) /* under srv.lock */
 	moe_sampler_free(sl->sampler);
 	moe_detokenizer_free(sl->detok);
 	moe_stopper_free(sl->stopper);
+	moe_detokenizer_free(sl->echo_detok);
 	free(sl->prompt);
-	sl->sampler = NULL, sl->detok = NULL, sl->stopper = NULL, sl->prompt = NULL;
+	free(sl->echo_logits);
+	sl->sampler = NULL, sl->detok = NULL, sl->stopper = NULL, sl->prompt = NULL, sl->echo_detok = NULL;
+	sl->echo_logits = NULL;
 	if (sl->job)
 		job_release(sl->job);
 	sl->job = NULL;
@@ -260,6 +274,13 @@ static void slot_free(struct slot *sl) /* under srv.lock */
  * the tokenizer's BOS. Runs without the lock (the request is read-only). */
 static int prompt_ids(const struct job *j, int32_t **ids, size_t *n)
 {
+	if (j->ids) {
+		*n = j->n_ids;
+		if (!(*ids = malloc(j->n_ids * sizeof **ids)))
+			return -1;
+		memcpy(*ids, j->ids, j->n_ids * sizeof **ids);
+		return 0;
+	}
 	if (!j->chat)
 		return moe_tokenize(srv.tok, j->input, strlen(j->input), 1, ids, n);
 	if (!srv.tmpl) {
@@ -274,6 +295,30 @@ static int prompt_ids(const struct job *j, int32_t **ids, size_t *n)
 		free(text);
 	}
 	return rc;
+}
+
+/* echo: prompt tokens from .. to - 1 into the job's text, and with logprobs their
+ * entries; rows[i] holds the logits of the position before token from + i (a
+ * prompt's first token has none). Under srv.lock. */
+static int echo_prompt(struct slot *sl, size_t from, size_t to, const float *rows)
+{
+	struct job *j = sl->job;
+	for (size_t t = from; t < to; t++) {
+		const char *text;
+		size_t len;
+		if (moe_detokenizer_push(sl->echo_detok, sl->prompt[t], &text, &len) || job_append(j, text, len))
+			return -1;
+		if (j->logprobs && job_logprob(j, t ? rows + (t - from) * srv.n_vocab : NULL, srv.n_sampled, sl->prompt[t],
+					       t ? sl->prompt[t - 1] : -1, text, len))
+			return -1;
+	}
+	if (to == sl->prompt_n) { /* what the prompt's detokenizer held back */
+		const char *text;
+		size_t len;
+		if (moe_detokenizer_finish(sl->echo_detok, &text, &len) || job_append(j, text, len))
+			return -1;
+	}
+	return 0;
 }
 
 /* Give j a free slot (the one whose context shares most of its prompt), to be
@@ -307,13 +352,24 @@ static void admit(struct job *j)
 	}
 	if (best == n) /* the logits after the last prompt token are needed */
 		best = n - 1;
+	if (j->echo && j->logprobs)
+		best = 0; /* every prompt position's logits are needed */
 	sl->job = j;
 	j->prompt_tokens = n, j->reused_tokens = best;
 	srv.prompt_tokens += n, srv.reused_tokens += best;
 	moe_session_rewind(sl->s, best);
 	sl->prompt = ids, sl->prompt_n = n, sl->prompt_at = best;
 	j->state = JOB_PREFILL;
+	if (j->echo &&
+	    (moe_detokenizer_new(srv.tok, 1, &sl->echo_detok) ||
+	     (j->logprobs && !(sl->echo_logits = malloc((1 + srv.n_batch) * srv.n_vocab * sizeof(float)))) ||
+	     echo_prompt(sl, 0, best, NULL))) {
+		job_fail(j, 500, "server_error", "out of memory for the echoed prompt");
+		slot_free(sl);
+	}
 }
+
+static void finish(struct slot *sl, const char *reason);
 
 /* One batch of one prefilling slot's prompt (each in turn); its last batch makes
  * it generate. Called with the lock held; drops it while computing. */
@@ -337,8 +393,9 @@ static void prefill_step(void)
 	const size_t at = sl->prompt_at, k = sl->prompt_n - at < srv.n_batch ? sl->prompt_n - at : srv.n_batch;
 	const int last = at + k == sl->prompt_n;
 	moe_sampler_params sp = j->sp;
+	float *rows = sl->echo_logits; /* echo with logprobs: row 0 the position before at */
 	pthread_mutex_unlock(&srv.lock);
-	int rc = moe_session_eval(sl->s, sl->prompt + at, k, NULL);
+	int rc = moe_session_eval(sl->s, sl->prompt + at, k, rows ? rows + srv.n_vocab : NULL);
 	if (!rc && last)
 		rc = moe_sampler_new(&sp, &sl->sampler);
 	if (!rc && last)
@@ -355,6 +412,13 @@ static void prefill_step(void)
 		slot_free(sl);
 		return;
 	}
+	if (sl->echo_detok && echo_prompt(sl, at, at + k, rows)) {
+		job_fail(j, 500, "server_error", "out of memory for the echoed prompt");
+		slot_free(sl);
+		return;
+	}
+	if (rows) /* the batch's last position comes before the next batch's first token */
+		memcpy(rows, rows + k * srv.n_vocab, srv.n_vocab * sizeof(float));
 	sl->prompt_at += k;
 	if (!last)
 		return;
@@ -364,6 +428,8 @@ static void prefill_step(void)
 	sl->limit = j->max_tokens >= 0 && j->max_tokens < room ? j->max_tokens : room;
 	j->state = JOB_RUNNING;
 	pthread_cond_broadcast(&j->changed);
+	if (sl->limit == 0) /* echo with max_tokens 0: the prompt alone */
+		finish(sl, "length");
 }
 
 static void finish(struct slot *sl, const char *reason) /* under srv.lock */
@@ -603,8 +669,11 @@ static json_t *logprobs_json(const struct job *j, size_t from, size_t to)
 									 "top_logprobs", alts));
 			} else {
 				json_array_append_new(tokens, json_string(e->text));
-				json_array_append_new(lps, json_real(e->logprob));
-				json_array_append_new(tops, alts);
+				json_array_append_new(lps, e->has_logprob ? json_real(e->logprob) : json_null());
+				if (e->has_logprob)
+					json_array_append_new(tops, alts);
+				else
+					json_decref(alts), json_array_append_new(tops, json_null());
 				json_array_append_new(offsets, json_integer((json_int_t)offset));
 			}
 		}
@@ -850,14 +919,32 @@ static struct job *parse_job(const char *body, size_t len, int chat, char *err, 
 		}
 		j->input = json_dumps(v, JSON_COMPACT);
 	} else {
+		/* a string or token ids, alone or as the one element of an array */
 		v = json_object_get(req, "prompt");
-		if (json_is_array(v) && json_array_size(v) == 1)
+		if (json_is_array(v) && json_array_size(v) == 1 && !json_is_integer(json_array_get(v, 0)))
 			v = json_array_get(v, 0);
-		if (!json_is_string(v)) {
-			snprintf(err, errlen, "'prompt' must be a string");
+		if (json_is_array(v) && json_array_size(v) > 0) {
+			j->n_ids = json_array_size(v);
+			if (!(j->ids = malloc(j->n_ids * sizeof *j->ids))) {
+				snprintf(err, errlen, "out of memory");
+				goto bad;
+			}
+			for (size_t i = 0; i < j->n_ids; i++) {
+				json_t *id = json_array_get(v, i);
+				if (!json_is_integer(id) || json_integer_value(id) < 0 ||
+				    json_integer_value(id) >= (json_int_t)srv.n_sampled) {
+					snprintf(err, errlen, "'prompt'[%zu] must be a token id from 0 to %zu", i, srv.n_sampled - 1);
+					goto bad;
+				}
+				j->ids[i] = (int32_t)json_integer_value(id);
+			}
+			j->input = strdup("");
+		} else if (json_is_string(v)) {
+			j->input = strdup(json_string_value(v));
+		} else {
+			snprintf(err, errlen, "'prompt' must be a string or an array of token ids");
 			goto bad;
 		}
-		j->input = strdup(json_string_value(v));
 	}
 	if (!j->input) {
 		snprintf(err, errlen, "out of memory");
@@ -893,10 +980,15 @@ static struct job *parse_job(const char *body, size_t len, int chat, char *err, 
 		j->top_logprobs = (int)json_integer_value(v);
 	}
 	v = json_object_get(req, "echo");
-	if (v && !json_is_null(v) && !json_is_false(v)) {
-		snprintf(err, errlen, "'echo' is not supported: the prompt is not returned");
+	if (v && !json_is_null(v) && !json_is_boolean(v)) {
+		snprintf(err, errlen, "'echo' must be true or false");
 		goto bad;
 	}
+	if (json_is_true(v) && chat) {
+		snprintf(err, errlen, "'echo' is for /v1/completions");
+		goto bad;
+	}
+	j->echo = json_is_true(v);
 	v = json_object_get(req, "stream");
 	if (v && !json_is_boolean(v)) {
 		snprintf(err, errlen, "'stream' must be true or false");
@@ -905,9 +997,9 @@ static struct job *parse_job(const char *body, size_t len, int chat, char *err, 
 	j->stream = json_is_true(v);
 	v = json_object_get(json_object_get(req, "stream_options"), "include_usage");
 	j->include_usage = json_is_true(v);
-	d = -1;
-	if (get_number(req, "max_tokens", 1, 1e9, &d, err, errlen) ||
-	    get_number(req, "max_completion_tokens", 1, 1e9, &d, err, errlen))
+	d = -1; /* 0: the prompt's log-probabilities alone, with echo */
+	if (get_number(req, "max_tokens", j->echo ? 0 : 1, 1e9, &d, err, errlen) ||
+	    get_number(req, "max_completion_tokens", j->echo ? 0 : 1, 1e9, &d, err, errlen))
 		goto bad;
 	j->max_tokens = (long)d;
 	d = (double)j->sp.top_k;
@@ -1287,7 +1379,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	srv.n_sampled = moe_tokenizer_vocab(srv.tok) < info.n_vocab ? moe_tokenizer_vocab(srv.tok) : info.n_vocab;
-	srv.ctx = info.n_ctx, srv.n_batch = info.n_batch;
+	srv.ctx = info.n_ctx, srv.n_batch = info.n_batch, srv.n_vocab = info.n_vocab;
 	if (!srv.model_id) {
 		const char *base = strrchr(model, '/');
 		srv.model_id = base ? base + 1 : model;
