@@ -110,21 +110,24 @@ print("6 tokens: logprobs and top 3 within 1e-4 of the reference")
 PY
 check "... the log-softmax of moe-run's logits for the same tokens (numpy)" py lp_check.py lp.json lp.bin "$ids" "$gen"
 # echo with max_tokens 0 (how evaluation harnesses score a text): the prompt's own
-# log-probabilities, every position but the first; the prompt as text or as ids
-check "echo, max_tokens 0, logprobs 2" [ "$(status /v1/completions '{"prompt": "And God said", "max_tokens": 0, "echo": true, "logprobs": 2, "temperature": 0}' -H "$AUTH")" = 200 ]
+# log-probabilities, every position but the first; the prompt as text or as ids;
+# 47 tokens, more than one prompt batch (-b 32)
+etext='In the beginning God created the heaven and the earth. And the earth was without form, and void; and darkness was upon the face of the deep. And the Spirit of God moved upon the face of the waters.'
+eids=$("$MOE_RUN" -m kjv.moe --tokenize -p "$etext" | tr -d '[] ')
+"$MOE_RUN" -m kjv.moe --tokens "$eids" -n 0 -c 256 --logits-out echo.bin >/dev/null 2>&1
+check "echo, max_tokens 0, logprobs 2" [ "$(status /v1/completions "{\"prompt\": \"$etext\", \"max_tokens\": 0, \"echo\": true, \"logprobs\": 2, \"temperature\": 0}" -H "$AUTH")" = 200 ]
 cp resp.json echo.json
-check "... the same with the prompt as token ids" [ "$(status /v1/completions "{\"prompt\": [[${ids}]], \"max_tokens\": 0, \"echo\": true, \"logprobs\": 2}" -H "$AUTH")" = 200 ]
+check "... the same with the prompt as token ids" [ "$(status /v1/completions "{\"prompt\": [[${eids}]], \"max_tokens\": 0, \"echo\": true, \"logprobs\": 2}" -H "$AUTH")" = 200 ]
 cp resp.json echo_ids.json
 cat >echo_check.py <<'PY'
 import json, sys
 import numpy as np
 a, b = (json.load(open(f))["choices"][0] for f in sys.argv[1:3])
-ids = [int(x) for x in sys.argv[4].split(",")]
-logits = np.fromfile(sys.argv[3], dtype=np.float32).astype(np.float64)
-logits = logits.reshape(-1, logits.size // (len(ids) + 6))
+ids, text = [int(x) for x in sys.argv[4].split(",")], sys.argv[5]
+logits = np.fromfile(sys.argv[3], dtype=np.float32).astype(np.float64).reshape(len(ids), -1)
 lp = a["logprobs"]
 assert a == b, (a, b)
-assert a["text"] == "And God said" and "".join(lp["tokens"]) == a["text"] and a["finish_reason"] == "length"
+assert a["text"] == text and "".join(lp["tokens"]) == text and a["finish_reason"] == "length", a["text"]
 assert len(lp["tokens"]) == len(ids) and lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
 for t in range(1, len(ids)):
     row = logits[t - 1]
@@ -133,7 +136,7 @@ for t in range(1, len(ids)):
     assert np.allclose(sorted(lp["top_logprobs"][t].values(), reverse=True), np.sort(ref)[::-1][:2], atol=1e-4)
 print("%d prompt tokens within 1e-4 of the reference" % len(ids))
 PY
-check "... the prompt's log-softmax from moe-run's logits (numpy), the same for text and ids" py echo_check.py echo.json echo_ids.json lp.bin "$ids"
+check "... the prompt's log-softmax from moe-run's logits (numpy), the same for text and ids" py echo_check.py echo.json echo_ids.json echo.bin "$eids" "$etext"
 check "chat with logprobs and top_logprobs 2" [ "$(status /v1/chat/completions '{"messages": [{"role": "user", "content": "Who made the heaven?"}], "max_tokens": 8, "temperature": 0, "logprobs": true, "top_logprobs": 2}' -H "$AUTH")" = 200 ]
 cp resp.json lpchat.json
 curl -sN -H "$AUTH" -d '{"messages": [{"role": "user", "content": "Who made the heaven?"}], "max_tokens": 8, "temperature": 0, "logprobs": true, "top_logprobs": 2, "stream": true}' \

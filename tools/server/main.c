@@ -127,7 +127,7 @@ struct slot {
 	int32_t *prompt;              /* while prefilling: the prompt, run up to prompt_at */
 	size_t prompt_n, prompt_at;
 	moe_detokenizer *echo_detok;  /* echo: the prompt's text, token by token */
-	float *echo_logits;           /* echo with logprobs: [1 + n_batch][n_vocab], row 0 the
+	float *echo_logits;           /* echo with logprobs: [1 + echo_batch][n_vocab], row 0 the
 				       * last position of the batch before */
 };
 
@@ -141,6 +141,7 @@ static struct {
 	const moe_tokenizer *tok;
 	char *tmpl;
 	size_t n_sampled, n_vocab, ctx, n_batch;
+	size_t echo_batch;            /* prompt tokens per pass when their logits are kept: 16 MiB */
 	struct slot *slots;
 	unsigned n_slots;
 	const char *model_id, *api_key;
@@ -362,7 +363,7 @@ static void admit(struct job *j)
 	j->state = JOB_PREFILL;
 	if (j->echo &&
 	    (moe_detokenizer_new(srv.tok, 1, &sl->echo_detok) ||
-	     (j->logprobs && !(sl->echo_logits = malloc((1 + srv.n_batch) * srv.n_vocab * sizeof(float)))) ||
+	     (j->logprobs && !(sl->echo_logits = malloc((1 + srv.echo_batch) * srv.n_vocab * sizeof(float)))) ||
 	     echo_prompt(sl, 0, best, NULL))) {
 		job_fail(j, 500, "server_error", "out of memory for the echoed prompt");
 		slot_free(sl);
@@ -390,7 +391,8 @@ static void prefill_step(void)
 		slot_free(sl);
 		return;
 	}
-	const size_t at = sl->prompt_at, k = sl->prompt_n - at < srv.n_batch ? sl->prompt_n - at : srv.n_batch;
+	const size_t at = sl->prompt_at, batch = sl->echo_logits ? srv.echo_batch : srv.n_batch;
+	const size_t k = sl->prompt_n - at < batch ? sl->prompt_n - at : batch;
 	const int last = at + k == sl->prompt_n;
 	moe_sampler_params sp = j->sp;
 	float *rows = sl->echo_logits; /* echo with logprobs: row 0 the position before at */
@@ -1380,6 +1382,8 @@ int main(int argc, char **argv)
 	}
 	srv.n_sampled = moe_tokenizer_vocab(srv.tok) < info.n_vocab ? moe_tokenizer_vocab(srv.tok) : info.n_vocab;
 	srv.ctx = info.n_ctx, srv.n_batch = info.n_batch, srv.n_vocab = info.n_vocab;
+	srv.echo_batch = (16u << 20) / sizeof(float) / srv.n_vocab; /* rows of logits, the one before included */
+	srv.echo_batch = srv.echo_batch < 2 ? 1 : srv.echo_batch - 1 < srv.n_batch ? srv.echo_batch - 1 : srv.n_batch;
 	if (!srv.model_id) {
 		const char *base = strrchr(model, '/');
 		srv.model_id = base ? base + 1 : model;
