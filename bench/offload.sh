@@ -12,7 +12,8 @@
 # (default "100 50 25") the budgets. Needs root (cgroup, drop_caches). Run from a
 # built tree.
 # RUN_ARGS adds moe-run options to every run (e.g. "--routes-from TRACE"); MMAP=0
-# skips the --no-offload runs.
+# skips the --no-offload runs. LLAMA_CPP (a built llama.cpp tree) and GGUF (the GGUF
+# the pack was made from) add llama.cpp's decode in the same limit.
 # Usage: [POLICIES="lru next"] [PCTS="50 25"] [RUN_ARGS=...] [MMAP=0] bench/offload.sh PACK [DECODE_TOKENS] [RUNS]
 set -eu
 cd "$(dirname "$0")/.."
@@ -104,4 +105,17 @@ except Exception:
 		"$W/m.json" "$st"
 	echo "  (its peak in the cgroup: $(($(cat "$CG/memory.max_usage_in_bytes") / 1048576)) MiB)"
 	rm -f "$W/m.json"
+	# llama.cpp on the same weights in the same limit, straight from the mapped file
+	# (bench/llama_mmap_decode.c: no repacking into anonymous memory, which would not
+	# fit), the same 32 prompt ids, then N tokens
+	[ -n "${LLAMA_CPP:-}" ] && [ -n "${GGUF:-}" ] || continue
+	[ -x "$W/lmd" ] || cc -O2 -o "$W/lmd" bench/llama_mmap_decode.c -I"$LLAMA_CPP/include" -I"$LLAMA_CPP/ggml/include" \
+		-L"$LLAMA_CPP/build/bin" -lllama -Wl,-rpath,"$LLAMA_CPP/build/bin"
+	drop
+	if sh -c 'echo $$ >'"$CG"'/tasks; exec "$@"' sh timeout 3600 "$W/lmd" "$GGUF" "$N" 2 >"$W/l.txt" 2>"$W/err"; then
+		echo "  llama.cpp (mmap, no repacking) in the same limit: $(cat "$W/l.txt")"
+	else
+		echo "  llama.cpp in the same limit: no result ($(tail -1 "$W/err"))"
+	fi
+	echo "  (its peak in the cgroup: $(($(cat "$CG/memory.max_usage_in_bytes") / 1048576)) MiB)"
 done
