@@ -636,11 +636,13 @@ static void attention(struct moe_session *s, size_t l, size_t n)
 {
 	/* positions base .. n_past + n - 1: all the steps see (a window's ring holds no more) */
 	const size_t base = first_seen(&s->m->hp, l, s->n_past);
-	struct attention_job j = {s, l, n, base, s->kv_f32, s->kv_f32 + s->ctx * s->kv_dim, 1};
-	if (!s->kv_f32) { /* an f32 cache's rows, in place */
+	struct attention_job j = {s, l, n, base, NULL, NULL, s->kv_f32 != NULL};
+	if (j.gather) { /* converted into kv_f32 by each thread for its heads */
+		j.kf = s->kv_f32;
+		j.vf = s->kv_f32 + s->ctx * s->kv_dim;
+	} else { /* an f32 cache's rows, in place */
 		j.kf = (const float *)s->k_cache + moe_kv_at(s, l, base);
 		j.vf = (const float *)s->v_cache + moe_kv_at(s, l, base);
-		j.gather = 0;
 	}
 	moe_pool_run(s->m->pool, attend_kv_heads, &j);
 }
