@@ -608,7 +608,7 @@ static void attend_kv_heads(void *arg, int i, int n_threads)
 	for (size_t g = g0; g < g1; g++) {
 		for (size_t p = j->base; j->gather && p < end; p++) { /* this head's slice of each row */
 			const size_t at = moe_kv_at(s, j->l, p) + g * hd;
-			float *k32 = (float *)j->kf + (p - j->base) * kvd + g * hd, *v32 = (float *)j->vf + (p - j->base) * kvd + g * hd;
+			float *k32 = s->kv_f32 + (p - j->base) * kvd + g * hd, *v32 = k32 + s->ctx * kvd;
 			if (s->kv_type == MOE_KV_F32) {
 				memcpy(k32, (const float *)s->k_cache + at, hd * sizeof(float));
 				memcpy(v32, (const float *)s->v_cache + at, hd * sizeof(float));

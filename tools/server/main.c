@@ -1382,8 +1382,8 @@ int main(int argc, char **argv)
 	}
 	srv.n_sampled = moe_tokenizer_vocab(srv.tok) < info.n_vocab ? moe_tokenizer_vocab(srv.tok) : info.n_vocab;
 	srv.ctx = info.n_ctx, srv.n_batch = info.n_batch, srv.n_vocab = info.n_vocab;
-	srv.echo_batch = (16u << 20) / sizeof(float) / srv.n_vocab; /* rows of logits, the one before included */
-	srv.echo_batch = srv.echo_batch < 2 ? 1 : srv.echo_batch - 1 < srv.n_batch ? srv.echo_batch - 1 : srv.n_batch;
+	const size_t echo_rows = (16u << 20) / sizeof(float) / srv.n_vocab; /* the row before a batch included */
+	srv.echo_batch = echo_rows > srv.n_batch ? srv.n_batch : echo_rows > 1 ? echo_rows - 1 : 1;
 	if (!srv.model_id) {
 		const char *base = strrchr(model, '/');
 		srv.model_id = base ? base + 1 : model;
