@@ -44,9 +44,14 @@ static size_t sigbus_len;
 static void on_sigbus(int sig)
 {
 	(void)sig;
-	/* threads reading the mapping fault together: the first one says it, once */
+	/* threads reading the mapping fault together: the first one says it and ends the
+	 * process; the others wait for that, since their _exit could end it before the
+	 * message is written */
 	static volatile sig_atomic_t said;
-	if (__atomic_exchange_n(&said, 1, __ATOMIC_SEQ_CST) == 0 && write(STDERR_FILENO, sigbus_msg, sigbus_len) < 0) {
+	if (__atomic_exchange_n(&said, 1, __ATOMIC_SEQ_CST) != 0)
+		for (;;)
+			pause();
+	if (write(STDERR_FILENO, sigbus_msg, sigbus_len) < 0) {
 		/* nothing more to do in a handler */
 	}
 	_exit(1);
