@@ -474,6 +474,11 @@ int main(void)
 			}
 		check_one(k, T_Q4, 3, 64, 64);
 		check_one(k, T_Q8, 3, 64, 64);
+		/* tokens 8 to a register (avx2's q4): octets in pairs and alone, a padded last
+		 * octet, a last octet's few tokens a block at a time; rows of 4 scale chunks */
+		check_one(k, T_Q4, 5, 32 * 35, 11);
+		check_one(k, T_Q4, 9, 32 * 7, 27);
+		check_one(k, T_Q4, 2, 32 * 1029, 10);
 		/* GGUF's block types: a row of one block, rows of several, one of 14336 weights */
 		for (int t = MOE_TYPE_Q4_1; t < MOE_TYPE_COUNT; t++) {
 			const size_t bw = moe_block_format(t)->weights;

@@ -1,5 +1,7 @@
 /* avx2.c - AVX2 + FMA + F16C kernels (Haswell and later, Zen). q8: |w| times
- * sign-adjusted x with vpmaddubsw; q4: nibbles (0..15) times x, minus 8 * sum(x). */
+ * sign-adjusted x with vpmaddubsw, a block per register; q4: nibbles (0..15) times x,
+ * minus 8 * sum(x), a block per register in decode and 8 tokens per register in
+ * prefill. */
 #include "kernels/kernels.h"
 
 #if defined(__x86_64__)
@@ -11,6 +13,7 @@
 #pragma GCC target("avx2,fma,f16c")
 #endif
 #include <immintrin.h>
+#include <math.h>
 /* no a * b + c fused unless written so: a token's sums then come out the same whichever
  * tile of a batch computed them */
 #if defined(__clang__)
@@ -47,39 +50,35 @@ static inline __m256i q4_codes(const uint8_t *b)
 	return _mm256_and_si256(_mm256_srlv_epi64(raw, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(15));
 }
 
-/* sum(w * x) of one block as 8 int32 lanes: q8 by |w| and sign-adjusted x (vpmaddubsw
- * takes one unsigned operand), q4 by the codes 0..15 and x (the 8 comes back later) */
-static inline __m256i block_dot(const int is_q4, const __m256i wv, const int8_t *x)
+/* sum(w * x) of a q8 block as 8 int32 lanes, by |w| and sign-adjusted x (vpmaddubsw
+ * takes one unsigned operand) */
+static inline __m256i q8_block_dot(const __m256i wv, const int8_t *x)
 {
 	const __m256i xv = _mm256_loadu_si256((const __m256i *)x), ones = _mm256_set1_epi16(1);
-	if (is_q4)
-		return _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
 	return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv)), ones);
 }
 
 /*
- * One row against T tokens (T a constant in each instantiation, so everything stays
- * in registers). Per 8 blocks, the 8 weight scales are converted and multiplied by
- * each token's 8 activation scales at once and stored, and the loop broadcasts them
- * from memory (a load, not a shuffle): per block and token what is left is the
+ * q8: one row against T tokens (T a constant in each instantiation, so everything
+ * stays in registers). Per 8 blocks, the 8 weight scales are converted and multiplied
+ * by each token's 8 activation scales at once and stored, and the loop broadcasts
+ * them from memory (a load, not a shuffle): per block and token what is left is the
  * integer dot product, a convert and an FMA. Each token has 4 accumulators (block j
  * into j mod 4), so 4 FMA chains are in flight even for one token (one chain ran
  * batch 1 at 14-16 GB/s per thread: every block waited 4 cycles for the previous
  * block's FMA), and a token's sum is made in the same order in any batch: a batch of
  * sessions decodes bit for bit as each alone (with 4 tokens, some of the 16
- * accumulators live in L1). q4's -8 * sum(x) is summed the same way, 8 blocks at a time.
+ * accumulators live in L1).
  */
-static inline __attribute__((always_inline)) void q_row(const int is_q4, const uint8_t *wr, const uint16_t *sr,
-							size_t nb, const struct moe_qact *a, size_t t0, const int T,
-							float *out)
+static inline __attribute__((always_inline)) void q8_row(const int8_t *wr, const uint16_t *sr, size_t nb,
+							 const struct moe_qact *a, size_t t0, const int T, float *out)
 {
 	const int C = 4;
-	const size_t cols = a->cols, wb = is_q4 ? 16 : 32; /* bytes per block */
-	__m256 acc[TILE][4], corr[TILE];
+	const size_t cols = a->cols;
+	__m256 acc[TILE][4];
 	float sc[TILE][8], tail[TILE];
 #pragma GCC unroll 4
 	for (int k = 0; k < T; k++) {
-		corr[k] = _mm256_setzero_ps();
 		tail[k] = 0;
 #pragma GCC unroll 4
 		for (int c = 0; c < C; c++)
@@ -89,33 +88,27 @@ static inline __attribute__((always_inline)) void q_row(const int is_q4, const u
 	for (; b + 8 <= nb; b += 8) {
 		const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sr + b)));
 #pragma GCC unroll 4
-		for (int k = 0; k < T; k++) {
-			const size_t i = (t0 + (size_t)k) * (cols / 32) + b;
-			_mm256_storeu_ps(sc[k], _mm256_mul_ps(dw, _mm256_loadu_ps(a->d + i)));
-			if (is_q4)
-				corr[k] = _mm256_fmadd_ps(dw, _mm256_loadu_ps(a->ds + i), corr[k]);
-		}
+		for (int k = 0; k < T; k++)
+			_mm256_storeu_ps(sc[k], _mm256_mul_ps(dw, _mm256_loadu_ps(a->d + (t0 + (size_t)k) * (cols / 32) + b)));
 #pragma GCC unroll 8
 		for (int j = 0; j < 8; j++) {
-			const uint8_t *wp = wr + (b + (size_t)j) * wb;
-			const __m256i wv = is_q4 ? q4_codes(wp) : _mm256_loadu_si256((const __m256i *)wp);
+			const __m256i wv = _mm256_loadu_si256((const __m256i *)(wr + (b + (size_t)j) * 32));
 #pragma GCC unroll 4
 			for (int k = 0; k < T; k++) {
-				const __m256i p = block_dot(is_q4, wv, a->q + (t0 + (size_t)k) * cols + (b + (size_t)j) * 32);
+				const __m256i p = q8_block_dot(wv, a->q + (t0 + (size_t)k) * cols + (b + (size_t)j) * 32);
 				acc[k][j % C] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sc[k][j]), _mm256_cvtepi32_ps(p),
 								acc[k][j % C]);
 			}
 		}
 	}
 	for (; b < nb; b++) { /* fewer than 8 blocks left */
-		const uint8_t *wp = wr + b * wb;
-		const __m256i wv = is_q4 ? q4_codes(wp) : _mm256_loadu_si256((const __m256i *)wp);
+		const __m256i wv = _mm256_loadu_si256((const __m256i *)(wr + b * 32));
 		const float dw = _cvtsh_ss(sr[b]);
 #pragma GCC unroll 4
 		for (int k = 0; k < T; k++) {
 			const size_t i = (t0 + (size_t)k) * (cols / 32) + b;
-			const __m256i p = block_dot(is_q4, wv, a->q + (t0 + (size_t)k) * cols + b * 32);
-			tail[k] += dw * (a->d[i] * hsum(_mm256_cvtepi32_ps(p)) - (is_q4 ? 8.0f * a->ds[i] : 0.0f));
+			const __m256i p = q8_block_dot(wv, a->q + (t0 + (size_t)k) * cols + b * 32);
+			tail[k] += dw * (a->d[i] * hsum(_mm256_cvtepi32_ps(p)));
 		}
 	}
 #pragma GCC unroll 4
@@ -124,25 +117,24 @@ static inline __attribute__((always_inline)) void q_row(const int is_q4, const u
 #pragma GCC unroll 4
 		for (int c = 1; c < C; c++)
 			t = _mm256_add_ps(t, acc[k][c]);
-		out[k] = hsum(t) - 8.0f * hsum(corr[k]) + tail[k];
+		out[k] = hsum(t) + tail[k];
 	}
 }
 
-static void q_rows(const int is_q4, const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a,
-		   float *y, size_t ystride)
+static void q8(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride)
 {
-	const size_t nb = w->cols / 32, rb = is_q4 ? w->cols / 2 : w->cols;
+	const size_t nb = w->cols / 32;
 	for (size_t r = r0; r < r1; r++) {
-		const uint8_t *wr = (const uint8_t *)w->codes + r * rb;
+		const int8_t *wr = (const int8_t *)w->codes + r * w->cols;
 		const uint16_t *sr = w->scales + r * nb;
 		for (size_t t0 = 0; t0 < a->batch; t0 += TILE) {
 			float out[TILE];
 			const size_t T = a->batch - t0 < TILE ? a->batch - t0 : TILE;
 			switch (T) {
-			case 1: q_row(is_q4, wr, sr, nb, a, t0, 1, out); break;
-			case 2: q_row(is_q4, wr, sr, nb, a, t0, 2, out); break;
-			case 3: q_row(is_q4, wr, sr, nb, a, t0, 3, out); break;
-			default: q_row(is_q4, wr, sr, nb, a, t0, 4, out); break;
+			case 1: q8_row(wr, sr, nb, a, t0, 1, out); break;
+			case 2: q8_row(wr, sr, nb, a, t0, 2, out); break;
+			case 3: q8_row(wr, sr, nb, a, t0, 3, out); break;
+			default: q8_row(wr, sr, nb, a, t0, 4, out); break;
 			}
 			for (size_t k = 0; k < T; k++)
 				y[(t0 + k) * ystride + r] = out[k];
@@ -150,16 +142,205 @@ static void q_rows(const int is_q4, const struct moe_wmat *w, size_t r0, size_t 
 	}
 }
 
-static void q8(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride)
+/*
+ * q4 by two loops that do the same arithmetic, so that a token's result has the same
+ * bits in any batch: per block b, the exact integer sum(codes * q) - 8 sum(q),
+ * converted, times the float dw_b * d_b, fused-added into chain b mod 4; the row's
+ * value is (c0 + c2) + (c1 + c3).
+ *  - q4_row_blocks (decode, a few tokens): a register holds one token's 8 blocks.
+ *  - q4_row_octet (prefill): a register holds one block's 8 tokens (moe_qact's q_x8),
+ *    so a block's 32 products per token are summed by 8 vpmaddubsw added in 16 bits
+ *    (at most 8 * 2 * 15 * 127 = 30480) and one vpmaddwd, and the convert, scale and
+ *    FMA serve 8 tokens at once, where a block per register spends all four on each
+ *    block of each token.
+ */
+
+/* a token's 8 blocks' exact sums of codes * q, one per int32 lane */
+static inline __m256i q4_sums8(const uint8_t *wp, const int8_t *x)
 {
-	q_rows(0, w, r0, r1, a, y, ystride);
+	const __m256i ones = _mm256_set1_epi16(1);
+	__m256i v[8];
+#pragma GCC unroll 8
+	for (int j = 0; j < 8; j++)
+		v[j] = _mm256_madd_epi16(
+			_mm256_maddubs_epi16(q4_codes(wp + 16 * j), _mm256_loadu_si256((const __m256i *)(x + 32 * j))), ones);
+	/* per 128-bit half: g0 = the sums of v0..v3's lanes 0-3 | of their lanes 4-7 */
+	const __m256i g0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+	const __m256i g1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+	return _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20), _mm256_permute2x128_si256(g0, g1, 0x31));
 }
+
+static inline int hsum_i32(__m256i v)
+{
+	__m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+	return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1)));
+}
+
+static inline __attribute__((always_inline)) void q4_row_blocks(const uint8_t *wr, const uint16_t *sr, size_t nb,
+								const struct moe_qact *a, size_t t0, const int T,
+								float *out)
+{
+	const size_t cols = a->cols;
+	__m128 acc[TILE];
+	float c[TILE][4];
+#pragma GCC unroll 4
+	for (int k = 0; k < T; k++)
+		acc[k] = _mm_setzero_ps();
+	size_t b = 0;
+	for (; b + 8 <= nb; b += 8) {
+		const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sr + b)));
+#pragma GCC unroll 4
+		for (int k = 0; k < T; k++) {
+			const size_t i = (t0 + (size_t)k) * (cols / 32) + b;
+			const __m256i n = _mm256_add_epi32(q4_sums8(wr + 16 * b, a->q + (t0 + (size_t)k) * cols + 32 * b),
+							   _mm256_loadu_si256((const __m256i *)(a->nsum8 + i)));
+			const __m256 f = _mm256_cvtepi32_ps(n), sc = _mm256_mul_ps(dw, _mm256_loadu_ps(a->d + i));
+			/* blocks b..b+3 into chains 0..3, then b+4..b+7 */
+			acc[k] = _mm_fmadd_ps(_mm256_castps256_ps128(f), _mm256_castps256_ps128(sc), acc[k]);
+			acc[k] = _mm_fmadd_ps(_mm256_extractf128_ps(f, 1), _mm256_extractf128_ps(sc, 1), acc[k]);
+		}
+	}
+#pragma GCC unroll 4
+	for (int k = 0; k < T; k++)
+		_mm_storeu_ps(c[k], acc[k]);
+	for (; b < nb; b++) { /* fewer than 8 blocks left */
+		const __m256i wv = q4_codes(wr + 16 * b), ones = _mm256_set1_epi16(1);
+		const float dw = _cvtsh_ss(sr[b]);
+#pragma GCC unroll 4
+		for (int k = 0; k < T; k++) {
+			const size_t i = (t0 + (size_t)k) * (cols / 32) + b;
+			const __m256i x = _mm256_loadu_si256((const __m256i *)(a->q + (t0 + (size_t)k) * cols + 32 * b));
+			const int n = hsum_i32(_mm256_madd_epi16(_mm256_maddubs_epi16(wv, x), ones)) + a->nsum8[i];
+			c[k][b % 4] = fmaf((float)n, dw * a->d[i], c[k][b % 4]);
+		}
+	}
+#pragma GCC unroll 4
+	for (int k = 0; k < T; k++)
+		out[k] = (c[k][0] + c[k][2]) + (c[k][1] + c[k][3]);
+}
+
+/* block b of a row (codes wr, float scales dw) for O octets of tokens (1 or 2, at
+ * qx, dx, nx and ostride bytes/floats on), into the chains acc[o]: the octets share
+ * the row's unpacked codes */
+static inline __attribute__((always_inline)) void q4_octet_block(const int O, const uint8_t *wr, const float *dw,
+								 size_t b, const int8_t *qx, const float *dx,
+								 const int32_t *nx, size_t ostride, __m256 *const *acc)
+{
+	const __m256i m = _mm256_set1_epi8(15), w = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(wr + 16 * b)));
+	__m256i s[2];
+#pragma GCC unroll 2
+	for (int o = 0; o < O; o++)
+		s[o] = _mm256_setzero_si256();
+	/* 4 bytes of codes, broadcast: low nibbles are columns 4g..4g+3, high ones 16+4g.. */
+#define Q4_GROUP(g, imm)                                                                                         \
+	do {                                                                                                     \
+		const __m256i bc = _mm256_shuffle_epi32(w, imm);                                                 \
+		const __m256i lo = _mm256_and_si256(bc, m), hi = _mm256_and_si256(_mm256_srli_epi16(bc, 4), m); \
+		_Pragma("GCC unroll 2") for (int o = 0; o < O; o++)                                              \
+		{                                                                                                \
+			const __m256i *x = (const __m256i *)(qx + (size_t)o * ostride * 32 + 256 * b);            \
+			s[o] = _mm256_add_epi16(s[o], _mm256_maddubs_epi16(lo, _mm256_load_si256(x + (g))));     \
+			s[o] = _mm256_add_epi16(s[o], _mm256_maddubs_epi16(hi, _mm256_load_si256(x + (g) + 4))); \
+		}                                                                                                \
+	} while (0)
+	Q4_GROUP(0, 0x00);
+	Q4_GROUP(1, 0x55);
+	Q4_GROUP(2, 0xaa);
+	Q4_GROUP(3, 0xff);
+#undef Q4_GROUP
+#pragma GCC unroll 2
+	for (int o = 0; o < O; o++) {
+		const __m256i n = _mm256_add_epi32(_mm256_madd_epi16(s[o], _mm256_set1_epi16(1)),
+						   _mm256_load_si256((const __m256i *)(nx + (size_t)o * ostride + 8 * b)));
+		const __m256 sc = _mm256_mul_ps(_mm256_broadcast_ss(dw + b), _mm256_load_ps(dx + (size_t)o * ostride + 8 * b));
+		*acc[o] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(n), sc, *acc[o]);
+	}
+}
+
+/* blocks [b0, b1) of a row (b0 a multiple of 4) times O octets of tokens, into their
+ * chains c[o][b mod 4] */
+static inline __attribute__((always_inline)) void q4_row_octets(const int O, const uint8_t *wr, const float *dw,
+								size_t b0, size_t b1, const int8_t *qx,
+								const float *dx, const int32_t *nx, size_t ostride,
+								__m256 (*c)[4])
+{
+	__m256 *const c0[2] = {&c[0][0], &c[O - 1][0]}, *const c1[2] = {&c[0][1], &c[O - 1][1]};
+	__m256 *const c2[2] = {&c[0][2], &c[O - 1][2]}, *const c3[2] = {&c[0][3], &c[O - 1][3]};
+	size_t b = b0;
+	for (; b + 4 <= b1; b += 4) {
+		q4_octet_block(O, wr, dw, b, qx, dx, nx, ostride, c0);
+		q4_octet_block(O, wr, dw, b + 1, qx, dx, nx, ostride, c1);
+		q4_octet_block(O, wr, dw, b + 2, qx, dx, nx, ostride, c2);
+		q4_octet_block(O, wr, dw, b + 3, qx, dx, nx, ostride, c3);
+	}
+	if (b < b1)
+		q4_octet_block(O, wr, dw, b++, qx, dx, nx, ostride, c0);
+	if (b < b1)
+		q4_octet_block(O, wr, dw, b++, qx, dx, nx, ostride, c1);
+	if (b < b1)
+		q4_octet_block(O, wr, dw, b, qx, dx, nx, ostride, c2);
+}
+
+/* a last octet with fewer tokens than this goes through q4_row_blocks instead (an
+ * octet costs about as much as 3 tokens a block at a time) */
+#define OCTET_MIN 3
+
+#define SCALE_CHUNK 256 /* a row's scales converted to floats this many blocks at a time */
 
 static void q4(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride)
 {
-	q_rows(1, w, r0, r1, a, y, ystride);
+	const size_t nb = w->cols / 32, rb = w->cols / 2;
+	size_t octets = 0;
+	if (a->q_x8 && a->group == 32)
+		octets = a->batch / 8 + (a->batch % 8 >= OCTET_MIN);
+	const size_t t_blocks = octets * 8 < a->batch ? octets * 8 : a->batch; /* first token not in an octet */
+	const size_t ostride = nb * 8; /* an octet's entries in d_x8 and nsum8_x8 (its q_x8 bytes / 32) */
+	for (size_t r = r0; r < r1; r++) {
+		const uint8_t *wr = (const uint8_t *)w->codes + r * rb;
+		const uint16_t *sr = w->scales + r * nb;
+		for (size_t o = 0; o < octets; o += 2) {
+			const int O = o + 1 < octets ? 2 : 1;
+			__m256 c[2][4];
+			for (int i = 0; i < 2; i++)
+				c[i][0] = c[i][1] = c[i][2] = c[i][3] = _mm256_setzero_ps();
+			const int8_t *qx = a->q_x8 + o * ostride * 32;
+			const float *dx = a->d_x8 + o * ostride;
+			const int32_t *nx = a->nsum8_x8 + o * ostride;
+			for (size_t b0 = 0; b0 < nb; b0 += SCALE_CHUNK) {
+				const size_t b1 = b0 + SCALE_CHUNK < nb ? b0 + SCALE_CHUNK : nb;
+				float dw[SCALE_CHUNK]; /* indexed by block, from b0 */
+				size_t b = b0;
+				for (; b + 8 <= b1; b += 8)
+					_mm256_storeu_ps(dw + b - b0, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sr + b))));
+				for (; b < b1; b++)
+					dw[b - b0] = _cvtsh_ss(sr[b]);
+				if (O == 2)
+					q4_row_octets(2, wr, dw - b0, b0, b1, qx, dx, nx, ostride, c);
+				else
+					q4_row_octets(1, wr, dw - b0, b0, b1, qx, dx, nx, ostride, c);
+			}
+			for (int i = 0; i < O; i++) {
+				float out[8];
+				_mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(c[i][0], c[i][2]), _mm256_add_ps(c[i][1], c[i][3])));
+				for (size_t k = 0; k < 8 && (o + (size_t)i) * 8 + k < a->batch; k++)
+					y[((o + (size_t)i) * 8 + k) * ystride + r] = out[k];
+			}
+		}
+		for (size_t t0 = t_blocks; t0 < a->batch; t0 += TILE) {
+			float out[TILE];
+			const size_t T = a->batch - t0 < TILE ? a->batch - t0 : TILE;
+			switch (T) {
+			case 1: q4_row_blocks(wr, sr, nb, a, t0, 1, out); break;
+			case 2: q4_row_blocks(wr, sr, nb, a, t0, 2, out); break;
+			case 3: q4_row_blocks(wr, sr, nb, a, t0, 3, out); break;
+			default: q4_row_blocks(wr, sr, nb, a, t0, 4, out); break;
+			}
+			for (size_t k = 0; k < T; k++)
+				y[(t0 + k) * ystride + r] = out[k];
+		}
+	}
 }
-
 /* float weights: 8 columns at a time, scalar tail; TILE tokens per pass */
 static inline __attribute__((always_inline)) void fl_row(const void *wrow, int half, size_t cols, const float *x,
 							 size_t t0, int T, float *out)

@@ -71,9 +71,14 @@ int moe_qact_alloc(struct moe_qact *a, size_t batch, size_t cols)
 	a->s16 = malloc(2 * batch * nb * sizeof(int16_t) + 64);
 	a->nsum8 = malloc(batch * nb * sizeof(int32_t) + 64);
 	a->nsum128 = malloc(batch * nb * sizeof(int32_t) + 64);
+	const size_t octets = (batch + 7) / 8;
+	a->q_x8 = aligned_alloc(64, octets * 8 * cols);
+	a->d_x8 = aligned_alloc(64, octets * nb * 8 * sizeof(float));
+	a->nsum8_x8 = aligned_alloc(64, octets * nb * 8 * sizeof(int32_t));
 	a->cols = cols;
 	a->batch = batch;
-	if (!a->q || !a->d || !a->ds || !a->ds16 || !a->s16 || !a->nsum8 || !a->nsum128) {
+	if (!a->q || !a->d || !a->ds || !a->ds16 || !a->s16 || !a->nsum8 || !a->nsum128 || !a->q_x8 || !a->d_x8 ||
+	    !a->nsum8_x8) {
 		moe_qact_free(a);
 		return -1;
 	}
@@ -89,6 +94,9 @@ void moe_qact_free(struct moe_qact *a)
 	free(a->s16);
 	free(a->nsum8);
 	free(a->nsum128);
+	free(a->q_x8);
+	free(a->d_x8);
+	free(a->nsum8_x8);
 	memset(a, 0, sizeof *a);
 }
 
@@ -96,6 +104,25 @@ size_t moe_qact_group(int type, size_t cols)
 {
 	const struct moe_block_format *f = moe_block_format(type);
 	return f && f->weights == 256 && cols % 256 == 0 ? 256 : 32;
+}
+
+/* q_x8, d_x8, nsum8_x8 from q, d, nsum8 (kernels.h) */
+static void interleave_octets(struct moe_qact *a)
+{
+	const size_t cols = a->cols, nb = cols / 32, octets = (a->batch + 7) / 8;
+	for (size_t o = 0; o < octets; o++)
+		for (size_t b = 0; b < nb; b++) {
+			const size_t ob = o * nb + b;
+			for (size_t k = 0; k < 8; k++) {
+				const size_t t = 8 * o + k, i = t * nb + b;
+				const int real = t < a->batch;
+				for (size_t g = 0; g < 8; g++)
+					for (size_t c = 0; c < 4; c++)
+						a->q_x8[(ob * 8 + g) * 32 + k * 4 + c] = real ? a->q[t * cols + b * 32 + g * 4 + c] : 0;
+				a->d_x8[ob * 8 + k] = real ? a->d[i] : 0.0f;
+				a->nsum8_x8[ob * 8 + k] = real ? a->nsum8[i] : 0;
+			}
+		}
 }
 
 void moe_qact_quantize(struct moe_qact *a, const float *x, size_t batch, size_t group)
@@ -131,6 +158,8 @@ void moe_qact_quantize(struct moe_qact *a, const float *x, size_t batch, size_t 
 				a->nsum128[i] = -128 * sum;
 			}
 		}
+	if (group == 32)
+		interleave_octets(a);
 }
 
 void moe_kscratch_free(struct moe_kscratch *s)
@@ -206,7 +235,10 @@ static struct moe_qact qact_tokens(const struct moe_qact *a, size_t t0, size_t b
 	return (struct moe_qact){.cols = cols, .batch = bt, .group = a->group, .q = a->q + t0 * cols,
 				 .d = a->d + t0 * nb, .ds = a->ds + t0 * nb, .ds16 = a->ds16 + 2 * t0 * nb,
 				 .s16 = a->s16 + 2 * t0 * nb, .nsum8 = a->nsum8 + t0 * nb,
-				 .nsum128 = a->nsum128 + t0 * nb};
+				 .nsum128 = a->nsum128 + t0 * nb,
+				 .q_x8 = a->q_x8 && t0 % 8 == 0 ? a->q_x8 + t0 * cols : NULL,
+				 .d_x8 = a->d_x8 && t0 % 8 == 0 ? a->d_x8 + t0 * nb : NULL,
+				 .nsum8_x8 = a->nsum8_x8 && t0 % 8 == 0 ? a->nsum8_x8 + t0 * nb : NULL};
 }
 
 struct each_job {

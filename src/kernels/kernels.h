@@ -74,6 +74,14 @@ struct moe_qact {
 	int16_t *s16; /* [batch][cols/16]: sum(q) per 16, for the K types' integer kernels */
 	/* for kernels that work on unsigned weight codes u = w + off: -off * sum(q) per block */
 	int32_t *nsum8, *nsum128; /* [batch][cols/32] */
+	/* The 32-groups' codes again, 8 tokens to a 256-bit register, for kernels whose
+	 * vector lanes are tokens: per octet of tokens and block, 8 groups of 4 columns,
+	 * each as token 0's 4 codes, token 1's, ..., token 7's (256 bytes); d and nsum8
+	 * likewise 8 tokens at a time. A last octet short of tokens is padded with zeros.
+	 * Valid when group is 32; NULL in a view of tokens that do not start an octet. */
+	int8_t *q_x8;      /* [octets][cols/32][8][8][4] */
+	float *d_x8;       /* [octets][cols/32][8] */
+	int32_t *nsum8_x8; /* [octets][cols/32][8] */
 };
 
 /* One implementation: rows [r0, r1) of W times `batch` tokens, y[t * ystride + r]. */
