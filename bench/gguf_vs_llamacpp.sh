@@ -9,7 +9,8 @@
 # runs after a warm-up; moe-run gets --no-offload, which maps the pack and faults it
 # in at open, before the clock starts. (With the expert cache instead, moe-run's first
 # prompt would also read every expert from disk: that is the cold start, not the
-# kernels.) RUN_ARGS replaces --no-offload, e.g. RUN_ARGS= for the expert cache.
+# kernels.) RUN_ARGS replaces --no-offload, e.g. RUN_ARGS= for the expert cache. BATCH
+# sets moe-run's -b (default: P, at most 64).
 # MOE_KERNEL=avx2 runs moemap's AVX2 kernels on an AVX-512 machine (build llama.cpp
 # with -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF to match).
 # Usage: LLAMA_BENCH=/path/to/llama-bench bench/gguf_vs_llamacpp.sh MODEL.gguf [ROUNDS] [P] [N] [THREADS]
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 : "${LLAMA_BENCH:?set LLAMA_BENCH to llama.cpp's llama-bench}"
 GGUF=$1 ROUNDS=${2:-5} P=${3:-64} N=${4:-16} T=${5:-2}
 RUN_ARGS=${RUN_ARGS---no-offload}
-B=$((P < 64 ? P : 64)) # moe-run's largest batch; llama-bench's default is 512
+B=${BATCH:-$((P < 64 ? P : 64))} # moe-run's -b (BATCH, default up to 64); llama-bench's default is 512
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 ./moe-pack --no-progress "$GGUF" "$W/m.moe" >/dev/null

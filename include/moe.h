@@ -244,12 +244,14 @@ MOE_API int moe_cache_policy_parse(const char *name);
 /* The name of a policy ("lru" for an unknown one). */
 MOE_API const char *moe_cache_policy_name(int policy);
 
+#define MOE_MAX_BATCH 512 /* the largest n_batch */
+
 typedef struct moe_model_params {
 	int threads;             /* compute threads; default 0: every online CPU */
 	uint64_t ram_budget;     /* bytes for dense weights + sessions + expert cache;
 				    default 0: 90% of MemAvailable */
 	size_t n_ctx;            /* context of each session in tokens (default 4096), capped at the model's */
-	size_t n_batch;          /* tokens per forward pass, 1..64 (default 32) */
+	size_t n_batch;          /* tokens per forward pass, 1..MOE_MAX_BATCH (default 32) */
 	unsigned n_sessions;     /* sessions the budget sets their KV cache aside for (default 1) */
 	int kv_type;             /* enum moe_kv_type (default MOE_KV_F16) */
 	int offload;             /* 1 (default): the expert cache; 0: experts through the page cache (mmap) */

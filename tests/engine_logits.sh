@@ -8,6 +8,7 @@ cd "$WORK"
 : "${MOE_RUN:?run through make check}"
 REF="$TESTS_DIR/reference.py"
 T=3,17,255,1,0,99,511,42,7,300,12,64,128,5,6,400,222,333,444,111
+T100=$(py -c "print(','.join(str((i * 7919) % 500 + 1) for i in range(100)))")
 # compare LOGITS.bin REF.npy MODE: f32 -> max|d| <= 1e-4 max|logit|; quant -> see below
 cat >cmp.py <<'PY'
 import sys
@@ -77,6 +78,18 @@ for preset in mixtral-tiny qwen3-tiny deepseek-tiny glm-tiny; do
 		[ $kv = f16 ] && tol=f16kv
 		check "$preset -b 1, $kv KV logits" py cmp.py "$preset.b1$kv.bin" "$preset.ref.npy" $tol
 		cat "$WORK/out"
+	done
+	# however a prompt is split into forward passes, the same bits: 100 tokens one at a
+	# time, in passes of 37, and in one pass (prefill kernels take 8 tokens per register)
+	for k in scalar avx2 avx512 neon; do
+		# each kernel implementation this CPU runs
+		MOE_KERNEL=$k "$MOE_RUN" -m "$preset.q4.moe" --tokens 1 -n 0 >/dev/null 2>&1 || continue
+		for b in 1 37 100; do
+			check "$preset q4 $k -b $b" env MOE_KERNEL=$k "$MOE_RUN" -m "$preset.q4.moe" --tokens "$T100" -n 0 \
+				-b $b --logits-out "$preset.$k.b$b.bin"
+		done
+		check "$preset q4 $k: -b 37 = -b 1, bit for bit" cmp "$preset.$k.b37.bin" "$preset.$k.b1.bin"
+		check "$preset q4 $k: -b 100 = -b 1, bit for bit" cmp "$preset.$k.b100.bin" "$preset.$k.b1.bin"
 	done
 	# greedy: 32 generated tokens equal the reference's argmax at every step
 	check "$preset greedy" sh -c "'$MOE_RUN' -m $preset.f32.moe --tokens 5,6,7,8 -n 32 --kv-type f32 --stats > gen.txt"

@@ -380,8 +380,9 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 {
 	*out = NULL;
 	const struct moe_hparams *hp = &m->hp;
-	if (ctx == 0 || max_batch == 0 || max_batch > 64)
-		return moe_fail(MOE_EINVAL, "context %zu, batch %zu: need context >= 1 and batch 1..64", ctx, max_batch);
+	if (ctx == 0 || max_batch == 0 || max_batch > MOE_MAX_BATCH)
+		return moe_fail(MOE_EINVAL, "context %zu, batch %zu: need context >= 1 and batch 1..%d", ctx, max_batch,
+				MOE_MAX_BATCH);
 	struct moe_session *s = calloc(1, sizeof *s);
 	if (!s)
 		return moe_fail(MOE_ENOMEM, "out of memory");
@@ -434,6 +435,7 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 	s->scores = malloc(ctx * hp->n_heads * sizeof(float));
 	s->kv_f32 = s->kv_cap && s->kv_off && kv_converted(s) ? malloc(2 * ctx * kv * sizeof(float)) : NULL;
 	s->topk = malloc(B * hp->n_experts_used * sizeof(int));
+	s->routed = malloc(B * sizeof(size_t));
 	s->topw = malloc(B * hp->n_experts_used * sizeof(float));
 	s->topp = malloc(B * hp->n_experts_used * sizeof(float));
 	s->pair_out = malloc(B * hp->n_experts_used * H * sizeof(float));
@@ -450,7 +452,7 @@ int moe_session_create(const struct moe_model *m, size_t ctx, size_t max_batch, 
 			s->prev_experts[i] = UINT32_MAX; /* nothing yet */
 	if (!s->kv_cap || !s->kv_off || !s->shared_out || (!ds && !s->v_cache) || !s->topp || !s->pair_out || !s->look_topk || !s->look_topp ||
 	    !s->look_xn || !s->look_router || !s->look_score || !s->look_list || !s->prev_experts || !s->k_cache || !s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->tmp ||
-	    !s->router || !s->moe_out || !s->gather || !s->expert_out || !s->scores || !s->topk || !s->topw ||
+	    !s->router || !s->moe_out || !s->gather || !s->expert_out || !s->scores || !s->topk || !s->routed || !s->topw ||
 	    (kv_converted(s) && !s->kv_f32)) {
 		moe_session_free(s);
 		return moe_fail(MOE_ENOMEM, "out of memory for a %zu-token context", ctx);
@@ -476,6 +478,7 @@ void moe_session_free(struct moe_session *s)
 	for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
 		free(bufs[i]);
 	free(s->topk);
+	free(s->routed);
 	free(s->kv_cap);
 	free(s->kv_off);
 	free(s->shared_out);
@@ -514,7 +517,8 @@ size_t moe_session_bytes(const struct moe_session *s)
 	size_t rows = 0;
 	for (size_t l = 0; l < hp->n_layers; l++)
 		rows += s->kv_cap[l];
-	return (ds ? 1 : 2) * rows * kvd * kv_elt + scratch + (ds ? moe_mla_bytes(s) : 0) + lin_bytes(s);
+	return (ds ? 1 : 2) * rows * kvd * kv_elt + scratch + B * sizeof(size_t) + (ds ? moe_mla_bytes(s) : 0) +
+	       lin_bytes(s);
 }
 
 /* ---- the pieces ---- */
@@ -1014,12 +1018,12 @@ static int experts(struct moe_session *s, size_t l, size_t n)
 	for (size_t i = 0; i < nl && !rc; i++) {
 		const uint32_t e = ord[i];
 		/* the tokens routed to e, gathered so the expert's weights are read once */
-		size_t m = 0, who[64];
+		size_t m = 0;
 		for (size_t t = 0; t < n; t++)
 			for (size_t k = 0; k < K; k++)
 				if (s->topk[t * K + k] == (int)e) {
 					memcpy(s->gather + m * H, s->xn + t * H, H * sizeof(float));
-					who[m++] = t * K + k;
+					s->routed[m++] = t * K + k;
 				}
 		struct moe_expert_weights w;
 		if ((rc = x->acquire(x, (uint32_t)l, e, &w)))
@@ -1037,7 +1041,7 @@ static int experts(struct moe_session *s, size_t l, size_t n)
 			break;
 		}
 		for (size_t j = 0; j < m; j++)
-			memcpy(s->pair_out + who[j] * H, s->expert_out + j * H, H * sizeof(float));
+			memcpy(s->pair_out + s->routed[j] * H, s->expert_out + j * H, H * sizeof(float));
 	}
 	if (ord != order)
 		free(ord);

@@ -123,6 +123,7 @@ struct moe_session {
 	float *x, *xn, *q, *k, *v, *att, *tmp, *router, *moe_out, *gather, *expert_out, *scores;
 	float *kv_f32;               /* an f16 cache's or a ring's rows of one layer as f32: K, then V */
 	int *topk;
+	size_t *routed;              /* the (token, k) pairs routed to one expert */
 	float *topw, *topp;          /* routing weights as used, and the router's probabilities */
 	float *pair_out;             /* [token][k][hidden]: each routed expert's output */
 	struct moe_kscratch ks;

@@ -52,7 +52,7 @@ static void usage(FILE *fp)
 	      "engine:\n"
 	      "  -t, --threads N          threads (default: all CPUs)\n"
 	      "  -c, --ctx-size N         context length in tokens (default 4096, at most the model's)\n"
-	      "  -b, --batch N            prompt tokens per forward pass, 1..64 (default 32)\n"
+	      "  -b, --batch N            prompt tokens per forward pass, 1..512 (default 32)\n"
 	      "      --kv-type T          KV cache type: f16 (default) or f32\n"
 	      "      --ram-budget SIZE    cap on model memory: dense weights + KV cache + expert cache (e.g. 900M, 12G;\n"
 	      "                           also MOE_RAM_BUDGET; default 90% of available memory)\n"
@@ -1057,7 +1057,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "moe-run: --kv-type %s: f16 or f32\n", kv_s);
 		return 2;
 	}
-	if (n_predict < -1 || keep < -1 || ctx < 1 || batch < 1 || batch > 64 || threads < 1 || threads > 256 || sp.temperature < 0 ||
+	if (n_predict < -1 || keep < -1 || ctx < 1 || batch < 1 || batch > MOE_MAX_BATCH || threads < 1 || threads > 256 || sp.temperature < 0 ||
 	    sp.top_p <= 0 || sp.top_p > 1 || sp.min_p < 0 || sp.min_p > 1 || sp.repeat_penalty <= 0) {
 		fputs("moe-run: option out of range (moe-run --help)\n", stderr);
 		return 2;

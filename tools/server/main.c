@@ -51,7 +51,7 @@ static void usage(FILE *fp)
 	      "engine (as moe-run):\n"
 	      "  -t, --threads N          threads (default: all CPUs)\n"
 	      "  -c, --ctx-size N         context of each slot in tokens (default 4096, at most the model's)\n"
-	      "  -b, --batch N            prompt tokens per forward pass, 1..64 (default 32)\n"
+	      "  -b, --batch N            prompt tokens per forward pass, 1..512 (default 32)\n"
 	      "      --kv-type T          f16 (default) or f32\n"
 	      "      --ram-budget SIZE    dense weights + every slot's KV cache + expert cache (also MOE_RAM_BUDGET;\n"
 	      "                           default 90% of available memory)\n"
@@ -1289,7 +1289,7 @@ int main(int argc, char **argv)
 		case O_TMPL: tmpl_arg = optarg; break;
 		case 't': bad = number("--threads", optarg, 1, 256, &v); mp.threads = (int)v; break;
 		case 'c': bad = number("--ctx-size", optarg, 2, 1 << 24, &v); mp.n_ctx = (size_t)v; break;
-		case 'b': bad = number("--batch", optarg, 1, 64, &v); mp.n_batch = (size_t)v; break;
+		case 'b': bad = number("--batch", optarg, 1, MOE_MAX_BATCH, &v); mp.n_batch = (size_t)v; break;
 		case O_KV:
 			if (strcmp(optarg, "f16") && strcmp(optarg, "f32")) {
 				fprintf(stderr, "moe-server: --kv-type %s: f16 or f32\n", optarg);
