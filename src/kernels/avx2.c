@@ -292,7 +292,7 @@ static void q4(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_
 {
 	const size_t nb = w->cols / 32, rb = w->cols / 2;
 	size_t octets = 0;
-	if (a->q_x8 && a->group == 32)
+	if (a->q_x8 && a->group == 32 && a->batch >= MOE_QACT_X8_MIN)
 		octets = a->batch / 8 + (a->batch % 8 >= OCTET_MIN);
 	const size_t t_blocks = octets * 8 < a->batch ? octets * 8 : a->batch; /* first token not in an octet */
 	const size_t ostride = nb * 8; /* an octet's entries in d_x8 and nsum8_x8 (its q_x8 bytes / 32) */

@@ -106,21 +106,24 @@ size_t moe_qact_group(int type, size_t cols)
 	return f && f->weights == 256 && cols % 256 == 0 ? 256 : 32;
 }
 
-/* q_x8, d_x8, nsum8_x8 from q, d, nsum8 (kernels.h) */
+/* q_x8, d_x8, nsum8_x8 from q, d, nsum8 (kernels.h), 4 codes at a time */
 static void interleave_octets(struct moe_qact *a)
 {
 	const size_t cols = a->cols, nb = cols / 32, octets = (a->batch + 7) / 8;
 	for (size_t o = 0; o < octets; o++)
-		for (size_t b = 0; b < nb; b++) {
-			const size_t ob = o * nb + b;
-			for (size_t k = 0; k < 8; k++) {
-				const size_t t = 8 * o + k, i = t * nb + b;
-				const int real = t < a->batch;
-				for (size_t g = 0; g < 8; g++)
-					for (size_t c = 0; c < 4; c++)
-						a->q_x8[(ob * 8 + g) * 32 + k * 4 + c] = real ? a->q[t * cols + b * 32 + g * 4 + c] : 0;
-				a->d_x8[ob * 8 + k] = real ? a->d[i] : 0.0f;
-				a->nsum8_x8[ob * 8 + k] = real ? a->nsum8[i] : 0;
+		for (size_t k = 0; k < 8; k++) {
+			const size_t t = 8 * o + k;
+			for (size_t b = 0; b < nb; b++) {
+				const size_t ob = o * nb + b;
+				int8_t *dst = a->q_x8 + ob * 256 + k * 4;
+				if (t < a->batch)
+					for (size_t g = 0; g < 8; g++)
+						memcpy(dst + g * 32, a->q + t * cols + b * 32 + g * 4, 4);
+				else
+					for (size_t g = 0; g < 8; g++)
+						memset(dst + g * 32, 0, 4);
+				a->d_x8[ob * 8 + k] = t < a->batch ? a->d[t * nb + b] : 0.0f;
+				a->nsum8_x8[ob * 8 + k] = t < a->batch ? a->nsum8[t * nb + b] : 0;
 			}
 		}
 }
@@ -158,7 +161,7 @@ void moe_qact_quantize(struct moe_qact *a, const float *x, size_t batch, size_t 
 				a->nsum128[i] = -128 * sum;
 			}
 		}
-	if (group == 32)
+	if (group == 32 && batch >= MOE_QACT_X8_MIN)
 		interleave_octets(a);
 }
 

@@ -65,6 +65,8 @@ static inline struct moe_wmat moe_wmat_rows(const struct moe_wmat *w, size_t r0,
 /* A batch of activations quantized to int8: one scale per `group` (32, or 256 for
  * GGUF's K types, as ggml's Q8_K: their kernels then sum a whole block in integers),
  * stored per 32 either way so that every kernel reads d the same way. */
+#define MOE_QACT_X8_MIN 4
+
 struct moe_qact {
 	size_t cols, batch, group;
 	int8_t *q;   /* [batch][cols] */
@@ -78,7 +80,8 @@ struct moe_qact {
 	 * vector lanes are tokens: per octet of tokens and block, 8 groups of 4 columns,
 	 * each as token 0's 4 codes, token 1's, ..., token 7's (256 bytes); d and nsum8
 	 * likewise 8 tokens at a time. A last octet short of tokens is padded with zeros.
-	 * Valid when group is 32; NULL in a view of tokens that do not start an octet. */
+	 * Filled when group is 32 and batch >= MOE_QACT_X8_MIN (fewer tokens gain nothing
+	 * from 8 lanes); NULL in a view of tokens that do not start an octet. */
 	int8_t *q_x8;      /* [octets][cols/32][8][8][4] */
 	float *d_x8;       /* [octets][cols/32][8] */
 	int32_t *nsum8_x8; /* [octets][cols/32][8] */
