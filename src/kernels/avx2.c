@@ -220,19 +220,21 @@ static inline __attribute__((always_inline)) void q4_row_blocks(const uint8_t *w
 		out[k] = (c[k][0] + c[k][2]) + (c[k][1] + c[k][3]);
 }
 
-/* block b of a row (codes wr, float scales dw) for O octets of tokens (1 or 2, at
- * qx, dx, nx and ostride bytes/floats on), into the chains acc[o]: the octets share
- * the row's unpacked codes */
-static inline __attribute__((always_inline)) void q4_octet_block(const int O, const uint8_t *wr, const float *dw,
+/* block b of a row (codes wr, its float scale *dwb) for O octets of tokens (1 or 2,
+ * at qx, dx, nx and ostride bytes/floats on), into the chains acc[o]: the octets
+ * share the row's unpacked codes */
+static inline __attribute__((always_inline)) void q4_octet_block(const int O, const uint8_t *wr, const float *dwb,
 								 size_t b, const int8_t *qx, const float *dx,
-								 const int32_t *nx, size_t ostride, __m256 *const *acc)
+								 const int32_t *nx, size_t ostride, __m256 *acc)
 {
 	const __m256i m = _mm256_set1_epi8(15), w = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(wr + 16 * b)));
 	__m256i s[2];
 #pragma GCC unroll 2
 	for (int o = 0; o < O; o++)
 		s[o] = _mm256_setzero_si256();
-	/* 4 bytes of codes, broadcast: low nibbles are columns 4g..4g+3, high ones 16+4g.. */
+	/* 4 bytes of codes, broadcast: low nibbles are columns 4g..4g+3, high ones 16+4g..
+	 * The empty asm pins each sum where it is: left alone, GCC computes all 8 products
+	 * of a block first and runs out of the 16 registers (5 % slower at 16-32 tokens). */
 #define Q4_GROUP(g, imm)                                                                                         \
 	do {                                                                                                     \
 		const __m256i bc = _mm256_shuffle_epi32(w, imm);                                                 \
@@ -242,6 +244,7 @@ static inline __attribute__((always_inline)) void q4_octet_block(const int O, co
 			const __m256i *x = (const __m256i *)(qx + (size_t)o * ostride * 32 + 256 * b);            \
 			s[o] = _mm256_add_epi16(s[o], _mm256_maddubs_epi16(lo, _mm256_load_si256(x + (g))));     \
 			s[o] = _mm256_add_epi16(s[o], _mm256_maddubs_epi16(hi, _mm256_load_si256(x + (g) + 4))); \
+			__asm__("" : "+x"(s[o]));                                                                \
 		}                                                                                                \
 	} while (0)
 	Q4_GROUP(0, 0x00);
@@ -253,33 +256,39 @@ static inline __attribute__((always_inline)) void q4_octet_block(const int O, co
 	for (int o = 0; o < O; o++) {
 		const __m256i n = _mm256_add_epi32(_mm256_madd_epi16(s[o], _mm256_set1_epi16(1)),
 						   _mm256_load_si256((const __m256i *)(nx + (size_t)o * ostride + 8 * b)));
-		const __m256 sc = _mm256_mul_ps(_mm256_broadcast_ss(dw + b), _mm256_load_ps(dx + (size_t)o * ostride + 8 * b));
-		*acc[o] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(n), sc, *acc[o]);
+		const __m256 sc = _mm256_mul_ps(_mm256_broadcast_ss(dwb), _mm256_load_ps(dx + (size_t)o * ostride + 8 * b));
+		acc[o] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(n), sc, acc[o]);
 	}
 }
 
-/* blocks [b0, b1) of a row (b0 a multiple of 4) times O octets of tokens, into their
- * chains c[o][b mod 4] */
+/* blocks [b0, b1) of a row (b0 a multiple of 4; dw their float scales, from b0)
+ * times O octets of tokens, into their chains c[o][b mod 4], held in registers
+ * meanwhile */
 static inline __attribute__((always_inline)) void q4_row_octets(const int O, const uint8_t *wr, const float *dw,
 								size_t b0, size_t b1, const int8_t *qx,
 								const float *dx, const int32_t *nx, size_t ostride,
 								__m256 (*c)[4])
 {
-	__m256 *const c0[2] = {&c[0][0], &c[O - 1][0]}, *const c1[2] = {&c[0][1], &c[O - 1][1]};
-	__m256 *const c2[2] = {&c[0][2], &c[O - 1][2]}, *const c3[2] = {&c[0][3], &c[O - 1][3]};
+	__m256 c0[2], c1[2], c2[2], c3[2]; /* chain k of octet o in ck[o] */
+#pragma GCC unroll 2
+	for (int o = 0; o < O; o++)
+		c0[o] = c[o][0], c1[o] = c[o][1], c2[o] = c[o][2], c3[o] = c[o][3];
 	size_t b = b0;
 	for (; b + 4 <= b1; b += 4) {
-		q4_octet_block(O, wr, dw, b, qx, dx, nx, ostride, c0);
-		q4_octet_block(O, wr, dw, b + 1, qx, dx, nx, ostride, c1);
-		q4_octet_block(O, wr, dw, b + 2, qx, dx, nx, ostride, c2);
-		q4_octet_block(O, wr, dw, b + 3, qx, dx, nx, ostride, c3);
+		q4_octet_block(O, wr, dw + (b - b0), b, qx, dx, nx, ostride, c0);
+		q4_octet_block(O, wr, dw + (b + 1 - b0), b + 1, qx, dx, nx, ostride, c1);
+		q4_octet_block(O, wr, dw + (b + 2 - b0), b + 2, qx, dx, nx, ostride, c2);
+		q4_octet_block(O, wr, dw + (b + 3 - b0), b + 3, qx, dx, nx, ostride, c3);
 	}
 	if (b < b1)
-		q4_octet_block(O, wr, dw, b++, qx, dx, nx, ostride, c0);
-	if (b < b1)
-		q4_octet_block(O, wr, dw, b++, qx, dx, nx, ostride, c1);
-	if (b < b1)
-		q4_octet_block(O, wr, dw, b, qx, dx, nx, ostride, c2);
+		q4_octet_block(O, wr, dw + (b - b0), b, qx, dx, nx, ostride, c0);
+	if (b + 1 < b1)
+		q4_octet_block(O, wr, dw + (b + 1 - b0), b + 1, qx, dx, nx, ostride, c1);
+	if (b + 2 < b1)
+		q4_octet_block(O, wr, dw + (b + 2 - b0), b + 2, qx, dx, nx, ostride, c2);
+#pragma GCC unroll 2
+	for (int o = 0; o < O; o++)
+		c[o][0] = c0[o], c[o][1] = c1[o], c[o][2] = c2[o], c[o][3] = c3[o];
 }
 
 /* a last octet with fewer tokens than this goes through q4_row_blocks instead (an
@@ -316,9 +325,9 @@ static void q4(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_
 				for (; b < b1; b++)
 					dw[b - b0] = _cvtsh_ss(sr[b]);
 				if (O == 2)
-					q4_row_octets(2, wr, dw - b0, b0, b1, qx, dx, nx, ostride, c);
+					q4_row_octets(2, wr, dw, b0, b1, qx, dx, nx, ostride, c);
 				else
-					q4_row_octets(1, wr, dw - b0, b0, b1, qx, dx, nx, ostride, c);
+					q4_row_octets(1, wr, dw, b0, b1, qx, dx, nx, ostride, c);
 			}
 			for (int i = 0; i < O; i++) {
 				float out[8];

@@ -71,10 +71,11 @@ int moe_qact_alloc(struct moe_qact *a, size_t batch, size_t cols)
 	a->s16 = malloc(2 * batch * nb * sizeof(int16_t) + 64);
 	a->nsum8 = malloc(batch * nb * sizeof(int32_t) + 64);
 	a->nsum128 = malloc(batch * nb * sizeof(int32_t) + 64);
-	const size_t octets = (batch + 7) / 8;
-	a->q_x8 = aligned_alloc(64, octets * 8 * cols);
-	a->d_x8 = aligned_alloc(64, octets * nb * 8 * sizeof(float));
-	a->nsum8_x8 = aligned_alloc(64, octets * nb * 8 * sizeof(int32_t));
+	/* aligned_alloc wants a multiple of the alignment */
+	const size_t octets = (batch + 7) / 8, x8 = (octets * nb * 8 * sizeof(float) + 63) / 64 * 64;
+	a->q_x8 = aligned_alloc(64, octets * 8 * cols); /* cols: a multiple of 32 */
+	a->d_x8 = aligned_alloc(64, x8);
+	a->nsum8_x8 = aligned_alloc(64, x8);
 	a->cols = cols;
 	a->batch = batch;
 	if (!a->q || !a->d || !a->ds || !a->ds16 || !a->s16 || !a->nsum8 || !a->nsum128 || !a->q_x8 || !a->d_x8 ||
