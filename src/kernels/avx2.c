@@ -321,7 +321,7 @@ static void q4(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_
 				float dw[SCALE_CHUNK]; /* indexed by block, from b0 */
 				size_t b = b0;
 				for (; b + 8 <= b1; b += 8)
-					_mm256_storeu_ps(dw + b - b0, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sr + b))));
+					_mm256_storeu_ps(dw + (b - b0), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sr + b))));
 				for (; b < b1; b++)
 					dw[b - b0] = _cvtsh_ss(sr[b]);
 				if (O == 2)
