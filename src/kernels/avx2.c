@@ -148,7 +148,7 @@ static void q8(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_
  * converted, times the float dw_b * d_b, fused-added into chain b mod 4; the row's
  * value is (c0 + c2) + (c1 + c3).
  *  - q4_row_blocks (decode, a few tokens): a register holds one token's 8 blocks.
- *  - q4_row_octet (prefill): a register holds one block's 8 tokens (moe_qact's q_x8),
+ *  - q4_row_octets (prefill): a register holds one block's 8 tokens (moe_qact's q_x8),
  *    so a block's 32 products per token are summed by 8 vpmaddubsw added in 16 bits
  *    (at most 8 * 2 * 15 * 127 = 30480) and one vpmaddwd, and the convert, scale and
  *    FMA serve 8 tokens at once, where a block per register spends all four on each
