@@ -42,6 +42,22 @@ static inline float hsum(__m256 v)
 
 #define TILE 4 /* tokens sharing one pass over a weight row */
 
+/* Tokens first .. batch-1 against row r, TILE at a time: ROW(args..., t0, T, out) with
+ * T a constant in each call (so its loops unroll into registers), then out to y. */
+#define TOKEN_TILES(first, batch, ROW, ...)                                           \
+	for (size_t t0 = (first); t0 < (batch); t0 += TILE) {                         \
+		float out[TILE];                                                      \
+		const size_t T = (batch) - t0 < TILE ? (batch) - t0 : TILE;           \
+		switch (T) {                                                          \
+		case 1: ROW(__VA_ARGS__, t0, 1, out); break;                          \
+		case 2: ROW(__VA_ARGS__, t0, 2, out); break;                          \
+		case 3: ROW(__VA_ARGS__, t0, 3, out); break;                          \
+		default: ROW(__VA_ARGS__, t0, 4, out); break;                         \
+		}                                                                     \
+		for (size_t k = 0; k < T; k++)                                        \
+			y[(t0 + k) * ystride + r] = out[k];                           \
+	}
+
 /* a q4 block's 16 bytes as 32 codes 0..15 in activation order: the bytes in both
  * lanes, the high lane shifted to its high nibbles */
 static inline __m256i q4_codes(const uint8_t *b)
@@ -127,18 +143,7 @@ static void q8(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_
 	for (size_t r = r0; r < r1; r++) {
 		const int8_t *wr = (const int8_t *)w->codes + r * w->cols;
 		const uint16_t *sr = w->scales + r * nb;
-		for (size_t t0 = 0; t0 < a->batch; t0 += TILE) {
-			float out[TILE];
-			const size_t T = a->batch - t0 < TILE ? a->batch - t0 : TILE;
-			switch (T) {
-			case 1: q8_row(wr, sr, nb, a, t0, 1, out); break;
-			case 2: q8_row(wr, sr, nb, a, t0, 2, out); break;
-			case 3: q8_row(wr, sr, nb, a, t0, 3, out); break;
-			default: q8_row(wr, sr, nb, a, t0, 4, out); break;
-			}
-			for (size_t k = 0; k < T; k++)
-				y[(t0 + k) * ystride + r] = out[k];
-		}
+		TOKEN_TILES(0, a->batch, q8_row, wr, sr, nb, a);
 	}
 }
 
@@ -336,20 +341,10 @@ static void q4(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_
 					y[((o + (size_t)i) * 8 + k) * ystride + r] = out[k];
 			}
 		}
-		for (size_t t0 = t_blocks; t0 < a->batch; t0 += TILE) {
-			float out[TILE];
-			const size_t T = a->batch - t0 < TILE ? a->batch - t0 : TILE;
-			switch (T) {
-			case 1: q4_row_blocks(wr, sr, nb, a, t0, 1, out); break;
-			case 2: q4_row_blocks(wr, sr, nb, a, t0, 2, out); break;
-			case 3: q4_row_blocks(wr, sr, nb, a, t0, 3, out); break;
-			default: q4_row_blocks(wr, sr, nb, a, t0, 4, out); break;
-			}
-			for (size_t k = 0; k < T; k++)
-				y[(t0 + k) * ystride + r] = out[k];
-		}
+		TOKEN_TILES(t_blocks, a->batch, q4_row_blocks, wr, sr, nb, a);
 	}
 }
+
 /* float weights: 8 columns at a time, scalar tail; TILE tokens per pass */
 static inline __attribute__((always_inline)) void fl_row(const void *wrow, int half, size_t cols, const float *x,
 							 size_t t0, int T, float *out)
@@ -382,18 +377,7 @@ static void fl(const struct moe_wmat *w, int half, size_t r0, size_t r1, const f
 	for (size_t r = r0; r < r1; r++) {
 		const void *wrow = half ? (const void *)((const uint16_t *)w->codes + r * cols)
 					: (const void *)((const float *)w->codes + r * cols);
-		for (size_t t0 = 0; t0 < batch; t0 += TILE) {
-			float out[TILE];
-			const size_t T = batch - t0 < TILE ? batch - t0 : TILE;
-			switch (T) {
-			case 1: fl_row(wrow, half, cols, x, t0, 1, out); break;
-			case 2: fl_row(wrow, half, cols, x, t0, 2, out); break;
-			case 3: fl_row(wrow, half, cols, x, t0, 3, out); break;
-			default: fl_row(wrow, half, cols, x, t0, 4, out); break;
-			}
-			for (size_t k = 0; k < T; k++)
-				y[(t0 + k) * ystride + r] = out[k];
-		}
+		TOKEN_TILES(0, batch, fl_row, wrow, half, cols, x);
 	}
 }
 

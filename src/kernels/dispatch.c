@@ -114,17 +114,18 @@ static void interleave_octets(struct moe_qact *a)
 	for (size_t o = 0; o < octets; o++)
 		for (size_t k = 0; k < 8; k++) {
 			const size_t t = 8 * o + k;
+			const int real = t < a->batch; /* else padding: zeros */
 			for (size_t b = 0; b < nb; b++) {
 				const size_t ob = o * nb + b;
-				int8_t *dst = a->q_x8 + ob * 256 + k * 4;
-				if (t < a->batch)
-					for (size_t g = 0; g < 8; g++)
-						memcpy(dst + g * 32, a->q + t * cols + b * 32 + g * 4, 4);
-				else
-					for (size_t g = 0; g < 8; g++)
-						memset(dst + g * 32, 0, 4);
-				a->d_x8[ob * 8 + k] = t < a->batch ? a->d[t * nb + b] : 0.0f;
-				a->nsum8_x8[ob * 8 + k] = t < a->batch ? a->nsum8[t * nb + b] : 0;
+				for (size_t g = 0; g < 8; g++) {
+					int8_t *dst = a->q_x8 + (ob * 8 + g) * 32 + k * 4;
+					if (real)
+						memcpy(dst, a->q + t * cols + b * 32 + g * 4, 4);
+					else
+						memset(dst, 0, 4);
+				}
+				a->d_x8[ob * 8 + k] = real ? a->d[t * nb + b] : 0.0f;
+				a->nsum8_x8[ob * 8 + k] = real ? a->nsum8[t * nb + b] : 0;
 			}
 		}
 }

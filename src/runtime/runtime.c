@@ -44,8 +44,8 @@ static int check_params(const moe_model_params *p)
 	if (p->threads < 0 || p->threads > 256)
 		return moe_fail(MOE_EINVAL, "threads %d: 1..256 (0: every CPU)", p->threads);
 	if (p->n_ctx < 1 || p->n_batch < 1 || p->n_batch > MOE_MAX_BATCH || p->n_sessions < 1 || p->n_sessions > 1024)
-		return moe_fail(MOE_EINVAL, "context %zu, batch %zu, sessions %u: need context >= 1, batch 1..512, "
-				"sessions 1..1024", p->n_ctx, p->n_batch, p->n_sessions);
+		return moe_fail(MOE_EINVAL, "context %zu, batch %zu, sessions %u: need context >= 1, batch 1..%d, "
+				"sessions 1..1024", p->n_ctx, p->n_batch, p->n_sessions, MOE_MAX_BATCH);
 	if (p->kv_type != MOE_KV_F16 && p->kv_type != MOE_KV_F32)
 		return moe_fail(MOE_EINVAL, "KV type %d: f16 or f32", p->kv_type);
 	if (p->cache_policy < MOE_POLICY_LRU || p->cache_policy > MOE_POLICY_NEXT || p->prefetch_depth > 8 ||
