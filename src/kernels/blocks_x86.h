@@ -8,6 +8,7 @@
 #define MOE_KERNELS_BLOCKS_X86_H
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "kernels/blocks.h"
@@ -158,6 +159,80 @@ static inline float x86_h16(const uint8_t *p)
 	return _cvtsh_ss(h);
 }
 
+static inline int x86_hsum_i32(__m256i v)
+{
+	__m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+	return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1)));
+}
+
+/* 8 vectors' lane sums, vector i's in lane i */
+static inline __m256i x86_sums8(const __m256i v[8])
+{
+	/* per 128-bit half: g0 = the sums of v0..v3's lanes 0-3 | of their lanes 4-7 */
+	const __m256i g0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+	const __m256i g1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+	return _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20), _mm256_permute2x128_si256(g0, g1, 0x31));
+}
+
+/*
+ * Q4_K and Q5_K sum a token the same way in any batch (the octet kernel below and the
+ * per-token ones): per block b, the exact integers S = sum_j sc_j dot_j (sub-block j's
+ * scale times its codes . q) and M = sum_j m_j sum_j(q), then f = d S - dmin M, and
+ * f times the token's scale fused-added into chain b mod 4; the row's value is
+ * (c0 + c2) + (c1 + c3). The per-token kernels leave each block's S and M spread over
+ * 8 int32 lanes; kq_chains gathers 8 blocks' at a time.
+ */
+struct kq_chains {
+	__m256i s[4][8], m[4][8]; /* [token][block mod 8]: lanes adding up to S, M */
+	float d[8], dmin[8], dx[4][8];
+	float c[4][4]; /* [token][chain] */
+};
+
+static inline __attribute__((always_inline)) void kq_start(struct kq_chains *q, const int T)
+{
+	for (int k = 0; k < T; k++)
+		q->c[k][0] = q->c[k][1] = q->c[k][2] = q->c[k][3] = 0;
+}
+
+/* block b's d, dmin and its T tokens' lanes (t0 on) */
+static inline __attribute__((always_inline)) void kq_block(struct kq_chains *q, const int T, size_t b, float d,
+							   float dmin, const __m256i *sumi, const __m256i *mins,
+							   const struct moe_qact *a, size_t t0)
+{
+	const size_t i = b % 8;
+	q->d[i] = d, q->dmin[i] = dmin;
+	for (int k = 0; k < T; k++) {
+		q->s[k][i] = sumi[k], q->m[k][i] = mins[k];
+		q->dx[k][i] = a->d[(t0 + (size_t)k) * (a->cols / 32) + b * 8];
+	}
+	if (i < 7)
+		return;
+	const __m256 dv = _mm256_loadu_ps(q->d), dm = _mm256_loadu_ps(q->dmin);
+	for (int k = 0; k < T; k++) {
+		const __m256 f = _mm256_sub_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(x86_sums8(q->s[k]))),
+					       _mm256_mul_ps(dm, _mm256_cvtepi32_ps(x86_sums8(q->m[k]))));
+		const __m256 x = _mm256_loadu_ps(q->dx[k]);
+		__m128 c = _mm_loadu_ps(q->c[k]); /* blocks b-7..b-4 into chains 0..3, then b-3..b */
+		c = _mm_fmadd_ps(_mm256_castps256_ps128(x), _mm256_castps256_ps128(f), c);
+		c = _mm_fmadd_ps(_mm256_extractf128_ps(x, 1), _mm256_extractf128_ps(f, 1), c);
+		_mm_storeu_ps(q->c[k], c);
+	}
+}
+
+/* the blocks after the last 8 (of nblk), and the rows' values */
+static inline __attribute__((always_inline)) void kq_finish(struct kq_chains *q, const int T, size_t nblk,
+							    float *out)
+{
+	for (size_t i = 0; i < nblk % 8; i++) /* block nblk - nblk % 8 + i: chain i mod 4 */
+		for (int k = 0; k < T; k++) {
+			const float f = q->d[i] * (float)x86_hsum_i32(q->s[k][i]) - q->dmin[i] * (float)x86_hsum_i32(q->m[k][i]);
+			q->c[k][i % 4] = fmaf(q->dx[k][i], f, q->c[k][i % 4]);
+		}
+	for (int k = 0; k < T; k++)
+		out[k] = (q->c[k][0] + q->c[k][2]) + (q->c[k][1] + q->c[k][3]);
+}
+
 /* Q4_K/Q5_K's 8 six-bit scales (bytes 0..7 of out) and mins (8..15), unpacked with
  * 32-bit masks (get_scale_min_k4 for all eight at once) */
 static inline void x86_k4_scales(const uint8_t *q, uint8_t out[16])
@@ -178,18 +253,14 @@ static inline __attribute__((always_inline)) void x86_q45_k_row(const int five, 
 								   const struct moe_qact *a, size_t t0, const int T,
 								   float *out)
 {
-	const size_t cols = a->cols, nb32 = cols / 32, n16 = cols / 16;
+	const size_t cols = a->cols, n16 = cols / 16;
 	const __m256i m4 = _mm256_set1_epi8(15);
 	/* each min twice: the activations' sums come per 16, a sub-block is 32 */
 	const __m128i twice = _mm_set_epi8(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
-	__m256 acc[4], mins[4]; /* the mins are taken back once, at the end */
-	for (int k = 0; k < T; k++) {
-		acc[k] = _mm256_setzero_ps();
-		mins[k] = _mm256_setzero_ps();
-	}
+	struct kq_chains q;
+	kq_start(&q, T);
 	for (size_t b = 0; b < nblk; b++) {
 		const uint8_t *blk = row + b * (five ? 176 : 144);
-		const float d = x86_h16(blk), dmin = x86_h16(blk + 2);
 		const __m256i hv = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
 		uint8_t sm[16];
 		x86_k4_scales(blk + 4, sm);
@@ -214,17 +285,13 @@ static inline __attribute__((always_inline)) void x86_q45_k_row(const int five, 
 				sumi[k] = _mm256_add_epi32(sumi[k], _mm256_add_epi32(p_lo, p_hi));
 			}
 		}
-		for (int k = 0; k < T; k++) {
-			const size_t t = t0 + (size_t)k;
-			const float dx = a->d[t * nb32 + b * 8];
-			acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(sumi[k]), acc[k]);
-			const __m256i s16 = _mm256_loadu_si256((const __m256i *)(a->s16 + t * n16 + b * 16));
-			mins[k] = _mm256_fmadd_ps(_mm256_set1_ps(dmin * dx), _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, mins16)),
-						  mins[k]);
-		}
+		__m256i mi[4];
+		for (int k = 0; k < T; k++)
+			mi[k] = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(a->s16 + (t0 + (size_t)k) * n16 + b * 16)),
+						  mins16);
+		kq_block(&q, T, b, x86_h16(blk), x86_h16(blk + 2), sumi, mi, a, t0);
 	}
-	for (int k = 0; k < T; k++)
-		out[k] = x86_hsum_ps(_mm256_sub_ps(acc[k], mins[k]));
+	kq_finish(&q, T, nblk, out);
 }
 
 static inline __attribute__((always_inline)) void x86_q6_k_row(const uint8_t *row, size_t nblk,
@@ -353,17 +420,13 @@ static inline __attribute__((always_inline)) void x86_q45_k_row_vnni(const int f
 									const struct moe_qact *a, size_t t0, const int T,
 									float *out)
 {
-	const size_t cols = a->cols, nb32 = cols / 32, n16 = cols / 16;
+	const size_t cols = a->cols, n16 = cols / 16;
 	const __m512i m4 = _mm512_set1_epi8(15);
 	const __m128i twice = _mm_set_epi8(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
-	__m256 acc[4], mins[4];
-	for (int k = 0; k < T; k++) {
-		acc[k] = _mm256_setzero_ps();
-		mins[k] = _mm256_setzero_ps();
-	}
+	struct kq_chains q;
+	kq_start(&q, T);
 	for (size_t b = 0; b < nblk; b++) {
 		const uint8_t *blk = row + b * (five ? 176 : 144);
-		const float d = x86_h16(blk), dmin = x86_h16(blk + 2);
 		const __m256i hv = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
 		uint8_t sm[16];
 		x86_k4_scales(blk + 4, sm);
@@ -389,18 +452,15 @@ static inline __attribute__((always_inline)) void x86_q45_k_row_vnni(const int f
 				sumi[k] = _mm512_add_epi32(sumi[k], _mm512_mullo_epi32(p, sv));
 			}
 		}
+		__m256i s8[4], mi[4];
 		for (int k = 0; k < T; k++) {
-			const size_t t = t0 + (size_t)k;
-			const float dx = a->d[t * nb32 + b * 8];
-			const __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(sumi[k]), _mm512_extracti64x4_epi64(sumi[k], 1));
-			acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(s8), acc[k]);
-			const __m256i s16 = _mm256_loadu_si256((const __m256i *)(a->s16 + t * n16 + b * 16));
-			mins[k] = _mm256_fmadd_ps(_mm256_set1_ps(dmin * dx), _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, mins16)),
-						  mins[k]);
+			s8[k] = _mm256_add_epi32(_mm512_castsi512_si256(sumi[k]), _mm512_extracti64x4_epi64(sumi[k], 1));
+			mi[k] = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(a->s16 + (t0 + (size_t)k) * n16 + b * 16)),
+						  mins16);
 		}
+		kq_block(&q, T, b, x86_h16(blk), x86_h16(blk + 2), s8, mi, a, t0);
 	}
-	for (int k = 0; k < T; k++)
-		out[k] = x86_hsum_ps(_mm256_sub_ps(acc[k], mins[k]));
+	kq_finish(&q, T, nblk, out);
 }
 
 static inline __attribute__((always_inline)) void x86_q6_k_row_vnni(const uint8_t *row, size_t nblk,
@@ -456,6 +516,81 @@ static inline __attribute__((always_inline)) void x86_q6_k_row_vnni(const uint8_
 #define X86_Q45_K_ROW x86_q45_k_row
 #define X86_Q6_K_ROW x86_q6_k_row
 #endif
+/*
+ * Q4_K block b of a row against an octet of tokens (moe_qact's q_x8, 8 tokens to a
+ * register: this octet's at qx, dx and nx), into the octet's chain *ch. Each 16 bytes
+ * of codes are 16 columns of two sub-blocks (low nibbles: sub-block 2p, high: 2p + 1),
+ * broadcast 4 at a time to all 8 tokens; a sub-block's 8 vpmaddubsw add up in 16 bits
+ * (at most 8 * 2 * 15 * 127 = 30480), then one vpmaddwd by its scale serves 8 tokens.
+ */
+static inline __attribute__((always_inline)) void x86_q4_k_octet_block(const uint8_t *blk, size_t b, const int8_t *qx,
+									  const float *dx, const int32_t *nx, __m256 *ch)
+{
+	const __m256i m4 = _mm256_set1_epi8(15);
+	uint8_t sm[16];
+	x86_k4_scales(blk + 4, sm);
+	__m256i S = _mm256_setzero_si256(), Mn = _mm256_setzero_si256();
+	for (int p = 0; p < 4; p++) {
+		const __m256i *x = (const __m256i *)(qx + 256 * (8 * b + 2 * p)); /* sub-blocks 2p, 2p + 1 */
+		__m256i slo = _mm256_setzero_si256(), shi = _mm256_setzero_si256();
+		for (int h = 0; h < 2; h++) {
+			const __m256i w = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(blk + 16 + 32 * p + 16 * h)));
+			const __m256i lo = _mm256_and_si256(w, m4), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+/* columns 16h + 4g .. + 3 of both sub-blocks; the empty asm keeps GCC from computing
+ * all products first and running out of registers */
+#define K4_GROUP(g, imm)                                                                                    	do {                                                                                                		slo = _mm256_add_epi16(slo, _mm256_maddubs_epi16(_mm256_shuffle_epi32(lo, imm),             								 _mm256_load_si256(x + 4 * h + (g))));      		shi = _mm256_add_epi16(shi, _mm256_maddubs_epi16(_mm256_shuffle_epi32(hi, imm),             								 _mm256_load_si256(x + 8 + 4 * h + (g))));  		__asm__("" : "+x"(slo), "+x"(shi));                                                         	} while (0)
+			K4_GROUP(0, 0x00);
+			K4_GROUP(1, 0x55);
+			K4_GROUP(2, 0xaa);
+			K4_GROUP(3, 0xff);
+#undef K4_GROUP
+		}
+		S = _mm256_add_epi32(S, _mm256_add_epi32(_mm256_madd_epi16(slo, _mm256_set1_epi16(sm[2 * p])),
+							 _mm256_madd_epi16(shi, _mm256_set1_epi16(sm[2 * p + 1]))));
+	}
+	/* -8 M from the sub-blocks' -8 sum(q), exact; then M */
+	for (int j = 0; j < 8; j++)
+		Mn = _mm256_add_epi32(Mn, _mm256_mullo_epi32(_mm256_set1_epi32(sm[8 + j]),
+							   _mm256_load_si256((const __m256i *)(nx + 8 * (8 * b + j)))));
+	const __m256i M = _mm256_srai_epi32(_mm256_sub_epi32(_mm256_setzero_si256(), Mn), 3);
+	const __m256 f = _mm256_sub_ps(_mm256_mul_ps(_mm256_set1_ps(x86_h16(blk)), _mm256_cvtepi32_ps(S)),
+				       _mm256_mul_ps(_mm256_set1_ps(x86_h16(blk + 2)), _mm256_cvtepi32_ps(M)));
+	*ch = _mm256_fmadd_ps(_mm256_load_ps(dx + 8 * (8 * b)), f, *ch);
+}
+
+/* a last octet with fewer tokens than this goes through the per-token kernel */
+#define KQ_OCTET_MIN 6
+
+/* Q4_K rows [r0, r1) for the tokens in whole octets; returns the first token left.
+ * One octet per pass over a row: two (sharing the unpacked codes, as q4 does) ran
+ * slower, out of registers. */
+static inline size_t x86_q4_k_octets(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a,
+				     float *y, size_t ystride)
+{
+	if (!a->q_x8 || a->batch < MOE_QACT_X8_MIN)
+		return 0;
+	const size_t octets = a->batch / 8 + (a->batch % 8 >= KQ_OCTET_MIN), nblk = w->cols / 256;
+	const size_t ostride = w->cols / 32 * 8; /* an octet's entries in d_x8 and nsum8_x8 (its q_x8 bytes / 32) */
+	for (size_t r = r0; r < r1; r++) {
+		const uint8_t *row = (const uint8_t *)w->codes + r * nblk * 144;
+		for (size_t o = 0; o < octets; o++) {
+			const int8_t *qx = a->q_x8 + o * ostride * 32;
+			const float *dx = a->d_x8 + o * ostride;
+			const int32_t *nx = a->nsum8_x8 + o * ostride;
+			__m256 c[4];
+			for (int k = 0; k < 4; k++)
+				c[k] = _mm256_setzero_ps();
+			for (size_t b = 0; b < nblk; b++)
+				x86_q4_k_octet_block(row + b * 144, b, qx, dx, nx, &c[b % 4]);
+			float out[8];
+			_mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(c[0], c[2]), _mm256_add_ps(c[1], c[3])));
+			for (size_t k = 0; k < 8 && o * 8 + k < a->batch; k++)
+				y[(o * 8 + k) * ystride + r] = out[k];
+		}
+	}
+	return octets * 8 < a->batch ? octets * 8 : a->batch;
+}
+
 /* Rows [r0, r1) of a Q2_K .. Q6_K matrix; 0 if this form does not apply (the caller
  * then takes the generic path). */
 static inline int x86_kquant_rows(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y,
@@ -467,9 +602,10 @@ static inline int x86_kquant_rows(const struct moe_wmat *w, size_t r0, size_t r1
 	/* every batch size on this path (the generic one was faster for Q2_K, Q3_K and Q5_K
 	 * at batch 32, but sums in another order): a token's result is the same in any batch */
 	const size_t nblk = w->cols / 256, row_bytes = nblk * f->bytes;
+	const size_t first = w->type == MOE_TYPE_Q4_K ? x86_q4_k_octets(w, r0, r1, a, y, ystride) : 0;
 	for (size_t r = r0; r < r1; r++) {
 		const uint8_t *row = (const uint8_t *)w->codes + r * row_bytes;
-		for (size_t t0 = 0; t0 < a->batch; t0 += 4) {
+		for (size_t t0 = first; t0 < a->batch; t0 += 4) {
 			float out[4];
 			const size_t T = a->batch - t0 < 4 ? a->batch - t0 : 4;
 /* ROW([variant,] row, ...) with T a constant, so each tile size is its own unrolled loop */

@@ -163,7 +163,7 @@ void moe_qact_quantize(struct moe_qact *a, const float *x, size_t batch, size_t 
 				a->nsum128[i] = -128 * sum;
 			}
 		}
-	if (group == 32 && batch >= MOE_QACT_X8_MIN)
+	if (batch >= MOE_QACT_X8_MIN)
 		interleave_octets(a);
 }
 
