@@ -169,17 +169,7 @@ static inline __m256i q4_sums8(const uint8_t *wp, const int8_t *x)
 	for (int j = 0; j < 8; j++)
 		v[j] = _mm256_madd_epi16(
 			_mm256_maddubs_epi16(q4_codes(wp + 16 * j), _mm256_loadu_si256((const __m256i *)(x + 32 * j))), ones);
-	/* per 128-bit half: g0 = the sums of v0..v3's lanes 0-3 | of their lanes 4-7 */
-	const __m256i g0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-	const __m256i g1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
-	return _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20), _mm256_permute2x128_si256(g0, g1, 0x31));
-}
-
-static inline int hsum_i32(__m256i v)
-{
-	__m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-	return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1)));
+	return x86_sums8(v);
 }
 
 static inline __attribute__((always_inline)) void q4_row_blocks(const uint8_t *wr, const uint16_t *sr, size_t nb,
@@ -216,7 +206,7 @@ static inline __attribute__((always_inline)) void q4_row_blocks(const uint8_t *w
 		for (int k = 0; k < T; k++) {
 			const size_t i = (t0 + (size_t)k) * (cols / 32) + b;
 			const __m256i x = _mm256_loadu_si256((const __m256i *)(a->q + (t0 + (size_t)k) * cols + 32 * b));
-			const int n = hsum_i32(_mm256_madd_epi16(_mm256_maddubs_epi16(wv, x), ones)) + a->nsum8[i];
+			const int n = x86_hsum_i32(_mm256_madd_epi16(_mm256_maddubs_epi16(wv, x), ones)) + a->nsum8[i];
 			c[k][b % 4] = fmaf((float)n, dw * a->d[i], c[k][b % 4]);
 		}
 	}
