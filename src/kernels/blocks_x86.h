@@ -520,9 +520,18 @@ static inline __attribute__((always_inline)) void x86_q6_k_row_vnni(const uint8_
  * Q4_K block b of a row against an octet of tokens (moe_qact's q_x8, 8 tokens to a
  * register: this octet's at qx, dx and nx), into the octet's chain *ch. Each 16 bytes
  * of codes are 16 columns of two sub-blocks (low nibbles: sub-block 2p, high: 2p + 1),
- * broadcast 4 at a time to all 8 tokens; a sub-block's 8 vpmaddubsw add up in 16 bits
- * (at most 8 * 2 * 15 * 127 = 30480), then one vpmaddwd by its scale serves 8 tokens.
+ * broadcast 4 at a time to all 8 tokens. AVX2: a sub-block's 8 vpmaddubsw add up in 16
+ * bits (at most 8 * 2 * 15 * 127 = 30480), then one vpmaddwd by its scale serves 8
+ * tokens; VNNI: vpdpbusd adds each token's 4 products into its int32 lane, one
+ * instruction for both steps, then one vpmulld by the scale.
  */
+#if defined(X86_AVX512_VNNI)
+#define K4_DOT(acc, codes, x) ((acc) = _mm256_dpbusd_epi32((acc), (codes), (x)))
+#define K4_SCALE(acc, sc) _mm256_mullo_epi32((acc), _mm256_set1_epi32(sc))
+#else
+#define K4_DOT(acc, codes, x) ((acc) = _mm256_add_epi16((acc), _mm256_maddubs_epi16((codes), (x))))
+#define K4_SCALE(acc, sc) _mm256_madd_epi16((acc), _mm256_set1_epi16(sc))
+#endif
 static inline __attribute__((always_inline)) void x86_q4_k_octet_block(const uint8_t *blk, size_t b, const int8_t *qx,
 									  const float *dx, const int32_t *nx, __m256 *ch)
 {
@@ -538,15 +547,19 @@ static inline __attribute__((always_inline)) void x86_q4_k_octet_block(const uin
 			const __m256i lo = _mm256_and_si256(w, m4), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
 /* columns 16h + 4g .. + 3 of both sub-blocks; the empty asm keeps GCC from computing
  * all products first and running out of registers */
-#define K4_GROUP(g, imm)                                                                                    	do {                                                                                                		slo = _mm256_add_epi16(slo, _mm256_maddubs_epi16(_mm256_shuffle_epi32(lo, imm),             								 _mm256_load_si256(x + 4 * h + (g))));      		shi = _mm256_add_epi16(shi, _mm256_maddubs_epi16(_mm256_shuffle_epi32(hi, imm),             								 _mm256_load_si256(x + 8 + 4 * h + (g))));  		__asm__("" : "+x"(slo), "+x"(shi));                                                         	} while (0)
+#define K4_GROUP(g, imm)                                                                          \
+	do {                                                                                      \
+		K4_DOT(slo, _mm256_shuffle_epi32(lo, imm), _mm256_load_si256(x + 4 * h + (g)));     \
+		K4_DOT(shi, _mm256_shuffle_epi32(hi, imm), _mm256_load_si256(x + 8 + 4 * h + (g))); \
+		__asm__("" : "+x"(slo), "+x"(shi));                                               \
+	} while (0)
 			K4_GROUP(0, 0x00);
 			K4_GROUP(1, 0x55);
 			K4_GROUP(2, 0xaa);
 			K4_GROUP(3, 0xff);
 #undef K4_GROUP
 		}
-		S = _mm256_add_epi32(S, _mm256_add_epi32(_mm256_madd_epi16(slo, _mm256_set1_epi16(sm[2 * p])),
-							 _mm256_madd_epi16(shi, _mm256_set1_epi16(sm[2 * p + 1]))));
+		S = _mm256_add_epi32(S, _mm256_add_epi32(K4_SCALE(slo, sm[2 * p]), K4_SCALE(shi, sm[2 * p + 1])));
 	}
 	/* -8 M from the sub-blocks' -8 sum(q), exact; then M */
 	for (int j = 0; j < 8; j++)
@@ -557,6 +570,8 @@ static inline __attribute__((always_inline)) void x86_q4_k_octet_block(const uin
 				       _mm256_mul_ps(_mm256_set1_ps(x86_h16(blk + 2)), _mm256_cvtepi32_ps(M)));
 	*ch = _mm256_fmadd_ps(_mm256_load_ps(dx + 8 * (8 * b)), f, *ch);
 }
+#undef K4_DOT
+#undef K4_SCALE
 
 /* a last octet with fewer tokens than this goes through the per-token kernel */
 #define KQ_OCTET_MIN 6
