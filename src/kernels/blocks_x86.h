@@ -203,15 +203,18 @@ static inline __attribute__((always_inline)) void kq_block(struct kq_chains *q, 
 	const size_t i = b % 8;
 	q->d[i] = d, q->dmin[i] = dmin;
 	for (int k = 0; k < T; k++) {
-		q->s[k][i] = sumi[k], q->m[k][i] = mins[k];
+		q->s[k][i] = sumi[k];
+		if (mins)
+			q->m[k][i] = mins[k];
 		q->dx[k][i] = a->d[(t0 + (size_t)k) * (a->cols / 32) + b * 8];
 	}
 	if (i < 7)
 		return;
 	const __m256 dv = _mm256_loadu_ps(q->d), dm = _mm256_loadu_ps(q->dmin);
 	for (int k = 0; k < T; k++) {
-		const __m256 f = _mm256_sub_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(x86_sums8(q->s[k]))),
-					       _mm256_mul_ps(dm, _mm256_cvtepi32_ps(x86_sums8(q->m[k]))));
+		__m256 f = _mm256_mul_ps(dv, _mm256_cvtepi32_ps(x86_sums8(q->s[k])));
+		if (mins)
+			f = _mm256_sub_ps(f, _mm256_mul_ps(dm, _mm256_cvtepi32_ps(x86_sums8(q->m[k]))));
 		const __m256 x = _mm256_loadu_ps(q->dx[k]);
 		__m128 c = _mm_loadu_ps(q->c[k]); /* blocks b-7..b-4 into chains 0..3, then b-3..b */
 		c = _mm_fmadd_ps(_mm256_castps256_ps128(x), _mm256_castps256_ps128(f), c);
@@ -220,13 +223,15 @@ static inline __attribute__((always_inline)) void kq_block(struct kq_chains *q, 
 	}
 }
 
-/* the blocks after the last 8 (of nblk), and the rows' values */
+/* the blocks after the last 8 (of nblk), and the rows' values; mins as kq_block's */
 static inline __attribute__((always_inline)) void kq_finish(struct kq_chains *q, const int T, size_t nblk,
-							    float *out)
+							    const int mins, float *out)
 {
 	for (size_t i = 0; i < nblk % 8; i++) /* block nblk - nblk % 8 + i: chain i mod 4 */
 		for (int k = 0; k < T; k++) {
-			const float f = q->d[i] * (float)x86_hsum_i32(q->s[k][i]) - q->dmin[i] * (float)x86_hsum_i32(q->m[k][i]);
+			float f = q->d[i] * (float)x86_hsum_i32(q->s[k][i]);
+			if (mins)
+				f = f - q->dmin[i] * (float)x86_hsum_i32(q->m[k][i]);
 			q->c[k][i % 4] = fmaf(q->dx[k][i], f, q->c[k][i % 4]);
 		}
 	for (int k = 0; k < T; k++)
@@ -291,17 +296,16 @@ static inline __attribute__((always_inline)) void x86_q45_k_row(const int five, 
 						  mins16);
 		kq_block(&q, T, b, x86_h16(blk), x86_h16(blk + 2), sumi, mi, a, t0);
 	}
-	kq_finish(&q, T, nblk, out);
+	kq_finish(&q, T, nblk, 1, out);
 }
 
 static inline __attribute__((always_inline)) void x86_q6_k_row(const uint8_t *row, size_t nblk,
 								  const struct moe_qact *a, size_t t0, const int T,
 								  float *out)
 {
-	const size_t cols = a->cols, nb32 = cols / 32, n16 = cols / 16;
-	__m256 acc[4];
-	for (int k = 0; k < T; k++)
-		acc[k] = _mm256_setzero_ps();
+	const size_t cols = a->cols, n16 = cols / 16;
+	struct kq_chains ch;
+	kq_start(&ch, T);
 	for (size_t b = 0; b < nblk; b++) {
 		const uint8_t *blk = row + b * 210;
 		const int8_t *sc = (const int8_t *)blk + 192;
@@ -325,15 +329,12 @@ static inline __attribute__((always_inline)) void x86_q6_k_row(const uint8_t *ro
 		/* the codes are q + 32: take 32 * sum(scale * sum16(x)) back */
 		const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
 		for (int k = 0; k < T; k++) {
-			const size_t t = t0 + (size_t)k;
-			const __m256i s16 = _mm256_loadu_si256((const __m256i *)(a->s16 + t * n16 + b * 16));
-			const __m256i off = _mm256_slli_epi32(_mm256_madd_epi16(s16, sc16), 5);
-			acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a->d[t * nb32 + b * 8]),
-						 _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi[k], off)), acc[k]);
+			const __m256i s16 = _mm256_loadu_si256((const __m256i *)(a->s16 + (t0 + (size_t)k) * n16 + b * 16));
+			sumi[k] = _mm256_sub_epi32(sumi[k], _mm256_slli_epi32(_mm256_madd_epi16(s16, sc16), 5));
 		}
+		kq_block(&ch, T, b, d, 0.0f, sumi, NULL, a, t0); /* no mins: f = d S */
 	}
-	for (int k = 0; k < T; k++)
-		out[k] = x86_hsum_ps(acc[k]);
+	kq_finish(&ch, T, nblk, 0, out);
 }
 
 /* Q2_K, or Q3_K (three): 2-bit codes in groups of 16 with a 4-bit scale and min
@@ -460,17 +461,16 @@ static inline __attribute__((always_inline)) void x86_q45_k_row_vnni(const int f
 		}
 		kq_block(&q, T, b, x86_h16(blk), x86_h16(blk + 2), s8, mi, a, t0);
 	}
-	kq_finish(&q, T, nblk, out);
+	kq_finish(&q, T, nblk, 1, out);
 }
 
 static inline __attribute__((always_inline)) void x86_q6_k_row_vnni(const uint8_t *row, size_t nblk,
 								       const struct moe_qact *a, size_t t0, const int T,
 								       float *out)
 {
-	const size_t cols = a->cols, nb32 = cols / 32, n16 = cols / 16;
-	__m256 acc[4];
-	for (int k = 0; k < T; k++)
-		acc[k] = _mm256_setzero_ps();
+	const size_t cols = a->cols, n16 = cols / 16;
+	struct kq_chains ch;
+	kq_start(&ch, T);
 	for (size_t b = 0; b < nblk; b++) {
 		const uint8_t *blk = row + b * 210;
 		const int8_t *sc = (const int8_t *)blk + 192;
@@ -498,18 +498,17 @@ static inline __attribute__((always_inline)) void x86_q6_k_row_vnni(const uint8_
 			}
 		}
 		const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+		__m256i s8[4];
 		for (int k = 0; k < T; k++) {
-			const size_t t = t0 + (size_t)k;
-			const __m256i s16 = _mm256_loadu_si256((const __m256i *)(a->s16 + t * n16 + b * 16));
-			const __m256i off = _mm256_slli_epi32(_mm256_madd_epi16(s16, sc16), 5);
-			const __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(sumi[k]), _mm512_extracti64x4_epi64(sumi[k], 1));
-			acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a->d[t * nb32 + b * 8]),
-						 _mm256_cvtepi32_ps(_mm256_sub_epi32(s8, off)), acc[k]);
+			const __m256i s16 = _mm256_loadu_si256((const __m256i *)(a->s16 + (t0 + (size_t)k) * n16 + b * 16));
+			s8[k] = _mm256_sub_epi32(_mm256_add_epi32(_mm512_castsi512_si256(sumi[k]), _mm512_extracti64x4_epi64(sumi[k], 1)),
+						 _mm256_slli_epi32(_mm256_madd_epi16(s16, sc16), 5));
 		}
+		kq_block(&ch, T, b, d, 0.0f, s8, NULL, a, t0); /* no mins: f = d S */
 	}
-	for (int k = 0; k < T; k++)
-		out[k] = x86_hsum_ps(acc[k]);
+	kq_finish(&ch, T, nblk, 0, out);
 }
+
 #define X86_Q45_K_ROW x86_q45_k_row_vnni
 #define X86_Q6_K_ROW x86_q6_k_row_vnni
 #else
@@ -573,32 +572,140 @@ static inline __attribute__((always_inline)) void x86_q4_k_octet_block(const uin
 #undef K4_DOT
 #undef K4_SCALE
 
+/*
+ * Q6_K block b of a row against an octet of tokens, likewise: codes 0..63 (the weight
+ * is d * scale * (code - 32)), stored unpacked and broadcast 4 at a time to the 8
+ * tokens from memory, a scale per 16 columns. AVX2: two vpmaddubsw add up in 16 bits
+ * (2 * 2 * 63 * 127 = 32004), then vpmaddwd by the group's scale; VNNI: a group's 4
+ * vpdpbusd, then vpmulld. The codes' offset 32 comes back as 32 times the scales
+ * times the tokens' sums per 16 (s16_x8 at sx, one vpmaddwd per 32 columns).
+ */
+#if defined(X86_AVX512_VNNI)
+#define K6_GROUP_SUM(codes, x, sc)                                                                     \
+	_mm256_mullo_epi32(                                                                             \
+		_mm256_dpbusd_epi32(                                                                    \
+			_mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(),      \
+										     K6_CODES(codes, 0), (x)[0]), \
+							    K6_CODES(codes, 1), (x)[1]),                         \
+					    K6_CODES(codes, 2), (x)[2]),                                         \
+			K6_CODES(codes, 3), (x)[3]),                                                    \
+		_mm256_set1_epi32(sc))
+#else
+#define K6_GROUP_SUM(codes, x, sc)                                                                               \
+	_mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(K6_CODES(codes, 0), (x)[0]),     \
+							    _mm256_maddubs_epi16(K6_CODES(codes, 1), (x)[1])),    \
+					   _mm256_set1_epi16(sc)),                                                \
+			 _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(K6_CODES(codes, 2), (x)[2]),     \
+							    _mm256_maddubs_epi16(K6_CODES(codes, 3), (x)[3])),    \
+					   _mm256_set1_epi16(sc)))
+#endif
+static inline __m256i k6_codes(const uint8_t *c)
+{
+	int32_t four;
+	memcpy(&four, c, 4);
+	return _mm256_set1_epi32(four);
+}
+#define K6_CODES(codes, g) k6_codes((codes) + 4 * (g))
+
+/* a Q6_K block's 256 codes, a byte each in column order */
+static inline void x86_q6_k_unpack(const uint8_t *blk, uint8_t *codes)
+{
+#pragma GCC unroll 2
+	for (int h = 0; h < 2; h++) {
+		__m256i u[4];
+		x86_q6_quarters(blk, h, u);
+#pragma GCC unroll 4
+		for (int q = 0; q < 4; q++)
+			_mm256_store_si256((__m256i *)(codes + 128 * h + 32 * q), u[q]);
+	}
+}
+
+/* block b (blk, its codes unpacked) */
+static inline __attribute__((always_inline)) void x86_q6_k_octet_block(const uint8_t *blk, const uint8_t *codes,
+									  size_t b, const int8_t *qx, const float *dx,
+									  const int32_t *sx, __m256 *ch)
+{
+	const int8_t *sc = (const int8_t *)blk + 192;
+	__m256i S = _mm256_setzero_si256(), off = _mm256_setzero_si256();
+#pragma GCC unroll 8
+	for (int j = 0; j < 8; j++) { /* 32 columns: groups 2j and 2j + 1 */
+		const __m256i *x = (const __m256i *)(qx + 256 * (8 * b + j));
+		S = _mm256_add_epi32(S, K6_GROUP_SUM(codes + 32 * j, x, sc[2 * j]));
+		S = _mm256_add_epi32(S, K6_GROUP_SUM(codes + 32 * j + 16, x + 4, sc[2 * j + 1]));
+		const int32_t pair = (int32_t)(((uint32_t)(uint16_t)sc[2 * j + 1] << 16) | (uint16_t)sc[2 * j]);
+		off = _mm256_add_epi32(off, _mm256_madd_epi16(_mm256_load_si256((const __m256i *)(sx + 8 * (8 * b + j))),
+							      _mm256_set1_epi32(pair)));
+	}
+	S = _mm256_sub_epi32(S, _mm256_slli_epi32(off, 5));
+	const __m256 f = _mm256_mul_ps(_mm256_set1_ps(x86_h16(blk + 208)), _mm256_cvtepi32_ps(S));
+	*ch = _mm256_fmadd_ps(_mm256_load_ps(dx + 8 * (8 * b)), f, *ch);
+}
+#undef K6_GROUP_SUM
+#undef K6_CODES
+
 /* a last octet with fewer tokens than this goes through the per-token kernel */
 #define KQ_OCTET_MIN 6
 
-/* Q4_K rows [r0, r1) for the tokens in whole octets; returns the first token left.
- * One octet per pass over a row: two (sharing the unpacked codes, as q4 does) ran
- * slower, out of registers. */
-static inline size_t x86_q4_k_octets(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a,
-				     float *y, size_t ystride)
+#define KQ_CHUNK 16 /* blocks of a row per pass over the octets (a multiple of 4) */
+
+/* block b of a row (blk; codes: Q6_K's unpacked) for octet o, into its chain *ch */
+static inline __attribute__((always_inline)) void x86_k_octet_block(const int six, const uint8_t *blk,
+								       const uint8_t *codes, size_t b,
+								       const struct moe_qact *a, size_t o,
+								       size_t ostride, __m256 *ch)
+{
+	const int8_t *qx = a->q_x8 + o * ostride * 32;
+	const float *dx = a->d_x8 + o * ostride;
+	if (six)
+		x86_q6_k_octet_block(blk, codes, b, qx, dx, a->s16_x8 + o * ostride, ch);
+	else
+		x86_q4_k_octet_block(blk, b, qx, dx, a->nsum8_x8 + o * ostride, ch);
+}
+
+/* Q4_K or Q6_K (six) rows [r0, r1) for the tokens in whole octets; returns the first
+ * token left. A row goes KQ_CHUNK blocks at a time through every octet, its chains in
+ * registers meanwhile; Q6_K's codes are unpacked once per chunk for all octets. */
+static inline size_t x86_k_octets(const int six, const struct moe_wmat *w, size_t r0, size_t r1,
+				  const struct moe_qact *a, float *y, size_t ystride)
 {
 	if (!a->q_x8 || a->batch < MOE_QACT_X8_MIN)
 		return 0;
 	const size_t octets = a->batch / 8 + (a->batch % 8 >= KQ_OCTET_MIN), nblk = w->cols / 256;
-	const size_t ostride = w->cols / 32 * 8; /* an octet's entries in d_x8 and nsum8_x8 (its q_x8 bytes / 32) */
+	const size_t ostride = w->cols / 32 * 8; /* an octet's entries in d_x8, nsum8_x8, s16_x8 (its q_x8 bytes / 32) */
+	const size_t bytes = six ? 210 : 144;
+	__m256 c[MOE_MAX_BATCH / 8][4]; /* [octet][chain] */
+	_Alignas(32) uint8_t codes[KQ_CHUNK][256];
 	for (size_t r = r0; r < r1; r++) {
-		const uint8_t *row = (const uint8_t *)w->codes + r * nblk * 144;
+		const uint8_t *row = (const uint8_t *)w->codes + r * nblk * bytes;
+		for (size_t o = 0; o < octets; o++)
+			c[o][0] = c[o][1] = c[o][2] = c[o][3] = _mm256_setzero_ps();
+		for (size_t b0 = 0; b0 < nblk; b0 += KQ_CHUNK) {
+			const size_t n = nblk - b0 < KQ_CHUNK ? nblk - b0 : KQ_CHUNK;
+			for (size_t i = 0; six && i < n; i++)
+				x86_q6_k_unpack(row + (b0 + i) * bytes, codes[i]);
+			for (size_t o = 0; o < octets; o++) {
+				__m256 c0 = c[o][0], c1 = c[o][1], c2 = c[o][2], c3 = c[o][3];
+				size_t i = 0; /* block b0 + i goes into chain i mod 4 (b0: a multiple of 4) */
+#define KQ_BLOCK(j, ch) x86_k_octet_block(six, row + (b0 + (j)) * bytes, codes[j], b0 + (j), a, o, ostride, &(ch))
+				for (; i + 4 <= n; i += 4) {
+					KQ_BLOCK(i, c0);
+					KQ_BLOCK(i + 1, c1);
+					KQ_BLOCK(i + 2, c2);
+					KQ_BLOCK(i + 3, c3);
+				}
+				if (i < n)
+					KQ_BLOCK(i, c0);
+				if (i + 1 < n)
+					KQ_BLOCK(i + 1, c1);
+				if (i + 2 < n)
+					KQ_BLOCK(i + 2, c2);
+#undef KQ_BLOCK
+				c[o][0] = c0, c[o][1] = c1, c[o][2] = c2, c[o][3] = c3;
+			}
+		}
 		for (size_t o = 0; o < octets; o++) {
-			const int8_t *qx = a->q_x8 + o * ostride * 32;
-			const float *dx = a->d_x8 + o * ostride;
-			const int32_t *nx = a->nsum8_x8 + o * ostride;
-			__m256 c[4];
-			for (int k = 0; k < 4; k++)
-				c[k] = _mm256_setzero_ps();
-			for (size_t b = 0; b < nblk; b++)
-				x86_q4_k_octet_block(row + b * 144, b, qx, dx, nx, &c[b % 4]);
 			float out[8];
-			_mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(c[0], c[2]), _mm256_add_ps(c[1], c[3])));
+			_mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(c[o][0], c[o][2]), _mm256_add_ps(c[o][1], c[o][3])));
 			for (size_t k = 0; k < 8 && o * 8 + k < a->batch; k++)
 				y[(o * 8 + k) * ystride + r] = out[k];
 		}
@@ -617,7 +724,9 @@ static inline int x86_kquant_rows(const struct moe_wmat *w, size_t r0, size_t r1
 	/* every batch size on this path (the generic one was faster for Q2_K, Q3_K and Q5_K
 	 * at batch 32, but sums in another order): a token's result is the same in any batch */
 	const size_t nblk = w->cols / 256, row_bytes = nblk * f->bytes;
-	const size_t first = w->type == MOE_TYPE_Q4_K ? x86_q4_k_octets(w, r0, r1, a, y, ystride) : 0;
+	const size_t first = w->type == MOE_TYPE_Q4_K   ? x86_k_octets(0, w, r0, r1, a, y, ystride)
+			     : w->type == MOE_TYPE_Q6_K ? x86_k_octets(1, w, r0, r1, a, y, ystride)
+							: 0;
 	for (size_t r = r0; r < r1; r++) {
 		const uint8_t *row = (const uint8_t *)w->codes + r * row_bytes;
 		for (size_t t0 = first; t0 < a->batch; t0 += 4) {

@@ -76,10 +76,11 @@ int moe_qact_alloc(struct moe_qact *a, size_t batch, size_t cols)
 	a->q_x8 = aligned_alloc(64, octets * 8 * cols); /* cols: a multiple of 32 */
 	a->d_x8 = aligned_alloc(64, x8);
 	a->nsum8_x8 = aligned_alloc(64, x8);
+	a->s16_x8 = aligned_alloc(64, x8);
 	a->cols = cols;
 	a->batch = batch;
 	if (!a->q || !a->d || !a->ds || !a->ds16 || !a->s16 || !a->nsum8 || !a->nsum128 || !a->q_x8 || !a->d_x8 ||
-	    !a->nsum8_x8) {
+	    !a->nsum8_x8 || !a->s16_x8) {
 		moe_qact_free(a);
 		return -1;
 	}
@@ -98,6 +99,7 @@ void moe_qact_free(struct moe_qact *a)
 	free(a->q_x8);
 	free(a->d_x8);
 	free(a->nsum8_x8);
+	free(a->s16_x8);
 	memset(a, 0, sizeof *a);
 }
 
@@ -107,7 +109,7 @@ size_t moe_qact_group(int type, size_t cols)
 	return f && f->weights == 256 && cols % 256 == 0 ? 256 : 32;
 }
 
-/* q_x8, d_x8, nsum8_x8 from q, d, nsum8 (kernels.h), 4 codes at a time */
+/* q_x8, d_x8, nsum8_x8, s16_x8 from q, d, nsum8, s16 (kernels.h), 4 codes at a time */
 static void interleave_octets(struct moe_qact *a)
 {
 	const size_t cols = a->cols, nb = cols / 32, octets = (a->batch + 7) / 8;
@@ -126,6 +128,10 @@ static void interleave_octets(struct moe_qact *a)
 				}
 				a->d_x8[ob * 8 + k] = real ? a->d[t * nb + b] : 0.0f;
 				a->nsum8_x8[ob * 8 + k] = real ? a->nsum8[t * nb + b] : 0;
+				int16_t pair[2] = {0, 0};
+				if (real)
+					memcpy(pair, a->s16 + 2 * (t * nb + b), sizeof pair);
+				memcpy(a->s16_x8 + ob * 8 + k, pair, sizeof pair);
 			}
 		}
 }
@@ -243,7 +249,8 @@ static struct moe_qact qact_tokens(const struct moe_qact *a, size_t t0, size_t b
 				 .nsum128 = a->nsum128 + t0 * nb,
 				 .q_x8 = a->q_x8 && t0 % 8 == 0 ? a->q_x8 + t0 * cols : NULL,
 				 .d_x8 = a->d_x8 && t0 % 8 == 0 ? a->d_x8 + t0 * nb : NULL,
-				 .nsum8_x8 = a->nsum8_x8 && t0 % 8 == 0 ? a->nsum8_x8 + t0 * nb : NULL};
+				 .nsum8_x8 = a->nsum8_x8 && t0 % 8 == 0 ? a->nsum8_x8 + t0 * nb : NULL,
+				 .s16_x8 = a->s16_x8 && t0 % 8 == 0 ? a->s16_x8 + t0 * nb : NULL};
 }
 
 struct each_job {
