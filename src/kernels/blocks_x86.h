@@ -643,8 +643,10 @@ static inline __attribute__((always_inline)) void x86_q6_k_octet_block(const uin
 #undef K6_GROUP_SUM
 #undef K6_CODES
 
-/* a last octet with fewer tokens than this goes through the per-token kernel */
-#define KQ_OCTET_MIN 6
+/* a last octet with fewer tokens than this goes through the per-token kernel: a
+ * padded octet costs about as much as 4.5 tokens of Q4_K there, 3.5 of Q6_K
+ * (moe-bench kernels, batches 4 and 5) */
+#define KQ_OCTET_MIN(six) ((six) ? 4 : 5)
 
 #define KQ_CHUNK 16 /* blocks of a row per pass over the octets (a multiple of 4) */
 
@@ -670,7 +672,7 @@ static inline size_t x86_k_octets(const int six, const struct moe_wmat *w, size_
 {
 	if (!a->q_x8 || a->batch < MOE_QACT_X8_MIN)
 		return 0;
-	const size_t octets = a->batch / 8 + (a->batch % 8 >= KQ_OCTET_MIN), nblk = w->cols / 256;
+	const size_t octets = a->batch / 8 + (a->batch % 8 >= KQ_OCTET_MIN(six)), nblk = w->cols / 256;
 	const size_t ostride = w->cols / 32 * 8; /* an octet's entries in d_x8, nsum8_x8, s16_x8 (its q_x8 bytes / 32) */
 	const size_t bytes = six ? 210 : 144;
 	__m256 c[MOE_MAX_BATCH / 8][4]; /* [octet][chain] */
