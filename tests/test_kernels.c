@@ -489,15 +489,17 @@ int main(void)
 			check_one(k, t, 3, 14336, 1);
 			check_one(k, t, 3, 14336, 6);
 		}
-		/* Q4_K and Q6_K 8 tokens to a register (x86): rows of more than 8 blocks with a
-		 * tail of 3, of more than one chunk of 16 blocks, octets with a padded last one,
-		 * a last octet's few tokens on their own; Q5_K's per-token tail */
+		/* Q4_K, Q5_K and Q6_K 8 tokens to a register (x86): rows of more than 8 blocks
+		 * with a tail of 3, of more than one chunk of 16 blocks, octets with a padded
+		 * last one, a last octet's few tokens on their own; Q5_K's per-token tail */
 		check_one(k, MOE_TYPE_Q4_K, 5, 256 * 11, 22);
 		check_one(k, MOE_TYPE_Q4_K, 4, 256 * 9, 13);
 		check_one(k, MOE_TYPE_Q4_K, 3, 256 * 35, 16);
 		check_one(k, MOE_TYPE_Q6_K, 5, 256 * 11, 22);
 		check_one(k, MOE_TYPE_Q6_K, 4, 256 * 9, 13);
 		check_one(k, MOE_TYPE_Q6_K, 3, 256 * 35, 16);
+		check_one(k, MOE_TYPE_Q5_K, 5, 256 * 11, 22);
+		check_one(k, MOE_TYPE_Q5_K, 3, 256 * 35, 16);
 		check_one(k, MOE_TYPE_Q5_K, 3, 256 * 11, 3);
 		for (int t = 0; t < MOE_TYPE_COUNT; t++)
 			if (t != 2)

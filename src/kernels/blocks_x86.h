@@ -517,12 +517,14 @@ static inline __attribute__((always_inline)) void x86_q6_k_row_vnni(const uint8_
 #endif
 /*
  * Q4_K block b of a row against an octet of tokens (moe_qact's q_x8, 8 tokens to a
- * register: this octet's at qx, dx and nx), into the octet's chain *ch. Each 16 bytes
- * of codes are 16 columns of two sub-blocks (low nibbles: sub-block 2p, high: 2p + 1),
- * broadcast 4 at a time to all 8 tokens. AVX2: a sub-block's 8 vpmaddubsw add up in 16
- * bits (at most 8 * 2 * 15 * 127 = 30480), then one vpmaddwd by its scale serves 8
- * tokens; VNNI: vpdpbusd adds each token's 4 products into its int32 lane, one
- * instruction for both steps, then one vpmulld by the scale.
+ * register: this octet's at qx, dx and nx), into the octet's chain *ch; or Q5_K
+ * (five: bit 4 of sub-block j's weight l is bit j of qh[l]). Each 16 bytes of codes are
+ * 16 columns of two sub-blocks (low nibbles: sub-block 2p, high: 2p + 1), broadcast 4
+ * at a time to all 8 tokens. AVX2: a sub-block's 8 vpmaddubsw add up in 16 bits (at
+ * most 8 * 2 * 15 * 127 = 30480; Q5_K's 31 allows 4, so its halves are scaled apart),
+ * then one vpmaddwd by its scale serves 8 tokens; VNNI: vpdpbusd adds each token's 4
+ * products into its int32 lane, one instruction for both steps, then one vpmulld by
+ * the scale.
  */
 #if defined(X86_AVX512_VNNI)
 #define K4_DOT(acc, codes, x) ((acc) = _mm256_dpbusd_epi32((acc), (codes), (x)))
@@ -531,19 +533,28 @@ static inline __attribute__((always_inline)) void x86_q6_k_row_vnni(const uint8_
 #define K4_DOT(acc, codes, x) ((acc) = _mm256_add_epi16((acc), _mm256_maddubs_epi16((codes), (x))))
 #define K4_SCALE(acc, sc) _mm256_madd_epi16((acc), _mm256_set1_epi16(sc))
 #endif
-static inline __attribute__((always_inline)) void x86_q4_k_octet_block(const uint8_t *blk, size_t b, const int8_t *qx,
-									  const float *dx, const int32_t *nx, __m256 *ch)
+static inline __attribute__((always_inline)) void x86_q45_k_octet_block(const int five, const uint8_t *blk, size_t b,
+									   const int8_t *qx, const float *dx,
+									   const int32_t *nx, __m256 *ch)
 {
 	const __m256i m4 = _mm256_set1_epi8(15);
+	const uint8_t *qs = blk + (five ? 48 : 16);
 	uint8_t sm[16];
 	x86_k4_scales(blk + 4, sm);
 	__m256i S = _mm256_setzero_si256(), Mn = _mm256_setzero_si256();
+#pragma GCC unroll 4
 	for (int p = 0; p < 4; p++) {
 		const __m256i *x = (const __m256i *)(qx + 256 * (8 * b + 2 * p)); /* sub-blocks 2p, 2p + 1 */
 		__m256i slo = _mm256_setzero_si256(), shi = _mm256_setzero_si256();
+#pragma GCC unroll 2
 		for (int h = 0; h < 2; h++) {
-			const __m256i w = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(blk + 16 + 32 * p + 16 * h)));
-			const __m256i lo = _mm256_and_si256(w, m4), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+			const __m256i w = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(qs + 32 * p + 16 * h)));
+			__m256i lo = _mm256_and_si256(w, m4), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+			if (five) {
+				const __m256i qh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(blk + 16 + 16 * h)));
+				lo = _mm256_or_si256(lo, x86_bit_to(qh, 2 * p, 16));
+				hi = _mm256_or_si256(hi, x86_bit_to(qh, 2 * p + 1, 16));
+			}
 /* columns 16h + 4g .. + 3 of both sub-blocks; the empty asm keeps GCC from computing
  * all products first and running out of registers */
 #define K4_GROUP(g, imm)                                                                          \
@@ -557,8 +568,11 @@ static inline __attribute__((always_inline)) void x86_q4_k_octet_block(const uin
 			K4_GROUP(2, 0xaa);
 			K4_GROUP(3, 0xff);
 #undef K4_GROUP
+			if (five || h == 1) {
+				S = _mm256_add_epi32(S, _mm256_add_epi32(K4_SCALE(slo, sm[2 * p]), K4_SCALE(shi, sm[2 * p + 1])));
+				slo = shi = _mm256_setzero_si256();
+			}
 		}
-		S = _mm256_add_epi32(S, _mm256_add_epi32(K4_SCALE(slo, sm[2 * p]), K4_SCALE(shi, sm[2 * p + 1])));
 	}
 	/* -8 M from the sub-blocks' -8 sum(q), exact; then M */
 	for (int j = 0; j < 8; j++)
@@ -646,35 +660,36 @@ static inline __attribute__((always_inline)) void x86_q6_k_octet_block(const uin
 /* a last octet with fewer tokens than this goes through the per-token kernel: a
  * padded octet costs about as much as 4.5 tokens of Q4_K there, 3.5 of Q6_K
  * (moe-bench kernels, batches 4 and 5) */
-#define KQ_OCTET_MIN(six) ((six) ? 4 : 5)
+#define KQ_OCTET_MIN(kind) ((kind) == 6 ? 4 : 5)
 
 #define KQ_CHUNK 16 /* blocks of a row per pass over the octets (a multiple of 4) */
 
 /* block b of a row (blk; codes: Q6_K's unpacked) for octet o, into its chain *ch */
-static inline __attribute__((always_inline)) void x86_k_octet_block(const int six, const uint8_t *blk,
+static inline __attribute__((always_inline)) void x86_k_octet_block(const int kind, const uint8_t *blk,
 								       const uint8_t *codes, size_t b,
 								       const struct moe_qact *a, size_t o,
 								       size_t ostride, __m256 *ch)
 {
 	const int8_t *qx = a->q_x8 + o * ostride * 32;
 	const float *dx = a->d_x8 + o * ostride;
-	if (six)
+	if (kind == 6)
 		x86_q6_k_octet_block(blk, codes, b, qx, dx, a->s16_x8 + o * ostride, ch);
 	else
-		x86_q4_k_octet_block(blk, b, qx, dx, a->nsum8_x8 + o * ostride, ch);
+		x86_q45_k_octet_block(kind == 5, blk, b, qx, dx, a->nsum8_x8 + o * ostride, ch);
 }
 
-/* Q4_K or Q6_K (six) rows [r0, r1) for the tokens in whole octets; returns the first
- * token left. A row goes KQ_CHUNK blocks at a time through every octet, its chains in
- * registers meanwhile; Q6_K's codes are unpacked once per chunk for all octets. */
-static inline size_t x86_k_octets(const int six, const struct moe_wmat *w, size_t r0, size_t r1,
+/* Q4_K, Q5_K or Q6_K (kind 4, 5, 6) rows [r0, r1) for the tokens in whole octets;
+ * returns the first token left. A row goes KQ_CHUNK blocks at a time through every
+ * octet, its chains in registers meanwhile; Q6_K's codes are unpacked once per chunk
+ * for all octets. */
+static inline size_t x86_k_octets(const int kind, const struct moe_wmat *w, size_t r0, size_t r1,
 				  const struct moe_qact *a, float *y, size_t ystride)
 {
 	if (!a->q_x8 || a->batch < MOE_QACT_X8_MIN)
 		return 0;
-	const size_t octets = a->batch / 8 + (a->batch % 8 >= KQ_OCTET_MIN(six)), nblk = w->cols / 256;
+	const size_t octets = a->batch / 8 + (a->batch % 8 >= KQ_OCTET_MIN(kind)), nblk = w->cols / 256;
 	const size_t ostride = w->cols / 32 * 8; /* an octet's entries in d_x8, nsum8_x8, s16_x8 (its q_x8 bytes / 32) */
-	const size_t bytes = six ? 210 : 144;
+	const size_t bytes = kind == 6 ? 210 : kind == 5 ? 176 : 144;
 	__m256 c[MOE_MAX_BATCH / 8][4]; /* [octet][chain] */
 	_Alignas(32) uint8_t codes[KQ_CHUNK][256];
 	for (size_t r = r0; r < r1; r++) {
@@ -683,12 +698,12 @@ static inline size_t x86_k_octets(const int six, const struct moe_wmat *w, size_
 			c[o][0] = c[o][1] = c[o][2] = c[o][3] = _mm256_setzero_ps();
 		for (size_t b0 = 0; b0 < nblk; b0 += KQ_CHUNK) {
 			const size_t n = nblk - b0 < KQ_CHUNK ? nblk - b0 : KQ_CHUNK;
-			for (size_t i = 0; six && i < n; i++)
+			for (size_t i = 0; kind == 6 && i < n; i++)
 				x86_q6_k_unpack(row + (b0 + i) * bytes, codes[i]);
 			for (size_t o = 0; o < octets; o++) {
 				__m256 c0 = c[o][0], c1 = c[o][1], c2 = c[o][2], c3 = c[o][3];
 				size_t i = 0; /* block b0 + i goes into chain i mod 4 (b0: a multiple of 4) */
-#define KQ_BLOCK(j, ch) x86_k_octet_block(six, row + (b0 + (j)) * bytes, codes[j], b0 + (j), a, o, ostride, &(ch))
+#define KQ_BLOCK(j, ch) x86_k_octet_block(kind, row + (b0 + (j)) * bytes, codes[j], b0 + (j), a, o, ostride, &(ch))
 				for (; i + 4 <= n; i += 4) {
 					KQ_BLOCK(i, c0);
 					KQ_BLOCK(i + 1, c1);
@@ -726,8 +741,9 @@ static inline int x86_kquant_rows(const struct moe_wmat *w, size_t r0, size_t r1
 	/* every batch size on this path (the generic one was faster for Q2_K, Q3_K and Q5_K
 	 * at batch 32, but sums in another order): a token's result is the same in any batch */
 	const size_t nblk = w->cols / 256, row_bytes = nblk * f->bytes;
-	const size_t first = w->type == MOE_TYPE_Q4_K   ? x86_k_octets(0, w, r0, r1, a, y, ystride)
-			     : w->type == MOE_TYPE_Q6_K ? x86_k_octets(1, w, r0, r1, a, y, ystride)
+	const size_t first = w->type == MOE_TYPE_Q4_K   ? x86_k_octets(4, w, r0, r1, a, y, ystride)
+			     : w->type == MOE_TYPE_Q5_K ? x86_k_octets(5, w, r0, r1, a, y, ystride)
+			     : w->type == MOE_TYPE_Q6_K ? x86_k_octets(6, w, r0, r1, a, y, ystride)
 							: 0;
 	for (size_t r = r0; r < r1; r++) {
 		const uint8_t *row = (const uint8_t *)w->codes + r * row_bytes;
