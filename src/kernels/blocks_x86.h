@@ -412,14 +412,14 @@ static inline __attribute__((always_inline)) void x86_q23_k_row(const int three,
 
 #if defined(X86_AVX512_VNNI)
 /*
- * The same with AVX-512 VNNI (avx512.c defines X86_AVX512_VNNI): 64 weights per
- * vpdpbusd, which sums groups of 4 products into int32 without vpmaddubsw's int16
- * step, then one vpmulld by the sub-scales (lanes 0-7 and 8-15 are two sub-blocks
- * of 32 for Q4_K; lanes 4g..4g+3 a group of 16 for Q6_K).
+ * The same with 512-bit registers (avx512.c defines X86_AVX512_VNNI): 64 weights
+ * per vpmaddubsw, then one vpmaddwd by the sub-scales (lanes 0-7 and 8-15 are two
+ * sub-blocks of 32 for Q4_K; lanes 4g..4g+3 a group of 16 for Q6_K). vpdpbusd and a
+ * vpmulld by the scales, one more instruction, ran 7-9 % slower.
  */
-static inline __attribute__((always_inline)) void x86_q45_k_row_vnni(const int five, const uint8_t *row, size_t nblk,
-									const struct moe_qact *a, size_t t0, const int T,
-									float *out)
+static inline __attribute__((always_inline)) void x86_q45_k_row_512(const int five, const uint8_t *row, size_t nblk,
+								       const struct moe_qact *a, size_t t0, const int T,
+								       float *out)
 {
 	const size_t cols = a->cols, n16 = cols / 16;
 	const __m512i m4 = _mm512_set1_epi8(15);
@@ -432,7 +432,8 @@ static inline __attribute__((always_inline)) void x86_q45_k_row_vnni(const int f
 		uint8_t sm[16];
 		x86_k4_scales(blk + 4, sm);
 		const __m128i smv = _mm_loadu_si128((const __m128i *)sm);
-		const __m512i sc32 = _mm512_cvtepu8_epi32(smv);
+		/* each scale in both int16 halves of its lane: vpmaddwd then scales a pair's sum */
+		const __m512i sc32 = _mm512_cvtepu8_epi32(smv), sc16x2 = _mm512_or_si512(sc32, _mm512_slli_epi32(sc32, 16));
 		const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_srli_si128(smv, 8), twice));
 		__m512i sumi[4];
 		for (int k = 0; k < T; k++)
@@ -446,11 +447,11 @@ static inline __attribute__((always_inline)) void x86_q45_k_row_vnni(const int f
 				u = _mm512_or_si512(u, _mm512_inserti64x4(_mm512_castsi256_si512(x86_bit_to(hv, 2 * j, 16)),
 									   x86_bit_to(hv, 2 * j + 1, 16), 1));
 			const __m512i sv = _mm512_permutexvar_epi32(
-				_mm512_inserti64x4(_mm512_set1_epi32(2 * j), _mm256_set1_epi32(2 * j + 1), 1), sc32);
+				_mm512_inserti64x4(_mm512_set1_epi32(2 * j), _mm256_set1_epi32(2 * j + 1), 1), sc16x2);
 			for (int k = 0; k < T; k++) {
 				const int8_t *x = a->q + (t0 + (size_t)k) * cols + b * 256 + 64 * j;
-				const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, _mm512_loadu_si512(x));
-				sumi[k] = _mm512_add_epi32(sumi[k], _mm512_mullo_epi32(p, sv));
+				const __m512i p = _mm512_maddubs_epi16(u, _mm512_loadu_si512(x));
+				sumi[k] = _mm512_add_epi32(sumi[k], _mm512_madd_epi16(p, sv));
 			}
 		}
 		__m256i s8[4], mi[4];
@@ -464,9 +465,9 @@ static inline __attribute__((always_inline)) void x86_q45_k_row_vnni(const int f
 	kq_finish(&q, T, nblk, 1, out);
 }
 
-static inline __attribute__((always_inline)) void x86_q6_k_row_vnni(const uint8_t *row, size_t nblk,
-								       const struct moe_qact *a, size_t t0, const int T,
-								       float *out)
+static inline __attribute__((always_inline)) void x86_q6_k_row_512(const uint8_t *row, size_t nblk,
+								      const struct moe_qact *a, size_t t0, const int T,
+								      float *out)
 {
 	const size_t cols = a->cols, n16 = cols / 16;
 	struct kq_chains ch;
@@ -475,8 +476,10 @@ static inline __attribute__((always_inline)) void x86_q6_k_row_vnni(const uint8_
 		const uint8_t *blk = row + b * 210;
 		const int8_t *sc = (const int8_t *)blk + 192;
 		const float d = x86_h16(blk + 208);
-		/* group g's scale in lanes 4g..4g+3 of a 64-weight quarter: 4 groups per vector */
+		/* group g's scale in lanes 4g..4g+3 of a 64-weight quarter: 4 groups per vector;
+		 * each scale in both int16 halves of its lane, for vpmaddwd */
 		const __m512i sc32 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)sc));
+		const __m512i sc16x2 = _mm512_or_si512(_mm512_and_si512(sc32, _mm512_set1_epi32(0xffff)), _mm512_slli_epi32(sc32, 16));
 		__m512i sumi[4];
 		for (int k = 0; k < T; k++)
 			sumi[k] = _mm512_setzero_si512();
@@ -489,11 +492,11 @@ static inline __attribute__((always_inline)) void x86_q6_k_row_vnni(const uint8_
 				const int g = 8 * h + 2 * q;
 				const __m512i sv = _mm512_permutexvar_epi32(
 					_mm512_set_epi32(g + 3, g + 3, g + 3, g + 3, g + 2, g + 2, g + 2, g + 2, g + 1, g + 1, g + 1,
-							 g + 1, g, g, g, g), sc32);
+							 g + 1, g, g, g, g), sc16x2);
 				for (int k = 0; k < T; k++) {
 					const int8_t *x = a->q + (t0 + (size_t)k) * cols + b * 256 + 128 * h + 32 * q;
-					const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), uu, _mm512_loadu_si512(x));
-					sumi[k] = _mm512_add_epi32(sumi[k], _mm512_mullo_epi32(p, sv));
+					const __m512i p = _mm512_maddubs_epi16(uu, _mm512_loadu_si512(x)); /* 2 * 63 * 127 at most */
+					sumi[k] = _mm512_add_epi32(sumi[k], _mm512_madd_epi16(p, sv));
 				}
 			}
 		}
@@ -509,8 +512,8 @@ static inline __attribute__((always_inline)) void x86_q6_k_row_vnni(const uint8_
 	kq_finish(&ch, T, nblk, 0, out);
 }
 
-#define X86_Q45_K_ROW x86_q45_k_row_vnni
-#define X86_Q6_K_ROW x86_q6_k_row_vnni
+#define X86_Q45_K_ROW x86_q45_k_row_512
+#define X86_Q6_K_ROW x86_q6_k_row_512
 #else
 #define X86_Q45_K_ROW x86_q45_k_row
 #define X86_Q6_K_ROW x86_q6_k_row
