@@ -173,6 +173,22 @@ PY
 check "q4_k_m reference" py "$REF" m256 "$T" km.npy --dequant km.moe
 check "q4_k_m run" "$MOE_RUN" -m km.moe --tokens "$T" -n 0 -b 7 --kv-type f32 --logits-out km.bin
 check "q4_k_m logits" py cmp.py km.bin km.npy
+# however a prompt is split into forward passes, the same bits (Q4_K, Q5_K and Q6_K
+# prefill take 8 tokens per register, decode one): 100 tokens one at a time, in passes
+# of 37, and in one pass, under each kernel implementation this CPU runs; experts 1280
+# wide, so that a down row's blocks add up in more than one step
+check "folder 256, experts 1280 wide" py "$W" safetensors m256w --arch=mixtral256w
+check "q4_k_m pack, wide experts" "$MOE_PACK" --no-progress --zstd-min-saving 100 -q q4_k_m m256w kmw.moe
+T100=$(py -c "print(','.join(str((i * 7919) % 256) for i in range(100)))")
+for k in scalar avx2 avx512 neon; do
+	MOE_KERNEL=$k "$MOE_RUN" -m kmw.moe --tokens 1 -n 0 >/dev/null 2>&1 || continue
+	for b in 1 37 100; do
+		check "q4_k_m $k -b $b" env MOE_KERNEL=$k "$MOE_RUN" -m kmw.moe --tokens "$T100" -n 0 -b $b \
+			--logits-out "kmw.$k.b$b.bin"
+	done
+	check "q4_k_m $k: -b 37 = -b 1, bit for bit" cmp "kmw.$k.b37.bin" "kmw.$k.b1.bin"
+	check "q4_k_m $k: -b 100 = -b 1, bit for bit" cmp "kmw.$k.b100.bin" "kmw.$k.b1.bin"
+done
 # a width that is no multiple of 256 falls back to q8 (Mixtral's 128-wide test model)
 check "folder 128" py "$W" safetensors m128
 check "q4_k on 128 columns" "$MOE_PACK" --no-progress -q q4_k m128 k128.moe

@@ -91,6 +91,8 @@ CONFIGS["qwen3_next"] = dict(model_type="qwen3_next", num_hidden_layers=4, hidde
 CONFIGS["qwen3_5_moe"] = CONFIGS["qwen3_next"]
 # Mixtral with every matrix 256 columns wide, for GGUF's 256-weight K blocks
 CONFIGS["mixtral256"] = dict(CONFIGS["mixtral"], hidden_size=256, head_dim=64, vocab_size=256, intermediate_size=256)
+# and experts 1280 wide: down rows of 5 K blocks (a block adds into a sum already started)
+CONFIGS["mixtral256w"] = dict(CONFIGS["mixtral256"], intermediate_size=1280)
 
 
 def weights(arch, seed=7, vocab=None):
