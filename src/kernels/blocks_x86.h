@@ -176,12 +176,13 @@ static inline __m256i x86_sums8(const __m256i v[8])
 }
 
 /*
- * Q4_K and Q5_K sum a token the same way in any batch (the octet kernel below and the
- * per-token ones): per block b, the exact integers S = sum_j sc_j dot_j (sub-block j's
- * scale times its codes . q) and M = sum_j m_j sum_j(q), then f = d S - dmin M, and
- * f times the token's scale fused-added into chain b mod 4; the row's value is
- * (c0 + c2) + (c1 + c3). The per-token kernels leave each block's S and M spread over
- * 8 int32 lanes; kq_chains gathers 8 blocks' at a time.
+ * Q4_K, Q5_K and Q6_K sum a token the same way in any batch (the octet kernels below
+ * and the per-token ones): per block b, the exact integers S = sum_j sc_j dot_j
+ * (sub-block j's scale times its codes . q) and M = sum_j m_j sum_j(q), then
+ * f = d S - dmin M (Q6_K has no mins: f = d S), and f times the token's scale
+ * fused-added into chain b mod 4; the row's value is (c0 + c2) + (c1 + c3). The
+ * per-token kernels leave each block's S and M spread over 8 int32 lanes; kq_chains
+ * gathers 8 blocks' at a time.
  */
 struct kq_chains {
 	__m256i s[4][8], m[4][8]; /* [token][block mod 8]: lanes adding up to S, M */
@@ -195,7 +196,7 @@ static inline __attribute__((always_inline)) void kq_start(struct kq_chains *q, 
 		q->c[k][0] = q->c[k][1] = q->c[k][2] = q->c[k][3] = 0;
 }
 
-/* block b's d, dmin and its T tokens' lanes (t0 on) */
+/* block b's d, dmin and its T tokens' lanes (t0 on); mins NULL: none (Q6_K) */
 static inline __attribute__((always_inline)) void kq_block(struct kq_chains *q, const int T, size_t b, float d,
 							   float dmin, const __m256i *sumi, const __m256i *mins,
 							   const struct moe_qact *a, size_t t0)
@@ -479,7 +480,8 @@ static inline __attribute__((always_inline)) void x86_q6_k_row_512(const uint8_t
 		/* group g's scale in lanes 4g..4g+3 of a 64-weight quarter: 4 groups per vector;
 		 * each scale in both int16 halves of its lane, for vpmaddwd */
 		const __m512i sc32 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)sc));
-		const __m512i sc16x2 = _mm512_or_si512(_mm512_and_si512(sc32, _mm512_set1_epi32(0xffff)), _mm512_slli_epi32(sc32, 16));
+		const __m512i sc16x2 =
+			_mm512_or_si512(_mm512_and_si512(sc32, _mm512_set1_epi32(0xffff)), _mm512_slli_epi32(sc32, 16));
 		__m512i sumi[4];
 		for (int k = 0; k < T; k++)
 			sumi[k] = _mm512_setzero_si512();
@@ -597,32 +599,30 @@ static inline __attribute__((always_inline)) void x86_q45_k_octet_block(const in
  * vpdpbusd, then vpmulld. The codes' offset 32 comes back as 32 times the scales
  * times the tokens' sums per 16 (s16_x8 at sx, one vpmaddwd per 32 columns).
  */
-#if defined(X86_AVX512_VNNI)
-#define K6_GROUP_SUM(codes, x, sc)                                                                     \
-	_mm256_mullo_epi32(                                                                             \
-		_mm256_dpbusd_epi32(                                                                    \
-			_mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(),      \
-										     K6_CODES(codes, 0), (x)[0]), \
-							    K6_CODES(codes, 1), (x)[1]),                         \
-					    K6_CODES(codes, 2), (x)[2]),                                         \
-			K6_CODES(codes, 3), (x)[3]),                                                    \
-		_mm256_set1_epi32(sc))
-#else
-#define K6_GROUP_SUM(codes, x, sc)                                                                               \
-	_mm256_add_epi32(_mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(K6_CODES(codes, 0), (x)[0]),     \
-							    _mm256_maddubs_epi16(K6_CODES(codes, 1), (x)[1])),    \
-					   _mm256_set1_epi16(sc)),                                                \
-			 _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(K6_CODES(codes, 2), (x)[2]),     \
-							    _mm256_maddubs_epi16(K6_CODES(codes, 3), (x)[3])),    \
-					   _mm256_set1_epi16(sc)))
-#endif
 static inline __m256i k6_codes(const uint8_t *c)
 {
 	int32_t four;
 	memcpy(&four, c, 4);
 	return _mm256_set1_epi32(four);
 }
-#define K6_CODES(codes, g) k6_codes((codes) + 4 * (g))
+
+/* sc times a 16-column group's products, codes (broadcast 4 at a time) by x[0..3] */
+static inline __attribute__((always_inline)) __m256i k6_group(const uint8_t *codes, const __m256i *x, int sc)
+{
+#if defined(X86_AVX512_VNNI)
+	__m256i s = _mm256_setzero_si256();
+	for (int g = 0; g < 4; g++)
+		s = _mm256_dpbusd_epi32(s, k6_codes(codes + 4 * g), x[g]);
+	return _mm256_mullo_epi32(s, _mm256_set1_epi32(sc));
+#else
+	const __m256i s16 = _mm256_set1_epi16((short)sc);
+	const __m256i p01 = _mm256_add_epi16(_mm256_maddubs_epi16(k6_codes(codes), x[0]),
+					     _mm256_maddubs_epi16(k6_codes(codes + 4), x[1]));
+	const __m256i p23 = _mm256_add_epi16(_mm256_maddubs_epi16(k6_codes(codes + 8), x[2]),
+					     _mm256_maddubs_epi16(k6_codes(codes + 12), x[3]));
+	return _mm256_add_epi32(_mm256_madd_epi16(p01, s16), _mm256_madd_epi16(p23, s16));
+#endif
+}
 
 /* a Q6_K block's 256 codes, a byte each in column order */
 static inline void x86_q6_k_unpack(const uint8_t *blk, uint8_t *codes)
@@ -647,8 +647,8 @@ static inline __attribute__((always_inline)) void x86_q6_k_octet_block(const uin
 #pragma GCC unroll 8
 	for (int j = 0; j < 8; j++) { /* 32 columns: groups 2j and 2j + 1 */
 		const __m256i *x = (const __m256i *)(qx + 256 * (8 * b + j));
-		S = _mm256_add_epi32(S, K6_GROUP_SUM(codes + 32 * j, x, sc[2 * j]));
-		S = _mm256_add_epi32(S, K6_GROUP_SUM(codes + 32 * j + 16, x + 4, sc[2 * j + 1]));
+		S = _mm256_add_epi32(S, k6_group(codes + 32 * j, x, sc[2 * j]));
+		S = _mm256_add_epi32(S, k6_group(codes + 32 * j + 16, x + 4, sc[2 * j + 1]));
 		const int32_t pair = (int32_t)(((uint32_t)(uint16_t)sc[2 * j + 1] << 16) | (uint16_t)sc[2 * j]);
 		off = _mm256_add_epi32(off, _mm256_madd_epi16(_mm256_load_si256((const __m256i *)(sx + 8 * (8 * b + j))),
 							      _mm256_set1_epi32(pair)));
@@ -657,8 +657,6 @@ static inline __attribute__((always_inline)) void x86_q6_k_octet_block(const uin
 	const __m256 f = _mm256_mul_ps(_mm256_set1_ps(x86_h16(blk + 208)), _mm256_cvtepi32_ps(S));
 	*ch = _mm256_fmadd_ps(_mm256_load_ps(dx + 8 * (8 * b)), f, *ch);
 }
-#undef K6_GROUP_SUM
-#undef K6_CODES
 
 /* a last octet with fewer tokens than this goes through the per-token kernel: a
  * padded octet costs about as much as 4.5 tokens of Q4_K there, 3.5 of Q6_K
