@@ -196,17 +196,19 @@ static inline __attribute__((always_inline)) void kq_start(struct kq_chains *q, 
 		q->c[k][0] = q->c[k][1] = q->c[k][2] = q->c[k][3] = 0;
 }
 
-/* block b's d, dmin and its T tokens' lanes (t0 on); mins NULL: none (Q6_K) */
+/* block b's d, dmin and its T tokens' lanes of S (t0 on); mins16: the block's mins,
+ * each twice (the activations' sums come per 16), or NULL: none (Q6_K) */
 static inline __attribute__((always_inline)) void kq_block(struct kq_chains *q, const int T, size_t b, float d,
-							   float dmin, const __m256i *sumi, const __m256i *mins,
+							   float dmin, const __m256i *sumi, const __m256i *mins16,
 							   const struct moe_qact *a, size_t t0)
 {
 	const size_t i = b % 8;
 	q->d[i] = d, q->dmin[i] = dmin;
 	for (int k = 0; k < T; k++) {
 		q->s[k][i] = sumi[k];
-		if (mins)
-			q->m[k][i] = mins[k];
+		if (mins16)
+			q->m[k][i] = _mm256_madd_epi16(
+				_mm256_loadu_si256((const __m256i *)(a->s16 + (t0 + (size_t)k) * (a->cols / 16) + b * 16)), *mins16);
 		q->dx[k][i] = a->d[(t0 + (size_t)k) * (a->cols / 32) + b * 8];
 	}
 	if (i < 7)
@@ -214,7 +216,7 @@ static inline __attribute__((always_inline)) void kq_block(struct kq_chains *q, 
 	const __m256 dv = _mm256_loadu_ps(q->d), dm = _mm256_loadu_ps(q->dmin);
 	for (int k = 0; k < T; k++) {
 		__m256 f = _mm256_mul_ps(dv, _mm256_cvtepi32_ps(x86_sums8(q->s[k])));
-		if (mins)
+		if (mins16)
 			f = _mm256_sub_ps(f, _mm256_mul_ps(dm, _mm256_cvtepi32_ps(x86_sums8(q->m[k]))));
 		const __m256 x = _mm256_loadu_ps(q->dx[k]);
 		__m128 c = _mm_loadu_ps(q->c[k]); /* blocks b-7..b-4 into chains 0..3, then b-3..b */
@@ -259,7 +261,7 @@ static inline __attribute__((always_inline)) void x86_q45_k_row(const int five, 
 								   const struct moe_qact *a, size_t t0, const int T,
 								   float *out)
 {
-	const size_t cols = a->cols, n16 = cols / 16;
+	const size_t cols = a->cols;
 	const __m256i m4 = _mm256_set1_epi8(15);
 	/* each min twice: the activations' sums come per 16, a sub-block is 32 */
 	const __m128i twice = _mm_set_epi8(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
@@ -291,11 +293,7 @@ static inline __attribute__((always_inline)) void x86_q45_k_row(const int five, 
 				sumi[k] = _mm256_add_epi32(sumi[k], _mm256_add_epi32(p_lo, p_hi));
 			}
 		}
-		__m256i mi[4];
-		for (int k = 0; k < T; k++)
-			mi[k] = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(a->s16 + (t0 + (size_t)k) * n16 + b * 16)),
-						  mins16);
-		kq_block(&q, T, b, x86_h16(blk), x86_h16(blk + 2), sumi, mi, a, t0);
+		kq_block(&q, T, b, x86_h16(blk), x86_h16(blk + 2), sumi, &mins16, a, t0);
 	}
 	kq_finish(&q, T, nblk, 1, out);
 }
@@ -422,7 +420,7 @@ static inline __attribute__((always_inline)) void x86_q45_k_row_512(const int fi
 								       const struct moe_qact *a, size_t t0, const int T,
 								       float *out)
 {
-	const size_t cols = a->cols, n16 = cols / 16;
+	const size_t cols = a->cols;
 	const __m512i m4 = _mm512_set1_epi8(15);
 	const __m128i twice = _mm_set_epi8(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
 	struct kq_chains q;
@@ -455,13 +453,10 @@ static inline __attribute__((always_inline)) void x86_q45_k_row_512(const int fi
 				sumi[k] = _mm512_add_epi32(sumi[k], _mm512_madd_epi16(p, sv));
 			}
 		}
-		__m256i s8[4], mi[4];
-		for (int k = 0; k < T; k++) {
+		__m256i s8[4];
+		for (int k = 0; k < T; k++)
 			s8[k] = _mm256_add_epi32(_mm512_castsi512_si256(sumi[k]), _mm512_extracti64x4_epi64(sumi[k], 1));
-			mi[k] = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(a->s16 + (t0 + (size_t)k) * n16 + b * 16)),
-						  mins16);
-		}
-		kq_block(&q, T, b, x86_h16(blk), x86_h16(blk + 2), s8, mi, a, t0);
+		kq_block(&q, T, b, x86_h16(blk), x86_h16(blk + 2), s8, &mins16, a, t0);
 	}
 	kq_finish(&q, T, nblk, 1, out);
 }
