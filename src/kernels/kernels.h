@@ -81,7 +81,7 @@ struct moe_qact {
 	 * each as token 0's 4 codes, token 1's, ..., token 7's (256 bytes); d and nsum8
 	 * likewise 8 tokens at a time. A last octet short of tokens is padded with zeros.
 	 * Filled when batch >= MOE_QACT_X8_MIN (fewer tokens gain nothing from 8 lanes),
-	 * for q4 (group 32), Q4_K and Q6_K (group 256: d repeats over a group's 8
+	 * for q4 (group 32) and Q4_K, Q5_K, Q6_K (group 256: d repeats over a group's 8
 	 * blocks); NULL in a view of tokens that do not start an octet. */
 	int8_t *q_x8;      /* [octets][cols/32][8][8][4] */
 	float *d_x8;       /* [octets][cols/32][8] */
