@@ -681,7 +681,7 @@ static inline __attribute__((always_inline)) void x86_k_octet_block(const int ki
 static inline size_t x86_k_octets(const int kind, const struct moe_wmat *w, size_t r0, size_t r1,
 				  const struct moe_qact *a, float *y, size_t ystride)
 {
-	if (!a->q_x8 || a->batch < MOE_QACT_X8_MIN)
+	if (!a->q_x8 || a->batch < MOE_QACT_X8_MIN || a->batch > MOE_MAX_BATCH) /* c holds a forward pass's */
 		return 0;
 	const size_t octets = a->batch / 8 + (a->batch % 8 >= KQ_OCTET_MIN(kind)), nblk = w->cols / 256;
 	const size_t ostride = w->cols / 32 * 8; /* an octet's entries in d_x8, nsum8_x8, s16_x8 (its q_x8 bytes / 32) */
