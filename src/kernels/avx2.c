@@ -40,24 +40,6 @@ static inline float hsum(__m256 v)
 	return _mm_cvtss_f32(s);
 }
 
-#define TILE 4 /* tokens sharing one pass over a weight row */
-
-/* Tokens first .. batch-1 against row r, TILE at a time: ROW(args..., t0, T, out) with
- * T a constant in each call (so its loops unroll into registers), then out to y. */
-#define TOKEN_TILES(first, batch, ROW, ...)                                           \
-	for (size_t t0 = (first); t0 < (batch); t0 += TILE) {                         \
-		float out[TILE];                                                      \
-		const size_t T = (batch) - t0 < TILE ? (batch) - t0 : TILE;           \
-		switch (T) {                                                          \
-		case 1: ROW(__VA_ARGS__, t0, 1, out); break;                          \
-		case 2: ROW(__VA_ARGS__, t0, 2, out); break;                          \
-		case 3: ROW(__VA_ARGS__, t0, 3, out); break;                          \
-		default: ROW(__VA_ARGS__, t0, 4, out); break;                         \
-		}                                                                     \
-		for (size_t k = 0; k < T; k++)                                        \
-			y[(t0 + k) * ystride + r] = out[k];                           \
-	}
-
 /* a q4 block's 16 bytes as 32 codes 0..15 in activation order: the bytes in both
  * lanes, the high lane shifted to its high nibbles */
 static inline __m256i q4_codes(const uint8_t *b)

@@ -31,8 +31,6 @@ static int available(void)
 	       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
 
-#define TILE 4
-
 /* blocks b, b+1 of a q4 row (32 bytes) as 64 unsigned codes in activation order:
  * [lo nibbles of b, hi of b, lo of b+1, hi of b+1] */
 static inline __m512i q4_pair(const uint8_t *p)
@@ -222,18 +220,7 @@ static void fl(const struct moe_wmat *w, int half, size_t r0, size_t r1, const f
 	for (size_t r = r0; r < r1; r++) {
 		const void *wrow = half ? (const void *)((const uint16_t *)w->codes + r * cols)
 					: (const void *)((const float *)w->codes + r * cols);
-		for (size_t t0 = 0; t0 < batch; t0 += TILE) {
-			float out[TILE];
-			const size_t T = batch - t0 < TILE ? batch - t0 : TILE;
-			switch (T) {
-			case 1: fl_row(wrow, half, cols, x, t0, 1, out); break;
-			case 2: fl_row(wrow, half, cols, x, t0, 2, out); break;
-			case 3: fl_row(wrow, half, cols, x, t0, 3, out); break;
-			default: fl_row(wrow, half, cols, x, t0, 4, out); break;
-			}
-			for (size_t k = 0; k < T; k++)
-				y[(t0 + k) * ystride + r] = out[k];
-		}
+		TOKEN_TILES(0, batch, fl_row, wrow, half, cols, x);
 	}
 }
 

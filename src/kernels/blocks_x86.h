@@ -14,6 +14,24 @@
 #include "kernels/blocks.h"
 #include "kernels/kernels.h"
 
+#define TILE 4 /* tokens sharing one pass over a weight row */
+
+/* Tokens first .. batch-1 against row r, TILE at a time: ROW(args..., t0, T, out) with
+ * T a constant in each call (so its loops unroll into registers), then out to y. */
+#define TOKEN_TILES(first, batch, ROW, ...)                                           \
+	for (size_t t0 = (first); t0 < (batch); t0 += TILE) {                         \
+		float out[TILE];                                                      \
+		const size_t T = (batch) - t0 < TILE ? (batch) - t0 : TILE;           \
+		switch (T) {                                                          \
+		case 1: ROW(__VA_ARGS__, t0, 1, out); break;                          \
+		case 2: ROW(__VA_ARGS__, t0, 2, out); break;                          \
+		case 3: ROW(__VA_ARGS__, t0, 3, out); break;                          \
+		default: ROW(__VA_ARGS__, t0, 4, out); break;                         \
+		}                                                                     \
+		for (size_t k = 0; k < T; k++)                                        \
+			y[(t0 + k) * ystride + r] = out[k];                           \
+	}
+
 static inline __m256i x86_load(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
 static inline void x86_store(uint8_t *p, __m256i v) { _mm256_store_si256((__m256i *)p, v); }
 
@@ -185,9 +203,9 @@ static inline __m256i x86_sums8(const __m256i v[8])
  * gathers 8 blocks' at a time.
  */
 struct kq_chains {
-	__m256i s[4][8], m[4][8]; /* [token][block mod 8]: lanes adding up to S, M */
-	float d[8], dmin[8], dx[4][8];
-	float c[4][4]; /* [token][chain] */
+	__m256i s[TILE][8], m[TILE][8]; /* [token][block mod 8]: lanes adding up to S, M */
+	float d[8], dmin[8], dx[TILE][8];
+	float c[TILE][4]; /* [token][chain] */
 };
 
 static inline __attribute__((always_inline)) void kq_start(struct kq_chains *q, const int T)
@@ -685,7 +703,7 @@ static inline size_t x86_k_octets(const int kind, const struct moe_wmat *w, size
 		return 0;
 	const size_t octets = a->batch / 8 + (a->batch % 8 >= KQ_OCTET_MIN(kind)), nblk = w->cols / 256;
 	const size_t ostride = w->cols / 32 * 8; /* an octet's entries in d_x8, nsum8_x8, s16_x8 (its q_x8 bytes / 32) */
-	const size_t bytes = kind == 6 ? 210 : kind == 5 ? 176 : 144;
+	const size_t bytes = moe_block_format(w->type)->bytes;
 	__m256 c[MOE_MAX_BATCH / 8][4]; /* [octet][chain] */
 	_Alignas(32) uint8_t codes[KQ_CHUNK][256];
 	for (size_t r = r0; r < r1; r++) {
@@ -743,27 +761,12 @@ static inline int x86_kquant_rows(const struct moe_wmat *w, size_t r0, size_t r1
 							: 0;
 	for (size_t r = r0; r < r1; r++) {
 		const uint8_t *row = (const uint8_t *)w->codes + r * row_bytes;
-		for (size_t t0 = first; t0 < a->batch; t0 += 4) {
-			float out[4];
-			const size_t T = a->batch - t0 < 4 ? a->batch - t0 : 4;
-/* ROW([variant,] row, ...) with T a constant, so each tile size is its own unrolled loop */
-#define KQ_TILE(ROW, ...)                                                          \
-	switch (T) {                                                               \
-	case 1: ROW(__VA_ARGS__ row, nblk, a, t0, 1, out); break;                  \
-	case 2: ROW(__VA_ARGS__ row, nblk, a, t0, 2, out); break;                  \
-	case 3: ROW(__VA_ARGS__ row, nblk, a, t0, 3, out); break;                  \
-	default: ROW(__VA_ARGS__ row, nblk, a, t0, 4, out); break;                 \
-	}
-			switch (w->type) {
-			case MOE_TYPE_Q2_K: KQ_TILE(x86_q23_k_row, 0,) break;
-			case MOE_TYPE_Q3_K: KQ_TILE(x86_q23_k_row, 1,) break;
-			case MOE_TYPE_Q4_K: KQ_TILE(X86_Q45_K_ROW, 0,) break;
-			case MOE_TYPE_Q5_K: KQ_TILE(X86_Q45_K_ROW, 1,) break;
-			default: KQ_TILE(X86_Q6_K_ROW) break;
-			}
-#undef KQ_TILE
-			for (size_t k = 0; k < T; k++)
-				y[(t0 + k) * ystride + r] = out[k];
+		switch (w->type) {
+		case MOE_TYPE_Q2_K: TOKEN_TILES(first, a->batch, x86_q23_k_row, 0, row, nblk, a); break;
+		case MOE_TYPE_Q3_K: TOKEN_TILES(first, a->batch, x86_q23_k_row, 1, row, nblk, a); break;
+		case MOE_TYPE_Q4_K: TOKEN_TILES(first, a->batch, X86_Q45_K_ROW, 0, row, nblk, a); break;
+		case MOE_TYPE_Q5_K: TOKEN_TILES(first, a->batch, X86_Q45_K_ROW, 1, row, nblk, a); break;
+		default: TOKEN_TILES(first, a->batch, X86_Q6_K_ROW, row, nblk, a); break;
 		}
 	}
 	return 1;
@@ -876,18 +879,7 @@ static void x86_mxfp4_rows(const struct moe_wmat *w, size_t r0, size_t r1, const
 	const size_t nblk = w->cols / 32;
 	for (size_t r = r0; r < r1; r++) {
 		const uint8_t *row = (const uint8_t *)w->codes + r * nblk * 17;
-		for (size_t t0 = 0; t0 < a->batch; t0 += 4) {
-			float out[4];
-			const size_t T = a->batch - t0 < 4 ? a->batch - t0 : 4;
-			switch (T) {
-			case 1: x86_mxfp4_row(row, nblk, a, t0, 1, out); break;
-			case 2: x86_mxfp4_row(row, nblk, a, t0, 2, out); break;
-			case 3: x86_mxfp4_row(row, nblk, a, t0, 3, out); break;
-			default: x86_mxfp4_row(row, nblk, a, t0, 4, out); break;
-			}
-			for (size_t k = 0; k < T; k++)
-				y[(t0 + k) * ystride + r] = out[k];
-		}
+		TOKEN_TILES(0, a->batch, x86_mxfp4_row, row, nblk, a);
 	}
 }
 
