@@ -431,8 +431,8 @@ static inline __attribute__((always_inline)) void x86_q23_k_row(const int three,
 /*
  * The same with 512-bit registers (avx512.c defines X86_AVX512_VNNI): 64 weights
  * per vpmaddubsw, then one vpmaddwd by the sub-scales (lanes 0-7 and 8-15 are two
- * sub-blocks of 32 for Q4_K; lanes 4g..4g+3 a group of 16 for Q6_K). vpdpbusd and a
- * vpmulld by the scales, one more instruction, ran 7-9 % slower.
+ * sub-blocks of 32 for Q4_K; lanes 4g..4g+3 a group of 16 for Q6_K): one instruction
+ * fewer than vpdpbusd and a vpmulld by the scales (bench/RESULTS.md: no clear gain).
  */
 static inline __attribute__((always_inline)) void x86_q45_k_row_512(const int five, const uint8_t *row, size_t nblk,
 								       const struct moe_qact *a, size_t t0, const int T,
