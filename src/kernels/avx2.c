@@ -84,6 +84,8 @@ static inline __attribute__((always_inline)) void q8_row(const int8_t *wr, const
 	}
 	size_t b = 0;
 	for (; b + 8 <= nb; b += 8) {
+		moe_prefetch_ahead(wr + b * 32, 256);
+		moe_prefetch_ahead(sr + b, 16);
 		const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sr + b)));
 #pragma GCC unroll 4
 		for (int k = 0; k < T; k++)
@@ -166,6 +168,8 @@ static inline __attribute__((always_inline)) void q4_row_blocks(const uint8_t *w
 		acc[k] = _mm_setzero_ps();
 	size_t b = 0;
 	for (; b + 8 <= nb; b += 8) {
+		moe_prefetch_ahead(wr + 16 * b, 128);
+		moe_prefetch_ahead(sr + b, 16);
 		const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sr + b)));
 #pragma GCC unroll 4
 		for (int k = 0; k < T; k++) {
@@ -327,6 +331,8 @@ static inline __attribute__((always_inline)) void fl_row(const void *wrow, int h
 		acc[k] = _mm256_setzero_ps();
 	size_t c = 0;
 	for (; c + 8 <= cols; c += 8) {
+		if (c % 16 == 0)
+			moe_prefetch_ahead((const uint8_t *)wrow + c * (half ? 2 : 4), 64);
 		const __m256 wv = half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)wrow + c)))
 				       : _mm256_loadu_ps((const float *)wrow + c);
 #pragma GCC unroll 4

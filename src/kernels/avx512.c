@@ -90,8 +90,10 @@ static inline __attribute__((always_inline)) void q_tile(const int is_q4, const 
 		__m512 dw16[4], dx16[TILE];
 		__m512i ns16[TILE];
 #pragma GCC unroll 4
-		for (int i = 0; i < R; i++)
+		for (int i = 0; i < R; i++) {
+			moe_prefetch_ahead(sr[i] + 2 * g, 32);
 			dw16[i] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, sr[i] + 2 * g));
+		}
 #pragma GCC unroll 4
 		for (int k = 0; k < T; k++) {
 			dx16[k] = _mm512_maskz_loadu_ps(m, a->d + (t0 + (size_t)k) * nb + 2 * g);
@@ -104,6 +106,8 @@ static inline __attribute__((always_inline)) void q_tile(const int is_q4, const 
 			__m512 dwv[4];
 #pragma GCC unroll 4
 			for (int i = 0; i < R; i++) {
+				if (!is_q4 || j % 2 == 0)
+					moe_prefetch_ahead(wr[i] + pair * (is_q4 ? 32 : 64), 64);
 				wv[i] = is_q4 ? q4_pair(wr[i] + pair * 32) : q8_pair(wr[i] + pair * 64);
 				dwv[i] = _mm512_permutexvar_ps(idx, dw16[i]);
 			}
@@ -195,6 +199,8 @@ static inline __attribute__((always_inline)) void fl_row(const void *wrow, int h
 		acc[k] = _mm512_setzero_ps();
 	size_t c = 0;
 	for (; c + 16 <= cols; c += 16) {
+		if (!half || c % 32 == 0)
+			moe_prefetch_ahead((const uint8_t *)wrow + c * (half ? 2 : 4), 64);
 		const __m512 wv = half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)wrow + c)))
 				       : _mm512_loadu_ps((const float *)wrow + c);
 #pragma GCC unroll 4

@@ -254,6 +254,7 @@ void moe_blocks_rows(moe_block_dot_fn *dot, moe_block_codes_fn *const *codes, co
 			const size_t n = w->cols - col0 < MOE_BLOCK_CHUNK ? w->cols - col0 : MOE_BLOCK_CHUNK;
 			for (size_t j = 0; j < n; j += f->weights) {
 				const uint8_t *blk = row + (col0 + j) / f->weights * f->bytes;
+				moe_prefetch_ahead(blk, f->bytes);
 				decode(blk, c + j);
 				f->scales(blk, s + j / 16, z + j / 16);
 			}

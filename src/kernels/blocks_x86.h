@@ -14,6 +14,8 @@
 #include "kernels/blocks.h"
 #include "kernels/kernels.h"
 
+
+
 #define TILE 4 /* tokens sharing one pass over a weight row */
 
 /* Tokens first .. batch-1 against row r, TILE at a time: ROW(args..., t0, T, out) with
@@ -287,14 +289,18 @@ static inline __attribute__((always_inline)) void x86_q45_k_row(const int five, 
 	kq_start(&q, T);
 	for (size_t b = 0; b < nblk; b++) {
 		const uint8_t *blk = row + b * (five ? 176 : 144);
+		moe_prefetch_ahead(blk, five ? 176 : 144);
 		const __m256i hv = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
 		uint8_t sm[16];
 		x86_k4_scales(blk + 4, sm);
-		const uint8_t *sc = sm;
-		const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)(sm + 8)), twice));
+		const __m128i smv = _mm_loadu_si128((const __m128i *)sm);
+		const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_srli_si128(smv, 8), twice));
+		/* the 8 scales as int16 in both lanes: sub-block i's is int16 i, picked by a shuffle */
+		const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(smv));
 		__m256i sumi[4];
 		for (int k = 0; k < T; k++)
 			sumi[k] = _mm256_setzero_si256();
+#pragma GCC unroll 4
 		for (int j = 0; j < 4; j++) {
 			const __m256i v = _mm256_loadu_si256((const __m256i *)(blk + (five ? 48 : 16) + 32 * j));
 			__m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
@@ -302,7 +308,8 @@ static inline __attribute__((always_inline)) void x86_q45_k_row(const int five, 
 				lo = _mm256_or_si256(lo, x86_bit_to(hv, 2 * j, 16));
 				hi = _mm256_or_si256(hi, x86_bit_to(hv, 2 * j + 1, 16));
 			}
-			const __m256i s_lo = _mm256_set1_epi16(sc[2 * j]), s_hi = _mm256_set1_epi16(sc[2 * j + 1]);
+			const __m256i s_lo = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)(0x0100 + 0x0202 * 2 * j)));
+			const __m256i s_hi = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * j + 1))));
 			for (int k = 0; k < T; k++) {
 				const int8_t *x = a->q + (t0 + (size_t)k) * cols + b * 256 + 64 * j;
 				const __m256i p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)x)), s_lo);
@@ -325,6 +332,7 @@ static inline __attribute__((always_inline)) void x86_q6_k_row(const uint8_t *ro
 	kq_start(&ch, T);
 	for (size_t b = 0; b < nblk; b++) {
 		const uint8_t *blk = row + b * 210;
+		moe_prefetch_ahead(blk, 210);
 		const int8_t *sc = (const int8_t *)blk + 192;
 		const float d = x86_h16(blk + 208);
 		__m256i sumi[4];
@@ -370,6 +378,7 @@ static inline __attribute__((always_inline)) void x86_q23_k_row(const int three,
 	}
 	for (size_t b = 0; b < nblk; b++) {
 		const uint8_t *blk = row + b * (three ? 110 : 84), *qs = blk + (three ? 32 : 16);
+		moe_prefetch_ahead(blk, three ? 110 : 84);
 		const float d = x86_h16(blk + (three ? 108 : 80)), dmin = three ? 0 : x86_h16(blk + 82);
 		int8_t sc[16]; /* the groups' integer scales */
 		__m256i off16; /* what the codes' offset costs per group: Q2_K its min, Q3_K 4 * its scale */
@@ -429,56 +438,11 @@ static inline __attribute__((always_inline)) void x86_q23_k_row(const int three,
 
 #if defined(X86_AVX512_VNNI)
 /*
- * The same with 512-bit registers (avx512.c defines X86_AVX512_VNNI): 64 weights
- * per vpmaddubsw, then one vpmaddwd by the sub-scales (lanes 0-7 and 8-15 are two
- * sub-blocks of 32 for Q4_K; lanes 4g..4g+3 a group of 16 for Q6_K): one instruction
- * fewer than vpdpbusd and a vpmulld by the scales (bench/RESULTS.md: no clear gain).
+ * Q6_K with 512-bit registers (avx512.c defines X86_AVX512_VNNI): 64 weights per
+ * vpmaddubsw, then one vpmaddwd by the groups' scales (lanes 4g..4g+3 a group of 16).
+ * Q4_K/Q5_K keep the 256-bit row there: with the weights prefetched it ran 18-30 %
+ * faster than its 512-bit form (bench/RESULTS.md, "Weights prefetched ahead").
  */
-static inline __attribute__((always_inline)) void x86_q45_k_row_512(const int five, const uint8_t *row, size_t nblk,
-								       const struct moe_qact *a, size_t t0, const int T,
-								       float *out)
-{
-	const size_t cols = a->cols;
-	const __m512i m4 = _mm512_set1_epi8(15);
-	const __m128i twice = _mm_set_epi8(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
-	struct kq_chains q;
-	kq_start(&q, T);
-	for (size_t b = 0; b < nblk; b++) {
-		const uint8_t *blk = row + b * (five ? 176 : 144);
-		const __m256i hv = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
-		uint8_t sm[16];
-		x86_k4_scales(blk + 4, sm);
-		const __m128i smv = _mm_loadu_si128((const __m128i *)sm);
-		/* each scale in both int16 halves of its lane: vpmaddwd then scales a pair's sum */
-		const __m512i sc32 = _mm512_cvtepu8_epi32(smv), sc16x2 = _mm512_or_si512(sc32, _mm512_slli_epi32(sc32, 16));
-		const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_srli_si128(smv, 8), twice));
-		__m512i sumi[4];
-		for (int k = 0; k < T; k++)
-			sumi[k] = _mm512_setzero_si512();
-		for (int j = 0; j < 4; j++) {
-			const __m256i v = _mm256_loadu_si256((const __m256i *)(blk + (five ? 48 : 16) + 32 * j));
-			/* weights 64j..64j+31 (low nibbles), then 64j+32..64j+63 (high ones) */
-			__m512i u = _mm512_and_si512(
-				_mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1), m4);
-			if (five)
-				u = _mm512_or_si512(u, _mm512_inserti64x4(_mm512_castsi256_si512(x86_bit_to(hv, 2 * j, 16)),
-									   x86_bit_to(hv, 2 * j + 1, 16), 1));
-			const __m512i sv = _mm512_permutexvar_epi32(
-				_mm512_inserti64x4(_mm512_set1_epi32(2 * j), _mm256_set1_epi32(2 * j + 1), 1), sc16x2);
-			for (int k = 0; k < T; k++) {
-				const int8_t *x = a->q + (t0 + (size_t)k) * cols + b * 256 + 64 * j;
-				const __m512i p = _mm512_maddubs_epi16(u, _mm512_loadu_si512(x));
-				sumi[k] = _mm512_add_epi32(sumi[k], _mm512_madd_epi16(p, sv));
-			}
-		}
-		__m256i s8[4];
-		for (int k = 0; k < T; k++)
-			s8[k] = _mm256_add_epi32(_mm512_castsi512_si256(sumi[k]), _mm512_extracti64x4_epi64(sumi[k], 1));
-		kq_block(&q, T, b, x86_h16(blk), x86_h16(blk + 2), s8, &mins16, a, t0);
-	}
-	kq_finish(&q, T, nblk, 1, out);
-}
-
 static inline __attribute__((always_inline)) void x86_q6_k_row_512(const uint8_t *row, size_t nblk,
 								      const struct moe_qact *a, size_t t0, const int T,
 								      float *out)
@@ -488,6 +452,7 @@ static inline __attribute__((always_inline)) void x86_q6_k_row_512(const uint8_t
 	kq_start(&ch, T);
 	for (size_t b = 0; b < nblk; b++) {
 		const uint8_t *blk = row + b * 210;
+		moe_prefetch_ahead(blk, 210);
 		const int8_t *sc = (const int8_t *)blk + 192;
 		const float d = x86_h16(blk + 208);
 		/* group g's scale in lanes 4g..4g+3 of a 64-weight quarter: 4 groups per vector;
@@ -527,10 +492,8 @@ static inline __attribute__((always_inline)) void x86_q6_k_row_512(const uint8_t
 	kq_finish(&ch, T, nblk, 0, out);
 }
 
-#define X86_Q45_K_ROW x86_q45_k_row_512
 #define X86_Q6_K_ROW x86_q6_k_row_512
 #else
-#define X86_Q45_K_ROW x86_q45_k_row
 #define X86_Q6_K_ROW x86_q6_k_row
 #endif
 /*
@@ -764,8 +727,8 @@ static inline int x86_kquant_rows(const struct moe_wmat *w, size_t r0, size_t r1
 		switch (w->type) {
 		case MOE_TYPE_Q2_K: TOKEN_TILES(first, a->batch, x86_q23_k_row, 0, row, nblk, a); break;
 		case MOE_TYPE_Q3_K: TOKEN_TILES(first, a->batch, x86_q23_k_row, 1, row, nblk, a); break;
-		case MOE_TYPE_Q4_K: TOKEN_TILES(first, a->batch, X86_Q45_K_ROW, 0, row, nblk, a); break;
-		case MOE_TYPE_Q5_K: TOKEN_TILES(first, a->batch, X86_Q45_K_ROW, 1, row, nblk, a); break;
+		case MOE_TYPE_Q4_K: TOKEN_TILES(first, a->batch, x86_q45_k_row, 0, row, nblk, a); break;
+		case MOE_TYPE_Q5_K: TOKEN_TILES(first, a->batch, x86_q45_k_row, 1, row, nblk, a); break;
 		default: TOKEN_TILES(first, a->batch, X86_Q6_K_ROW, row, nblk, a); break;
 		}
 	}
@@ -857,6 +820,8 @@ static inline __attribute__((always_inline)) void x86_mxfp4_row(const uint8_t *r
 		acc[k] = _mm256_setzero_ps(), corr[k] = 0;
 	for (size_t b = 0; b < nblk; b++) {
 		const uint8_t *blk = row + b * 17;
+		if (b % 4 == 0)
+			moe_prefetch_ahead(blk, 68);
 		const float scale = moe_mxfp4_scale(blk[0]);
 		const __m128i q = _mm_loadu_si128((const __m128i *)(blk + 1));
 		const __m256i codes = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
