@@ -501,6 +501,9 @@ int main(void)
 		check_one(k, MOE_TYPE_Q5_K, 5, 256 * 11, 22);
 		check_one(k, MOE_TYPE_Q5_K, 3, 256 * 35, 16);
 		check_one(k, MOE_TYPE_Q5_K, 3, 256 * 11, 3);
+		/* MXFP4 eight blocks at a time (x86), then a tail of three */
+		check_one(k, MOE_TYPE_MXFP4, 5, 32 * 19, 7);
+		check_one(k, MOE_TYPE_MXFP4, 4, 32 * 19, 1);
 		for (int t = 0; t < MOE_TYPE_COUNT; t++)
 			if (t != 2)
 				check_drivers(k, t);

@@ -802,40 +802,73 @@ static void x86_block_dot(const uint8_t *c, const float *s, const float *z, int 
 
 /* MXFP4 {e, qs[16]} (gpt-oss's experts): the codes looked up (vpshufb) as their level
  * + 12, 0..24, unsigned for vpmaddubsw against the int8 activations; 12 x sum(x) taken
- * back per block from the activations' sums; per block and token one multiply-add by
- * 2^(e-128) x the activation scale. Weight j of a block is the low nibble of qs[j],
- * weight j + 16 its high nibble. */
+ * back per block from the activations' sums. Weight j of a block is the low nibble of
+ * qs[j], weight j + 16 its high nibble. Eight blocks at a time: each block's exact
+ * integer sum, the eight in one vector, converted and fused-multiplied by their
+ * scales 2^(e-128) x the activation scales (one chain per lane); fewer than eight
+ * left go one by one into a scalar chain. */
+static inline __m256i x86_mxfp4_codes(const uint8_t *blk)
+{
+	const __m256i table = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0, 12, 13, 14, 15, 16,
+					       18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
+	const __m128i m4 = _mm_set1_epi8(15), q = _mm_loadu_si128((const __m128i *)(blk + 1));
+	return _mm256_shuffle_epi8(table, _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4)));
+}
+
+/* moe_mxfp4_scale of the 8 blocks from blk */
+static inline __m256 x86_mxfp4_scales8(const uint8_t *blk)
+{
+	const __m256i e = _mm256_setr_epi32(blk[0], blk[17], blk[34], blk[51], blk[68], blk[85], blk[102], blk[119]);
+	const __m256i normal = _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23);
+	const __m256i subnormal = _mm256_sllv_epi32(_mm256_set1_epi32(0x00200000), e);
+	return _mm256_castsi256_ps(_mm256_blendv_epi8(normal, subnormal, _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e)));
+}
+
 static inline __attribute__((always_inline)) void x86_mxfp4_row(const uint8_t *row, size_t nblk,
 								   const struct moe_qact *a, size_t t0, const int T,
 								   float *out)
 {
 	const size_t cols = a->cols;
-	const __m256i table = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0, 12, 13, 14, 15, 16,
-					       18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
-	const __m128i m4 = _mm_set1_epi8(15);
 	const __m256i ones = _mm256_set1_epi16(1);
-	__m256 acc[4];
-	float corr[4];
+	__m256 acc[4], corr[4];
+	float tail[4], tail_corr[4];
 	for (int k = 0; k < T; k++)
-		acc[k] = _mm256_setzero_ps(), corr[k] = 0;
-	for (size_t b = 0; b < nblk; b++) {
+		acc[k] = corr[k] = _mm256_setzero_ps(), tail[k] = tail_corr[k] = 0;
+	size_t b = 0;
+	for (; b + 8 <= nblk; b += 8) {
 		const uint8_t *blk = row + b * 17;
-		if (b % 4 == 0)
-			moe_prefetch_ahead(blk, 68);
-		const float scale = moe_mxfp4_scale(blk[0]);
-		const __m128i q = _mm_loadu_si128((const __m128i *)(blk + 1));
-		const __m256i codes = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
-		const __m256i u = _mm256_shuffle_epi8(table, codes);
+		moe_prefetch_ahead(blk, 8 * 17);
+		const __m256 sc = x86_mxfp4_scales8(blk);
+		__m256i u[8];
+#pragma GCC unroll 8
+		for (int j = 0; j < 8; j++)
+			u[j] = x86_mxfp4_codes(blk + 17 * j);
 		for (int k = 0; k < T; k++) {
-			const size_t t = t0 + (size_t)k;
+			const size_t t = t0 + (size_t)k, i = t * (cols / 32) + b;
+			const int8_t *x = a->q + t * cols + b * 32;
+			__m256i v[8];
+#pragma GCC unroll 8
+			for (int j = 0; j < 8; j++)
+				v[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(u[j], _mm256_loadu_si256((const __m256i *)(x + 32 * j))),
+							 ones);
+			acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(x86_sums8(v)), _mm256_mul_ps(sc, _mm256_loadu_ps(a->d + i)), acc[k]);
+			corr[k] = _mm256_fmadd_ps(sc, _mm256_loadu_ps(a->ds + i), corr[k]);
+		}
+	}
+	for (; b < nblk; b++) {
+		const uint8_t *blk = row + b * 17;
+		const float scale = moe_mxfp4_scale(blk[0]);
+		const __m256i u = x86_mxfp4_codes(blk);
+		for (int k = 0; k < T; k++) {
+			const size_t t = t0 + (size_t)k, i = t * (cols / 32) + b;
 			const __m256i x = _mm256_loadu_si256((const __m256i *)(a->q + t * cols + b * 32));
-			const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones);
-			acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(scale * a->d[t * (cols / 32) + b]), _mm256_cvtepi32_ps(p), acc[k]);
-			corr[k] += scale * a->ds[t * (cols / 32) + b];
+			const int n = x86_hsum_i32(_mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones));
+			tail[k] = fmaf((float)n, scale * a->d[i], tail[k]);
+			tail_corr[k] = fmaf(scale, a->ds[i], tail_corr[k]);
 		}
 	}
 	for (int k = 0; k < T; k++)
-		out[k] = x86_hsum_ps(acc[k]) - 12.0f * corr[k];
+		out[k] = (x86_hsum_ps(acc[k]) + tail[k]) - 12.0f * (x86_hsum_ps(corr[k]) + tail_corr[k]);
 }
 
 static void x86_mxfp4_rows(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y,
