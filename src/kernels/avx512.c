@@ -1,8 +1,9 @@
 /* avx512.c - AVX-512 (F, BW, VL) with VNNI: vpdpbusd multiplies unsigned by signed
  * bytes and accumulates into int32 without the int16 saturation of vpmaddubsw.
- * Two 32-weight blocks per 512-bit register. q8 codes are offset to unsigned
- * (w ^ 0x80 = w + 128) and 128 * sum(x) is taken back; q4 nibbles are already
- * unsigned (0..15) and 8 * sum(x) is taken back. */
+ * q8: two 32-weight blocks per 512-bit register, codes offset to unsigned (w ^ 0x80 =
+ * w + 128) and 128 * sum(x) taken back. q4 is avx2.c's kernel: its 8 tokens per
+ * 256-bit register prefilled faster than two q4 blocks per 512-bit one (134 against
+ * 102 GFLOP/s per thread at batch 32) and decodes as fast (bench/RESULTS.md). */
 #include "kernels/kernels.h"
 
 #if defined(__x86_64__)
@@ -31,25 +32,9 @@ static int available(void)
 	       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
 
-/* blocks b, b+1 of a q4 row (32 bytes) as 64 unsigned codes in activation order:
- * [lo nibbles of b, hi of b, lo of b+1, hi of b+1] */
-static inline __m512i q4_pair(const uint8_t *p)
-{
-	__m512i v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p));
-	v = _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(1, 1, 0, 0));  /* 128-bit lanes: b, b, b+1, b+1 */
-	v = _mm512_mask_srli_epi16(v, 0xFF00FF00u, v, 4);        /* lanes 1 and 3: high nibbles */
-	return _mm512_and_si512(v, _mm512_set1_epi8(15));
-}
-
 static inline __m512i q8_pair(const uint8_t *p)
 {
 	return _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_set1_epi8((char)0x80)); /* w + 128 */
-}
-
-static inline __m256i q4_one(const uint8_t *p)
-{
-	const __m128i raw = _mm_loadu_si128((const __m128i *)p);
-	return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(15));
 }
 
 static inline __m256i q8_one(const uint8_t *p)
@@ -58,25 +43,25 @@ static inline __m256i q8_one(const uint8_t *p)
 }
 
 /*
- * R rows x T tokens. Codes are unsigned (q8: w + 128, q4: the nibble) and the offset
- * is taken back inside the integer sum: the accumulator starts at -off * sum(x) per
- * block (precomputed with the activations), so each block's int32 lanes hold exactly
- * sum((u - off) * x). Scales and offsets are loaded 16 blocks at a time and spread
+ * q8, R rows x T tokens. Codes are unsigned (w + 128) and the offset is taken back
+ * inside the integer sum: the accumulator starts at -128 * sum(x) per block
+ * (precomputed with the activations), so each block's int32 lanes hold exactly
+ * sum(w * x). Scales and offsets are loaded 16 blocks at a time and spread
  * over a pair's lanes with one permute each.
  */
-static inline __attribute__((always_inline)) void q_tile(const int is_q4, const struct moe_wmat *w, size_t r,
+static inline __attribute__((always_inline)) void q8_tile(const struct moe_wmat *w, size_t r,
 							 const int R, const struct moe_qact *a, size_t t0, const int T,
 							 float *y, size_t ystride)
 {
-	const size_t cols = w->cols, nb = cols / 32, npair = nb / 2, rb = is_q4 ? cols / 2 : cols;
+	const size_t cols = w->cols, nb = cols / 32, npair = nb / 2;
 	const uint8_t *wr[4];
 	const uint16_t *sr[4];
 #pragma GCC unroll 4
 	for (int i = 0; i < R; i++) {
-		wr[i] = (const uint8_t *)w->codes + (r + (size_t)i) * rb;
+		wr[i] = (const uint8_t *)w->codes + (r + (size_t)i) * cols;
 		sr[i] = w->scales + (r + (size_t)i) * nb;
 	}
-	const int32_t *nsum = is_q4 ? a->nsum8 : a->nsum128;
+	const int32_t *nsum = a->nsum128;
 	const __m512i idx0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
 	__m512 acc[4][TILE];
 #pragma GCC unroll 4
@@ -106,9 +91,8 @@ static inline __attribute__((always_inline)) void q_tile(const int is_q4, const 
 			__m512 dwv[4];
 #pragma GCC unroll 4
 			for (int i = 0; i < R; i++) {
-				if (!is_q4 || j % 2 == 0)
-					moe_prefetch_ahead(wr[i] + pair * (is_q4 ? 32 : 64), 64);
-				wv[i] = is_q4 ? q4_pair(wr[i] + pair * 32) : q8_pair(wr[i] + pair * 64);
+				moe_prefetch_ahead(wr[i] + pair * 64, 64);
+				wv[i] = q8_pair(wr[i] + pair * 64);
 				dwv[i] = _mm512_permutexvar_ps(idx, dw16[i]);
 			}
 #pragma GCC unroll 4
@@ -128,7 +112,7 @@ static inline __attribute__((always_inline)) void q_tile(const int is_q4, const 
 	float tail[4][TILE] = {{0}};
 	if (nb & 1) { /* an odd block count: the last block at 256 bits */
 		const size_t b = nb - 1;
-		const __m256i off1 = _mm256_set1_epi8(is_q4 ? 8 : (char)0x80);
+		const __m256i off1 = _mm256_set1_epi8((char)0x80);
 #pragma GCC unroll 4
 		for (int k = 0; k < T; k++) {
 			const __m256i xv = _mm256_loadu_si256((const __m256i *)(a->q + (t0 + (size_t)k) * cols + b * 32));
@@ -136,7 +120,7 @@ static inline __attribute__((always_inline)) void q_tile(const int is_q4, const 
 							      _mm256_dpbusd_epi32(_mm256_setzero_si256(), off1, xv));
 #pragma GCC unroll 4
 			for (int i = 0; i < R; i++) {
-				const __m256i u = is_q4 ? q4_one(wr[i] + b * 16) : q8_one(wr[i] + b * 32);
+				const __m256i u = q8_one(wr[i] + b * 32);
 				const __m256i p = _mm256_dpbusd_epi32(bias, u, xv);
 				tail[i][k] = _cvtsh_ss(sr[i][b]) * a->d[(t0 + (size_t)k) * nb + b] *
 					     (float)_mm512_reduce_add_epi32(_mm512_zextsi256_si512(p));
@@ -152,17 +136,16 @@ static inline __attribute__((always_inline)) void q_tile(const int is_q4, const 
 
 /* rows in groups of 4 (then one by one); for each group, tokens in groups of up to TILE,
  * so a group's weights are read from memory once and from cache for the other tokens */
-static inline __attribute__((always_inline)) void q_rows(const int is_q4, const struct moe_wmat *w, size_t r0,
-							 size_t r1, const struct moe_qact *a, float *y, size_t ystride)
+static void q8(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride)
 {
-#define TOKENS(R)                                                                             \
-	for (size_t t0 = 0; t0 < a->batch; t0 += TILE) {                                      \
-		switch (a->batch - t0 < TILE ? a->batch - t0 : TILE) {                        \
-		case 1: q_tile(is_q4, w, r, R, a, t0, 1, y, ystride); break;                  \
-		case 2: q_tile(is_q4, w, r, R, a, t0, 2, y, ystride); break;                  \
-		case 3: q_tile(is_q4, w, r, R, a, t0, 3, y, ystride); break;                  \
-		default: q_tile(is_q4, w, r, R, a, t0, 4, y, ystride); break;                 \
-		}                                                                             \
+#define TOKENS(R)                                                                      \
+	for (size_t t0 = 0; t0 < a->batch; t0 += TILE) {                               \
+		switch (a->batch - t0 < TILE ? a->batch - t0 : TILE) {                 \
+		case 1: q8_tile(w, r, R, a, t0, 1, y, ystride); break;                 \
+		case 2: q8_tile(w, r, R, a, t0, 2, y, ystride); break;                 \
+		case 3: q8_tile(w, r, R, a, t0, 3, y, ystride); break;                 \
+		default: q8_tile(w, r, R, a, t0, 4, y, ystride); break;                \
+		}                                                                      \
 	}
 	size_t r = r0;
 	if (a->batch > 1) /* one row at a time streams best when nothing is shared */
@@ -171,16 +154,6 @@ static inline __attribute__((always_inline)) void q_rows(const int is_q4, const 
 	for (; r < r1; r++)
 		TOKENS(1)
 #undef TOKENS
-}
-
-static void q8(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride)
-{
-	q_rows(0, w, r0, r1, a, y, ystride);
-}
-
-static void q4(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride)
-{
-	q_rows(1, w, r0, r1, a, y, ystride);
 }
 
 /* float weights: 16 columns at a time, the tail with masked loads */
@@ -252,5 +225,11 @@ static void halves(const uint16_t *h, size_t n, float *out)
 #if defined(__clang__)
 #pragma clang attribute pop
 #endif
+/* q4: avx2.c's (see the top); every AVX-512 VNNI CPU has AVX2, FMA and F16C */
+static void q4(const struct moe_wmat *w, size_t r0, size_t r1, const struct moe_qact *a, float *y, size_t ystride)
+{
+	moe_kernels_avx2.q4(w, r0, r1, a, y, ystride);
+}
+
 const struct moe_kernel_impl moe_kernels_avx512 = {"avx512", available, q8, q4, x86_blocks, f16, f32, halves};
 #endif
