@@ -509,20 +509,28 @@ static inline __attribute__((always_inline)) void x86_q6_k_row_512(const uint8_t
  */
 #if defined(X86_AVX512_VNNI)
 #define K4_DOT(acc, codes, x) ((acc) = _mm256_dpbusd_epi32((acc), (codes), (x)))
-#define K4_SCALE(acc, sc) _mm256_mullo_epi32((acc), _mm256_set1_epi32(sc))
+#define K4_SCALE(acc, j) _mm256_mullo_epi32((acc), _mm256_set1_epi32(sm[j]))
 #else
 #define K4_DOT(acc, codes, x) ((acc) = _mm256_add_epi16((acc), _mm256_maddubs_epi16((codes), (x))))
-#define K4_SCALE(acc, sc) _mm256_madd_epi16((acc), _mm256_set1_epi16(sc))
+#define K4_SCALE(acc, j) _mm256_madd_epi16((acc), _mm256_set1_epi32((int)pairs[j]))
 #endif
 static inline __attribute__((always_inline)) void x86_q45_k_octet_block(const int five, const uint8_t *blk, size_t b,
 									   const int8_t *qx, const float *dx,
-									   const int32_t *nx, __m256 *ch)
+									   const int32_t *sx, __m256 *ch)
 {
 	const __m256i m4 = _mm256_set1_epi8(15);
 	const uint8_t *qs = blk + (five ? 48 : 16);
 	uint8_t sm[16];
 	x86_k4_scales(blk + 4, sm);
-	__m256i S = _mm256_setzero_si256(), Mn = _mm256_setzero_si256();
+	/* the scales and mins each in both int16 halves of a 32-bit word, broadcast from
+	 * memory (a load, where a byte's broadcast takes three instructions) */
+	uint32_t pairs[16];
+	for (int h = 0; h < 2; h++) { /* scales, then mins */
+		const __m128i v = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(sm + 8 * h)));
+		_mm_storeu_si128((__m128i *)(pairs + 8 * h), _mm_unpacklo_epi16(v, v));
+		_mm_storeu_si128((__m128i *)(pairs + 8 * h + 4), _mm_unpackhi_epi16(v, v));
+	}
+	__m256i S = _mm256_setzero_si256(), M = _mm256_setzero_si256();
 #pragma GCC unroll 4
 	for (int p = 0; p < 4; p++) {
 		const __m256i *x = (const __m256i *)(qx + 256 * (8 * b + 2 * p)); /* sub-blocks 2p, 2p + 1 */
@@ -550,16 +558,16 @@ static inline __attribute__((always_inline)) void x86_q45_k_octet_block(const in
 			K4_GROUP(3, 0xff);
 #undef K4_GROUP
 			if (five || h == 1) {
-				S = _mm256_add_epi32(S, _mm256_add_epi32(K4_SCALE(slo, sm[2 * p]), K4_SCALE(shi, sm[2 * p + 1])));
+				S = _mm256_add_epi32(S, _mm256_add_epi32(K4_SCALE(slo, 2 * p), K4_SCALE(shi, 2 * p + 1)));
 				slo = shi = _mm256_setzero_si256();
 			}
 		}
 	}
-	/* -8 M from the sub-blocks' -8 sum(q), exact; then M */
+	/* M: each min times its sub-block's two sums per 16 (an int16 pair per token) */
+#pragma GCC unroll 8
 	for (int j = 0; j < 8; j++)
-		Mn = _mm256_add_epi32(Mn, _mm256_mullo_epi32(_mm256_set1_epi32(sm[8 + j]),
-							   _mm256_load_si256((const __m256i *)(nx + 8 * (8 * b + j)))));
-	const __m256i M = _mm256_srai_epi32(_mm256_sub_epi32(_mm256_setzero_si256(), Mn), 3);
+		M = _mm256_add_epi32(M, _mm256_madd_epi16(_mm256_load_si256((const __m256i *)(sx + 8 * (8 * b + j))),
+							  _mm256_set1_epi32((int)pairs[8 + j])));
 	const __m256 f = _mm256_sub_ps(_mm256_mul_ps(_mm256_set1_ps(x86_h16(blk)), _mm256_cvtepi32_ps(S)),
 				       _mm256_mul_ps(_mm256_set1_ps(x86_h16(blk + 2)), _mm256_cvtepi32_ps(M)));
 	*ch = _mm256_fmadd_ps(_mm256_load_ps(dx + 8 * (8 * b)), f, *ch);
@@ -652,7 +660,7 @@ static inline __attribute__((always_inline)) void x86_k_octet_block(const int ki
 	if (kind == 6)
 		x86_q6_k_octet_block(blk, codes, b, qx, dx, a->s16_x8 + o * ostride, ch);
 	else
-		x86_q45_k_octet_block(kind == 5, blk, b, qx, dx, a->nsum8_x8 + o * ostride, ch);
+		x86_q45_k_octet_block(kind == 5, blk, b, qx, dx, a->s16_x8 + o * ostride, ch);
 }
 
 /* Q4_K, Q5_K or Q6_K (kind 4, 5, 6) rows [r0, r1) for the tokens in whole octets;
