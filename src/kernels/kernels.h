@@ -25,19 +25,20 @@
 
 /*
  * A token streams each weight from memory once, row after row, and the hardware
- * prefetchers of the machines measured do not run far enough ahead of that stream: a
- * single thread read Q4_K rows at half its memory bandwidth, and at 85 % once the
- * kernels asked for the bytes MOE_PREFETCH_AHEAD beyond those they were reading
+ * prefetchers of the machine measured (the CI VM) did not run far enough ahead of that
+ * stream: one thread read Q4_K rows at half its memory bandwidth, and at 85 % once
+ * the kernels asked for the bytes MOE_PREFETCH_AHEAD beyond those they were reading
  * (bench/RESULTS.md, "Weights prefetched ahead"; 2-8 KiB measured alike). Kernels
  * call this for the weights they are about to read, n bytes from p (a few lines):
- * a hint, it never faults, even past the end of a matrix. (Always inlined: a call that
- * only prefetches looks free of effects to GCC, which then drops it.)
+ * a hint, which never faults, even past the end of a matrix (the address is made
+ * as an integer, not as a pointer beyond its object). Always inlined: GCC takes a
+ * call that only prefetches for one without effects and drops it.
  */
 #define MOE_PREFETCH_AHEAD 4096
 static inline __attribute__((always_inline)) void moe_prefetch_ahead(const void *p, size_t n)
 {
 	for (size_t i = 0; i < n; i += 64)
-		__builtin_prefetch((const char *)p + MOE_PREFETCH_AHEAD + i);
+		__builtin_prefetch((const void *)((uintptr_t)p + MOE_PREFETCH_AHEAD + i));
 }
 
 /* A weight matrix in pack layout: rows x cols, type a moe_type id. */
