@@ -144,6 +144,12 @@ static pcre2_code *compile(const char *pattern, size_t len, const char *what, in
 	return re;
 }
 
+/* a hex digit's value, -1 if c is none */
+static int hex_digit(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
 /* What one id decodes to, as Hugging Face's decoders produce it token by token. */
 static size_t decode_token(const struct moe_tokenizer *t, int32_t id, const int16_t *cp_to_byte, char *out)
 {
@@ -163,10 +169,11 @@ static size_t decode_token(const struct moe_tokenizer *t, int32_t id, const int1
 		}
 		return k;
 	}
-	unsigned hex;
+	/* a byte-fallback token <0xHH> (its string is not NUL-terminated: no sscanf) */
+	const int hi = sl == 6 ? hex_digit(s[3]) : -1, lo = sl == 6 ? hex_digit(s[4]) : -1;
 	if ((t->s.flags & TOK_BYTE_FALLBACK) && t->s.id_kind[id] == TOK_ID_NORMAL && sl == 6 && !memcmp(s, "<0x", 3) &&
-	    s[5] == '>' && sscanf(s + 3, "%2x", &hex) == 1) {
-		out[0] = (char)hex;
+	    s[5] == '>' && hi >= 0 && lo >= 0) {
+		out[0] = (char)(hi * 16 + lo);
 		return 1;
 	}
 	for (size_t p = 0; p < sl;) /* "▁" -> " " */
