@@ -72,6 +72,50 @@ for other in ("st.moe", "st2.moe", "gguf.moe"):
     for k in d.experts:
         assert o.expert_raw(*k) == d.expert_raw(*k), (other, k)
 PY
+# Routing that depends on the token, as a trained model's does: in a deep synthetic
+# model every layer still spreads its tokens over the experts and a token shares no
+# more experts with the one before than chance would (before the residual writes were
+# scaled, mixtral-tiny's layer 30 of 32 had 48 % of the maximum entropy and 48 % of a
+# token's experts were its predecessor's, against 25 % by chance). The figures
+# moe-bench sim prints are checked against this script's own count.
+for preset in "mixtral-tiny --layers 32" "qwen3-tiny --layers 24 --experts 64 --top-k 8"; do
+	name=$(echo "$preset" | tr -c 'a-z0-9\n' _)
+	check "$preset: deep synth" "$MOE_PACK" synth --preset $preset --no-progress "$name.moe"
+	ids=$(py -c 'import random; r = random.Random(7); print(",".join(str(r.randrange(512)) for _ in range(300)))')
+	check "$preset: trace" "$MOE_RUN" -m "$name.moe" --tokens "$ids" -n 0 --no-offload --trace-out "$name.jsonl"
+	check "$preset: sim" sh -c "'$MOE_BENCH' sim --trace $name.jsonl --cache-experts 50% --policy lru > $name.sim"
+	check "$preset: routing figures, and not collapsed" py - "$name.jsonl" "$name.sim" <<'PY'
+import collections, json, math, re, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+E, steps = lines[0]["experts"], lines[1:]
+by_layer = collections.defaultdict(list)
+for s in steps:
+    by_layer[s["layer"]].append(s["experts"])
+ent, repeats, later, dist = [], 0, 0, []
+for l, rows in sorted(by_layer.items()):
+    c = collections.Counter(e for r in rows for e in r)
+    n = sum(c.values())
+    ent.append(-sum(v / n * math.log2(v / n) for v in c.values()) / math.log2(E))
+    last = {}
+    for v, r in enumerate(rows):
+        for e in r:
+            if e in last:
+                dist.append(v - last[e])
+            last[e] = v
+            if v:
+                later += 1
+                repeats += e in rows[v - 1]
+dist.sort()
+k = sum(len(s["experts"]) for s in steps) / len(steps)
+line = next(l for l in open(sys.argv[2]) if l.startswith("routing:"))
+got = [float(x) for x in re.findall(r"[0-9]+(?:\.[0-9]+)?", line)]
+want = [100 * sum(ent) / len(ent), 100 * min(ent), ent.index(min(ent)), 100 * repeats / later, 100 * k / E,
+        dist[len(dist) // 2], math.ceil(math.log(0.5) / math.log(1 - k / E))]
+assert all(abs(g - w) <= 0.051 for g, w in zip(got, want)) and len(got) == len(want), (line, want)
+assert min(ent) >= 0.9, ("a layer routes nearly every token alike", line)
+assert repeats / later <= 1.5 * k / E, ("tokens repeat their predecessor's experts", line)
+PY
+done
 # GLM-4.5 likewise through its Hugging Face folder and llama.cpp's glm4moe GGUF
 # (attention biases, post_attention_norm, leading dense layer)
 check "glm synth safetensors" "$MOE_PACK" synth --preset glm-tiny --format safetensors --dtype f32 --no-progress glmst

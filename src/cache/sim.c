@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -233,6 +234,75 @@ int moe_pin_load(const char *path, uint32_t n_layers, uint32_t n_experts, uint32
 		return rc;
 	}
 	*ids = out, *n = count;
+	return 0;
+}
+
+static int cmp_size(const void *a, const void *b)
+{
+	const size_t x = *(const size_t *)a, y = *(const size_t *)b;
+	return (x > y) - (x < y);
+}
+
+int moe_trace_routing(const struct moe_trace *t, struct moe_trace_routing *out)
+{
+	const size_t n_ids = (size_t)t->n_layers * t->n_experts, n_acc = t->start[t->n_steps];
+	size_t *count = calloc(n_ids + 1, sizeof *count), *last = malloc((n_ids + 1) * sizeof *last);
+	size_t *visits = calloc(t->n_layers, sizeof *visits), *prev = malloc(t->n_layers * sizeof *prev);
+	size_t *dist = malloc((n_acc + 1) * sizeof *dist), n_dist = 0, repeats = 0, later = 0;
+	memset(out, 0, sizeof *out);
+	if (!count || !last || !visits || !prev || !dist) {
+		free(count), free(last), free(visits), free(prev), free(dist);
+		return moe_fail(MOE_ENOMEM, "out of memory");
+	}
+	for (size_t i = 0; i < n_ids; i++)
+		last[i] = SIZE_MAX;
+	for (size_t s = 0; s < t->n_steps; s++) {
+		const uint32_t l = t->layer[s];
+		const size_t base = (size_t)l * t->n_experts, v = visits[l]++;
+		for (size_t i = t->start[s]; i < t->start[s + 1]; i++) {
+			const size_t id = base + t->experts[i];
+			if (last[id] != SIZE_MAX)
+				dist[n_dist++] = v - last[id];
+			if (v > 0) {
+				later++;
+				for (size_t j = t->start[prev[l]]; j < t->start[prev[l] + 1]; j++)
+					repeats += t->experts[j] == t->experts[i];
+			}
+			last[id] = v;
+			count[id]++;
+		}
+		prev[l] = s;
+	}
+	size_t layers = 0;
+	out->entropy_min = 1;
+	for (uint32_t l = 0; l < t->n_layers; l++) {
+		size_t n = 0;
+		double h = 0;
+		for (uint32_t e = 0; e < t->n_experts; e++)
+			n += count[(size_t)l * t->n_experts + e];
+		for (uint32_t e = 0; e < t->n_experts && n; e++) {
+			const double p = (double)count[(size_t)l * t->n_experts + e] / (double)n;
+			h -= p > 0 ? p * log2(p) : 0;
+		}
+		if (!n || t->n_experts < 2)
+			continue;
+		h /= log2((double)t->n_experts);
+		out->entropy += h;
+		layers++;
+		if (h < out->entropy_min)
+			out->entropy_min = h, out->entropy_min_layer = l;
+	}
+	out->entropy = layers ? out->entropy / (double)layers : 0;
+	out->repeat = later ? (double)repeats / (double)later : 0;
+	/* at random, an expert comes back after d steps with probability p (1 - p)^(d - 1) */
+	const double p = t->n_steps ? (double)n_acc / (double)t->n_steps / t->n_experts : 0;
+	out->repeat_random = p;
+	out->reuse_median_random = p >= 1 ? 1 : p > 0 ? (size_t)ceil(log(0.5) / log(1 - p)) : 0;
+	if (n_dist) {
+		qsort(dist, n_dist, sizeof *dist, cmp_size);
+		out->reuse_median = dist[n_dist / 2];
+	}
+	free(count), free(last), free(visits), free(prev), free(dist);
 	return 0;
 }
 

@@ -46,6 +46,20 @@ void moe_replay_free(struct moe_replay *r);
 size_t moe_replay_route(const struct moe_replay *r, uint64_t pos, uint32_t layer, uint32_t n_experts, size_t k,
 			int *experts, float *scores);
 
+/* How a trace routes, per layer: how evenly its experts are used, and how often a
+ * token uses what the token before it used (the locality a cache lives on), each
+ * next to what routing at random would give. */
+struct moe_trace_routing {
+	double entropy;        /* of each layer's expert use, of its maximum log2(experts): the mean */
+	double entropy_min;    /* and the lowest, at layer entropy_min_layer */
+	uint32_t entropy_min_layer;
+	double repeat;         /* share of a step's experts the layer's previous step used */
+	double repeat_random;  /* the same for experts drawn at random: experts per step / experts */
+	size_t reuse_median;   /* layer steps between two uses of an expert, the median */
+	size_t reuse_median_random;
+};
+int moe_trace_routing(const struct moe_trace *t, struct moe_trace_routing *out);
+
 struct moe_sim_result {
 	uint64_t hits, misses;
 };

@@ -533,6 +533,18 @@ static int bench_sim(int argc, char **argv)
 	free(used);
 	printf("trace %s: %zu layer steps, %zu expert uses, %zu of %zu experts used (%u layers x %u)\n", trace,
 	       t.n_steps, t.start[t.n_steps], distinct, n_ids, t.n_layers, t.n_experts);
+	struct moe_trace_routing ro;
+	if (moe_trace_routing(&t, &ro)) {
+		fprintf(stderr, "moe-bench: %s\n", moe_last_error());
+		free(pins);
+		moe_trace_free(&t);
+		return 1;
+	}
+	printf("routing: expert use %.1f %% of the maximum entropy per layer (lowest %.1f %%, layer %u); "
+	       "%.1f %% of a step's experts the layer's previous step used (random: %.1f %%); "
+	       "median reuse distance %zu steps (random: %zu)\n",
+	       100 * ro.entropy, 100 * ro.entropy_min, ro.entropy_min_layer, 100 * ro.repeat, 100 * ro.repeat_random,
+	       ro.reuse_median, ro.reuse_median_random);
 	printf("%-10s %-8s %6s %10s %10s %9s\n", "experts", "policy", "pinned", "hits", "misses", "hit rate");
 	char *list = strdup(sizes);
 	for (char *tok = strtok(list, ","); tok && !rc; tok = strtok(NULL, ",")) {
@@ -663,7 +675,7 @@ int main(int argc, char **argv)
 		     "       moe-bench diskbw --file FILE [--depth LIST] [--gib G]\n"
 		     "  membw     memory read bandwidth with 1..all threads\n"
 		     "  kernels   weight GB/s of each kernel implementation against that bandwidth\n"
-		     "  sim       replay a moe-run --trace-out file through cache policies: hit rates\n"
+		     "  sim       replay a moe-run --trace-out file through cache policies: how it routes, hit rates\n"
 		     "  profile   the experts a trace uses most, as a pin list for moe-run --pin\n"
 		     "  diskbw    O_DIRECT read bandwidth with 1..N reads in flight (the bound for expert streaming)\n"
 		     "  --impl        scalar,avx2,avx512,neon (default: all this CPU runs)\n"
