@@ -4,16 +4,8 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
+#include "common/util.h"
 #include "kernels/pool.h"
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define cpu_relax() _mm_pause()
-#elif defined(__aarch64__)
-#define cpu_relax() __asm__ __volatile__("yield")
-#else
-#define cpu_relax() ((void)0)
-#endif
 
 /* ~50-150 microseconds of spinning before a worker sleeps: long enough to cover the
  * gap between two matrix calls of one token, short enough not to hold a core idle. */
@@ -43,7 +35,7 @@ static void *worker_main(void *arg)
 		int spins = 0;
 		while ((g = atomic_load(&p->gen)) == seen) {
 			if (++spins < SPIN_ROUNDS) {
-				cpu_relax();
+				moe_cpu_relax();
 				continue;
 			}
 			pthread_mutex_lock(&p->mu);
@@ -128,5 +120,5 @@ void moe_pool_run(struct moe_pool *p, void (*fn)(void *arg, int i, int n), void 
 	wake(p);
 	fn(arg, 0, p->n);
 	while (atomic_load(&p->pending) > 0)
-		cpu_relax();
+		moe_cpu_relax();
 }
