@@ -293,6 +293,7 @@ int moe_trace_routing(const struct moe_trace *t, struct moe_trace_routing *out)
 			out->entropy_min = h, out->entropy_min_layer = l;
 	}
 	out->entropy = layers ? out->entropy / (double)layers : 0;
+	out->entropy_min = layers ? out->entropy_min : 0;
 	out->repeat = later ? (double)repeats / (double)later : 0;
 	/* at random, an expert comes back after d steps with probability p (1 - p)^(d - 1) */
 	const double p = t->n_steps ? (double)n_acc / (double)t->n_steps / t->n_experts : 0;

@@ -1,6 +1,7 @@
 /* fuzz_routes - what moe-bench sim and profile and moe-run --routes-from and --pin
- * read: a route trace (moe-run --trace-out), NUL, a pin list. The trace is replayed
- * through the cache simulator with the pins and mapped onto a deeper model. */
+ * read: a route trace (moe-run --trace-out), NUL, a pin list. The trace's routing is
+ * summed up, it is replayed through the cache simulator with the pins and mapped onto
+ * a deeper model. */
 #include "fuzz.h"
 
 #include "cache/sim.h"
@@ -19,6 +20,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		size_t n_pins = 0;
 		if (pfd >= 0 && moe_pin_load(pin_path, t->n_layers, t->n_experts, &pins, &n_pins))
 			n_pins = 0;
+		struct moe_trace_routing ro;
+		moe_trace_routing(t, &ro);
 		struct moe_sim_result res;
 		for (int policy = 0; policy <= MOE_POLICY_BELADY; policy++)
 			moe_cache_sim(t, 8, policy, pins, moe_pins_kept(n_pins, 8), &res);
