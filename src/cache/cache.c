@@ -32,9 +32,9 @@
 #define N_STREAMS 3      /* compressed blobs read at once; guesses leave one for demand */
 #define STALL_SECONDS 30.0
 /* How long acquire watches for its read before sleeping on the condition variable:
- * on this VM a sleeper resumes 100+ us after the broadcast, as long as a small
- * expert's whole read; watching up to 1-3 ms decoded the demo model 5-17 % faster
- * with half its experts cached, 250 us not at all (bench/RESULTS.md). */
+ * on this VM a sleeper resumes 100+ us after the broadcast, about as long as a small
+ * expert's whole read. Watching up to 2 ms decoded the demo model 3-17 % faster with
+ * half its experts cached; 250 us did nothing, most reads outlast it (bench/RESULTS.md). */
 #define ACQUIRE_SPIN_SECONDS 2e-3
 #define PRIO_DEMAND 0
 #define PRIO_NOW (1ull << 40)

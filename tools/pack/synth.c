@@ -114,9 +114,9 @@ void synth_list_presets(void)
 		printf("%-16s %s\n", presets[i].name, presets[i].what);
 }
 
-/* Does this tensor add to the residual stream as it is, the same for every token?
- * The output projections and their biases do, and so does the value bias: attention
- * weights sum to one, so it reaches the output projection unchanged. */
+/* Does this tensor write into the residual stream? The output projections do, with
+ * their biases, and so does the value bias: attention weights sum to one, so it
+ * reaches the output projection whatever the token. */
 static int writes_residual(const char *name)
 {
 	return strstr(name, ".attn_output") || strstr(name, ".ssm_out") || strstr(name, ".ffn_down") ||
