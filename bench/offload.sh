@@ -8,6 +8,8 @@
 #   bound tok/s = 1 / max(memory time, disk time)
 #   memory time = weight bytes a token reads / moe-bench membw (2 threads)
 #   disk time   = expert bytes missed per token / moe-bench diskbw (depth 8)
+# The disk is measured before a budget's runs (median of 3) and again after each
+# policy's runs: a VM's disk can vary 2x within minutes, and the bound with it.
 # POLICIES (default lru) lists the --cache-policy values to run at each budget, PCTS
 # (default "100 50 25") the budgets. Needs root (cgroup, drop_caches). Run from a
 # built tree.
@@ -64,10 +66,12 @@ for pct in $PCTS; do
 			>/dev/null 2>"$W/err" || cat "$W/err"
 		cat "$CG/memory.max_usage_in_bytes" >"$W/peak$r"
 	done
-	/usr/bin/python3 - "$W" "$RUNS" "$pct" "$budget" "$limit" "$mbw" "$dbw" "$TOKEN_BYTES" "$policy" <<'PY'
+	dbw_after=$(./moe-bench diskbw --file "$PACK" --depth 8 --gib 1 | awk '/depth/ {print $3}')
+	/usr/bin/python3 - "$W" "$RUNS" "$pct" "$budget" "$limit" "$mbw" "$dbw" "$TOKEN_BYTES" "$policy" "$dbw_after" <<'PY'
 import json, statistics, sys
-w, runs, pct, budget, limit, mbw, dbw, token_bytes, policy = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
+w, runs, pct, budget, limit, mbw, dbw, token_bytes, policy, dbw_after = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
 budget, limit, mbw, dbw, token_bytes = int(budget), int(limit), float(mbw), float(dbw), int(token_bytes)
+dbw_after = float(dbw_after)
 rows = []
 for r in range(1, runs + 1):
     s = json.load(open("%s/r%d.json" % (w, r)))
@@ -89,6 +93,9 @@ print("budget %3s%% of experts (%d MiB, cgroup %d MiB), --cache-policy %s: decod
           statistics.median(r[4] for r in rows), max(r[5] for r in rows) >> 20))
 print("  bound: memory %.1f ms (%.1f GB/s), disk %.1f ms (%.2f GB/s) -> %.2f tok/s; measured = %.0f %% of the bound" % (
     mem_t * 1e3, mbw, disk_t * 1e3, dbw, bound, 100 * tps / bound))
+bound_after = 1 / max(mem_t, read / (dbw_after * 1e9))
+print("  the disk after these runs: %.2f GB/s -> %.2f tok/s; measured = %.0f %% of that bound" % (
+    dbw_after, bound_after, 100 * tps / bound_after))
 PY
 	done
 	# the baseline in the same limit: experts through mmap and the page cache
