@@ -269,7 +269,7 @@ int moe_trace_routing(const struct moe_trace *t, struct moe_trace_routing *out)
 					repeats += t->experts[j] == t->experts[i];
 			}
 			last[id] = v;
-			count[id]++;
+			out->experts_used += !count[id]++;
 		}
 		prev[l] = s;
 	}

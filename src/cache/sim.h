@@ -50,6 +50,7 @@ size_t moe_replay_route(const struct moe_replay *r, uint64_t pos, uint32_t layer
  * token uses what the token before it used (the locality a cache lives on), each
  * next to what routing at random would give. */
 struct moe_trace_routing {
+	size_t experts_used;   /* (layer, expert) pairs used at least once */
 	double entropy;        /* of each layer's expert use, of its maximum log2(experts): the mean */
 	double entropy_min;    /* and the lowest, at layer entropy_min_layer */
 	uint32_t entropy_min_layer;

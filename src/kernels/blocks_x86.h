@@ -673,7 +673,7 @@ static inline size_t x86_k_octets(const int kind, const struct moe_wmat *w, size
 	if (!a->q_x8 || a->batch < MOE_QACT_X8_MIN || a->batch > MOE_MAX_BATCH) /* c holds a forward pass's */
 		return 0;
 	const size_t octets = a->batch / 8 + (a->batch % 8 >= KQ_OCTET_MIN(kind)), nblk = w->cols / 256;
-	const size_t ostride = w->cols / 32 * 8; /* an octet's entries in d_x8, nsum8_x8, s16_x8 (its q_x8 bytes / 32) */
+	const size_t ostride = w->cols / 32 * 8; /* an octet's entries in d_x8 and s16_x8 (its q_x8 bytes / 32) */
 	const size_t bytes = moe_block_format(w->type)->bytes;
 	__m256 c[MOE_MAX_BATCH / 8][4]; /* [octet][chain] */
 	_Alignas(32) uint8_t codes[KQ_CHUNK][256];

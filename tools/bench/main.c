@@ -522,17 +522,6 @@ static int bench_sim(int argc, char **argv)
 		moe_trace_free(&t);
 		return 1;
 	}
-	size_t distinct = 0;
-	uint8_t *used = calloc(n_ids, 1);
-	for (size_t s = 0; used && s < t.n_steps; s++)
-		for (size_t i = t.start[s]; i < t.start[s + 1]; i++) {
-			const size_t id = (size_t)t.layer[s] * t.n_experts + t.experts[i];
-			distinct += !used[id];
-			used[id] = 1;
-		}
-	free(used);
-	printf("trace %s: %zu layer steps, %zu expert uses, %zu of %zu experts used (%u layers x %u)\n", trace,
-	       t.n_steps, t.start[t.n_steps], distinct, n_ids, t.n_layers, t.n_experts);
 	struct moe_trace_routing ro;
 	if (moe_trace_routing(&t, &ro)) {
 		fprintf(stderr, "moe-bench: %s\n", moe_last_error());
@@ -540,6 +529,8 @@ static int bench_sim(int argc, char **argv)
 		moe_trace_free(&t);
 		return 1;
 	}
+	printf("trace %s: %zu layer steps, %zu expert uses, %zu of %zu experts used (%u layers x %u)\n", trace,
+	       t.n_steps, t.start[t.n_steps], ro.experts_used, n_ids, t.n_layers, t.n_experts);
 	printf("routing: expert use %.1f %% of the maximum entropy per layer (lowest %.1f %%, layer %u); "
 	       "%.1f %% of a step's experts the layer's previous step used (random: %.1f %%); "
 	       "median reuse distance %zu steps (random: %zu)\n",
